@@ -1,0 +1,196 @@
+//! The backend seam: a device that holds buffers and runs the op set of [`crate::ops`].
+//!
+//! The model's forward pass ([`crate::forward`]) is written once against [`Backend`]; a
+//! backend only supplies buffers, weight preparation and one method per op. Arguments
+//! follow llm.c: outputs first, then inputs, then sizes.
+//!
+//! Backends: `cpu` (the f32 reference, [`cpu::CpuBackend`]); `wgpu` and `cuda` are added by
+//! their own cargo features and must match the CPU reference within a stated tolerance.
+
+pub mod cpu;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Activation;
+use crate::error::{Result, RuntimeError};
+use crate::ops::Dims;
+
+/// Numeric precision a backend computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    BF16,
+    Int8,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::BF16 => "bf16",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            "int8" | "i8" | "w8a8" => Ok(Precision::Int8),
+            other => Err(RuntimeError::input("precision", format!("{other:?} (expected f32, f16, bf16 or int8)"))),
+        }
+    }
+}
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            other => Err(RuntimeError::input("backend", format!("{other:?} (expected cpu, wgpu or cuda)"))),
+        }
+    }
+}
+
+/// What a backend reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub kind: BackendKind,
+    pub precision: Precision,
+    /// Human description of the device, e.g. `"x86_64, 2 threads"`.
+    pub device: String,
+    pub threads: usize,
+}
+
+/// The ops of [`crate::ops`], for [`Backend::supports`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    PatchEmbed,
+    LayerNorm,
+    Matmul,
+    Rope,
+    Attention,
+    Swiglu,
+    LayerScale,
+}
+
+/// A Linear layer's weights on the host, as HF stores them.
+#[derive(Clone, Debug)]
+pub struct HostLinear {
+    pub out_features: usize,
+    pub in_features: usize,
+    /// (out, in), row-major.
+    pub weight: Vec<f32>,
+    /// (out); `None` when the layer has no bias.
+    pub bias: Option<Vec<f32>>,
+}
+
+/// A device that runs the op set. See the module docs.
+pub trait Backend: Send {
+    /// An f32 activation or parameter buffer on the device.
+    type Buffer: Send;
+    /// A Linear layer's weights in the backend's own layout and precision.
+    type Linear: Send;
+
+    fn info(&self) -> BackendInfo;
+
+    /// Whether this backend implements `op` natively (no silent fallback elsewhere).
+    fn supports(&self, op: Op) -> bool;
+
+    /// A zeroed buffer of `len` f32 values.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    /// Overwrites a buffer of the same length.
+    fn write(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()>;
+    /// Copies a buffer to the host.
+    fn read(&self, src: &Self::Buffer, dst: &mut [f32]) -> Result<()>;
+    /// Converts a Linear layer once, at session creation.
+    fn linear(&self, w: HostLinear) -> Result<Self::Linear>;
+    /// Floats of scratch `patch_embed` needs for these dims.
+    fn patch_embed_scratch(&self, d: &Dims) -> usize;
+
+    /// x (B, N, D) = [cls (+pos[0]), registers, conv(pixels) (+pos[1..])].
+    #[allow(clippy::too_many_arguments)]
+    fn patch_embed(
+        &self,
+        x: &mut Self::Buffer,
+        scratch: &mut Self::Buffer,
+        pixels: &Self::Buffer,
+        w: &Self::Linear,
+        cls: &Self::Buffer,
+        registers: Option<&Self::Buffer>,
+        pos: Option<&Self::Buffer>,
+        d: &Dims,
+    ) -> Result<()>;
+
+    /// out (R, C) = layer_norm(inp (R, C)) with weight, bias (C).
+    fn layer_norm(
+        &self,
+        out: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: &Self::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// out (R, O) = act(inp (R, K) Wᵀ + b).
+    fn matmul(
+        &self,
+        out: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        w: &Self::Linear,
+        rows: usize,
+        act: Option<Activation>,
+    ) -> Result<()>;
+
+    /// Rotates q and k of the patch tokens of qkv (B, N, 3D) in place.
+    fn rope(&self, qkv: &mut Self::Buffer, cos: &Self::Buffer, sin: &Self::Buffer, d: &Dims) -> Result<()>;
+
+    /// out (B, N, D) = attention(qkv (B, N, 3D)).
+    fn attention(&self, out: &mut Self::Buffer, qkv: &Self::Buffer, d: &Dims) -> Result<()>;
+
+    /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
+    fn swiglu(&self, out: &mut Self::Buffer, gate_up: &Self::Buffer, rows: usize, hidden: usize, act: Activation) -> Result<()>;
+
+    /// x (R, D) += y (R, D) * gamma (D).
+    fn layer_scale(&self, x: &mut Self::Buffer, y: &Self::Buffer, gamma: &Self::Buffer, rows: usize, dim: usize) -> Result<()>;
+
+    /// Waits for queued work (no-op for synchronous backends).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! The model definition: one DINOv3 / DINOv2 forward pass, written once against [`Backend`].
+//!
+//! ```text
+//! x = patch_embed(pixels)                       [CLS, registers, patches] (+ pos, DINOv2)
+//! for each block:
+//!     h   = layer_norm(x; norm1)
+//!     qkv = matmul(h; [Wq; Wk; Wv])              fused q, k, v projections
+//!     rope(qkv)                                   DINOv3 only, patch tokens only
+//!     x  += ls1 * matmul(attention(qkv); Wo)     layer_scale
+//!     h   = layer_norm(x; norm2)
+//!     x  += ls2 * mlp(h)                          plain: down(act(up h)); gated: down(act(gate h) * up h)
+//! out = layer_norm(x; final norm)
+//! ```
+//!
+//! [`PreparedModel`] holds the weights converted once for a backend; [`Plan`] holds every
+//! buffer for one input shape, so a forward allocates nothing.
+
+use crate::backend::{Backend, HostLinear};
+use crate::config::{MlpKind, ModelConfig, Positions};
+use crate::error::{Result, RuntimeError};
+use crate::model::Model;
+use crate::ops::{self, Dims};
+use crate::resample;
+use crate::weights::{LayerParam as L, Param};
+
+/// One transformer block's weights on a backend.
+pub struct PreparedLayer<B: Backend> {
+    pub norm1: (B::Buffer, B::Buffer),
+    /// (3D, D): q, k, v rows in that order; absent biases are zeros.
+    pub qkv: B::Linear,
+    pub o: B::Linear,
+    pub ls1: B::Buffer,
+    pub norm2: (B::Buffer, B::Buffer),
+    /// Plain MLP: up (I, D). Gated: [gate; up] (2I, D).
+    pub mlp_in: B::Linear,
+    pub mlp_out: B::Linear,
+    pub ls2: B::Buffer,
+}
+
+/// All weights of a model, converted once into a backend's layout.
+pub struct PreparedModel<B: Backend> {
+    pub config: ModelConfig,
+    pub patch: B::Linear,
+    pub cls: B::Buffer,
+    pub registers: Option<B::Buffer>,
+    /// DINOv2 position table (1 + g*g, D) on the host; resampled per input grid.
+    pub pos_table: Option<Vec<f32>>,
+    pub layers: Vec<PreparedLayer<B>>,
+    pub norm: (B::Buffer, B::Buffer),
+}
+
+/// Stacks several (rows, K) weights and their optional biases into one Linear.
+fn stacked_linear(model: &Model, parts: &[(Param, Option<Param>)], in_features: usize) -> Result<HostLinear> {
+    let mut weight = Vec::new();
+    let mut bias = Vec::new();
+    let mut any_bias = false;
+    let mut out_features = 0;
+    for &(w, b) in parts {
+        let wv = model.tensor_f32(w)?;
+        let rows = wv.len() / in_features;
+        out_features += rows;
+        weight.extend_from_slice(&wv);
+        match b {
+            Some(b) => {
+                any_bias = true;
+                bias.extend(model.tensor_f32(b)?);
+            }
+            None => bias.extend(std::iter::repeat_n(0.0, rows)),
+        }
+    }
+    Ok(HostLinear { out_features, in_features, weight, bias: any_bias.then_some(bias) })
+}
+
+impl<B: Backend> PreparedModel<B> {
+    /// Converts every parameter of `model` for `backend`.
+    pub fn new(backend: &B, model: &Model) -> Result<Self> {
+        let cfg = model.config().clone();
+        let d = cfg.hidden_size;
+        let i = cfg.intermediate_size;
+        let bias = |flag: bool, p: Param| flag.then_some(p);
+        let vec = |p: Param| -> Result<B::Buffer> { backend.upload(&model.tensor_f32(p)?) };
+        let patch = backend.linear(HostLinear {
+            out_features: d,
+            in_features: cfg.num_channels * cfg.patch_size * cfg.patch_size,
+            weight: model.tensor_f32(Param::PatchWeight)?,
+            bias: Some(model.tensor_f32(Param::PatchBias)?),
+        })?;
+        let registers = if cfg.num_register_tokens > 0 { Some(vec(Param::RegisterTokens)?) } else { None };
+        let pos_table = match cfg.positions {
+            Positions::Learned { .. } => Some(model.tensor_f32(Param::PosEmbed)?),
+            Positions::Rope { .. } => None,
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |lp| Param::Layer(l, lp);
+            let qkv = stacked_linear(
+                model,
+                &[
+                    (p(L::QWeight), bias(cfg.query_bias, p(L::QBias))),
+                    (p(L::KWeight), bias(cfg.key_bias, p(L::KBias))),
+                    (p(L::VWeight), bias(cfg.value_bias, p(L::VBias))),
+                ],
+                d,
+            )?;
+            let o = stacked_linear(model, &[(p(L::OWeight), bias(cfg.proj_bias, p(L::OBias)))], d)?;
+            let mlp_in = match cfg.mlp {
+                MlpKind::Plain(_) => stacked_linear(model, &[(p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))], d)?,
+                MlpKind::Gated(_) => stacked_linear(
+                    model,
+                    &[(p(L::GateWeight), bias(cfg.mlp_bias, p(L::GateBias))), (p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))],
+                    d,
+                )?,
+            };
+            let mlp_out = stacked_linear(model, &[(p(L::DownWeight), bias(cfg.mlp_bias, p(L::DownBias)))], i)?;
+            layers.push(PreparedLayer {
+                norm1: (vec(p(L::Norm1Weight))?, vec(p(L::Norm1Bias))?),
+                qkv: backend.linear(qkv)?,
+                o: backend.linear(o)?,
+                ls1: vec(p(L::LayerScale1))?,
+                norm2: (vec(p(L::Norm2Weight))?, vec(p(L::Norm2Bias))?),
+                mlp_in: backend.linear(mlp_in)?,
+                mlp_out: backend.linear(mlp_out)?,
+                ls2: vec(p(L::LayerScale2))?,
+            });
+        }
+        Ok(PreparedModel {
+            patch,
+            cls: vec(Param::ClsToken)?,
+            registers,
+            pos_table,
+            layers,
+            norm: (vec(Param::NormWeight)?, vec(Param::NormBias)?),
+            config: cfg,
+        })
+    }
+}
+
+/// Sizes of a forward for `batch` images of `height x width` pixels.
+pub fn dims(cfg: &ModelConfig, batch: usize, height: usize, width: usize) -> Dims {
+    let (grid_h, grid_w) = cfg.grid(height, width);
+    Dims {
+        batch,
+        channels: cfg.num_channels,
+        height,
+        width,
+        patch: cfg.patch_size,
+        grid_h,
+        grid_w,
+        prefix: cfg.num_prefix_tokens(),
+        dim: cfg.hidden_size,
+        heads: cfg.num_heads,
+        hidden: cfg.intermediate_size,
+    }
+}
+
+/// The DINOv2 position table (1 + gh*gw, D) for a grid, resampled as HF does.
+pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: usize) -> Vec<f32> {
+    let Positions::Learned { grid, antialias } = cfg.positions else { return Vec::new() };
+    let d = cfg.hidden_size;
+    if (grid_h, grid_w) == (grid, grid) {
+        return table.to_vec();
+    }
+    // (g*g, D) -> planar (D, g, g), resize, -> (gh*gw, D).
+    let patch = &table[d..];
+    let mut planar = vec![0.0f32; d * grid * grid];
+    for p in 0..grid * grid {
+        for c in 0..d {
+            planar[c * grid * grid + p] = patch[p * d + c];
+        }
+    }
+    let resized = if antialias {
+        resample::resize_aa(&planar, d, grid, grid, grid_h, grid_w, resample::Filter::Bicubic)
+    } else {
+        resample::bicubic(&planar, d, grid, grid, grid_h, grid_w)
+    };
+    let n = grid_h * grid_w;
+    let mut out = Vec::with_capacity((1 + n) * d);
+    out.extend_from_slice(&table[..d]);
+    for p in 0..n {
+        out.extend((0..d).map(|c| resized[c * n + p]));
+    }
+    out
+}
+
+/// Every buffer of one forward for fixed dims.
+pub struct Plan<B: Backend> {
+    pub dims: Dims,
+    /// Block indices whose (final-normed) output is kept, in request order.
+    pub capture: Vec<usize>,
+    pub pixels: B::Buffer,
+    scratch: B::Buffer,
+    x: B::Buffer,
+    h: B::Buffer,
+    qkv: B::Buffer,
+    attn: B::Buffer,
+    mlp: B::Buffer,
+    mlp_act: Option<B::Buffer>,
+    pub out: B::Buffer,
+    pub captured: Vec<B::Buffer>,
+    rope: Option<(B::Buffer, B::Buffer)>,
+    pos: Option<B::Buffer>,
+}
+
+impl<B: Backend> Plan<B> {
+    pub fn new(backend: &B, m: &PreparedModel<B>, dims: Dims, capture: &[usize]) -> Result<Self> {
+        let cfg = &m.config;
+        if let Some(&bad) = capture.iter().find(|&&l| l >= cfg.num_layers) {
+            return Err(RuntimeError::input("layers", format!("layer {bad} requested, the model has {} (0..{})", cfg.num_layers, cfg.num_layers)));
+        }
+        let rows = dims.rows();
+        let (d, i) = (dims.dim, dims.hidden);
+        let gated = matches!(cfg.mlp, MlpKind::Gated(_));
+        let rope = match cfg.positions {
+            Positions::Rope { theta } => {
+                let (c, s) = ops::rope::tables(dims.grid_h, dims.grid_w, dims.head_dim(), theta);
+                Some((backend.upload(&c)?, backend.upload(&s)?))
+            }
+            Positions::Learned { .. } => None,
+        };
+        let pos = match &m.pos_table {
+            Some(t) => Some(backend.upload(&position_table(cfg, t, dims.grid_h, dims.grid_w))?),
+            None => None,
+        };
+        Ok(Plan {
+            dims,
+            capture: capture.to_vec(),
+            pixels: backend.alloc(dims.batch * dims.channels * dims.height * dims.width)?,
+            scratch: backend.alloc(backend.patch_embed_scratch(&dims))?,
+            x: backend.alloc(rows * d)?,
+            h: backend.alloc(rows * d)?,
+            qkv: backend.alloc(rows * 3 * d)?,
+            attn: backend.alloc(rows * d)?,
+            mlp: backend.alloc(rows * if gated { 2 * i } else { i })?,
+            mlp_act: if gated { Some(backend.alloc(rows * i)?) } else { None },
+            out: backend.alloc(rows * d)?,
+            captured: capture.iter().map(|_| backend.alloc(rows * d)).collect::<Result<_>>()?,
+            rope,
+            pos,
+        })
+    }
+}
+
+/// Runs the forward pass on `plan.pixels`, leaving the final-normed tokens in `plan.out`
+/// and captured blocks in `plan.captured`.
+pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {
+    let cfg = &m.config;
+    let d = p.dims;
+    let rows = d.rows();
+    let dim = d.dim;
+    let eps = cfg.layer_norm_eps as f32;
+    be.patch_embed(&mut p.x, &mut p.scratch, &p.pixels, &m.patch, &m.cls, m.registers.as_ref(), p.pos.as_ref(), &d)?;
+    for (l, layer) in m.layers.iter().enumerate() {
+        // Attention half.
+        be.layer_norm(&mut p.h, &p.x, &layer.norm1.0, &layer.norm1.1, rows, dim, eps)?;
+        be.matmul(&mut p.qkv, &p.h, &layer.qkv, rows, None)?;
+        if let Some((cos, sin)) = &p.rope {
+            be.rope(&mut p.qkv, cos, sin, &d)?;
+        }
+        be.attention(&mut p.attn, &p.qkv, &d)?;
+        be.matmul(&mut p.h, &p.attn, &layer.o, rows, None)?;
+        be.layer_scale(&mut p.x, &p.h, &layer.ls1, rows, dim)?;
+        // MLP half.
+        be.layer_norm(&mut p.h, &p.x, &layer.norm2.0, &layer.norm2.1, rows, dim, eps)?;
+        match cfg.mlp {
+            MlpKind::Plain(act) => {
+                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Some(act))?;
+                be.matmul(&mut p.h, &p.mlp, &layer.mlp_out, rows, None)?;
+            }
+            MlpKind::Gated(act) => {
+                let mlp_act = p.mlp_act.as_mut().expect("gated plan has mlp_act");
+                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, None)?;
+                be.swiglu(mlp_act, &p.mlp, rows, d.hidden, act)?;
+                be.matmul(&mut p.h, mlp_act, &layer.mlp_out, rows, None)?;
+            }
+        }
+        be.layer_scale(&mut p.x, &p.h, &layer.ls2, rows, dim)?;
+        for (k, _) in p.capture.iter().enumerate().filter(|(_, c)| **c == l) {
+            be.layer_norm(&mut p.captured[k], &p.x, &m.norm.0, &m.norm.1, rows, dim, eps)?;
+        }
+    }
+    be.layer_norm(&mut p.out, &p.x, &m.norm.0, &m.norm.1, rows, dim, eps)?;
+    be.synchronize()
+}

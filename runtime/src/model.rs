@@ -1,0 +1,87 @@
+//! A loaded model: its config, its memory-mapped weights and where each parameter lives.
+//!
+//! Loading validates every tensor name, shape and dtype but converts nothing: each backend
+//! converts the mapped data once, into its own layout, when a session is created.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::config::ModelConfig;
+use crate::error::{Result, RuntimeError};
+use crate::weights::layout::{self, Param, WeightLayout};
+use crate::weights::store::{StoredTensor, TensorStore};
+
+pub struct Model {
+    dir: PathBuf,
+    config: ModelConfig,
+    store: TensorStore,
+    layout: WeightLayout,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("dir", &self.dir).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads an HF model directory: `config.json` plus `model.safetensors` or a sharded set
+    /// with `model.safetensors.index.json`.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(RuntimeError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+        }
+        let config = ModelConfig::from_dir(dir)?;
+        let store = TensorStore::open_dir(dir)?;
+        Self::from_parts(dir.to_path_buf(), config, store)
+    }
+
+    /// Builds a model from an already opened store (validates names and shapes).
+    pub fn from_parts(dir: PathBuf, config: ModelConfig, store: TensorStore) -> Result<Self> {
+        let layout = layout::resolve(&config, &store)?;
+        Ok(Model { dir, config, store, layout })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn store(&self) -> &TensorStore {
+        &self.store
+    }
+
+    /// Where a parameter is stored; `None` for an absent optional one (the mask token).
+    pub fn stored(&self, p: Param) -> Option<(StoredTensor<'_>, Option<Range<usize>>)> {
+        let r = self.layout.params.get(&p)?;
+        let t = self.store.get(&r.key)?;
+        Some((t, r.rows.clone()))
+    }
+
+    /// A parameter converted to f32 in its HF layout.
+    pub fn tensor_f32(&self, p: Param) -> Result<Vec<f32>> {
+        let (t, rows) = self.stored(p).ok_or_else(|| RuntimeError::MissingTensor {
+            path: self.store.main_path().to_path_buf(),
+            tensor: layout::hub_location(&self.config, p).key,
+            expected: layout::shape(&self.config, p),
+        })?;
+        match rows {
+            None => t.to_f32(),
+            Some(r) => {
+                let cols: usize = t.shape[1..].iter().product();
+                let mut out = vec![0.0; r.len() * cols];
+                t.read_f32_into(r.start * cols, &mut out)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Number of parameters actually stored for this architecture.
+    pub fn num_parameters(&self) -> usize {
+        self.layout.params.values().map(|r| r.shape.iter().product::<usize>()).sum()
+    }
+}

@@ -1,0 +1,14 @@
+//! `attention`: multi-head scaled dot-product attention without mask or dropout.
+//! Writes `out` (`=`).
+//!
+//! For each batch b and head h: `out[b, :, h] = softmax(q kᵀ * hd^-0.5) v`, with q, k, v
+//! the h-th head slices of qkv. Output heads are concatenated along D, as HF's
+//! `attn_output.reshape(B, N, D)`.
+//!
+//! Shapes: qkv (B, N, 3, heads, hd) = (B, N, 3D); out (B, N, D).
+//! No N x N matrix is formed: each query streams over the keys with an online softmax.
+
+pub mod cpu;
+
+/// Largest head dim the CPU kernels keep on the stack (released models use 64 and 128).
+pub const MAX_HEAD_DIM: usize = 256;

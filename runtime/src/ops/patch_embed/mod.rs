@@ -1,0 +1,18 @@
+//! `patch_embed`: the token sequence of an image batch. Writes x (`=`).
+//!
+//! 1. Conv2d with kernel = stride = P and bias: each P x P patch (c, ky, kx order, as the
+//!    conv weight (D, C, P, P)) becomes a D-vector; pixels past the last full patch are
+//!    ignored, as the conv does.
+//! 2. `x = [CLS, registers, patches]`, row-major patches (h outer, w inner).
+//! 3. With a learned position table pos (1 + HW, D) (DINOv2): CLS += pos[0] and
+//!    patch p += pos[1 + p]; registers get none (HF inserts them after the add).
+//!
+//! Shapes: pixels (B, C, H, W); weight (D, C*P*P); bias (D); cls (D); registers (R, D);
+//! x (B, N, D). `scratch` holds B*HW*(C*P*P + D) floats.
+
+pub mod cpu;
+
+/// Floats of scratch the CPU form needs.
+pub fn scratch_len(d: &super::Dims) -> usize {
+    d.batch * d.patches() * (d.patch_len() + d.dim)
+}

@@ -1,0 +1,156 @@
+//! Sessions: a model's weights prepared on one backend, plus per-shape plans.
+//!
+//! [`Session`] is generic over the backend; [`InferenceSession`] is its object-safe face,
+//! and [`create_session`] picks a backend by name.
+
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, BackendInfo, BackendKind, Precision};
+use crate::error::{Result, RuntimeError};
+use crate::features::{Features, split_tokens};
+use crate::forward::{self, Plan, PreparedModel};
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// Per-run options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Blocks (0-based) whose outputs to return as well, final norm applied.
+    pub capture_layers: Vec<usize>,
+}
+
+/// How to build a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub backend: BackendKind,
+    pub precision: Precision,
+    /// CPU worker threads (default: all cores).
+    pub threads: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { backend: BackendKind::Cpu, precision: Precision::F32, threads: None }
+    }
+}
+
+/// Object-safe interface of a session on any backend.
+pub trait InferenceSession: Send {
+    fn info(&self) -> BackendInfo;
+    fn model(&self) -> &Arc<Model>;
+    /// Runs `pixel_values` (B, 3, H, W), already preprocessed.
+    fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features>;
+}
+
+/// Plans kept per session (one per recent input shape).
+const MAX_PLANS: usize = 4;
+
+/// A model prepared on backend `B`.
+pub struct Session<B: Backend> {
+    backend: B,
+    model: Arc<Model>,
+    prepared: PreparedModel<B>,
+    /// Most recently used last.
+    plans: Vec<Plan<B>>,
+}
+
+impl<B: Backend> Session<B> {
+    pub fn new(backend: B, model: Arc<Model>) -> Result<Self> {
+        let prepared = PreparedModel::new(&backend, &model)?;
+        Ok(Session { backend, model, prepared, plans: Vec::new() })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Validates `pixel_values` and returns the forward's dims.
+    fn check_input(&self, pixels: &Tensor) -> Result<crate::ops::Dims> {
+        let cfg = self.model.config();
+        let s = &pixels.shape;
+        if s.len() != 4 || s[1] != cfg.num_channels || s[0] == 0 {
+            return Err(RuntimeError::input(
+                "pixel_values",
+                format!("expected shape (B, {}, H, W) with B >= 1, got {s:?}", cfg.num_channels),
+            ));
+        }
+        if s[2] < cfg.patch_size || s[3] < cfg.patch_size {
+            return Err(RuntimeError::ImageTooSmall { height: s[2], width: s[3], patch: cfg.patch_size });
+        }
+        if pixels.data.len() != s.iter().product::<usize>() {
+            return Err(RuntimeError::input("pixel_values", format!("{} values for shape {s:?}", pixels.data.len())));
+        }
+        Ok(forward::dims(cfg, s[0], s[2], s[3]))
+    }
+
+    /// Index of the plan for these dims, building it if needed.
+    fn plan_for(&mut self, dims: crate::ops::Dims, capture: &[usize]) -> Result<usize> {
+        if let Some(i) = self.plans.iter().position(|p| p.dims == dims && p.capture == capture) {
+            let plan = self.plans.remove(i);
+            self.plans.push(plan);
+        } else {
+            if self.plans.len() == MAX_PLANS {
+                self.plans.remove(0);
+            }
+            let plan = Plan::new(&self.backend, &self.prepared, dims, capture)?;
+            self.plans.push(plan);
+        }
+        Ok(self.plans.len() - 1)
+    }
+
+    /// Runs one forward and returns the features.
+    pub fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
+        let dims = self.check_input(pixels)?;
+        let idx = self.plan_for(dims, &opts.capture_layers)?;
+        let plan = &mut self.plans[idx];
+        self.backend.write(&mut plan.pixels, &pixels.data)?;
+        forward::forward(&self.backend, &self.prepared, plan)?;
+        let rows = dims.rows() * dims.dim;
+        let grid = (dims.grid_h, dims.grid_w);
+        let regs = self.model.config().num_register_tokens;
+        let read = |buf: &B::Buffer, layer: usize| -> Result<_> {
+            let mut host = vec![0.0f32; rows];
+            self.backend.read(buf, &mut host)?;
+            Ok(split_tokens(layer, &host, dims.batch, regs, grid, dims.dim))
+        };
+        let last = read(&plan.out, self.model.config().num_layers - 1)?;
+        let intermediate = plan.capture.iter().zip(&plan.captured).map(|(&l, b)| read(b, l)).collect::<Result<_>>()?;
+        Ok(Features { grid, last, intermediate })
+    }
+}
+
+impl<B: Backend + 'static> InferenceSession for Session<B>
+where
+    B::Buffer: Send,
+    B::Linear: Send,
+{
+    fn info(&self) -> BackendInfo {
+        self.backend.info()
+    }
+    fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+    fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
+        Session::run(self, pixels, opts)
+    }
+}
+
+/// Builds a session on the requested backend.
+pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dyn InferenceSession>> {
+    match opts.backend {
+        BackendKind::Cpu => {
+            if opts.precision != Precision::F32 {
+                return Err(RuntimeError::BackendUnavailable {
+                    backend: "cpu".into(),
+                    reason: format!("precision {} is not implemented on the CPU backend (use f32)", opts.precision),
+                });
+            }
+            Ok(Box::new(Session::new(CpuBackend::new(opts.threads)?, model)?))
+        }
+        other => Err(RuntimeError::BackendUnavailable {
+            backend: other.to_string(),
+            reason: "not compiled into this build (only the cpu backend is available)".into(),
+        }),
+    }
+}

@@ -1,0 +1,75 @@
+//! Tensor comparison for parity tests and device checks, reporting evidence on failure
+//! (the tensor, the max error, the first outlier and a few values), as llm.c's `check_tensor`.
+
+/// Result of comparing a tensor against a reference.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub name: String,
+    /// max |got - want|
+    pub max_abs: f32,
+    /// max |want|, the activation scale
+    pub scale: f32,
+    /// max_abs / max(scale, 1)
+    pub rel: f32,
+    /// Mean cosine similarity of rows of length `row` (1 when `row` is 0).
+    pub mean_cosine: f64,
+    pub first_outlier: Option<(usize, f32, f32)>,
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: max abs err {:.3e} at scale {:.3} (rel {:.3e}), mean row cosine {:.7}",
+            self.name, self.max_abs, self.scale, self.rel, self.mean_cosine
+        )?;
+        if let Some((i, g, w)) = self.first_outlier {
+            write!(f, "; first outlier at {i}: got {g}, want {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares `got` with `want`; `tol` bounds the error relative to max(|want|, 1), and rows
+/// of length `row` give the mean cosine.
+pub fn compare(name: &str, got: &[f32], want: &[f32], row: usize, tol: f32) -> Comparison {
+    assert_eq!(got.len(), want.len(), "{name}: {} values vs {} in the reference", got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let limit = tol * scale.max(1.0);
+    let mut max_abs = 0.0f32;
+    let mut first = None;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        if !(e <= limit) && first.is_none() {
+            first = Some((i, *g, *w));
+        }
+        if !(e <= max_abs) {
+            max_abs = e;
+        }
+    }
+    let mean_cosine = if row == 0 { 1.0 } else { mean_row_cosine(got, want, row) };
+    Comparison { name: name.to_string(), max_abs, scale, rel: max_abs / scale.max(1.0), mean_cosine, first_outlier: first }
+}
+
+/// Mean cosine similarity of corresponding rows.
+pub fn mean_row_cosine(a: &[f32], b: &[f32], row: usize) -> f64 {
+    let n = a.len() / row;
+    let mut total = 0.0;
+    for (x, y) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
+        let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+        for (p, q) in x.iter().zip(y) {
+            xy += *p as f64 * *q as f64;
+            xx += *p as f64 * *p as f64;
+            yy += *q as f64 * *q as f64;
+        }
+        total += if xx == 0.0 && yy == 0.0 { 1.0 } else { xy / (xx.sqrt() * yy.sqrt()).max(1e-30) };
+    }
+    total / n.max(1) as f64
+}
+
+impl Comparison {
+    /// Panics with the evidence when the comparison failed.
+    pub fn assert_ok(&self) {
+        assert!(self.first_outlier.is_none() && self.max_abs.is_finite(), "{self}");
+    }
+}

@@ -1,0 +1,442 @@
+//! Which tensors an architecture holds, their HF names and shapes.
+//!
+//! [`Param`] names each logical parameter once. [`hub_location`] gives the name HF writes
+//! with `save_pretrained` (the hub layout, which transformers 4 and 5 both load), and
+//! [`aliases`] the names transformers 5 uses in memory, so `state_dict()` dumps load too.
+//! [`resolve`] matches a [`TensorStore`] against the architecture and reports every missing,
+//! extra or mis-shaped tensor with its file.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+use safetensors::tensor::Dtype;
+
+use super::store::{StoredTensor, TensorStore};
+use crate::config::{Family, MlpKind, ModelConfig, Positions};
+use crate::error::{Result, RuntimeError};
+
+/// A parameter of one transformer block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerParam {
+    Norm1Weight,
+    Norm1Bias,
+    QWeight,
+    QBias,
+    KWeight,
+    KBias,
+    VWeight,
+    VBias,
+    OWeight,
+    OBias,
+    LayerScale1,
+    Norm2Weight,
+    Norm2Bias,
+    GateWeight,
+    GateBias,
+    UpWeight,
+    UpBias,
+    DownWeight,
+    DownBias,
+    LayerScale2,
+}
+
+/// A logical parameter of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Param {
+    PatchWeight,
+    PatchBias,
+    ClsToken,
+    RegisterTokens,
+    PosEmbed,
+    /// Training-only; accepted and ignored at inference, written on export for HF.
+    MaskToken,
+    Layer(usize, LayerParam),
+    NormWeight,
+    NormBias,
+}
+
+/// Where a parameter lives in a file: a tensor name, optionally a range of its rows
+/// (DINOv2's packed SwiGLU `weights_in` holds gate and up one after the other).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub key: String,
+    pub rows: Option<Range<usize>>,
+}
+
+impl Location {
+    fn whole(key: String) -> Self {
+        Location { key, rows: None }
+    }
+}
+
+/// Every parameter the architecture needs, in a stable order. The mask token is not listed
+/// (it is optional); biases appear only when the config enables them.
+pub fn params(cfg: &ModelConfig) -> Vec<Param> {
+    use LayerParam::*;
+    let mut v = vec![Param::PatchWeight, Param::PatchBias, Param::ClsToken];
+    // HF's DINOv3 always holds `register_tokens`, shape (1, 0, D) when there are none.
+    if cfg.num_register_tokens > 0 || cfg.family == Family::Dinov3 {
+        v.push(Param::RegisterTokens);
+    }
+    if matches!(cfg.positions, Positions::Learned { .. }) {
+        v.push(Param::PosEmbed);
+    }
+    for l in 0..cfg.num_layers {
+        let mut add = |p| v.push(Param::Layer(l, p));
+        add(Norm1Weight);
+        add(Norm1Bias);
+        for (w, b, has_bias) in [
+            (QWeight, QBias, cfg.query_bias),
+            (KWeight, KBias, cfg.key_bias),
+            (VWeight, VBias, cfg.value_bias),
+            (OWeight, OBias, cfg.proj_bias),
+        ] {
+            add(w);
+            if has_bias {
+                add(b);
+            }
+        }
+        add(LayerScale1);
+        add(Norm2Weight);
+        add(Norm2Bias);
+        if matches!(cfg.mlp, MlpKind::Gated(_)) {
+            add(GateWeight);
+            if cfg.mlp_bias {
+                add(GateBias);
+            }
+        }
+        add(UpWeight);
+        if cfg.mlp_bias {
+            add(UpBias);
+        }
+        add(DownWeight);
+        if cfg.mlp_bias {
+            add(DownBias);
+        }
+        add(LayerScale2);
+    }
+    v.push(Param::NormWeight);
+    v.push(Param::NormBias);
+    v
+}
+
+/// The HF shape of a parameter.
+pub fn shape(cfg: &ModelConfig, p: Param) -> Vec<usize> {
+    use LayerParam::*;
+    let d = cfg.hidden_size;
+    let i = cfg.intermediate_size;
+    match p {
+        Param::PatchWeight => vec![d, cfg.num_channels, cfg.patch_size, cfg.patch_size],
+        Param::PatchBias | Param::NormWeight | Param::NormBias => vec![d],
+        Param::ClsToken => vec![1, 1, d],
+        Param::RegisterTokens => vec![1, cfg.num_register_tokens, d],
+        Param::PosEmbed => match cfg.positions {
+            Positions::Learned { grid, .. } => vec![1, 1 + grid * grid, d],
+            Positions::Rope { .. } => vec![0],
+        },
+        Param::MaskToken => match cfg.family {
+            Family::Dinov3 => vec![1, 1, d],
+            Family::Dinov2 | Family::Dinov2Registers => vec![1, d],
+        },
+        Param::Layer(_, lp) => match lp {
+            QWeight | KWeight | VWeight | OWeight => vec![d, d],
+            GateWeight | UpWeight => vec![i, d],
+            DownWeight => vec![d, i],
+            GateBias | UpBias => vec![i],
+            Norm1Weight | Norm1Bias | Norm2Weight | Norm2Bias | QBias | KBias | VBias | OBias | DownBias
+            | LayerScale1 | LayerScale2 => vec![d],
+        },
+    }
+}
+
+/// The hub (save_pretrained) name of a parameter.
+pub fn hub_location(cfg: &ModelConfig, p: Param) -> Location {
+    match cfg.family {
+        Family::Dinov3 => Location::whole(dinov3_name(p, "layer")),
+        Family::Dinov2 | Family::Dinov2Registers => dinov2_location(cfg, p),
+    }
+}
+
+/// Other names of a parameter: transformers 5 in-memory names.
+pub fn aliases(cfg: &ModelConfig, p: Param) -> Vec<Location> {
+    match (cfg.family, p) {
+        (Family::Dinov3, Param::Layer(..)) => vec![Location::whole(dinov3_name(p, "model.layer"))],
+        (Family::Dinov2 | Family::Dinov2Registers, Param::Layer(l, lp)) => {
+            use LayerParam::*;
+            let base = format!("encoder.layer.{l}");
+            let name = match lp {
+                QWeight => "attention.q_proj.weight",
+                QBias => "attention.q_proj.bias",
+                KWeight => "attention.k_proj.weight",
+                KBias => "attention.k_proj.bias",
+                VWeight => "attention.v_proj.weight",
+                VBias => "attention.v_proj.bias",
+                OWeight => "attention.o_proj.weight",
+                OBias => "attention.o_proj.bias",
+                GateWeight => "mlp.gate_proj.weight",
+                GateBias => "mlp.gate_proj.bias",
+                UpWeight if matches!(cfg.mlp, MlpKind::Gated(_)) => "mlp.up_proj.weight",
+                UpBias if matches!(cfg.mlp, MlpKind::Gated(_)) => "mlp.up_proj.bias",
+                DownWeight if matches!(cfg.mlp, MlpKind::Gated(_)) => "mlp.down_proj.weight",
+                DownBias if matches!(cfg.mlp, MlpKind::Gated(_)) => "mlp.down_proj.bias",
+                _ => return vec![],
+            };
+            vec![Location::whole(format!("{base}.{name}"))]
+        }
+        _ => vec![],
+    }
+}
+
+fn dinov3_name(p: Param, layer_prefix: &str) -> String {
+    use LayerParam::*;
+    match p {
+        Param::PatchWeight => "embeddings.patch_embeddings.weight".into(),
+        Param::PatchBias => "embeddings.patch_embeddings.bias".into(),
+        Param::ClsToken => "embeddings.cls_token".into(),
+        Param::RegisterTokens => "embeddings.register_tokens".into(),
+        Param::MaskToken => "embeddings.mask_token".into(),
+        Param::PosEmbed => "embeddings.position_embeddings".into(),
+        Param::NormWeight => "norm.weight".into(),
+        Param::NormBias => "norm.bias".into(),
+        Param::Layer(l, lp) => {
+            let s = match lp {
+                Norm1Weight => "norm1.weight",
+                Norm1Bias => "norm1.bias",
+                QWeight => "attention.q_proj.weight",
+                QBias => "attention.q_proj.bias",
+                KWeight => "attention.k_proj.weight",
+                KBias => "attention.k_proj.bias",
+                VWeight => "attention.v_proj.weight",
+                VBias => "attention.v_proj.bias",
+                OWeight => "attention.o_proj.weight",
+                OBias => "attention.o_proj.bias",
+                LayerScale1 => "layer_scale1.lambda1",
+                Norm2Weight => "norm2.weight",
+                Norm2Bias => "norm2.bias",
+                GateWeight => "mlp.gate_proj.weight",
+                GateBias => "mlp.gate_proj.bias",
+                UpWeight => "mlp.up_proj.weight",
+                UpBias => "mlp.up_proj.bias",
+                DownWeight => "mlp.down_proj.weight",
+                DownBias => "mlp.down_proj.bias",
+                LayerScale2 => "layer_scale2.lambda1",
+            };
+            format!("{layer_prefix}.{l}.{s}")
+        }
+    }
+}
+
+fn dinov2_location(cfg: &ModelConfig, p: Param) -> Location {
+    use LayerParam::*;
+    let gated = matches!(cfg.mlp, MlpKind::Gated(_));
+    let i = cfg.intermediate_size;
+    let name = match p {
+        Param::PatchWeight => "embeddings.patch_embeddings.projection.weight".into(),
+        Param::PatchBias => "embeddings.patch_embeddings.projection.bias".into(),
+        Param::ClsToken => "embeddings.cls_token".into(),
+        Param::RegisterTokens => "embeddings.register_tokens".into(),
+        Param::MaskToken => "embeddings.mask_token".into(),
+        Param::PosEmbed => "embeddings.position_embeddings".into(),
+        Param::NormWeight => "layernorm.weight".into(),
+        Param::NormBias => "layernorm.bias".into(),
+        Param::Layer(l, lp) => {
+            let base = format!("encoder.layer.{l}");
+            // HF chunks weights_in into (x1, x2) and computes silu(x1) * x2: gate first.
+            let packed = |suffix: &str, rows: Range<usize>| Location { key: format!("{base}.mlp.weights_in.{suffix}"), rows: Some(rows) };
+            let s = match lp {
+                Norm1Weight => "norm1.weight",
+                Norm1Bias => "norm1.bias",
+                QWeight => "attention.attention.query.weight",
+                QBias => "attention.attention.query.bias",
+                KWeight => "attention.attention.key.weight",
+                KBias => "attention.attention.key.bias",
+                VWeight => "attention.attention.value.weight",
+                VBias => "attention.attention.value.bias",
+                OWeight => "attention.output.dense.weight",
+                OBias => "attention.output.dense.bias",
+                LayerScale1 => "layer_scale1.lambda1",
+                Norm2Weight => "norm2.weight",
+                Norm2Bias => "norm2.bias",
+                GateWeight => return packed("weight", 0..i),
+                GateBias => return packed("bias", 0..i),
+                UpWeight if gated => return packed("weight", i..2 * i),
+                UpBias if gated => return packed("bias", i..2 * i),
+                UpWeight => "mlp.fc1.weight",
+                UpBias => "mlp.fc1.bias",
+                DownWeight if gated => "mlp.weights_out.weight",
+                DownBias if gated => "mlp.weights_out.bias",
+                DownWeight => "mlp.fc2.weight",
+                DownBias => "mlp.fc2.bias",
+                LayerScale2 => "layer_scale2.lambda1",
+            };
+            format!("{base}.{s}")
+        }
+    };
+    Location::whole(name)
+}
+
+/// A parameter found in a store.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub key: String,
+    pub rows: Option<Range<usize>>,
+    /// The HF shape of the parameter (of the row slice, for packed tensors).
+    pub shape: Vec<usize>,
+}
+
+/// The result of matching a store against an architecture.
+#[derive(Clone, Debug, Default)]
+pub struct WeightLayout {
+    /// Prefix stripped from every name (e.g. `backbone.`), empty for a bare backbone.
+    pub prefix: String,
+    pub params: HashMap<Param, Resolved>,
+}
+
+fn squeeze_leading(s: &[usize]) -> &[usize] {
+    let first = s.iter().position(|&d| d != 1).unwrap_or(s.len());
+    &s[first..]
+}
+
+fn same_shape(a: &[usize], b: &[usize]) -> bool {
+    squeeze_leading(a) == squeeze_leading(b)
+}
+
+/// Dtypes the loader converts.
+pub fn supported_dtype(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+}
+
+/// Detects a common prefix such as `backbone.` or `dinov2.` from the CLS token's name.
+fn detect_prefix(store: &TensorStore) -> String {
+    store
+        .names()
+        .into_iter()
+        .find_map(|n| n.strip_suffix("embeddings.cls_token").map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Matches the store against the architecture.
+pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
+    let prefix = detect_prefix(store);
+    let mut out = WeightLayout { prefix: prefix.clone(), params: HashMap::new() };
+    let mut used: HashSet<String> = HashSet::new();
+    let arch = cfg.describe();
+
+    let mut wanted = params(cfg);
+    wanted.push(Param::MaskToken);
+    for p in wanted {
+        let expected = shape(cfg, p);
+        let mut candidates = vec![hub_location(cfg, p)];
+        candidates.extend(aliases(cfg, p));
+        let found = candidates.iter().find_map(|loc| {
+            let key = format!("{prefix}{}", loc.key);
+            store.get(&key).map(|t| (key, loc.rows.clone(), t))
+        });
+        let Some((key, rows, t)) = found else {
+            if p == Param::MaskToken {
+                continue;
+            }
+            return Err(RuntimeError::MissingTensor {
+                path: store.main_path().to_path_buf(),
+                tensor: format!("{prefix}{}", candidates[0].key),
+                expected,
+            });
+        };
+        check_tensor(&t, rows.as_ref(), &expected)?;
+        used.insert(key.clone());
+        out.params.insert(p, Resolved { key, rows, shape: expected });
+    }
+
+    for name in store.names() {
+        if used.contains(name) || ignorable(name) {
+            continue;
+        }
+        if !name.starts_with(&prefix) {
+            // Outside the backbone (a task head next to `backbone.*`): not ours to load.
+            continue;
+        }
+        let t = store.get(name).expect("listed name");
+        return Err(RuntimeError::UnexpectedTensor {
+            path: t.path.to_path_buf(),
+            tensor: name.to_string(),
+            shape: t.shape.to_vec(),
+            arch: arch.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Buffers some exporters keep that carry no information for inference.
+fn ignorable(name: &str) -> bool {
+    name.ends_with("rope_embeddings.inv_freq") || name.ends_with("rope_embed.periods")
+}
+
+fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize]) -> Result<()> {
+    if !supported_dtype(t.dtype) {
+        return Err(RuntimeError::UnsupportedDtype {
+            path: t.path.to_path_buf(),
+            tensor: t.name.to_string(),
+            dtype: format!("{:?}", t.dtype),
+            extra: "",
+        });
+    }
+    let ok = match rows {
+        // A packed tensor holds the slice's rows among others: [rows_total, cols].
+        Some(r) => t.shape.len() == expected.len() && t.shape[0] >= r.end && t.shape[1..] == expected[1..],
+        None => same_shape(t.shape, expected),
+    };
+    if !ok {
+        let expected = match rows {
+            Some(r) => {
+                let mut e = expected.to_vec();
+                e[0] = r.end.max(2 * (r.end - r.start));
+                e
+            }
+            None => expected.to_vec(),
+        };
+        return Err(RuntimeError::ShapeMismatch {
+            path: t.path.to_path_buf(),
+            tensor: t.name.to_string(),
+            expected,
+            found: t.shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// One tensor in the hub layout, ready for [`super::store::write_safetensors`].
+pub type HubTensor = (String, Vec<usize>, Dtype, Vec<u8>);
+
+/// Builds the hub-layout tensors of a model from per-parameter f32 values (packing DINOv2's
+/// SwiGLU `weights_in`). The mask token is written as zeros when `get` has none.
+pub fn hub_tensors(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<Vec<f32>>) -> Result<Vec<HubTensor>> {
+    let mut packed: HashMap<String, Vec<(Range<usize>, Vec<f32>, Vec<usize>)>> = HashMap::new();
+    let mut out = Vec::new();
+    let mut all = params(cfg);
+    all.push(Param::MaskToken);
+    for p in all {
+        let shp = shape(cfg, p);
+        let data = match (p, get(p)) {
+            (Param::MaskToken, Err(_)) => vec![0.0; shp.iter().product()],
+            (_, r) => r?,
+        };
+        if data.len() != shp.iter().product::<usize>() {
+            return Err(RuntimeError::input(format!("{p:?}"), format!("has {} values, shape {shp:?} needs {}", data.len(), shp.iter().product::<usize>())));
+        }
+        let loc = hub_location(cfg, p);
+        match loc.rows {
+            Some(rows) => packed.entry(loc.key).or_default().push((rows, data, shp)),
+            None => out.push(super::store::f32_entry(loc.key, shp, &data)),
+        }
+    }
+    for (key, mut parts) in packed {
+        parts.sort_by_key(|(r, _, _)| r.start);
+        let rows: usize = parts.iter().map(|(r, _, _)| r.len()).sum();
+        let mut shp = parts[0].2.clone();
+        shp[0] = rows;
+        let data: Vec<f32> = parts.into_iter().flat_map(|(_, d, _)| d).collect();
+        out.push(super::store::f32_entry(key, shp, &data));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

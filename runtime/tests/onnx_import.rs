@@ -1,0 +1,69 @@
+//! ONNX import: the fixture models exported by `tools/make_fixtures.py onnx-export` are
+//! imported, written in HF layout, reloaded, and must reproduce HF's reference outputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dinoedge_runtime::import::{import_onnx, write_model_dir};
+use dinoedge_runtime::testing::compare;
+use dinoedge_runtime::weights::TensorStore;
+use dinoedge_runtime::{Model, ModelConfig, RunOptions, SessionOptions, Tensor, create_session};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn roundtrip(name: &str) {
+    let onnx = fixtures().join("onnx").join(format!("{name}.onnx"));
+    let imp = import_onnx(&onnx).unwrap();
+    println!("{name}: {:?}", imp.notes);
+    let original = ModelConfig::from_dir(&fixtures().join("hf").join(name)).unwrap();
+    assert_eq!(imp.config, original, "inferred config differs from the exported model's");
+    let out = tempfile::tempdir().unwrap();
+    write_model_dir(&imp, out.path(), &onnx).unwrap();
+    let model = Arc::new(Model::load(out.path()).unwrap());
+    let mut s = create_session(model, &SessionOptions::default()).unwrap();
+    let reference = TensorStore::open_files(&[fixtures().join("hf").join(name).join("reference.safetensors")]).unwrap();
+    for key in ["sq", "rect"] {
+        let get = |k: &str| {
+            let t = reference.get(&format!("{key}.{k}")).unwrap();
+            Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
+        };
+        let f = s.run(&get("pixel_values"), &RunOptions::default()).unwrap();
+        let want = get("last_hidden_state");
+        let d = f.dim();
+        // Compare the patch tokens (the last grid*grid rows of each image).
+        let hw = f.grid.0 * f.grid.1;
+        let n = want.shape[1];
+        let mut want_patches = Vec::new();
+        for b in 0..f.batch() {
+            want_patches.extend_from_slice(&want.data[(b * n + n - hw) * d..(b + 1) * n * d]);
+        }
+        let c = compare(&format!("{name}/{key}"), &f.last.patches.data, &want_patches, d, 1e-4);
+        println!("{c}");
+        c.assert_ok();
+    }
+}
+
+#[test]
+fn dinov2_export_round_trips() {
+    roundtrip("dinov2");
+}
+
+#[test]
+fn dinov3_export_round_trips() {
+    roundtrip("dinov3_mlp");
+}
+
+#[test]
+fn unknown_graph_is_a_clear_error() {
+    let e = import_onnx(&fixtures().join("onnx/not_a_vit.onnx")).unwrap_err().to_string();
+    assert!(e.contains("not an HF DINOv2/DINOv3 backbone"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
+    let e = import_onnx(&junk).unwrap_err().to_string();
+    assert!(e.contains("junk.onnx") && e.contains("cannot import ONNX"), "{e}");
+    let e = import_onnx(&dir.path().join("missing.onnx")).unwrap_err().to_string();
+    assert!(e.contains("missing.onnx"), "{e}");
+}

