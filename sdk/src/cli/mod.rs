@@ -1,0 +1,78 @@
+//! Subcommands of the `dinoedge` CLI. Results go to stdout, progress and notes to stderr.
+
+mod bench;
+mod embed;
+mod import;
+mod info;
+
+use clap::{Args, Parser, Subcommand};
+use dinoedge::{BackendKind, Precision, Result, SessionOptions};
+
+#[derive(Parser)]
+#[command(name = "dinoedge", version, about = "DINOv3-class dense vision features on edge devices")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Architecture, parameter count, dtype and tokens of a model directory.
+    Info(info::InfoArgs),
+    /// Embed images (or preprocessed pixels) and write CLS / register / patch features.
+    Embed(embed::EmbedArgs),
+    /// Time forward passes and print median / p90 latency (last line: one JSON object).
+    Bench(bench::BenchArgs),
+    /// Convert an HF-exported DINOv2 / DINOv3 ONNX backbone to an HF safetensors directory.
+    ImportOnnx(import::ImportArgs),
+}
+
+/// Backend selection shared by the commands that run a model.
+#[derive(Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// cpu (wgpu and cuda when compiled in).
+    #[arg(long, default_value = "cpu", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Compute precision: f32, f16, bf16, int8 (what the backend supports).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    pub fn session(&self) -> SessionOptions {
+        SessionOptions { backend: self.backend, precision: self.precision, threads: self.threads }
+    }
+}
+
+fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
+    s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Info(a) => info::run(a),
+        Cmd::Embed(a) => embed::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::ImportOnnx(a) => import::run(a),
+    }
+}

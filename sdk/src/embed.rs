@@ -1,0 +1,94 @@
+//! [`Embedder`]: a model, a preprocessing recipe and a session, for images in and
+//! features out.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dinoedge_runtime::{
+    BackendInfo, Features, InferenceSession, Model, Preprocessor, RgbImage, RunOptions, RuntimeError, SessionOptions,
+    Tensor, create_session,
+};
+
+use crate::error::Result;
+
+/// How images are resized before the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputMode {
+    /// The model's HF processor at this size (224 for the released checkpoints).
+    Fixed(usize),
+    /// Aspect-preserving: short side about this size, sides multiples of the patch.
+    Dense(usize),
+}
+
+impl Default for InputMode {
+    fn default() -> Self {
+        InputMode::Fixed(224)
+    }
+}
+
+/// Everything [`Embedder::load`] needs besides the model directory.
+#[derive(Clone, Debug, Default)]
+pub struct EmbedderOptions {
+    pub session: SessionOptions,
+    pub mode: InputMode,
+    /// Intermediate blocks (0-based) to return as well, final norm applied.
+    pub capture_layers: Vec<usize>,
+}
+
+pub struct Embedder {
+    model: Arc<Model>,
+    session: Box<dyn InferenceSession>,
+    pre: Preprocessor,
+    run: RunOptions,
+}
+
+impl Embedder {
+    /// Loads a model directory and prepares it on the requested backend.
+    pub fn load(model_dir: impl AsRef<Path>, opts: &EmbedderOptions) -> Result<Self> {
+        let model = Arc::new(Model::load(model_dir.as_ref())?);
+        Self::from_model(model, opts)
+    }
+
+    pub fn from_model(model: Arc<Model>, opts: &EmbedderOptions) -> Result<Self> {
+        let cfg = model.config();
+        let pre = match opts.mode {
+            InputMode::Fixed(size) => Preprocessor::for_model(cfg, Some(model.dir()), size)?,
+            InputMode::Dense(size) => Preprocessor::dense(cfg, Some(model.dir()), size)?,
+        };
+        let session = create_session(model.clone(), &opts.session)?;
+        Ok(Embedder { model, session, pre, run: RunOptions { capture_layers: opts.capture_layers.clone() } })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn backend(&self) -> BackendInfo {
+        self.session.info()
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.pre
+    }
+
+    /// Preprocesses an image to `pixel_values` (1, 3, H, W). Images smaller than one patch
+    /// are refused: resizing them up would invent the content the model sees.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Tensor> {
+        let p = self.model.config().patch_size;
+        if img.width < p || img.height < p {
+            return Err(RuntimeError::ImageTooSmall { height: img.height, width: img.width, patch: p }.into());
+        }
+        Ok(self.pre.run(img)?)
+    }
+
+    /// Features of one image.
+    pub fn embed(&mut self, img: &RgbImage) -> Result<Features> {
+        let pixels = self.preprocess(img)?;
+        self.embed_pixels(&pixels)
+    }
+
+    /// Features of already preprocessed `pixel_values` (B, 3, H, W).
+    pub fn embed_pixels(&mut self, pixels: &Tensor) -> Result<Features> {
+        Ok(self.session.run(pixels, &self.run)?)
+    }
+}
