@@ -58,7 +58,7 @@ pub enum RuntimeError {
     InvalidInput { name: String, reason: String },
 
     /// The image is smaller than one patch in some dimension.
-    #[error("image of {height}x{width} pixels is smaller than one {patch}x{patch} patch")]
+    #[error("image of {width}x{height} pixels (width x height) is smaller than one {patch}x{patch} patch")]
     ImageTooSmall { height: usize, width: usize, patch: usize },
 
     /// The requested backend is not compiled in, or has no device here.

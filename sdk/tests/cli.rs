@@ -1,0 +1,243 @@
+//! The `dinoedge` CLI contract (other checks rely on exactly this), and its bad-input paths:
+//! each bad input gives a clear message, exit status 1, no panic, and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dinoedge::runtime::testing::compare;
+use dinoedge::runtime::weights::TensorStore;
+use dinoedge::runtime::weights::store::{f32_entry, write_safetensors};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn dinoedge(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_dinoedge")).args(args).output().expect("run dinoedge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "panic: {stderr}");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dinoedge(args);
+    assert!(out.status.success(), "dinoedge {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns stderr.
+fn fails(args: &[&str]) -> String {
+    let out = dinoedge(args);
+    assert_eq!(out.status.code(), Some(1), "dinoedge {args:?} should fail with status 1");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A writable copy of a fixture model.
+fn copy_model(name: &str, to: &Path) -> PathBuf {
+    let src = fixtures().join("hf").join(name);
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+#[test]
+fn info_reports_architecture_parameters_and_tokens() {
+    let out = ok(&["info", s(&fixtures().join("hf/dinov3_mlp"))]);
+    assert!(out.contains("DINOv3 ViT/16 (32-d, 2 layers, 2 heads, gelu MLP 96, 4 registers)"), "{out}");
+    assert!(out.contains("tokens @224  201"), "{out}");
+    assert!(out.contains("F32"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["info", s(&fixtures().join("hf/dinov3_gated")), "--json"])).unwrap();
+    assert_eq!(v["tokens_at_224"], 201);
+    assert_eq!(v["dtypes"][0]["dtype"], "BF16");
+    assert_eq!(v["parameters"].as_u64().unwrap() as usize, {
+        let m = dinoedge::Model::load(fixtures().join("hf/dinov3_gated")).unwrap();
+        m.num_parameters()
+    });
+}
+
+#[test]
+fn embed_pixels_writes_the_contracted_tensors_matching_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, case) in [("dinov3_mlp", "crop"), ("dinov2_reg", "rect")] {
+        let reference = TensorStore::open_files(&[fixtures().join("hf").join(name).join("reference.safetensors")]).unwrap();
+        let px = reference.get(&format!("{case}.pixel_values")).unwrap();
+        let px_path = tmp.path().join(format!("{name}_pixels.safetensors"));
+        write_safetensors(&px_path, &[f32_entry("pixel_values", px.shape.to_vec(), &px.to_f32().unwrap())], None).unwrap();
+        let out_path = tmp.path().join(format!("{name}_features.safetensors"));
+        ok(&["embed", s(&fixtures().join("hf").join(name)), "--pixels", s(&px_path), "--out", s(&out_path), "--threads", "1"]);
+
+        let feats = TensorStore::open_files(&[out_path]).unwrap();
+        let want = reference.get(&format!("{case}.last_hidden_state")).unwrap();
+        let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
+        let cfg = dinoedge::Model::load(fixtures().join("hf").join(name)).unwrap().config().clone();
+        let r = cfg.num_register_tokens;
+        let (h, w) = cfg.grid(px.shape[2], px.shape[3]);
+        assert_eq!(feats.get("cls").unwrap().shape, &[b, d]);
+        assert_eq!(feats.get("registers").unwrap().shape, &[b, r, d]);
+        assert_eq!(feats.get("patches").unwrap().shape, &[b, h, w, d]);
+        assert_eq!(1 + r + h * w, n);
+        let mut got = Vec::new();
+        let (cls, regs, patches) =
+            (feats.get("cls").unwrap().to_f32().unwrap(), feats.get("registers").unwrap().to_f32().unwrap(), feats.get("patches").unwrap().to_f32().unwrap());
+        for i in 0..b {
+            got.extend_from_slice(&cls[i * d..(i + 1) * d]);
+            got.extend_from_slice(&regs[i * r * d..(i + 1) * r * d]);
+            got.extend_from_slice(&patches[i * h * w * d..(i + 1) * h * w * d]);
+        }
+        let c = compare(name, &got, &want.to_f32().unwrap(), d, 1e-4);
+        println!("{c}");
+        c.assert_ok();
+    }
+}
+
+#[test]
+fn embed_images_with_pca_and_intermediate_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = fixtures().join("preprocess/synthetic.png"); // 97 x 61
+    let out = tmp.path().join("f.safetensors");
+    let pca = tmp.path().join("pca.png");
+    let stdout = ok(&[
+        "embed", s(&fixtures().join("hf/dinov2_reg")), s(&img), s(&img), "--size", "56", "--out", s(&out), "--pca", s(&pca), "--layers", "0",
+    ]);
+    assert!(stdout.contains("cls[:4]"), "{stdout}");
+    let f = TensorStore::open_files(&[out.clone()]).unwrap();
+    assert_eq!(f.get("patches").unwrap().shape, &[2, 4, 4, 32]);
+    assert_eq!(f.get("registers").unwrap().shape, &[2, 4, 32]);
+    assert_eq!(f.get("layer0.patches").unwrap().shape, &[2, 4, 4, 32]);
+    assert!(f.metadata().unwrap()["inputs"].contains("synthetic.png"));
+    // Two images: numbered pictures at the image's own size.
+    for k in 0..2 {
+        let p = image::open(tmp.path().join(format!("pca-{k}.png"))).unwrap();
+        assert_eq!((p.width(), p.height()), (97, 61));
+    }
+    // Dense mode keeps the aspect ratio: 97x61 with short side 28 and patch 14 -> 28 x 42.
+    ok(&["embed", s(&fixtures().join("hf/dinov2_reg")), s(&img), "--dense", "--size", "28", "--out", s(&out)]);
+    let f = TensorStore::open_files(&[out]).unwrap();
+    assert_eq!(f.get("patches").unwrap().shape, &[1, 2, 3, 32]);
+}
+
+#[test]
+fn bench_prints_median_p90_and_a_final_json_line() {
+    let out = ok(&["bench", s(&fixtures().join("hf/dinov3_gated")), "--size", "64", "--iters", "3", "--warmup", "1", "--threads", "1"]);
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    for key in ["median_ms", "p90_ms", "backend", "precision", "threads", "size", "batch"] {
+        assert!(v.get(key).is_some(), "{key} missing from {last}");
+    }
+    assert_eq!((v["backend"].as_str(), v["precision"].as_str(), v["threads"].as_u64(), v["size"].as_u64(), v["batch"].as_u64()), (Some("cpu"), Some("f32"), Some(1), Some(64), Some(1)));
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0 && v["p90_ms"].as_f64().unwrap() >= v["median_ms"].as_f64().unwrap() * 0.999);
+    assert!(out.contains("median"));
+}
+
+#[test]
+fn import_onnx_then_info() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("imported");
+    let stdout = ok(&["import-onnx", s(&fixtures().join("onnx/dinov2.onnx")), "--out", s(&out)]);
+    assert!(stdout.contains("DINOv2 ViT/14"), "{stdout}");
+    assert!(ok(&["info", s(&out)]).contains("model_type   dinov2"));
+    let err = fails(&["import-onnx", s(&fixtures().join("onnx/not_a_vit.onnx")), "--out", s(&tmp.path().join("x"))]);
+    assert!(err.contains("not an HF DINOv2/DINOv3 backbone"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// Runs `embed` on a broken input and checks the message and that nothing was written.
+fn embed_fails(model: &Path, image: &Path, tmp: &Path, expect: &[&str]) {
+    let out = tmp.join("never.safetensors");
+    let err = fails(&["embed", s(model), s(image), "--out", s(&out)]);
+    for e in expect {
+        assert!(err.contains(e), "expected {e:?} in: {err}");
+    }
+    assert!(!out.exists(), "output written despite the error");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let img = fixtures().join("preprocess/synthetic.png");
+
+    // Truncated safetensors.
+    let m = copy_model("dinov3_mlp", &t.join("truncated"));
+    let st = m.join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len - 100).unwrap();
+    embed_fails(&m, &img, t, &["model.safetensors", "corrupt safetensors", "truncated"]);
+
+    // Garbage header.
+    std::fs::write(&st, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
+    embed_fails(&m, &img, t, &["model.safetensors", "corrupt safetensors"]);
+
+    // Config and weights disagree: the tensor, both shapes and the file are named.
+    let m = copy_model("dinov3_mlp", &t.join("shapes"));
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    embed_fails(&m, &img, t, &["layer.0.mlp.up_proj.weight", "[96, 32]", "[100, 32]", "model.safetensors"]);
+
+    // Unknown model type.
+    let m = copy_model("dinov3_mlp", &t.join("unknown"));
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"dinov3_vit\"", "\"vit_mae\"");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    embed_fails(&m, &img, t, &["unknown model_type \"vit_mae\"", "config.json"]);
+
+    // Missing config.
+    let m = copy_model("dinov3_mlp", &t.join("noconfig"));
+    std::fs::remove_file(m.join("config.json")).unwrap();
+    embed_fails(&m, &img, t, &["no config.json"]);
+
+    // Missing and extra tensors.
+    let m = copy_model("dinov3_mlp", &t.join("missing"));
+    let store = TensorStore::open_files(&[m.join("model.safetensors")]).unwrap();
+    let mut entries: Vec<_> = store
+        .names()
+        .into_iter()
+        .filter(|n| *n != "layer.1.norm2.bias")
+        .map(|n| {
+            let t = store.get(n).unwrap();
+            f32_entry(n, t.shape.to_vec(), &t.to_f32().unwrap())
+        })
+        .collect();
+    drop(store);
+    write_safetensors(&m.join("model.safetensors"), &entries, None).unwrap();
+    embed_fails(&m, &img, t, &["missing tensor \"layer.1.norm2.bias\"", "[32]"]);
+    entries.push(f32_entry("layer.1.norm2.bias", vec![32], &[0.0; 32]));
+    entries.push(f32_entry("head.weight", vec![10, 32], &[0.0; 320]));
+    write_safetensors(&m.join("model.safetensors"), &entries, None).unwrap();
+    embed_fails(&m, &img, t, &["unexpected tensor \"head.weight\"", "[10, 32]"]);
+
+    // Not an image.
+    let model = fixtures().join("hf/dinov3_mlp");
+    let not_image = t.join("notes.png");
+    std::fs::write(&not_image, "this is text, not a PNG").unwrap();
+    embed_fails(&model, &not_image, t, &["notes.png", "cannot read image"]);
+    embed_fails(&model, &t.join("absent.jpg"), t, &["absent.jpg"]);
+
+    // Smaller than one patch (16 x 16 for this model).
+    let tiny = t.join("tiny.png");
+    image::RgbImage::from_pixel(12, 40, image::Rgb([9, 9, 9])).save(&tiny).unwrap();
+    embed_fails(&model, &tiny, t, &["12x40", "smaller than one 16x16 patch"]);
+    // ... also as preprocessed pixels.
+    let px = t.join("px.safetensors");
+    write_safetensors(&px, &[f32_entry("pixel_values", vec![1, 3, 8, 64], &vec![0.0; 3 * 8 * 64])], None).unwrap();
+    let err = fails(&["embed", s(&model), "--pixels", s(&px), "--out", s(&t.join("never.safetensors"))]);
+    assert!(err.contains("smaller than one 16x16 patch"), "{err}");
+    // Pixels file without the tensor.
+    write_safetensors(&px, &[f32_entry("images", vec![1, 3, 32, 32], &vec![0.0; 3 * 32 * 32])], None).unwrap();
+    let err = fails(&["embed", s(&model), "--pixels", s(&px), "--out", s(&t.join("never.safetensors"))]);
+    assert!(err.contains("no tensor named \"pixel_values\""), "{err}");
+
+    // Unsupported precision / backend give a clear error too.
+    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--precision", "f16"]);
+    assert!(err.contains("precision f16") && err.contains("cpu"), "{err}");
+    assert!(!t.join("never.safetensors").exists());
+}
