@@ -6,7 +6,7 @@
 //!     h   = layer_norm(x; norm1)
 //!     qkv = matmul(h; [Wq; Wk; Wv])              fused q, k, v projections
 //!     rope(qkv)                                   DINOv3 only, patch tokens only
-//!     x  += ls1 * matmul(attention(qkv); Wo)     layer_scale
+//!     x  += ls1 * matmul(attention(qkv); Wo)     LayerScale + residual: the matmul epilogue
 //!     h   = layer_norm(x; norm2)
 //!     x  += ls2 * mlp(h)                          plain: down(act(up h)); gated: down(act(gate h) * up h)
 //! out = layer_norm(x; final norm)
@@ -15,7 +15,7 @@
 //! [`PreparedModel`] holds the weights converted once for a backend; [`Plan`] holds every
 //! buffer for one input shape, so a forward allocates nothing.
 
-use crate::backend::{Backend, HostLinear};
+use crate::backend::{Backend, Epilogue, HostLinear};
 use crate::config::{MlpKind, ModelConfig, Positions};
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
@@ -50,7 +50,7 @@ pub struct PreparedModel<B: Backend> {
 }
 
 /// Stacks several (rows, K) weights and their optional biases into one Linear.
-fn stacked_linear(model: &Model, parts: &[(Param, Option<Param>)], in_features: usize) -> Result<HostLinear> {
+fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)], in_features: usize) -> Result<HostLinear> {
     let mut weight = Vec::new();
     let mut bias = Vec::new();
     let mut any_bias = false;
@@ -68,7 +68,7 @@ fn stacked_linear(model: &Model, parts: &[(Param, Option<Param>)], in_features: 
             None => bias.extend(std::iter::repeat_n(0.0, rows)),
         }
     }
-    Ok(HostLinear { out_features, in_features, weight, bias: any_bias.then_some(bias) })
+    Ok(HostLinear { name, out_features, in_features, weight, bias: any_bias.then_some(bias) })
 }
 
 impl<B: Backend> PreparedModel<B> {
@@ -80,6 +80,7 @@ impl<B: Backend> PreparedModel<B> {
         let bias = |flag: bool, p: Param| flag.then_some(p);
         let vec = |p: Param| -> Result<B::Buffer> { backend.upload(&model.tensor_f32(p)?) };
         let patch = backend.linear(HostLinear {
+            name: "patch_embed".into(),
             out_features: d,
             in_features: cfg.num_channels * cfg.patch_size * cfg.patch_size,
             weight: model.tensor_f32(Param::PatchWeight)?,
@@ -95,6 +96,7 @@ impl<B: Backend> PreparedModel<B> {
             let p = |lp| Param::Layer(l, lp);
             let qkv = stacked_linear(
                 model,
+                format!("layer.{l}.qkv"),
                 &[
                     (p(L::QWeight), bias(cfg.query_bias, p(L::QBias))),
                     (p(L::KWeight), bias(cfg.key_bias, p(L::KBias))),
@@ -102,16 +104,17 @@ impl<B: Backend> PreparedModel<B> {
                 ],
                 d,
             )?;
-            let o = stacked_linear(model, &[(p(L::OWeight), bias(cfg.proj_bias, p(L::OBias)))], d)?;
+            let o = stacked_linear(model, format!("layer.{l}.o_proj"), &[(p(L::OWeight), bias(cfg.proj_bias, p(L::OBias)))], d)?;
             let mlp_in = match cfg.mlp {
-                MlpKind::Plain(_) => stacked_linear(model, &[(p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))], d)?,
+                MlpKind::Plain(_) => stacked_linear(model, format!("layer.{l}.mlp_in"), &[(p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))], d)?,
                 MlpKind::Gated(_) => stacked_linear(
                     model,
+                    format!("layer.{l}.mlp_in"),
                     &[(p(L::GateWeight), bias(cfg.mlp_bias, p(L::GateBias))), (p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))],
                     d,
                 )?,
             };
-            let mlp_out = stacked_linear(model, &[(p(L::DownWeight), bias(cfg.mlp_bias, p(L::DownBias)))], i)?;
+            let mlp_out = stacked_linear(model, format!("layer.{l}.mlp_out"), &[(p(L::DownWeight), bias(cfg.mlp_bias, p(L::DownBias)))], i)?;
             layers.push(PreparedLayer {
                 norm1: (vec(p(L::Norm1Weight))?, vec(p(L::Norm1Bias))?),
                 qkv: backend.linear(qkv)?,
@@ -207,6 +210,7 @@ impl<B: Backend> Plan<B> {
         if let Some(&bad) = capture.iter().find(|&&l| l >= cfg.num_layers) {
             return Err(RuntimeError::input("layers", format!("layer {bad} requested, the model has {} (0..{})", cfg.num_layers, cfg.num_layers)));
         }
+        backend.reserve(&dims)?;
         let rows = dims.rows();
         let (d, i) = (dims.dim, dims.hidden);
         let gated = matches!(cfg.mlp, MlpKind::Gated(_));
@@ -250,30 +254,28 @@ pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Res
     let eps = cfg.layer_norm_eps as f32;
     be.patch_embed(&mut p.x, &mut p.scratch, &p.pixels, &m.patch, &m.cls, m.registers.as_ref(), p.pos.as_ref(), &d)?;
     for (l, layer) in m.layers.iter().enumerate() {
-        // Attention half.
+        // Attention half: x += ls1 * o_proj(attention(rope(qkv(norm1(x))))).
         be.layer_norm(&mut p.h, &p.x, &layer.norm1.0, &layer.norm1.1, rows, dim, eps)?;
-        be.matmul(&mut p.qkv, &p.h, &layer.qkv, rows, None)?;
+        be.matmul(&mut p.qkv, &p.h, &layer.qkv, rows, Epilogue::Store)?;
         if let Some((cos, sin)) = &p.rope {
             be.rope(&mut p.qkv, cos, sin, &d)?;
         }
         be.attention(&mut p.attn, &p.qkv, &d)?;
-        be.matmul(&mut p.h, &p.attn, &layer.o, rows, None)?;
-        be.layer_scale(&mut p.x, &p.h, &layer.ls1, rows, dim)?;
-        // MLP half.
+        be.matmul(&mut p.x, &p.attn, &layer.o, rows, Epilogue::Residual(&layer.ls1))?;
+        // MLP half: x += ls2 * mlp(norm2(x)).
         be.layer_norm(&mut p.h, &p.x, &layer.norm2.0, &layer.norm2.1, rows, dim, eps)?;
         match cfg.mlp {
             MlpKind::Plain(act) => {
-                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Some(act))?;
-                be.matmul(&mut p.h, &p.mlp, &layer.mlp_out, rows, None)?;
+                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Epilogue::Act(act))?;
+                be.matmul(&mut p.x, &p.mlp, &layer.mlp_out, rows, Epilogue::Residual(&layer.ls2))?;
             }
             MlpKind::Gated(act) => {
                 let mlp_act = p.mlp_act.as_mut().expect("gated plan has mlp_act");
-                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, None)?;
+                be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Epilogue::Store)?;
                 be.swiglu(mlp_act, &p.mlp, rows, d.hidden, act)?;
-                be.matmul(&mut p.h, mlp_act, &layer.mlp_out, rows, None)?;
+                be.matmul(&mut p.x, mlp_act, &layer.mlp_out, rows, Epilogue::Residual(&layer.ls2))?;
             }
         }
-        be.layer_scale(&mut p.x, &p.h, &layer.ls2, rows, dim)?;
         for (k, _) in p.capture.iter().enumerate().filter(|(_, c)| **c == l) {
             be.layer_norm(&mut p.captured[k], &p.x, &m.norm.0, &m.norm.1, rows, dim, eps)?;
         }

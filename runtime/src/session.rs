@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, ReferenceBackend};
 use crate::backend::{Backend, BackendInfo, BackendKind, Precision};
 use crate::error::{Result, RuntimeError};
 use crate::features::{Features, split_tokens};
@@ -139,18 +139,19 @@ where
 /// Builds a session on the requested backend.
 pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dyn InferenceSession>> {
     match opts.backend {
-        BackendKind::Cpu => {
+        BackendKind::Cpu => Ok(Box::new(Session::new(CpuBackend::new(opts.threads, opts.precision)?, model)?)),
+        BackendKind::CpuReference => {
             if opts.precision != Precision::F32 {
                 return Err(RuntimeError::BackendUnavailable {
-                    backend: "cpu".into(),
-                    reason: format!("precision {} is not implemented on the CPU backend (use f32)", opts.precision),
+                    backend: "cpu-ref".into(),
+                    reason: format!("the reference computes in f32 only, not {}", opts.precision),
                 });
             }
-            Ok(Box::new(Session::new(CpuBackend::new(opts.threads)?, model)?))
+            Ok(Box::new(Session::new(ReferenceBackend::new(opts.threads)?, model)?))
         }
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
-            reason: "not compiled into this build (only the cpu backend is available)".into(),
+            reason: "not compiled into this build (available: cpu, cpu-ref)".into(),
         }),
     }
 }

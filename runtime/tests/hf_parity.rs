@@ -3,14 +3,17 @@
 //! last layer and every intermediate layer.
 //!
 //! Tolerance: max abs error <= 1e-4 x max(|reference|, 1). The reference is float64; our
-//! f32 forward differs by accumulated rounding only.
+//! f32 forwards differ by accumulated rounding only. Each case runs on the CPU reference
+//! backend and on the fast CPU backend with every SIMD family this CPU supports.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dinoedge_runtime::backend::cpu::isa::Isa;
+use dinoedge_runtime::backend::cpu::{CpuBackend, ReferenceBackend};
 use dinoedge_runtime::testing::compare;
 use dinoedge_runtime::weights::TensorStore;
-use dinoedge_runtime::{Model, RunOptions, SessionOptions, Tensor, create_session};
+use dinoedge_runtime::{InferenceSession, Model, Precision, RunOptions, Session, Tensor};
 
 const TOL: f32 = 1e-4;
 
@@ -23,14 +26,31 @@ fn tensor(store: &TensorStore, key: &str) -> Tensor {
     Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
 }
 
+/// The sessions every case runs on: the reference, and the fast backend per SIMD family.
+fn sessions(model: &Arc<Model>, threads: usize) -> Vec<(String, Box<dyn InferenceSession>)> {
+    let mut v: Vec<(String, Box<dyn InferenceSession>)> =
+        vec![("cpu-ref".into(), Box::new(Session::new(ReferenceBackend::new(Some(threads)).unwrap(), model.clone()).unwrap()))];
+    for isa in Isa::all_supported() {
+        let be = CpuBackend::with_isa(Some(threads), Precision::F32, isa).unwrap();
+        v.push((format!("cpu/{isa}"), Box::new(Session::new(be, model.clone()).unwrap())));
+    }
+    v
+}
+
 fn check_case(name: &str, threads: usize) {
     let dir = fixture(name);
     let model = Arc::new(Model::load(&dir).unwrap());
+    for (backend, session) in sessions(&model, threads) {
+        check_session(name, &backend, session, &model);
+    }
+}
+
+fn check_session(name: &str, backend: &str, mut session: Box<dyn InferenceSession>, model: &Model) {
+    let dir = fixture(name);
     let cfg = model.config().clone();
     let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
     assert_eq!(reference.metadata().and_then(|m| m.get("format")).map(String::as_str), Some("dinoedge-fixtures-1"));
     let inputs: serde_json::Value = serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
-    let mut session = create_session(model, &SessionOptions { threads: Some(threads), ..Default::default() }).unwrap();
     let all_layers: Vec<usize> = (0..cfg.num_layers).collect();
     for key in inputs.as_object().unwrap().keys() {
         let pixels = tensor(&reference, &format!("{key}.pixel_values"));
@@ -50,12 +70,12 @@ fn check_case(name: &str, threads: usize) {
             }
             v
         };
-        let c = compare(&format!("{name}/{key}/last"), &join(&f.last), &want.data, d, TOL);
+        let c = compare(&format!("{backend} {name}/{key}/last"), &join(&f.last), &want.data, d, TOL);
         println!("{c}");
         c.assert_ok();
         for lf in &f.intermediate {
             let want = tensor(&reference, &format!("{key}.layer{}", lf.layer));
-            let c = compare(&format!("{name}/{key}/layer{}", lf.layer), &join(lf), &want.data, d, TOL);
+            let c = compare(&format!("{backend} {name}/{key}/layer{}", lf.layer), &join(lf), &want.data, d, TOL);
             println!("{c}");
             c.assert_ok();
         }

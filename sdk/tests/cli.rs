@@ -237,7 +237,11 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
     assert!(err.contains("no tensor named \"pixel_values\""), "{err}");
 
     // Unsupported precision / backend give a clear error too.
-    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--precision", "f16"]);
-    assert!(err.contains("precision f16") && err.contains("cpu"), "{err}");
+    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--precision", "bf16"]);
+    assert!(err.contains("precision bf16") && err.contains("cpu"), "{err}");
+    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--backend", "cpu-ref", "--precision", "int8"]);
+    assert!(err.contains("cpu-ref") && err.contains("f32"), "{err}");
+    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--backend", "cuda"]);
+    assert!(err.contains("backend cuda unavailable"), "{err}");
     assert!(!t.join("never.safetensors").exists());
 }

@@ -4,8 +4,9 @@
 //! backend only supplies buffers, weight preparation and one method per op. Arguments
 //! follow llm.c: outputs first, then inputs, then sizes.
 //!
-//! Backends: `cpu` (the f32 reference, [`cpu::CpuBackend`]); `wgpu` and `cuda` are added by
-//! their own cargo features and must match the CPU reference within a stated tolerance.
+//! Backends: `cpu-ref` ([`cpu::reference::ReferenceBackend`], the f32 reference), `cpu`
+//! ([`cpu::CpuBackend`], SIMD kernels, f32 / f16 weights / int8); `wgpu` and `cuda` are
+//! added by their own cargo features. Every backend is tested against the reference.
 
 pub mod cpu;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 use crate::ops::Dims;
+pub use crate::ops::matmul::Epilogue;
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,7 +58,10 @@ impl FromStr for Precision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
+    /// The fast CPU backend (SIMD kernels, f32 / f16 weights / int8).
     Cpu,
+    /// The readable f32 CPU reference every other backend is tested against.
+    CpuReference,
     Wgpu,
     Cuda,
 }
@@ -65,6 +70,7 @@ impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BackendKind::Cpu => "cpu",
+            BackendKind::CpuReference => "cpu-ref",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
         })
@@ -76,9 +82,10 @@ impl FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(BackendKind::Cpu),
+            "cpu-ref" | "cpu-reference" => Ok(BackendKind::CpuReference),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
-            other => Err(RuntimeError::input("backend", format!("{other:?} (expected cpu, wgpu or cuda)"))),
+            other => Err(RuntimeError::input("backend", format!("{other:?} (expected cpu, cpu-ref, wgpu or cuda)"))),
         }
     }
 }
@@ -102,12 +109,14 @@ pub enum Op {
     Rope,
     Attention,
     Swiglu,
-    LayerScale,
 }
 
 /// A Linear layer's weights on the host, as HF stores them.
 #[derive(Clone, Debug)]
 pub struct HostLinear {
+    /// Which layer this is (`patch_embed`, `layer.3.qkv`, ...): for messages, and for
+    /// precision policies (int8 keeps the patch embedding in float).
+    pub name: String,
     pub out_features: usize,
     pub in_features: usize,
     /// (out, in), row-major.
@@ -167,14 +176,14 @@ pub trait Backend: Send {
         eps: f32,
     ) -> Result<()>;
 
-    /// out (R, O) = act(inp (R, K) Wᵀ + b).
+    /// out (R, O) = epilogue(inp (R, K) Wᵀ + b); `Epilogue::Residual(gamma)` reads `out`.
     fn matmul(
         &self,
         out: &mut Self::Buffer,
         inp: &Self::Buffer,
         w: &Self::Linear,
         rows: usize,
-        act: Option<Activation>,
+        epilogue: Epilogue<'_, Self::Buffer>,
     ) -> Result<()>;
 
     /// Rotates q and k of the patch tokens of qkv (B, N, 3D) in place.
@@ -186,8 +195,11 @@ pub trait Backend: Send {
     /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
     fn swiglu(&self, out: &mut Self::Buffer, gate_up: &Self::Buffer, rows: usize, hidden: usize, act: Activation) -> Result<()>;
 
-    /// x (R, D) += y (R, D) * gamma (D).
-    fn layer_scale(&self, x: &mut Self::Buffer, y: &Self::Buffer, gamma: &Self::Buffer, rows: usize, dim: usize) -> Result<()>;
+    /// Sizes internal scratch for forwards of these dims (called when a plan is built, so
+    /// that forwards themselves allocate nothing).
+    fn reserve(&self, _d: &Dims) -> Result<()> {
+        Ok(())
+    }
 
     /// Waits for queued work (no-op for synchronous backends).
     fn synchronize(&self) -> Result<()> {

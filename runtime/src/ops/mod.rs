@@ -4,20 +4,19 @@
 //! |---|---|---|
 //! | [`patch_embed`] | conv PxP stride P, then `[CLS, registers, patches] (+ pos)` | pixels (B,C,H,W) -> x (B,N,D) |
 //! | [`layer_norm`] | `(x - mean) / sqrt(var + eps) * w + b` per row | (R,D) -> (R,D) |
-//! | [`matmul`] | `act(x Wᵀ + b)`, W stored (out, in) as in HF | (R,K) -> (R,O) |
+//! | [`matmul`] | `x Wᵀ + b` then an epilogue: store, `act(.)`, or LayerScale + residual `out += gamma * (.)` | (R,K) -> (R,O) |
 //! | [`rope`] | rotary embedding of q and k of patch tokens, in place | qkv (B,N,3D) |
 //! | [`attention`] | softmax(q kᵀ / sqrt(hd)) v per head, no mask | qkv (B,N,3D) -> (B,N,D) |
 //! | [`activation`] | gelu / gelu_tanh / silu, in place | (R,I) |
 //! | [`swiglu`] | `act(gate) * up` | (R,2I) -> (R,I) |
-//! | [`layer_scale`] | `x += y * gamma` (LayerScale + residual) | (R,D) |
 //!
 //! Each op folder has `mod.rs` (math, shapes, the `=`/`+=` contract) and one file per
-//! backend (`cpu.rs`; later `wgpu.rs`, `cuda.rs`). N = 1 CLS + registers + patches.
+//! CPU form: `cpu.rs` is the readable reference, `fast.rs` (or `fast/`) the SIMD form of the
+//! fast CPU backend; GPU backends add `wgpu.rs` / `cuda.rs`. N = 1 CLS + registers + patches.
 
 pub mod activation;
 pub mod attention;
 pub mod layer_norm;
-pub mod layer_scale;
 pub mod matmul;
 pub mod patch_embed;
 pub mod rope;

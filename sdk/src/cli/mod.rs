@@ -30,10 +30,10 @@ enum Cmd {
 /// Backend selection shared by the commands that run a model.
 #[derive(Args, Clone, Debug)]
 pub struct BackendArgs {
-    /// cpu (wgpu and cuda when compiled in).
+    /// cpu (fast SIMD kernels), cpu-ref (the f32 reference); wgpu and cuda when compiled in.
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
-    /// Compute precision: f32, f16, bf16, int8 (what the backend supports).
+    /// Precision: f32, f16 (weights), int8 (W8A8), bf16 where the backend supports it.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
     /// CPU worker threads (default: all cores).

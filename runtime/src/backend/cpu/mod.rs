@@ -1,57 +1,89 @@
-//! The CPU backend: f32 everywhere, the reference every other backend is tested against.
+//! The fast CPU backend: SIMD microkernels chosen at run time ([`isa::Isa`]), weights
+//! prepacked once, fused epilogues, flash-style attention, its own fork-join pool
+//! ([`pool::Pool`], no allocation per dispatch) and one scratch arena sized when a plan is
+//! built, so a forward after warm-up allocates nothing.
 //!
-//! Ops run on the backend's own rayon pool (`threads` workers), so `--threads N` is exact
-//! and nothing oversubscribes the global pool. Buffers are plain `Vec<f32>`.
+//! Precisions: f32; f16 weights with f32 arithmetic; int8 (W8A8: per-output-channel int8
+//! weights, per-token int8 activations) through VNNI / SDOT dot products. The readable f32
+//! reference is [`reference::ReferenceBackend`].
 
-use crate::backend::{Backend, BackendInfo, BackendKind, HostLinear, Op, Precision};
+pub mod isa;
+pub mod pool;
+pub mod reference;
+
+use std::cell::RefCell;
+
+use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
+use crate::ops::matmul::Epi;
+use crate::ops::matmul::fast::{PackedLinear, matmul_fast};
+use crate::ops::patch_embed::cpu::{assemble_rows, im2col_rows};
 use crate::ops::{self, Dims};
+use isa::Isa;
+use pool::{Pool, RowsMut};
 
-/// A Linear layer in HF layout (out, in), bias expanded to zeros when absent.
-pub struct CpuLinear {
-    pub out_features: usize,
-    pub in_features: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
+pub use reference::ReferenceBackend;
 
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
-    threads: usize,
+    pool: Pool,
+    isa: Isa,
+    precision: Precision,
+    /// Scratch for attention packing and int8 activations; grows only in `reserve`.
+    scratch: RefCell<Vec<f32>>,
 }
 
 impl CpuBackend {
-    /// A backend with `threads` workers (default: all available cores).
-    pub fn new(threads: Option<usize>) -> Result<Self> {
+    /// A backend with `threads` threads (default: all cores) on the best ISA of this CPU.
+    pub fn new(threads: Option<usize>, precision: Precision) -> Result<Self> {
+        Self::with_isa(threads, precision, Isa::detect())
+    }
+
+    /// As [`CpuBackend::new`] with an explicit kernel family (tests run every one).
+    pub fn with_isa(threads: Option<usize>, precision: Precision, isa: Isa) -> Result<Self> {
         let threads = match threads {
             Some(0) => return Err(RuntimeError::input("threads", "must be at least 1")),
             Some(n) => n,
             None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("dinoedge-cpu-{i}"))
-            .build()
-            .map_err(|e| RuntimeError::BackendUnavailable { backend: "cpu".into(), reason: e.to_string() })?;
-        Ok(CpuBackend { pool, threads })
+        if !matches!(precision, Precision::F32 | Precision::F16 | Precision::Int8) {
+            return Err(RuntimeError::BackendUnavailable {
+                backend: "cpu".into(),
+                reason: format!("precision {precision} is not supported on the CPU (use f32, f16 or int8)"),
+            });
+        }
+        let pool = Pool::new(threads).map_err(|e| RuntimeError::BackendUnavailable { backend: "cpu".into(), reason: e.to_string() })?;
+        Ok(CpuBackend { pool, isa, precision, scratch: RefCell::new(Vec::new()) })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
+    }
+
+    fn scratch_floats(&self, d: &Dims) -> usize {
+        let attn = ops::attention::fast::scratch_len(self.isa, d);
+        // int8 activations: rows x K (bytes, K up to the MLP width) plus per-row scales.
+        let k = d.dim.max(d.hidden).max(d.patch_len()).div_ceil(4) * 4;
+        let rows = d.rows().max(d.batch * d.patches());
+        let int8 = if self.precision == Precision::Int8 { (rows * k + rows * 4 + 64).div_ceil(4) } else { 0 };
+        attn.max(int8)
     }
 }
 
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
-    type Linear = CpuLinear;
+    type Linear = PackedLinear;
 
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: BackendKind::Cpu,
-            precision: Precision::F32,
-            device: format!("{} CPU, {} threads", std::env::consts::ARCH, self.threads),
-            threads: self.threads,
+            precision: self.precision,
+            device: format!("{} CPU ({} kernels), {} threads", std::env::consts::ARCH, self.isa, self.pool.threads()),
+            threads: self.pool.threads(),
         }
     }
 
@@ -80,13 +112,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear(&self, w: HostLinear) -> Result<CpuLinear> {
-        let bias = w.bias.unwrap_or_else(|| vec![0.0; w.out_features]);
-        Ok(CpuLinear { out_features: w.out_features, in_features: w.in_features, weight: w.weight, bias })
+    fn linear(&self, w: HostLinear) -> Result<PackedLinear> {
+        let (o, k) = (w.out_features, w.in_features);
+        Ok(match self.precision {
+            // The patch embedding stays in float at int8: it sees raw pixels, and quantising it
+            // costs accuracy for a layer that is ~1% of the FLOPs.
+            Precision::Int8 if w.name != "patch_embed" => PackedLinear::int8_from_f32(self.isa, &w.weight, w.bias, o, k),
+            Precision::F16 => PackedLinear::f16(self.isa, &w.weight, w.bias, o, k),
+            _ => PackedLinear::f32(self.isa, &w.weight, w.bias, o, k),
+        })
     }
 
     fn patch_embed_scratch(&self, d: &Dims) -> usize {
         ops::patch_embed::scratch_len(d)
+    }
+
+    fn reserve(&self, d: &Dims) -> Result<()> {
+        let need = self.scratch_floats(d);
+        let mut s = self.scratch.borrow_mut();
+        if s.len() < need {
+            s.resize(need, 0.0);
+        }
+        Ok(())
     }
 
     fn patch_embed(
@@ -94,53 +141,75 @@ impl Backend for CpuBackend {
         x: &mut Vec<f32>,
         scratch: &mut Vec<f32>,
         pixels: &Vec<f32>,
-        w: &CpuLinear,
+        w: &PackedLinear,
         cls: &Vec<f32>,
         registers: Option<&Vec<f32>>,
         pos: Option<&Vec<f32>>,
         d: &Dims,
     ) -> Result<()> {
+        let (pl, dim, n_patches) = (d.patch_len(), d.dim, d.batch * d.patches());
+        let (cols, emb) = scratch.split_at_mut(n_patches * pl);
+        let emb = &mut emb[..n_patches * dim];
+        let cols_rows = RowsMut::new(cols, pl);
+        self.pool.run_rows(n_patches, 4, |r0, r1| im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d));
+        self.matmul_slices(emb, cols, w, n_patches, Epi::Store)?;
         let regs: &[f32] = registers.map(|r| r.as_slice()).unwrap_or(&[]);
-        self.pool.install(|| {
-            ops::patch_embed::cpu::patch_embed_forward(x, scratch, pixels, &w.weight, &w.bias, cls, regs, pos.map(|p| p.as_slice()), d)
+        let x_rows = RowsMut::new(&mut x[..d.rows() * dim], dim);
+        let emb = &*emb;
+        self.pool.run_rows(d.rows(), 8, |r0, r1| {
+            assemble_rows(unsafe { x_rows.rows(r0, r1) }, r0, emb, cls, regs, pos.map(|p| p.as_slice()), d)
         });
         Ok(())
     }
 
     fn layer_norm(&self, out: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize, eps: f32) -> Result<()> {
-        let n = rows * cols;
-        self.pool.install(|| ops::layer_norm::cpu::layer_norm_forward(&mut out[..n], &inp[..n], weight, bias, cols, eps));
+        ops::layer_norm::fast::layer_norm_fast(&self.pool, self.isa, out, inp, weight, bias, rows, cols, eps);
         Ok(())
     }
 
-    fn matmul(&self, out: &mut Vec<f32>, inp: &Vec<f32>, w: &CpuLinear, rows: usize, act: Option<Activation>) -> Result<()> {
-        let (k, o) = (w.in_features, w.out_features);
-        self.pool.install(|| {
-            ops::matmul::cpu::matmul_forward(&mut out[..rows * o], &inp[..rows * k], &w.weight, Some(&w.bias), k, o, act)
-        });
-        Ok(())
+    fn matmul(&self, out: &mut Vec<f32>, inp: &Vec<f32>, w: &PackedLinear, rows: usize, epi: Epilogue<'_, Vec<f32>>) -> Result<()> {
+        let epi = match epi {
+            Epilogue::Store => Epi::Store,
+            Epilogue::Act(a) => Epi::Act(a),
+            Epilogue::Residual(g) => Epi::Residual(g),
+        };
+        self.matmul_slices(out, inp, w, rows, epi)
     }
 
     fn rope(&self, qkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, d: &Dims) -> Result<()> {
-        self.pool.install(|| ops::rope::cpu::rope_forward(&mut qkv[..d.rows() * 3 * d.dim], cos, sin, d));
+        let row = 3 * d.dim;
+        let rows = RowsMut::new(&mut qkv[..d.rows() * row], row);
+        self.pool.run_rows(d.rows(), 16, |r0, r1| ops::rope::cpu::rope_rows(unsafe { rows.rows(r0, r1) }, r0, cos, sin, d));
         Ok(())
     }
 
     fn attention(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, d: &Dims) -> Result<()> {
-        let rows = d.rows();
-        self.pool.install(|| ops::attention::cpu::attention_forward(&mut out[..rows * d.dim], &qkv[..rows * 3 * d.dim], d));
+        let mut scratch = self.scratch.borrow_mut();
+        let need = ops::attention::fast::scratch_len(self.isa, d);
+        if scratch.len() < need {
+            // Only when `reserve` was not called for these dims (a forward outside a plan).
+            scratch.resize(need, 0.0);
+        }
+        ops::attention::fast::attention_fast(&self.pool, self.isa, out, qkv, d, &mut scratch);
         Ok(())
     }
 
     fn swiglu(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, rows: usize, hidden: usize, act: Activation) -> Result<()> {
-        self.pool.install(|| {
-            ops::swiglu::cpu::swiglu_forward(&mut out[..rows * hidden], &gate_up[..rows * 2 * hidden], hidden, act)
-        });
+        ops::swiglu::fast::swiglu_fast(&self.pool, self.isa, out, gate_up, rows, hidden, act);
         Ok(())
     }
+}
 
-    fn layer_scale(&self, x: &mut Vec<f32>, y: &Vec<f32>, gamma: &Vec<f32>, rows: usize, dim: usize) -> Result<()> {
-        self.pool.install(|| ops::layer_scale::cpu::layer_scale_forward(&mut x[..rows * dim], &y[..rows * dim], gamma));
+impl CpuBackend {
+    fn matmul_slices(&self, out: &mut [f32], inp: &[f32], w: &PackedLinear, rows: usize, epi: Epi) -> Result<()> {
+        let need = w.scratch_bytes(rows);
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.len() * 4 < need {
+            scratch.resize(need.div_ceil(4), 0.0);
+        }
+        // SAFETY: viewing f32 storage as bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, scratch.len() * 4) };
+        matmul_fast(&self.pool, out, inp, w, rows, epi, bytes);
         Ok(())
     }
 }

@@ -5,5 +5,6 @@
 //! - silu: `x / (1 + exp(-x))`
 
 pub mod cpu;
+pub mod fast;
 
 pub use crate::config::Activation;

@@ -4,3 +4,4 @@
 //! Shapes: inp (R, C), weight (C), bias (C), out (R, C).
 
 pub mod cpu;
+pub mod fast;

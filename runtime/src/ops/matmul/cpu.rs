@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
-use crate::config::Activation;
-use crate::ops::activation::cpu::activation_rows;
+use crate::ops::activation::cpu::apply;
+use crate::ops::matmul::Epi;
 
 /// Rows of `inp` per parallel task.
 const ROW_BLOCK: usize = 16;
@@ -57,18 +57,21 @@ fn dot1(x: &[f32], w: &[f32]) -> f32 {
     s
 }
 
-/// out (R, O) = act(inp (R, K) · weight (O, K)ᵀ + bias (O)).
-pub fn matmul_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    k: usize,
-    o: usize,
-    act: Option<Activation>,
-) {
+/// Writes one output through the epilogue.
+#[inline(always)]
+fn store(y: &mut f32, acc: f32, bias: f32, col: usize, epi: Epi) {
+    match epi {
+        Epi::Store => *y = acc + bias,
+        Epi::Act(a) => *y = apply(a, acc + bias),
+        Epi::Residual(gamma) => *y += gamma[col] * (acc + bias),
+    }
+}
+
+/// out (R, O) = epilogue(inp (R, K) · weight (O, K)ᵀ + bias (O)).
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, k: usize, o: usize, epi: Epi) {
     debug_assert_eq!(weight.len(), o * k);
     debug_assert_eq!(inp.len() / k, out.len() / o);
+    let b = |c: usize| bias.map_or(0.0, |b| b[c]);
     out.par_chunks_mut(ROW_BLOCK * o).zip(inp.par_chunks(ROW_BLOCK * k)).for_each(|(out_blk, in_blk)| {
         let rows = in_blk.len() / k;
         for c0 in (0..o).step_by(COL_BLOCK) {
@@ -80,23 +83,14 @@ pub fn matmul_forward(
                 while c + 4 <= c1 {
                     let w = [0, 1, 2, 3].map(|j| &weight[(c + j) * k..(c + j + 1) * k]);
                     let s = dot4(x, w);
-                    y[c..c + 4].copy_from_slice(&s);
+                    for j in 0..4 {
+                        store(&mut y[c + j], s[j], b(c + j), c + j, epi);
+                    }
                     c += 4;
                 }
                 for cc in c..c1 {
-                    y[cc] = dot1(x, &weight[cc * k..(cc + 1) * k]);
+                    store(&mut y[cc], dot1(x, &weight[cc * k..(cc + 1) * k]), b(cc), cc, epi);
                 }
-            }
-        }
-        for r in 0..rows {
-            let y = &mut out_blk[r * o..(r + 1) * o];
-            if let Some(b) = bias {
-                for (v, bb) in y.iter_mut().zip(b) {
-                    *v += bb;
-                }
-            }
-            if let Some(a) = act {
-                activation_rows(y, a);
             }
         }
     });
@@ -133,7 +127,7 @@ mod tests {
             let w: Vec<f32> = (0..o * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..o).map(|_| rnd()).collect();
             let mut out = vec![f32::NAN; r * o];
-            matmul_forward(&mut out, &inp, &w, Some(&b), k, o, None);
+            matmul_forward(&mut out, &inp, &w, Some(&b), k, o, Epi::Store);
             let want = naive(&inp, &w, &b, k, o);
             for (a, e) in out.iter().zip(&want) {
                 assert!((a - e).abs() < 1e-5, "({r},{k},{o}): {a} vs {e}");

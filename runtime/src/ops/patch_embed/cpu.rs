@@ -1,15 +1,18 @@
 //! CPU reference of `patch_embed`: im2col, then the `matmul` reference, then token assembly.
+//! The row helpers (`im2col_rows`, `assemble_rows`) are shared with the fast form.
 
 use rayon::prelude::*;
 
 use crate::ops::Dims;
+use crate::ops::matmul::Epi;
 use crate::ops::matmul::cpu::matmul_forward;
 
-/// cols (B*HW, C*P*P) <- pixels (B, C, H, W).
-pub fn im2col(cols: &mut [f32], pixels: &[f32], d: &Dims) {
+/// Patch rows `row0..` of cols (B*HW, C*P*P) <- pixels (B, C, H, W).
+pub fn im2col_rows(cols: &mut [f32], row0: usize, pixels: &[f32], d: &Dims) {
     let (c, h, w, p) = (d.channels, d.height, d.width, d.patch);
     let hw = d.patches();
-    cols.par_chunks_mut(d.patch_len()).enumerate().for_each(|(row, col)| {
+    for (i, col) in cols.chunks_exact_mut(d.patch_len()).enumerate() {
+        let row = row0 + i;
         let (b, pi) = (row / hw, row % hw);
         let (gy, gx) = (pi / d.grid_w, pi % d.grid_w);
         for ch in 0..c {
@@ -19,7 +22,31 @@ pub fn im2col(cols: &mut [f32], pixels: &[f32], d: &Dims) {
                 col[dst..dst + p].copy_from_slice(&pixels[src..src + p]);
             }
         }
-    });
+    }
+}
+
+/// Token rows `row0..` of x (B*N, D) <- [cls (+pos[0]), registers, emb (+pos[1..])].
+#[allow(clippy::too_many_arguments)]
+pub fn assemble_rows(x: &mut [f32], row0: usize, emb: &[f32], cls: &[f32], registers: &[f32], pos: Option<&[f32]>, d: &Dims) {
+    let dim = d.dim;
+    let (n, hw) = (d.tokens(), d.patches());
+    for (i, xr) in x.chunks_exact_mut(dim).enumerate() {
+        let (b, t) = ((row0 + i) / n, (row0 + i) % n);
+        if t == 0 {
+            xr.copy_from_slice(cls);
+            if let Some(pos) = pos {
+                xr.iter_mut().zip(&pos[..dim]).for_each(|(v, p)| *v += p);
+            }
+        } else if t < d.prefix {
+            xr.copy_from_slice(&registers[(t - 1) * dim..t * dim]);
+        } else {
+            let p = t - d.prefix;
+            xr.copy_from_slice(&emb[(b * hw + p) * dim..(b * hw + p + 1) * dim]);
+            if let Some(pos) = pos {
+                xr.iter_mut().zip(&pos[(1 + p) * dim..(2 + p) * dim]).for_each(|(v, q)| *v += q);
+            }
+        }
+    }
 }
 
 /// x (B, N, D) <- [cls, registers, conv(pixels)] (+ pos).
@@ -36,27 +63,11 @@ pub fn patch_embed_forward(
     d: &Dims,
 ) {
     let dim = d.dim;
-    let hw = d.patches();
-    let (cols, emb) = scratch.split_at_mut(d.batch * hw * d.patch_len());
-    let emb = &mut emb[..d.batch * hw * dim];
-    im2col(cols, pixels, d);
-    matmul_forward(emb, cols, weight, Some(bias), d.patch_len(), dim, None);
-    let n = d.tokens();
-    x.par_chunks_mut(dim).enumerate().with_min_len(16).for_each(|(row, xr)| {
-        let (b, t) = (row / n, row % n);
-        if t == 0 {
-            xr.copy_from_slice(cls);
-            if let Some(pos) = pos {
-                xr.iter_mut().zip(&pos[..dim]).for_each(|(v, p)| *v += p);
-            }
-        } else if t < d.prefix {
-            xr.copy_from_slice(&registers[(t - 1) * dim..t * dim]);
-        } else {
-            let p = t - d.prefix;
-            xr.copy_from_slice(&emb[(b * hw + p) * dim..(b * hw + p + 1) * dim]);
-            if let Some(pos) = pos {
-                xr.iter_mut().zip(&pos[(1 + p) * dim..(2 + p) * dim]).for_each(|(v, q)| *v += q);
-            }
-        }
-    });
+    let pl = d.patch_len();
+    let (cols, emb) = scratch.split_at_mut(d.batch * d.patches() * pl);
+    let emb = &mut emb[..d.batch * d.patches() * dim];
+    cols.par_chunks_mut(pl * 16).enumerate().for_each(|(i, c)| im2col_rows(c, i * 16, pixels, d));
+    matmul_forward(emb, cols, weight, Some(bias), pl, dim, Epi::Store);
+    let emb = &*emb;
+    x.par_chunks_mut(dim * 16).enumerate().for_each(|(i, xr)| assemble_rows(xr, i * 16, emb, cls, registers, pos, d));
 }

@@ -15,15 +15,15 @@ pub fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Rotates q and k of every patch token of qkv (B, N, 3D) in place.
-pub fn rope_forward(qkv: &mut [f32], cos: &[f32], sin: &[f32], d: &Dims) {
+/// Rotates q and k of the patch tokens among qkv rows `row0..` (each row 3D wide).
+pub fn rope_rows(qkv: &mut [f32], row0: usize, cos: &[f32], sin: &[f32], d: &Dims) {
     let dim = d.dim;
     let hd = d.head_dim();
     let n = d.tokens();
-    qkv.par_chunks_mut(3 * dim).enumerate().with_min_len(16).for_each(|(row, t)| {
-        let tok = row % n;
+    for (i, t) in qkv.chunks_exact_mut(3 * dim).enumerate() {
+        let tok = (row0 + i) % n;
         if tok < d.prefix {
-            return;
+            continue;
         }
         let p = tok - d.prefix;
         let (c, s) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
@@ -31,5 +31,11 @@ pub fn rope_forward(qkv: &mut [f32], cos: &[f32], sin: &[f32], d: &Dims) {
         for head in t[..2 * dim].chunks_exact_mut(hd) {
             rope_head(head, c, s);
         }
-    });
+    }
+}
+
+/// Rotates q and k of every patch token of qkv (B, N, 3D) in place.
+pub fn rope_forward(qkv: &mut [f32], cos: &[f32], sin: &[f32], d: &Dims) {
+    let row = 3 * d.dim;
+    qkv.par_chunks_mut(16 * row).enumerate().for_each(|(i, rows)| rope_rows(rows, i * 16, cos, sin, d));
 }

@@ -5,3 +5,4 @@
 //! The model fuses the gate and up projections into one matmul producing `gate_up`.
 
 pub mod cpu;
+pub mod fast;

@@ -1,0 +1,73 @@
+//! x86_64 AVX-512 microkernels: a 12 x 32 register tile (24 zmm accumulators).
+//!
+//! - f32: `c[i][0..32] (+)= sum_k a[i][k] * b[k][0..32]`, one broadcast of `a` and two
+//!   loads of `b` per k.
+//! - int8 (AVX-512 VNNI): `vpdpbusd` multiplies 4 consecutive u8 activations by 4 i8
+//!   weights and adds them to an i32 lane: 64 MACs per instruction.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+pub const MR: usize = 12;
+pub const NR: usize = 32;
+
+/// f32 tile of `M` rows. `b` row k is at `b + k * ldb` (32 contiguous floats).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f32_tile<const M: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        if accumulate {
+            for (i, r) in acc.iter_mut().enumerate() {
+                r[0] = _mm512_loadu_ps(c.add(i * ldc));
+                r[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+            }
+        }
+        for kk in 0..k {
+            let bp = b.add(kk * ldb);
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(i * lda + kk));
+                r[0] = _mm512_fmadd_ps(av, b0, r[0]);
+                r[1] = _mm512_fmadd_ps(av, b1, r[1]);
+            }
+        }
+        for (i, r) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * ldc), r[0]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), r[1]);
+        }
+    }
+}
+
+/// int8 tile of `M` rows: `a` holds u8 activations (row stride `lda` bytes), `b` the
+/// packed weights [k4][32][4] i8, `c` i32 results.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn i8_tile<const M: usize>(k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); 2]; M];
+        for g in 0..k4 {
+            let bp = b.add(g * 4 * NR);
+            let b0 = _mm512_loadu_si512(bp as *const __m512i);
+            let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32((a.add(i * lda + g * 4) as *const i32).read_unaligned());
+                r[0] = _mm512_dpbusd_epi32(r[0], av, b0);
+                r[1] = _mm512_dpbusd_epi32(r[1], av, b1);
+            }
+        }
+        for (i, r) in acc.iter().enumerate() {
+            _mm512_storeu_si512(c.add(i * ldc) as *mut __m512i, r[0]);
+            _mm512_storeu_si512(c.add(i * ldc + 16) as *mut __m512i, r[1]);
+        }
+    }
+}
