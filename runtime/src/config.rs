@@ -270,7 +270,7 @@ impl ModelConfig {
         let swiglu = f.bool_or("use_swiglu_ffn", false)?;
         // HF Dinov2SwiGLUFFN: two thirds of the MLP width, rounded up to a multiple of 8; always SiLU.
         let (mlp, intermediate) = if swiglu {
-            (MlpKind::Gated(Activation::Silu), (plain_hidden * 2 / 3 + 7) / 8 * 8)
+            (MlpKind::Gated(Activation::Silu), (plain_hidden * 2 / 3).div_ceil(8) * 8)
         } else {
             (MlpKind::Plain(f.activation("hidden_act", "gelu")?), plain_hidden)
         };
@@ -322,24 +322,22 @@ impl ModelConfig {
         if self.num_channels != 3 {
             return Err(format!("num_channels = {}: only RGB (3) is supported", self.num_channels));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
         if let Positions::Rope { theta } = self.positions {
-            if self.head_dim() % 4 != 0 {
+            if !self.head_dim().is_multiple_of(4) {
                 return Err(format!("RoPE needs head_dim divisible by 4, got {}", self.head_dim()));
             }
             if !(theta > 0.0) {
                 return Err(format!("rope_theta must be positive, got {theta}"));
             }
         }
-        if let Positions::Learned { grid, .. } = self.positions {
-            if grid == 0 {
-                return Err(format!("image_size {} is smaller than patch_size {}", self.image_size, self.patch_size));
-            }
+        if let Positions::Learned { grid: 0, .. } = self.positions {
+            return Err(format!("image_size {} is smaller than patch_size {}", self.image_size, self.patch_size));
         }
         if !(self.layer_norm_eps >= 0.0) {
             return Err(format!("layer_norm_eps must be non-negative, got {}", self.layer_norm_eps));

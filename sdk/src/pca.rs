@@ -97,8 +97,8 @@ impl PcaBasis {
         let proj = self.project(patches);
         let mut data = Vec::with_capacity(proj.len() * 3);
         for p in &proj {
-            for k in 0..3 {
-                let t = (p[k] - self.lo[k]) / (self.hi[k] - self.lo[k]).max(1e-12);
+            for ((v, lo), hi) in p.iter().zip(&self.lo).zip(&self.hi) {
+                let t = (v - lo) / (hi - lo).max(1e-12);
                 data.push((t.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }

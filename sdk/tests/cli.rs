@@ -108,7 +108,7 @@ fn embed_images_with_pca_and_intermediate_layers() {
         "embed", s(&fixtures().join("hf/dinov2_reg")), s(&img), s(&img), "--size", "56", "--out", s(&out), "--pca", s(&pca), "--layers", "0",
     ]);
     assert!(stdout.contains("cls[:4]"), "{stdout}");
-    let f = TensorStore::open_files(&[out.clone()]).unwrap();
+    let f = TensorStore::open_files(std::slice::from_ref(&out)).unwrap();
     assert_eq!(f.get("patches").unwrap().shape, &[2, 4, 4, 32]);
     assert_eq!(f.get("registers").unwrap().shape, &[2, 4, 32]);
     assert_eq!(f.get("layer0.patches").unwrap().shape, &[2, 4, 4, 32]);

@@ -410,7 +410,7 @@ fn attention_heads(graph: &Graph, node_prefix: &str, dim: usize) -> Option<usize
         // (..., -1, head_dim): the head count is left to the runtime.
         if let [.., -1, hd] = dims[..]
             && hd > 1
-            && dim % hd as usize == 0
+            && dim.is_multiple_of(hd as usize)
         {
             return Some(dim / hd as usize);
         }
@@ -481,7 +481,7 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
             let numel: i64 = t.dims.iter().product();
             if n.op_type == "Concat" && numel as usize == dim {
                 cls_pos = Some(graph.f32s(t)?.1);
-            } else if n.op_type == "Reshape" && numel as usize % dim == 0 && numel as usize > dim {
+            } else if n.op_type == "Reshape" && (numel as usize).is_multiple_of(dim) && numel as usize > dim {
                 patch_pos = Some(graph.f32s(t)?.1);
             }
         }

@@ -410,7 +410,9 @@ pub type HubTensor = (String, Vec<usize>, Dtype, Vec<u8>);
 /// Builds the hub-layout tensors of a model from per-parameter f32 values (packing DINOv2's
 /// SwiGLU `weights_in`). The mask token is written as zeros when `get` has none.
 pub fn hub_tensors(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<Vec<f32>>) -> Result<Vec<HubTensor>> {
-    let mut packed: HashMap<String, Vec<(Range<usize>, Vec<f32>, Vec<usize>)>> = HashMap::new();
+    // Packed tensor name -> its parts: (rows, values, shape of the part).
+    type Part = (Range<usize>, Vec<f32>, Vec<usize>);
+    let mut packed: HashMap<String, Vec<Part>> = HashMap::new();
     let mut out = Vec::new();
     let mut all = params(cfg);
     all.push(Param::MaskToken);

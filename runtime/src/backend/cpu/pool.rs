@@ -174,37 +174,6 @@ impl Drop for Pool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_task_runs_once() {
-        for threads in [1, 2, 4] {
-            let pool = Pool::new(threads).unwrap();
-            for n in [0, 1, 3, 100, 1000] {
-                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                pool.run(n, |t| {
-                    hits[t].fetch_add(1, Ordering::Relaxed);
-                });
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "threads {threads}, n {n}");
-            }
-        }
-    }
-
-    #[test]
-    fn back_to_back_jobs_see_their_own_closure() {
-        let pool = Pool::new(3).unwrap();
-        for round in 0..200usize {
-            let sum = AtomicUsize::new(0);
-            pool.run(17, |t| {
-                sum.fetch_add(t + round, Ordering::Relaxed);
-            });
-            assert_eq!(sum.load(Ordering::Relaxed), (0..17).sum::<usize>() + 17 * round);
-        }
-    }
-}
-
 impl Pool {
     /// Splits `rows` into about four chunks per thread (at least `min_rows` each) and runs
     /// `f(first, end)` on each.
@@ -239,5 +208,36 @@ impl<'a> RowsMut<'a> {
     pub unsafe fn rows(&self, r0: usize, r1: usize) -> &'a mut [f32] {
         assert!(r0 <= r1 && r1 <= self.rows, "rows {r0}..{r1} of {}", self.rows);
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r0 * self.row_len), (r1 - r0) * self.row_len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        for threads in [1, 2, 4] {
+            let pool = Pool::new(threads).unwrap();
+            for n in [0, 1, 3, 100, 1000] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(n, |t| {
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "threads {threads}, n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn back_to_back_jobs_see_their_own_closure() {
+        let pool = Pool::new(3).unwrap();
+        for round in 0..200usize {
+            let sum = AtomicUsize::new(0);
+            pool.run(17, |t| {
+                sum.fetch_add(t + round, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), (0..17).sum::<usize>() + 17 * round);
+        }
     }
 }

@@ -20,7 +20,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 5.0e-1;
     let e = p * r * r + r + 1.0;
     // Scale by 2^n through the exponent bits. n is in [-126, 127] after the clamp, so the
     // unchecked conversion is exact (and avoids the saturation code of `as`).
