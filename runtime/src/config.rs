@@ -118,6 +118,94 @@ pub struct ModelConfig {
     pub positions: Positions,
     /// Nominal input size from the config (HF `image_size`).
     pub image_size: usize,
+    /// Present for dinoedge int8 models (`dinoedge quantize --precision int8`).
+    pub quantization: Option<QuantConfig>,
+}
+
+/// How activations entering a quantised Linear become int8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationScheme {
+    /// A scale per token (row), computed at run time: no calibration needed.
+    DynamicPerToken,
+    /// One scale per Linear input, from calibration (stored as `<linear>.input_scale`).
+    StaticPerTensor,
+}
+
+/// SmoothQuant outlier migration that was folded into the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SmoothQuant {
+    pub alpha: f32,
+    /// Linear groups smoothed (e.g. `layer.3.qkv`), folded into the LayerNorm before them.
+    pub applied_to: Vec<String>,
+}
+
+/// Where calibration statistics came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub images: usize,
+    pub source: String,
+}
+
+/// The `quantization` section of a dinoedge int8 model's config.json.
+///
+/// Quantised Linear weights are stored as I8 `(out, in)` tensors under their HF names, with
+/// f32 per-output-channel scales next to them (`<name>.weight_scale`, `w = q * scale`); for
+/// static activations, `<name>.input_scale` holds the per-tensor input scale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantConfig {
+    /// `dinoedge-w8a8`.
+    pub method: String,
+    pub format_version: u32,
+    /// Symmetric int8 weights, one scale per output channel.
+    pub weights: String,
+    pub activations: ActivationScheme,
+    #[serde(default)]
+    pub smoothquant: Option<SmoothQuant>,
+    /// Which Linear layers are int8.
+    pub quantized_modules: Vec<String>,
+    /// What stays in floating point.
+    pub float_ops: Vec<String>,
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+}
+
+impl QuantConfig {
+    pub const METHOD: &'static str = "dinoedge-w8a8";
+    pub const FORMAT_VERSION: u32 = 1;
+    pub const WEIGHTS: &'static str = "int8_symmetric_per_output_channel";
+
+    /// A W8A8 section with the given activation scheme (the fields every dinoedge int8 model has).
+    pub fn w8a8(activations: ActivationScheme) -> Self {
+        QuantConfig {
+            method: Self::METHOD.into(),
+            format_version: Self::FORMAT_VERSION,
+            weights: Self::WEIGHTS.into(),
+            activations,
+            smoothquant: None,
+            quantized_modules: vec![
+                "layer.*.attention.{q,k,v,o}_proj".into(),
+                "layer.*.mlp.{gate,up,down}_proj (fc1, fc2 for DINOv2)".into(),
+            ],
+            float_ops: ["patch_embeddings", "layer_norm", "rope", "softmax", "gelu", "swiglu", "layer_scale", "residual", "attention_matmuls"]
+                .map(String::from)
+                .to_vec(),
+            calibration: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.method != Self::METHOD {
+            return Err(format!("quantization.method {:?} is not supported (expected {:?})", self.method, Self::METHOD));
+        }
+        if self.format_version != Self::FORMAT_VERSION {
+            return Err(format!("quantization.format_version {} is not supported (expected {})", self.format_version, Self::FORMAT_VERSION));
+        }
+        if self.weights != Self::WEIGHTS {
+            return Err(format!("quantization.weights {:?} is not supported (expected {:?})", self.weights, Self::WEIGHTS));
+        }
+        Ok(())
+    }
 }
 
 /// Reads typed fields out of a JSON object, naming the file and field on error.
@@ -218,7 +306,7 @@ impl ModelConfig {
         let model_type = f.get("model_type").and_then(Value::as_str).ok_or_else(|| {
             f.err("no \"model_type\" field (expected dinov3_vit, dinov2 or dinov2_with_registers)".into())
         })?;
-        let cfg = match model_type {
+        let mut cfg = match model_type {
             "dinov3_vit" => Self::dinov3(&f)?,
             "dinov2" => Self::dinov2(&f, Family::Dinov2)?,
             "dinov2_with_registers" => Self::dinov2(&f, Family::Dinov2Registers)?,
@@ -226,6 +314,11 @@ impl ModelConfig {
                 return Err(RuntimeError::UnknownModelType { path: path.to_path_buf(), model_type: other.to_string() });
             }
         };
+        if let Some(q) = f.get("quantization") {
+            let q: QuantConfig = serde_json::from_value(q.clone()).map_err(|e| f.err(format!("quantization section: {e}")))?;
+            q.check().map_err(|r| f.err(r))?;
+            cfg.quantization = Some(q);
+        }
         cfg.validate().map_err(|reason| f.err(reason))?;
         Ok(cfg)
     }
@@ -260,6 +353,7 @@ impl ModelConfig {
             mlp_bias: f.bool_or("mlp_bias", true)?,
             positions: Positions::Rope { theta },
             image_size: f.square_or("image_size", 224)?,
+            quantization: None,
         })
     }
 
@@ -302,6 +396,7 @@ impl ModelConfig {
             mlp_bias: true,
             positions: Positions::Learned { grid: image_size / patch, antialias: family == Family::Dinov2Registers },
             image_size,
+            quantization: None,
         })
     }
 
@@ -400,6 +495,9 @@ impl ModelConfig {
             "dtype": "float32",
         });
         let o = v.as_object_mut().expect("object literal");
+        if let Some(q) = &self.quantization {
+            o.insert("quantization".into(), serde_json::to_value(q).expect("quantization section serialises"));
+        }
         match self.family {
             Family::Dinov3 => {
                 let (gated, act) = match self.mlp {

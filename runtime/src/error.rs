@@ -53,6 +53,10 @@ pub enum RuntimeError {
     #[error("{path}: tensor {tensor:?} has unsupported dtype {dtype} (supported: F32, F16, BF16{extra})")]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String, extra: &'static str },
 
+    /// The config's `quantization` section and the stored tensors disagree.
+    #[error("{path}: quantization mismatch: {reason}")]
+    QuantizationMismatch { path: PathBuf, reason: String },
+
     /// An input tensor (pixels, features) has the wrong shape.
     #[error("invalid input {name}: {reason}")]
     InvalidInput { name: String, reason: String },

@@ -18,7 +18,7 @@
 use crate::backend::{Backend, Epilogue, HostLinear};
 use crate::config::{MlpKind, ModelConfig, Positions};
 use crate::error::{Result, RuntimeError};
-use crate::model::Model;
+use crate::model::{Int8Weight, Model};
 use crate::ops::{self, Dims};
 use crate::resample;
 use crate::weights::{LayerParam as L, Param};
@@ -49,12 +49,14 @@ pub struct PreparedModel<B: Backend> {
     pub norm: (B::Buffer, B::Buffer),
 }
 
-/// Stacks several (rows, K) weights and their optional biases into one Linear.
+/// Stacks several (rows, K) weights and their optional biases into one Linear (and their
+/// int8 forms, for int8 models: the parts share one input, hence one input scale).
 fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)], in_features: usize) -> Result<HostLinear> {
     let mut weight = Vec::new();
     let mut bias = Vec::new();
     let mut any_bias = false;
     let mut out_features = 0;
+    let mut int8: Option<Int8Weight> = None;
     for &(w, b) in parts {
         let wv = model.tensor_f32(w)?;
         let rows = wv.len() / in_features;
@@ -67,8 +69,17 @@ fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)],
             }
             None => bias.extend(std::iter::repeat_n(0.0, rows)),
         }
+        if let Some(q) = model.int8(w)? {
+            let acc = int8.get_or_insert(Int8Weight { q: Vec::new(), scales: Vec::new(), input_scale: None });
+            acc.q.extend_from_slice(&q.q);
+            acc.scales.extend_from_slice(&q.scales);
+            acc.input_scale = match (acc.input_scale, q.input_scale) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
     }
-    Ok(HostLinear { name, out_features, in_features, weight, bias: any_bias.then_some(bias) })
+    Ok(HostLinear { name, out_features, in_features, weight, bias: any_bias.then_some(bias), int8 })
 }
 
 impl<B: Backend> PreparedModel<B> {
@@ -85,6 +96,7 @@ impl<B: Backend> PreparedModel<B> {
             in_features: cfg.num_channels * cfg.patch_size * cfg.patch_size,
             weight: model.tensor_f32(Param::PatchWeight)?,
             bias: Some(model.tensor_f32(Param::PatchBias)?),
+            int8: None,
         })?;
         let registers = if cfg.num_register_tokens > 0 { Some(vec(Param::RegisterTokens)?) } else { None };
         let pos_table = match cfg.positions {

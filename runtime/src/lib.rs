@@ -30,6 +30,7 @@ pub mod import;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
+pub mod quant;
 pub mod resample;
 pub mod session;
 pub mod tensor;
@@ -37,7 +38,7 @@ pub mod testing;
 pub mod weights;
 
 pub use backend::{BackendInfo, BackendKind, Precision};
-pub use config::{Activation, Family, MlpKind, ModelConfig, Positions};
+pub use config::{Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig};
 pub use error::{Result, RuntimeError};
 pub use features::{Features, LayerFeatures};
 pub use model::Model;

@@ -11,6 +11,16 @@ use crate::error::{Result, RuntimeError};
 use crate::weights::layout::{self, Param, WeightLayout};
 use crate::weights::store::{StoredTensor, TensorStore};
 
+/// A quantised Linear weight as stored: `w[o][k] = q[o][k] * scales[o]`.
+#[derive(Clone, Debug)]
+pub struct Int8Weight {
+    /// (out, in) row-major.
+    pub q: Vec<i8>,
+    pub scales: Vec<f32>,
+    /// Static activation scale of the Linear's input, when calibrated.
+    pub input_scale: Option<f32>,
+}
+
 pub struct Model {
     dir: PathBuf,
     config: ModelConfig,
@@ -62,13 +72,22 @@ impl Model {
         Some((t, r.rows.clone()))
     }
 
-    /// A parameter converted to f32 in its HF layout.
-    pub fn tensor_f32(&self, p: Param) -> Result<Vec<f32>> {
-        let (t, rows) = self.stored(p).ok_or_else(|| RuntimeError::MissingTensor {
+    fn missing(&self, p: Param) -> RuntimeError {
+        RuntimeError::MissingTensor {
             path: self.store.main_path().to_path_buf(),
             tensor: layout::hub_location(&self.config, p).key,
             expected: layout::shape(&self.config, p),
-        })?;
+        }
+    }
+
+    /// A parameter converted to f32 in its HF layout (int8 weights are dequantised,
+    /// `w = q * scale` per output channel).
+    pub fn tensor_f32(&self, p: Param) -> Result<Vec<f32>> {
+        if let Some(q) = self.int8(p)? {
+            let cols = q.q.len() / q.scales.len();
+            return Ok(q.q.iter().enumerate().map(|(i, &v)| v as f32 * q.scales[i / cols]).collect());
+        }
+        let (t, rows) = self.stored(p).ok_or_else(|| self.missing(p))?;
         match rows {
             None => t.to_f32(),
             Some(r) => {
@@ -78,6 +97,30 @@ impl Model {
                 Ok(out)
             }
         }
+    }
+
+    /// Whether the model stores int8 Linear weights (config `quantization` section).
+    pub fn is_quantized(&self) -> bool {
+        self.config.quantization.is_some()
+    }
+
+    /// The int8 form of a quantised Linear weight; `None` for float parameters.
+    pub fn int8(&self, p: Param) -> Result<Option<Int8Weight>> {
+        let Some(r) = self.layout.params.get(&p) else { return Ok(None) };
+        let Some(scale_key) = &r.scale_key else { return Ok(None) };
+        let t = self.store.get(&r.key).ok_or_else(|| self.missing(p))?;
+        let st = self.store.get(scale_key).ok_or_else(|| self.missing(p))?;
+        let (mut q, mut scales) = (t.to_i8()?, st.to_f32()?);
+        if let Some(rows) = &r.rows {
+            let cols: usize = t.shape[1..].iter().product();
+            q = q[rows.start * cols..rows.end * cols].to_vec();
+            scales = scales[rows.clone()].to_vec();
+        }
+        let input_scale = match &r.input_scale_key {
+            Some(k) => Some(self.store.get(k).ok_or_else(|| self.missing(p))?.to_f32()?[0]),
+            None => None,
+        };
+        Ok(Some(Int8Weight { q, scales, input_scale }))
     }
 
     /// Number of parameters actually stored for this architecture.

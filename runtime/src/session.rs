@@ -24,14 +24,15 @@ pub struct RunOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
     pub backend: BackendKind,
-    pub precision: Precision,
+    /// `None` = the model's own: int8 for dinoedge int8 models on the CPU, f32 otherwise.
+    pub precision: Option<Precision>,
     /// CPU worker threads (default: all cores).
     pub threads: Option<usize>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { backend: BackendKind::Cpu, precision: Precision::F32, threads: None }
+        SessionOptions { backend: BackendKind::Cpu, precision: None, threads: None }
     }
 }
 
@@ -138,13 +139,14 @@ where
 
 /// Builds a session on the requested backend.
 pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dyn InferenceSession>> {
+    let precision = opts.precision.unwrap_or(if model.is_quantized() && opts.backend == BackendKind::Cpu { Precision::Int8 } else { Precision::F32 });
     match opts.backend {
-        BackendKind::Cpu => Ok(Box::new(Session::new(CpuBackend::new(opts.threads, opts.precision)?, model)?)),
+        BackendKind::Cpu => Ok(Box::new(Session::new(CpuBackend::new(opts.threads, precision)?, model)?)),
         BackendKind::CpuReference => {
-            if opts.precision != Precision::F32 {
+            if precision != Precision::F32 {
                 return Err(RuntimeError::BackendUnavailable {
                     backend: "cpu-ref".into(),
-                    reason: format!("the reference computes in f32 only, not {}", opts.precision),
+                    reason: format!("the reference computes in f32 only, not {precision}"),
                 });
             }
             Ok(Box::new(Session::new(ReferenceBackend::new(opts.threads)?, model)?))

@@ -33,3 +33,19 @@ impl Tensor {
         self.data.iter().fold(0.0f32, |m, x| m.max(x.abs()))
     }
 }
+
+/// Mean cosine similarity of corresponding rows of length `row` (1 for two zero rows).
+pub fn mean_row_cosine(a: &[f32], b: &[f32], row: usize) -> f64 {
+    let n = a.len() / row.max(1);
+    let mut total = 0.0;
+    for (x, y) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
+        let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+        for (p, q) in x.iter().zip(y) {
+            xy += *p as f64 * *q as f64;
+            xx += *p as f64 * *p as f64;
+            yy += *q as f64 * *q as f64;
+        }
+        total += if xx == 0.0 && yy == 0.0 { 1.0 } else { xy / (xx.sqrt() * yy.sqrt()).max(1e-30) };
+    }
+    total / n.max(1) as f64
+}

@@ -51,21 +51,7 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], row: usize, tol: f32) -> C
     Comparison { name: name.to_string(), max_abs, scale, rel: max_abs / scale.max(1.0), mean_cosine, first_outlier: first }
 }
 
-/// Mean cosine similarity of corresponding rows.
-pub fn mean_row_cosine(a: &[f32], b: &[f32], row: usize) -> f64 {
-    let n = a.len() / row;
-    let mut total = 0.0;
-    for (x, y) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
-        let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
-        for (p, q) in x.iter().zip(y) {
-            xy += *p as f64 * *q as f64;
-            xx += *p as f64 * *p as f64;
-            yy += *q as f64 * *q as f64;
-        }
-        total += if xx == 0.0 && yy == 0.0 { 1.0 } else { xy / (xx.sqrt() * yy.sqrt()).max(1e-30) };
-    }
-    total / n.max(1) as f64
-}
+pub use crate::tensor::mean_row_cosine;
 
 impl Comparison {
     /// Panics with the evidence when the comparison failed.

@@ -12,12 +12,15 @@
 //! # Ok::<(), dinoedge::Error>(())
 //! ```
 
+pub mod assets;
 pub mod bench;
+pub mod compare;
 pub mod embed;
 pub mod error;
 pub mod features_io;
 pub mod image_io;
 pub mod pca;
+pub mod stereo;
 
 pub use dinoedge_runtime as runtime;
 pub use dinoedge_runtime::{BackendKind, Features, LayerFeatures, Model, Precision, RgbImage, SessionOptions, Tensor};

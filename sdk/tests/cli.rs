@@ -245,3 +245,63 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
     assert!(err.contains("backend cuda unavailable"), "{err}");
     assert!(!t.join("never.safetensors").exists());
 }
+
+#[test]
+fn quantize_and_eval_quant_on_a_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = fixtures().join("hf/dinov2_reg");
+    let img = fixtures().join("preprocess/synthetic.png");
+    let calib = t.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    for i in 0..3 {
+        std::fs::copy(&img, calib.join(format!("frame{i}.png"))).unwrap();
+    }
+    std::fs::write(calib.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(calib.join("broken.jpg"), "not a jpeg either").unwrap();
+    let q8 = t.join("q8");
+    let out = ok(&["quantize", s(&model), "--precision", "int8", "--calib", s(&calib), "--activations", "static", "--calib-size", "56", "--out", s(&q8), "--threads", "2"]);
+    assert!(out.contains("layer.0.qkv") && out.contains("int8"), "{out}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(q8.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization"]["activations"], "static_per_tensor");
+    assert_eq!(cfg["quantization"]["calibration"]["images"], 3);
+    let out = ok(&["eval-quant", s(&model), s(&q8), s(&img), "--size", "56", "--stereo-size", "28"]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["precision"], "int8");
+    assert!(v["final_patch_cosine"].as_f64().unwrap() > 0.98, "{out}");
+    assert!(v["size_bytes"]["ratio"].as_f64().unwrap() < 0.6, "{out}");
+    assert_eq!(v["layers"].as_array().unwrap().len(), 2);
+    // The int8 model runs through embed with its own precision by default.
+    let f = t.join("f.safetensors");
+    ok(&["embed", s(&q8), s(&img), "--size", "56", "--out", s(&f)]);
+    let f16 = t.join("f16");
+    ok(&["quantize", s(&model), "--precision", "f16", "--out", s(&f16)]);
+    assert!(ok(&["info", s(&f16)]).contains("F16"));
+}
+
+#[test]
+fn quantize_bad_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = fixtures().join("hf/dinov3_mlp");
+    // A calibration folder with no images at all, and one whose images are all unreadable.
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "no images here").unwrap();
+    let err = fails(&["quantize", s(&model), "--precision", "int8", "--calib", s(&empty), "--out", s(&t.join("q"))]);
+    assert!(err.contains("no image files"), "{err}");
+    let broken = t.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("a.png"), "not a png").unwrap();
+    std::fs::write(broken.join("b.jpg"), "not a jpeg").unwrap();
+    let err = fails(&["quantize", s(&model), "--precision", "int8", "--calib", s(&broken), "--out", s(&t.join("q"))]);
+    assert!(err.contains("no readable calibration images") && err.contains("2 files tried"), "{err}");
+    assert!(!t.join("q").exists());
+    // Quantising an int8 model again.
+    let q8 = t.join("q8");
+    ok(&["quantize", s(&model), "--precision", "int8", "--smoothquant", "off", "--out", s(&q8)]);
+    let err = fails(&["quantize", s(&q8), "--precision", "int8", "--out", s(&t.join("again"))]);
+    assert!(err.contains("already quantized"), "{err}");
+    let err = fails(&["quantize", s(&model), "--precision", "int8", "--smoothquant", "2", "--out", s(&t.join("x"))]);
+    assert!(err.contains("--smoothquant"), "{err}");
+}

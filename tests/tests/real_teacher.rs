@@ -34,7 +34,7 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
         (BackendKind::Cpu, Precision::Int8, f32::INFINITY, 0.99),
     ];
     for (backend, precision, tol, min_cos) in runs {
-        let opts = SessionOptions { backend, precision, threads: Some(2) };
+        let opts = SessionOptions { backend, precision: Some(precision), threads: Some(2) };
         let mut session = create_session(model.clone(), &opts).unwrap();
         let mut sizes = std::collections::BTreeSet::new();
         let mut worst_cos = 1.0f64;

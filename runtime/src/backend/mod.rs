@@ -123,6 +123,9 @@ pub struct HostLinear {
     pub weight: Vec<f32>,
     /// (out); `None` when the layer has no bias.
     pub bias: Option<Vec<f32>>,
+    /// For int8 models: the stored int8 weights (`weight` then holds their dequantised
+    /// values, for backends that compute in float).
+    pub int8: Option<crate::model::Int8Weight>,
 }
 
 /// A device that runs the op set. See the module docs.

@@ -273,6 +273,7 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         mlp_bias: bias_present(L::DownBias),
         positions,
         image_size,
+        quantization: None,
     };
     config.validate().map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
 

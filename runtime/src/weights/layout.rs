@@ -282,6 +282,26 @@ pub struct Resolved {
     pub rows: Option<Range<usize>>,
     /// The HF shape of the parameter (of the row slice, for packed tensors).
     pub shape: Vec<usize>,
+    /// int8 models: the per-output-channel scales of this weight (`<key>_scale`).
+    pub scale_key: Option<String>,
+    /// int8 models with static activations: the input scale (`<module>.input_scale`).
+    pub input_scale_key: Option<String>,
+}
+
+/// Whether a parameter is the weight of a Linear that int8 models store quantised.
+pub fn is_quantized_linear(p: Param) -> bool {
+    use LayerParam::*;
+    matches!(p, Param::Layer(_, QWeight | KWeight | VWeight | OWeight | GateWeight | UpWeight | DownWeight))
+}
+
+/// `a.b.weight` -> `a.b.weight_scale`.
+pub fn scale_key(weight_key: &str) -> String {
+    format!("{weight_key}_scale")
+}
+
+/// `a.b.weight` -> `a.b.input_scale`.
+pub fn input_scale_key(weight_key: &str) -> String {
+    format!("{}.input_scale", weight_key.strip_suffix(".weight").unwrap_or(weight_key))
 }
 
 /// The result of matching a store against an architecture.
@@ -342,9 +362,37 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                 expected,
             });
         };
-        check_tensor(&t, rows.as_ref(), &expected)?;
+        let int8 = cfg.quantization.is_some() && is_quantized_linear(p);
+        check_tensor(&t, rows.as_ref(), &expected, int8, cfg.quantization.is_some())?;
+        let (mut scale, mut input_scale) = (None, None);
+        if int8 {
+            let sk = scale_key(&key);
+            let st = store.get(&sk).ok_or_else(|| RuntimeError::MissingTensor {
+                path: t.path.to_path_buf(),
+                tensor: sk.clone(),
+                expected: vec![t.shape[0]],
+            })?;
+            if st.dtype != Dtype::F32 || st.shape != [t.shape[0]] {
+                return Err(RuntimeError::ShapeMismatch { path: st.path.to_path_buf(), tensor: sk, expected: vec![t.shape[0]], found: st.shape.to_vec() });
+            }
+            used.insert(sk.clone());
+            scale = Some(sk);
+            if cfg.quantization.as_ref().is_some_and(|q| q.activations == crate::config::ActivationScheme::StaticPerTensor) {
+                let ik = input_scale_key(&key);
+                let it = store.get(&ik).ok_or_else(|| RuntimeError::MissingTensor {
+                    path: t.path.to_path_buf(),
+                    tensor: ik.clone(),
+                    expected: vec![1],
+                })?;
+                if it.dtype != Dtype::F32 || it.numel() != 1 {
+                    return Err(RuntimeError::ShapeMismatch { path: it.path.to_path_buf(), tensor: ik, expected: vec![1], found: it.shape.to_vec() });
+                }
+                used.insert(ik.clone());
+                input_scale = Some(ik);
+            }
+        }
         used.insert(key.clone());
-        out.params.insert(p, Resolved { key, rows, shape: expected });
+        out.params.insert(p, Resolved { key, rows, shape: expected, scale_key: scale, input_scale_key: input_scale });
     }
 
     for name in store.names() {
@@ -371,13 +419,23 @@ fn ignorable(name: &str) -> bool {
     name.ends_with("rope_embeddings.inv_freq") || name.ends_with("rope_embed.periods")
 }
 
-fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize]) -> Result<()> {
-    if !supported_dtype(t.dtype) {
+fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize], int8: bool, quantized_model: bool) -> Result<()> {
+    if int8 && t.dtype != Dtype::I8 {
+        return Err(RuntimeError::QuantizationMismatch {
+            path: t.path.to_path_buf(),
+            reason: format!("config.json declares an int8 model but tensor {:?} is {:?}, not I8", t.name, t.dtype),
+        });
+    }
+    if !int8 && t.dtype == Dtype::I8 {
+        let why = if quantized_model { "only Linear weights of blocks are int8 in a dinoedge int8 model" } else { "config.json has no quantization section" };
+        return Err(RuntimeError::QuantizationMismatch { path: t.path.to_path_buf(), reason: format!("tensor {:?} is I8 but {why}", t.name) });
+    }
+    if !int8 && !supported_dtype(t.dtype) {
         return Err(RuntimeError::UnsupportedDtype {
             path: t.path.to_path_buf(),
             tensor: t.name.to_string(),
             dtype: format!("{:?}", t.dtype),
-            extra: "",
+            extra: ", and I8 in dinoedge int8 models",
         });
     }
     let ok = match rows {
@@ -407,28 +465,60 @@ fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize
 /// One tensor in the hub layout, ready for [`super::store::write_safetensors`].
 pub type HubTensor = (String, Vec<usize>, Dtype, Vec<u8>);
 
+/// The stored form of one parameter, for [`hub_tensors_with`].
+pub enum ParamData {
+    F32(Vec<f32>),
+    /// A quantised Linear weight: `(out, in)` int8, per-row scales, optional input scale.
+    Int8 { q: Vec<i8>, scales: Vec<f32>, input_scale: Option<f32> },
+}
+
 /// Builds the hub-layout tensors of a model from per-parameter f32 values (packing DINOv2's
 /// SwiGLU `weights_in`). The mask token is written as zeros when `get` has none.
 pub fn hub_tensors(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<Vec<f32>>) -> Result<Vec<HubTensor>> {
-    // Packed tensor name -> its parts: (rows, values, shape of the part).
-    type Part = (Range<usize>, Vec<f32>, Vec<usize>);
+    hub_tensors_with(cfg, |p| get(p).map(ParamData::F32))
+}
+
+fn i8_entry(name: String, shape: Vec<usize>, q: &[i8]) -> HubTensor {
+    (name, shape, Dtype::I8, q.iter().map(|&v| v as u8).collect())
+}
+
+/// As [`hub_tensors`], with int8 Linear weights written as I8 plus their `_scale` (and
+/// `input_scale`) tensors.
+pub fn hub_tensors_with(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<ParamData>) -> Result<Vec<HubTensor>> {
+    // Packed tensor name -> its parts: (rows, data, shape of the part).
+    type Part = (Range<usize>, ParamData, Vec<usize>);
     let mut packed: HashMap<String, Vec<Part>> = HashMap::new();
     let mut out = Vec::new();
     let mut all = params(cfg);
     all.push(Param::MaskToken);
+    let emit = |out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData| match data {
+        ParamData::F32(v) => out.push(super::store::f32_entry(key, shp, v)),
+        ParamData::Int8 { q, scales, input_scale } => {
+            out.push(super::store::f32_entry(scale_key(&key), vec![shp[0]], scales));
+            if let Some(s) = input_scale {
+                out.push(super::store::f32_entry(input_scale_key(&key), vec![], &[*s]));
+            }
+            out.push(i8_entry(key, shp, q));
+        }
+    };
     for p in all {
         let shp = shape(cfg, p);
+        let n: usize = shp.iter().product();
         let data = match (p, get(p)) {
-            (Param::MaskToken, Err(_)) => vec![0.0; shp.iter().product()],
+            (Param::MaskToken, Err(_)) => ParamData::F32(vec![0.0; n]),
             (_, r) => r?,
         };
-        if data.len() != shp.iter().product::<usize>() {
-            return Err(RuntimeError::input(format!("{p:?}"), format!("has {} values, shape {shp:?} needs {}", data.len(), shp.iter().product::<usize>())));
+        let len = match &data {
+            ParamData::F32(v) => v.len(),
+            ParamData::Int8 { q, .. } => q.len(),
+        };
+        if len != n {
+            return Err(RuntimeError::input(format!("{p:?}"), format!("has {len} values, shape {shp:?} needs {n}")));
         }
         let loc = hub_location(cfg, p);
         match loc.rows {
             Some(rows) => packed.entry(loc.key).or_default().push((rows, data, shp)),
-            None => out.push(super::store::f32_entry(loc.key, shp, &data)),
+            None => emit(&mut out, loc.key, shp, &data),
         }
     }
     for (key, mut parts) in packed {
@@ -436,8 +526,22 @@ pub fn hub_tensors(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<Vec<f
         let rows: usize = parts.iter().map(|(r, _, _)| r.len()).sum();
         let mut shp = parts[0].2.clone();
         shp[0] = rows;
-        let data: Vec<f32> = parts.into_iter().flat_map(|(_, d, _)| d).collect();
-        out.push(super::store::f32_entry(key, shp, &data));
+        let merged = match &parts[0].1 {
+            ParamData::F32(_) => ParamData::F32(
+                parts.iter().flat_map(|(_, d, _)| if let ParamData::F32(v) = d { v.clone() } else { Vec::new() }).collect(),
+            ),
+            ParamData::Int8 { input_scale, .. } => {
+                let (mut q, mut scales) = (Vec::new(), Vec::new());
+                for (_, d, _) in &parts {
+                    if let ParamData::Int8 { q: pq, scales: ps, .. } = d {
+                        q.extend_from_slice(pq);
+                        scales.extend_from_slice(ps);
+                    }
+                }
+                ParamData::Int8 { q, scales, input_scale: *input_scale }
+            }
+        };
+        emit(&mut out, key, shp, &merged);
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

@@ -41,6 +41,19 @@ impl StoredTensor<'_> {
         self.shape.iter().product()
     }
 
+    /// The data of an I8 tensor.
+    pub fn to_i8(&self) -> Result<Vec<i8>> {
+        if self.dtype != Dtype::I8 {
+            return Err(RuntimeError::UnsupportedDtype {
+                path: self.path.to_path_buf(),
+                tensor: self.name.to_string(),
+                dtype: format!("{:?}", self.dtype),
+                extra: " (expected I8 here)",
+            });
+        }
+        Ok(self.bytes.iter().map(|&b| b as i8).collect())
+    }
+
     /// Converts F32 / F16 / BF16 data to f32.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.numel()];

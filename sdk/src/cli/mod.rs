@@ -2,8 +2,10 @@
 
 mod bench;
 mod embed;
+mod eval_quant;
 mod import;
 mod info;
+mod quantize;
 
 use clap::{Args, Parser, Subcommand};
 use dinoedge::{BackendKind, Precision, Result, SessionOptions};
@@ -25,6 +27,10 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Convert an HF-exported DINOv2 / DINOv3 ONNX backbone to an HF safetensors directory.
     ImportOnnx(import::ImportArgs),
+    /// Write an f16, bf16 or int8 (W8A8, calibrated) copy of a float model.
+    Quantize(quantize::QuantizeArgs),
+    /// Compare a quantised model with its float original: per-layer cosines, size, stereo score.
+    EvalQuant(eval_quant::EvalQuantArgs),
 }
 
 /// Backend selection shared by the commands that run a model.
@@ -33,9 +39,10 @@ pub struct BackendArgs {
     /// cpu (fast SIMD kernels), cpu-ref (the f32 reference); wgpu and cuda when compiled in.
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
-    /// Precision: f32, f16 (weights), int8 (W8A8), bf16 where the backend supports it.
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
-    pub precision: Precision,
+    /// Precision: f32, f16 (weights), int8 (W8A8), bf16 where the backend supports it;
+    /// default: the model's own (int8 for `dinoedge quantize --precision int8` models).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -51,7 +58,7 @@ fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
     s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
 }
 
-fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+pub fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
     s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
 }
 
@@ -74,5 +81,7 @@ pub fn main() -> Result<()> {
         Cmd::Embed(a) => embed::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::ImportOnnx(a) => import::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
+        Cmd::EvalQuant(a) => eval_quant::run(a),
     }
 }

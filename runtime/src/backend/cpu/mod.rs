@@ -115,8 +115,14 @@ impl Backend for CpuBackend {
     fn linear(&self, w: HostLinear) -> Result<PackedLinear> {
         let (o, k) = (w.out_features, w.in_features);
         Ok(match self.precision {
-            // The patch embedding stays in float at int8: it sees raw pixels, and quantising it
-            // costs accuracy for a layer that is ~1% of the FLOPs.
+            // An int8 model's own weights and activation scheme.
+            Precision::Int8 if w.int8.is_some() => {
+                let q = w.int8.expect("checked");
+                PackedLinear::int8(self.isa, &q.q, q.scales, w.bias, o, k, q.input_scale)
+            }
+            // A float model at int8: per-channel weights quantised here, dynamic activations.
+            // The patch embedding stays in float: it sees raw pixels, and quantising it costs
+            // accuracy for ~1% of the FLOPs.
             Precision::Int8 if w.name != "patch_embed" => PackedLinear::int8_from_f32(self.isa, &w.weight, w.bias, o, k),
             Precision::F16 => PackedLinear::f16(self.isa, &w.weight, w.bias, o, k),
             _ => PackedLinear::f32(self.isa, &w.weight, w.bias, o, k),
