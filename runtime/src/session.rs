@@ -28,11 +28,13 @@ pub struct SessionOptions {
     pub precision: Option<Precision>,
     /// CPU worker threads (default: all cores).
     pub threads: Option<usize>,
+    /// GPU adapter (name substring or index) for the wgpu backend.
+    pub adapter: Option<String>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { backend: BackendKind::Cpu, precision: None, threads: None }
+        SessionOptions { backend: BackendKind::Cpu, precision: None, threads: None, adapter: None }
     }
 }
 
@@ -110,13 +112,16 @@ impl<B: Backend> Session<B> {
         let rows = dims.rows() * dims.dim;
         let grid = (dims.grid_h, dims.grid_w);
         let regs = self.model.config().num_register_tokens;
-        let read = |buf: &B::Buffer, layer: usize| -> Result<_> {
-            let mut host = vec![0.0f32; rows];
-            self.backend.read(buf, &mut host)?;
-            Ok(split_tokens(layer, &host, dims.batch, regs, grid, dims.dim))
-        };
-        let last = read(&plan.out, self.model.config().num_layers - 1)?;
-        let intermediate = plan.capture.iter().zip(&plan.captured).map(|(&l, b)| read(b, l)).collect::<Result<_>>()?;
+        // Every output in one read (one mapped copy on GPU backends).
+        let mut hosts: Vec<Vec<f32>> = (0..1 + plan.captured.len()).map(|_| vec![0.0f32; rows]).collect();
+        {
+            let mut reads: Vec<(&B::Buffer, &mut [f32])> =
+                std::iter::once(&plan.out).chain(plan.captured.iter()).zip(hosts.iter_mut()).map(|(b, h)| (b, h.as_mut_slice())).collect();
+            self.backend.read_many(&mut reads)?;
+        }
+        let mut hosts = hosts.into_iter();
+        let last = split_tokens(self.model.config().num_layers - 1, &hosts.next().expect("output"), dims.batch, regs, grid, dims.dim);
+        let intermediate = plan.capture.iter().zip(hosts).map(|(&l, h)| split_tokens(l, &h, dims.batch, regs, grid, dims.dim)).collect();
         Ok(Features { grid, last, intermediate })
     }
 }
@@ -151,9 +156,20 @@ pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dy
             }
             Ok(Box::new(Session::new(ReferenceBackend::new(opts.threads)?, model)?))
         }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(Box::new(Session::new(crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?, model)?)),
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
-            reason: "not compiled into this build (available: cpu, cpu-ref)".into(),
+            reason: format!("not compiled into this build (available: {}); rebuild with --features {other}", compiled_backends().join(", ")),
         }),
     }
+}
+
+/// Backends compiled into this build.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = vec!["cpu", "cpu-ref"];
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    v
 }

@@ -25,7 +25,7 @@ fn inputs(model: &Model, n: usize) -> Vec<Tensor> {
 }
 
 fn run(model: &Arc<Model>, backend: BackendKind, precision: Option<Precision>, x: &Tensor) -> Vec<f32> {
-    let mut s = create_session(model.clone(), &SessionOptions { backend, precision, threads: Some(2) }).unwrap();
+    let mut s = create_session(model.clone(), &SessionOptions { backend, precision, threads: Some(2), adapter: None }).unwrap();
     s.run(x, &RunOptions::default()).unwrap().last.patches.data
 }
 

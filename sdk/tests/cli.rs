@@ -305,3 +305,52 @@ fn quantize_bad_inputs() {
     let err = fails(&["quantize", s(&model), "--precision", "int8", "--smoothquant", "2", "--out", s(&t.join("x"))]);
     assert!(err.contains("--smoothquant"), "{err}");
 }
+
+#[test]
+fn wgpu_backend_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = fixtures().join("hf/dinov2_reg");
+    let img = fixtures().join("preprocess/synthetic.png");
+    let out = t.join("f.safetensors");
+    if !cfg!(feature = "wgpu") {
+        let err = fails(&["embed", s(&model), s(&img), "--out", s(&out), "--backend", "wgpu"]);
+        assert!(err.contains("backend wgpu unavailable") && err.contains("--features wgpu"), "{err}");
+        return;
+    }
+    // No adapter at all: a clear error, no output.
+    let o = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
+        .args(["embed", s(&model), s(&img), "--out", s(&out), "--backend", "wgpu"])
+        .env("WGPU_BACKEND", "vulkan")
+        .env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .env("VK_DRIVER_FILES", "/nonexistent.json")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("backend wgpu unavailable") && err.contains("no GPU adapter"), "{err}");
+    assert!(!out.exists());
+    // With the adapter this machine has (lavapipe in CI).
+    let info = dinoedge(&["info", "--backend", "wgpu"]);
+    if !info.status.success() {
+        let e = String::from_utf8_lossy(&info.stderr);
+        assert!(std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required: {e}");
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("adapter 0") && text.contains("selected"), "{text}");
+    let stdout = ok(&["embed", s(&model), s(&img), "--size", "56", "--out", s(&out), "--backend", "wgpu"]);
+    assert!(stdout.contains("cls[:4]"));
+    let f = TensorStore::open_files(std::slice::from_ref(&out)).unwrap();
+    assert_eq!(f.metadata().unwrap()["backend"], "wgpu");
+    let cpu_out = t.join("c.safetensors");
+    ok(&["embed", s(&model), s(&img), "--size", "56", "--out", s(&cpu_out), "--backend", "cpu-ref"]);
+    let c = TensorStore::open_files(std::slice::from_ref(&cpu_out)).unwrap();
+    for name in ["cls", "registers", "patches"] {
+        compare(name, &f.get(name).unwrap().to_f32().unwrap(), &c.get(name).unwrap().to_f32().unwrap(), 32, 1e-3).assert_ok();
+    }
+    let last = ok(&["bench", s(&model), "--backend", "wgpu", "--size", "56", "--iters", "2", "--warmup", "1", "--precision", "f16"]);
+    let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!((v["backend"].as_str(), v["precision"].as_str()), (Some("wgpu"), Some("f16")));
+}

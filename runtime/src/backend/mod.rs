@@ -9,6 +9,8 @@
 //! added by their own cargo features. Every backend is tested against the reference.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -148,6 +150,13 @@ pub trait Backend: Send {
     fn write(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()>;
     /// Copies a buffer to the host.
     fn read(&self, src: &Self::Buffer, dst: &mut [f32]) -> Result<()>;
+    /// Copies several buffers to the host (GPU backends do it with one mapped copy).
+    fn read_many(&self, reads: &mut [(&Self::Buffer, &mut [f32])]) -> Result<()> {
+        for (src, dst) in reads.iter_mut() {
+            self.read(src, dst)?;
+        }
+        Ok(())
+    }
     /// Converts a Linear layer once, at session creation.
     fn linear(&self, w: HostLinear) -> Result<Self::Linear>;
     /// Floats of scratch `patch_embed` needs for these dims.

@@ -4,20 +4,86 @@ use std::path::PathBuf;
 
 use clap::Args;
 use dinoedge::runtime::{Model, Positions};
-use dinoedge::Result;
+use dinoedge::{BackendKind, Result};
 use serde_json::json;
 
 #[derive(Args)]
 pub struct InfoArgs {
     /// HF model directory (config.json + safetensors).
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// Also describe a backend: wgpu lists the adapters and the one a session would use.
+    #[arg(long, value_parser = super::parse_backend)]
+    backend: Option<BackendKind>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    let model = Model::load(&a.model)?;
+    if let Some(b) = a.backend {
+        backend_info(b, a.json)?;
+    }
+    let Some(model_dir) = &a.model else {
+        if a.backend.is_none() {
+            return Err(dinoedge::Error::Usage("give a MODEL_DIR, --backend, or both".into()));
+        }
+        return Ok(());
+    };
+    model_info(model_dir, a.json)
+}
+
+fn backend_info(b: BackendKind, json: bool) -> Result<()> {
+    match b {
+        BackendKind::Cpu | BackendKind::CpuReference => {
+            let isa = dinoedge::runtime::backend::cpu::isa::Isa::detect();
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            if json {
+                println!("{}", json!({"backend": b.to_string(), "isa": isa.name(), "threads": threads}));
+            } else {
+                println!("backend      {b}: {} CPU, {isa} kernels, {threads} threads", std::env::consts::ARCH);
+            }
+            Ok(())
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use dinoedge::runtime::backend::wgpu::{WgpuBackend, list_adapters};
+            let adapters = list_adapters();
+            let chosen = WgpuBackend::new(dinoedge::Precision::F32, None).map(|b| b.adapter_info().name.clone());
+            if json {
+                let list: Vec<_> = adapters
+                    .iter()
+                    .map(|a| json!({"index": a.index, "name": a.name, "backend": a.backend, "type": a.device_type, "driver": a.driver, "shader_f16": a.shader_f16,
+                        "max_storage_buffer_binding_size": a.max_storage_buffer_binding_size, "max_buffer_size": a.max_buffer_size, "max_compute_workgroup_storage_size": a.max_compute_workgroup_storage_size}))
+                    .collect();
+                println!("{}", json!({"backend": "wgpu", "adapters": list, "selected": chosen.as_ref().ok()}));
+            } else {
+                for ad in &adapters {
+                    println!(
+                        "adapter {}    {} ({}, {}), driver {}, shader_f16 {}, max storage binding {} MiB",
+                        ad.index, ad.name, ad.backend, ad.device_type, ad.driver, ad.shader_f16, ad.max_storage_buffer_binding_size >> 20
+                    );
+                }
+            }
+            match chosen {
+                Ok(name) => {
+                    if !json {
+                        println!("selected     {name} (override: --adapter NAME|INDEX or DINOEDGE_WGPU_ADAPTER)");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        other => Err(dinoedge::runtime::RuntimeError::BackendUnavailable {
+            backend: other.to_string(),
+            reason: format!("not compiled into this build (available: {})", dinoedge::runtime::session::compiled_backends().join(", ")),
+        }
+        .into()),
+    }
+}
+
+fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
+    let model = Model::load(model_dir)?;
     let cfg = model.config();
     let store = model.store();
     let dtypes = store.dtype_counts();
@@ -31,7 +97,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         ),
     };
     let v = json!({
-        "model_dir": a.model.display().to_string(),
+        "model_dir": model_dir.display().to_string(),
         "model_type": cfg.family.model_type(),
         "architecture": cfg.describe(),
         "parameters": model.num_parameters(),
@@ -49,12 +115,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "grid_at_224": [gh, gw],
         "tokens_at_224": cfg.num_tokens(224, 224),
     });
-    if a.json {
+    if json_out {
         println!("{v}");
         return Ok(());
     }
     let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} ({n} tensors)")).collect();
-    println!("model        {}", a.model.display());
+    println!("model        {}", model_dir.display());
     println!("architecture {}", cfg.describe());
     println!("model_type   {}", cfg.family.model_type());
     println!("parameters   {} ({:.1}M)", model.num_parameters(), model.num_parameters() as f64 / 1e6);

@@ -36,7 +36,7 @@ enum Cmd {
 /// Backend selection shared by the commands that run a model.
 #[derive(Args, Clone, Debug)]
 pub struct BackendArgs {
-    /// cpu (fast SIMD kernels), cpu-ref (the f32 reference); wgpu and cuda when compiled in.
+    /// cpu (fast SIMD kernels), cpu-ref (the f32 reference), wgpu (with --features wgpu).
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
     /// Precision: f32, f16 (weights), int8 (W8A8), bf16 where the backend supports it;
@@ -46,15 +46,19 @@ pub struct BackendArgs {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// wgpu adapter: a name substring or an index from `dinoedge info --backend wgpu`
+    /// (default: `DINOEDGE_WGPU_ADAPTER`, else the best GPU).
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 impl BackendArgs {
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { backend: self.backend, precision: self.precision, threads: self.threads }
+        SessionOptions { backend: self.backend, precision: self.precision, threads: self.threads, adapter: self.adapter.clone() }
     }
 }
 
-fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
+pub fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
     s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
 }
 

@@ -9,6 +9,8 @@
 //! No N x N matrix is formed: each query streams over the keys with an online softmax.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 pub mod fast;
 
 /// Largest head dim the CPU kernels keep on the stack (released models use 64 and 128).

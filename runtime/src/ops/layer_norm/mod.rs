@@ -4,4 +4,6 @@
 //! Shapes: inp (R, C), weight (C), bias (C), out (R, C).
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 pub mod fast;

@@ -9,6 +9,8 @@
 //! register tiles.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 pub mod fast;
 
 use crate::config::Activation;

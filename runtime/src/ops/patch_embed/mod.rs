@@ -11,6 +11,8 @@
 //! x (B, N, D). `scratch` holds B*HW*(C*P*P + D) floats.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 /// Floats of scratch the CPU form needs.
 pub fn scratch_len(d: &super::Dims) -> usize {

@@ -11,6 +11,8 @@
 //! Shapes: qkv (B, N, 3, heads, hd); cos, sin (HW, hd).
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 /// cos and sin tables, each (grid_h * grid_w, head_dim), row-major over (h, w).
 /// Computed in f64 and rounded once (HF computes the same values in f32).

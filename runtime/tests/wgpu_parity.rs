@@ -1,0 +1,148 @@
+//! The wgpu backend against the CPU reference, on whatever adapter wgpu finds (in CI: Mesa
+//! lavapipe, a software Vulkan). Tolerances:
+//! - f32: max abs error <= 1e-3 x max(|reference|, 1), every layer of every fixture family,
+//!   square, non-square and batch-2 inputs;
+//! - f16 weights: mean patch cosine >= 0.999.
+//! Without any adapter the tests print SKIPPED (and fail under DINOEDGE_REQUIRE_WGPU=1).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dinoedge_runtime::backend::cpu::ReferenceBackend;
+use dinoedge_runtime::backend::wgpu::WgpuBackend;
+use dinoedge_runtime::backend::{Backend, Epilogue, HostLinear};
+use dinoedge_runtime::testing::compare;
+use dinoedge_runtime::weights::TensorStore;
+use dinoedge_runtime::{Activation, Model, Precision, RunOptions, Session, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf").join(name)
+}
+
+fn backend(precision: Precision) -> Option<WgpuBackend> {
+    match WgpuBackend::new(precision, None) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() == Ok("1") {
+                panic!("wgpu required but unavailable: {e}");
+            }
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+fn inputs(dir: &Path) -> Vec<Tensor> {
+    let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
+    meta.as_object()
+        .unwrap()
+        .keys()
+        .map(|k| {
+            let t = reference.get(&format!("{k}.pixel_values")).unwrap();
+            Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+const FAMILIES: [&str; 6] = ["dinov3_mlp", "dinov3_gated", "dinov3_noreg_f16", "dinov2", "dinov2_swiglu", "dinov2_reg"];
+
+#[test]
+fn f32_matches_the_cpu_reference_on_every_fixture() {
+    let Some(_probe) = backend(Precision::F32) else { return };
+    for name in FAMILIES {
+        let model = Arc::new(Model::load(fixture(name)).unwrap());
+        let layers: Vec<usize> = (0..model.config().num_layers).collect();
+        let opts = RunOptions { capture_layers: layers };
+        let mut gpu = Session::new(WgpuBackend::new(Precision::F32, None).unwrap(), model.clone()).unwrap();
+        let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
+        for x in inputs(&fixture(name)) {
+            let (g, c) = (gpu.run(&x, &opts).unwrap(), cpu.run(&x, &opts).unwrap());
+            let d = c.dim();
+            for (gl, cl) in std::iter::once((&g.last, &c.last)).chain(g.intermediate.iter().zip(&c.intermediate)) {
+                for (what, a, b) in [("cls", &gl.cls, &cl.cls), ("registers", &gl.registers, &cl.registers), ("patches", &gl.patches, &cl.patches)] {
+                    let cmp = compare(&format!("wgpu {name} {:?} layer {} {what}", x.shape, cl.layer), &a.data, &b.data, d, 1e-3);
+                    cmp.assert_ok();
+                }
+            }
+            println!("{name} {:?}: ok (grid {:?})", x.shape, g.grid);
+        }
+    }
+}
+
+#[test]
+fn f16_weights_keep_patch_cosine_above_0999() {
+    let Some(probe) = backend(Precision::F32) else { return };
+    drop(probe);
+    let be = match WgpuBackend::new(Precision::F16, None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED f16: {e}");
+            return;
+        }
+    };
+    drop(be);
+    for name in FAMILIES {
+        let model = Arc::new(Model::load(fixture(name)).unwrap());
+        let mut gpu = Session::new(WgpuBackend::new(Precision::F16, None).unwrap(), model.clone()).unwrap();
+        let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
+        for x in inputs(&fixture(name)) {
+            let (g, c) = (gpu.run(&x, &RunOptions::default()).unwrap(), cpu.run(&x, &RunOptions::default()).unwrap());
+            let cos = dinoedge_runtime::tensor::mean_row_cosine(&g.last.patches.data, &c.last.patches.data, c.dim());
+            println!("{name} {:?} f16: mean patch cosine {cos:.6}", x.shape);
+            assert!(cos >= 0.999, "{name}: {cos}");
+        }
+    }
+}
+
+#[test]
+fn matmul_kernel_edges_and_epilogues() {
+    let Some(be) = backend(Precision::F32) else { return };
+    let mut seed = 11u32;
+    let mut rnd = || {
+        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+    };
+    for (r, k, o) in [(1, 1, 1), (3, 17, 5), (65, 33, 130), (200, 64, 64), (64, 100, 63)] {
+        let x: Vec<f32> = (0..r * k).map(|_| rnd()).collect();
+        let w: Vec<f32> = (0..o * k).map(|_| rnd()).collect();
+        let b: Vec<f32> = (0..o).map(|_| rnd()).collect();
+        let gamma: Vec<f32> = (0..o).map(|_| rnd()).collect();
+        let resid: Vec<f32> = (0..r * o).map(|_| rnd()).collect();
+        let host = HostLinear { name: "t".into(), out_features: o, in_features: k, weight: w.clone(), bias: Some(b.clone()), int8: None };
+        let lin = be.linear(host).unwrap();
+        let (xb, gb) = (be.upload(&x).unwrap(), be.upload(&gamma).unwrap());
+        for (epi_name, cpu_epi) in [("store", 0), ("gelu", 1), ("residual", 2)] {
+            let mut out = be.upload(&resid).unwrap();
+            let epi = match cpu_epi {
+                0 => Epilogue::Store,
+                1 => Epilogue::Act(Activation::Gelu),
+                _ => Epilogue::Residual(&gb),
+            };
+            be.matmul(&mut out, &xb, &lin, r, epi).unwrap();
+            let mut got = vec![0.0; r * o];
+            be.read(&out, &mut got).unwrap();
+            let mut want = resid.clone();
+            let e = match cpu_epi {
+                0 => dinoedge_runtime::ops::matmul::Epi::Store,
+                1 => dinoedge_runtime::ops::matmul::Epi::Act(Activation::Gelu),
+                _ => dinoedge_runtime::ops::matmul::Epi::Residual(&gamma),
+            };
+            dinoedge_runtime::ops::matmul::cpu::matmul_forward(&mut want, &x, &w, Some(&b), k, o, e);
+            compare(&format!("wgpu matmul {r}x{k}x{o} {epi_name}"), &got, &want, 0, 1e-5).assert_ok();
+        }
+    }
+}
+
+#[test]
+fn inputs_beyond_the_device_limits_are_a_clear_error() {
+    let Some(be) = backend(Precision::F32) else { return };
+    let limit = be.adapter_limits().max_storage_buffer_binding_size as usize;
+    let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    let mut s = Session::new(be, model).unwrap();
+    // A pixel buffer just over the binding limit.
+    let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
+    let x = Tensor::zeros(vec![1, 3, side, side]);
+    let e = s.run(&x, &RunOptions::default()).err().expect("too large").to_string();
+    assert!(e.contains("max_storage_buffer_binding_size") && e.contains("smaller input"), "{e}");
+}

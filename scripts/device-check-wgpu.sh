@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU-machine check of the wgpu backend (see ../shared/DEVICE.md). Runs, on the device:
+#   1. the wgpu parity suite (every fixture family, f32 and f16 weights) against the CPU reference;
+#   2. ViT-S/16 at 224, batch 1 and 64, f32 and f16, through `dinoedge bench --backend wgpu`,
+#      on a random-weight DINOv3 ViT-S/16 written there with transformers' save_pretrained;
+#   3. the same on the CPU backend and, when the binary has it, the CUDA backend (ratios).
+# Logs go to $OUT (default ./device-out). Build here first (no cargo on the device):
+#   scripts/device-check-wgpu.sh --build      # release binaries into .device/
+# then, from the device tool, carry `.device` and `.gl` and run:
+#   scripts/device-check-wgpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/device-out}"
+mkdir -p "$OUT"
+
+if [ "${1:-}" = "--build" ]; then
+  mkdir -p .device
+  cargo build --release --locked -p dinoedge --features wgpu --bin dinoedge
+  cp target/release/dinoedge .device/
+  # The parity tests as a standalone binary.
+  exe=$(cargo test --release --locked -p dinoedge-runtime --features wgpu --test wgpu_parity --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n1)
+  cp "$exe" .device/wgpu_parity
+  grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+  echo "built .device/: $(ls .device | tr '\n' ' ')"
+  exit 0
+fi
+
+# Vulkan loader on the GPU machine (DEVICE.md): carried .debs, NVIDIA ICD.
+if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+BIN=${BIN:-.device/dinoedge}
+[ -x "$BIN" ] || BIN=target/release/dinoedge
+
+{
+  echo "== adapters"; "$BIN" info --backend wgpu
+} >"$OUT/adapters.log" 2>&1 || true
+tail -n 3 "$OUT/adapters.log"
+
+echo "== parity (fixtures vs CPU reference)"
+PARITY=${PARITY:-.device/wgpu_parity}
+if [ -x "$PARITY" ]; then
+  DINOEDGE_REQUIRE_WGPU=1 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1 && echo "parity: ok" || echo "parity: FAILED (see parity.log)"
+  grep -E "test result" "$OUT/parity.log" || true
+fi
+
+echo "== ViT-S/16 benchmark"
+MODEL="$OUT/vits16"
+if [ ! -f "$MODEL/config.json" ]; then
+  python3 - "$MODEL" <<'PY' >"$OUT/model.log" 2>&1
+import sys, torch
+from transformers import DINOv3ViTConfig, DINOv3ViTModel
+torch.manual_seed(0)
+cfg = DINOv3ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+                      num_register_tokens=4, patch_size=16)
+DINOv3ViTModel(cfg).save_pretrained(sys.argv[1])
+PY
+fi
+for backend in ${BACKENDS:-cpu wgpu cuda}; do
+  for precision in f32 f16; do
+    for batch in ${BATCHES:-1 64}; do
+      line=$("$BIN" bench "$MODEL" --backend "$backend" --precision "$precision" --size 224 --batch "$batch" --iters "${ITERS:-20}" --warmup "${WARMUP:-5}" 2>>"$OUT/bench.err" | tail -n1) || line="{\"backend\":\"$backend\",\"error\":\"unavailable\"}"
+      echo "$line" | tee -a "$OUT/bench.jsonl"
+    done
+  done
+done
