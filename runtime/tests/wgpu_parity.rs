@@ -3,6 +3,7 @@
 //! - f32: max abs error <= 1e-3 x max(|reference|, 1), every layer of every fixture family,
 //!   square, non-square and batch-2 inputs;
 //! - f16 weights: mean patch cosine >= 0.999.
+//!
 //! Without any adapter the tests print SKIPPED (and fail under DINOEDGE_REQUIRE_WGPU=1).
 
 use std::path::{Path, PathBuf};
@@ -143,6 +144,6 @@ fn inputs_beyond_the_device_limits_are_a_clear_error() {
     // A pixel buffer just over the binding limit.
     let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
     let x = Tensor::zeros(vec![1, 3, side, side]);
-    let e = s.run(&x, &RunOptions::default()).err().expect("too large").to_string();
+    let e = s.run(&x, &RunOptions::default()).expect_err("too large").to_string();
     assert!(e.contains("max_storage_buffer_binding_size") && e.contains("smaller input"), "{e}");
 }

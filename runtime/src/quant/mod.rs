@@ -100,8 +100,12 @@ pub struct Quantized {
     pub sites: Vec<SiteReport>,
 }
 
-/// The Linear input sites of layer `l`: (site name, member weights, LayerNorm feeding it).
-fn sites(cfg: &ModelConfig, l: usize) -> Vec<(String, Vec<L>, Option<(L, L)>)> {
+/// A Linear input site: its name, the weights reading that input, and the LayerNorm
+/// (weight, bias) producing it, if any.
+type Site = (String, Vec<L>, Option<(L, L)>);
+
+/// The Linear input sites of layer `l`.
+fn sites(cfg: &ModelConfig, l: usize) -> Vec<Site> {
     let mlp_in = match cfg.mlp {
         MlpKind::Plain(_) => vec![L::UpWeight],
         MlpKind::Gated(_) => vec![L::GateWeight, L::UpWeight],

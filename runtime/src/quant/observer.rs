@@ -59,7 +59,7 @@ impl<B> Observer<B> {
             for (m, v) in s.channel_absmax.iter_mut().zip(row) {
                 *m = m.max(v.abs());
             }
-            if (s.rows + r) % self.stride == 0 && s.sample.len() < SAMPLE_ROWS * k {
+            if (s.rows + r).is_multiple_of(self.stride) && s.sample.len() < SAMPLE_ROWS * k {
                 s.sample.extend_from_slice(row);
             }
         }

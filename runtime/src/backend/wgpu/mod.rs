@@ -109,7 +109,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
                 device_type: format!("{:?}", i.device_type),
                 driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
                 shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
-                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
                 max_buffer_size: l.max_buffer_size,
                 max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             }
@@ -226,7 +226,7 @@ impl WgpuBackend {
 
     /// Checks a buffer of `bytes` for `what` against the device limits.
     fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
-        let max = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if bytes > max {
             return Err(err(format!(
                 "{what} needs a {bytes}-byte buffer; adapter {:?} binds at most {max} bytes (max_storage_buffer_binding_size): use a smaller input or batch",
@@ -239,7 +239,7 @@ impl WgpuBackend {
     fn buffer(&self, bytes: &[u8], len: usize, what: &str) -> Result<GpuBuffer> {
         self.check_size(bytes.len() as u64, what)?;
         let mut padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
             &padded[..]
