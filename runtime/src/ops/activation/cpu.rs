@@ -59,3 +59,35 @@ mod tests {
         assert_eq!(gelu(20.0), 20.0);
     }
 }
+
+/// d act(x) / dx.
+#[inline]
+pub fn derivative(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Gelu => {
+            // Phi(x) + x phi(x)
+            let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+            cdf + x * pdf
+        }
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6;
+            let u = C * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
+        }
+    }
+}
+
+/// Backward of `activation`: dinp = dout * act'(pre), `=`.
+pub fn activation_backward(dinp: &mut [f32], dout: &[f32], pre: &[f32], act: Activation) {
+    dinp.par_chunks_mut(4096).zip(dout.par_chunks(4096)).zip(pre.par_chunks(4096)).for_each(|((d, g), x)| {
+        for i in 0..d.len() {
+            d[i] = g[i] * derivative(act, x[i]);
+        }
+    });
+}

@@ -96,3 +96,79 @@ mod tests {
         }
     }
 }
+
+/// Training forward: as [`attention_forward`], also saving `lse[(b*heads + h)*N + i]`, the
+/// log of the softmax normaliser of query i (max + ln sum exp), for the backward.
+pub fn attention_forward_train(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
+    let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows: Vec<(usize, usize)> = (0..d.batch * heads).flat_map(|bh| (0..n).map(move |i| (bh, i))).collect();
+    let res: Vec<(Vec<f32>, f32)> = rows
+        .par_iter()
+        .map(|&(bh, i)| {
+            let (b, h) = (bh / heads, bh % heads);
+            let at = |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
+            let q = at(i, 0);
+            let s: Vec<f32> = (0..n).map(|j| q.iter().zip(at(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
+            let mut o = vec![0.0f32; hd];
+            for (j, sj) in s.iter().enumerate() {
+                let p = (sj - m).exp() / z;
+                o.iter_mut().zip(at(j, 2)).for_each(|(a, v)| *a += p * v);
+            }
+            (o, m + z.ln())
+        })
+        .collect();
+    for (&(bh, i), (o, l)) in rows.iter().zip(res) {
+        let (b, h) = (bh / heads, bh % heads);
+        out[(b * n + i) * dim + h * hd..][..hd].copy_from_slice(&o);
+        lse[bh * n + i] = l;
+    }
+}
+
+/// Backward of `attention`: dqkv (B, N, 3D) is written (`=`) from dout (B, N, D), the
+/// post-RoPE qkv, the output and the saved `lse`.
+///
+/// Per head, with P = exp(q kᵀ * s - lse) and D_i = dout_i · out_i:
+///   dv_j = sum_i P_ij dout_i,  dS_ij = P_ij (dout_i · v_j - D_i),
+///   dq_i = s sum_j dS_ij k_j,  dk_j = s sum_i dS_ij q_i.
+pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], d: &Dims) {
+    let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
+    let scale = 1.0 / (hd as f32).sqrt();
+    // One task per (batch, head); each returns its (dq, dk, dv) rows.
+    let grads: Vec<(usize, Vec<f32>)> = (0..d.batch * heads)
+        .into_par_iter()
+        .map(|bh| {
+            let (b, h) = (bh / heads, bh % heads);
+            let at = |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
+            let row = |buf: &'_ [f32], t: usize| -> Vec<f32> { buf[(b * n + t) * dim + h * hd..][..hd].to_vec() };
+            let mut g = vec![0.0f32; 3 * n * hd]; // [dq | dk | dv], each n x hd
+            for i in 0..n {
+                let (q, dy, o) = (at(i, 0), row(dout, i), row(out, i));
+                let di: f32 = dy.iter().zip(&o).map(|(a, b)| a * b).sum();
+                for j in 0..n {
+                    let (k, v) = (at(j, 1), at(j, 2));
+                    let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    let p = (s - lse[bh * n + i]).exp();
+                    let dp: f32 = dy.iter().zip(v).map(|(a, b)| a * b).sum();
+                    let ds = p * (dp - di);
+                    for t in 0..hd {
+                        g[i * hd + t] += scale * ds * k[t];
+                        g[(n + j) * hd + t] += scale * ds * q[t];
+                        g[(2 * n + j) * hd + t] += p * dy[t];
+                    }
+                }
+            }
+            (bh, g)
+        })
+        .collect();
+    for (bh, g) in grads {
+        let (b, h) = (bh / heads, bh % heads);
+        for part in 0..3 {
+            for t in 0..n {
+                dqkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd].copy_from_slice(&g[(part * n + t) * hd..][..hd]);
+            }
+        }
+    }
+}

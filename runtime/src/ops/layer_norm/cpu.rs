@@ -55,3 +55,89 @@ mod tests {
         assert_eq!(&out[4..], &[0.0, 0.0, 0.0, 0.5]);
     }
 }
+
+/// Per-row statistics saved by the training forward: mean and 1/sqrt(var + eps).
+#[derive(Clone, Debug, Default)]
+pub struct LayerNormCache {
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+/// Training forward: as [`layer_norm_forward`], also keeping mean and rstd per row.
+pub fn layer_norm_forward_train(out: &mut [f32], cache: &mut LayerNormCache, inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
+    let rows = inp.len() / cols;
+    cache.mean.resize(rows, 0.0);
+    cache.rstd.resize(rows, 0.0);
+    out.par_chunks_mut(cols)
+        .zip(inp.par_chunks(cols))
+        .zip(cache.mean.par_iter_mut().zip(cache.rstd.par_iter_mut()))
+        .with_min_len(8)
+        .for_each(|((o, x), (m, r))| {
+            let n = x.len() as f32;
+            let mean = sum8(x.iter().copied()) / n;
+            let var = sum8(x.iter().map(|&v| (v - mean) * (v - mean))) / n;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..x.len() {
+                o[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
+            }
+            *m = mean;
+            *r = rstd;
+        });
+}
+
+/// Backward of `layer_norm` (llm.c's derivation). `dinp` is written (`=`); `dweight` and
+/// `dbias` are accumulated (`+=`), summing rows in a fixed order so results are bitwise
+/// reproducible.
+///
+/// With xhat = (x - mean) * rstd and dnorm = dout * weight:
+///   dbias += dout, dweight += dout * xhat,
+///   dinp = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)).
+pub fn layer_norm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    cache: &LayerNormCache,
+    cols: usize,
+) {
+    const CHUNK: usize = 32;
+    let rows = inp.len() / cols;
+    // Parameter gradients: per-chunk partial sums, then added in chunk order.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..rows.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (mut dw, mut db) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+            for r in c * CHUNK..((c + 1) * CHUNK).min(rows) {
+                let (x, dy) = (&inp[r * cols..(r + 1) * cols], &dout[r * cols..(r + 1) * cols]);
+                let (m, rs) = (cache.mean[r], cache.rstd[r]);
+                for i in 0..cols {
+                    db[i] += dy[i];
+                    dw[i] += dy[i] * (x[i] - m) * rs;
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    for (dw, db) in &partials {
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+    }
+    dinp.par_chunks_mut(cols).enumerate().with_min_len(8).for_each(|(r, dx)| {
+        let (x, dy) = (&inp[r * cols..(r + 1) * cols], &dout[r * cols..(r + 1) * cols]);
+        let (m, rs) = (cache.mean[r], cache.rstd[r]);
+        let (mut mean_dn, mut mean_dnx) = (0.0f32, 0.0f32);
+        for i in 0..cols {
+            let dn = dy[i] * weight[i];
+            mean_dn += dn;
+            mean_dnx += dn * (x[i] - m) * rs;
+        }
+        mean_dn /= cols as f32;
+        mean_dnx /= cols as f32;
+        for i in 0..cols {
+            let xhat = (x[i] - m) * rs;
+            dx[i] = rs * (dy[i] * weight[i] - mean_dn - xhat * mean_dnx);
+        }
+    });
+}

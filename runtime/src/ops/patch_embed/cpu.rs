@@ -71,3 +71,17 @@ pub fn patch_embed_forward(
     let emb = &*emb;
     x.par_chunks_mut(dim * 16).enumerate().for_each(|(i, xr)| assemble_rows(xr, i * 16, emb, cls, registers, pos, d));
 }
+
+/// Backward of the token assembly: gradients of the CLS token, the registers and the patch
+/// embeddings (rows of `demb`, (B*HW, D), written `=`) from dx (B, N, D). dcls and
+/// dregisters are accumulated (`+=`). The conv weight and bias gradients are then a matmul
+/// backward over `demb` and the im2col columns. (No gradient flows to the pixels.)
+pub fn assemble_backward(demb: &mut [f32], dcls: &mut [f32], dregisters: &mut [f32], dx: &[f32], d: &Dims) {
+    let (dim, n, hw) = (d.dim, d.tokens(), d.patches());
+    for b in 0..d.batch {
+        let xb = &dx[b * n * dim..(b + 1) * n * dim];
+        dcls.iter_mut().zip(&xb[..dim]).for_each(|(a, g)| *a += g);
+        dregisters.iter_mut().zip(&xb[dim..d.prefix * dim]).for_each(|(a, g)| *a += g);
+        demb[b * hw * dim..(b + 1) * hw * dim].copy_from_slice(&xb[d.prefix * dim..]);
+    }
+}

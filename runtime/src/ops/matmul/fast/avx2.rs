@@ -12,7 +12,8 @@ pub const NR: usize = 16;
 pub unsafe fn f32_tile<const M: usize>(
     k: usize,
     a: *const f32,
-    lda: usize,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -32,7 +33,7 @@ pub unsafe fn f32_tile<const M: usize>(
             let b0 = _mm256_loadu_ps(bp);
             let b1 = _mm256_loadu_ps(bp.add(8));
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(i * lda + kk));
+                let av = _mm256_broadcast_ss(&*a.add(i * a_rs + kk * a_cs));
                 r[0] = _mm256_fmadd_ps(av, b0, r[0]);
                 r[1] = _mm256_fmadd_ps(av, b1, r[1]);
             }

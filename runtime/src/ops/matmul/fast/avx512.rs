@@ -17,7 +17,8 @@ pub const NR: usize = 32;
 pub unsafe fn f32_tile<const M: usize>(
     k: usize,
     a: *const f32,
-    lda: usize,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -37,7 +38,7 @@ pub unsafe fn f32_tile<const M: usize>(
             let b0 = _mm512_loadu_ps(bp);
             let b1 = _mm512_loadu_ps(bp.add(16));
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(i * lda + kk));
+                let av = _mm512_set1_ps(*a.add(i * a_rs + kk * a_cs));
                 r[0] = _mm512_fmadd_ps(av, b0, r[0]);
                 r[1] = _mm512_fmadd_ps(av, b1, r[1]);
             }

@@ -16,6 +16,7 @@ pub mod avx2;
 pub mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+pub mod gemm;
 pub mod portable;
 
 use crate::backend::cpu::isa::{Isa, multiversion};
@@ -29,7 +30,7 @@ pub const NR_MAX: usize = 32;
 /// Rows of f16 weights converted at a time (into an L1-resident f32 chunk).
 const F16_CHUNK: usize = 64;
 /// MR-row strips per task (the row block is STRIPS x MR rows).
-const STRIPS: usize = 4;
+pub(crate) const STRIPS: usize = 4;
 
 /// How activations enter the int8 kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,9 +233,9 @@ pub(crate) trait Family {
     const MR: usize;
     const NR: usize;
     const QUANT: QuantFormat;
-    /// f32 tile of `m <= MR` rows (see the family's `f32_tile`).
+    /// f32 tile of `m <= MR` rows: `c[i][0..NR] (+)= sum_k a[i*a_rs + k*a_cs] * b[k*ldb + 0..NR]`.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool);
+    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool);
     /// int8 tile of `m <= MR` rows.
     unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize);
 }
@@ -257,8 +258,8 @@ impl<const VNNI: bool> Family for Avx512<VNNI> {
     const NR: usize = avx512::NR;
     const QUANT: QuantFormat = if VNNI { QuantFormat::U8Shifted } else { QuantFormat::S8 };
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| avx512::f32_tile::<M>(k, a, lda, b, ldb, c, ldc, acc), 1 2 3 4 5 6 7 8 9 10 11 12) }
+    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+        unsafe { by_rows!(m, |M| avx512::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6 7 8 9 10 11 12) }
     }
     #[inline(always)]
     unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
@@ -280,8 +281,8 @@ impl<const VNNI: bool> Family for Avx2<VNNI> {
     const NR: usize = avx2::NR;
     const QUANT: QuantFormat = if VNNI { QuantFormat::U8Shifted } else { QuantFormat::S8 };
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| avx2::f32_tile::<M>(k, a, lda, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
+    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+        unsafe { by_rows!(m, |M| avx2::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
     }
     #[inline(always)]
     unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
@@ -303,8 +304,8 @@ impl<const DOT: bool> Family for Neon<DOT> {
     const NR: usize = neon::NR;
     const QUANT: QuantFormat = QuantFormat::S8;
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| neon::f32_tile::<M>(k, a, lda, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
+    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+        unsafe { by_rows!(m, |M| neon::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
     }
     #[inline(always)]
     unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
@@ -324,8 +325,8 @@ impl Family for Portable {
     const NR: usize = portable::NR;
     const QUANT: QuantFormat = QuantFormat::S8;
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| portable::f32_tile::<M, 16>(k, a, lda, b, ldb, c, ldc, acc), 1 2 3 4) }
+    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+        unsafe { by_rows!(m, |M| portable::f32_tile::<M, 16>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4) }
     }
     #[inline(always)]
     unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
@@ -397,7 +398,7 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                 for s in 0..strips {
                     let (r, m) = strip(s);
                     let tile = &mut tiles[..MR_MAX * NR_MAX];
-                    unsafe { F::f32(m, k, job.inp[r * k..].as_ptr(), k, d.as_ptr().add(p * k * nr), nr, tile.as_mut_ptr(), nr, false) };
+                    unsafe { F::f32(m, k, job.inp[r * k..].as_ptr(), k, 1, d.as_ptr().add(p * k * nr), nr, tile.as_mut_ptr(), nr, false) };
                     finish(job, r, m, col0, ncols, nr, tile);
                 }
             }
@@ -412,7 +413,7 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                     for s in 0..strips {
                         let (r, m) = strip(s);
                         let tile = tiles[s * MR_MAX * NR_MAX..].as_mut_ptr();
-                        unsafe { F::f32(m, kc, job.inp[r * k + k0..].as_ptr(), k, chunk.as_ptr(), nr, tile, nr, k0 > 0) };
+                        unsafe { F::f32(m, kc, job.inp[r * k + k0..].as_ptr(), k, 1, chunk.as_ptr(), nr, tile, nr, k0 > 0) };
                     }
                 }
                 for s in 0..strips {

@@ -12,7 +12,8 @@ pub const NR: usize = 16;
 pub unsafe fn f32_tile<const M: usize>(
     k: usize,
     a: *const f32,
-    lda: usize,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -32,7 +33,7 @@ pub unsafe fn f32_tile<const M: usize>(
             let bp = b.add(kk * ldb);
             let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = *a.add(i * lda + kk);
+                let av = *a.add(i * a_rs + kk * a_cs);
                 for j in 0..4 {
                     r[j] = vfmaq_n_f32(r[j], bv[j], av);
                 }

@@ -10,7 +10,8 @@ pub const NR: usize = 16;
 pub unsafe fn f32_tile<const M: usize, const N: usize>(
     k: usize,
     a: *const f32,
-    lda: usize,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -27,7 +28,7 @@ pub unsafe fn f32_tile<const M: usize, const N: usize>(
         for kk in 0..k {
             let bv: &[f32; N] = &*(b.add(kk * ldb) as *const [f32; N]);
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = *a.add(i * lda + kk);
+                let av = *a.add(i * a_rs + kk * a_cs);
                 for j in 0..N {
                     r[j] += av * bv[j];
                 }

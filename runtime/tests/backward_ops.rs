@@ -1,0 +1,140 @@
+//! Backward of every op against central finite differences of its forward, and the fast
+//! (GEMM-based) training forms against the readable references.
+//!
+//! Each check uses a random linear loss L = sum(out * R), so dL/dout = R, perturbs sampled
+//! input coordinates by +-1e-2 and compares (L+ - L-) / 2e-2 with the backward's value.
+//! Tolerance 5e-3 x (1 + |grad|): f32 forwards make the differences noisy at about 1e-4.
+
+use dinoedge_runtime::backend::cpu::isa::Isa;
+use dinoedge_runtime::backend::cpu::pool::Pool;
+use dinoedge_runtime::config::Activation;
+use dinoedge_runtime::ops::{Dims, activation, attention, layer_norm, rope, swiglu};
+
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Compares `grad` with finite differences of `loss` at sampled coordinates of `x`.
+fn check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64, rng: &mut Rng) {
+    let eps = 1e-2f32;
+    for _ in 0..24 {
+        let i = ((rng.f() + 1.0) * 0.5 * x.len() as f32) as usize % x.len();
+        let (mut xp, mut xm) = (x.to_vec(), x.to_vec());
+        xp[i] += eps;
+        xm[i] -= eps;
+        let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps as f64);
+        let g = grad[i] as f64;
+        assert!((fd - g).abs() <= 5e-3 * (1.0 + g.abs()), "{name}[{i}]: backward {g}, finite difference {fd}");
+    }
+}
+
+#[test]
+fn layer_norm_backward_matches_finite_differences() {
+    let mut rng = Rng(1);
+    let (rows, cols) = (5, 24);
+    let (x, w, b, r) = (rng.vec(rows * cols), rng.vec(cols), rng.vec(cols), rng.vec(rows * cols));
+    let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
+        let mut out = vec![0.0; rows * cols];
+        layer_norm::cpu::layer_norm_forward(&mut out, x, w, b, cols, 1e-5);
+        dot(&out, &r)
+    };
+    let mut cache = layer_norm::cpu::LayerNormCache::default();
+    let mut out = vec![0.0; rows * cols];
+    layer_norm::cpu::layer_norm_forward_train(&mut out, &mut cache, &x, &w, &b, cols, 1e-5);
+    let (mut dx, mut dw, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
+    layer_norm::cpu::layer_norm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, &cache, cols);
+    check("ln dx", &x, &dx, |x| fwd(x, &w, &b), &mut rng);
+    check("ln dw", &w, &dw, |w| fwd(&x, w, &b), &mut rng);
+    check("ln db", &b, &db, |b| fwd(&x, &w, b), &mut rng);
+}
+
+#[test]
+fn activation_and_swiglu_backward_match_finite_differences() {
+    let mut rng = Rng(2);
+    let n = 200;
+    let x: Vec<f32> = rng.vec(n).iter().map(|v| v * 4.0).collect();
+    let r = rng.vec(n);
+    for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
+        let mut dx = vec![0.0; n];
+        activation::cpu::activation_backward(&mut dx, &r, &x, act);
+        check(&format!("{act:?}"), &x, &dx, |x| x.iter().zip(&r).map(|(v, r)| activation::cpu::apply(act, *v) as f64 * *r as f64).sum(), &mut rng);
+    }
+    let (rows, hidden) = (3, 16);
+    let gu: Vec<f32> = rng.vec(rows * 2 * hidden).iter().map(|v| v * 3.0).collect();
+    let r = rng.vec(rows * hidden);
+    let mut dgu = vec![0.0; rows * 2 * hidden];
+    swiglu::cpu::swiglu_backward(&mut dgu, &r, &gu, hidden, Activation::Silu);
+    let fwd = |gu: &[f32]| {
+        let mut out = vec![0.0; rows * hidden];
+        swiglu::cpu::swiglu_forward(&mut out, gu, hidden, Activation::Silu);
+        dot(&out, &r)
+    };
+    check("swiglu", &gu, &dgu, fwd, &mut rng);
+}
+
+fn dims(batch: usize, gh: usize, gw: usize, prefix: usize, dim: usize, heads: usize) -> Dims {
+    Dims { batch, channels: 3, height: gh, width: gw, patch: 1, grid_h: gh, grid_w: gw, prefix, dim, heads, hidden: dim }
+}
+
+#[test]
+fn rope_backward_is_the_transpose() {
+    let mut rng = Rng(3);
+    let d = dims(2, 3, 4, 5, 32, 2);
+    let (cos, sin) = rope::tables(d.grid_h, d.grid_w, d.head_dim(), 100.0);
+    let (x, y) = (rng.vec(d.rows() * 3 * d.dim), rng.vec(d.rows() * 3 * d.dim));
+    let mut rx = x.clone();
+    rope::cpu::rope_forward(&mut rx, &cos, &sin, &d);
+    let mut ry = y.clone();
+    rope::cpu::rope_backward(&mut ry, &cos, &sin, &d);
+    // <R x, y> == <x, Rᵀ y>
+    let (a, b) = (dot(&rx, &y), dot(&x, &ry));
+    assert!((a - b).abs() < 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+}
+
+#[test]
+fn attention_backward_matches_finite_differences_and_the_fast_forms() {
+    let mut rng = Rng(4);
+    let pool = Pool::new(2).unwrap();
+    for d in [dims(2, 2, 3, 2, 16, 2), dims(1, 5, 5, 5, 64, 2)] {
+        let qkv = rng.vec(d.rows() * 3 * d.dim);
+        let r = rng.vec(d.rows() * d.dim);
+        let lse_len = d.batch * d.heads * d.tokens();
+        let (mut out, mut lse) = (vec![0.0; d.rows() * d.dim], vec![0.0; lse_len]);
+        attention::cpu::attention_forward_train(&mut out, &mut lse, &qkv, &d);
+        let mut plain = vec![0.0; d.rows() * d.dim];
+        attention::cpu::attention_forward(&mut plain, &qkv, &d);
+        assert!(out.iter().zip(&plain).all(|(a, b)| (a - b).abs() < 1e-5));
+        let mut dqkv = vec![0.0; qkv.len()];
+        attention::cpu::attention_backward(&mut dqkv, &r, &qkv, &out, &lse, &d);
+        let fwd = |qkv: &[f32]| {
+            let mut o = vec![0.0; d.rows() * d.dim];
+            attention::cpu::attention_forward(&mut o, qkv, &d);
+            dot(&o, &r)
+        };
+        check("attention dqkv", &qkv, &dqkv, fwd, &mut rng);
+        // Fast forms, every SIMD family.
+        for isa in Isa::all_supported() {
+            let (mut o2, mut l2) = (vec![0.0; out.len()], vec![0.0; lse_len]);
+            attention::fast::attention_forward_train_fast(&pool, isa, &mut o2, &mut l2, &qkv, &d);
+            let e = o2.iter().zip(&out).chain(l2.iter().zip(&lse)).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(e < 1e-5, "{isa} fast train forward: {e}");
+            let mut dq2 = vec![f32::NAN; qkv.len()];
+            attention::fast::attention_backward_fast(&pool, isa, &mut dq2, &r, &qkv, &out, &lse, &d);
+            let e = dq2.iter().zip(&dqkv).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(e < 1e-5, "{isa} fast backward: {e}");
+        }
+    }
+}
