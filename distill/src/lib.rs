@@ -1,6 +1,38 @@
 //! dinoedge-distill: trains small DINOv3-style ViT students to reproduce a teacher's CLS and
-//! patch features (forward and backward for every op of the student, AdamW with EMA, cached
-//! teacher features, checkpoints that resume bit-for-bit).
+//! patch features. Forward and backward for every op of the student (checked against
+//! PyTorch autograd), AdamW with an EMA copy, augmented image data decoded in worker
+//! threads, online or cached teacher features, and checkpoints that resume bit-for-bit.
 //!
-//! Nothing is implemented here yet: the trainer lands with the distillation issue. The crate
-//! exists now so that the workspace graph (runtime <- distill <- sdk <- ffi) is fixed.
+//! | module | job |
+//! |---|---|
+//! | [`student`] | named student sizes and configs |
+//! | [`params`] | all trainable values in one flat vector, with names |
+//! | [`ops`] | training op helpers (linear, LayerScale) over the runtime's op kernels |
+//! | [`graph`] | the student's forward that keeps activations, and its backward |
+//! | [`loss`] | projection heads and the distillation objective |
+//! | [`optim`] | AdamW, schedule, clipping, EMA |
+//! | [`data`] | image folder scan, held-out split, augmentation, sample order |
+//! | [`loader`] | worker threads and the prefetch queue |
+//! | [`teacher`] | grid alignment and the online teacher |
+//! | [`cache`] | teacher features cached to sharded f16 safetensors |
+//! | [`checkpoint`] | atomic checkpoints and resume |
+//! | [`eval`] | held-out agreement with the teacher through the heads |
+//! | [`train`] | the run: steps, logs, checkpoints, export |
+
+pub mod cache;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod graph;
+pub mod loader;
+pub mod loss;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod student;
+pub mod teacher;
+pub mod train;
+
+pub use error::{DistillError, Result};

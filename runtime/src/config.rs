@@ -187,22 +187,44 @@ impl QuantConfig {
                 "layer.*.attention.{q,k,v,o}_proj".into(),
                 "layer.*.mlp.{gate,up,down}_proj (fc1, fc2 for DINOv2)".into(),
             ],
-            float_ops: ["patch_embeddings", "layer_norm", "rope", "softmax", "gelu", "swiglu", "layer_scale", "residual", "attention_matmuls"]
-                .map(String::from)
-                .to_vec(),
+            float_ops: [
+                "patch_embeddings",
+                "layer_norm",
+                "rope",
+                "softmax",
+                "gelu",
+                "swiglu",
+                "layer_scale",
+                "residual",
+                "attention_matmuls",
+            ]
+            .map(String::from)
+            .to_vec(),
             calibration: None,
         }
     }
 
     fn check(&self) -> Result<(), String> {
         if self.method != Self::METHOD {
-            return Err(format!("quantization.method {:?} is not supported (expected {:?})", self.method, Self::METHOD));
+            return Err(format!(
+                "quantization.method {:?} is not supported (expected {:?})",
+                self.method,
+                Self::METHOD
+            ));
         }
         if self.format_version != Self::FORMAT_VERSION {
-            return Err(format!("quantization.format_version {} is not supported (expected {})", self.format_version, Self::FORMAT_VERSION));
+            return Err(format!(
+                "quantization.format_version {} is not supported (expected {})",
+                self.format_version,
+                Self::FORMAT_VERSION
+            ));
         }
         if self.weights != Self::WEIGHTS {
-            return Err(format!("quantization.weights {:?} is not supported (expected {:?})", self.weights, Self::WEIGHTS));
+            return Err(format!(
+                "quantization.weights {:?} is not supported (expected {:?})",
+                self.weights,
+                Self::WEIGHTS
+            ));
         }
         Ok(())
     }
@@ -216,7 +238,10 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn err(&self, reason: String) -> RuntimeError {
-        RuntimeError::InvalidConfig { path: self.path.to_path_buf(), reason }
+        RuntimeError::InvalidConfig {
+            path: self.path.to_path_buf(),
+            reason,
+        }
     }
 
     fn get(&self, key: &str) -> Option<&Value> {
@@ -231,9 +256,11 @@ impl Fields<'_> {
     }
 
     fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
-        v.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| self.err(format!("field {key:?} must be a non-negative integer, found {v}")))
+        v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            self.err(format!(
+                "field {key:?} must be a non-negative integer, found {v}"
+            ))
+        })
     }
 
     /// An int, or a `[a, b]` list with `a == b` (HF allows tuples for patch and image size).
@@ -243,7 +270,9 @@ impl Fields<'_> {
             Some(Value::Array(a)) if a.len() == 2 => {
                 let (h, w) = (self.as_usize(key, &a[0])?, self.as_usize(key, &a[1])?);
                 if h != w {
-                    return Err(self.err(format!("field {key:?} = [{h}, {w}]: only square values are supported")));
+                    return Err(self.err(format!(
+                        "field {key:?} = [{h}, {w}]: only square values are supported"
+                    )));
                 }
                 Ok(h)
             }
@@ -254,28 +283,37 @@ impl Fields<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("field {key:?} must be a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(format!("field {key:?} must be a number, found {v}"))),
         }
     }
 
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("field {key:?} must be true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(format!("field {key:?} must be true or false, found {v}"))),
         }
     }
 
     fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| self.err(format!("field {key:?} must be a string, found {v}"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.err(format!("field {key:?} must be a string, found {v}"))),
         }
     }
 
     fn activation(&self, key: &str, default: &str) -> Result<Activation> {
         let s = self.str_or(key, default)?;
-        Activation::parse(s)
-            .ok_or_else(|| self.err(format!("field {key:?} = {s:?}: unsupported activation (gelu, gelu_pytorch_tanh, silu)")))
+        Activation::parse(s).ok_or_else(|| {
+            self.err(format!(
+                "field {key:?} = {s:?}: unsupported activation (gelu, gelu_pytorch_tanh, silu)"
+            ))
+        })
     }
 }
 
@@ -284,7 +322,9 @@ impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         if !path.is_file() {
-            return Err(RuntimeError::MissingConfig { dir: dir.to_path_buf() });
+            return Err(RuntimeError::MissingConfig {
+                dir: dir.to_path_buf(),
+            });
         }
         Self::from_file(&path)
     }
@@ -297,25 +337,37 @@ impl ModelConfig {
 
     /// Parses an HF config; `path` is only used in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| RuntimeError::InvalidConfig { path: path.to_path_buf(), reason: e.to_string() })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| RuntimeError::InvalidConfig {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let obj = value
             .as_object()
-            .ok_or_else(|| RuntimeError::InvalidConfig { path: path.to_path_buf(), reason: "not a JSON object".into() })?;
+            .ok_or_else(|| RuntimeError::InvalidConfig {
+                path: path.to_path_buf(),
+                reason: "not a JSON object".into(),
+            })?;
         let f = Fields { path, obj };
         let model_type = f.get("model_type").and_then(Value::as_str).ok_or_else(|| {
-            f.err("no \"model_type\" field (expected dinov3_vit, dinov2 or dinov2_with_registers)".into())
+            f.err(
+                "no \"model_type\" field (expected dinov3_vit, dinov2 or dinov2_with_registers)"
+                    .into(),
+            )
         })?;
         let mut cfg = match model_type {
             "dinov3_vit" => Self::dinov3(&f)?,
             "dinov2" => Self::dinov2(&f, Family::Dinov2)?,
             "dinov2_with_registers" => Self::dinov2(&f, Family::Dinov2Registers)?,
             other => {
-                return Err(RuntimeError::UnknownModelType { path: path.to_path_buf(), model_type: other.to_string() });
+                return Err(RuntimeError::UnknownModelType {
+                    path: path.to_path_buf(),
+                    model_type: other.to_string(),
+                });
             }
         };
         if let Some(q) = f.get("quantization") {
-            let q: QuantConfig = serde_json::from_value(q.clone()).map_err(|e| f.err(format!("quantization section: {e}")))?;
+            let q: QuantConfig = serde_json::from_value(q.clone())
+                .map_err(|e| f.err(format!("quantization section: {e}")))?;
             q.check().map_err(|r| f.err(r))?;
             cfg.quantization = Some(q);
         }
@@ -331,7 +383,11 @@ impl ModelConfig {
         };
         let act = f.activation("hidden_act", "gelu")?;
         // transformers >= 5 may nest RoPE settings under `rope_parameters`.
-        let theta = match f.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64) {
+        let theta = match f
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(Value::as_f64)
+        {
             Some(t) => t,
             None => f.f64_or("rope_theta", 100.0)?,
         };
@@ -341,7 +397,11 @@ impl ModelConfig {
             num_layers: f.usize_or("num_hidden_layers", 12)?,
             num_heads: f.usize_or("num_attention_heads", 6)?,
             intermediate_size: f.usize_or("intermediate_size", 1536)?,
-            mlp: if gated { MlpKind::Gated(act) } else { MlpKind::Plain(act) },
+            mlp: if gated {
+                MlpKind::Gated(act)
+            } else {
+                MlpKind::Plain(act)
+            },
             patch_size: f.square_or("patch_size", 16)?,
             num_channels: f.usize_or("num_channels", 3)?,
             num_register_tokens: f.usize_or("num_register_tokens", 0)?,
@@ -364,9 +424,15 @@ impl ModelConfig {
         let swiglu = f.bool_or("use_swiglu_ffn", false)?;
         // HF Dinov2SwiGLUFFN: two thirds of the MLP width, rounded up to a multiple of 8; always SiLU.
         let (mlp, intermediate) = if swiglu {
-            (MlpKind::Gated(Activation::Silu), (plain_hidden * 2 / 3).div_ceil(8) * 8)
+            (
+                MlpKind::Gated(Activation::Silu),
+                (plain_hidden * 2 / 3).div_ceil(8) * 8,
+            )
         } else {
-            (MlpKind::Plain(f.activation("hidden_act", "gelu")?), plain_hidden)
+            (
+                MlpKind::Plain(f.activation("hidden_act", "gelu")?),
+                plain_hidden,
+            )
         };
         let patch = f.square_or("patch_size", 14)?;
         let image_size = f.square_or("image_size", 224)?;
@@ -394,7 +460,10 @@ impl ModelConfig {
             value_bias: qkv_bias,
             proj_bias: true,
             mlp_bias: true,
-            positions: Positions::Learned { grid: image_size / patch, antialias: family == Family::Dinov2Registers },
+            positions: Positions::Learned {
+                grid: image_size / patch,
+                antialias: family == Family::Dinov2Registers,
+            },
             image_size,
             quantization: None,
         })
@@ -415,7 +484,10 @@ impl ModelConfig {
             }
         }
         if self.num_channels != 3 {
-            return Err(format!("num_channels = {}: only RGB (3) is supported", self.num_channels));
+            return Err(format!(
+                "num_channels = {}: only RGB (3) is supported",
+                self.num_channels
+            ));
         }
         if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(format!(
@@ -425,17 +497,26 @@ impl ModelConfig {
         }
         if let Positions::Rope { theta } = self.positions {
             if !self.head_dim().is_multiple_of(4) {
-                return Err(format!("RoPE needs head_dim divisible by 4, got {}", self.head_dim()));
+                return Err(format!(
+                    "RoPE needs head_dim divisible by 4, got {}",
+                    self.head_dim()
+                ));
             }
             if !(theta > 0.0) {
                 return Err(format!("rope_theta must be positive, got {theta}"));
             }
         }
         if let Positions::Learned { grid: 0, .. } = self.positions {
-            return Err(format!("image_size {} is smaller than patch_size {}", self.image_size, self.patch_size));
+            return Err(format!(
+                "image_size {} is smaller than patch_size {}",
+                self.image_size, self.patch_size
+            ));
         }
         if !(self.layer_norm_eps >= 0.0) {
-            return Err(format!("layer_norm_eps must be non-negative, got {}", self.layer_norm_eps));
+            return Err(format!(
+                "layer_norm_eps must be non-negative, got {}",
+                self.layer_norm_eps
+            ));
         }
         Ok(())
     }
@@ -474,7 +555,11 @@ impl ModelConfig {
         };
         format!(
             "{fam}/{} ({}-d, {} layers, {} heads, {mlp} {}, {} registers)",
-            self.patch_size, self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size,
+            self.patch_size,
+            self.hidden_size,
+            self.num_layers,
+            self.num_heads,
+            self.intermediate_size,
             self.num_register_tokens
         )
     }
@@ -496,7 +581,10 @@ impl ModelConfig {
         });
         let o = v.as_object_mut().expect("object literal");
         if let Some(q) = &self.quantization {
-            o.insert("quantization".into(), serde_json::to_value(q).expect("quantization section serialises"));
+            o.insert(
+                "quantization".into(),
+                serde_json::to_value(q).expect("quantization section serialises"),
+            );
         }
         match self.family {
             Family::Dinov3 => {
@@ -511,7 +599,10 @@ impl ModelConfig {
                 o.insert("intermediate_size".into(), json!(self.intermediate_size));
                 o.insert("hidden_act".into(), json!(act.hf_name()));
                 o.insert("use_gated_mlp".into(), json!(gated));
-                o.insert("num_register_tokens".into(), json!(self.num_register_tokens));
+                o.insert(
+                    "num_register_tokens".into(),
+                    json!(self.num_register_tokens),
+                );
                 o.insert("rope_theta".into(), json!(theta));
                 o.insert("query_bias".into(), json!(self.query_bias));
                 o.insert("key_bias".into(), json!(self.key_bias));
@@ -535,7 +626,10 @@ impl ModelConfig {
                 o.insert("hidden_act".into(), json!(act.hf_name()));
                 o.insert("qkv_bias".into(), json!(self.query_bias));
                 if self.family == Family::Dinov2Registers {
-                    o.insert("num_register_tokens".into(), json!(self.num_register_tokens));
+                    o.insert(
+                        "num_register_tokens".into(),
+                        json!(self.num_register_tokens),
+                    );
                 }
             }
         }
@@ -601,7 +695,10 @@ mod tests {
             ))
             .unwrap();
             let m = cfg.num_parameters() as f64 / 1e6;
-            assert!((m - millions).abs() / millions < 0.01, "{d}-d: {m}M vs {millions}M");
+            assert!(
+                (m - millions).abs() / millions < 0.01,
+                "{d}-d: {m}M vs {millions}M"
+            );
             assert_eq!(cfg.num_tokens(224, 224), 1 + 4 + 196);
         }
     }
@@ -624,8 +721,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.intermediate_size, 4096);
-        assert_eq!(cfg.positions, Positions::Learned { grid: 37, antialias: false });
-        let back = ModelConfig::from_json_str(&cfg.to_hf_json().to_string(), Path::new("x")).unwrap();
+        assert_eq!(
+            cfg.positions,
+            Positions::Learned {
+                grid: 37,
+                antialias: false
+            }
+        );
+        let back =
+            ModelConfig::from_json_str(&cfg.to_hf_json().to_string(), Path::new("x")).unwrap();
         assert_eq!(back, cfg);
     }
 
@@ -636,7 +740,8 @@ mod tests {
             "num_hidden_layers":2,"num_register_tokens":4,"use_gated_mlp":true,"hidden_act":"silu","query_bias":false}"#,
         )
         .unwrap();
-        let back = ModelConfig::from_json_str(&cfg.to_hf_json().to_string(), Path::new("x")).unwrap();
+        let back =
+            ModelConfig::from_json_str(&cfg.to_hf_json().to_string(), Path::new("x")).unwrap();
         assert_eq!(back, cfg);
     }
 
@@ -646,11 +751,17 @@ mod tests {
         assert!(e.contains("unknown model_type \"vit\""), "{e}");
         let e = parse(r#"{"hidden_size":3}"#).unwrap_err().to_string();
         assert!(e.contains("model_type"), "{e}");
-        let e = parse(r#"{"model_type":"dinov3_vit","hidden_size":"big"}"#).unwrap_err().to_string();
+        let e = parse(r#"{"model_type":"dinov3_vit","hidden_size":"big"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hidden_size") && e.contains("integer"), "{e}");
-        let e = parse(r#"{"model_type":"dinov3_vit","hidden_size":30,"num_attention_heads":4}"#).unwrap_err().to_string();
+        let e = parse(r#"{"model_type":"dinov3_vit","hidden_size":30,"num_attention_heads":4}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not divisible"), "{e}");
-        let e = parse(r#"{"model_type":"dinov3_vit","hidden_act":"relu6"}"#).unwrap_err().to_string();
+        let e = parse(r#"{"model_type":"dinov3_vit","hidden_act":"relu6"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported activation"), "{e}");
         let e = parse("{not json").unwrap_err().to_string();
         assert!(e.contains("invalid config"), "{e}");

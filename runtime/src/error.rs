@@ -18,7 +18,9 @@ pub enum RuntimeError {
     },
 
     /// The model directory has no `config.json`.
-    #[error("{dir}: no config.json (expected an HF model directory with config.json and model.safetensors)")]
+    #[error(
+        "{dir}: no config.json (expected an HF model directory with config.json and model.safetensors)"
+    )]
     MissingConfig { dir: PathBuf },
 
     /// `config.json` is not valid JSON or a field has the wrong type.
@@ -26,7 +28,9 @@ pub enum RuntimeError {
     InvalidConfig { path: PathBuf, reason: String },
 
     /// `model_type` is not one we implement.
-    #[error("{path}: unknown model_type {model_type:?} (supported: dinov3_vit, dinov2, dinov2_with_registers)")]
+    #[error(
+        "{path}: unknown model_type {model_type:?} (supported: dinov3_vit, dinov2, dinov2_with_registers)"
+    )]
     UnknownModelType { path: PathBuf, model_type: String },
 
     /// No weights file in the model directory.
@@ -39,19 +43,42 @@ pub enum RuntimeError {
 
     /// A tensor the architecture needs is not in any weights file.
     #[error("{path}: missing tensor {tensor:?} (expected shape {expected:?})")]
-    MissingTensor { path: PathBuf, tensor: String, expected: Vec<usize> },
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+    },
 
     /// A tensor is in the weights files but the architecture has no place for it.
-    #[error("{path}: unexpected tensor {tensor:?} with shape {shape:?} (not part of this {arch} model)")]
-    UnexpectedTensor { path: PathBuf, tensor: String, shape: Vec<usize>, arch: String },
+    #[error(
+        "{path}: unexpected tensor {tensor:?} with shape {shape:?} (not part of this {arch} model)"
+    )]
+    UnexpectedTensor {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<usize>,
+        arch: String,
+    },
 
     /// A tensor has the wrong shape for the config.
     #[error("{path}: tensor {tensor:?} has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// A tensor is stored in a dtype we cannot convert.
-    #[error("{path}: tensor {tensor:?} has unsupported dtype {dtype} (supported: F32, F16, BF16{extra})")]
-    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String, extra: &'static str },
+    #[error(
+        "{path}: tensor {tensor:?} has unsupported dtype {dtype} (supported: F32, F16, BF16{extra})"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+        extra: &'static str,
+    },
 
     /// The config's `quantization` section and the stored tensors disagree.
     #[error("{path}: quantization mismatch: {reason}")]
@@ -62,8 +89,14 @@ pub enum RuntimeError {
     InvalidInput { name: String, reason: String },
 
     /// The image is smaller than one patch in some dimension.
-    #[error("image of {width}x{height} pixels (width x height) is smaller than one {patch}x{patch} patch")]
-    ImageTooSmall { height: usize, width: usize, patch: usize },
+    #[error(
+        "image of {width}x{height} pixels (width x height) is smaller than one {patch}x{patch} patch"
+    )]
+    ImageTooSmall {
+        height: usize,
+        width: usize,
+        patch: usize,
+    },
 
     /// The requested backend is not compiled in, or has no device here.
     #[error("backend {backend} unavailable: {reason}")]
@@ -80,10 +113,16 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        RuntimeError::Io { path: path.into(), source }
+        RuntimeError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
-    pub(crate) fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        RuntimeError::InvalidInput { name: name.into(), reason: reason.into() }
+    pub fn input(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        RuntimeError::InvalidInput {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -48,12 +48,24 @@ impl Features {
     }
 
     pub fn shapes(&self) -> FeatureShapes {
-        FeatureShapes { batch: self.batch(), grid: self.grid, dim: self.dim(), registers: self.last.registers.shape[1] }
+        FeatureShapes {
+            batch: self.batch(),
+            grid: self.grid,
+            dim: self.dim(),
+            registers: self.last.registers.shape[1],
+        }
     }
 }
 
 /// Splits final-normed tokens (B, N, D) into CLS, registers and patches.
-pub fn split_tokens(layer: usize, tokens: &[f32], batch: usize, registers: usize, grid: (usize, usize), dim: usize) -> LayerFeatures {
+pub fn split_tokens(
+    layer: usize,
+    tokens: &[f32],
+    batch: usize,
+    registers: usize,
+    grid: (usize, usize),
+    dim: usize,
+) -> LayerFeatures {
     let hw = grid.0 * grid.1;
     let n = 1 + registers + hw;
     let mut cls = Vec::with_capacity(batch * dim);
@@ -67,8 +79,17 @@ pub fn split_tokens(layer: usize, tokens: &[f32], batch: usize, registers: usize
     }
     LayerFeatures {
         layer,
-        cls: Tensor { shape: vec![batch, dim], data: cls },
-        registers: Tensor { shape: vec![batch, registers, dim], data: regs },
-        patches: Tensor { shape: vec![batch, grid.0, grid.1, dim], data: patches },
+        cls: Tensor {
+            shape: vec![batch, dim],
+            data: cls,
+        },
+        registers: Tensor {
+            shape: vec![batch, registers, dim],
+            data: regs,
+        },
+        patches: Tensor {
+            shape: vec![batch, grid.0, grid.1, dim],
+            data: patches,
+        },
     }
 }

@@ -51,7 +51,12 @@ pub struct PreparedModel<B: Backend> {
 
 /// Stacks several (rows, K) weights and their optional biases into one Linear (and their
 /// int8 forms, for int8 models: the parts share one input, hence one input scale).
-fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)], in_features: usize) -> Result<HostLinear> {
+fn stacked_linear(
+    model: &Model,
+    name: String,
+    parts: &[(Param, Option<Param>)],
+    in_features: usize,
+) -> Result<HostLinear> {
     let mut weight = Vec::new();
     let mut bias = Vec::new();
     let mut any_bias = false;
@@ -70,7 +75,11 @@ fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)],
             None => bias.extend(std::iter::repeat_n(0.0, rows)),
         }
         if let Some(q) = model.int8(w)? {
-            let acc = int8.get_or_insert(Int8Weight { q: Vec::new(), scales: Vec::new(), input_scale: None });
+            let acc = int8.get_or_insert(Int8Weight {
+                q: Vec::new(),
+                scales: Vec::new(),
+                input_scale: None,
+            });
             acc.q.extend_from_slice(&q.q);
             acc.scales.extend_from_slice(&q.scales);
             acc.input_scale = match (acc.input_scale, q.input_scale) {
@@ -79,7 +88,14 @@ fn stacked_linear(model: &Model, name: String, parts: &[(Param, Option<Param>)],
             };
         }
     }
-    Ok(HostLinear { name, out_features, in_features, weight, bias: any_bias.then_some(bias), int8 })
+    Ok(HostLinear {
+        name,
+        out_features,
+        in_features,
+        weight,
+        bias: any_bias.then_some(bias),
+        int8,
+    })
 }
 
 impl<B: Backend> PreparedModel<B> {
@@ -98,7 +114,11 @@ impl<B: Backend> PreparedModel<B> {
             bias: Some(model.tensor_f32(Param::PatchBias)?),
             int8: None,
         })?;
-        let registers = if cfg.num_register_tokens > 0 { Some(vec(Param::RegisterTokens)?) } else { None };
+        let registers = if cfg.num_register_tokens > 0 {
+            Some(vec(Param::RegisterTokens)?)
+        } else {
+            None
+        };
         let pos_table = match cfg.positions {
             Positions::Learned { .. } => Some(model.tensor_f32(Param::PosEmbed)?),
             Positions::Rope { .. } => None,
@@ -116,17 +136,35 @@ impl<B: Backend> PreparedModel<B> {
                 ],
                 d,
             )?;
-            let o = stacked_linear(model, format!("layer.{l}.o_proj"), &[(p(L::OWeight), bias(cfg.proj_bias, p(L::OBias)))], d)?;
+            let o = stacked_linear(
+                model,
+                format!("layer.{l}.o_proj"),
+                &[(p(L::OWeight), bias(cfg.proj_bias, p(L::OBias)))],
+                d,
+            )?;
             let mlp_in = match cfg.mlp {
-                MlpKind::Plain(_) => stacked_linear(model, format!("layer.{l}.mlp_in"), &[(p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))], d)?,
+                MlpKind::Plain(_) => stacked_linear(
+                    model,
+                    format!("layer.{l}.mlp_in"),
+                    &[(p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))],
+                    d,
+                )?,
                 MlpKind::Gated(_) => stacked_linear(
                     model,
                     format!("layer.{l}.mlp_in"),
-                    &[(p(L::GateWeight), bias(cfg.mlp_bias, p(L::GateBias))), (p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias)))],
+                    &[
+                        (p(L::GateWeight), bias(cfg.mlp_bias, p(L::GateBias))),
+                        (p(L::UpWeight), bias(cfg.mlp_bias, p(L::UpBias))),
+                    ],
                     d,
                 )?,
             };
-            let mlp_out = stacked_linear(model, format!("layer.{l}.mlp_out"), &[(p(L::DownWeight), bias(cfg.mlp_bias, p(L::DownBias)))], i)?;
+            let mlp_out = stacked_linear(
+                model,
+                format!("layer.{l}.mlp_out"),
+                &[(p(L::DownWeight), bias(cfg.mlp_bias, p(L::DownBias)))],
+                i,
+            )?;
             layers.push(PreparedLayer {
                 norm1: (vec(p(L::Norm1Weight))?, vec(p(L::Norm1Bias))?),
                 qkv: backend.linear(qkv)?,
@@ -170,7 +208,9 @@ pub fn dims(cfg: &ModelConfig, batch: usize, height: usize, width: usize) -> Dim
 
 /// The DINOv2 position table (1 + gh*gw, D) for a grid, resampled as HF does.
 pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: usize) -> Vec<f32> {
-    let Positions::Learned { grid, antialias } = cfg.positions else { return Vec::new() };
+    let Positions::Learned { grid, antialias } = cfg.positions else {
+        return Vec::new();
+    };
     let d = cfg.hidden_size;
     if (grid_h, grid_w) == (grid, grid) {
         return table.to_vec();
@@ -184,7 +224,15 @@ pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: u
         }
     }
     let resized = if antialias {
-        resample::resize_aa(&planar, d, grid, grid, grid_h, grid_w, resample::Filter::Bicubic)
+        resample::resize_aa(
+            &planar,
+            d,
+            grid,
+            grid,
+            grid_h,
+            grid_w,
+            resample::Filter::Bicubic,
+        )
     } else {
         resample::bicubic(&planar, d, grid, grid, grid_h, grid_w)
     };
@@ -220,7 +268,13 @@ impl<B: Backend> Plan<B> {
     pub fn new(backend: &B, m: &PreparedModel<B>, dims: Dims, capture: &[usize]) -> Result<Self> {
         let cfg = &m.config;
         if let Some(&bad) = capture.iter().find(|&&l| l >= cfg.num_layers) {
-            return Err(RuntimeError::input("layers", format!("layer {bad} requested, the model has {} (0..{})", cfg.num_layers, cfg.num_layers)));
+            return Err(RuntimeError::input(
+                "layers",
+                format!(
+                    "layer {bad} requested, the model has {} (0..{})",
+                    cfg.num_layers, cfg.num_layers
+                ),
+            ));
         }
         backend.reserve(&dims)?;
         let rows = dims.rows();
@@ -247,9 +301,16 @@ impl<B: Backend> Plan<B> {
             qkv: backend.alloc(rows * 3 * d)?,
             attn: backend.alloc(rows * d)?,
             mlp: backend.alloc(rows * if gated { 2 * i } else { i })?,
-            mlp_act: if gated { Some(backend.alloc(rows * i)?) } else { None },
+            mlp_act: if gated {
+                Some(backend.alloc(rows * i)?)
+            } else {
+                None
+            },
             out: backend.alloc(rows * d)?,
-            captured: capture.iter().map(|_| backend.alloc(rows * d)).collect::<Result<_>>()?,
+            captured: capture
+                .iter()
+                .map(|_| backend.alloc(rows * d))
+                .collect::<Result<_>>()?,
             rope,
             pos,
         })
@@ -264,32 +325,83 @@ pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Res
     let rows = d.rows();
     let dim = d.dim;
     let eps = cfg.layer_norm_eps as f32;
-    be.patch_embed(&mut p.x, &mut p.scratch, &p.pixels, &m.patch, &m.cls, m.registers.as_ref(), p.pos.as_ref(), &d)?;
+    be.patch_embed(
+        &mut p.x,
+        &mut p.scratch,
+        &p.pixels,
+        &m.patch,
+        &m.cls,
+        m.registers.as_ref(),
+        p.pos.as_ref(),
+        &d,
+    )?;
     for (l, layer) in m.layers.iter().enumerate() {
         // Attention half: x += ls1 * o_proj(attention(rope(qkv(norm1(x))))).
-        be.layer_norm(&mut p.h, &p.x, &layer.norm1.0, &layer.norm1.1, rows, dim, eps)?;
+        be.layer_norm(
+            &mut p.h,
+            &p.x,
+            &layer.norm1.0,
+            &layer.norm1.1,
+            rows,
+            dim,
+            eps,
+        )?;
         be.matmul(&mut p.qkv, &p.h, &layer.qkv, rows, Epilogue::Store)?;
         if let Some((cos, sin)) = &p.rope {
             be.rope(&mut p.qkv, cos, sin, &d)?;
         }
         be.attention(&mut p.attn, &p.qkv, &d)?;
-        be.matmul(&mut p.x, &p.attn, &layer.o, rows, Epilogue::Residual(&layer.ls1))?;
+        be.matmul(
+            &mut p.x,
+            &p.attn,
+            &layer.o,
+            rows,
+            Epilogue::Residual(&layer.ls1),
+        )?;
         // MLP half: x += ls2 * mlp(norm2(x)).
-        be.layer_norm(&mut p.h, &p.x, &layer.norm2.0, &layer.norm2.1, rows, dim, eps)?;
+        be.layer_norm(
+            &mut p.h,
+            &p.x,
+            &layer.norm2.0,
+            &layer.norm2.1,
+            rows,
+            dim,
+            eps,
+        )?;
         match cfg.mlp {
             MlpKind::Plain(act) => {
                 be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Epilogue::Act(act))?;
-                be.matmul(&mut p.x, &p.mlp, &layer.mlp_out, rows, Epilogue::Residual(&layer.ls2))?;
+                be.matmul(
+                    &mut p.x,
+                    &p.mlp,
+                    &layer.mlp_out,
+                    rows,
+                    Epilogue::Residual(&layer.ls2),
+                )?;
             }
             MlpKind::Gated(act) => {
                 let mlp_act = p.mlp_act.as_mut().expect("gated plan has mlp_act");
                 be.matmul(&mut p.mlp, &p.h, &layer.mlp_in, rows, Epilogue::Store)?;
                 be.swiglu(mlp_act, &p.mlp, rows, d.hidden, act)?;
-                be.matmul(&mut p.x, mlp_act, &layer.mlp_out, rows, Epilogue::Residual(&layer.ls2))?;
+                be.matmul(
+                    &mut p.x,
+                    mlp_act,
+                    &layer.mlp_out,
+                    rows,
+                    Epilogue::Residual(&layer.ls2),
+                )?;
             }
         }
         for (k, _) in p.capture.iter().enumerate().filter(|(_, c)| **c == l) {
-            be.layer_norm(&mut p.captured[k], &p.x, &m.norm.0, &m.norm.1, rows, dim, eps)?;
+            be.layer_norm(
+                &mut p.captured[k],
+                &p.x,
+                &m.norm.0,
+                &m.norm.1,
+                rows,
+                dim,
+                eps,
+            )?;
         }
     }
     be.layer_norm(&mut p.out, &p.x, &m.norm.0, &m.norm.1, rows, dim, eps)?;

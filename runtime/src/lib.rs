@@ -38,7 +38,9 @@ pub mod testing;
 pub mod weights;
 
 pub use backend::{BackendInfo, BackendKind, Precision};
-pub use config::{Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig};
+pub use config::{
+    Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig,
+};
 pub use error::{Result, RuntimeError};
 pub use features::{Features, LayerFeatures};
 pub use model::Model;

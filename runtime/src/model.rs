@@ -30,7 +30,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("dir", &self.dir).field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +43,10 @@ impl Model {
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(RuntimeError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+            return Err(RuntimeError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
         }
         let config = ModelConfig::from_dir(dir)?;
         let store = TensorStore::open_dir(dir)?;
@@ -50,7 +56,12 @@ impl Model {
     /// Builds a model from an already opened store (validates names and shapes).
     pub fn from_parts(dir: PathBuf, config: ModelConfig, store: TensorStore) -> Result<Self> {
         let layout = layout::resolve(&config, &store)?;
-        Ok(Model { dir, config, store, layout })
+        Ok(Model {
+            dir,
+            config,
+            store,
+            layout,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -85,7 +96,12 @@ impl Model {
     pub fn tensor_f32(&self, p: Param) -> Result<Vec<f32>> {
         if let Some(q) = self.int8(p)? {
             let cols = q.q.len() / q.scales.len();
-            return Ok(q.q.iter().enumerate().map(|(i, &v)| v as f32 * q.scales[i / cols]).collect());
+            return Ok(q
+                .q
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v as f32 * q.scales[i / cols])
+                .collect());
         }
         let (t, rows) = self.stored(p).ok_or_else(|| self.missing(p))?;
         match rows {
@@ -106,8 +122,12 @@ impl Model {
 
     /// The int8 form of a quantised Linear weight; `None` for float parameters.
     pub fn int8(&self, p: Param) -> Result<Option<Int8Weight>> {
-        let Some(r) = self.layout.params.get(&p) else { return Ok(None) };
-        let Some(scale_key) = &r.scale_key else { return Ok(None) };
+        let Some(r) = self.layout.params.get(&p) else {
+            return Ok(None);
+        };
+        let Some(scale_key) = &r.scale_key else {
+            return Ok(None);
+        };
         let t = self.store.get(&r.key).ok_or_else(|| self.missing(p))?;
         let st = self.store.get(scale_key).ok_or_else(|| self.missing(p))?;
         let (mut q, mut scales) = (t.to_i8()?, st.to_f32()?);
@@ -120,11 +140,19 @@ impl Model {
             Some(k) => Some(self.store.get(k).ok_or_else(|| self.missing(p))?.to_f32()?[0]),
             None => None,
         };
-        Ok(Some(Int8Weight { q, scales, input_scale }))
+        Ok(Some(Int8Weight {
+            q,
+            scales,
+            input_scale,
+        }))
     }
 
     /// Number of parameters actually stored for this architecture.
     pub fn num_parameters(&self) -> usize {
-        self.layout.params.values().map(|r| r.shape.iter().product::<usize>()).sum()
+        self.layout
+            .params
+            .values()
+            .map(|r| r.shape.iter().product::<usize>())
+            .sum()
     }
 }

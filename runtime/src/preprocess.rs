@@ -31,12 +31,23 @@ pub struct RgbImage {
 impl RgbImage {
     pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
         if data.len() != width * height * 3 {
-            return Err(RuntimeError::input("image", format!("{width}x{height} RGB needs {} bytes, got {}", width * height * 3, data.len())));
+            return Err(RuntimeError::input(
+                "image",
+                format!(
+                    "{width}x{height} RGB needs {} bytes, got {}",
+                    width * height * 3,
+                    data.len()
+                ),
+            ));
         }
         if width == 0 || height == 0 {
             return Err(RuntimeError::input("image", "empty image"));
         }
-        Ok(RgbImage { width, height, data })
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
     }
 
     /// Planar (3, H, W) copy.
@@ -59,9 +70,17 @@ pub enum Resize {
     Exact { height: usize, width: usize },
     /// Shortest edge to `shortest` with 8-bit bicubic antialias, then a center crop
     /// (DINOv2 processor).
-    ShortestEdgeCrop { shortest: usize, crop_height: usize, crop_width: usize },
+    ShortestEdgeCrop {
+        shortest: usize,
+        crop_height: usize,
+        crop_width: usize,
+    },
     /// Keep the aspect ratio: short side about `short_side`, both sides multiples of `patch`.
-    Dense { short_side: usize, patch: usize, filter: Filter },
+    Dense {
+        short_side: usize,
+        patch: usize,
+        filter: Filter,
+    },
 }
 
 /// A complete preprocessing recipe.
@@ -77,10 +96,17 @@ impl Preprocessor {
     /// checkpoints), with mean and std from `preprocessor_config.json` when `dir` has one.
     pub fn for_model(cfg: &ModelConfig, dir: Option<&Path>, size: usize) -> Result<Self> {
         if size < cfg.patch_size {
-            return Err(RuntimeError::ImageTooSmall { height: size, width: size, patch: cfg.patch_size });
+            return Err(RuntimeError::ImageTooSmall {
+                height: size,
+                width: size,
+                patch: cfg.patch_size,
+            });
         }
         let resize = match cfg.family {
-            Family::Dinov3 => Resize::Exact { height: size, width: size },
+            Family::Dinov3 => Resize::Exact {
+                height: size,
+                width: size,
+            },
             Family::Dinov2 | Family::Dinov2Registers => Resize::ShortestEdgeCrop {
                 shortest: (size as f64 * 256.0 / 224.0).round() as usize,
                 crop_height: size,
@@ -98,15 +124,29 @@ impl Preprocessor {
             Family::Dinov2 | Family::Dinov2Registers => Filter::Bicubic,
         };
         let (mean, std) = mean_std(dir)?;
-        Ok(Preprocessor { resize: Resize::Dense { short_side: size.max(cfg.patch_size), patch: cfg.patch_size, filter }, mean, std })
+        Ok(Preprocessor {
+            resize: Resize::Dense {
+                short_side: size.max(cfg.patch_size),
+                patch: cfg.patch_size,
+                filter,
+            },
+            mean,
+            std,
+        })
     }
 
     /// Output `(height, width)` for an input of `h x w` pixels.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         match self.resize {
             Resize::Exact { height, width } => (height, width),
-            Resize::ShortestEdgeCrop { crop_height, crop_width, .. } => (crop_height, crop_width),
-            Resize::Dense { short_side, patch, .. } => dense_size(h, w, short_side, patch),
+            Resize::ShortestEdgeCrop {
+                crop_height,
+                crop_width,
+                ..
+            } => (crop_height, crop_width),
+            Resize::Dense {
+                short_side, patch, ..
+            } => dense_size(h, w, short_side, patch),
         }
     }
 
@@ -118,19 +158,39 @@ impl Preprocessor {
             Resize::Exact { height, width } => {
                 // DINOv3: rescale first, then resize in float (HF's order).
                 let f: Vec<f32> = planar.iter().map(|&v| v as f32 * (1.0 / 255.0)).collect();
-                (height, width, resize_aa(&f, 3, h, w, height, width, Filter::Bilinear))
+                (
+                    height,
+                    width,
+                    resize_aa(&f, 3, h, w, height, width, Filter::Bilinear),
+                )
             }
-            Resize::Dense { short_side, patch, filter } => {
+            Resize::Dense {
+                short_side,
+                patch,
+                filter,
+            } => {
                 let (oh, ow) = dense_size(h, w, short_side, patch);
                 let f: Vec<f32> = planar.iter().map(|&v| v as f32 * (1.0 / 255.0)).collect();
                 (oh, ow, resize_aa(&f, 3, h, w, oh, ow, filter))
             }
-            Resize::ShortestEdgeCrop { shortest, crop_height, crop_width } => {
+            Resize::ShortestEdgeCrop {
+                shortest,
+                crop_height,
+                crop_width,
+            } => {
                 let (rh, rw) = shortest_edge_size(h, w, shortest);
-                let resized = if (rh, rw) == (h, w) { planar } else { resize_aa_u8(&planar, 3, h, w, rh, rw, Filter::Bicubic) };
+                let resized = if (rh, rw) == (h, w) {
+                    planar
+                } else {
+                    resize_aa_u8(&planar, 3, h, w, rh, rw, Filter::Bicubic)
+                };
                 let cropped = center_crop(&resized, 3, rh, rw, crop_height, crop_width);
                 // Rescale and normalise fused, as HF does for uint8 input: (x - 255 m) / (255 s).
-                (crop_height, crop_width, cropped.iter().map(|&v| v as f32).collect())
+                (
+                    crop_height,
+                    crop_width,
+                    cropped.iter().map(|&v| v as f32).collect(),
+                )
             }
         };
         let scale255 = matches!(self.resize, Resize::ShortestEdgeCrop { .. });
@@ -138,7 +198,10 @@ impl Preprocessor {
         let mut out = data;
         for c in 0..3 {
             let (m, s) = if scale255 {
-                ((self.mean[c] as f64 * 255.0) as f32, (self.std[c] as f64 * 255.0) as f32)
+                (
+                    (self.mean[c] as f64 * 255.0) as f32,
+                    (self.std[c] as f64 * 255.0) as f32,
+                )
             } else {
                 (self.mean[c], self.std[c])
             };
@@ -171,7 +234,11 @@ pub fn dense_size(h: usize, w: usize, short: usize, patch: usize) -> (usize, usi
 /// zero padding of (crop - size) // 2 before where the crop is larger than the image.
 fn center_crop(src: &[u8], c: usize, h: usize, w: usize, ch: usize, cw: usize) -> Vec<u8> {
     let start = |size: usize, crop: usize| -> i64 {
-        if crop > size { -(((crop - size) / 2) as i64) } else { ((size - crop) / 2) as i64 }
+        if crop > size {
+            -(((crop - size) / 2) as i64)
+        } else {
+            ((size - crop) / 2) as i64
+        }
     };
     let (top, left) = (start(h, ch), start(w, cw));
     let mut out = vec![0u8; c * ch * cw];
@@ -193,31 +260,44 @@ fn center_crop(src: &[u8], c: usize, h: usize, w: usize, ch: usize, cw: usize) -
 }
 
 fn mean_std(dir: Option<&Path>) -> Result<([f32; 3], [f32; 3])> {
-    let Some(dir) = dir else { return Ok((IMAGENET_MEAN, IMAGENET_STD)) };
+    let Some(dir) = dir else {
+        return Ok((IMAGENET_MEAN, IMAGENET_STD));
+    };
     let path = dir.join("preprocessor_config.json");
     if !path.is_file() {
         return Ok((IMAGENET_MEAN, IMAGENET_STD));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| RuntimeError::io(&path, e))?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| RuntimeError::InvalidConfig { path: path.clone(), reason: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| RuntimeError::InvalidConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
         match v.get(key) {
             None => Ok(default),
             Some(a) => {
-                let a = a.as_array().filter(|a| a.len() == 3).ok_or_else(|| RuntimeError::InvalidConfig {
-                    path: path.clone(),
-                    reason: format!("{key} must be a list of 3 numbers"),
+                let a = a.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
+                    RuntimeError::InvalidConfig {
+                        path: path.clone(),
+                        reason: format!("{key} must be a list of 3 numbers"),
+                    }
                 })?;
                 let mut out = [0.0; 3];
                 for (o, x) in out.iter_mut().zip(a) {
-                    *o = x.as_f64().ok_or_else(|| RuntimeError::InvalidConfig { path: path.clone(), reason: format!("{key} must hold numbers") })? as f32;
+                    *o = x.as_f64().ok_or_else(|| RuntimeError::InvalidConfig {
+                        path: path.clone(),
+                        reason: format!("{key} must hold numbers"),
+                    })? as f32;
                 }
                 Ok(out)
             }
         }
     };
-    Ok((triple("image_mean", IMAGENET_MEAN)?, triple("image_std", IMAGENET_STD)?))
+    Ok((
+        triple("image_mean", IMAGENET_MEAN)?,
+        triple("image_std", IMAGENET_STD)?,
+    ))
 }
 
 #[cfg(test)]

@@ -58,10 +58,19 @@ struct Taps {
 /// Antialiased taps as torch `_compute_weights_aa` computes them (in double).
 fn aa_taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
     let scale = in_size as f64 / out_size as f64;
-    let support = if scale >= 1.0 { filter.support() * scale } else { filter.support() };
+    let support = if scale >= 1.0 {
+        filter.support() * scale
+    } else {
+        filter.support()
+    };
     let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
     let max_len = (support.ceil() as usize) * 2 + 1;
-    let mut taps = Taps { start: vec![0; out_size], len: vec![0; out_size], weights: vec![0.0; out_size * max_len], max_len };
+    let mut taps = Taps {
+        start: vec![0; out_size],
+        len: vec![0; out_size],
+        weights: vec![0.0; out_size * max_len],
+        max_len,
+    };
     for i in 0..out_size {
         let center = scale * (i as f64 + 0.5);
         // C casts truncate toward zero, as in torch.
@@ -87,14 +96,22 @@ fn aa_taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
 
 /// One separable pass over float data: resamples the axis of length `n` (stride `stride`)
 /// for each of `outer` blocks.
-fn pass_f32(src: &[f32], outer: usize, n: usize, inner: usize, taps: &Taps, out_n: usize) -> Vec<f32> {
+fn pass_f32(
+    src: &[f32],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    taps: &Taps,
+    out_n: usize,
+) -> Vec<f32> {
     let mut dst = vec![0.0f32; outer * out_n * inner];
     for o in 0..outer {
         for i in 0..out_n {
             let w = &taps.weights[i * taps.max_len..i * taps.max_len + taps.len[i]];
             let d = &mut dst[(o * out_n + i) * inner..(o * out_n + i + 1) * inner];
             for (j, &wj) in w.iter().enumerate() {
-                let s = &src[(o * n + taps.start[i] + j) * inner..(o * n + taps.start[i] + j + 1) * inner];
+                let s = &src
+                    [(o * n + taps.start[i] + j) * inner..(o * n + taps.start[i] + j + 1) * inner];
                 for (dv, sv) in d.iter_mut().zip(s) {
                     *dv += (wj * *sv as f64) as f32;
                 }
@@ -106,7 +123,15 @@ fn pass_f32(src: &[f32], outer: usize, n: usize, inner: usize, taps: &Taps, out_
 
 /// Antialiased resize of planar float data (C, H, W) -> (C, oh, ow), as
 /// `F.interpolate(x, size=(oh, ow), mode=bilinear|bicubic, align_corners=False, antialias=True)`.
-pub fn resize_aa(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize, filter: Filter) -> Vec<f32> {
+pub fn resize_aa(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    filter: Filter,
+) -> Vec<f32> {
     assert_eq!(src.len(), c * h * w);
     let mut cur = src.to_vec();
     let mut cur_w = w;
@@ -164,7 +189,15 @@ fn pass_u8(src: &[u8], outer: usize, n: usize, inner: usize, taps: &Taps, out_n:
 }
 
 /// Antialiased resize of a planar 8-bit image (C, H, W), rounding to 8 bits after each pass.
-pub fn resize_aa_u8(src: &[u8], c: usize, h: usize, w: usize, oh: usize, ow: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_aa_u8(
+    src: &[u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    filter: Filter,
+) -> Vec<u8> {
     assert_eq!(src.len(), c * h * w);
     let mut cur = src.to_vec();
     let mut cur_w = w;
@@ -247,7 +280,11 @@ mod tests {
             }
         }
         let u = vec![200u8; 3 * 9 * 13];
-        assert!(resize_aa_u8(&u, 3, 9, 13, 20, 31, Filter::Bicubic).iter().all(|&v| v == 200));
+        assert!(
+            resize_aa_u8(&u, 3, 9, 13, 20, 31, Filter::Bicubic)
+                .iter()
+                .all(|&v| v == 200)
+        );
     }
 
     #[test]

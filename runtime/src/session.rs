@@ -34,7 +34,12 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { backend: BackendKind::Cpu, precision: None, threads: None, adapter: None }
+        SessionOptions {
+            backend: BackendKind::Cpu,
+            precision: None,
+            threads: None,
+            adapter: None,
+        }
     }
 }
 
@@ -61,7 +66,12 @@ pub struct Session<B: Backend> {
 impl<B: Backend> Session<B> {
     pub fn new(backend: B, model: Arc<Model>) -> Result<Self> {
         let prepared = PreparedModel::new(&backend, &model)?;
-        Ok(Session { backend, model, prepared, plans: Vec::new() })
+        Ok(Session {
+            backend,
+            model,
+            prepared,
+            plans: Vec::new(),
+        })
     }
 
     pub fn backend(&self) -> &B {
@@ -75,21 +85,35 @@ impl<B: Backend> Session<B> {
         if s.len() != 4 || s[1] != cfg.num_channels || s[0] == 0 {
             return Err(RuntimeError::input(
                 "pixel_values",
-                format!("expected shape (B, {}, H, W) with B >= 1, got {s:?}", cfg.num_channels),
+                format!(
+                    "expected shape (B, {}, H, W) with B >= 1, got {s:?}",
+                    cfg.num_channels
+                ),
             ));
         }
         if s[2] < cfg.patch_size || s[3] < cfg.patch_size {
-            return Err(RuntimeError::ImageTooSmall { height: s[2], width: s[3], patch: cfg.patch_size });
+            return Err(RuntimeError::ImageTooSmall {
+                height: s[2],
+                width: s[3],
+                patch: cfg.patch_size,
+            });
         }
         if pixels.data.len() != s.iter().product::<usize>() {
-            return Err(RuntimeError::input("pixel_values", format!("{} values for shape {s:?}", pixels.data.len())));
+            return Err(RuntimeError::input(
+                "pixel_values",
+                format!("{} values for shape {s:?}", pixels.data.len()),
+            ));
         }
         Ok(forward::dims(cfg, s[0], s[2], s[3]))
     }
 
     /// Index of the plan for these dims, building it if needed.
     fn plan_for(&mut self, dims: crate::ops::Dims, capture: &[usize]) -> Result<usize> {
-        if let Some(i) = self.plans.iter().position(|p| p.dims == dims && p.capture == capture) {
+        if let Some(i) = self
+            .plans
+            .iter()
+            .position(|p| p.dims == dims && p.capture == capture)
+        {
             let plan = self.plans.remove(i);
             self.plans.push(plan);
         } else {
@@ -113,16 +137,37 @@ impl<B: Backend> Session<B> {
         let grid = (dims.grid_h, dims.grid_w);
         let regs = self.model.config().num_register_tokens;
         // Every output in one read (one mapped copy on GPU backends).
-        let mut hosts: Vec<Vec<f32>> = (0..1 + plan.captured.len()).map(|_| vec![0.0f32; rows]).collect();
+        let mut hosts: Vec<Vec<f32>> = (0..1 + plan.captured.len())
+            .map(|_| vec![0.0f32; rows])
+            .collect();
         {
-            let mut reads: Vec<(&B::Buffer, &mut [f32])> =
-                std::iter::once(&plan.out).chain(plan.captured.iter()).zip(hosts.iter_mut()).map(|(b, h)| (b, h.as_mut_slice())).collect();
+            let mut reads: Vec<(&B::Buffer, &mut [f32])> = std::iter::once(&plan.out)
+                .chain(plan.captured.iter())
+                .zip(hosts.iter_mut())
+                .map(|(b, h)| (b, h.as_mut_slice()))
+                .collect();
             self.backend.read_many(&mut reads)?;
         }
         let mut hosts = hosts.into_iter();
-        let last = split_tokens(self.model.config().num_layers - 1, &hosts.next().expect("output"), dims.batch, regs, grid, dims.dim);
-        let intermediate = plan.capture.iter().zip(hosts).map(|(&l, h)| split_tokens(l, &h, dims.batch, regs, grid, dims.dim)).collect();
-        Ok(Features { grid, last, intermediate })
+        let last = split_tokens(
+            self.model.config().num_layers - 1,
+            &hosts.next().expect("output"),
+            dims.batch,
+            regs,
+            grid,
+            dims.dim,
+        );
+        let intermediate = plan
+            .capture
+            .iter()
+            .zip(hosts)
+            .map(|(&l, h)| split_tokens(l, &h, dims.batch, regs, grid, dims.dim))
+            .collect();
+        Ok(Features {
+            grid,
+            last,
+            intermediate,
+        })
     }
 }
 
@@ -143,10 +188,22 @@ where
 }
 
 /// Builds a session on the requested backend.
-pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dyn InferenceSession>> {
-    let precision = opts.precision.unwrap_or(if model.is_quantized() && opts.backend == BackendKind::Cpu { Precision::Int8 } else { Precision::F32 });
+pub fn create_session(
+    model: Arc<Model>,
+    opts: &SessionOptions,
+) -> Result<Box<dyn InferenceSession>> {
+    let precision = opts.precision.unwrap_or(
+        if model.is_quantized() && opts.backend == BackendKind::Cpu {
+            Precision::Int8
+        } else {
+            Precision::F32
+        },
+    );
     match opts.backend {
-        BackendKind::Cpu => Ok(Box::new(Session::new(CpuBackend::new(opts.threads, precision)?, model)?)),
+        BackendKind::Cpu => Ok(Box::new(Session::new(
+            CpuBackend::new(opts.threads, precision)?,
+            model,
+        )?)),
         BackendKind::CpuReference => {
             if precision != Precision::F32 {
                 return Err(RuntimeError::BackendUnavailable {
@@ -154,13 +211,22 @@ pub fn create_session(model: Arc<Model>, opts: &SessionOptions) -> Result<Box<dy
                     reason: format!("the reference computes in f32 only, not {precision}"),
                 });
             }
-            Ok(Box::new(Session::new(ReferenceBackend::new(opts.threads)?, model)?))
+            Ok(Box::new(Session::new(
+                ReferenceBackend::new(opts.threads)?,
+                model,
+            )?))
         }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => Ok(Box::new(Session::new(crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?, model)?)),
+        BackendKind::Wgpu => Ok(Box::new(Session::new(
+            crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
+            model,
+        )?)),
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
-            reason: format!("not compiled into this build (available: {}); rebuild with --features {other}", compiled_backends().join(", ")),
+            reason: format!(
+                "not compiled into this build (available: {}); rebuild with --features {other}",
+                compiled_backends().join(", ")
+            ),
         }),
     }
 }

@@ -14,14 +14,20 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(RuntimeError::input("tensor", format!("shape {shape:?} needs {n} values, got {}", data.len())));
+            return Err(RuntimeError::input(
+                "tensor",
+                format!("shape {shape:?} needs {n} values, got {}", data.len()),
+            ));
         }
         Ok(Tensor { shape, data })
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: vec![0.0; n] }
+        Tensor {
+            shape,
+            data: vec![0.0; n],
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -45,7 +51,11 @@ pub fn mean_row_cosine(a: &[f32], b: &[f32], row: usize) -> f64 {
             xx += *p as f64 * *p as f64;
             yy += *q as f64 * *q as f64;
         }
-        total += if xx == 0.0 && yy == 0.0 { 1.0 } else { xy / (xx.sqrt() * yy.sqrt()).max(1e-30) };
+        total += if xx == 0.0 && yy == 0.0 {
+            1.0
+        } else {
+            xy / (xx.sqrt() * yy.sqrt()).max(1e-30)
+        };
     }
     total / n.max(1) as f64
 }

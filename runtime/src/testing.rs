@@ -33,7 +33,13 @@ impl std::fmt::Display for Comparison {
 /// Compares `got` with `want`; `tol` bounds the error relative to max(|want|, 1), and rows
 /// of length `row` give the mean cosine.
 pub fn compare(name: &str, got: &[f32], want: &[f32], row: usize, tol: f32) -> Comparison {
-    assert_eq!(got.len(), want.len(), "{name}: {} values vs {} in the reference", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: {} values vs {} in the reference",
+        got.len(),
+        want.len()
+    );
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let limit = tol * scale.max(1.0);
     let mut max_abs = 0.0f32;
@@ -47,8 +53,19 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], row: usize, tol: f32) -> C
             max_abs = e;
         }
     }
-    let mean_cosine = if row == 0 { 1.0 } else { mean_row_cosine(got, want, row) };
-    Comparison { name: name.to_string(), max_abs, scale, rel: max_abs / scale.max(1.0), mean_cosine, first_outlier: first }
+    let mean_cosine = if row == 0 {
+        1.0
+    } else {
+        mean_row_cosine(got, want, row)
+    };
+    Comparison {
+        name: name.to_string(),
+        max_abs,
+        scale,
+        rel: max_abs / scale.max(1.0),
+        mean_cosine,
+        first_outlier: first,
+    }
 }
 
 pub use crate::tensor::mean_row_cosine;
@@ -56,6 +73,9 @@ pub use crate::tensor::mean_row_cosine;
 impl Comparison {
     /// Panics with the evidence when the comparison failed.
     pub fn assert_ok(&self) {
-        assert!(self.first_outlier.is_none() && self.max_abs.is_finite(), "{self}");
+        assert!(
+            self.first_outlier.is_none() && self.max_abs.is_finite(),
+            "{self}"
+        );
     }
 }

@@ -37,7 +37,10 @@ fn check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64, rng:
         xm[i] -= eps;
         let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps as f64);
         let g = grad[i] as f64;
-        assert!((fd - g).abs() <= 5e-3 * (1.0 + g.abs()), "{name}[{i}]: backward {g}, finite difference {fd}");
+        assert!(
+            (fd - g).abs() <= 5e-3 * (1.0 + g.abs()),
+            "{name}[{i}]: backward {g}, finite difference {fd}"
+        );
     }
 }
 
@@ -45,7 +48,12 @@ fn check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64, rng:
 fn layer_norm_backward_matches_finite_differences() {
     let mut rng = Rng(1);
     let (rows, cols) = (5, 24);
-    let (x, w, b, r) = (rng.vec(rows * cols), rng.vec(cols), rng.vec(cols), rng.vec(rows * cols));
+    let (x, w, b, r) = (
+        rng.vec(rows * cols),
+        rng.vec(cols),
+        rng.vec(cols),
+        rng.vec(rows * cols),
+    );
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
         let mut out = vec![0.0; rows * cols];
         layer_norm::cpu::layer_norm_forward(&mut out, x, w, b, cols, 1e-5);
@@ -70,7 +78,18 @@ fn activation_and_swiglu_backward_match_finite_differences() {
     for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
         let mut dx = vec![0.0; n];
         activation::cpu::activation_backward(&mut dx, &r, &x, act);
-        check(&format!("{act:?}"), &x, &dx, |x| x.iter().zip(&r).map(|(v, r)| activation::cpu::apply(act, *v) as f64 * *r as f64).sum(), &mut rng);
+        check(
+            &format!("{act:?}"),
+            &x,
+            &dx,
+            |x| {
+                x.iter()
+                    .zip(&r)
+                    .map(|(v, r)| activation::cpu::apply(act, *v) as f64 * *r as f64)
+                    .sum()
+            },
+            &mut rng,
+        );
     }
     let (rows, hidden) = (3, 16);
     let gu: Vec<f32> = rng.vec(rows * 2 * hidden).iter().map(|v| v * 3.0).collect();
@@ -86,7 +105,19 @@ fn activation_and_swiglu_backward_match_finite_differences() {
 }
 
 fn dims(batch: usize, gh: usize, gw: usize, prefix: usize, dim: usize, heads: usize) -> Dims {
-    Dims { batch, channels: 3, height: gh, width: gw, patch: 1, grid_h: gh, grid_w: gw, prefix, dim, heads, hidden: dim }
+    Dims {
+        batch,
+        channels: 3,
+        height: gh,
+        width: gw,
+        patch: 1,
+        grid_h: gh,
+        grid_w: gw,
+        prefix,
+        dim,
+        heads,
+        hidden: dim,
+    }
 }
 
 #[test]
@@ -129,11 +160,20 @@ fn attention_backward_matches_finite_differences_and_the_fast_forms() {
         for isa in Isa::all_supported() {
             let (mut o2, mut l2) = (vec![0.0; out.len()], vec![0.0; lse_len]);
             attention::fast::attention_forward_train_fast(&pool, isa, &mut o2, &mut l2, &qkv, &d);
-            let e = o2.iter().zip(&out).chain(l2.iter().zip(&lse)).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let e = o2
+                .iter()
+                .zip(&out)
+                .chain(l2.iter().zip(&lse))
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(e < 1e-5, "{isa} fast train forward: {e}");
             let mut dq2 = vec![f32::NAN; qkv.len()];
-            attention::fast::attention_backward_fast(&pool, isa, &mut dq2, &r, &qkv, &out, &lse, &d);
-            let e = dq2.iter().zip(&dqkv).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            attention::fast::attention_backward_fast(
+                &pool, isa, &mut dq2, &r, &qkv, &out, &lse, &d,
+            );
+            let e = dq2
+                .iter()
+                .zip(&dqkv)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(e < 1e-5, "{isa} fast backward: {e}");
         }
     }

@@ -12,7 +12,9 @@ use dinoedge_runtime::backend::cpu::pool::Pool;
 use dinoedge_runtime::config::Activation;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::matmul::Epi;
-use dinoedge_runtime::ops::matmul::fast::{PackedLinear, QuantFormat, matmul_fast, quant_format, quantize_rows};
+use dinoedge_runtime::ops::matmul::fast::{
+    PackedLinear, QuantFormat, matmul_fast, quant_format, quantize_rows,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -44,7 +46,10 @@ fn reference(inp: &[f32], w: &[f32], b: &[f32], k: usize, o: usize, epi: Epi, ou
 
 fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 #[test]
@@ -59,17 +64,29 @@ fn f32_and_f16_matmul_match_the_reference_on_every_isa_and_epilogue() {
             let gamma = rng.vec(o, 1.0);
             let resid = rng.vec(r * o, 1.0);
             let w16: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-            for (epi_name, epi) in [("store", Epi::Store), ("gelu", Epi::Act(Activation::Gelu)), ("silu", Epi::Act(Activation::Silu)), ("residual", Epi::Residual(&gamma))] {
+            for (epi_name, epi) in [
+                ("store", Epi::Store),
+                ("gelu", Epi::Act(Activation::Gelu)),
+                ("silu", Epi::Act(Activation::Silu)),
+                ("residual", Epi::Residual(&gamma)),
+            ] {
                 for (prec, packed, wref) in [
                     ("f32", PackedLinear::f32(isa, &w, Some(b.clone()), o, k), &w),
-                    ("f16", PackedLinear::f16(isa, &w, Some(b.clone()), o, k), &w16),
+                    (
+                        "f16",
+                        PackedLinear::f16(isa, &w, Some(b.clone()), o, k),
+                        &w16,
+                    ),
                 ] {
                     let mut want = resid.clone();
                     reference(&inp, wref, &b, k, o, epi, &mut want);
                     let mut got = resid.clone();
                     matmul_fast(&pool, &mut got, &inp, &packed, r, epi, &mut []);
                     let e = max_rel(&got, &want);
-                    assert!(e < 1e-5, "{isa} {prec} {epi_name} ({r}x{k}x{o}): rel err {e:e}");
+                    assert!(
+                        e < 1e-5,
+                        "{isa} {prec} {epi_name} ({r}x{k}x{o}): rel err {e:e}"
+                    );
                 }
             }
         }
@@ -78,14 +95,25 @@ fn f32_and_f16_matmul_match_the_reference_on_every_isa_and_epilogue() {
 
 /// Exact integer reference of the int8 path: per-token symmetric activation quantisation,
 /// per-channel weights, i64 accumulation, the same dequantisation formula.
-fn int8_reference(inp: &[f32], q: &[i8], scales: &[f32], b: &[f32], k: usize, o: usize, fixed: Option<f32>) -> Vec<f32> {
+fn int8_reference(
+    inp: &[f32],
+    q: &[i8],
+    scales: &[f32],
+    b: &[f32],
+    k: usize,
+    o: usize,
+    fixed: Option<f32>,
+) -> Vec<f32> {
     let rows = inp.len() / k;
     let mut out = vec![0.0f32; rows * o];
     for r in 0..rows {
         let x = &inp[r * k..(r + 1) * k];
         let sa = fixed.unwrap_or_else(|| x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0);
         let inv = if sa > 0.0 { 1.0 / sa } else { 0.0 };
-        let qa: Vec<i64> = x.iter().map(|v| (v * inv).clamp(-127.0, 127.0).round_ties_even() as i64).collect();
+        let qa: Vec<i64> = x
+            .iter()
+            .map(|v| (v * inv).clamp(-127.0, 127.0).round_ties_even() as i64)
+            .collect();
         for c in 0..o {
             let acc: i64 = (0..k).map(|t| qa[t] * q[c * k + t] as i64).sum();
             out[r * o + c] = (acc as i32) as f32 * (sa * scales[c]) + b[c];
@@ -105,12 +133,16 @@ fn int8_matmul_equals_the_integer_reference_on_every_isa() {
             let b = rng.vec(o, 0.5);
             let (q, scales) = quantize_rows(&w, o, k);
             for fixed in [None, Some(3.0f32 / 127.0)] {
-                let packed = PackedLinear::int8(isa, &q, scales.clone(), Some(b.clone()), o, k, fixed);
+                let packed =
+                    PackedLinear::int8(isa, &q, scales.clone(), Some(b.clone()), o, k, fixed);
                 let mut scratch = vec![0u8; packed.scratch_bytes(r)];
                 let mut got = vec![f32::NAN; r * o];
                 matmul_fast(&pool, &mut got, &inp, &packed, r, Epi::Store, &mut scratch);
                 let want = int8_reference(&inp, &q, &scales, &b, k, o, fixed);
-                assert_eq!(got, want, "{isa} int8 ({r}x{k}x{o}), static scale {fixed:?}");
+                assert_eq!(
+                    got, want,
+                    "{isa} int8 ({r}x{k}x{o}), static scale {fixed:?}"
+                );
             }
         }
         println!("{isa}: int8 activations as {:?}", quant_format(isa));
@@ -150,15 +182,43 @@ fn fast_attention_matches_the_reference() {
     let mut rng = Rng(99);
     // (batch, grid_h, grid_w, prefix, dim, heads): head dims 8, 16, 24, 64, 128 and token
     // counts that are not multiples of the key block.
-    let cases = [(1, 1, 1, 1, 16, 2), (2, 3, 5, 5, 32, 2), (1, 7, 9, 1, 96, 4), (2, 4, 4, 5, 384, 6), (1, 16, 16, 1, 384, 6), (1, 6, 7, 5, 256, 2), (1, 3, 3, 1, 24, 1)];
+    let cases = [
+        (1, 1, 1, 1, 16, 2),
+        (2, 3, 5, 5, 32, 2),
+        (1, 7, 9, 1, 96, 4),
+        (2, 4, 4, 5, 384, 6),
+        (1, 16, 16, 1, 384, 6),
+        (1, 6, 7, 5, 256, 2),
+        (1, 3, 3, 1, 24, 1),
+    ];
     for isa in Isa::all_supported() {
         for &(batch, gh, gw, prefix, dim, heads) in &cases {
-            let d = Dims { batch, channels: 3, height: gh, width: gw, patch: 1, grid_h: gh, grid_w: gw, prefix, dim, heads, hidden: dim };
+            let d = Dims {
+                batch,
+                channels: 3,
+                height: gh,
+                width: gw,
+                patch: 1,
+                grid_h: gh,
+                grid_w: gw,
+                prefix,
+                dim,
+                heads,
+                hidden: dim,
+            };
             let qkv = rng.vec(d.rows() * 3 * dim, 2.0);
             let want = attention_reference(&qkv, &d);
-            let mut scratch = vec![0.0; dinoedge_runtime::ops::attention::fast::scratch_len(isa, &d)];
+            let mut scratch =
+                vec![0.0; dinoedge_runtime::ops::attention::fast::scratch_len(isa, &d)];
             let mut got = vec![f32::NAN; d.rows() * dim];
-            dinoedge_runtime::ops::attention::fast::attention_fast(&pool, isa, &mut got, &qkv, &d, &mut scratch);
+            dinoedge_runtime::ops::attention::fast::attention_fast(
+                &pool,
+                isa,
+                &mut got,
+                &qkv,
+                &d,
+                &mut scratch,
+            );
             let e = max_rel(&got, &want);
             assert!(e < 1e-5, "{isa} attention {d:?}: rel err {e:e}");
         }

@@ -18,21 +18,32 @@ use dinoedge_runtime::{InferenceSession, Model, Precision, RunOptions, Session, 
 const TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/hf")
+        .join(name)
 }
 
 fn tensor(store: &TensorStore, key: &str) -> Tensor {
-    let t = store.get(key).unwrap_or_else(|| panic!("reference has no {key}"));
+    let t = store
+        .get(key)
+        .unwrap_or_else(|| panic!("reference has no {key}"));
     Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
 }
 
 /// The sessions every case runs on: the reference, and the fast backend per SIMD family.
 fn sessions(model: &Arc<Model>, threads: usize) -> Vec<(String, Box<dyn InferenceSession>)> {
-    let mut v: Vec<(String, Box<dyn InferenceSession>)> =
-        vec![("cpu-ref".into(), Box::new(Session::new(ReferenceBackend::new(Some(threads)).unwrap(), model.clone()).unwrap()))];
+    let mut v: Vec<(String, Box<dyn InferenceSession>)> = vec![(
+        "cpu-ref".into(),
+        Box::new(
+            Session::new(ReferenceBackend::new(Some(threads)).unwrap(), model.clone()).unwrap(),
+        ),
+    )];
     for isa in Isa::all_supported() {
         let be = CpuBackend::with_isa(Some(threads), Precision::F32, isa).unwrap();
-        v.push((format!("cpu/{isa}"), Box::new(Session::new(be, model.clone()).unwrap())));
+        v.push((
+            format!("cpu/{isa}"),
+            Box::new(Session::new(be, model.clone()).unwrap()),
+        ));
     }
     v
 }
@@ -49,16 +60,34 @@ fn check_session(name: &str, backend: &str, mut session: Box<dyn InferenceSessio
     let dir = fixture(name);
     let cfg = model.config().clone();
     let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
-    assert_eq!(reference.metadata().and_then(|m| m.get("format")).map(String::as_str), Some("dinoedge-fixtures-1"));
-    let inputs: serde_json::Value = serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
+    assert_eq!(
+        reference
+            .metadata()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("dinoedge-fixtures-1")
+    );
+    let inputs: serde_json::Value =
+        serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
     let all_layers: Vec<usize> = (0..cfg.num_layers).collect();
     for key in inputs.as_object().unwrap().keys() {
         let pixels = tensor(&reference, &format!("{key}.pixel_values"));
-        let f = session.run(&pixels, &RunOptions { capture_layers: all_layers.clone() }).unwrap();
+        let f = session
+            .run(
+                &pixels,
+                &RunOptions {
+                    capture_layers: all_layers.clone(),
+                },
+            )
+            .unwrap();
         let want = tensor(&reference, &format!("{key}.last_hidden_state"));
         let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
         assert_eq!((f.batch(), f.dim()), (b, d), "{name}/{key}");
-        assert_eq!(cfg.num_prefix_tokens() + f.grid.0 * f.grid.1, n, "{name}/{key}: token count");
+        assert_eq!(
+            cfg.num_prefix_tokens() + f.grid.0 * f.grid.1,
+            n,
+            "{name}/{key}: token count"
+        );
         let join = |lf: &dinoedge_runtime::LayerFeatures| -> Vec<f32> {
             let r = cfg.num_register_tokens;
             let hw = f.grid.0 * f.grid.1;
@@ -70,12 +99,24 @@ fn check_session(name: &str, backend: &str, mut session: Box<dyn InferenceSessio
             }
             v
         };
-        let c = compare(&format!("{backend} {name}/{key}/last"), &join(&f.last), &want.data, d, TOL);
+        let c = compare(
+            &format!("{backend} {name}/{key}/last"),
+            &join(&f.last),
+            &want.data,
+            d,
+            TOL,
+        );
         println!("{c}");
         c.assert_ok();
         for lf in &f.intermediate {
             let want = tensor(&reference, &format!("{key}.layer{}", lf.layer));
-            let c = compare(&format!("{backend} {name}/{key}/layer{}", lf.layer), &join(lf), &want.data, d, TOL);
+            let c = compare(
+                &format!("{backend} {name}/{key}/layer{}", lf.layer),
+                &join(lf),
+                &want.data,
+                d,
+                TOL,
+            );
             println!("{c}");
             c.assert_ok();
         }

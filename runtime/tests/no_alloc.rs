@@ -52,7 +52,9 @@ fn forward_after_warm_up_allocates_nothing() {
             let mut plan = Plan::new(&be, &prepared, d, &[0]).unwrap();
             COUNTING.store(false, Ordering::SeqCst);
             assert!(ALLOCS.load(Ordering::SeqCst) > 0);
-            let pixels: Vec<f32> = (0..2 * 3 * 64 * 48).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+            let pixels: Vec<f32> = (0..2 * 3 * 64 * 48)
+                .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
+                .collect();
             be.write(&mut plan.pixels, &pixels).unwrap();
             for _ in 0..2 {
                 forward(&be, &prepared, &mut plan).unwrap();
@@ -64,7 +66,10 @@ fn forward_after_warm_up_allocates_nothing() {
             }
             COUNTING.store(false, Ordering::SeqCst);
             let n = ALLOCS.load(Ordering::SeqCst);
-            assert_eq!(n, 0, "{name} {precision}: {n} allocations in 3 forwards after warm-up");
+            assert_eq!(
+                n, 0,
+                "{name} {precision}: {n} allocations in 3 forwards after warm-up"
+            );
             assert!(plan.out.iter().all(|v| v.is_finite()));
         }
     }

@@ -18,12 +18,19 @@ fn roundtrip(name: &str) {
     let imp = import_onnx(&onnx).unwrap();
     println!("{name}: {:?}", imp.notes);
     let original = ModelConfig::from_dir(&fixtures().join("hf").join(name)).unwrap();
-    assert_eq!(imp.config, original, "inferred config differs from the exported model's");
+    assert_eq!(
+        imp.config, original,
+        "inferred config differs from the exported model's"
+    );
     let out = tempfile::tempdir().unwrap();
     write_model_dir(&imp, out.path(), &onnx).unwrap();
     let model = Arc::new(Model::load(out.path()).unwrap());
     let mut s = create_session(model, &SessionOptions::default()).unwrap();
-    let reference = TensorStore::open_files(&[fixtures().join("hf").join(name).join("reference.safetensors")]).unwrap();
+    let reference = TensorStore::open_files(&[fixtures()
+        .join("hf")
+        .join(name)
+        .join("reference.safetensors")])
+    .unwrap();
     for key in ["sq", "rect"] {
         let get = |k: &str| {
             let t = reference.get(&format!("{key}.{k}")).unwrap();
@@ -39,7 +46,13 @@ fn roundtrip(name: &str) {
         for b in 0..f.batch() {
             want_patches.extend_from_slice(&want.data[(b * n + n - hw) * d..(b + 1) * n * d]);
         }
-        let c = compare(&format!("{name}/{key}"), &f.last.patches.data, &want_patches, d, 1e-4);
+        let c = compare(
+            &format!("{name}/{key}"),
+            &f.last.patches.data,
+            &want_patches,
+            d,
+            1e-4,
+        );
         println!("{c}");
         c.assert_ok();
     }
@@ -57,13 +70,20 @@ fn dinov3_export_round_trips() {
 
 #[test]
 fn unknown_graph_is_a_clear_error() {
-    let e = import_onnx(&fixtures().join("onnx/not_a_vit.onnx")).unwrap_err().to_string();
+    let e = import_onnx(&fixtures().join("onnx/not_a_vit.onnx"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not an HF DINOv2/DINOv3 backbone"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
     let e = import_onnx(&junk).unwrap_err().to_string();
-    assert!(e.contains("junk.onnx") && e.contains("cannot import ONNX"), "{e}");
-    let e = import_onnx(&dir.path().join("missing.onnx")).unwrap_err().to_string();
+    assert!(
+        e.contains("junk.onnx") && e.contains("cannot import ONNX"),
+        "{e}"
+    );
+    let e = import_onnx(&dir.path().join("missing.onnx"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.onnx"), "{e}");
 }

@@ -7,10 +7,15 @@ use std::sync::Arc;
 use dinoedge_runtime::quant::{self, QuantizeOptions, Smoothing};
 use dinoedge_runtime::weights::TensorStore;
 use dinoedge_runtime::weights::store::{f32_entry, write_safetensors};
-use dinoedge_runtime::{ActivationScheme, BackendKind, Model, Precision, RunOptions, SessionOptions, Tensor, create_session};
+use dinoedge_runtime::{
+    ActivationScheme, BackendKind, Model, Precision, RunOptions, SessionOptions, Tensor,
+    create_session,
+};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/hf")
+        .join(name)
 }
 
 fn inputs(model: &Model, n: usize) -> Vec<Tensor> {
@@ -18,14 +23,30 @@ fn inputs(model: &Model, n: usize) -> Vec<Tensor> {
     let (h, w) = (4 * cfg.patch_size, 3 * cfg.patch_size);
     (0..n)
         .map(|i| {
-            let data = (0..3 * h * w).map(|j| (((j * 31 + i * 17) % 97) as f32 / 48.0 - 1.0) * 1.5).collect();
+            let data = (0..3 * h * w)
+                .map(|j| (((j * 31 + i * 17) % 97) as f32 / 48.0 - 1.0) * 1.5)
+                .collect();
             Tensor::new(vec![1, 3, h, w], data).unwrap()
         })
         .collect()
 }
 
-fn run(model: &Arc<Model>, backend: BackendKind, precision: Option<Precision>, x: &Tensor) -> Vec<f32> {
-    let mut s = create_session(model.clone(), &SessionOptions { backend, precision, threads: Some(2), adapter: None }).unwrap();
+fn run(
+    model: &Arc<Model>,
+    backend: BackendKind,
+    precision: Option<Precision>,
+    x: &Tensor,
+) -> Vec<f32> {
+    let mut s = create_session(
+        model.clone(),
+        &SessionOptions {
+            backend,
+            precision,
+            threads: Some(2),
+            adapter: None,
+        },
+    )
+    .unwrap();
     s.run(x, &RunOptions::default()).unwrap().last.patches.data
 }
 
@@ -38,16 +59,28 @@ fn int8_models_load_and_run_on_every_cpu_backend() {
     for name in ["dinov3_mlp", "dinov3_gated", "dinov2_swiglu", "dinov2_reg"] {
         let float = Arc::new(Model::load(fixture(name)).unwrap());
         let d = float.config().hidden_size;
-        let calib = quant::calibrate(&float, &inputs(&float, 4), Some(2), "synthetic", |_| {}).unwrap();
-        for activations in [ActivationScheme::DynamicPerToken, ActivationScheme::StaticPerTensor] {
-            let opts = QuantizeOptions { precision: Precision::Int8, activations, smoothing: Smoothing::Auto, threads: Some(2) };
+        let calib =
+            quant::calibrate(&float, &inputs(&float, 4), Some(2), "synthetic", |_| {}).unwrap();
+        for activations in [
+            ActivationScheme::DynamicPerToken,
+            ActivationScheme::StaticPerTensor,
+        ] {
+            let opts = QuantizeOptions {
+                precision: Precision::Int8,
+                activations,
+                smoothing: Smoothing::Auto,
+                threads: Some(2),
+            };
             let q = quant::quantize(&float, &opts, Some(&calib)).unwrap();
             let dir = tempfile::tempdir().unwrap();
             quant::write(&q, dir.path(), &fixture(name)).unwrap();
             let int8 = Arc::new(Model::load(dir.path()).unwrap());
             assert!(int8.is_quantized());
             let st = TensorStore::open_dir(dir.path()).unwrap();
-            assert!(st.dtype_counts().iter().any(|(d, _)| d == "I8"), "{name}: no I8 tensors");
+            assert!(
+                st.dtype_counts().iter().any(|(d, _)| d == "I8"),
+                "{name}: no I8 tensors"
+            );
             let x = &inputs(&float, 1)[0];
             let want = run(&float, BackendKind::CpuReference, None, x);
             // The reference dequantises weights; the fast backend runs the int8 kernels (its
@@ -55,8 +88,13 @@ fn int8_models_load_and_run_on_every_cpu_backend() {
             let deq = run(&int8, BackendKind::CpuReference, None, x);
             let w8a8 = run(&int8, BackendKind::Cpu, None, x);
             let (c_deq, c_w8a8) = (cosine(&deq, &want, d), cosine(&w8a8, &want, d));
-            println!("{name} {activations:?}: weight-only cosine {c_deq:.5}, W8A8 cosine {c_w8a8:.5}");
-            assert!(c_deq > 0.995 && c_w8a8 > 0.98, "{name} {activations:?}: cosines {c_deq} {c_w8a8}");
+            println!(
+                "{name} {activations:?}: weight-only cosine {c_deq:.5}, W8A8 cosine {c_w8a8:.5}"
+            );
+            assert!(
+                c_deq > 0.995 && c_w8a8 > 0.98,
+                "{name} {activations:?}: cosines {c_deq} {c_w8a8}"
+            );
             // The fast backend in f32 runs the dequantised weights too, like the reference.
             let f32_fast = run(&int8, BackendKind::Cpu, Some(Precision::F32), x);
             assert!(cosine(&f32_fast, &deq, d) > 0.99999);
@@ -70,14 +108,37 @@ fn f16_and_bf16_copies_match_the_float_model() {
     let x = &inputs(&float, 1)[0];
     let want = run(&float, BackendKind::CpuReference, None, x);
     for (precision, min_cos) in [(Precision::F16, 0.99999), (Precision::BF16, 0.9995)] {
-        let q = quant::quantize(&float, &QuantizeOptions { precision, activations: ActivationScheme::DynamicPerToken, smoothing: Smoothing::Off, threads: Some(2) }, None).unwrap();
+        let q = quant::quantize(
+            &float,
+            &QuantizeOptions {
+                precision,
+                activations: ActivationScheme::DynamicPerToken,
+                smoothing: Smoothing::Off,
+                threads: Some(2),
+            },
+            None,
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         quant::write(&q, dir.path(), &fixture("dinov2_reg")).unwrap();
         let m = Arc::new(Model::load(dir.path()).unwrap());
-        let want_dtype = if precision == Precision::F16 { "F16" } else { "BF16" };
-        assert!(m.store().dtype_counts().iter().all(|(d, _)| d == want_dtype));
+        let want_dtype = if precision == Precision::F16 {
+            "F16"
+        } else {
+            "BF16"
+        };
+        assert!(
+            m.store()
+                .dtype_counts()
+                .iter()
+                .all(|(d, _)| d == want_dtype)
+        );
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-        assert!(text.contains(if precision == Precision::F16 { "float16" } else { "bfloat16" }));
+        assert!(text.contains(if precision == Precision::F16 {
+            "float16"
+        } else {
+            "bfloat16"
+        }));
         let c = cosine(&run(&m, BackendKind::CpuReference, None, x), &want, 32);
         assert!(c > min_cos, "{precision}: cosine {c}");
     }
@@ -87,13 +148,31 @@ fn f16_and_bf16_copies_match_the_float_model() {
 fn smoothing_is_applied_only_where_it_helps() {
     let float = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
     let calib = quant::calibrate(&float, &inputs(&float, 4), Some(2), "synthetic", |_| {}).unwrap();
-    let q = quant::quantize(&float, &QuantizeOptions { precision: Precision::Int8, activations: ActivationScheme::DynamicPerToken, smoothing: Smoothing::Auto, threads: Some(2) }, Some(&calib)).unwrap();
+    let q = quant::quantize(
+        &float,
+        &QuantizeOptions {
+            precision: Precision::Int8,
+            activations: ActivationScheme::DynamicPerToken,
+            smoothing: Smoothing::Auto,
+            threads: Some(2),
+        },
+        Some(&calib),
+    )
+    .unwrap();
     for r in &q.sites {
         if let (Some(p), Some(s)) = (r.error_plain, r.error_smoothed) {
-            assert!(s < 0.95 * p, "{}: smoothing applied without helping ({s} vs {p})", r.site);
+            assert!(
+                s < 0.95 * p,
+                "{}: smoothing applied without helping ({s} vs {p})",
+                r.site
+            );
         }
         if r.site.ends_with("o_proj") || r.site.ends_with("mlp_out") {
-            assert!(r.alpha.is_none(), "{} has no LayerNorm to fold into", r.site);
+            assert!(
+                r.alpha.is_none(),
+                "{} has no LayerNorm to fold into",
+                r.site
+            );
         }
     }
 }
@@ -101,49 +180,95 @@ fn smoothing_is_applied_only_where_it_helps() {
 #[test]
 fn quantising_twice_and_mismatched_configs_are_refused() {
     let float = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
-    let opts = QuantizeOptions { precision: Precision::Int8, activations: ActivationScheme::DynamicPerToken, smoothing: Smoothing::Off, threads: Some(2) };
+    let opts = QuantizeOptions {
+        precision: Precision::Int8,
+        activations: ActivationScheme::DynamicPerToken,
+        smoothing: Smoothing::Off,
+        threads: Some(2),
+    };
     let q = quant::quantize(&float, &opts, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     quant::write(&q, dir.path(), &fixture("dinov3_mlp")).unwrap();
     let int8 = Model::load(dir.path()).unwrap();
 
     // Already quantised.
-    let e = quant::quantize(&int8, &opts, None).err().expect("refused").to_string();
+    let e = quant::quantize(&int8, &opts, None)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("already quantised"), "{e}");
 
     // Static activations without calibration.
-    let e = quant::quantize(&float, &QuantizeOptions { activations: ActivationScheme::StaticPerTensor, ..opts.clone() }, None).err().expect("refused").to_string();
+    let e = quant::quantize(
+        &float,
+        &QuantizeOptions {
+            activations: ActivationScheme::StaticPerTensor,
+            ..opts.clone()
+        },
+        None,
+    )
+    .err()
+    .expect("refused")
+    .to_string();
     assert!(e.contains("calibration"), "{e}");
 
     let cfg_text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     let copy = |name: &str, config: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::copy(dir.path().join("model.safetensors"), d.join("model.safetensors")).unwrap();
+        std::fs::copy(
+            dir.path().join("model.safetensors"),
+            d.join("model.safetensors"),
+        )
+        .unwrap();
         std::fs::write(d.join("config.json"), config).unwrap();
         d
     };
     // int8 tensors, config without the section.
     let mut v: serde_json::Value = serde_json::from_str(&cfg_text).unwrap();
     v.as_object_mut().unwrap().remove("quantization");
-    let e = Model::load(copy("no_section", &v.to_string())).unwrap_err().to_string();
-    assert!(e.contains("quantization mismatch") && e.contains("I8") && e.contains("no quantization section"), "{e}");
+    let e = Model::load(copy("no_section", &v.to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("quantization mismatch")
+            && e.contains("I8")
+            && e.contains("no quantization section"),
+        "{e}"
+    );
 
     // Section says static, no input scales stored.
-    let e = Model::load(copy("static", &cfg_text.replace("dynamic_per_token", "static_per_tensor"))).unwrap_err().to_string();
-    assert!(e.contains("missing tensor") && e.contains("input_scale"), "{e}");
+    let e = Model::load(copy(
+        "static",
+        &cfg_text.replace("dynamic_per_token", "static_per_tensor"),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("missing tensor") && e.contains("input_scale"),
+        "{e}"
+    );
 
     // Unknown method.
-    let e = Model::load(copy("method", &cfg_text.replace("dinoedge-w8a8", "gptq"))).unwrap_err().to_string();
+    let e = Model::load(copy("method", &cfg_text.replace("dinoedge-w8a8", "gptq")))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("quantization.method \"gptq\""), "{e}");
 
     // Float tensors under an int8 config.
     let d = dir.path().join("float_under_int8");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(fixture("dinov3_mlp").join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("dinov3_mlp").join("model.safetensors"),
+        d.join("model.safetensors"),
+    )
+    .unwrap();
     std::fs::write(d.join("config.json"), &cfg_text).unwrap();
     let e = Model::load(&d).unwrap_err().to_string();
-    assert!(e.contains("declares an int8 model") && e.contains("F32"), "{e}");
+    assert!(
+        e.contains("declares an int8 model") && e.contains("F32"),
+        "{e}"
+    );
 
     // A scale tensor of the wrong length.
     let st = TensorStore::open_dir(dir.path()).unwrap();
@@ -165,5 +290,8 @@ fn quantising_twice_and_mismatched_configs_are_refused() {
     write_safetensors(&d.join("model.safetensors"), &entries, None).unwrap();
     std::fs::write(d.join("config.json"), &cfg_text).unwrap();
     let e = Model::load(&d).unwrap_err().to_string();
-    assert!(e.contains("q_proj.weight_scale") && e.contains("[32]") && e.contains("[3]"), "{e}");
+    assert!(
+        e.contains("q_proj.weight_scale") && e.contains("[32]") && e.contains("[3]"),
+        "{e}"
+    );
 }

@@ -17,7 +17,9 @@ use dinoedge_runtime::weights::TensorStore;
 use dinoedge_runtime::{Activation, Model, Precision, RunOptions, Session, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/hf")
+        .join(name)
 }
 
 fn backend(precision: Precision) -> Option<WgpuBackend> {
@@ -35,7 +37,8 @@ fn backend(precision: Precision) -> Option<WgpuBackend> {
 
 fn inputs(dir: &Path) -> Vec<Tensor> {
     let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
-    let meta: serde_json::Value = serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
     meta.as_object()
         .unwrap()
         .keys()
@@ -46,23 +49,50 @@ fn inputs(dir: &Path) -> Vec<Tensor> {
         .collect()
 }
 
-const FAMILIES: [&str; 6] = ["dinov3_mlp", "dinov3_gated", "dinov3_noreg_f16", "dinov2", "dinov2_swiglu", "dinov2_reg"];
+const FAMILIES: [&str; 6] = [
+    "dinov3_mlp",
+    "dinov3_gated",
+    "dinov3_noreg_f16",
+    "dinov2",
+    "dinov2_swiglu",
+    "dinov2_reg",
+];
 
 #[test]
 fn f32_matches_the_cpu_reference_on_every_fixture() {
-    let Some(_probe) = backend(Precision::F32) else { return };
+    let Some(_probe) = backend(Precision::F32) else {
+        return;
+    };
     for name in FAMILIES {
         let model = Arc::new(Model::load(fixture(name)).unwrap());
         let layers: Vec<usize> = (0..model.config().num_layers).collect();
-        let opts = RunOptions { capture_layers: layers };
-        let mut gpu = Session::new(WgpuBackend::new(Precision::F32, None).unwrap(), model.clone()).unwrap();
+        let opts = RunOptions {
+            capture_layers: layers,
+        };
+        let mut gpu = Session::new(
+            WgpuBackend::new(Precision::F32, None).unwrap(),
+            model.clone(),
+        )
+        .unwrap();
         let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
         for x in inputs(&fixture(name)) {
             let (g, c) = (gpu.run(&x, &opts).unwrap(), cpu.run(&x, &opts).unwrap());
             let d = c.dim();
-            for (gl, cl) in std::iter::once((&g.last, &c.last)).chain(g.intermediate.iter().zip(&c.intermediate)) {
-                for (what, a, b) in [("cls", &gl.cls, &cl.cls), ("registers", &gl.registers, &cl.registers), ("patches", &gl.patches, &cl.patches)] {
-                    let cmp = compare(&format!("wgpu {name} {:?} layer {} {what}", x.shape, cl.layer), &a.data, &b.data, d, 1e-3);
+            for (gl, cl) in std::iter::once((&g.last, &c.last))
+                .chain(g.intermediate.iter().zip(&c.intermediate))
+            {
+                for (what, a, b) in [
+                    ("cls", &gl.cls, &cl.cls),
+                    ("registers", &gl.registers, &cl.registers),
+                    ("patches", &gl.patches, &cl.patches),
+                ] {
+                    let cmp = compare(
+                        &format!("wgpu {name} {:?} layer {} {what}", x.shape, cl.layer),
+                        &a.data,
+                        &b.data,
+                        d,
+                        1e-3,
+                    );
                     cmp.assert_ok();
                 }
             }
@@ -73,7 +103,9 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
 
 #[test]
 fn f16_weights_keep_patch_cosine_above_0999() {
-    let Some(probe) = backend(Precision::F32) else { return };
+    let Some(probe) = backend(Precision::F32) else {
+        return;
+    };
     drop(probe);
     let be = match WgpuBackend::new(Precision::F16, None) {
         Ok(b) => b,
@@ -85,11 +117,22 @@ fn f16_weights_keep_patch_cosine_above_0999() {
     drop(be);
     for name in FAMILIES {
         let model = Arc::new(Model::load(fixture(name)).unwrap());
-        let mut gpu = Session::new(WgpuBackend::new(Precision::F16, None).unwrap(), model.clone()).unwrap();
+        let mut gpu = Session::new(
+            WgpuBackend::new(Precision::F16, None).unwrap(),
+            model.clone(),
+        )
+        .unwrap();
         let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
         for x in inputs(&fixture(name)) {
-            let (g, c) = (gpu.run(&x, &RunOptions::default()).unwrap(), cpu.run(&x, &RunOptions::default()).unwrap());
-            let cos = dinoedge_runtime::tensor::mean_row_cosine(&g.last.patches.data, &c.last.patches.data, c.dim());
+            let (g, c) = (
+                gpu.run(&x, &RunOptions::default()).unwrap(),
+                cpu.run(&x, &RunOptions::default()).unwrap(),
+            );
+            let cos = dinoedge_runtime::tensor::mean_row_cosine(
+                &g.last.patches.data,
+                &c.last.patches.data,
+                c.dim(),
+            );
             println!("{name} {:?} f16: mean patch cosine {cos:.6}", x.shape);
             assert!(cos >= 0.999, "{name}: {cos}");
         }
@@ -98,19 +141,34 @@ fn f16_weights_keep_patch_cosine_above_0999() {
 
 #[test]
 fn matmul_kernel_edges_and_epilogues() {
-    let Some(be) = backend(Precision::F32) else { return };
+    let Some(be) = backend(Precision::F32) else {
+        return;
+    };
     let mut seed = 11u32;
     let mut rnd = || {
         seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
         (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
     };
-    for (r, k, o) in [(1, 1, 1), (3, 17, 5), (65, 33, 130), (200, 64, 64), (64, 100, 63)] {
+    for (r, k, o) in [
+        (1, 1, 1),
+        (3, 17, 5),
+        (65, 33, 130),
+        (200, 64, 64),
+        (64, 100, 63),
+    ] {
         let x: Vec<f32> = (0..r * k).map(|_| rnd()).collect();
         let w: Vec<f32> = (0..o * k).map(|_| rnd()).collect();
         let b: Vec<f32> = (0..o).map(|_| rnd()).collect();
         let gamma: Vec<f32> = (0..o).map(|_| rnd()).collect();
         let resid: Vec<f32> = (0..r * o).map(|_| rnd()).collect();
-        let host = HostLinear { name: "t".into(), out_features: o, in_features: k, weight: w.clone(), bias: Some(b.clone()), int8: None };
+        let host = HostLinear {
+            name: "t".into(),
+            out_features: o,
+            in_features: k,
+            weight: w.clone(),
+            bias: Some(b.clone()),
+            int8: None,
+        };
         let lin = be.linear(host).unwrap();
         let (xb, gb) = (be.upload(&x).unwrap(), be.upload(&gamma).unwrap());
         for (epi_name, cpu_epi) in [("store", 0), ("gelu", 1), ("residual", 2)] {
@@ -129,21 +187,44 @@ fn matmul_kernel_edges_and_epilogues() {
                 1 => dinoedge_runtime::ops::matmul::Epi::Act(Activation::Gelu),
                 _ => dinoedge_runtime::ops::matmul::Epi::Residual(&gamma),
             };
-            dinoedge_runtime::ops::matmul::cpu::matmul_forward(&mut want, &x, &w, Some(&b), k, o, e);
-            compare(&format!("wgpu matmul {r}x{k}x{o} {epi_name}"), &got, &want, 0, 1e-5).assert_ok();
+            dinoedge_runtime::ops::matmul::cpu::matmul_forward(
+                &mut want,
+                &x,
+                &w,
+                Some(&b),
+                k,
+                o,
+                e,
+            );
+            compare(
+                &format!("wgpu matmul {r}x{k}x{o} {epi_name}"),
+                &got,
+                &want,
+                0,
+                1e-5,
+            )
+            .assert_ok();
         }
     }
 }
 
 #[test]
 fn inputs_beyond_the_device_limits_are_a_clear_error() {
-    let Some(be) = backend(Precision::F32) else { return };
+    let Some(be) = backend(Precision::F32) else {
+        return;
+    };
     let limit = be.adapter_limits().max_storage_buffer_binding_size as usize;
     let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
     let mut s = Session::new(be, model).unwrap();
     // A pixel buffer just over the binding limit.
     let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
     let x = Tensor::zeros(vec![1, 3, side, side]);
-    let e = s.run(&x, &RunOptions::default()).expect_err("too large").to_string();
-    assert!(e.contains("max_storage_buffer_binding_size") && e.contains("smaller input"), "{e}");
+    let e = s
+        .run(&x, &RunOptions::default())
+        .expect_err("too large")
+        .to_string();
+    assert!(
+        e.contains("max_storage_buffer_binding_size") && e.contains("smaller input"),
+        "{e}"
+    );
 }

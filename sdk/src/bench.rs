@@ -21,7 +21,11 @@ impl Stats {
         let mut v = samples.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
         Some(Stats {
             iters: v.len(),
             median_ms: median,
@@ -47,7 +51,10 @@ mod tests {
     #[test]
     fn percentiles() {
         let s = Stats::from_ms(&[5.0, 1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 7.0, 8.0, 9.0]).unwrap();
-        assert_eq!((s.median_ms, s.p90_ms, s.min_ms, s.mean_ms), (5.5, 9.0, 1.0, 5.5));
+        assert_eq!(
+            (s.median_ms, s.p90_ms, s.min_ms, s.mean_ms),
+            (5.5, 9.0, 1.0, 5.5)
+        );
         assert_eq!(Stats::from_ms(&[4.0]).unwrap().p90_ms, 4.0);
         assert!(Stats::from_ms(&[]).is_none());
     }

@@ -17,12 +17,21 @@ pub struct LayerCosine {
 
 fn one(a: &LayerFeatures, b: &LayerFeatures) -> LayerCosine {
     let d = *a.cls.shape.last().expect("cls is (B, D)");
-    LayerCosine { layer: a.layer, cls: mean_row_cosine(&a.cls.data, &b.cls.data, d), patches: mean_row_cosine(&a.patches.data, &b.patches.data, d) }
+    LayerCosine {
+        layer: a.layer,
+        cls: mean_row_cosine(&a.cls.data, &b.cls.data, d),
+        patches: mean_row_cosine(&a.patches.data, &b.patches.data, d),
+    }
 }
 
 /// Cosines of every captured layer, then of the last output.
 pub fn layer_cosines(a: &Features, b: &Features) -> Vec<LayerCosine> {
-    let mut v: Vec<LayerCosine> = a.intermediate.iter().zip(&b.intermediate).map(|(x, y)| one(x, y)).collect();
+    let mut v: Vec<LayerCosine> = a
+        .intermediate
+        .iter()
+        .zip(&b.intermediate)
+        .map(|(x, y)| one(x, y))
+        .collect();
     let last = one(&a.last, &b.last);
     if v.last().is_none_or(|l| l.layer != last.layer) {
         v.push(last);
@@ -33,7 +42,9 @@ pub fn layer_cosines(a: &Features, b: &Features) -> Vec<LayerCosine> {
 /// Averages per-image cosines (same layers in the same order).
 pub fn average(per_image: &[Vec<LayerCosine>]) -> Vec<LayerCosine> {
     let n = per_image.len().max(1) as f64;
-    let Some(first) = per_image.first() else { return Vec::new() };
+    let Some(first) = per_image.first() else {
+        return Vec::new();
+    };
     (0..first.len())
         .map(|i| LayerCosine {
             layer: first[i].layer,

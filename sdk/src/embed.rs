@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dinoedge_runtime::{
-    BackendInfo, Features, InferenceSession, Model, Preprocessor, RgbImage, RunOptions, RuntimeError, SessionOptions,
-    Tensor, create_session,
+    BackendInfo, Features, InferenceSession, Model, Preprocessor, RgbImage, RunOptions,
+    RuntimeError, SessionOptions, Tensor, create_session,
 };
 
 use crate::error::Result;
@@ -56,7 +56,14 @@ impl Embedder {
             InputMode::Dense(size) => Preprocessor::dense(cfg, Some(model.dir()), size)?,
         };
         let session = create_session(model.clone(), &opts.session)?;
-        Ok(Embedder { model, session, pre, run: RunOptions { capture_layers: opts.capture_layers.clone() } })
+        Ok(Embedder {
+            model,
+            session,
+            pre,
+            run: RunOptions {
+                capture_layers: opts.capture_layers.clone(),
+            },
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -76,7 +83,12 @@ impl Embedder {
     pub fn preprocess(&self, img: &RgbImage) -> Result<Tensor> {
         let p = self.model.config().patch_size;
         if img.width < p || img.height < p {
-            return Err(RuntimeError::ImageTooSmall { height: img.height, width: img.width, patch: p }.into());
+            return Err(RuntimeError::ImageTooSmall {
+                height: img.height,
+                width: img.width,
+                patch: p,
+            }
+            .into());
         }
         Ok(self.pre.run(img)?)
     }

@@ -12,6 +12,10 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 
+    /// Distillation failed.
+    #[error(transparent)]
+    Distill(#[from] dinoedge_distill::DistillError),
+
     /// An image file could not be decoded.
     #[error("{path}: cannot read image: {reason}")]
     Image { path: PathBuf, reason: String },
@@ -35,6 +39,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 
 /// Stacks per-image features along the batch axis. All must share the patch grid.
 pub fn concat(parts: &[Features]) -> Result<Features> {
-    let first = parts.first().ok_or_else(|| Error::Usage("no features to stack".into()))?;
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Usage("no features to stack".into()))?;
     for f in parts {
         if f.grid != first.grid {
             return Err(Error::Usage(format!(
@@ -25,22 +27,51 @@ pub fn concat(parts: &[Features]) -> Result<Features> {
         let stack = |t: &dyn Fn(&LayerFeatures) -> &Tensor| -> Tensor {
             let mut shape = t(get(first)).shape.clone();
             shape[0] = parts.iter().map(|f| t(get(f)).shape[0]).sum();
-            Tensor { shape, data: parts.iter().flat_map(|f| t(get(f)).data.iter().copied()).collect() }
+            Tensor {
+                shape,
+                data: parts
+                    .iter()
+                    .flat_map(|f| t(get(f)).data.iter().copied())
+                    .collect(),
+            }
         };
-        LayerFeatures { layer, cls: stack(&|l| &l.cls), registers: stack(&|l| &l.registers), patches: stack(&|l| &l.patches) }
+        LayerFeatures {
+            layer,
+            cls: stack(&|l| &l.cls),
+            registers: stack(&|l| &l.registers),
+            patches: stack(&|l| &l.patches),
+        }
     };
     let last = cat(&|f| &f.last, first.last.layer);
-    let intermediate = (0..first.intermediate.len()).map(|k| cat(&|f| &f.intermediate[k], first.intermediate[k].layer)).collect();
-    Ok(Features { grid: first.grid, last, intermediate })
+    let intermediate = (0..first.intermediate.len())
+        .map(|k| cat(&|f| &f.intermediate[k], first.intermediate[k].layer))
+        .collect();
+    Ok(Features {
+        grid: first.grid,
+        last,
+        intermediate,
+    })
 }
 
 /// Writes features atomically; `meta` goes into the safetensors metadata.
 pub fn write_features(path: &Path, f: &Features, meta: HashMap<String, String>) -> Result<()> {
     let mut tensors = Vec::new();
     let mut push = |prefix: &str, l: &LayerFeatures| {
-        tensors.push(f32_entry(format!("{prefix}cls"), l.cls.shape.clone(), &l.cls.data));
-        tensors.push(f32_entry(format!("{prefix}registers"), l.registers.shape.clone(), &l.registers.data));
-        tensors.push(f32_entry(format!("{prefix}patches"), l.patches.shape.clone(), &l.patches.data));
+        tensors.push(f32_entry(
+            format!("{prefix}cls"),
+            l.cls.shape.clone(),
+            &l.cls.data,
+        ));
+        tensors.push(f32_entry(
+            format!("{prefix}registers"),
+            l.registers.shape.clone(),
+            &l.registers.data,
+        ));
+        tensors.push(f32_entry(
+            format!("{prefix}patches"),
+            l.patches.shape.clone(),
+            &l.patches.data,
+        ));
     };
     push("", &f.last);
     for l in &f.intermediate {
@@ -53,14 +84,22 @@ pub fn write_features(path: &Path, f: &Features, meta: HashMap<String, String>) 
 /// Reads `pixel_values (B, 3, H, W)` from a safetensors file (F32, F16 or BF16).
 pub fn read_pixels(path: &Path) -> Result<Tensor> {
     let store = TensorStore::open_files(&[path.to_path_buf()])?;
-    let t = store.get("pixel_values").ok_or_else(|| Error::InvalidFile {
-        path: path.to_path_buf(),
-        reason: format!("no tensor named \"pixel_values\" (found: {:?})", store.names()),
-    })?;
+    let t = store
+        .get("pixel_values")
+        .ok_or_else(|| Error::InvalidFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "no tensor named \"pixel_values\" (found: {:?})",
+                store.names()
+            ),
+        })?;
     if t.shape.len() != 4 || t.shape[1] != 3 {
         return Err(Error::InvalidFile {
             path: path.to_path_buf(),
-            reason: format!("pixel_values has shape {:?}, expected (B, 3, H, W)", t.shape),
+            reason: format!(
+                "pixel_values has shape {:?}, expected (B, 3, H, W)",
+                t.shape
+            ),
         });
     }
     Ok(Tensor::new(t.shape.to_vec(), t.to_f32()?)?)

@@ -13,7 +13,10 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    let img = reader.decode().map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+    let img = reader.decode().map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     Ok(RgbImage::new(w as usize, h as usize, rgb.into_raw())?)
@@ -25,8 +28,14 @@ pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
         .ok_or_else(|| Error::Usage("image buffer does not match its size".into()))?;
     let mut bytes = Vec::new();
     image::DynamicImage::ImageRgb8(buf)
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     write_atomic_with(path, |f| std::io::Write::write_all(f, &bytes))?;
     Ok(())
 }

@@ -15,6 +15,8 @@
 pub mod assets;
 pub mod bench;
 pub mod compare;
+pub mod distill;
+pub mod draw;
 pub mod embed;
 pub mod error;
 pub mod features_io;
@@ -23,6 +25,8 @@ pub mod pca;
 pub mod stereo;
 
 pub use dinoedge_runtime as runtime;
-pub use dinoedge_runtime::{BackendKind, Features, LayerFeatures, Model, Precision, RgbImage, SessionOptions, Tensor};
+pub use dinoedge_runtime::{
+    BackendKind, Features, LayerFeatures, Model, Precision, RgbImage, SessionOptions, Tensor,
+};
 pub use embed::{Embedder, EmbedderOptions, InputMode};
 pub use error::{Error, Result};

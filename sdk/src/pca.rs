@@ -30,7 +30,9 @@ impl PcaBasis {
     pub fn fit(patches: &[f32], dim: usize) -> Result<Self> {
         let n = patches.len() / dim;
         if n < 2 || dim < 3 {
-            return Err(Error::Usage(format!("PCA needs at least 2 patches of dimension >= 3, got {n} x {dim}")));
+            return Err(Error::Usage(format!(
+                "PCA needs at least 2 patches of dimension >= 3, got {n} x {dim}"
+            )));
         }
         let mut mean = vec![0.0f64; dim];
         for row in patches.chunks_exact(dim) {
@@ -50,7 +52,11 @@ impl PcaBasis {
         };
         let total: f64 = values.iter().map(|v| v.max(0.0)).sum::<f64>().max(1e-30);
         let mut order: Vec<usize> = (0..values.len()).collect();
-        order.sort_by(|&a, &b| values[b].partial_cmp(&values[a]).unwrap_or(std::cmp::Ordering::Equal));
+        order.sort_by(|&a, &b| {
+            values[b]
+                .partial_cmp(&values[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         let mut components: [Vec<f32>; 3] = Default::default();
         let mut explained = [0.0f32; 3];
         for k in 0..3 {
@@ -58,14 +64,22 @@ impl PcaBasis {
             let norm = col.norm().max(1e-30);
             let mut v: Vec<f64> = col.iter().map(|c| c / norm).collect();
             // Fix the sign: the projection's third moment is positive (deterministic colours).
-            let proj: Vec<f64> = (0..n).map(|i| (0..dim).map(|j| x[(i, j)] * v[j]).sum()).collect();
+            let proj: Vec<f64> = (0..n)
+                .map(|i| (0..dim).map(|j| x[(i, j)] * v[j]).sum())
+                .collect();
             if proj.iter().map(|p| p * p * p).sum::<f64>() < 0.0 {
                 v.iter_mut().for_each(|c| *c = -*c);
             }
             components[k] = v.iter().map(|&c| c as f32).collect();
             explained[k] = (values[order[k]].max(0.0) / total) as f32;
         }
-        let mut basis = PcaBasis { mean: mean.iter().map(|&m| m as f32).collect(), components, explained, lo: [0.0; 3], hi: [1.0; 3] };
+        let mut basis = PcaBasis {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            components,
+            explained,
+            lo: [0.0; 3],
+            hi: [1.0; 3],
+        };
         let proj = basis.project(patches);
         for k in 0..3 {
             let mut v: Vec<f32> = proj.iter().map(|p| p[k]).collect();
@@ -85,7 +99,12 @@ impl PcaBasis {
             .map(|row| {
                 let mut p = [0.0f32; 3];
                 for (k, comp) in self.components.iter().enumerate() {
-                    p[k] = row.iter().zip(&self.mean).zip(comp).map(|((x, m), c)| (x - m) * c).sum();
+                    p[k] = row
+                        .iter()
+                        .zip(&self.mean)
+                        .zip(comp)
+                        .map(|((x, m), c)| (x - m) * c)
+                        .sum();
                 }
                 p
             })
@@ -102,7 +121,11 @@ impl PcaBasis {
                 data.push((t.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }
-        RgbImage { width: grid.1, height: grid.0, data }
+        RgbImage {
+            width: grid.1,
+            height: grid.0,
+            data,
+        }
     }
 }
 
@@ -124,7 +147,11 @@ pub fn upsample(img: &RgbImage, width: usize, height: usize) -> RgbImage {
             data[3 * i + c] = up[c * n + i].round().clamp(0.0, 255.0) as u8;
         }
     }
-    RgbImage { width, height, data }
+    RgbImage {
+        width,
+        height,
+        data,
+    }
 }
 
 #[cfg(test)]
@@ -153,8 +180,16 @@ mod tests {
             }
         }
         let basis = PcaBasis::fit(&patches, dim).unwrap();
-        assert!(basis.components[0][2].abs() > 0.99, "{:?}", basis.components[0]);
-        assert!(basis.components[1][5].abs() > 0.99, "{:?}", basis.components[1]);
+        assert!(
+            basis.components[0][2].abs() > 0.99,
+            "{:?}",
+            basis.components[0]
+        );
+        assert!(
+            basis.components[1][5].abs() > 0.99,
+            "{:?}",
+            basis.components[1]
+        );
         assert!(basis.explained[0] > basis.explained[1] && basis.explained[1] > basis.explained[2]);
         // Same answer through the Gram path (fewer patches than dims).
         let few = &patches[..dim * 6];

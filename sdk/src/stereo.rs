@@ -42,7 +42,10 @@ pub struct StereoScore {
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> Error {
-    Error::InvalidFile { path: path.to_path_buf(), reason: reason.into() }
+    Error::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Reads a 2-D little-endian f32 or f64 `.npy` array (C order).
@@ -53,32 +56,62 @@ pub fn read_npy_2d(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(invalid(path, format!("unsupported .npy version {v}"))),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or_else(|| invalid(path, "truncated header"))?)
-        .map_err(|_| invalid(path, "header is not UTF-8"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or_else(|| invalid(path, "truncated header"))?,
+    )
+    .map_err(|_| invalid(path, "header is not UTF-8"))?;
     let descr = if header.contains("'<f4'") {
         4
     } else if header.contains("'<f8'") {
         8
     } else {
-        return Err(invalid(path, format!("only little-endian f4/f8 arrays are supported: {header}")));
+        return Err(invalid(
+            path,
+            format!("only little-endian f4/f8 arrays are supported: {header}"),
+        ));
     };
     if header.contains("'fortran_order': True") {
         return Err(invalid(path, "Fortran-ordered arrays are not supported"));
     }
-    let shape_str = header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| invalid(path, "no shape"))?;
-    let dims: Vec<usize> = shape_str.trim_start_matches([' ', '(']).split(',').filter_map(|d| d.trim().parse().ok()).collect();
-    let [h, w] = dims[..] else { return Err(invalid(path, format!("expected a 2-D array, shape {dims:?}"))) };
+    let shape_str = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| invalid(path, "no shape"))?;
+    let dims: Vec<usize> = shape_str
+        .trim_start_matches([' ', '('])
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    let [h, w] = dims[..] else {
+        return Err(invalid(
+            path,
+            format!("expected a 2-D array, shape {dims:?}"),
+        ));
+    };
     let data = &bytes[start + hlen..];
     if data.len() != h * w * descr {
-        return Err(invalid(path, format!("{} data bytes for shape ({h}, {w})", data.len())));
+        return Err(invalid(
+            path,
+            format!("{} data bytes for shape ({h}, {w})", data.len()),
+        ));
     }
     let v = if descr == 4 {
-        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     } else {
-        data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+        data.chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect()
     };
     Ok((h, w, v))
 }
@@ -91,9 +124,20 @@ pub fn motorcycle(photos_dir: &Path) -> Result<StereoPair> {
     let disp_path = photos_dir.join("motorcycle_disp.npy");
     let (h, w, disparity) = read_npy_2d(&disp_path)?;
     if (h, w) != (left.height, left.width) {
-        return Err(invalid(&disp_path, format!("disparity is {w}x{h}, the left image {}x{}", left.width, left.height)));
+        return Err(invalid(
+            &disp_path,
+            format!(
+                "disparity is {w}x{h}, the left image {}x{}",
+                left.width, left.height
+            ),
+        ));
     }
-    Ok(StereoPair { name: "motorcycle".into(), left, right, disparity })
+    Ok(StereoPair {
+        name: "motorcycle".into(),
+        left,
+        right,
+        disparity,
+    })
 }
 
 /// opencv-doc's Middlebury aloe pair.
@@ -101,12 +145,29 @@ pub fn aloe(opencv_data: &Path) -> Result<StereoPair> {
     let left = load_rgb(&opencv_data.join("aloeL.jpg"))?;
     let right = load_rgb(&opencv_data.join("aloeR.jpg"))?;
     let gt_path = opencv_data.join("aloeGT.png");
-    let gt = image::open(&gt_path).map_err(|e| Error::Image { path: gt_path.clone(), reason: e.to_string() })?.to_luma8();
+    let gt = image::open(&gt_path)
+        .map_err(|e| Error::Image {
+            path: gt_path.clone(),
+            reason: e.to_string(),
+        })?
+        .to_luma8();
     if (gt.width() as usize, gt.height() as usize) != (left.width, left.height) {
-        return Err(invalid(&gt_path, "ground truth size differs from the left image"));
+        return Err(invalid(
+            &gt_path,
+            "ground truth size differs from the left image",
+        ));
     }
-    let disparity = gt.into_raw().into_iter().map(|v| if v == 0 { f32::NAN } else { v as f32 }).collect();
-    Ok(StereoPair { name: "aloe".into(), left, right, disparity })
+    let disparity = gt
+        .into_raw()
+        .into_iter()
+        .map(|v| if v == 0 { f32::NAN } else { v as f32 })
+        .collect();
+    Ok(StereoPair {
+        name: "aloe".into(),
+        left,
+        right,
+        disparity,
+    })
 }
 
 /// Every pair whose files are present under the asset cache (a missing pair is skipped; a
@@ -137,7 +198,10 @@ fn normalized_rows(x: &[f32], d: usize) -> Vec<f32> {
 pub fn score(pair: &StereoPair, left: &Features, right: &Features, patch: usize) -> StereoScore {
     let (gh, gw) = left.grid;
     let d = left.dim();
-    let (lf, rf) = (normalized_rows(&left.last.patches.data, d), normalized_rows(&right.last.patches.data, d));
+    let (lf, rf) = (
+        normalized_rows(&left.last.patches.data, d),
+        normalized_rows(&right.last.patches.data, d),
+    );
     // Resized image size, and the scale back to the original pixels.
     let (rh, rw) = ((gh * patch) as f64, (gw * patch) as f64);
     let (sx, sy) = (pair.left.width as f64 / rw, pair.left.height as f64 / rh);
@@ -145,7 +209,10 @@ pub fn score(pair: &StereoPair, left: &Features, right: &Features, patch: usize)
     let mut correct = 0usize;
     for i in 0..gh {
         for j in 0..gw {
-            let (x0, y0) = ((j as f64 + 0.5) * patch as f64 * sx, (i as f64 + 0.5) * patch as f64 * sy);
+            let (x0, y0) = (
+                (j as f64 + 0.5) * patch as f64 * sx,
+                (i as f64 + 0.5) * patch as f64 * sy,
+            );
             let (px, py) = (x0 as usize, y0 as usize);
             if px >= pair.left.width || py >= pair.left.height {
                 continue;
@@ -181,7 +248,11 @@ pub fn score(pair: &StereoPair, left: &Features, right: &Features, patch: usize)
     let n = errors.len();
     StereoScore {
         pair: pair.name.clone(),
-        accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
         median_error: if n == 0 { f64::NAN } else { errors[n / 2] },
         scored_patches: n,
         grid: (gh, gw),

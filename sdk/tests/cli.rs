@@ -13,22 +13,36 @@ fn fixtures() -> PathBuf {
 }
 
 fn dinoedge(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_dinoedge")).args(args).output().expect("run dinoedge");
+    let out = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
+        .args(args)
+        .output()
+        .expect("run dinoedge");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "panic: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "panic: {stderr}"
+    );
     out
 }
 
 fn ok(args: &[&str]) -> String {
     let out = dinoedge(args);
-    assert!(out.status.success(), "dinoedge {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dinoedge {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs a command that must fail; returns stderr.
 fn fails(args: &[&str]) -> String {
     let out = dinoedge(args);
-    assert_eq!(out.status.code(), Some(1), "dinoedge {args:?} should fail with status 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "dinoedge {args:?} should fail with status 1"
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -51,10 +65,18 @@ fn copy_model(name: &str, to: &Path) -> PathBuf {
 #[test]
 fn info_reports_architecture_parameters_and_tokens() {
     let out = ok(&["info", s(&fixtures().join("hf/dinov3_mlp"))]);
-    assert!(out.contains("DINOv3 ViT/16 (32-d, 2 layers, 2 heads, gelu MLP 96, 4 registers)"), "{out}");
+    assert!(
+        out.contains("DINOv3 ViT/16 (32-d, 2 layers, 2 heads, gelu MLP 96, 4 registers)"),
+        "{out}"
+    );
     assert!(out.contains("tokens @224  201"), "{out}");
     assert!(out.contains("F32"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&ok(&["info", s(&fixtures().join("hf/dinov3_gated")), "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "info",
+        s(&fixtures().join("hf/dinov3_gated")),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(v["tokens_at_224"], 201);
     assert_eq!(v["dtypes"][0]["dtype"], "BF16");
     assert_eq!(v["parameters"].as_u64().unwrap() as usize, {
@@ -67,17 +89,42 @@ fn info_reports_architecture_parameters_and_tokens() {
 fn embed_pixels_writes_the_contracted_tensors_matching_hf() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, case) in [("dinov3_mlp", "crop"), ("dinov2_reg", "rect")] {
-        let reference = TensorStore::open_files(&[fixtures().join("hf").join(name).join("reference.safetensors")]).unwrap();
+        let reference = TensorStore::open_files(&[fixtures()
+            .join("hf")
+            .join(name)
+            .join("reference.safetensors")])
+        .unwrap();
         let px = reference.get(&format!("{case}.pixel_values")).unwrap();
         let px_path = tmp.path().join(format!("{name}_pixels.safetensors"));
-        write_safetensors(&px_path, &[f32_entry("pixel_values", px.shape.to_vec(), &px.to_f32().unwrap())], None).unwrap();
+        write_safetensors(
+            &px_path,
+            &[f32_entry(
+                "pixel_values",
+                px.shape.to_vec(),
+                &px.to_f32().unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
         let out_path = tmp.path().join(format!("{name}_features.safetensors"));
-        ok(&["embed", s(&fixtures().join("hf").join(name)), "--pixels", s(&px_path), "--out", s(&out_path), "--threads", "1"]);
+        ok(&[
+            "embed",
+            s(&fixtures().join("hf").join(name)),
+            "--pixels",
+            s(&px_path),
+            "--out",
+            s(&out_path),
+            "--threads",
+            "1",
+        ]);
 
         let feats = TensorStore::open_files(&[out_path]).unwrap();
         let want = reference.get(&format!("{case}.last_hidden_state")).unwrap();
         let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
-        let cfg = dinoedge::Model::load(fixtures().join("hf").join(name)).unwrap().config().clone();
+        let cfg = dinoedge::Model::load(fixtures().join("hf").join(name))
+            .unwrap()
+            .config()
+            .clone();
         let r = cfg.num_register_tokens;
         let (h, w) = cfg.grid(px.shape[2], px.shape[3]);
         assert_eq!(feats.get("cls").unwrap().shape, &[b, d]);
@@ -85,8 +132,11 @@ fn embed_pixels_writes_the_contracted_tensors_matching_hf() {
         assert_eq!(feats.get("patches").unwrap().shape, &[b, h, w, d]);
         assert_eq!(1 + r + h * w, n);
         let mut got = Vec::new();
-        let (cls, regs, patches) =
-            (feats.get("cls").unwrap().to_f32().unwrap(), feats.get("registers").unwrap().to_f32().unwrap(), feats.get("patches").unwrap().to_f32().unwrap());
+        let (cls, regs, patches) = (
+            feats.get("cls").unwrap().to_f32().unwrap(),
+            feats.get("registers").unwrap().to_f32().unwrap(),
+            feats.get("patches").unwrap().to_f32().unwrap(),
+        );
         for i in 0..b {
             got.extend_from_slice(&cls[i * d..(i + 1) * d]);
             got.extend_from_slice(&regs[i * r * d..(i + 1) * r * d]);
@@ -105,7 +155,18 @@ fn embed_images_with_pca_and_intermediate_layers() {
     let out = tmp.path().join("f.safetensors");
     let pca = tmp.path().join("pca.png");
     let stdout = ok(&[
-        "embed", s(&fixtures().join("hf/dinov2_reg")), s(&img), s(&img), "--size", "56", "--out", s(&out), "--pca", s(&pca), "--layers", "0",
+        "embed",
+        s(&fixtures().join("hf/dinov2_reg")),
+        s(&img),
+        s(&img),
+        "--size",
+        "56",
+        "--out",
+        s(&out),
+        "--pca",
+        s(&pca),
+        "--layers",
+        "0",
     ]);
     assert!(stdout.contains("cls[:4]"), "{stdout}");
     let f = TensorStore::open_files(std::slice::from_ref(&out)).unwrap();
@@ -119,21 +180,61 @@ fn embed_images_with_pca_and_intermediate_layers() {
         assert_eq!((p.width(), p.height()), (97, 61));
     }
     // Dense mode keeps the aspect ratio: 97x61 with short side 28 and patch 14 -> 28 x 42.
-    ok(&["embed", s(&fixtures().join("hf/dinov2_reg")), s(&img), "--dense", "--size", "28", "--out", s(&out)]);
+    ok(&[
+        "embed",
+        s(&fixtures().join("hf/dinov2_reg")),
+        s(&img),
+        "--dense",
+        "--size",
+        "28",
+        "--out",
+        s(&out),
+    ]);
     let f = TensorStore::open_files(&[out]).unwrap();
     assert_eq!(f.get("patches").unwrap().shape, &[1, 2, 3, 32]);
 }
 
 #[test]
 fn bench_prints_median_p90_and_a_final_json_line() {
-    let out = ok(&["bench", s(&fixtures().join("hf/dinov3_gated")), "--size", "64", "--iters", "3", "--warmup", "1", "--threads", "1"]);
+    let out = ok(&[
+        "bench",
+        s(&fixtures().join("hf/dinov3_gated")),
+        "--size",
+        "64",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+    ]);
     let last = out.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
-    for key in ["median_ms", "p90_ms", "backend", "precision", "threads", "size", "batch"] {
+    for key in [
+        "median_ms",
+        "p90_ms",
+        "backend",
+        "precision",
+        "threads",
+        "size",
+        "batch",
+    ] {
         assert!(v.get(key).is_some(), "{key} missing from {last}");
     }
-    assert_eq!((v["backend"].as_str(), v["precision"].as_str(), v["threads"].as_u64(), v["size"].as_u64(), v["batch"].as_u64()), (Some("cpu"), Some("f32"), Some(1), Some(64), Some(1)));
-    assert!(v["median_ms"].as_f64().unwrap() > 0.0 && v["p90_ms"].as_f64().unwrap() >= v["median_ms"].as_f64().unwrap() * 0.999);
+    assert_eq!(
+        (
+            v["backend"].as_str(),
+            v["precision"].as_str(),
+            v["threads"].as_u64(),
+            v["size"].as_u64(),
+            v["batch"].as_u64()
+        ),
+        (Some("cpu"), Some("f32"), Some(1), Some(64), Some(1))
+    );
+    assert!(
+        v["median_ms"].as_f64().unwrap() > 0.0
+            && v["p90_ms"].as_f64().unwrap() >= v["median_ms"].as_f64().unwrap() * 0.999
+    );
     assert!(out.contains("median"));
 }
 
@@ -141,10 +242,20 @@ fn bench_prints_median_p90_and_a_final_json_line() {
 fn import_onnx_then_info() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("imported");
-    let stdout = ok(&["import-onnx", s(&fixtures().join("onnx/dinov2.onnx")), "--out", s(&out)]);
+    let stdout = ok(&[
+        "import-onnx",
+        s(&fixtures().join("onnx/dinov2.onnx")),
+        "--out",
+        s(&out),
+    ]);
     assert!(stdout.contains("DINOv2 ViT/14"), "{stdout}");
     assert!(ok(&["info", s(&out)]).contains("model_type   dinov2"));
-    let err = fails(&["import-onnx", s(&fixtures().join("onnx/not_a_vit.onnx")), "--out", s(&tmp.path().join("x"))]);
+    let err = fails(&[
+        "import-onnx",
+        s(&fixtures().join("onnx/not_a_vit.onnx")),
+        "--out",
+        s(&tmp.path().join("x")),
+    ]);
     assert!(err.contains("not an HF DINOv2/DINOv3 backbone"), "{err}");
     assert!(!tmp.path().join("x").exists());
 }
@@ -157,7 +268,11 @@ fn embed_fails(model: &Path, image: &Path, tmp: &Path, expect: &[&str]) {
         assert!(err.contains(e), "expected {e:?} in: {err}");
     }
     assert!(!out.exists(), "output written despite the error");
-    let leftovers: Vec<_> = std::fs::read_dir(tmp).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -171,8 +286,18 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
     let m = copy_model("dinov3_mlp", &t.join("truncated"));
     let st = m.join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len - 100).unwrap();
-    embed_fails(&m, &img, t, &["model.safetensors", "corrupt safetensors", "truncated"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    embed_fails(
+        &m,
+        &img,
+        t,
+        &["model.safetensors", "corrupt safetensors", "truncated"],
+    );
 
     // Garbage header.
     std::fs::write(&st, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
@@ -180,15 +305,34 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
 
     // Config and weights disagree: the tensor, both shapes and the file are named.
     let m = copy_model("dinov3_mlp", &t.join("shapes"));
-    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     std::fs::write(m.join("config.json"), cfg).unwrap();
-    embed_fails(&m, &img, t, &["layer.0.mlp.up_proj.weight", "[96, 32]", "[100, 32]", "model.safetensors"]);
+    embed_fails(
+        &m,
+        &img,
+        t,
+        &[
+            "layer.0.mlp.up_proj.weight",
+            "[96, 32]",
+            "[100, 32]",
+            "model.safetensors",
+        ],
+    );
 
     // Unknown model type.
     let m = copy_model("dinov3_mlp", &t.join("unknown"));
-    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"dinov3_vit\"", "\"vit_mae\"");
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"dinov3_vit\"", "\"vit_mae\"");
     std::fs::write(m.join("config.json"), cfg).unwrap();
-    embed_fails(&m, &img, t, &["unknown model_type \"vit_mae\"", "config.json"]);
+    embed_fails(
+        &m,
+        &img,
+        t,
+        &["unknown model_type \"vit_mae\"", "config.json"],
+    );
 
     // Missing config.
     let m = copy_model("dinov3_mlp", &t.join("noconfig"));
@@ -209,11 +353,21 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
         .collect();
     drop(store);
     write_safetensors(&m.join("model.safetensors"), &entries, None).unwrap();
-    embed_fails(&m, &img, t, &["missing tensor \"layer.1.norm2.bias\"", "[32]"]);
+    embed_fails(
+        &m,
+        &img,
+        t,
+        &["missing tensor \"layer.1.norm2.bias\"", "[32]"],
+    );
     entries.push(f32_entry("layer.1.norm2.bias", vec![32], &[0.0; 32]));
     entries.push(f32_entry("head.weight", vec![10, 32], &[0.0; 320]));
     write_safetensors(&m.join("model.safetensors"), &entries, None).unwrap();
-    embed_fails(&m, &img, t, &["unexpected tensor \"head.weight\"", "[10, 32]"]);
+    embed_fails(
+        &m,
+        &img,
+        t,
+        &["unexpected tensor \"head.weight\"", "[10, 32]"],
+    );
 
     // Not an image.
     let model = fixtures().join("hf/dinov3_mlp");
@@ -224,24 +378,87 @@ fn bad_inputs_give_clear_errors_and_write_nothing() {
 
     // Smaller than one patch (16 x 16 for this model).
     let tiny = t.join("tiny.png");
-    image::RgbImage::from_pixel(12, 40, image::Rgb([9, 9, 9])).save(&tiny).unwrap();
+    image::RgbImage::from_pixel(12, 40, image::Rgb([9, 9, 9]))
+        .save(&tiny)
+        .unwrap();
     embed_fails(&model, &tiny, t, &["12x40", "smaller than one 16x16 patch"]);
     // ... also as preprocessed pixels.
     let px = t.join("px.safetensors");
-    write_safetensors(&px, &[f32_entry("pixel_values", vec![1, 3, 8, 64], &vec![0.0; 3 * 8 * 64])], None).unwrap();
-    let err = fails(&["embed", s(&model), "--pixels", s(&px), "--out", s(&t.join("never.safetensors"))]);
+    write_safetensors(
+        &px,
+        &[f32_entry(
+            "pixel_values",
+            vec![1, 3, 8, 64],
+            &vec![0.0; 3 * 8 * 64],
+        )],
+        None,
+    )
+    .unwrap();
+    let err = fails(&[
+        "embed",
+        s(&model),
+        "--pixels",
+        s(&px),
+        "--out",
+        s(&t.join("never.safetensors")),
+    ]);
     assert!(err.contains("smaller than one 16x16 patch"), "{err}");
     // Pixels file without the tensor.
-    write_safetensors(&px, &[f32_entry("images", vec![1, 3, 32, 32], &vec![0.0; 3 * 32 * 32])], None).unwrap();
-    let err = fails(&["embed", s(&model), "--pixels", s(&px), "--out", s(&t.join("never.safetensors"))]);
+    write_safetensors(
+        &px,
+        &[f32_entry(
+            "images",
+            vec![1, 3, 32, 32],
+            &vec![0.0; 3 * 32 * 32],
+        )],
+        None,
+    )
+    .unwrap();
+    let err = fails(&[
+        "embed",
+        s(&model),
+        "--pixels",
+        s(&px),
+        "--out",
+        s(&t.join("never.safetensors")),
+    ]);
     assert!(err.contains("no tensor named \"pixel_values\""), "{err}");
 
     // Unsupported precision / backend give a clear error too.
-    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--precision", "bf16"]);
-    assert!(err.contains("precision bf16") && err.contains("cpu"), "{err}");
-    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--backend", "cpu-ref", "--precision", "int8"]);
+    let err = fails(&[
+        "embed",
+        s(&model),
+        s(&img),
+        "--out",
+        s(&t.join("never.safetensors")),
+        "--precision",
+        "bf16",
+    ]);
+    assert!(
+        err.contains("precision bf16") && err.contains("cpu"),
+        "{err}"
+    );
+    let err = fails(&[
+        "embed",
+        s(&model),
+        s(&img),
+        "--out",
+        s(&t.join("never.safetensors")),
+        "--backend",
+        "cpu-ref",
+        "--precision",
+        "int8",
+    ]);
     assert!(err.contains("cpu-ref") && err.contains("f32"), "{err}");
-    let err = fails(&["embed", s(&model), s(&img), "--out", s(&t.join("never.safetensors")), "--backend", "cuda"]);
+    let err = fails(&[
+        "embed",
+        s(&model),
+        s(&img),
+        "--out",
+        s(&t.join("never.safetensors")),
+        "--backend",
+        "cuda",
+    ]);
     assert!(err.contains("backend cuda unavailable"), "{err}");
     assert!(!t.join("never.safetensors").exists());
 }
@@ -260,12 +477,37 @@ fn quantize_and_eval_quant_on_a_fixture() {
     std::fs::write(calib.join("notes.txt"), "not an image").unwrap();
     std::fs::write(calib.join("broken.jpg"), "not a jpeg either").unwrap();
     let q8 = t.join("q8");
-    let out = ok(&["quantize", s(&model), "--precision", "int8", "--calib", s(&calib), "--activations", "static", "--calib-size", "56", "--out", s(&q8), "--threads", "2"]);
+    let out = ok(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "int8",
+        "--calib",
+        s(&calib),
+        "--activations",
+        "static",
+        "--calib-size",
+        "56",
+        "--out",
+        s(&q8),
+        "--threads",
+        "2",
+    ]);
     assert!(out.contains("layer.0.qkv") && out.contains("int8"), "{out}");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(q8.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q8.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization"]["activations"], "static_per_tensor");
     assert_eq!(cfg["quantization"]["calibration"]["images"], 3);
-    let out = ok(&["eval-quant", s(&model), s(&q8), s(&img), "--size", "56", "--stereo-size", "28"]);
+    let out = ok(&[
+        "eval-quant",
+        s(&model),
+        s(&q8),
+        s(&img),
+        "--size",
+        "56",
+        "--stereo-size",
+        "28",
+    ]);
     let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(v["precision"], "int8");
     assert!(v["final_patch_cosine"].as_f64().unwrap() > 0.98, "{out}");
@@ -275,7 +517,14 @@ fn quantize_and_eval_quant_on_a_fixture() {
     let f = t.join("f.safetensors");
     ok(&["embed", s(&q8), s(&img), "--size", "56", "--out", s(&f)]);
     let f16 = t.join("f16");
-    ok(&["quantize", s(&model), "--precision", "f16", "--out", s(&f16)]);
+    ok(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "f16",
+        "--out",
+        s(&f16),
+    ]);
     assert!(ok(&["info", s(&f16)]).contains("F16"));
 }
 
@@ -288,21 +537,67 @@ fn quantize_bad_inputs() {
     let empty = t.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     std::fs::write(empty.join("readme.txt"), "no images here").unwrap();
-    let err = fails(&["quantize", s(&model), "--precision", "int8", "--calib", s(&empty), "--out", s(&t.join("q"))]);
+    let err = fails(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "int8",
+        "--calib",
+        s(&empty),
+        "--out",
+        s(&t.join("q")),
+    ]);
     assert!(err.contains("no image files"), "{err}");
     let broken = t.join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("a.png"), "not a png").unwrap();
     std::fs::write(broken.join("b.jpg"), "not a jpeg").unwrap();
-    let err = fails(&["quantize", s(&model), "--precision", "int8", "--calib", s(&broken), "--out", s(&t.join("q"))]);
-    assert!(err.contains("no readable calibration images") && err.contains("2 files tried"), "{err}");
+    let err = fails(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "int8",
+        "--calib",
+        s(&broken),
+        "--out",
+        s(&t.join("q")),
+    ]);
+    assert!(
+        err.contains("no readable calibration images") && err.contains("2 files tried"),
+        "{err}"
+    );
     assert!(!t.join("q").exists());
     // Quantising an int8 model again.
     let q8 = t.join("q8");
-    ok(&["quantize", s(&model), "--precision", "int8", "--smoothquant", "off", "--out", s(&q8)]);
-    let err = fails(&["quantize", s(&q8), "--precision", "int8", "--out", s(&t.join("again"))]);
+    ok(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "int8",
+        "--smoothquant",
+        "off",
+        "--out",
+        s(&q8),
+    ]);
+    let err = fails(&[
+        "quantize",
+        s(&q8),
+        "--precision",
+        "int8",
+        "--out",
+        s(&t.join("again")),
+    ]);
     assert!(err.contains("already quantized"), "{err}");
-    let err = fails(&["quantize", s(&model), "--precision", "int8", "--smoothquant", "2", "--out", s(&t.join("x"))]);
+    let err = fails(&[
+        "quantize",
+        s(&model),
+        "--precision",
+        "int8",
+        "--smoothquant",
+        "2",
+        "--out",
+        s(&t.join("x")),
+    ]);
     assert!(err.contains("--smoothquant"), "{err}");
 }
 
@@ -314,13 +609,32 @@ fn wgpu_backend_from_the_cli() {
     let img = fixtures().join("preprocess/synthetic.png");
     let out = t.join("f.safetensors");
     if !cfg!(feature = "wgpu") {
-        let err = fails(&["embed", s(&model), s(&img), "--out", s(&out), "--backend", "wgpu"]);
-        assert!(err.contains("backend wgpu unavailable") && err.contains("--features wgpu"), "{err}");
+        let err = fails(&[
+            "embed",
+            s(&model),
+            s(&img),
+            "--out",
+            s(&out),
+            "--backend",
+            "wgpu",
+        ]);
+        assert!(
+            err.contains("backend wgpu unavailable") && err.contains("--features wgpu"),
+            "{err}"
+        );
         return;
     }
     // No adapter at all: a clear error, no output.
     let o = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
-        .args(["embed", s(&model), s(&img), "--out", s(&out), "--backend", "wgpu"])
+        .args([
+            "embed",
+            s(&model),
+            s(&img),
+            "--out",
+            s(&out),
+            "--backend",
+            "wgpu",
+        ])
         .env("WGPU_BACKEND", "vulkan")
         .env("VK_ICD_FILENAMES", "/nonexistent.json")
         .env("VK_DRIVER_FILES", "/nonexistent.json")
@@ -328,29 +642,81 @@ fn wgpu_backend_from_the_cli() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("backend wgpu unavailable") && err.contains("no GPU adapter"), "{err}");
+    assert!(
+        err.contains("backend wgpu unavailable") && err.contains("no GPU adapter"),
+        "{err}"
+    );
     assert!(!out.exists());
     // With the adapter this machine has (lavapipe in CI).
     let info = dinoedge(&["info", "--backend", "wgpu"]);
     if !info.status.success() {
         let e = String::from_utf8_lossy(&info.stderr);
-        assert!(std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() != Ok("1"), "wgpu required: {e}");
+        assert!(
+            std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() != Ok("1"),
+            "wgpu required: {e}"
+        );
         eprintln!("SKIPPED: {e}");
         return;
     }
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(text.contains("adapter 0") && text.contains("selected"), "{text}");
-    let stdout = ok(&["embed", s(&model), s(&img), "--size", "56", "--out", s(&out), "--backend", "wgpu"]);
+    assert!(
+        text.contains("adapter 0") && text.contains("selected"),
+        "{text}"
+    );
+    let stdout = ok(&[
+        "embed",
+        s(&model),
+        s(&img),
+        "--size",
+        "56",
+        "--out",
+        s(&out),
+        "--backend",
+        "wgpu",
+    ]);
     assert!(stdout.contains("cls[:4]"));
     let f = TensorStore::open_files(std::slice::from_ref(&out)).unwrap();
     assert_eq!(f.metadata().unwrap()["backend"], "wgpu");
     let cpu_out = t.join("c.safetensors");
-    ok(&["embed", s(&model), s(&img), "--size", "56", "--out", s(&cpu_out), "--backend", "cpu-ref"]);
+    ok(&[
+        "embed",
+        s(&model),
+        s(&img),
+        "--size",
+        "56",
+        "--out",
+        s(&cpu_out),
+        "--backend",
+        "cpu-ref",
+    ]);
     let c = TensorStore::open_files(std::slice::from_ref(&cpu_out)).unwrap();
     for name in ["cls", "registers", "patches"] {
-        compare(name, &f.get(name).unwrap().to_f32().unwrap(), &c.get(name).unwrap().to_f32().unwrap(), 32, 1e-3).assert_ok();
+        compare(
+            name,
+            &f.get(name).unwrap().to_f32().unwrap(),
+            &c.get(name).unwrap().to_f32().unwrap(),
+            32,
+            1e-3,
+        )
+        .assert_ok();
     }
-    let last = ok(&["bench", s(&model), "--backend", "wgpu", "--size", "56", "--iters", "2", "--warmup", "1", "--precision", "f16"]);
+    let last = ok(&[
+        "bench",
+        s(&model),
+        "--backend",
+        "wgpu",
+        "--size",
+        "56",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--precision",
+        "f16",
+    ]);
     let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
-    assert_eq!((v["backend"].as_str(), v["precision"].as_str()), (Some("wgpu"), Some("f16")));
+    assert_eq!(
+        (v["backend"].as_str(), v["precision"].as_str()),
+        (Some("wgpu"), Some("f16"))
+    );
 }

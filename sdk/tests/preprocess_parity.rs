@@ -18,7 +18,11 @@ fn dir() -> PathBuf {
 
 fn check(name: &str, resize: Resize) {
     let img = load_rgb(&dir().join("synthetic.png")).unwrap();
-    let pre = Preprocessor { resize, mean: IMAGENET_MEAN, std: IMAGENET_STD };
+    let pre = Preprocessor {
+        resize,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
     let got = pre.run(&img).unwrap();
     let reference = TensorStore::open_files(&[dir().join("reference.safetensors")]).unwrap();
     let want = reference.get(name).unwrap();
@@ -30,20 +34,46 @@ fn check(name: &str, resize: Resize) {
 
 #[test]
 fn dinov3_default_224() {
-    check("dinov3_224", Resize::Exact { height: 224, width: 224 });
+    check(
+        "dinov3_224",
+        Resize::Exact {
+            height: 224,
+            width: 224,
+        },
+    );
 }
 
 #[test]
 fn dinov3_non_square_downscale_and_upscale() {
-    check("dinov3_48x64", Resize::Exact { height: 48, width: 64 });
+    check(
+        "dinov3_48x64",
+        Resize::Exact {
+            height: 48,
+            width: 64,
+        },
+    );
 }
 
 #[test]
 fn dinov2_shortest_edge_256_crop_224() {
-    check("dinov2_224", Resize::ShortestEdgeCrop { shortest: 256, crop_height: 224, crop_width: 224 });
+    check(
+        "dinov2_224",
+        Resize::ShortestEdgeCrop {
+            shortest: 256,
+            crop_height: 224,
+            crop_width: 224,
+        },
+    );
 }
 
 #[test]
 fn dinov2_small_shortest_edge_and_crop() {
-    check("dinov2_28", Resize::ShortestEdgeCrop { shortest: 40, crop_height: 28, crop_width: 28 });
+    check(
+        "dinov2_28",
+        Resize::ShortestEdgeCrop {
+            shortest: 40,
+            crop_height: 28,
+            crop_width: 28,
+        },
+    );
 }

@@ -8,9 +8,11 @@ pub fn assets_dir() -> PathBuf {
     if let Ok(p) = std::env::var("DINOEDGE_ASSETS") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache")
-    });
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache")
+        });
     cache.join("dinoedge/assets")
 }
 
@@ -21,7 +23,10 @@ pub fn asset(rel: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    let msg = format!("{} is missing: run scripts/fetch-assets.sh (and scripts/test.sh for the references)", p.display());
+    let msg = format!(
+        "{} is missing: run scripts/fetch-assets.sh (and scripts/test.sh for the references)",
+        p.display()
+    );
     if std::env::var("DINOEDGE_REQUIRE_ASSETS").as_deref() == Ok("1") {
         panic!("{msg}");
     }

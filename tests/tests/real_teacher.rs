@@ -11,20 +11,30 @@ use std::sync::Arc;
 use dinoedge_runtime::import::{import_onnx, write_model_dir};
 use dinoedge_runtime::testing::compare;
 use dinoedge_runtime::weights::TensorStore;
-use dinoedge_runtime::{BackendKind, Model, Precision, RunOptions, SessionOptions, Tensor, create_session};
+use dinoedge_runtime::{
+    BackendKind, Model, Precision, RunOptions, SessionOptions, Tensor, create_session,
+};
 use dinoedge_tests::{TEACHER_ONNX, TEACHER_REFERENCE, asset};
 
 #[test]
 fn imported_teacher_matches_onnx_runtime_on_real_photos() {
-    let (Some(onnx), Some(reference)) = (asset(TEACHER_ONNX), asset(TEACHER_REFERENCE)) else { return };
+    let (Some(onnx), Some(reference)) = (asset(TEACHER_ONNX), asset(TEACHER_REFERENCE)) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let imp = import_onnx(&onnx).unwrap();
     write_model_dir(&imp, dir.path(), &onnx).unwrap();
     let model = Arc::new(Model::load(dir.path()).unwrap());
-    assert_eq!(model.config().describe(), "DINOv2 ViT/14 (384-d, 12 layers, 6 heads, gelu MLP 1536, 0 registers)");
+    assert_eq!(
+        model.config().describe(),
+        "DINOv2 ViT/14 (384-d, 12 layers, 6 heads, gelu MLP 1536, 0 registers)"
+    );
     let refs = TensorStore::open_files(&[reference]).unwrap();
     let cases: Vec<String> = serde_json::from_str(&refs.metadata().unwrap()["cases"]).unwrap();
-    assert!(cases.len() >= 4, "expected several photos at two sizes, got {cases:?}");
+    assert!(
+        cases.len() >= 4,
+        "expected several photos at two sizes, got {cases:?}"
+    );
 
     // (backend, precision, tolerance relative to the activation scale, minimum mean cosine)
     let runs = [
@@ -40,10 +50,18 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
         runs.push((BackendKind::Wgpu, Precision::F16, f32::INFINITY, 0.999));
     }
     for (backend, precision, tol, min_cos) in runs {
-        let opts = SessionOptions { backend, precision: Some(precision), threads: Some(2), adapter: None };
+        let opts = SessionOptions {
+            backend,
+            precision: Some(precision),
+            threads: Some(2),
+            adapter: None,
+        };
         let mut session = match create_session(model.clone(), &opts) {
             Ok(s) => s,
-            Err(e) if backend == BackendKind::Wgpu && std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() != Ok("1") => {
+            Err(e)
+                if backend == BackendKind::Wgpu
+                    && std::env::var("DINOEDGE_REQUIRE_WGPU").as_deref() != Ok("1") =>
+            {
                 eprintln!("SKIPPED wgpu/{precision}: {e}");
                 continue;
             }
@@ -52,7 +70,11 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
         let mut sizes = std::collections::BTreeSet::new();
         let mut worst_cos = 1.0f64;
         // Software GPUs are slow: one photo (square and non-square) is enough there.
-        let n_cases = if backend == BackendKind::Wgpu { 2 } else { cases.len() };
+        let n_cases = if backend == BackendKind::Wgpu {
+            2
+        } else {
+            cases.len()
+        };
         for case in &cases[..n_cases] {
             let get = |k: &str| {
                 let t = refs.get(&format!("{case}.{k}")).unwrap();
@@ -65,14 +87,26 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
             let d = f.dim();
             let mut got = f.last.cls.data.clone();
             got.extend_from_slice(&f.last.patches.data);
-            let c = compare(&format!("{backend}/{precision} {case}"), &got, &want.data, d, tol);
+            let c = compare(
+                &format!("{backend}/{precision} {case}"),
+                &got,
+                &want.data,
+                d,
+                tol,
+            );
             println!("{c}");
             if tol.is_finite() {
                 c.assert_ok();
             }
             worst_cos = worst_cos.min(c.mean_cosine);
         }
-        assert!(worst_cos >= min_cos, "{backend}/{precision}: mean token cosine {worst_cos} < {min_cos}");
-        assert!(sizes.iter().any(|(h, w)| h == w) && sizes.iter().any(|(h, w)| h != w), "need square and non-square: {sizes:?}");
+        assert!(
+            worst_cos >= min_cos,
+            "{backend}/{precision}: mean token cosine {worst_cos} < {min_cos}"
+        );
+        assert!(
+            sizes.iter().any(|(h, w)| h == w) && sizes.iter().any(|(h, w)| h != w),
+            "need square and non-square: {sizes:?}"
+        );
     }
 }

@@ -51,7 +51,10 @@ impl FromStr for Precision {
             "f16" | "fp16" | "float16" => Ok(Precision::F16),
             "bf16" | "bfloat16" => Ok(Precision::BF16),
             "int8" | "i8" | "w8a8" => Ok(Precision::Int8),
-            other => Err(RuntimeError::input("precision", format!("{other:?} (expected f32, f16, bf16 or int8)"))),
+            other => Err(RuntimeError::input(
+                "precision",
+                format!("{other:?} (expected f32, f16, bf16 or int8)"),
+            )),
         }
     }
 }
@@ -87,7 +90,10 @@ impl FromStr for BackendKind {
             "cpu-ref" | "cpu-reference" => Ok(BackendKind::CpuReference),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
-            other => Err(RuntimeError::input("backend", format!("{other:?} (expected cpu, cpu-ref, wgpu or cuda)"))),
+            other => Err(RuntimeError::input(
+                "backend",
+                format!("{other:?} (expected cpu, cpu-ref, wgpu or cuda)"),
+            )),
         }
     }
 }
@@ -199,13 +205,26 @@ pub trait Backend: Send {
     ) -> Result<()>;
 
     /// Rotates q and k of the patch tokens of qkv (B, N, 3D) in place.
-    fn rope(&self, qkv: &mut Self::Buffer, cos: &Self::Buffer, sin: &Self::Buffer, d: &Dims) -> Result<()>;
+    fn rope(
+        &self,
+        qkv: &mut Self::Buffer,
+        cos: &Self::Buffer,
+        sin: &Self::Buffer,
+        d: &Dims,
+    ) -> Result<()>;
 
     /// out (B, N, D) = attention(qkv (B, N, 3D)).
     fn attention(&self, out: &mut Self::Buffer, qkv: &Self::Buffer, d: &Dims) -> Result<()>;
 
     /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
-    fn swiglu(&self, out: &mut Self::Buffer, gate_up: &Self::Buffer, rows: usize, hidden: usize, act: Activation) -> Result<()>;
+    fn swiglu(
+        &self,
+        out: &mut Self::Buffer,
+        gate_up: &Self::Buffer,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()>;
 
     /// Sizes internal scratch for forwards of these dims (called when a plan is built, so
     /// that forwards themselves allocate nothing).

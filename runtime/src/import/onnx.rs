@@ -36,7 +36,10 @@ pub struct OnnxImport {
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::OnnxImport { path: path.to_path_buf(), reason: reason.into() }
+    RuntimeError::OnnxImport {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 struct Graph<'a> {
@@ -51,18 +54,35 @@ impl<'a> Graph<'a> {
         let inits = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         let mut consts = HashMap::new();
         for n in g.node.iter().filter(|n| n.op_type == "Constant") {
-            if let (Some(out), Some(t)) = (n.output.first(), n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref())) {
+            if let (Some(out), Some(t)) = (
+                n.output.first(),
+                n.attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref()),
+            ) {
                 consts.insert(out.as_str(), t);
             }
         }
-        Graph { path, g, inits, consts }
+        Graph {
+            path,
+            g,
+            inits,
+            consts,
+        }
     }
 
     fn load(&self, t: &TensorProto) -> Result<TractTensor> {
         // FLOAT, FLOAT16, DOUBLE, BFLOAT16, INT32, INT64 only: tract panics on exotic types.
         const OK: [i32; 6] = [1, 10, 11, 16, 6, 7];
         if !OK.contains(&t.data_type) {
-            return Err(err(self.path, format!("tensor {:?} has ONNX data type {}, expected a float or int type", t.name, t.data_type)));
+            return Err(err(
+                self.path,
+                format!(
+                    "tensor {:?} has ONNX data type {}, expected a float or int type",
+                    t.name, t.data_type
+                ),
+            ));
         }
         tract_onnx::tensor::load_tensor(&MmapDataResolver, t, self.path.to_str())
             .map_err(|e| err(self.path, format!("cannot read tensor {:?}: {e}", t.name)))
@@ -71,15 +91,24 @@ impl<'a> Graph<'a> {
     fn f32s(&self, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
         let tt = self.load(t)?;
         let shape = tt.shape().to_vec();
-        let c = tt.cast_to::<f32>().map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
-        let v = c.to_plain_array_view::<f32>().map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
+        let c = tt
+            .cast_to::<f32>()
+            .map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
+        let v = c
+            .to_plain_array_view::<f32>()
+            .map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
         Ok((shape, v.iter().copied().collect()))
     }
 
     fn ints(&self, t: &TensorProto) -> Option<Vec<i64>> {
         let tt = self.load(t).ok()?;
         let c = tt.cast_to::<i64>().ok()?;
-        let v = c.to_plain_array_view::<i64>().ok()?.iter().copied().collect();
+        let v = c
+            .to_plain_array_view::<i64>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect();
         Some(v)
     }
 
@@ -92,7 +121,10 @@ impl<'a> Graph<'a> {
 
     /// A node input that is a constant: initializer or Constant node output.
     fn constant(&self, name: &str) -> Option<&'a TensorProto> {
-        self.inits.get(name).or_else(|| self.consts.get(name)).copied()
+        self.inits
+            .get(name)
+            .or_else(|| self.consts.get(name))
+            .copied()
     }
 
     fn nodes_under<'s>(&'s self, path: &'s str) -> impl Iterator<Item = &'a NodeProto> + 's {
@@ -102,7 +134,11 @@ impl<'a> Graph<'a> {
 
 /// `encoder.layer.3.norm1.weight` -> 3.
 fn layer_of_name(name: &str) -> Option<usize> {
-    let at = if name.starts_with("layer.") { 0 } else { name.find(".layer.")? + 1 };
+    let at = if name.starts_with("layer.") {
+        0
+    } else {
+        name.find(".layer.")? + 1
+    };
     let rest = &name[at + "layer.".len()..];
     rest[..rest.find('.')?].parse().ok()
 }
@@ -120,12 +156,20 @@ fn linear_site(node_name: &str) -> Option<(usize, String)> {
 /// Which (weight, bias) parameters a module path of an HF layer holds.
 fn module_params(family: Family, module: &str) -> Option<(L, L)> {
     let m = match (family, module) {
-        (Family::Dinov3, "attention/q_proj") | (_, "attention/attention/query") | (_, "attention/q_proj") => (L::QWeight, L::QBias),
-        (Family::Dinov3, "attention/k_proj") | (_, "attention/attention/key") | (_, "attention/k_proj") => (L::KWeight, L::KBias),
-        (Family::Dinov3, "attention/v_proj") | (_, "attention/attention/value") | (_, "attention/v_proj") => (L::VWeight, L::VBias),
+        (Family::Dinov3, "attention/q_proj")
+        | (_, "attention/attention/query")
+        | (_, "attention/q_proj") => (L::QWeight, L::QBias),
+        (Family::Dinov3, "attention/k_proj")
+        | (_, "attention/attention/key")
+        | (_, "attention/k_proj") => (L::KWeight, L::KBias),
+        (Family::Dinov3, "attention/v_proj")
+        | (_, "attention/attention/value")
+        | (_, "attention/v_proj") => (L::VWeight, L::VBias),
         (_, "attention/o_proj") | (_, "attention/output/dense") => (L::OWeight, L::OBias),
         (_, "mlp/fc1") | (_, "mlp/up_proj") => (L::UpWeight, L::UpBias),
-        (_, "mlp/fc2") | (_, "mlp/down_proj") | (_, "mlp/weights_out") => (L::DownWeight, L::DownBias),
+        (_, "mlp/fc2") | (_, "mlp/down_proj") | (_, "mlp/weights_out") => {
+            (L::DownWeight, L::DownBias)
+        }
         (_, "mlp/gate_proj") => (L::GateWeight, L::GateBias),
         // weights_in packs gate and up; split after reading.
         (_, "mlp/weights_in") => (L::GateWeight, L::GateBias),
@@ -139,7 +183,10 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
     let proto = tract_onnx::onnx()
         .proto_model_for_path(path)
         .map_err(|e| err(path, format!("not a readable ONNX model: {e}")))?;
-    let g = proto.graph.as_ref().ok_or_else(|| err(path, "the model has no graph"))?;
+    let g = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| err(path, "the model has no graph"))?;
     let graph = Graph::new(path, g);
     let mut notes = Vec::new();
 
@@ -152,23 +199,40 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         .to_string();
     let has = |n: &str| graph.inits.contains_key(format!("{prefix}{n}").as_str());
     let family = if has("embeddings.patch_embeddings.projection.weight") {
-        if has("embeddings.register_tokens") { Family::Dinov2Registers } else { Family::Dinov2 }
+        if has("embeddings.register_tokens") {
+            Family::Dinov2Registers
+        } else {
+            Family::Dinov2
+        }
     } else if has("embeddings.patch_embeddings.weight") {
         Family::Dinov3
     } else {
-        return Err(err(path, format!("no {prefix}embeddings.patch_embeddings weight: unknown backbone layout")));
+        return Err(err(
+            path,
+            format!("no {prefix}embeddings.patch_embeddings weight: unknown backbone layout"),
+        ));
     };
-    notes.push(format!("backbone prefix {prefix:?}, family {}", family.model_type()));
+    notes.push(format!(
+        "backbone prefix {prefix:?}, family {}",
+        family.model_type()
+    ));
 
     let node_prefix = format!("/{}", prefix.replace('.', "/"));
     let (patch_shape, _) = graph
         .init_f32(&format!(
             "{prefix}embeddings.patch_embeddings.{}weight",
-            if family == Family::Dinov3 { "" } else { "projection." }
+            if family == Family::Dinov3 {
+                ""
+            } else {
+                "projection."
+            }
         ))?
         .expect("checked above");
     if patch_shape.len() != 4 || patch_shape[2] != patch_shape[3] {
-        return Err(err(path, format!("patch embedding weight has shape {patch_shape:?}, expected (D, C, P, P)")));
+        return Err(err(
+            path,
+            format!("patch embedding weight has shape {patch_shape:?}, expected (D, C, P, P)"),
+        ));
     }
     let (dim, channels, patch) = (patch_shape[0], patch_shape[1], patch_shape[2]);
 
@@ -176,20 +240,40 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
     let mut linear: BTreeMap<(usize, L), Vec<f32>> = BTreeMap::new();
     let mut linear_shapes: BTreeMap<(usize, L), (usize, usize)> = BTreeMap::new();
     let mut num_layers = 0usize;
-    for node in g.node.iter().filter(|n| n.op_type == "MatMul" || n.op_type == "Gemm") {
+    for node in g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMul" || n.op_type == "Gemm")
+    {
         if !node.name.starts_with(&node_prefix) {
             continue;
         }
-        let Some((layer, module)) = linear_site(&node.name) else { continue };
-        let Some((wp, _)) = module_params(family, &module) else { continue };
-        let Some(t) = node.input.get(1).and_then(|i| graph.inits.get(i.as_str())) else { continue };
+        let Some((layer, module)) = linear_site(&node.name) else {
+            continue;
+        };
+        let Some((wp, _)) = module_params(family, &module) else {
+            continue;
+        };
+        let Some(t) = node.input.get(1).and_then(|i| graph.inits.get(i.as_str())) else {
+            continue;
+        };
         let (shape, data) = graph.f32s(t)?;
         if shape.len() != 2 {
-            return Err(err(path, format!("{}: weight {:?} has shape {shape:?}", node.name, t.name)));
+            return Err(err(
+                path,
+                format!("{}: weight {:?} has shape {shape:?}", node.name, t.name),
+            ));
         }
-        let trans_b = node.attribute.iter().any(|a| a.name == "transB" && a.i == 1);
+        let trans_b = node
+            .attribute
+            .iter()
+            .any(|a| a.name == "transB" && a.i == 1);
         // MatMul / Gemm without transB: (in, out). Transpose to HF's (out, in).
-        let (out_f, in_f, w) = if trans_b { (shape[0], shape[1], data) } else { (shape[1], shape[0], transpose(&data, shape[0], shape[1])) };
+        let (out_f, in_f, w) = if trans_b {
+            (shape[0], shape[1], data)
+        } else {
+            (shape[1], shape[0], transpose(&data, shape[0], shape[1]))
+        };
         num_layers = num_layers.max(layer + 1);
         linear_shapes.insert((layer, wp), (out_f, in_f));
         linear.insert((layer, wp), w);
@@ -201,28 +285,55 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         }
     }
     if num_layers == 0 {
-        return Err(err(path, "found no transformer layers (no nodes named like .../layer.N/...)"));
+        return Err(err(
+            path,
+            "found no transformer layers (no nodes named like .../layer.N/...)",
+        ));
     }
 
     // MLP width and kind.
     let gated = family_gated(&graph, family, &prefix, &linear);
-    let packed_gate_up = gated && !linear_shapes.contains_key(&(0, L::UpWeight)) && linear_shapes.contains_key(&(0, L::GateWeight));
-    let hidden = match (linear_shapes.get(&(0, L::UpWeight)), linear_shapes.get(&(0, L::GateWeight))) {
+    let packed_gate_up = gated
+        && !linear_shapes.contains_key(&(0, L::UpWeight))
+        && linear_shapes.contains_key(&(0, L::GateWeight));
+    let hidden = match (
+        linear_shapes.get(&(0, L::UpWeight)),
+        linear_shapes.get(&(0, L::GateWeight)),
+    ) {
         (Some(&(o, _)), _) => o,
-        (None, Some(&(o, _))) => if packed_gate_up { o / 2 } else { o },
+        (None, Some(&(o, _))) => {
+            if packed_gate_up {
+                o / 2
+            } else {
+                o
+            }
+        }
         (None, None) => named_mlp_width(&graph, &prefix, family)
             .ok_or_else(|| err(path, "cannot find the first layer's MLP input projection"))?,
     };
     let act = mlp_activation(&graph, &node_prefix, gated)?;
-    let heads = attention_heads(&graph, &node_prefix, dim).ok_or_else(|| err(path, "cannot infer the number of attention heads from the attention reshape"))?;
-    notes.push(format!("{num_layers} layers, {heads} heads, dim {dim}, MLP {hidden} ({})", if gated { "gated" } else { "plain" }));
+    let heads = attention_heads(&graph, &node_prefix, dim).ok_or_else(|| {
+        err(
+            path,
+            "cannot infer the number of attention heads from the attention reshape",
+        )
+    })?;
+    notes.push(format!(
+        "{num_layers} layers, {heads} heads, dim {dim}, MLP {hidden} ({})",
+        if gated { "gated" } else { "plain" }
+    ));
     let eps = layer_norm_eps(&graph, &node_prefix).unwrap_or_else(|| {
         let e = if family == Family::Dinov3 { 1e-5 } else { 1e-6 };
-        notes.push(format!("LayerNorm epsilon not found in the graph; using the family default {e}"));
+        notes.push(format!(
+            "LayerNorm epsilon not found in the graph; using the family default {e}"
+        ));
         e
     });
 
-    let registers = match graph.inits.get(format!("{prefix}embeddings.register_tokens").as_str()) {
+    let registers = match graph
+        .inits
+        .get(format!("{prefix}embeddings.register_tokens").as_str())
+    {
         Some(t) => t.dims.iter().rev().nth(1).copied().unwrap_or(0) as usize,
         None => 0,
     };
@@ -245,10 +356,16 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             let n = table.len() / dim - 1;
             let grid = (n as f64).sqrt().round() as usize;
             if grid * grid != n {
-                return Err(err(path, format!("position table has {n} patch positions, not a square grid")));
+                return Err(err(
+                    path,
+                    format!("position table has {n} patch positions, not a square grid"),
+                ));
             }
             tensors.insert(Param::PosEmbed, table);
-            Positions::Learned { grid, antialias: family == Family::Dinov2Registers }
+            Positions::Learned {
+                grid,
+                antialias: family == Family::Dinov2Registers,
+            }
         }
     };
     let image_size = match positions {
@@ -261,7 +378,11 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         num_layers,
         num_heads: heads,
         intermediate_size: hidden,
-        mlp: if gated { MlpKind::Gated(act) } else { MlpKind::Plain(act) },
+        mlp: if gated {
+            MlpKind::Gated(act)
+        } else {
+            MlpKind::Plain(act)
+        },
         patch_size: patch,
         num_channels: channels,
         num_register_tokens: registers,
@@ -275,7 +396,9 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         image_size,
         quantization: None,
     };
-    config.validate().map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
+    config
+        .validate()
+        .map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
 
     // Every parameter of the architecture, from a named initializer or a MatMul operand.
     for p in layout::params(&config) {
@@ -283,24 +406,61 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             continue;
         }
         let data = match p {
-            Param::Layer(l, lp) if matches!(lp, L::QWeight | L::KWeight | L::VWeight | L::OWeight | L::UpWeight | L::DownWeight | L::GateWeight) => {
+            Param::Layer(l, lp)
+                if matches!(
+                    lp,
+                    L::QWeight
+                        | L::KWeight
+                        | L::VWeight
+                        | L::OWeight
+                        | L::UpWeight
+                        | L::DownWeight
+                        | L::GateWeight
+                ) =>
+            {
                 match named_param(&graph, &config, &prefix, p)? {
                     Some(v) => v,
-                    None => anonymous_linear(&mut linear, l, lp, gated, hidden)
-                        .ok_or_else(|| err(path, format!("layer {l}: no weight for {lp:?} (named or as a MatMul operand)")))?,
+                    None => {
+                        anonymous_linear(&mut linear, l, lp, gated, hidden).ok_or_else(|| {
+                            err(
+                                path,
+                                format!(
+                                    "layer {l}: no weight for {lp:?} (named or as a MatMul operand)"
+                                ),
+                            )
+                        })?
+                    }
                 }
             }
             _ => named_param(&graph, &config, &prefix, p)?.ok_or_else(|| {
-                err(path, format!("missing initializer {:?}", format!("{prefix}{}", layout::hub_location(&config, p).key)))
+                err(
+                    path,
+                    format!(
+                        "missing initializer {:?}",
+                        format!("{prefix}{}", layout::hub_location(&config, p).key)
+                    ),
+                )
             })?,
         };
         let want: usize = layout::shape(&config, p).iter().product();
         if data.len() != want {
-            return Err(err(path, format!("{p:?} has {} values, expected shape {:?}", data.len(), layout::shape(&config, p))));
+            return Err(err(
+                path,
+                format!(
+                    "{p:?} has {} values, expected shape {:?}",
+                    data.len(),
+                    layout::shape(&config, p)
+                ),
+            ));
         }
         tensors.insert(p, data);
     }
-    Ok(OnnxImport { config, tensors, prefix, notes })
+    Ok(OnnxImport {
+        config,
+        tensors,
+        prefix,
+        notes,
+    })
 }
 
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -320,7 +480,11 @@ fn layout_name(family: Family, prefix: &str, layer: usize, lp: L) -> Vec<String>
     let cfg = name_config(family, gated);
     let p = Param::Layer(layer, lp);
     let mut v = vec![format!("{prefix}{}", layout::hub_location(&cfg, p).key)];
-    v.extend(layout::aliases(&cfg, p).into_iter().map(|l| format!("{prefix}{}", l.key)));
+    v.extend(
+        layout::aliases(&cfg, p)
+            .into_iter()
+            .map(|l| format!("{prefix}{}", l.key)),
+    );
     v
 }
 
@@ -333,7 +497,12 @@ fn name_config(family: Family, gated: bool) -> ModelConfig {
 }
 
 /// A parameter stored under its HF name (or a transformers-5 alias).
-fn named_param(graph: &Graph, cfg: &ModelConfig, prefix: &str, p: Param) -> Result<Option<Vec<f32>>> {
+fn named_param(
+    graph: &Graph,
+    cfg: &ModelConfig,
+    prefix: &str,
+    p: Param,
+) -> Result<Option<Vec<f32>>> {
     let mut names = vec![layout::hub_location(cfg, p)];
     names.extend(layout::aliases(cfg, p));
     for loc in names {
@@ -352,20 +521,41 @@ fn named_param(graph: &Graph, cfg: &ModelConfig, prefix: &str, p: Param) -> Resu
 }
 
 /// Takes a Linear weight found as a MatMul operand; splits DINOv2's packed weights_in.
-fn anonymous_linear(linear: &mut BTreeMap<(usize, L), Vec<f32>>, l: usize, lp: L, gated: bool, hidden: usize) -> Option<Vec<f32>> {
-    if gated && matches!(lp, L::GateWeight | L::UpWeight) && !linear.contains_key(&(l, L::UpWeight)) {
+fn anonymous_linear(
+    linear: &mut BTreeMap<(usize, L), Vec<f32>>,
+    l: usize,
+    lp: L,
+    gated: bool,
+    hidden: usize,
+) -> Option<Vec<f32>> {
+    if gated && matches!(lp, L::GateWeight | L::UpWeight) && !linear.contains_key(&(l, L::UpWeight))
+    {
         // weights_in (2I, D): gate rows first, then up.
         let w = linear.get(&(l, L::GateWeight))?;
         let d = w.len() / (2 * hidden);
-        return Some(if lp == L::GateWeight { w[..hidden * d].to_vec() } else { w[hidden * d..].to_vec() });
+        return Some(if lp == L::GateWeight {
+            w[..hidden * d].to_vec()
+        } else {
+            w[hidden * d..].to_vec()
+        });
     }
     linear.remove(&(l, lp))
 }
 
-fn family_gated(graph: &Graph, family: Family, prefix: &str, linear: &BTreeMap<(usize, L), Vec<f32>>) -> bool {
+fn family_gated(
+    graph: &Graph,
+    family: Family,
+    prefix: &str,
+    linear: &BTreeMap<(usize, L), Vec<f32>>,
+) -> bool {
     linear.contains_key(&(0, L::GateWeight))
-        || layout_name(family, prefix, 0, L::GateWeight).iter().any(|n| graph.inits.contains_key(n.as_str()))
-        || graph.inits.keys().any(|k| k.starts_with(prefix) && k.contains("mlp.weights_in"))
+        || layout_name(family, prefix, 0, L::GateWeight)
+            .iter()
+            .any(|n| graph.inits.contains_key(n.as_str()))
+        || graph
+            .inits
+            .keys()
+            .any(|k| k.starts_with(prefix) && k.contains("mlp.weights_in"))
 }
 
 /// MLP width from a named first-layer weight, when the exporter kept names.
@@ -373,7 +563,13 @@ fn named_mlp_width(graph: &Graph, prefix: &str, family: Family) -> Option<usize>
     [L::UpWeight, L::GateWeight]
         .into_iter()
         .flat_map(|lp| layout_name(family, prefix, 0, lp))
-        .find_map(|n| graph.inits.get(n.as_str()).and_then(|t| t.dims.first()).map(|&d| d as usize))
+        .find_map(|n| {
+            graph
+                .inits
+                .get(n.as_str())
+                .and_then(|t| t.dims.first())
+                .map(|&d| d as usize)
+        })
 }
 
 fn mlp_activation(graph: &Graph, node_prefix: &str, gated: bool) -> Result<Activation> {
@@ -389,18 +585,39 @@ fn mlp_activation(graph: &Graph, node_prefix: &str, gated: bool) -> Result<Activ
     } else if ops.contains(&"Sigmoid") || gated {
         Activation::Silu
     } else {
-        return Err(err(graph.path, format!("cannot identify the MLP activation of layer 0 (ops: {ops:?})")));
+        return Err(err(
+            graph.path,
+            format!("cannot identify the MLP activation of layer 0 (ops: {ops:?})"),
+        ));
     })
 }
 
 /// Heads from the first layer's attention reshape: an (..., heads, head_dim) target shape.
 fn attention_heads(graph: &Graph, node_prefix: &str, dim: usize) -> Option<usize> {
-    let in_attention = |n: &&NodeProto| linear_site(&n.name).is_some_and(|(l, m)| l == 0 && m.starts_with("attention"));
+    let in_attention = |n: &&NodeProto| {
+        linear_site(&n.name).is_some_and(|(l, m)| l == 0 && m.starts_with("attention"))
+    };
     for n in graph.nodes_under(node_prefix).filter(in_attention) {
         let dims: Vec<i64> = match n.op_type.as_str() {
             // Shape assembled from scalars: [.., .., heads, head_dim].
-            "Concat" => n.input.iter().map(|i| graph.constant(i).and_then(|t| graph.ints(t)).filter(|v| v.len() == 1).map(|v| v[0]).unwrap_or(-1)).collect(),
-            "Reshape" => n.input.get(1).and_then(|i| graph.constant(i)).and_then(|t| graph.ints(t)).unwrap_or_default(),
+            "Concat" => n
+                .input
+                .iter()
+                .map(|i| {
+                    graph
+                        .constant(i)
+                        .and_then(|t| graph.ints(t))
+                        .filter(|v| v.len() == 1)
+                        .map(|v| v[0])
+                        .unwrap_or(-1)
+                })
+                .collect(),
+            "Reshape" => n
+                .input
+                .get(1)
+                .and_then(|i| graph.constant(i))
+                .and_then(|t| graph.ints(t))
+                .unwrap_or_default(),
             _ => continue,
         };
         for w in dims.windows(2) {
@@ -425,10 +642,15 @@ fn shortest_f64(v: f32) -> f64 {
 }
 
 fn layer_norm_eps(graph: &Graph, node_prefix: &str) -> Option<f64> {
-    let in_norm = |n: &&NodeProto| linear_site(&n.name).is_some_and(|(l, m)| l == 0 && m == "norm1");
+    let in_norm =
+        |n: &&NodeProto| linear_site(&n.name).is_some_and(|(l, m)| l == 0 && m == "norm1");
     for n in graph.nodes_under(node_prefix).filter(in_norm) {
         if n.op_type == "LayerNormalization" {
-            return n.attribute.iter().find(|a| a.name == "epsilon").map(|a| shortest_f64(a.f));
+            return n
+                .attribute
+                .iter()
+                .find(|a| a.name == "epsilon")
+                .map(|a| shortest_f64(a.f));
         }
         // Decomposed: var + eps, a scalar constant below 1e-2.
         if n.op_type == "Add" {
@@ -450,11 +672,21 @@ fn layer_norm_eps(graph: &Graph, node_prefix: &str) -> Option<f64> {
 /// RoPE theta from the exported inverse frequencies `theta^(-4k/hd)`, k = 0..hd/4.
 fn rope_theta(graph: &Graph, node_prefix: &str, head_dim: usize) -> Option<f64> {
     let quarter = head_dim / 4;
-    for n in graph.nodes_under(node_prefix).filter(|n| n.name.contains("rope")) {
+    for n in graph
+        .nodes_under(node_prefix)
+        .filter(|n| n.name.contains("rope"))
+    {
         for i in n.input.iter().chain(n.output.iter()) {
             let Some(t) = graph.constant(i) else { continue };
-            let Ok((shape, v)) = graph.f32s(t) else { continue };
-            if shape.iter().product::<usize>() == quarter && quarter >= 2 && (v[0] - 1.0).abs() < 1e-6 && v[1] > 0.0 && v[1] < 1.0 {
+            let Ok((shape, v)) = graph.f32s(t) else {
+                continue;
+            };
+            if shape.iter().product::<usize>() == quarter
+                && quarter >= 2
+                && (v[0] - 1.0).abs() < 1e-6
+                && v[1] > 0.0
+                && v[1] < 1.0
+            {
                 let theta = (v[1] as f64).powf(-(head_dim as f64) / 4.0);
                 // Round away float noise (theta is a round number in every released model).
                 return Some((theta * 1e4).round() / 1e4);
@@ -475,14 +707,23 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
     let mut patch_pos = None;
     for n in graph.nodes_under(&format!("{node_prefix}embeddings/")) {
         for i in &n.input {
-            let Some(t) = graph.inits.get(i.as_str()) else { continue };
-            if t.name == cls_name || t.name.ends_with("mask_token") || t.name.ends_with("register_tokens") || t.name.contains("patch_embeddings") {
+            let Some(t) = graph.inits.get(i.as_str()) else {
+                continue;
+            };
+            if t.name == cls_name
+                || t.name.ends_with("mask_token")
+                || t.name.ends_with("register_tokens")
+                || t.name.contains("patch_embeddings")
+            {
                 continue;
             }
             let numel: i64 = t.dims.iter().product();
             if n.op_type == "Concat" && numel as usize == dim {
                 cls_pos = Some(graph.f32s(t)?.1);
-            } else if n.op_type == "Reshape" && (numel as usize).is_multiple_of(dim) && numel as usize > dim {
+            } else if n.op_type == "Reshape"
+                && (numel as usize).is_multiple_of(dim)
+                && numel as usize > dim
+            {
                 patch_pos = Some(graph.f32s(t)?.1);
             }
         }
@@ -492,7 +733,10 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
             c.extend(p);
             Ok(c)
         }
-        _ => Err(err(graph.path, "cannot find the position embedding (named or as CLS/patch parts in the embedding subgraph)")),
+        _ => Err(err(
+            graph.path,
+            "cannot find the position embedding (named or as CLS/patch parts in the embedding subgraph)",
+        )),
     }
 }
 
@@ -500,12 +744,19 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
 pub fn write_model_dir(imp: &OnnxImport, out_dir: &Path, source: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir).map_err(|e| RuntimeError::io(out_dir, e))?;
     let tensors = layout::hub_tensors(&imp.config, |p| {
-        imp.tensors.get(&p).cloned().ok_or_else(|| RuntimeError::input(format!("{p:?}"), "not imported"))
+        imp.tensors
+            .get(&p)
+            .cloned()
+            .ok_or_else(|| RuntimeError::input(format!("{p:?}"), "not imported"))
     })?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("dinoedge_source".to_string(), source.display().to_string());
-    crate::weights::store::write_safetensors(&out_dir.join("model.safetensors"), &tensors, Some(meta))?;
+    crate::weights::store::write_safetensors(
+        &out_dir.join("model.safetensors"),
+        &tensors,
+        Some(meta),
+    )?;
     let cfg = serde_json::to_string_pretty(&imp.config.to_hf_json()).expect("json");
     crate::fsutil::write_atomic(&out_dir.join("config.json"), cfg.as_bytes())
 }

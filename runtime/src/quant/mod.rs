@@ -24,7 +24,9 @@ use crate::backend::Precision;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::pool::Pool;
-use crate::config::{ActivationScheme, Calibration, MlpKind, ModelConfig, QuantConfig, SmoothQuant};
+use crate::config::{
+    ActivationScheme, Calibration, MlpKind, ModelConfig, QuantConfig, SmoothQuant,
+};
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::ops::matmul::Epi;
@@ -64,19 +66,38 @@ pub struct CalibrationStats {
 
 /// Runs the float model on calibration inputs (preprocessed pixel tensors) and records what
 /// enters each Linear. `progress(i)` is called after each input.
-pub fn calibrate(model: &Arc<Model>, inputs: &[Tensor], threads: Option<usize>, source: &str, mut progress: impl FnMut(usize)) -> Result<CalibrationStats> {
+pub fn calibrate(
+    model: &Arc<Model>,
+    inputs: &[Tensor],
+    threads: Option<usize>,
+    source: &str,
+    mut progress: impl FnMut(usize),
+) -> Result<CalibrationStats> {
     if inputs.is_empty() {
-        return Err(RuntimeError::input("calibration", format!("{source}: no usable calibration images")));
+        return Err(RuntimeError::input(
+            "calibration",
+            format!("{source}: no usable calibration images"),
+        ));
     }
     // Spread the row sample evenly over every token of every input.
-    let tokens: usize = inputs.iter().map(|t| t.shape[0] * model.config().num_tokens(t.shape[2], t.shape[3])).sum();
-    let backend = Observer::new(CpuBackend::new(threads, Precision::F32)?, tokens.div_ceil(SAMPLE_ROWS));
+    let tokens: usize = inputs
+        .iter()
+        .map(|t| t.shape[0] * model.config().num_tokens(t.shape[2], t.shape[3]))
+        .sum();
+    let backend = Observer::new(
+        CpuBackend::new(threads, Precision::F32)?,
+        tokens.div_ceil(SAMPLE_ROWS),
+    );
     let mut session = Session::new(backend, model.clone())?;
     for (i, pixels) in inputs.iter().enumerate() {
         session.run(pixels, &RunOptions::default())?;
         progress(i + 1);
     }
-    Ok(CalibrationStats { inputs: session.backend().take_stats(), images: inputs.len(), source: source.to_string() })
+    Ok(CalibrationStats {
+        inputs: session.backend().take_stats(),
+        images: inputs.len(),
+        source: source.to_string(),
+    })
 }
 
 /// What the quantiser decided for one Linear input site.
@@ -111,9 +132,17 @@ fn sites(cfg: &ModelConfig, l: usize) -> Vec<Site> {
         MlpKind::Gated(_) => vec![L::GateWeight, L::UpWeight],
     };
     vec![
-        (format!("layer.{l}.qkv"), vec![L::QWeight, L::KWeight, L::VWeight], Some((L::Norm1Weight, L::Norm1Bias))),
+        (
+            format!("layer.{l}.qkv"),
+            vec![L::QWeight, L::KWeight, L::VWeight],
+            Some((L::Norm1Weight, L::Norm1Bias)),
+        ),
         (format!("layer.{l}.o_proj"), vec![L::OWeight], None),
-        (format!("layer.{l}.mlp_in"), mlp_in, Some((L::Norm2Weight, L::Norm2Bias))),
+        (
+            format!("layer.{l}.mlp_in"),
+            mlp_in,
+            Some((L::Norm2Weight, L::Norm2Bias)),
+        ),
         (format!("layer.{l}.mlp_out"), vec![L::DownWeight], None),
     ]
 }
@@ -143,12 +172,25 @@ fn matmul(pool: &Pool, x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
 
 /// Relative squared error ||Q(X) Q(W)ᵀ - X Wᵀ||² / ||X Wᵀ||² for input scaling `s`
 /// (X / s, W * s) and the activation scheme; `want` is X Wᵀ.
-fn site_error(pool: &Pool, x: &[f32], w: &[f32], want: &[f32], k: usize, s: Option<&[f32]>, scheme: ActivationScheme, chan_absmax: &[f32]) -> f64 {
+fn site_error(
+    pool: &Pool,
+    x: &[f32],
+    w: &[f32],
+    want: &[f32],
+    k: usize,
+    s: Option<&[f32]>,
+    scheme: ActivationScheme,
+    chan_absmax: &[f32],
+) -> f64 {
     let o = w.len() / k;
     let (xs, ws) = match s {
         Some(s) => (
-            x.chunks_exact(k).flat_map(|r| r.iter().zip(s).map(|(v, s)| v / s)).collect::<Vec<_>>(),
-            w.chunks_exact(k).flat_map(|r| r.iter().zip(s).map(|(v, s)| v * s)).collect::<Vec<_>>(),
+            x.chunks_exact(k)
+                .flat_map(|r| r.iter().zip(s).map(|(v, s)| v / s))
+                .collect::<Vec<_>>(),
+            w.chunks_exact(k)
+                .flat_map(|r| r.iter().zip(s).map(|(v, s)| v * s))
+                .collect::<Vec<_>>(),
         ),
         None => (x.to_vec(), w.to_vec()),
     };
@@ -158,17 +200,32 @@ fn site_error(pool: &Pool, x: &[f32], w: &[f32], want: &[f32], k: usize, s: Opti
     };
     let xq = fake_quant_rows(&xs, k, fixed);
     let (q, scales) = quantize_rows(&ws, o, k);
-    let wq: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * scales[i / k]).collect();
+    let wq: Vec<f32> = q
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * scales[i / k])
+        .collect();
     let got = matmul(pool, &xq, &wq, k);
-    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().max(1e-30);
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want
+        .iter()
+        .map(|b| (*b as f64).powi(2))
+        .sum::<f64>()
+        .max(1e-30);
     num / den
 }
 
 /// Per-tensor input scale: the largest (smoothed) channel maximum over 127.
 fn static_scale(chan_absmax: &[f32], s: Option<&[f32]>) -> f32 {
     let m = match s {
-        Some(s) => chan_absmax.iter().zip(s).fold(0.0f32, |m, (a, s)| m.max(a / s)),
+        Some(s) => chan_absmax
+            .iter()
+            .zip(s)
+            .fold(0.0f32, |m, (a, s)| m.max(a / s)),
         None => chan_absmax.iter().fold(0.0f32, |m, a| m.max(*a)),
     };
     m / 127.0
@@ -187,18 +244,32 @@ fn smooth_factors(chan_absmax: &[f32], w: &[f32], k: usize, alpha: f32) -> Vec<f
         .zip(&wmax)
         .map(|(&a, &b)| {
             let s = a.max(1e-5).powf(alpha) / b.max(1e-5).powf(1.0 - alpha);
-            if s.is_finite() && s > 0.0 { s.clamp(1e-4, 1e4) } else { 1.0 }
+            if s.is_finite() && s > 0.0 {
+                s.clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
         })
         .collect()
 }
 
 /// Quantises `model` (already loaded, float) with `opts`; `calib` is needed for SmoothQuant
 /// and static activations.
-pub fn quantize(model: &Model, opts: &QuantizeOptions, calib: Option<&CalibrationStats>) -> Result<Quantized> {
+pub fn quantize(
+    model: &Model,
+    opts: &QuantizeOptions,
+    calib: Option<&CalibrationStats>,
+) -> Result<Quantized> {
     let cfg = model.config();
     let path = model.dir().join("config.json");
     if cfg.quantization.is_some() {
-        return Err(RuntimeError::input("model", format!("{}: the model is already quantised (int8); quantise the float original", path.display())));
+        return Err(RuntimeError::input(
+            "model",
+            format!(
+                "{}: the model is already quantised (int8); quantise the float original",
+                path.display()
+            ),
+        ));
     }
     let mut values: HashMap<Param, Vec<f32>> = HashMap::new();
     let mut all = layout::params(cfg);
@@ -210,15 +281,31 @@ pub fn quantize(model: &Model, opts: &QuantizeOptions, calib: Option<&Calibratio
     }
     match opts.precision {
         Precision::F16 | Precision::BF16 => {
-            let dtype = if opts.precision == Precision::F16 { Dtype::F16 } else { Dtype::BF16 };
-            let tensors = layout::hub_tensors(cfg, |p| values.get(&p).cloned().ok_or_else(|| RuntimeError::input(format!("{p:?}"), "missing")))?
-                .into_iter()
-                .map(|(k, shp, _, bytes)| (k, shp, dtype, convert_f32_bytes(&bytes, dtype)))
-                .collect();
-            Ok(Quantized { config: cfg.clone(), tensors, sites: Vec::new() })
+            let dtype = if opts.precision == Precision::F16 {
+                Dtype::F16
+            } else {
+                Dtype::BF16
+            };
+            let tensors = layout::hub_tensors(cfg, |p| {
+                values
+                    .get(&p)
+                    .cloned()
+                    .ok_or_else(|| RuntimeError::input(format!("{p:?}"), "missing"))
+            })?
+            .into_iter()
+            .map(|(k, shp, _, bytes)| (k, shp, dtype, convert_f32_bytes(&bytes, dtype)))
+            .collect();
+            Ok(Quantized {
+                config: cfg.clone(),
+                tensors,
+                sites: Vec::new(),
+            })
         }
         Precision::Int8 => quantize_int8(cfg, values, opts, calib),
-        Precision::F32 => Err(RuntimeError::input("precision", "quantize writes f16, bf16 or int8")),
+        Precision::F32 => Err(RuntimeError::input(
+            "precision",
+            "quantize writes f16, bf16 or int8",
+        )),
     }
 }
 
@@ -227,18 +314,34 @@ fn convert_f32_bytes(bytes: &[u8], dtype: Dtype) -> Vec<u8> {
         .chunks_exact(4)
         .flat_map(|b| {
             let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            let bits = if dtype == Dtype::F16 { half::f16::from_f32(v).to_bits() } else { half::bf16::from_f32(v).to_bits() };
+            let bits = if dtype == Dtype::F16 {
+                half::f16::from_f32(v).to_bits()
+            } else {
+                half::bf16::from_f32(v).to_bits()
+            };
             bits.to_le_bytes()
         })
         .collect()
 }
 
-fn quantize_int8(cfg: &ModelConfig, mut values: HashMap<Param, Vec<f32>>, opts: &QuantizeOptions, calib: Option<&CalibrationStats>) -> Result<Quantized> {
+fn quantize_int8(
+    cfg: &ModelConfig,
+    mut values: HashMap<Param, Vec<f32>>,
+    opts: &QuantizeOptions,
+    calib: Option<&CalibrationStats>,
+) -> Result<Quantized> {
     if opts.activations == ActivationScheme::StaticPerTensor && calib.is_none() {
-        return Err(RuntimeError::input("activations", "static activation scales need calibration images"));
+        return Err(RuntimeError::input(
+            "activations",
+            "static activation scales need calibration images",
+        ));
     }
-    let pool = Pool::new(opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)))
-        .map_err(|e| RuntimeError::input("threads", e.to_string()))?;
+    let pool = Pool::new(opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }))
+    .map_err(|e| RuntimeError::input("threads", e.to_string()))?;
     let mut reports = Vec::new();
     let mut smoothed = Vec::new();
     let mut input_scales: HashMap<Param, f32> = HashMap::new();
@@ -249,20 +352,51 @@ fn quantize_int8(cfg: &ModelConfig, mut values: HashMap<Param, Vec<f32>>, opts: 
     };
     for l in 0..cfg.num_layers {
         for (site, members, norm) in sites(cfg, l) {
-            let k = if members == [L::DownWeight] { cfg.intermediate_size } else { cfg.hidden_size };
+            let k = if members == [L::DownWeight] {
+                cfg.intermediate_size
+            } else {
+                cfg.hidden_size
+            };
             let stats = calib.and_then(|c| c.inputs.get(&site));
-            let mut report = SiteReport { site: site.clone(), error_plain: None, error_smoothed: None, alpha: None, input_scale: None };
+            let mut report = SiteReport {
+                site: site.clone(),
+                error_plain: None,
+                error_smoothed: None,
+                alpha: None,
+                input_scale: None,
+            };
             let mut factors: Option<Vec<f32>> = None;
             if let Some(st) = stats.filter(|st| !st.sample.is_empty()) {
-                let w: Vec<f32> = members.iter().flat_map(|&m| values[&Param::Layer(l, m)].clone()).collect();
+                let w: Vec<f32> = members
+                    .iter()
+                    .flat_map(|&m| values[&Param::Layer(l, m)].clone())
+                    .collect();
                 let want = matmul(&pool, &st.sample, &w, k);
-                let plain = site_error(&pool, &st.sample, &w, &want, k, None, opts.activations, &st.channel_absmax);
+                let plain = site_error(
+                    &pool,
+                    &st.sample,
+                    &w,
+                    &want,
+                    k,
+                    None,
+                    opts.activations,
+                    &st.channel_absmax,
+                );
                 report.error_plain = Some(plain);
                 if norm.is_some() {
                     let mut best: Option<(f64, f32, Vec<f32>)> = None;
                     for &a in alphas {
                         let s = smooth_factors(&st.channel_absmax, &w, k, a);
-                        let e = site_error(&pool, &st.sample, &w, &want, k, Some(&s), opts.activations, &st.channel_absmax);
+                        let e = site_error(
+                            &pool,
+                            &st.sample,
+                            &w,
+                            &want,
+                            k,
+                            Some(&s),
+                            opts.activations,
+                            &st.channel_absmax,
+                        );
                         if best.as_ref().is_none_or(|b| e < b.0) {
                             best = Some((e, a, s));
                         }
@@ -282,16 +416,23 @@ fn quantize_int8(cfg: &ModelConfig, mut values: HashMap<Param, Vec<f32>>, opts: 
                     }
                 }
             } else if opts.activations == ActivationScheme::StaticPerTensor {
-                return Err(RuntimeError::input("calibration", format!("no calibration data reached {site}")));
+                return Err(RuntimeError::input(
+                    "calibration",
+                    format!("no calibration data reached {site}"),
+                ));
             }
             if let (Some(s), Some((nw, nb))) = (&factors, norm) {
                 // Fold 1/s into the LayerNorm, s into the weight columns.
                 for np in [nw, nb] {
-                    let v = values.get_mut(&Param::Layer(l, np)).expect("norm params present");
+                    let v = values
+                        .get_mut(&Param::Layer(l, np))
+                        .expect("norm params present");
                     v.iter_mut().zip(s).for_each(|(x, s)| *x /= s);
                 }
                 for &m in &members {
-                    let v = values.get_mut(&Param::Layer(l, m)).expect("weights present");
+                    let v = values
+                        .get_mut(&Param::Layer(l, m))
+                        .expect("weights present");
                     for row in v.chunks_exact_mut(k) {
                         row.iter_mut().zip(s).for_each(|(x, s)| *x *= s);
                     }
@@ -303,25 +444,45 @@ fn quantize_int8(cfg: &ModelConfig, mut values: HashMap<Param, Vec<f32>>, opts: 
     }
     let mut qcfg = QuantConfig::w8a8(opts.activations);
     if !smoothed.is_empty() {
-        let alpha = reports.iter().filter_map(|r| r.alpha).fold(0.0f32, f32::max);
-        qcfg.smoothquant = Some(SmoothQuant { alpha, applied_to: smoothed });
+        let alpha = reports
+            .iter()
+            .filter_map(|r| r.alpha)
+            .fold(0.0f32, f32::max);
+        qcfg.smoothquant = Some(SmoothQuant {
+            alpha,
+            applied_to: smoothed,
+        });
     }
     if let Some(c) = calib {
-        qcfg.calibration = Some(Calibration { images: c.images, source: c.source.clone() });
+        qcfg.calibration = Some(Calibration {
+            images: c.images,
+            source: c.source.clone(),
+        });
     }
     let mut config = cfg.clone();
     config.quantization = Some(qcfg);
     let tensors = layout::hub_tensors_with(&config, |p| {
-        let v = values.get(&p).cloned().ok_or_else(|| RuntimeError::input(format!("{p:?}"), "missing"))?;
+        let v = values
+            .get(&p)
+            .cloned()
+            .ok_or_else(|| RuntimeError::input(format!("{p:?}"), "missing"))?;
         if layout::is_quantized_linear(p) {
             let (o, k) = (layout::shape(&config, p)[0], layout::shape(&config, p)[1]);
             let (q, scales) = quantize_rows(&v, o, k);
-            Ok(ParamData::Int8 { q, scales, input_scale: input_scales.get(&p).copied() })
+            Ok(ParamData::Int8 {
+                q,
+                scales,
+                input_scale: input_scales.get(&p).copied(),
+            })
         } else {
             Ok(ParamData::F32(v))
         }
     })?;
-    Ok(Quantized { config, tensors, sites: reports })
+    Ok(Quantized {
+        config,
+        tensors,
+        sites: reports,
+    })
 }
 
 /// Writes a quantised model directory (`config.json` + `model.safetensors`), atomically.
@@ -330,9 +491,18 @@ pub fn write(q: &Quantized, out_dir: &Path, source: &Path) -> Result<()> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("dinoedge_source".to_string(), source.display().to_string());
-    crate::weights::store::write_safetensors(&out_dir.join("model.safetensors"), &q.tensors, Some(meta))?;
+    crate::weights::store::write_safetensors(
+        &out_dir.join("model.safetensors"),
+        &q.tensors,
+        Some(meta),
+    )?;
     let mut json = q.config.to_hf_json();
-    let dtype = match q.tensors.iter().find(|t| t.0.ends_with("norm.weight") || t.0.ends_with("layernorm.weight")).map(|t| t.2) {
+    let dtype = match q
+        .tensors
+        .iter()
+        .find(|t| t.0.ends_with("norm.weight") || t.0.ends_with("layernorm.weight"))
+        .map(|t| t.2)
+    {
         Some(Dtype::F16) => "float16",
         Some(Dtype::BF16) => "bfloat16",
         _ => "float32",
@@ -357,15 +527,28 @@ mod tests {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
-        let x: Vec<f32> = (0..n * k).map(|i| rnd() * if i % k == 3 { 40.0 } else { 1.0 }).collect();
-        let (g, b): (Vec<f32>, Vec<f32>) = ((0..k).map(|_| 1.0 + rnd()).collect(), (0..k).map(|_| rnd()).collect());
+        let x: Vec<f32> = (0..n * k)
+            .map(|i| rnd() * if i % k == 3 { 40.0 } else { 1.0 })
+            .collect();
+        let (g, b): (Vec<f32>, Vec<f32>) = (
+            (0..k).map(|_| 1.0 + rnd()).collect(),
+            (0..k).map(|_| rnd()).collect(),
+        );
         let w: Vec<f32> = (0..o * k).map(|_| rnd()).collect();
         let mut h = vec![0.0; n * k];
         layer_norm_forward(&mut h, &x, &g, &b, k, 1e-6);
-        let absmax: Vec<f32> = (0..k).map(|j| (0..n).fold(0.0f32, |m, r| m.max(h[r * k + j].abs()))).collect();
+        let absmax: Vec<f32> = (0..k)
+            .map(|j| (0..n).fold(0.0f32, |m, r| m.max(h[r * k + j].abs())))
+            .collect();
         let s = smooth_factors(&absmax, &w, k, 0.5);
-        let (g2, b2): (Vec<f32>, Vec<f32>) = (g.iter().zip(&s).map(|(a, s)| a / s).collect(), b.iter().zip(&s).map(|(a, s)| a / s).collect());
-        let w2: Vec<f32> = w.chunks_exact(k).flat_map(|r| r.iter().zip(&s).map(|(a, s)| a * s)).collect();
+        let (g2, b2): (Vec<f32>, Vec<f32>) = (
+            g.iter().zip(&s).map(|(a, s)| a / s).collect(),
+            b.iter().zip(&s).map(|(a, s)| a / s).collect(),
+        );
+        let w2: Vec<f32> = w
+            .chunks_exact(k)
+            .flat_map(|r| r.iter().zip(&s).map(|(a, s)| a * s))
+            .collect();
         let mut h2 = vec![0.0; n * k];
         layer_norm_forward(&mut h2, &x, &g2, &b2, k, 1e-6);
         let (mut y, mut y2) = (vec![0.0; n * o], vec![0.0; n * o]);
@@ -374,6 +557,9 @@ mod tests {
         for (a, b) in y.iter().zip(&y2) {
             assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
         }
-        assert!(s.iter().any(|&v| (v - 1.0).abs() > 0.5), "the outlier channel should be smoothed: {s:?}");
+        assert!(
+            s.iter().any(|&v| (v - 1.0).abs() > 0.5),
+            "the outlier channel should be smoothed: {s:?}"
+        );
     }
 }

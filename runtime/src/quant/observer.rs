@@ -44,7 +44,11 @@ pub struct Observer<B> {
 impl<B> Observer<B> {
     /// `stride`: keep one row in `stride` for the sample.
     pub fn new(inner: B, stride: usize) -> Self {
-        Observer { inner, stats: RefCell::new(BTreeMap::new()), stride: stride.max(1) }
+        Observer {
+            inner,
+            stats: RefCell::new(BTreeMap::new()),
+            stride: stride.max(1),
+        }
     }
 
     /// The statistics gathered so far, by Linear name.
@@ -54,7 +58,10 @@ impl<B> Observer<B> {
 
     fn record(&self, name: &str, inp: &[f32], rows: usize, k: usize) {
         let mut all = self.stats.borrow_mut();
-        let s = all.entry(name.to_string()).or_insert_with(|| InputStats { channel_absmax: vec![0.0; k], ..Default::default() });
+        let s = all.entry(name.to_string()).or_insert_with(|| InputStats {
+            channel_absmax: vec![0.0; k],
+            ..Default::default()
+        });
         for (r, row) in inp[..rows * k].chunks_exact(k).enumerate() {
             for (m, v) in s.channel_absmax.iter_mut().zip(row) {
                 *m = m.max(v.abs());
@@ -91,7 +98,11 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
     }
     fn linear(&self, w: HostLinear) -> Result<Self::Linear> {
         let (name, in_features) = (w.name.clone(), w.in_features);
-        Ok(NamedLinear { name, in_features, inner: self.inner.linear(w)? })
+        Ok(NamedLinear {
+            name,
+            in_features,
+            inner: self.inner.linear(w)?,
+        })
     }
     fn patch_embed_scratch(&self, d: &Dims) -> usize {
         self.inner.patch_embed_scratch(d)
@@ -110,12 +121,30 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
         pos: Option<&Vec<f32>>,
         d: &Dims,
     ) -> Result<()> {
-        self.inner.patch_embed(x, scratch, pixels, &w.inner, cls, registers, pos, d)
+        self.inner
+            .patch_embed(x, scratch, pixels, &w.inner, cls, registers, pos, d)
     }
-    fn layer_norm(&self, out: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize, eps: f32) -> Result<()> {
-        self.inner.layer_norm(out, inp, weight, bias, rows, cols, eps)
+    fn layer_norm(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.inner
+            .layer_norm(out, inp, weight, bias, rows, cols, eps)
     }
-    fn matmul(&self, out: &mut Vec<f32>, inp: &Vec<f32>, w: &Self::Linear, rows: usize, epi: Epilogue<'_, Vec<f32>>) -> Result<()> {
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        w: &Self::Linear,
+        rows: usize,
+        epi: Epilogue<'_, Vec<f32>>,
+    ) -> Result<()> {
         self.record(&w.name, inp, rows, w.in_features);
         self.inner.matmul(out, inp, &w.inner, rows, epi)
     }
@@ -125,7 +154,14 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
     fn attention(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, d: &Dims) -> Result<()> {
         self.inner.attention(out, qkv, d)
     }
-    fn swiglu(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, rows: usize, hidden: usize, act: Activation) -> Result<()> {
+    fn swiglu(
+        &self,
+        out: &mut Vec<f32>,
+        gate_up: &Vec<f32>,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()> {
         self.inner.swiglu(out, gate_up, rows, hidden, act)
     }
 }

@@ -143,8 +143,8 @@ pub fn shape(cfg: &ModelConfig, p: Param) -> Vec<usize> {
             GateWeight | UpWeight => vec![i, d],
             DownWeight => vec![d, i],
             GateBias | UpBias => vec![i],
-            Norm1Weight | Norm1Bias | Norm2Weight | Norm2Bias | QBias | KBias | VBias | OBias | DownBias
-            | LayerScale1 | LayerScale2 => vec![d],
+            Norm1Weight | Norm1Bias | Norm2Weight | Norm2Bias | QBias | KBias | VBias | OBias
+            | DownBias | LayerScale1 | LayerScale2 => vec![d],
         },
     }
 }
@@ -242,7 +242,10 @@ fn dinov2_location(cfg: &ModelConfig, p: Param) -> Location {
         Param::Layer(l, lp) => {
             let base = format!("encoder.layer.{l}");
             // HF chunks weights_in into (x1, x2) and computes silu(x1) * x2: gate first.
-            let packed = |suffix: &str, rows: Range<usize>| Location { key: format!("{base}.mlp.weights_in.{suffix}"), rows: Some(rows) };
+            let packed = |suffix: &str, rows: Range<usize>| Location {
+                key: format!("{base}.mlp.weights_in.{suffix}"),
+                rows: Some(rows),
+            };
             let s = match lp {
                 Norm1Weight => "norm1.weight",
                 Norm1Bias => "norm1.bias",
@@ -291,7 +294,13 @@ pub struct Resolved {
 /// Whether a parameter is the weight of a Linear that int8 models store quantised.
 pub fn is_quantized_linear(p: Param) -> bool {
     use LayerParam::*;
-    matches!(p, Param::Layer(_, QWeight | KWeight | VWeight | OWeight | GateWeight | UpWeight | DownWeight))
+    matches!(
+        p,
+        Param::Layer(
+            _,
+            QWeight | KWeight | VWeight | OWeight | GateWeight | UpWeight | DownWeight
+        )
+    )
 }
 
 /// `a.b.weight` -> `a.b.weight_scale`.
@@ -301,7 +310,10 @@ pub fn scale_key(weight_key: &str) -> String {
 
 /// `a.b.weight` -> `a.b.input_scale`.
 pub fn input_scale_key(weight_key: &str) -> String {
-    format!("{}.input_scale", weight_key.strip_suffix(".weight").unwrap_or(weight_key))
+    format!(
+        "{}.input_scale",
+        weight_key.strip_suffix(".weight").unwrap_or(weight_key)
+    )
 }
 
 /// The result of matching a store against an architecture.
@@ -338,7 +350,10 @@ fn detect_prefix(store: &TensorStore) -> String {
 /// Matches the store against the architecture.
 pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
     let prefix = detect_prefix(store);
-    let mut out = WeightLayout { prefix: prefix.clone(), params: HashMap::new() };
+    let mut out = WeightLayout {
+        prefix: prefix.clone(),
+        params: HashMap::new(),
+    };
     let mut used: HashSet<String> = HashSet::new();
     let arch = cfg.describe();
 
@@ -363,7 +378,13 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
             });
         };
         let int8 = cfg.quantization.is_some() && is_quantized_linear(p);
-        check_tensor(&t, rows.as_ref(), &expected, int8, cfg.quantization.is_some())?;
+        check_tensor(
+            &t,
+            rows.as_ref(),
+            &expected,
+            int8,
+            cfg.quantization.is_some(),
+        )?;
         let (mut scale, mut input_scale) = (None, None);
         if int8 {
             let sk = scale_key(&key);
@@ -373,11 +394,20 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                 expected: vec![t.shape[0]],
             })?;
             if st.dtype != Dtype::F32 || st.shape != [t.shape[0]] {
-                return Err(RuntimeError::ShapeMismatch { path: st.path.to_path_buf(), tensor: sk, expected: vec![t.shape[0]], found: st.shape.to_vec() });
+                return Err(RuntimeError::ShapeMismatch {
+                    path: st.path.to_path_buf(),
+                    tensor: sk,
+                    expected: vec![t.shape[0]],
+                    found: st.shape.to_vec(),
+                });
             }
             used.insert(sk.clone());
             scale = Some(sk);
-            if cfg.quantization.as_ref().is_some_and(|q| q.activations == crate::config::ActivationScheme::StaticPerTensor) {
+            if cfg
+                .quantization
+                .as_ref()
+                .is_some_and(|q| q.activations == crate::config::ActivationScheme::StaticPerTensor)
+            {
                 let ik = input_scale_key(&key);
                 let it = store.get(&ik).ok_or_else(|| RuntimeError::MissingTensor {
                     path: t.path.to_path_buf(),
@@ -385,14 +415,28 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                     expected: vec![1],
                 })?;
                 if it.dtype != Dtype::F32 || it.numel() != 1 {
-                    return Err(RuntimeError::ShapeMismatch { path: it.path.to_path_buf(), tensor: ik, expected: vec![1], found: it.shape.to_vec() });
+                    return Err(RuntimeError::ShapeMismatch {
+                        path: it.path.to_path_buf(),
+                        tensor: ik,
+                        expected: vec![1],
+                        found: it.shape.to_vec(),
+                    });
                 }
                 used.insert(ik.clone());
                 input_scale = Some(ik);
             }
         }
         used.insert(key.clone());
-        out.params.insert(p, Resolved { key, rows, shape: expected, scale_key: scale, input_scale_key: input_scale });
+        out.params.insert(
+            p,
+            Resolved {
+                key,
+                rows,
+                shape: expected,
+                scale_key: scale,
+                input_scale_key: input_scale,
+            },
+        );
     }
 
     for name in store.names() {
@@ -419,16 +463,32 @@ fn ignorable(name: &str) -> bool {
     name.ends_with("rope_embeddings.inv_freq") || name.ends_with("rope_embed.periods")
 }
 
-fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize], int8: bool, quantized_model: bool) -> Result<()> {
+fn check_tensor(
+    t: &StoredTensor,
+    rows: Option<&Range<usize>>,
+    expected: &[usize],
+    int8: bool,
+    quantized_model: bool,
+) -> Result<()> {
     if int8 && t.dtype != Dtype::I8 {
         return Err(RuntimeError::QuantizationMismatch {
             path: t.path.to_path_buf(),
-            reason: format!("config.json declares an int8 model but tensor {:?} is {:?}, not I8", t.name, t.dtype),
+            reason: format!(
+                "config.json declares an int8 model but tensor {:?} is {:?}, not I8",
+                t.name, t.dtype
+            ),
         });
     }
     if !int8 && t.dtype == Dtype::I8 {
-        let why = if quantized_model { "only Linear weights of blocks are int8 in a dinoedge int8 model" } else { "config.json has no quantization section" };
-        return Err(RuntimeError::QuantizationMismatch { path: t.path.to_path_buf(), reason: format!("tensor {:?} is I8 but {why}", t.name) });
+        let why = if quantized_model {
+            "only Linear weights of blocks are int8 in a dinoedge int8 model"
+        } else {
+            "config.json has no quantization section"
+        };
+        return Err(RuntimeError::QuantizationMismatch {
+            path: t.path.to_path_buf(),
+            reason: format!("tensor {:?} is I8 but {why}", t.name),
+        });
     }
     if !int8 && !supported_dtype(t.dtype) {
         return Err(RuntimeError::UnsupportedDtype {
@@ -440,7 +500,9 @@ fn check_tensor(t: &StoredTensor, rows: Option<&Range<usize>>, expected: &[usize
     }
     let ok = match rows {
         // A packed tensor holds the slice's rows among others: [rows_total, cols].
-        Some(r) => t.shape.len() == expected.len() && t.shape[0] >= r.end && t.shape[1..] == expected[1..],
+        Some(r) => {
+            t.shape.len() == expected.len() && t.shape[0] >= r.end && t.shape[1..] == expected[1..]
+        }
         None => same_shape(t.shape, expected),
     };
     if !ok {
@@ -469,12 +531,19 @@ pub type HubTensor = (String, Vec<usize>, Dtype, Vec<u8>);
 pub enum ParamData {
     F32(Vec<f32>),
     /// A quantised Linear weight: `(out, in)` int8, per-row scales, optional input scale.
-    Int8 { q: Vec<i8>, scales: Vec<f32>, input_scale: Option<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        input_scale: Option<f32>,
+    },
 }
 
 /// Builds the hub-layout tensors of a model from per-parameter f32 values (packing DINOv2's
 /// SwiGLU `weights_in`). The mask token is written as zeros when `get` has none.
-pub fn hub_tensors(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<Vec<f32>>) -> Result<Vec<HubTensor>> {
+pub fn hub_tensors(
+    cfg: &ModelConfig,
+    mut get: impl FnMut(Param) -> Result<Vec<f32>>,
+) -> Result<Vec<HubTensor>> {
     hub_tensors_with(cfg, |p| get(p).map(ParamData::F32))
 }
 
@@ -484,19 +553,35 @@ fn i8_entry(name: String, shape: Vec<usize>, q: &[i8]) -> HubTensor {
 
 /// As [`hub_tensors`], with int8 Linear weights written as I8 plus their `_scale` (and
 /// `input_scale`) tensors.
-pub fn hub_tensors_with(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<ParamData>) -> Result<Vec<HubTensor>> {
+pub fn hub_tensors_with(
+    cfg: &ModelConfig,
+    mut get: impl FnMut(Param) -> Result<ParamData>,
+) -> Result<Vec<HubTensor>> {
     // Packed tensor name -> its parts: (rows, data, shape of the part).
     type Part = (Range<usize>, ParamData, Vec<usize>);
     let mut packed: HashMap<String, Vec<Part>> = HashMap::new();
     let mut out = Vec::new();
     let mut all = params(cfg);
     all.push(Param::MaskToken);
-    let emit = |out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData| match data {
+    let emit = |out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData| match data
+    {
         ParamData::F32(v) => out.push(super::store::f32_entry(key, shp, v)),
-        ParamData::Int8 { q, scales, input_scale } => {
-            out.push(super::store::f32_entry(scale_key(&key), vec![shp[0]], scales));
+        ParamData::Int8 {
+            q,
+            scales,
+            input_scale,
+        } => {
+            out.push(super::store::f32_entry(
+                scale_key(&key),
+                vec![shp[0]],
+                scales,
+            ));
             if let Some(s) = input_scale {
-                out.push(super::store::f32_entry(input_scale_key(&key), vec![], &[*s]));
+                out.push(super::store::f32_entry(
+                    input_scale_key(&key),
+                    vec![],
+                    &[*s],
+                ));
             }
             out.push(i8_entry(key, shp, q));
         }
@@ -513,7 +598,10 @@ pub fn hub_tensors_with(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<
             ParamData::Int8 { q, .. } => q.len(),
         };
         if len != n {
-            return Err(RuntimeError::input(format!("{p:?}"), format!("has {len} values, shape {shp:?} needs {n}")));
+            return Err(RuntimeError::input(
+                format!("{p:?}"),
+                format!("has {len} values, shape {shp:?} needs {n}"),
+            ));
         }
         let loc = hub_location(cfg, p);
         match loc.rows {
@@ -528,17 +616,33 @@ pub fn hub_tensors_with(cfg: &ModelConfig, mut get: impl FnMut(Param) -> Result<
         shp[0] = rows;
         let merged = match &parts[0].1 {
             ParamData::F32(_) => ParamData::F32(
-                parts.iter().flat_map(|(_, d, _)| if let ParamData::F32(v) = d { v.clone() } else { Vec::new() }).collect(),
+                parts
+                    .iter()
+                    .flat_map(|(_, d, _)| {
+                        if let ParamData::F32(v) = d {
+                            v.clone()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect(),
             ),
             ParamData::Int8 { input_scale, .. } => {
                 let (mut q, mut scales) = (Vec::new(), Vec::new());
                 for (_, d, _) in &parts {
-                    if let ParamData::Int8 { q: pq, scales: ps, .. } = d {
+                    if let ParamData::Int8 {
+                        q: pq, scales: ps, ..
+                    } = d
+                    {
                         q.extend_from_slice(pq);
                         scales.extend_from_slice(ps);
                     }
                 }
-                ParamData::Int8 { q, scales, input_scale: *input_scale }
+                ParamData::Int8 {
+                    q,
+                    scales,
+                    input_scale: *input_scale,
+                }
             }
         };
         emit(&mut out, key, shp, &merged);

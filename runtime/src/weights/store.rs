@@ -64,20 +64,33 @@ impl StoredTensor<'_> {
     /// Converts `out.len()` elements starting at element `offset` to f32.
     pub fn read_f32_into(&self, offset: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len();
-        assert!(offset + n <= self.numel(), "read past the end of {}", self.name);
+        assert!(
+            offset + n <= self.numel(),
+            "read past the end of {}",
+            self.name
+        );
         match self.dtype {
             Dtype::F32 => {
-                for (o, b) in out.iter_mut().zip(self.bytes[offset * 4..(offset + n) * 4].chunks_exact(4)) {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(self.bytes[offset * 4..(offset + n) * 4].chunks_exact(4))
+                {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
             Dtype::F16 => {
-                for (o, b) in out.iter_mut().zip(self.bytes[offset * 2..(offset + n) * 2].chunks_exact(2)) {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(self.bytes[offset * 2..(offset + n) * 2].chunks_exact(2))
+                {
                     *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                 }
             }
             Dtype::BF16 => {
-                for (o, b) in out.iter_mut().zip(self.bytes[offset * 2..(offset + n) * 2].chunks_exact(2)) {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(self.bytes[offset * 2..(offset + n) * 2].chunks_exact(2))
+                {
                     *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
                 }
             }
@@ -104,7 +117,10 @@ pub struct TensorStore {
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::CorruptWeights { path: path.to_path_buf(), reason: reason.into() }
+    RuntimeError::CorruptWeights {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 impl TensorStore {
@@ -117,15 +133,18 @@ impl TensorStore {
         } else if single.is_file() {
             Self::open_files(&[single])
         } else {
-            Err(RuntimeError::MissingWeights { dir: dir.to_path_buf() })
+            Err(RuntimeError::MissingWeights {
+                dir: dir.to_path_buf(),
+            })
         }
     }
 
     /// Opens the shards named by an HF `*.safetensors.index.json`.
     pub fn open_index(index_path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index_path).map_err(|e| RuntimeError::io(index_path, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(index_path, format!("index is not JSON: {e}")))?;
+        let text =
+            std::fs::read_to_string(index_path).map_err(|e| RuntimeError::io(index_path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| corrupt(index_path, format!("index is not JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -133,9 +152,14 @@ impl TensorStore {
         let dir = index_path.parent().unwrap_or(Path::new("."));
         let mut files: Vec<String> = Vec::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| corrupt(index_path, format!("weight_map[{name:?}] is not a string")))?;
+            let file = file.as_str().ok_or_else(|| {
+                corrupt(index_path, format!("weight_map[{name:?}] is not a string"))
+            })?;
             if file.contains('/') || file.contains('\\') || file == ".." {
-                return Err(corrupt(index_path, format!("weight_map[{name:?}] = {file:?} leaves the model directory")));
+                return Err(corrupt(
+                    index_path,
+                    format!("weight_map[{name:?}] = {file:?} leaves the model directory"),
+                ));
             }
             if !files.iter().any(|f| f == file) {
                 files.push(file.to_string());
@@ -145,7 +169,10 @@ impl TensorStore {
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         for p in &paths {
             if !p.is_file() {
-                return Err(corrupt(index_path, format!("shard {} listed in the index does not exist", p.display())));
+                return Err(corrupt(
+                    index_path,
+                    format!("shard {} listed in the index does not exist", p.display()),
+                ));
             }
         }
         let mut store = Self::open_files(&paths)?;
@@ -155,18 +182,30 @@ impl TensorStore {
         for (name, file) in map {
             let file = file.as_str().unwrap_or_default();
             match store.index.get(name) {
-                Some(&i) if store.shards[i].path.file_name().and_then(|n| n.to_str()) == Some(file) => {}
+                Some(&i)
+                    if store.shards[i].path.file_name().and_then(|n| n.to_str()) == Some(file) => {}
                 Some(&i) => {
                     return Err(corrupt(
                         index_path,
-                        format!("tensor {name:?} is listed in {file} but stored in {}", store.shards[i].path.display()),
+                        format!(
+                            "tensor {name:?} is listed in {file} but stored in {}",
+                            store.shards[i].path.display()
+                        ),
                     ));
                 }
-                None => return Err(corrupt(index_path, format!("tensor {name:?} listed in the index is not in {file}"))),
+                None => {
+                    return Err(corrupt(
+                        index_path,
+                        format!("tensor {name:?} listed in the index is not in {file}"),
+                    ));
+                }
             }
         }
         if let Some(extra) = store.index.keys().find(|k| !map.contains_key(*k)) {
-            return Err(corrupt(index_path, format!("tensor {extra:?} is stored in a shard but not listed in the index")));
+            return Err(corrupt(
+                index_path,
+                format!("tensor {extra:?} is stored in a shard but not listed in the index"),
+            ));
         }
         Ok(store)
     }
@@ -177,26 +216,45 @@ impl TensorStore {
         let mut index = HashMap::new();
         for path in paths {
             let file = File::open(path).map_err(|e| RuntimeError::io(path, e))?;
-            let len = file.metadata().map_err(|e| RuntimeError::io(path, e))?.len();
+            let len = file
+                .metadata()
+                .map_err(|e| RuntimeError::io(path, e))?
+                .len();
             if len < 8 {
-                return Err(corrupt(path, format!("file is {len} bytes, too short for a safetensors header")));
+                return Err(corrupt(
+                    path,
+                    format!("file is {len} bytes, too short for a safetensors header"),
+                ));
             }
             // SAFETY: the mapping is read-only; a concurrent writer truncating the file is the
             // one hazard, as for every mmap-based loader.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| corrupt(path, describe(&e, len)))?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| corrupt(path, describe(&e, len)))?;
             let shard_idx = shards.len();
             for name in meta.offset_keys() {
                 if let Some(&prev) = index.get(&name) {
                     let prev: &Shard = &shards[prev];
-                    return Err(corrupt(path, format!("tensor {name:?} is also stored in {}", prev.path.display())));
+                    return Err(corrupt(
+                        path,
+                        format!("tensor {name:?} is also stored in {}", prev.path.display()),
+                    ));
                 }
                 index.insert(name, shard_idx);
             }
-            shards.push(Shard { path: path.clone(), mmap, data_start: 8 + header_len, meta });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+                data_start: 8 + header_len,
+                meta,
+            });
         }
         let main_path = paths.first().cloned().unwrap_or_default();
-        Ok(TensorStore { shards, index, main_path })
+        Ok(TensorStore {
+            shards,
+            index,
+            main_path,
+        })
     }
 
     /// The file to name in messages about the store as a whole.
@@ -237,7 +295,10 @@ impl TensorStore {
 
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.mmap.len() - s.data_start).sum()
+        self.shards
+            .iter()
+            .map(|s| s.mmap.len() - s.data_start)
+            .sum()
     }
 
     /// Counts of stored dtypes, e.g. `{"F32": 211}`.
@@ -257,8 +318,12 @@ impl TensorStore {
 fn describe(e: &safetensors::SafeTensorError, len: u64) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer => format!("file is {len} bytes but its header describes a different size (truncated?)"),
-        E::InvalidHeaderLength => format!("header length exceeds the file size of {len} bytes (truncated?)"),
+        E::MetadataIncompleteBuffer => {
+            format!("file is {len} bytes but its header describes a different size (truncated?)")
+        }
+        E::InvalidHeaderLength => {
+            format!("header length exceeds the file size of {len} bytes (truncated?)")
+        }
         other => other.to_string(),
     }
 }
@@ -278,12 +343,17 @@ pub fn write_safetensors(
                 .map_err(|e| RuntimeError::input(name.clone(), format!("cannot serialise: {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| corrupt(path, e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, metadata).map_err(|e| corrupt(path, e.to_string()))?;
     crate::fsutil::write_atomic(path, &bytes)
 }
 
 /// f32 tensors in the layout [`write_safetensors`] takes.
-pub fn f32_entry(name: impl Into<String>, shape: Vec<usize>, data: &[f32]) -> (String, Vec<usize>, Dtype, Vec<u8>) {
+pub fn f32_entry(
+    name: impl Into<String>,
+    shape: Vec<usize>,
+    data: &[f32],
+) -> (String, Vec<usize>, Dtype, Vec<u8>) {
     let mut bytes = Vec::with_capacity(data.len() * 4);
     for x in data {
         bytes.extend_from_slice(&x.to_le_bytes());

@@ -38,7 +38,9 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
-        return Err(Error::Usage("--iters and --batch must be at least 1".into()));
+        return Err(Error::Usage(
+            "--iters and --batch must be at least 1".into(),
+        ));
     }
     let (h, w) = (a.height.unwrap_or(a.size), a.width.unwrap_or(a.size));
     let model = Arc::new(Model::load(&a.model)?);
@@ -95,7 +97,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.batch as f64 * 1e3 / s.median_ms
     );
     if let Some(r) = rss {
-        println!("peak RSS {:.1} MiB, session prepared in {prepare_ms:.0} ms", r as f64 / (1 << 20) as f64);
+        println!(
+            "peak RSS {:.1} MiB, session prepared in {prepare_ms:.0} ms",
+            r as f64 / (1 << 20) as f64
+        );
     }
     let size = if h == w { json!(h) } else { json!([h, w]) };
     println!(

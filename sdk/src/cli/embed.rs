@@ -43,11 +43,21 @@ pub struct EmbedArgs {
 
 pub fn run(a: EmbedArgs) -> Result<()> {
     if a.images.is_empty() && a.pixels.is_none() {
-        return Err(Error::Usage("give at least one IMAGE, or --pixels PIXELS.safetensors".into()));
+        return Err(Error::Usage(
+            "give at least one IMAGE, or --pixels PIXELS.safetensors".into(),
+        ));
     }
     let size = a.size.unwrap_or(224);
-    let mode = if a.dense { InputMode::Dense(size) } else { InputMode::Fixed(size) };
-    let opts = EmbedderOptions { session: a.backend.session(), mode, capture_layers: a.layers.clone() };
+    let mode = if a.dense {
+        InputMode::Dense(size)
+    } else {
+        InputMode::Fixed(size)
+    };
+    let opts = EmbedderOptions {
+        session: a.backend.session(),
+        mode,
+        capture_layers: a.layers.clone(),
+    };
     let mut emb = Embedder::load(&a.model, &opts)?;
     let info = emb.backend();
     let t0 = Instant::now();
@@ -63,7 +73,11 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         parts.push((f, hw));
     } else {
         // Decode everything first: a bad file fails before any compute and before any output.
-        let images = a.images.iter().map(|p| image_io::load_rgb(p)).collect::<Result<Vec<_>>>()?;
+        let images = a
+            .images
+            .iter()
+            .map(|p| image_io::load_rgb(p))
+            .collect::<Result<Vec<_>>>()?;
         // Features are stacked along the batch: every image must give the same grid.
         let patch = emb.model().config().patch_size;
         let grids: Vec<_> = images
@@ -76,12 +90,21 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         if let Some(k) = grids.iter().position(|g| *g != grids[0]) {
             return Err(Error::Usage(format!(
                 "{} gives a {}x{} patch grid but {} gives {}x{}: features are stacked along the batch, so embed them separately (or use a fixed --size)",
-                a.images[0].display(), grids[0].0, grids[0].1, a.images[k].display(), grids[k].0, grids[k].1
+                a.images[0].display(),
+                grids[0].0,
+                grids[0].1,
+                a.images[k].display(),
+                grids[k].0,
+                grids[k].1
             )));
         }
         let pb = progress(images.len() as u64, "embed");
         for (path, img) in a.images.iter().zip(&images) {
-            pb.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            pb.set_message(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
             let f = emb.embed(img)?;
             parts.push((f, (img.height, img.width)));
             inputs.push(path.display().to_string());
@@ -100,9 +123,18 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     meta.insert("architecture".into(), cfg.describe());
     meta.insert("backend".into(), info.kind.to_string());
     meta.insert("precision".into(), info.precision.to_string());
-    meta.insert("inputs".into(), serde_json::to_string(&inputs).expect("json"));
-    meta.insert("preprocess".into(), format!("{:?}", emb.preprocessor().resize));
-    meta.insert("grid".into(), format!("{}x{}", features.grid.0, features.grid.1));
+    meta.insert(
+        "inputs".into(),
+        serde_json::to_string(&inputs).expect("json"),
+    );
+    meta.insert(
+        "preprocess".into(),
+        format!("{:?}", emb.preprocessor().resize),
+    );
+    meta.insert(
+        "grid".into(),
+        format!("{}x{}", features.grid.0, features.grid.1),
+    );
     write_features(&a.out, &features, meta)?;
 
     if let Some(pca_path) = &a.pca {
@@ -123,7 +155,10 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     for (i, name) in inputs.iter().enumerate() {
         let cls = &features.last.cls.data[i * d..(i + 1) * d];
         let norm = cls.iter().map(|x| x * x).sum::<f32>().sqrt();
-        println!("{name}: cls[:4] = {:?}, |cls| = {norm:.3}", &cls[..4.min(d)]);
+        println!(
+            "{name}: cls[:4] = {:?}, |cls| = {norm:.3}",
+            &cls[..4.min(d)]
+        );
     }
     println!("wrote {}", a.out.display());
     Ok(())
@@ -140,10 +175,17 @@ fn write_pca(path: &Path, parts: &[(Features, (usize, usize))], dim: usize) -> R
             let patches = &f.last.patches.data[b * per..(b + 1) * per];
             let basis = PcaBasis::fit(patches, dim)?;
             let img = upsample(&basis.render(patches, f.grid), *w, *h);
-            let out = if total == 1 { path.to_path_buf() } else { numbered(path, k) };
+            let out = if total == 1 {
+                path.to_path_buf()
+            } else {
+                numbered(path, k)
+            };
             image_io::save_png(&out, &img)?;
             let [e0, e1, e2] = basis.explained.map(|e| e * 100.0);
-            println!("wrote {} (components explain {e0:.0}% / {e1:.0}% / {e2:.0}% of the variance)", out.display());
+            println!(
+                "wrote {} (components explain {e0:.0}% / {e1:.0}% / {e2:.0}% of the variance)",
+                out.display()
+            );
             k += 1;
         }
     }
@@ -151,7 +193,13 @@ fn write_pca(path: &Path, parts: &[(Features, (usize, usize))], dim: usize) -> R
 }
 
 fn numbered(path: &Path, k: usize) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pca".into());
-    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pca".into());
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
     path.with_file_name(format!("{stem}-{k}.{ext}"))
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use clap::Args;
 use dinoedge::compare::{average, layer_cosines};
 use dinoedge::stereo::{self, StereoScore};
-use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Model, Precision, Result, SessionOptions, assets, image_io};
+use dinoedge::{
+    Embedder, EmbedderOptions, Error, InputMode, Model, Precision, Result, SessionOptions, assets,
+    image_io,
+};
 use serde_json::json;
 
 use super::progress;
@@ -32,7 +35,13 @@ pub struct EvalQuantArgs {
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -40,20 +49,48 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
     let reference = Arc::new(Model::load(&a.reference)?);
     let quantized = Arc::new(Model::load(&a.quantized)?);
     let (rc, qc) = (reference.config(), quantized.config());
-    if (rc.hidden_size, rc.num_layers, rc.patch_size) != (qc.hidden_size, qc.num_layers, qc.patch_size) {
-        return Err(Error::Usage(format!("{} and {} are different architectures", a.reference.display(), a.quantized.display())));
+    if (rc.hidden_size, rc.num_layers, rc.patch_size)
+        != (qc.hidden_size, qc.num_layers, qc.patch_size)
+    {
+        return Err(Error::Usage(format!(
+            "{} and {} are different architectures",
+            a.reference.display(),
+            a.quantized.display()
+        )));
     }
-    let images = if a.images.is_empty() { assets::default_photos() } else { a.images.clone() };
+    let images = if a.images.is_empty() {
+        assets::default_photos()
+    } else {
+        a.images.clone()
+    };
     if images.is_empty() {
-        return Err(Error::Usage("no images: pass IMAGES or run scripts/fetch-assets.sh for the default photos".into()));
+        return Err(Error::Usage(
+            "no images: pass IMAGES or run scripts/fetch-assets.sh for the default photos".into(),
+        ));
     }
     let all_layers: Vec<usize> = (0..rc.num_layers).collect();
-    let session = |precision: Option<Precision>| SessionOptions { precision, threads: a.threads, ..Default::default() };
-    let opts = |precision, mode| EmbedderOptions { session: session(precision), mode, capture_layers: all_layers.clone() };
-    let mut ref_e = Embedder::from_model(reference.clone(), &opts(Some(Precision::F32), InputMode::Fixed(a.size)))?;
+    let session = |precision: Option<Precision>| SessionOptions {
+        precision,
+        threads: a.threads,
+        ..Default::default()
+    };
+    let opts = |precision, mode| EmbedderOptions {
+        session: session(precision),
+        mode,
+        capture_layers: all_layers.clone(),
+    };
+    let mut ref_e = Embedder::from_model(
+        reference.clone(),
+        &opts(Some(Precision::F32), InputMode::Fixed(a.size)),
+    )?;
     let mut q_e = Embedder::from_model(quantized.clone(), &opts(None, InputMode::Fixed(a.size)))?;
     eprintln!("reference: {} on {}", rc.describe(), ref_e.backend().device);
-    eprintln!("quantised: {} ({}) on {}", qc.describe(), q_e.backend().precision, q_e.backend().device);
+    eprintln!(
+        "quantised: {} ({}) on {}",
+        qc.describe(),
+        q_e.backend().precision,
+        q_e.backend().device
+    );
 
     let pb = progress(images.len() as u64, "compare");
     let mut per_image = Vec::new();
@@ -69,9 +106,19 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
     // Dense task: stereo correspondence, same metric for both models.
     let pairs = stereo::available_pairs()?;
     let dense = |model: &Arc<Model>, precision| {
-        Embedder::from_model(model.clone(), &EmbedderOptions { session: session(precision), mode: InputMode::Dense(a.stereo_size), capture_layers: vec![] })
+        Embedder::from_model(
+            model.clone(),
+            &EmbedderOptions {
+                session: session(precision),
+                mode: InputMode::Dense(a.stereo_size),
+                capture_layers: vec![],
+            },
+        )
     };
-    let (mut rd, mut qd) = (dense(&reference, Some(Precision::F32))?, dense(&quantized, None)?);
+    let (mut rd, mut qd) = (
+        dense(&reference, Some(Precision::F32))?,
+        dense(&quantized, None)?,
+    );
     let mut stereo_rows: Vec<(StereoScore, StereoScore)> = Vec::new();
     for p in &pairs {
         stereo_rows.push((stereo::evaluate(&mut rd, p)?, stereo::evaluate(&mut qd, p)?));
@@ -79,11 +126,20 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
 
     println!("{:<8} {:>12} {:>12}", "layer", "CLS cos", "patch cos");
     for c in &cos {
-        let label = if c.layer + 1 == rc.num_layers { format!("{} (out)", c.layer) } else { c.layer.to_string() };
+        let label = if c.layer + 1 == rc.num_layers {
+            format!("{} (out)", c.layer)
+        } else {
+            c.layer.to_string()
+        };
         println!("{label:<8} {:>12.6} {:>12.6}", c.cls, c.patches);
     }
     let (sr, sq) = (dir_bytes(&a.reference), dir_bytes(&a.quantized));
-    println!("size on disk: reference {:.1} MiB, quantised {:.1} MiB ({:.3}x)", sr as f64 / 1048576.0, sq as f64 / 1048576.0, sq as f64 / sr.max(1) as f64);
+    println!(
+        "size on disk: reference {:.1} MiB, quantised {:.1} MiB ({:.3}x)",
+        sr as f64 / 1048576.0,
+        sq as f64 / 1048576.0,
+        sq as f64 / sr.max(1) as f64
+    );
     if pairs.is_empty() {
         println!("stereo: no pairs found (run scripts/fetch-assets.sh)");
     }

@@ -29,6 +29,11 @@ pub fn run(a: ImportArgs) -> Result<()> {
     write_model_dir(&imp, &a.out, &a.onnx)?;
     // Load what was written, as any user of the directory would.
     let model = Model::load(&a.out)?;
-    println!("imported {} ({} parameters) -> {}", model.config().describe(), model.num_parameters(), a.out.display());
+    println!(
+        "imported {} ({} parameters) -> {}",
+        model.config().describe(),
+        model.num_parameters(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -25,7 +25,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     let Some(model_dir) = &a.model else {
         if a.backend.is_none() {
-            return Err(dinoedge::Error::Usage("give a MODEL_DIR, --backend, or both".into()));
+            return Err(dinoedge::Error::Usage(
+                "give a MODEL_DIR, --backend, or both".into(),
+            ));
         }
         return Ok(());
     };
@@ -36,11 +38,19 @@ fn backend_info(b: BackendKind, json: bool) -> Result<()> {
     match b {
         BackendKind::Cpu | BackendKind::CpuReference => {
             let isa = dinoedge::runtime::backend::cpu::isa::Isa::detect();
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
             if json {
-                println!("{}", json!({"backend": b.to_string(), "isa": isa.name(), "threads": threads}));
+                println!(
+                    "{}",
+                    json!({"backend": b.to_string(), "isa": isa.name(), "threads": threads})
+                );
             } else {
-                println!("backend      {b}: {} CPU, {isa} kernels, {threads} threads", std::env::consts::ARCH);
+                println!(
+                    "backend      {b}: {} CPU, {isa} kernels, {threads} threads",
+                    std::env::consts::ARCH
+                );
             }
             Ok(())
         }
@@ -48,26 +58,38 @@ fn backend_info(b: BackendKind, json: bool) -> Result<()> {
         BackendKind::Wgpu => {
             use dinoedge::runtime::backend::wgpu::{WgpuBackend, list_adapters};
             let adapters = list_adapters();
-            let chosen = WgpuBackend::new(dinoedge::Precision::F32, None).map(|b| b.adapter_info().name.clone());
+            let chosen = WgpuBackend::new(dinoedge::Precision::F32, None)
+                .map(|b| b.adapter_info().name.clone());
             if json {
                 let list: Vec<_> = adapters
                     .iter()
                     .map(|a| json!({"index": a.index, "name": a.name, "backend": a.backend, "type": a.device_type, "driver": a.driver, "shader_f16": a.shader_f16,
                         "max_storage_buffer_binding_size": a.max_storage_buffer_binding_size, "max_buffer_size": a.max_buffer_size, "max_compute_workgroup_storage_size": a.max_compute_workgroup_storage_size}))
                     .collect();
-                println!("{}", json!({"backend": "wgpu", "adapters": list, "selected": chosen.as_ref().ok()}));
+                println!(
+                    "{}",
+                    json!({"backend": "wgpu", "adapters": list, "selected": chosen.as_ref().ok()})
+                );
             } else {
                 for ad in &adapters {
                     println!(
                         "adapter {}    {} ({}, {}), driver {}, shader_f16 {}, max storage binding {} MiB",
-                        ad.index, ad.name, ad.backend, ad.device_type, ad.driver, ad.shader_f16, ad.max_storage_buffer_binding_size >> 20
+                        ad.index,
+                        ad.name,
+                        ad.backend,
+                        ad.device_type,
+                        ad.driver,
+                        ad.shader_f16,
+                        ad.max_storage_buffer_binding_size >> 20
                     );
                 }
             }
             match chosen {
                 Ok(name) => {
                     if !json {
-                        println!("selected     {name} (override: --adapter NAME|INDEX or DINOEDGE_WGPU_ADAPTER)");
+                        println!(
+                            "selected     {name} (override: --adapter NAME|INDEX or DINOEDGE_WGPU_ADAPTER)"
+                        );
                     }
                     Ok(())
                 }
@@ -76,7 +98,10 @@ fn backend_info(b: BackendKind, json: bool) -> Result<()> {
         }
         other => Err(dinoedge::runtime::RuntimeError::BackendUnavailable {
             backend: other.to_string(),
-            reason: format!("not compiled into this build (available: {})", dinoedge::runtime::session::compiled_backends().join(", ")),
+            reason: format!(
+                "not compiled into this build (available: {})",
+                dinoedge::runtime::session::compiled_backends().join(", ")
+            ),
         }
         .into()),
     }
@@ -119,15 +144,34 @@ fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
-    let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} ({n} tensors)")).collect();
+    let dt: Vec<String> = dtypes
+        .iter()
+        .map(|(d, n)| format!("{d} ({n} tensors)"))
+        .collect();
     println!("model        {}", model_dir.display());
     println!("architecture {}", cfg.describe());
     println!("model_type   {}", cfg.family.model_type());
-    println!("parameters   {} ({:.1}M)", model.num_parameters(), model.num_parameters() as f64 / 1e6);
+    println!(
+        "parameters   {} ({:.1}M)",
+        model.num_parameters(),
+        model.num_parameters() as f64 / 1e6
+    );
     println!("dtype        {}", dt.join(", "));
-    println!("weights      {:.1} MiB", store.data_bytes() as f64 / (1 << 20) as f64);
-    println!("heads        {} x {} dims, MLP {}", cfg.num_heads, cfg.head_dim(), cfg.intermediate_size);
+    println!(
+        "weights      {:.1} MiB",
+        store.data_bytes() as f64 / (1 << 20) as f64
+    );
+    println!(
+        "heads        {} x {} dims, MLP {}",
+        cfg.num_heads,
+        cfg.head_dim(),
+        cfg.intermediate_size
+    );
     println!("positions    {positions}");
-    println!("tokens @224  {} (1 CLS + {} registers + {gh}x{gw} patches)", cfg.num_tokens(224, 224), cfg.num_register_tokens);
+    println!(
+        "tokens @224  {} (1 CLS + {} registers + {gh}x{gw} patches)",
+        cfg.num_tokens(224, 224),
+        cfg.num_register_tokens
+    );
     Ok(())
 }

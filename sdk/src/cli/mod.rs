@@ -1,6 +1,7 @@
 //! Subcommands of the `dinoedge` CLI. Results go to stdout, progress and notes to stderr.
 
 mod bench;
+mod distill;
 mod embed;
 mod eval_quant;
 mod import;
@@ -11,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use dinoedge::{BackendKind, Precision, Result, SessionOptions};
 
 #[derive(Parser)]
-#[command(name = "dinoedge", version, about = "DINOv3-class dense vision features on edge devices")]
+#[command(
+    name = "dinoedge",
+    version,
+    about = "DINOv3-class dense vision features on edge devices"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -31,6 +36,8 @@ enum Cmd {
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised model with its float original: per-layer cosines, size, stereo score.
     EvalQuant(eval_quant::EvalQuantArgs),
+    /// Distil a small DINOv3 student from a teacher's features (subcommands: cache-teacher, eval, plot).
+    Distill(Box<distill::DistillArgs>),
 }
 
 /// Backend selection shared by the commands that run a model.
@@ -54,28 +61,46 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { backend: self.backend, precision: self.precision, threads: self.threads, adapter: self.adapter.clone() }
+        SessionOptions {
+            backend: self.backend,
+            precision: self.precision,
+            threads: self.threads,
+            adapter: self.adapter.clone(),
+        }
     }
 }
 
 pub fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
-    s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
+    s.parse()
+        .map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
 }
 
 pub fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
-    s.parse().map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
+    s.parse()
+        .map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
-            .expect("static template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// Prints a line above the progress bar, or to stderr when the bar is hidden (not a terminal).
+pub fn note(pb: &indicatif::ProgressBar, msg: impl AsRef<str>) {
+    if pb.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        pb.println(msg.as_ref());
+    }
 }
 
 pub fn main() -> Result<()> {
@@ -87,5 +112,6 @@ pub fn main() -> Result<()> {
         Cmd::ImportOnnx(a) => import::run(a),
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::EvalQuant(a) => eval_quant::run(a),
+        Cmd::Distill(a) => distill::run(*a),
     }
 }

@@ -41,28 +41,48 @@ pub struct QuantizeArgs {
 }
 
 /// Loads and preprocesses calibration images; unreadable files are skipped with a warning.
-fn calibration_inputs(model: &Model, files: &[PathBuf], size: usize, source: &Path) -> Result<Vec<Tensor>> {
+fn calibration_inputs(
+    model: &Model,
+    files: &[PathBuf],
+    size: usize,
+    source: &Path,
+) -> Result<Vec<Tensor>> {
     let pre = Preprocessor::for_model(model.config(), Some(model.dir()), size)?;
     let pb = progress(files.len() as u64, "load");
     let mut out = Vec::new();
     let mut skipped = 0;
     for f in files {
         match image_io::load_rgb(f) {
-            Ok(img) if img.width >= model.config().patch_size && img.height >= model.config().patch_size => out.push(pre.run(&img)?),
+            Ok(img)
+                if img.width >= model.config().patch_size
+                    && img.height >= model.config().patch_size =>
+            {
+                out.push(pre.run(&img)?)
+            }
             Ok(_) => {
                 skipped += 1;
-                pb.println(format!("warning: {} is smaller than one patch, skipped", f.display()));
+                super::note(
+                    &pb,
+                    format!(
+                        "warning: {} is smaller than one patch, skipped",
+                        f.display()
+                    ),
+                );
             }
             Err(e) => {
                 skipped += 1;
-                pb.println(format!("warning: skipped: {e}"));
+                super::note(&pb, format!("warning: skipped: {e}"));
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
     if out.is_empty() {
-        return Err(Error::Usage(format!("{}: no readable calibration images ({} files tried, {skipped} unreadable)", source.display(), files.len())));
+        return Err(Error::Usage(format!(
+            "{}: no readable calibration images ({} files tried, {skipped} unreadable)",
+            source.display(),
+            files.len()
+        )));
     }
     if skipped > 0 {
         eprintln!("note: {skipped} calibration file(s) skipped");
@@ -73,21 +93,38 @@ fn calibration_inputs(model: &Model, files: &[PathBuf], size: usize, source: &Pa
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let model = Arc::new(Model::load(&a.model)?);
     if model.is_quantized() {
-        return Err(Error::Usage(format!("{}: the model is already quantized (int8); quantize the float original", a.model.display())));
+        return Err(Error::Usage(format!(
+            "{}: the model is already quantized (int8); quantize the float original",
+            a.model.display()
+        )));
     }
     let smoothing = match a.smoothquant.as_str() {
         "auto" => Smoothing::Auto,
         "off" => Smoothing::Off,
         s => match s.parse::<f32>() {
             Ok(v) if v > 0.0 && v < 1.0 => Smoothing::Alpha(v),
-            _ => return Err(Error::Usage(format!("--smoothquant {s:?}: expected auto, off or a number in (0, 1)"))),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--smoothquant {s:?}: expected auto, off or a number in (0, 1)"
+                )));
+            }
         },
     };
-    let activations = if a.activations == "static" { ActivationScheme::StaticPerTensor } else { ActivationScheme::DynamicPerToken };
-    let opts = QuantizeOptions { precision: a.precision, activations, smoothing, threads: a.threads };
+    let activations = if a.activations == "static" {
+        ActivationScheme::StaticPerTensor
+    } else {
+        ActivationScheme::DynamicPerToken
+    };
+    let opts = QuantizeOptions {
+        precision: a.precision,
+        activations,
+        smoothing,
+        threads: a.threads,
+    };
 
     // Calibration: needed for SmoothQuant and static scales (int8 only).
-    let wants_calib = a.precision == Precision::Int8 && (smoothing != Smoothing::Off || activations == ActivationScheme::StaticPerTensor);
+    let wants_calib = a.precision == Precision::Int8
+        && (smoothing != Smoothing::Off || activations == ActivationScheme::StaticPerTensor);
     let mut calib: Option<CalibrationStats> = None;
     if wants_calib {
         let (files, source) = match &a.calib {
@@ -98,17 +135,32 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             if activations == ActivationScheme::StaticPerTensor {
                 return Err(Error::Usage("static activations need calibration images: pass --calib DIR (or run scripts/fetch-assets.sh)".into()));
             }
-            eprintln!("note: no calibration images (no --calib, and the asset photos are not fetched): int8 without SmoothQuant");
+            eprintln!(
+                "note: no calibration images (no --calib, and the asset photos are not fetched): int8 without SmoothQuant"
+            );
         } else {
             let files: Vec<PathBuf> = files.into_iter().take(a.calib_count.max(1)).collect();
             if files.is_empty() {
-                return Err(Error::Usage(format!("{}: no image files (jpg, png, pgm) to calibrate on", source.display())));
+                return Err(Error::Usage(format!(
+                    "{}: no image files (jpg, png, pgm) to calibrate on",
+                    source.display()
+                )));
             }
             let inputs = calibration_inputs(&model, &files, a.calib_size, &source)?;
             let pb = progress(inputs.len() as u64, "calibrate");
-            let stats = quant::calibrate(&model, &inputs, a.threads, &source.display().to_string(), |i| pb.set_position(i as u64))?;
+            let stats = quant::calibrate(
+                &model,
+                &inputs,
+                a.threads,
+                &source.display().to_string(),
+                |i| pb.set_position(i as u64),
+            )?;
             pb.finish_and_clear();
-            eprintln!("calibrated on {} image(s) from {}", stats.images, source.display());
+            eprintln!(
+                "calibrated on {} image(s) from {}",
+                stats.images,
+                source.display()
+            );
             calib = Some(stats);
         }
     }
@@ -118,11 +170,22 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // Load what was written, as any user of the directory would.
     let written = Model::load(&a.out)?;
     let size = |dir: &Path| -> u64 {
-        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
     };
     let (s0, s1) = (size(&a.model), size(&a.out));
     if !q.sites.is_empty() {
-        println!("{:<18} {:>12} {:>12} {:>7} {:>12}", "linear input", "int8 err", "smoothed", "alpha", "input scale");
+        println!(
+            "{:<18} {:>12} {:>12} {:>7} {:>12}",
+            "linear input", "int8 err", "smoothed", "alpha", "input scale"
+        );
         for r in &q.sites {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |e| format!("{e:.2e}"));
             println!(

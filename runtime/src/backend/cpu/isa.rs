@@ -32,7 +32,10 @@ impl Isa {
     }
 
     fn lowered(best: Isa, want: &str) -> Isa {
-        Self::all_supported().into_iter().find(|c| c.name() == want).unwrap_or(best)
+        Self::all_supported()
+            .into_iter()
+            .find(|c| c.name() == want)
+            .unwrap_or(best)
     }
 
     /// Every family this CPU can run, best first (tests run each of them).
@@ -71,9 +74,13 @@ impl Isa {
         use std::arch::is_x86_feature_detected as has;
         let avx2 = has!("avx2") && has!("fma") && has!("f16c");
         if avx2 && has!("avx512f") {
-            Isa::Avx512 { vnni: has!("avx512vnni") && has!("avx512bw") }
+            Isa::Avx512 {
+                vnni: has!("avx512vnni") && has!("avx512bw"),
+            }
         } else if avx2 {
-            Isa::Avx2 { vnni: has!("avxvnni") }
+            Isa::Avx2 {
+                vnni: has!("avxvnni"),
+            }
         } else {
             Isa::Scalar
         }
@@ -81,7 +88,9 @@ impl Isa {
 
     #[cfg(target_arch = "aarch64")]
     fn detect_best() -> Isa {
-        Isa::Neon { dotprod: std::arch::is_aarch64_feature_detected!("dotprod") }
+        Isa::Neon {
+            dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+        }
     }
 
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

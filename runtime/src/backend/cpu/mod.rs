@@ -44,16 +44,28 @@ impl CpuBackend {
         let threads = match threads {
             Some(0) => return Err(RuntimeError::input("threads", "must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         };
         if !matches!(precision, Precision::F32 | Precision::F16 | Precision::Int8) {
             return Err(RuntimeError::BackendUnavailable {
                 backend: "cpu".into(),
-                reason: format!("precision {precision} is not supported on the CPU (use f32, f16 or int8)"),
+                reason: format!(
+                    "precision {precision} is not supported on the CPU (use f32, f16 or int8)"
+                ),
             });
         }
-        let pool = Pool::new(threads).map_err(|e| RuntimeError::BackendUnavailable { backend: "cpu".into(), reason: e.to_string() })?;
-        Ok(CpuBackend { pool, isa, precision, scratch: RefCell::new(Vec::new()) })
+        let pool = Pool::new(threads).map_err(|e| RuntimeError::BackendUnavailable {
+            backend: "cpu".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(CpuBackend {
+            pool,
+            isa,
+            precision,
+            scratch: RefCell::new(Vec::new()),
+        })
     }
 
     pub fn isa(&self) -> Isa {
@@ -69,7 +81,11 @@ impl CpuBackend {
         // int8 activations: rows x K (bytes, K up to the MLP width) plus per-row scales.
         let k = d.dim.max(d.hidden).max(d.patch_len()).div_ceil(4) * 4;
         let rows = d.rows().max(d.batch * d.patches());
-        let int8 = if self.precision == Precision::Int8 { (rows * k + rows * 4 + 64).div_ceil(4) } else { 0 };
+        let int8 = if self.precision == Precision::Int8 {
+            (rows * k + rows * 4 + 64).div_ceil(4)
+        } else {
+            0
+        };
         attn.max(int8)
     }
 }
@@ -82,7 +98,12 @@ impl Backend for CpuBackend {
         BackendInfo {
             kind: BackendKind::Cpu,
             precision: self.precision,
-            device: format!("{} CPU ({} kernels), {} threads", std::env::consts::ARCH, self.isa, self.pool.threads()),
+            device: format!(
+                "{} CPU ({} kernels), {} threads",
+                std::env::consts::ARCH,
+                self.isa,
+                self.pool.threads()
+            ),
             threads: self.pool.threads(),
         }
     }
@@ -101,7 +122,10 @@ impl Backend for CpuBackend {
 
     fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
         if dst.len() != data.len() {
-            return Err(RuntimeError::input("buffer", format!("write of {} values into {}", data.len(), dst.len())));
+            return Err(RuntimeError::input(
+                "buffer",
+                format!("write of {} values into {}", data.len(), dst.len()),
+            ));
         }
         dst.copy_from_slice(data);
         Ok(())
@@ -123,7 +147,9 @@ impl Backend for CpuBackend {
             // A float model at int8: per-channel weights quantised here, dynamic activations.
             // The patch embedding stays in float: it sees raw pixels, and quantising it costs
             // accuracy for ~1% of the FLOPs.
-            Precision::Int8 if w.name != "patch_embed" => PackedLinear::int8_from_f32(self.isa, &w.weight, w.bias, o, k),
+            Precision::Int8 if w.name != "patch_embed" => {
+                PackedLinear::int8_from_f32(self.isa, &w.weight, w.bias, o, k)
+            }
             Precision::F16 => PackedLinear::f16(self.isa, &w.weight, w.bias, o, k),
             _ => PackedLinear::f32(self.isa, &w.weight, w.bias, o, k),
         })
@@ -157,23 +183,51 @@ impl Backend for CpuBackend {
         let (cols, emb) = scratch.split_at_mut(n_patches * pl);
         let emb = &mut emb[..n_patches * dim];
         let cols_rows = RowsMut::new(cols, pl);
-        self.pool.run_rows(n_patches, 4, |r0, r1| im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d));
+        self.pool.run_rows(n_patches, 4, |r0, r1| {
+            im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d)
+        });
         self.matmul_slices(emb, cols, w, n_patches, Epi::Store)?;
         let regs: &[f32] = registers.map(|r| r.as_slice()).unwrap_or(&[]);
         let x_rows = RowsMut::new(&mut x[..d.rows() * dim], dim);
         let emb = &*emb;
         self.pool.run_rows(d.rows(), 8, |r0, r1| {
-            assemble_rows(unsafe { x_rows.rows(r0, r1) }, r0, emb, cls, regs, pos.map(|p| p.as_slice()), d)
+            assemble_rows(
+                unsafe { x_rows.rows(r0, r1) },
+                r0,
+                emb,
+                cls,
+                regs,
+                pos.map(|p| p.as_slice()),
+                d,
+            )
         });
         Ok(())
     }
 
-    fn layer_norm(&self, out: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize, eps: f32) -> Result<()> {
-        ops::layer_norm::fast::layer_norm_fast(&self.pool, self.isa, out, inp, weight, bias, rows, cols, eps);
+    fn layer_norm(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        ops::layer_norm::fast::layer_norm_fast(
+            &self.pool, self.isa, out, inp, weight, bias, rows, cols, eps,
+        );
         Ok(())
     }
 
-    fn matmul(&self, out: &mut Vec<f32>, inp: &Vec<f32>, w: &PackedLinear, rows: usize, epi: Epilogue<'_, Vec<f32>>) -> Result<()> {
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        w: &PackedLinear,
+        rows: usize,
+        epi: Epilogue<'_, Vec<f32>>,
+    ) -> Result<()> {
         let epi = match epi {
             Epilogue::Store => Epi::Store,
             Epilogue::Act(a) => Epi::Act(a),
@@ -185,7 +239,9 @@ impl Backend for CpuBackend {
     fn rope(&self, qkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, d: &Dims) -> Result<()> {
         let row = 3 * d.dim;
         let rows = RowsMut::new(&mut qkv[..d.rows() * row], row);
-        self.pool.run_rows(d.rows(), 16, |r0, r1| ops::rope::cpu::rope_rows(unsafe { rows.rows(r0, r1) }, r0, cos, sin, d));
+        self.pool.run_rows(d.rows(), 16, |r0, r1| {
+            ops::rope::cpu::rope_rows(unsafe { rows.rows(r0, r1) }, r0, cos, sin, d)
+        });
         Ok(())
     }
 
@@ -200,21 +256,37 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn swiglu(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, rows: usize, hidden: usize, act: Activation) -> Result<()> {
+    fn swiglu(
+        &self,
+        out: &mut Vec<f32>,
+        gate_up: &Vec<f32>,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()> {
         ops::swiglu::fast::swiglu_fast(&self.pool, self.isa, out, gate_up, rows, hidden, act);
         Ok(())
     }
 }
 
 impl CpuBackend {
-    fn matmul_slices(&self, out: &mut [f32], inp: &[f32], w: &PackedLinear, rows: usize, epi: Epi) -> Result<()> {
+    fn matmul_slices(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        w: &PackedLinear,
+        rows: usize,
+        epi: Epi,
+    ) -> Result<()> {
         let need = w.scratch_bytes(rows);
         let mut scratch = self.scratch.borrow_mut();
         if scratch.len() * 4 < need {
             scratch.resize(need.div_ceil(4), 0.0);
         }
         // SAFETY: viewing f32 storage as bytes.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, scratch.len() * 4) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, scratch.len() * 4)
+        };
         matmul_fast(&self.pool, out, inp, w, rows, epi, bytes);
         Ok(())
     }

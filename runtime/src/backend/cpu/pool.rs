@@ -64,9 +64,18 @@ impl Pool {
         let mut workers = Vec::with_capacity(threads - 1);
         for i in 1..threads {
             let s = shared.clone();
-            workers.push(std::thread::Builder::new().name(format!("dinoedge-cpu-{i}")).spawn(move || worker(&s))?);
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("dinoedge-cpu-{i}"))
+                    .spawn(move || worker(&s))?,
+            );
         }
-        Ok(Pool { shared, workers, threads, running: Mutex::new(()) })
+        Ok(Pool {
+            shared,
+            workers,
+            threads,
+            running: Mutex::new(()),
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -89,7 +98,14 @@ impl Pool {
         let dyn_f: &(dyn Fn(usize) + Sync) = &f;
         // SAFETY: erases the closure's lifetime; every worker stops touching it before this
         // function returns (we wait for `busy == 0` below).
-        let job = Job { f: unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(dyn_f) }, n_tasks };
+        let job = Job {
+            f: unsafe {
+                std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(
+                    dyn_f,
+                )
+            },
+            n_tasks,
+        };
         s.next.store(0, Ordering::Relaxed);
         s.busy.store(self.threads - 1, Ordering::Relaxed);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
@@ -179,7 +195,9 @@ impl Pool {
     /// `f(first, end)` on each.
     pub fn run_rows<F: Fn(usize, usize) + Sync>(&self, rows: usize, min_rows: usize, f: F) {
         let chunk = rows.div_ceil(self.threads * 4).max(min_rows).max(1);
-        self.run(rows.div_ceil(chunk), |t| f(t * chunk, ((t + 1) * chunk).min(rows)));
+        self.run(rows.div_ceil(chunk), |t| {
+            f(t * chunk, ((t + 1) * chunk).min(rows))
+        });
     }
 }
 
@@ -197,7 +215,12 @@ unsafe impl Sync for RowsMut<'_> {}
 
 impl<'a> RowsMut<'a> {
     pub fn new(buf: &'a mut [f32], row_len: usize) -> Self {
-        RowsMut { ptr: buf.as_mut_ptr(), rows: buf.len() / row_len.max(1), row_len, _life: std::marker::PhantomData }
+        RowsMut {
+            ptr: buf.as_mut_ptr(),
+            rows: buf.len() / row_len.max(1),
+            row_len,
+            _life: std::marker::PhantomData,
+        }
     }
 
     /// Rows `r0..r1`.
@@ -206,8 +229,17 @@ impl<'a> RowsMut<'a> {
     /// No two live slices may overlap.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn rows(&self, r0: usize, r1: usize) -> &'a mut [f32] {
-        assert!(r0 <= r1 && r1 <= self.rows, "rows {r0}..{r1} of {}", self.rows);
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r0 * self.row_len), (r1 - r0) * self.row_len) }
+        assert!(
+            r0 <= r1 && r1 <= self.rows,
+            "rows {r0}..{r1} of {}",
+            self.rows
+        );
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.add(r0 * self.row_len),
+                (r1 - r0) * self.row_len,
+            )
+        }
     }
 }
 
@@ -224,7 +256,10 @@ mod tests {
                 pool.run(n, |t| {
                     hits[t].fetch_add(1, Ordering::Relaxed);
                 });
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "threads {threads}, n {n}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "threads {threads}, n {n}"
+                );
             }
         }
     }
@@ -237,7 +272,10 @@ mod tests {
             pool.run(17, |t| {
                 sum.fetch_add(t + round, Ordering::Relaxed);
             });
-            assert_eq!(sum.load(Ordering::Relaxed), (0..17).sum::<usize>() + 17 * round);
+            assert_eq!(
+                sum.load(Ordering::Relaxed),
+                (0..17).sum::<usize>() + 17 * round
+            );
         }
     }
 }

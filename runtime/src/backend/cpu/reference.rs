@@ -5,9 +5,9 @@
 //! and nothing oversubscribes the global pool. Buffers are plain `Vec<f32>`.
 
 use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::ops::matmul::Epi;
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
+use crate::ops::matmul::Epi;
 use crate::ops::{self, Dims};
 
 /// A Linear layer in HF layout (out, in), bias expanded to zeros when absent.
@@ -29,13 +29,18 @@ impl ReferenceBackend {
         let threads = match threads {
             Some(0) => return Err(RuntimeError::input("threads", "must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("dinoedge-ref-{i}"))
             .build()
-            .map_err(|e| RuntimeError::BackendUnavailable { backend: "cpu-ref".into(), reason: e.to_string() })?;
+            .map_err(|e| RuntimeError::BackendUnavailable {
+                backend: "cpu-ref".into(),
+                reason: e.to_string(),
+            })?;
         Ok(ReferenceBackend { pool, threads })
     }
 
@@ -52,7 +57,11 @@ impl Backend for ReferenceBackend {
         BackendInfo {
             kind: BackendKind::CpuReference,
             precision: Precision::F32,
-            device: format!("{} CPU reference kernels, {} threads", std::env::consts::ARCH, self.threads),
+            device: format!(
+                "{} CPU reference kernels, {} threads",
+                std::env::consts::ARCH,
+                self.threads
+            ),
             threads: self.threads,
         }
     }
@@ -71,7 +80,10 @@ impl Backend for ReferenceBackend {
 
     fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
         if dst.len() != data.len() {
-            return Err(RuntimeError::input("buffer", format!("write of {} values into {}", data.len(), dst.len())));
+            return Err(RuntimeError::input(
+                "buffer",
+                format!("write of {} values into {}", data.len(), dst.len()),
+            ));
         }
         dst.copy_from_slice(data);
         Ok(())
@@ -84,7 +96,12 @@ impl Backend for ReferenceBackend {
 
     fn linear(&self, w: HostLinear) -> Result<RefLinear> {
         let bias = w.bias.unwrap_or_else(|| vec![0.0; w.out_features]);
-        Ok(RefLinear { out_features: w.out_features, in_features: w.in_features, weight: w.weight, bias })
+        Ok(RefLinear {
+            out_features: w.out_features,
+            in_features: w.in_features,
+            weight: w.weight,
+            bias,
+        })
     }
 
     fn patch_embed_scratch(&self, d: &Dims) -> usize {
@@ -104,44 +121,108 @@ impl Backend for ReferenceBackend {
     ) -> Result<()> {
         let regs: &[f32] = registers.map(|r| r.as_slice()).unwrap_or(&[]);
         self.pool.install(|| {
-            ops::patch_embed::cpu::patch_embed_forward(x, scratch, pixels, &w.weight, &w.bias, cls, regs, pos.map(|p| p.as_slice()), d)
+            ops::patch_embed::cpu::patch_embed_forward(
+                x,
+                scratch,
+                pixels,
+                &w.weight,
+                &w.bias,
+                cls,
+                regs,
+                pos.map(|p| p.as_slice()),
+                d,
+            )
         });
         Ok(())
     }
 
-    fn layer_norm(&self, out: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, rows: usize, cols: usize, eps: f32) -> Result<()> {
+    fn layer_norm(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
         let n = rows * cols;
-        self.pool.install(|| ops::layer_norm::cpu::layer_norm_forward(&mut out[..n], &inp[..n], weight, bias, cols, eps));
+        self.pool.install(|| {
+            ops::layer_norm::cpu::layer_norm_forward(
+                &mut out[..n],
+                &inp[..n],
+                weight,
+                bias,
+                cols,
+                eps,
+            )
+        });
         Ok(())
     }
 
-    fn matmul(&self, out: &mut Vec<f32>, inp: &Vec<f32>, w: &RefLinear, rows: usize, epi: Epilogue<'_, Vec<f32>>) -> Result<()> {
+    fn matmul(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        w: &RefLinear,
+        rows: usize,
+        epi: Epilogue<'_, Vec<f32>>,
+    ) -> Result<()> {
         let (k, o) = (w.in_features, w.out_features);
         let epi = match epi {
             Epilogue::Store => Epi::Store,
             Epilogue::Act(a) => Epi::Act(a),
             Epilogue::Residual(g) => Epi::Residual(g),
         };
-        self.pool.install(|| ops::matmul::cpu::matmul_forward(&mut out[..rows * o], &inp[..rows * k], &w.weight, Some(&w.bias), k, o, epi));
+        self.pool.install(|| {
+            ops::matmul::cpu::matmul_forward(
+                &mut out[..rows * o],
+                &inp[..rows * k],
+                &w.weight,
+                Some(&w.bias),
+                k,
+                o,
+                epi,
+            )
+        });
         Ok(())
     }
 
     fn rope(&self, qkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, d: &Dims) -> Result<()> {
-        self.pool.install(|| ops::rope::cpu::rope_forward(&mut qkv[..d.rows() * 3 * d.dim], cos, sin, d));
+        self.pool.install(|| {
+            ops::rope::cpu::rope_forward(&mut qkv[..d.rows() * 3 * d.dim], cos, sin, d)
+        });
         Ok(())
     }
 
     fn attention(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, d: &Dims) -> Result<()> {
         let rows = d.rows();
-        self.pool.install(|| ops::attention::cpu::attention_forward(&mut out[..rows * d.dim], &qkv[..rows * 3 * d.dim], d));
-        Ok(())
-    }
-
-    fn swiglu(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, rows: usize, hidden: usize, act: Activation) -> Result<()> {
         self.pool.install(|| {
-            ops::swiglu::cpu::swiglu_forward(&mut out[..rows * hidden], &gate_up[..rows * 2 * hidden], hidden, act)
+            ops::attention::cpu::attention_forward(
+                &mut out[..rows * d.dim],
+                &qkv[..rows * 3 * d.dim],
+                d,
+            )
         });
         Ok(())
     }
 
+    fn swiglu(
+        &self,
+        out: &mut Vec<f32>,
+        gate_up: &Vec<f32>,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()> {
+        self.pool.install(|| {
+            ops::swiglu::cpu::swiglu_forward(
+                &mut out[..rows * hidden],
+                &gate_up[..rows * 2 * hidden],
+                hidden,
+                act,
+            )
+        });
+        Ok(())
+    }
 }

@@ -53,11 +53,17 @@ pub struct GpuLinear {
 }
 
 fn err(reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Device { backend: "wgpu".into(), reason: reason.into() }
+    RuntimeError::Device {
+        backend: "wgpu".into(),
+        reason: reason.into(),
+    }
 }
 
 fn unavailable(reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::BackendUnavailable { backend: "wgpu".into(), reason: reason.into() }
+    RuntimeError::BackendUnavailable {
+        backend: "wgpu".into(),
+        reason: reason.into(),
+    }
 }
 
 /// One adapter as `dinoedge info --backend wgpu` lists it.
@@ -141,7 +147,9 @@ impl WgpuBackend {
     /// Opens the preferred adapter (or the one `adapter` / `DINOEDGE_WGPU_ADAPTER` names).
     pub fn new(precision: Precision, adapter: Option<&str>) -> Result<Self> {
         if !matches!(precision, Precision::F32 | Precision::F16) {
-            return Err(unavailable(format!("precision {precision} is not supported on wgpu (use f32 or f16)")));
+            return Err(unavailable(format!(
+                "precision {precision} is not supported on wgpu (use f32 or f16)"
+            )));
         }
         let inst = instance();
         let all = adapters(&inst);
@@ -150,23 +158,32 @@ impl WgpuBackend {
                 "no GPU adapter found (install a Vulkan driver; on machines without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)",
             ));
         }
-        let want = adapter.map(str::to_string).or_else(|| std::env::var("DINOEDGE_WGPU_ADAPTER").ok());
+        let want = adapter
+            .map(str::to_string)
+            .or_else(|| std::env::var("DINOEDGE_WGPU_ADAPTER").ok());
         let chosen = match want.as_deref() {
             None | Some("") => all.into_iter().next().expect("non-empty"),
             Some(w) => {
                 let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
                 let pick = match w.parse::<usize>() {
                     Ok(i) => all.into_iter().nth(i),
-                    Err(_) => all.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&w.to_lowercase())),
+                    Err(_) => all
+                        .into_iter()
+                        .find(|a| a.get_info().name.to_lowercase().contains(&w.to_lowercase())),
                 };
-                pick.ok_or_else(|| unavailable(format!("no adapter matches {w:?} (available: {names:?})")))?
+                pick.ok_or_else(|| {
+                    unavailable(format!("no adapter matches {w:?} (available: {names:?})"))
+                })?
             }
         };
         let info = chosen.get_info();
         let mut features = wgpu::Features::empty();
         if precision == Precision::F16 {
             if !chosen.features().contains(wgpu::Features::SHADER_F16) {
-                return Err(unavailable(format!("adapter {:?} lacks SHADER_F16, needed for --precision f16 (use f32)", info.name)));
+                return Err(unavailable(format!(
+                    "adapter {:?} lacks SHADER_F16, needed for --precision f16 (use f32)",
+                    info.name
+                )));
             }
             features |= wgpu::Features::SHADER_F16;
         }
@@ -181,7 +198,9 @@ impl WgpuBackend {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
         }));
         let dummy_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("dummy"),
@@ -200,7 +219,11 @@ impl WgpuBackend {
             next_id: Cell::new(1),
             staging: RefCell::new(None),
             patch_scratch: RefCell::new(None),
-            dummy: GpuBuffer { buf: dummy_buf, len: 4, id: 0 },
+            dummy: GpuBuffer {
+                buf: dummy_buf,
+                len: 4,
+                id: 0,
+            },
             errors,
         })
     }
@@ -226,7 +249,10 @@ impl WgpuBackend {
 
     /// Checks a buffer of `bytes` for `what` against the device limits.
     fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
-        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let max = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         if bytes > max {
             return Err(err(format!(
                 "{what} needs a {bytes}-byte buffer; adapter {:?} binds at most {max} bytes (max_storage_buffer_binding_size): use a smaller input or batch",
@@ -246,12 +272,20 @@ impl WgpuBackend {
         } else {
             bytes
         };
-        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(what),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        });
-        Ok(GpuBuffer { buf, len, id: self.id() })
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            });
+        Ok(GpuBuffer {
+            buf,
+            len,
+            id: self.id(),
+        })
     }
 
     fn zeros(&self, len: usize, what: &str) -> Result<GpuBuffer> {
@@ -260,10 +294,16 @@ impl WgpuBackend {
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        Ok(GpuBuffer { buf, len, id: self.id() })
+        Ok(GpuBuffer {
+            buf,
+            len,
+            id: self.id(),
+        })
     }
 
     fn pipeline(&self, k: &Kernel, entry: &'static str) -> Result<wgpu::ComputePipeline> {
@@ -281,50 +321,100 @@ impl WgpuBackend {
         }
         src.push_str(&body);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.name), source: wgpu::ShaderSource::Wgsl(src.into()) });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(k.name),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(k.name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.name),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(err(format!("kernel {} ({entry}) failed to compile: {e}", k.name)));
+            return Err(err(format!(
+                "kernel {} ({entry}) failed to compile: {e}",
+                k.name
+            )));
         }
-        self.pipelines.borrow_mut().insert((k.name, entry), pipeline.clone());
+        self.pipelines
+            .borrow_mut()
+            .insert((k.name, entry), pipeline.clone());
         Ok(pipeline)
     }
 
     /// Records one dispatch of `k::entry` with `buffers` bound at 0.. and `params` as the
     /// uniform after them. Bind groups are cached by buffer identity and parameters.
-    pub fn dispatch(&self, k: &Kernel, entry: &'static str, buffers: &[&GpuBuffer], params: &[u32], groups: (u32, u32, u32)) -> Result<()> {
+    pub fn dispatch(
+        &self,
+        k: &Kernel,
+        entry: &'static str,
+        buffers: &[&GpuBuffer],
+        params: &[u32],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
         let max = self.limits.max_compute_workgroups_per_dimension;
         if groups.0 > max || groups.1 > max || groups.2 > max {
-            return Err(err(format!("{} needs {groups:?} workgroups; the adapter allows {max} per dimension", k.name)));
+            return Err(err(format!(
+                "{} needs {groups:?} workgroups; the adapter allows {max} per dimension",
+                k.name
+            )));
         }
         let pipeline = self.pipeline(k, entry)?;
-        let key: BindKey = (k.name, entry, buffers.iter().map(|b| b.id).collect(), params.to_vec());
+        let key: BindKey = (
+            k.name,
+            entry,
+            buffers.iter().map(|b| b.id).collect(),
+            params.to_vec(),
+        );
         let mut groups_cache = self.bind_groups.borrow_mut();
         if !groups_cache.contains_key(&key) {
             let mut words = params.to_vec();
             words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
+            let uniform = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: bytemuck::cast_slice(&words),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.buf.as_entire_binding(),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: buffers.len() as u32,
+                resource: uniform.as_entire_binding(),
             });
-            let mut entries: Vec<wgpu::BindGroupEntry> =
-                buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.buf.as_entire_binding() }).collect();
-            entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: uniform.as_entire_binding() });
-            let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(k.name), layout: &pipeline.get_bind_group_layout(0), entries: &entries });
+            let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(k.name),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
             groups_cache.insert(key.clone(), bg);
         }
         let bg = &groups_cache[&key];
         let mut enc = self.encoder.borrow_mut();
-        let enc = enc.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(k.name), timestamp_writes: None });
+        let enc = enc.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("forward"),
+                })
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(k.name),
+            timestamp_writes: None,
+        });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
@@ -359,7 +449,11 @@ impl WgpuBackend {
             }));
         }
         let st = staging.as_ref().expect("created");
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
         let mut off = 0u64;
         for (src, dst) in reads.iter() {
             let n = (dst.len() * 4) as u64;
@@ -372,10 +466,16 @@ impl WgpuBackend {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| err(format!("device poll failed: {e}")))?;
-        rx.recv().map_err(|_| err("readback callback dropped"))?.map_err(|e| err(format!("readback failed: {e}")))?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("device poll failed: {e}")))?;
+        rx.recv()
+            .map_err(|_| err("readback callback dropped"))?
+            .map_err(|e| err(format!("readback failed: {e}")))?;
         {
-            let view = slice.get_mapped_range().map_err(|e| err(format!("readback mapping failed: {e}")))?;
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| err(format!("readback mapping failed: {e}")))?;
             let bytes: &[u8] = &view;
             let mut off = 0usize;
             for (_, dst) in reads.iter_mut() {
@@ -408,7 +508,10 @@ impl Backend for WgpuBackend {
         BackendInfo {
             kind: BackendKind::Wgpu,
             precision: self.precision,
-            device: format!("{} ({:?}, {:?})", self.adapter.name, self.adapter.backend, self.adapter.device_type),
+            device: format!(
+                "{} ({:?}, {:?})",
+                self.adapter.name, self.adapter.backend, self.adapter.device_type
+            ),
             threads: 1,
         }
     }
@@ -427,9 +530,13 @@ impl Backend for WgpuBackend {
 
     fn write(&self, dst: &mut GpuBuffer, data: &[f32]) -> Result<()> {
         if data.len() != dst.len {
-            return Err(RuntimeError::input("buffer", format!("write of {} values into {}", data.len(), dst.len)));
+            return Err(RuntimeError::input(
+                "buffer",
+                format!("write of {} values into {}", data.len(), dst.len),
+            ));
         }
-        self.queue.write_buffer(&dst.buf, 0, bytemuck::cast_slice(data));
+        self.queue
+            .write_buffer(&dst.buf, 0, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -452,13 +559,22 @@ impl Backend for WgpuBackend {
         }
         let f16 = self.precision == Precision::F16;
         let wbuf = if f16 {
-            let halves: Vec<u16> = t.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let halves: Vec<u16> = t
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
             self.buffer(bytemuck::cast_slice(&halves), k * n, &w.name)?
         } else {
             self.buffer(bytemuck::cast_slice(&t), k * n, &w.name)?
         };
         let bias = w.bias.unwrap_or_else(|| vec![0.0; n]);
-        Ok(GpuLinear { w: wbuf, bias: self.upload(&bias)?, k, n, f16 })
+        Ok(GpuLinear {
+            w: wbuf,
+            bias: self.upload(&bias)?,
+            k,
+            n,
+            f16,
+        })
     }
 
     fn patch_embed_scratch(&self, _d: &Dims) -> usize {
@@ -466,10 +582,16 @@ impl Backend for WgpuBackend {
     }
 
     fn reserve(&self, d: &Dims) -> Result<()> {
-        let (cols, emb) = (d.batch * d.patches() * d.patch_len(), d.batch * d.patches() * d.dim);
+        let (cols, emb) = (
+            d.batch * d.patches() * d.patch_len(),
+            d.batch * d.patches() * d.dim,
+        );
         let mut s = self.patch_scratch.borrow_mut();
         if s.as_ref().is_none_or(|(c, e)| c.len < cols || e.len < emb) {
-            *s = Some((self.zeros(cols, "im2col")?, self.zeros(emb, "patch embeddings")?));
+            *s = Some((
+                self.zeros(cols, "im2col")?,
+                self.zeros(emb, "patch embeddings")?,
+            ));
         }
         // Bind groups of shapes no longer used would pin their buffers: keep the cache small.
         let mut cache = self.bind_groups.borrow_mut();
@@ -477,7 +599,10 @@ impl Backend for WgpuBackend {
             cache.clear();
         }
         if d.head_dim() > 128 {
-            return Err(err(format!("head dim {} > 128 is not supported by the wgpu attention kernel", d.head_dim())));
+            return Err(err(format!(
+                "head dim {} > 128 is not supported by the wgpu attention kernel",
+                d.head_dim()
+            )));
         }
         Ok(())
     }
@@ -496,14 +621,32 @@ impl Backend for WgpuBackend {
         self.reserve(d)?;
         let s = self.patch_scratch.borrow();
         let (cols, emb) = s.as_ref().expect("reserved");
-        ops::patch_embed::wgpu::patch_embed_forward(self, x, cols, emb, pixels, w, cls, registers, pos, d)
+        ops::patch_embed::wgpu::patch_embed_forward(
+            self, x, cols, emb, pixels, w, cls, registers, pos, d,
+        )
     }
 
-    fn layer_norm(&self, out: &mut GpuBuffer, inp: &GpuBuffer, weight: &GpuBuffer, bias: &GpuBuffer, rows: usize, cols: usize, eps: f32) -> Result<()> {
+    fn layer_norm(
+        &self,
+        out: &mut GpuBuffer,
+        inp: &GpuBuffer,
+        weight: &GpuBuffer,
+        bias: &GpuBuffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
         ops::layer_norm::wgpu::layer_norm_forward(self, out, inp, weight, bias, rows, cols, eps)
     }
 
-    fn matmul(&self, out: &mut GpuBuffer, inp: &GpuBuffer, w: &GpuLinear, rows: usize, epi: Epilogue<'_, GpuBuffer>) -> Result<()> {
+    fn matmul(
+        &self,
+        out: &mut GpuBuffer,
+        inp: &GpuBuffer,
+        w: &GpuLinear,
+        rows: usize,
+        epi: Epilogue<'_, GpuBuffer>,
+    ) -> Result<()> {
         ops::matmul::wgpu::matmul_forward(self, out, inp, w, rows, epi)
     }
 
@@ -515,7 +658,14 @@ impl Backend for WgpuBackend {
         ops::attention::wgpu::attention_forward(self, out, qkv, d)
     }
 
-    fn swiglu(&self, out: &mut GpuBuffer, gate_up: &GpuBuffer, rows: usize, hidden: usize, act: Activation) -> Result<()> {
+    fn swiglu(
+        &self,
+        out: &mut GpuBuffer,
+        gate_up: &GpuBuffer,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()> {
         ops::swiglu::wgpu::swiglu_forward(self, out, gate_up, rows, hidden, act)
     }
 

@@ -41,25 +41,6 @@ pub fn activation_forward(x: &mut [f32], act: Activation) {
     x.par_chunks_mut(4096).for_each(|c| activation_rows(c, act));
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn known_values() {
-        // torch.nn.functional.gelu / silu at a few points (float64, rounded).
-        for (x, g, s) in [(-3.0f32, -0.004_049_694, -0.142_277_62), (-0.5, -0.154_268_77, -0.188_770_34), (1.0, 0.841_344_7, 0.731_058_6), (2.5, 2.484_475_8, 2.310_354_5)] {
-            assert!((gelu(x) - g).abs() < 1e-6, "gelu({x}) = {}", gelu(x));
-            assert!((silu(x) - s).abs() < 1e-6, "silu({x}) = {}", silu(x));
-        }
-        assert!((gelu_tanh(1.0) - 0.841_191_9).abs() < 1e-6);
-        // Tails: no NaN from exp overflow.
-        assert_eq!(silu(-200.0), -0.0);
-        assert_eq!(gelu(-20.0), -0.0);
-        assert_eq!(gelu(20.0), 20.0);
-    }
-}
-
 /// d act(x) / dx.
 #[inline]
 pub fn derivative(act: Activation, x: f32) -> f32 {
@@ -85,9 +66,36 @@ pub fn derivative(act: Activation, x: f32) -> f32 {
 
 /// Backward of `activation`: dinp = dout * act'(pre), `=`.
 pub fn activation_backward(dinp: &mut [f32], dout: &[f32], pre: &[f32], act: Activation) {
-    dinp.par_chunks_mut(4096).zip(dout.par_chunks(4096)).zip(pre.par_chunks(4096)).for_each(|((d, g), x)| {
-        for i in 0..d.len() {
-            d[i] = g[i] * derivative(act, x[i]);
+    dinp.par_chunks_mut(4096)
+        .zip(dout.par_chunks(4096))
+        .zip(pre.par_chunks(4096))
+        .for_each(|((d, g), x)| {
+            for i in 0..d.len() {
+                d[i] = g[i] * derivative(act, x[i]);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // torch.nn.functional.gelu / silu at a few points (float64, rounded).
+        for (x, g, s) in [
+            (-3.0f32, -0.004_049_694, -0.142_277_62),
+            (-0.5, -0.154_268_77, -0.188_770_34),
+            (1.0, 0.841_344_7, 0.731_058_6),
+            (2.5, 2.484_475_8, 2.310_354_5),
+        ] {
+            assert!((gelu(x) - g).abs() < 1e-6, "gelu({x}) = {}", gelu(x));
+            assert!((silu(x) - s).abs() < 1e-6, "silu({x}) = {}", silu(x));
         }
-    });
+        assert!((gelu_tanh(1.0) - 0.841_191_9).abs() < 1e-6);
+        // Tails: no NaN from exp overflow.
+        assert_eq!(silu(-200.0), -0.0);
+        assert_eq!(gelu(-20.0), -0.0);
+        assert_eq!(gelu(20.0), 20.0);
+    }
 }

@@ -123,7 +123,10 @@ mod tests {
         for x in grid(-12.0, 12.0, 48_000) {
             for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
                 let (a, b) = (apply(act, x), super::super::cpu::apply(act, x));
-                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{act:?}({x}): {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{act:?}({x}): {a} vs {b}"
+                );
             }
         }
     }

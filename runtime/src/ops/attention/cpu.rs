@@ -9,7 +9,15 @@ use crate::ops::Dims;
 /// Attention of one query vector against the keys and values of one head.
 /// `kv` is the batch's qkv block (N rows of 3D); `k_off`, `v_off` locate the head in a row.
 #[inline]
-fn attend_one(out: &mut [f32], q: &[f32], kv: &[f32], row: usize, k_off: usize, v_off: usize, scale: f32) {
+fn attend_one(
+    out: &mut [f32],
+    q: &[f32],
+    kv: &[f32],
+    row: usize,
+    k_off: usize,
+    v_off: usize,
+    scale: f32,
+) {
     let hd = q.len();
     let mut acc = [0.0f32; MAX_HEAD_DIM];
     let acc = &mut acc[..hd];
@@ -51,50 +59,25 @@ pub fn attention_forward(out: &mut [f32], qkv: &[f32], d: &Dims) {
     assert!(hd <= MAX_HEAD_DIM, "head dim {hd} > {MAX_HEAD_DIM}");
     let n = d.tokens();
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(dim).enumerate().with_min_len(4).for_each(|(row, o)| {
-        let b = row / n;
-        let batch_qkv = &qkv[b * n * 3 * dim..(b + 1) * n * 3 * dim];
-        let q_row = &qkv[row * 3 * dim..row * 3 * dim + dim];
-        for h in 0..d.heads {
-            attend_one(&mut o[h * hd..(h + 1) * hd], &q_row[h * hd..(h + 1) * hd], batch_qkv, 3 * dim, dim + h * hd, 2 * dim + h * hd, scale);
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn matches_explicit_softmax() {
-        let d = Dims { batch: 2, channels: 3, height: 0, width: 0, patch: 1, grid_h: 1, grid_w: 5, prefix: 2, dim: 8, heads: 2, hidden: 8 };
-        let n = d.tokens();
-        let mut seed = 7u32;
-        let qkv: Vec<f32> = (0..d.batch * n * 3 * d.dim)
-            .map(|_| {
-                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 6.0
-            })
-            .collect();
-        let mut out = vec![0.0; d.batch * n * d.dim];
-        attention_forward(&mut out, &qkv, &d);
-        let hd = d.head_dim();
-        for b in 0..d.batch {
+    out.par_chunks_mut(dim)
+        .enumerate()
+        .with_min_len(4)
+        .for_each(|(row, o)| {
+            let b = row / n;
+            let batch_qkv = &qkv[b * n * 3 * dim..(b + 1) * n * 3 * dim];
+            let q_row = &qkv[row * 3 * dim..row * 3 * dim + dim];
             for h in 0..d.heads {
-                for i in 0..n {
-                    let at = |t: usize, part: usize, j: usize| qkv[((b * n + t) * 3 + part) * d.dim + h * hd + j] as f64;
-                    let s: Vec<f64> = (0..n).map(|t| (0..hd).map(|j| at(i, 0, j) * at(t, 1, j)).sum::<f64>() / (hd as f64).sqrt()).collect();
-                    let mx = s.iter().cloned().fold(f64::MIN, f64::max);
-                    let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
-                    for j in 0..hd {
-                        let want: f64 = (0..n).map(|t| (s[t] - mx).exp() / z * at(t, 2, j)).sum();
-                        let got = out[(b * n + i) * d.dim + h * hd + j] as f64;
-                        assert!((got - want).abs() < 1e-5, "b{b} h{h} i{i} j{j}: {got} vs {want}");
-                    }
-                }
+                attend_one(
+                    &mut o[h * hd..(h + 1) * hd],
+                    &q_row[h * hd..(h + 1) * hd],
+                    batch_qkv,
+                    3 * dim,
+                    dim + h * hd,
+                    2 * dim + h * hd,
+                    scale,
+                );
             }
-        }
-    }
+        });
 }
 
 /// Training forward: as [`attention_forward`], also saving `lse[(b*heads + h)*N + i]`, the
@@ -102,14 +85,19 @@ mod tests {
 pub fn attention_forward_train(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
     let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
     let scale = 1.0 / (hd as f32).sqrt();
-    let rows: Vec<(usize, usize)> = (0..d.batch * heads).flat_map(|bh| (0..n).map(move |i| (bh, i))).collect();
+    let rows: Vec<(usize, usize)> = (0..d.batch * heads)
+        .flat_map(|bh| (0..n).map(move |i| (bh, i)))
+        .collect();
     let res: Vec<(Vec<f32>, f32)> = rows
         .par_iter()
         .map(|&(bh, i)| {
             let (b, h) = (bh / heads, bh % heads);
-            let at = |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
+            let at =
+                |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
             let q = at(i, 0);
-            let s: Vec<f32> = (0..n).map(|j| q.iter().zip(at(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            let s: Vec<f32> = (0..n)
+                .map(|j| q.iter().zip(at(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .collect();
             let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
             let mut o = vec![0.0f32; hd];
@@ -133,7 +121,14 @@ pub fn attention_forward_train(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d:
 /// Per head, with P = exp(q kᵀ * s - lse) and D_i = dout_i · out_i:
 ///   dv_j = sum_i P_ij dout_i,  dS_ij = P_ij (dout_i · v_j - D_i),
 ///   dq_i = s sum_j dS_ij k_j,  dk_j = s sum_i dS_ij q_i.
-pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], d: &Dims) {
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d: &Dims,
+) {
     let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (batch, head); each returns its (dq, dk, dv) rows.
@@ -141,8 +136,11 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f3
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / heads, bh % heads);
-            let at = |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
-            let row = |buf: &'_ [f32], t: usize| -> Vec<f32> { buf[(b * n + t) * dim + h * hd..][..hd].to_vec() };
+            let at =
+                |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
+            let row = |buf: &'_ [f32], t: usize| -> Vec<f32> {
+                buf[(b * n + t) * dim + h * hd..][..hd].to_vec()
+            };
             let mut g = vec![0.0f32; 3 * n * hd]; // [dq | dk | dv], each n x hd
             for i in 0..n {
                 let (q, dy, o) = (at(i, 0), row(dout, i), row(out, i));
@@ -167,7 +165,66 @@ pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f3
         let (b, h) = (bh / heads, bh % heads);
         for part in 0..3 {
             for t in 0..n {
-                dqkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd].copy_from_slice(&g[(part * n + t) * hd..][..hd]);
+                dqkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd]
+                    .copy_from_slice(&g[(part * n + t) * hd..][..hd]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_explicit_softmax() {
+        let d = Dims {
+            batch: 2,
+            channels: 3,
+            height: 0,
+            width: 0,
+            patch: 1,
+            grid_h: 1,
+            grid_w: 5,
+            prefix: 2,
+            dim: 8,
+            heads: 2,
+            hidden: 8,
+        };
+        let n = d.tokens();
+        let mut seed = 7u32;
+        let qkv: Vec<f32> = (0..d.batch * n * 3 * d.dim)
+            .map(|_| {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 6.0
+            })
+            .collect();
+        let mut out = vec![0.0; d.batch * n * d.dim];
+        attention_forward(&mut out, &qkv, &d);
+        let hd = d.head_dim();
+        for b in 0..d.batch {
+            for h in 0..d.heads {
+                for i in 0..n {
+                    let at = |t: usize, part: usize, j: usize| {
+                        qkv[((b * n + t) * 3 + part) * d.dim + h * hd + j] as f64
+                    };
+                    let s: Vec<f64> = (0..n)
+                        .map(|t| {
+                            (0..hd).map(|j| at(i, 0, j) * at(t, 1, j)).sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                    for j in 0..hd {
+                        let want: f64 = (0..n).map(|t| (s[t] - mx).exp() / z * at(t, 2, j)).sum();
+                        let got = out[(b * n + i) * d.dim + h * hd + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "b{b} h{h} i{i} j{j}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }

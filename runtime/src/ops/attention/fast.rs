@@ -129,7 +129,20 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
         // S (m x bk) = Q (m x hd) · Kᵀ (hd x bk), one NR panel at a time.
         for pj in 0..valid.div_ceil(nr) {
             let panel = k0 / nr + pj;
-            unsafe { F::f32(m, hd, q, 3 * dim, 1, kt[panel * hd * nr..].as_ptr(), nr, scores[pj * nr..].as_mut_ptr(), bk, false) };
+            unsafe {
+                F::f32(
+                    m,
+                    hd,
+                    q,
+                    3 * dim,
+                    1,
+                    kt[panel * hd * nr..].as_ptr(),
+                    nr,
+                    scores[pj * nr..].as_mut_ptr(),
+                    bk,
+                    false,
+                )
+            };
         }
         // Online softmax on the block; scores become probabilities. Max, exp and sum are
         // separate lane-parallel loops so each one vectorises.
@@ -144,20 +157,35 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
             l[i] = l[i] * corr + sum;
             mx[i] = new_max;
             if k0 > 0 && corr != 1.0 {
-                o[i * hd_pad..(i + 1) * hd_pad].iter_mut().for_each(|x| *x *= corr);
+                o[i * hd_pad..(i + 1) * hd_pad]
+                    .iter_mut()
+                    .for_each(|x| *x *= corr);
             }
         }
         // O (m x hd_pad) += P (m x valid) · V (valid x hd_pad).
         for dp in 0..hd_pad / nr {
             unsafe {
-                F::f32(m, valid, scores.as_ptr(), bk, 1, v[k0 * hd_pad + dp * nr..].as_ptr(), hd_pad, o[dp * nr..].as_mut_ptr(), hd_pad, k0 > 0)
+                F::f32(
+                    m,
+                    valid,
+                    scores.as_ptr(),
+                    bk,
+                    1,
+                    v[k0 * hd_pad + dp * nr..].as_ptr(),
+                    hd_pad,
+                    o[dp * nr..].as_mut_ptr(),
+                    hd_pad,
+                    k0 > 0,
+                )
             };
         }
     }
     for i in 0..m {
         let inv = 1.0 / l[i];
         // SAFETY: row (b, q0 + i), head h: written by this task only.
-        let dst = unsafe { std::slice::from_raw_parts_mut(job.out.get().add((b * n + q0 + i) * dim + h * hd), hd) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(job.out.get().add((b * n + q0 + i) * dim + h * hd), hd)
+        };
         for (x, y) in dst.iter_mut().zip(&o[i * hd_pad..i * hd_pad + hd]) {
             *x = y * inv;
         }
@@ -175,10 +203,14 @@ unsafe fn run<F: Family>(pool: &Pool, job: &Job, task_fn: TaskFn, pack_fn: PackF
     let packed = Ptr(job.packed.as_ptr() as *mut f32);
     pool.run(d.batch * d.heads, |bh| {
         // SAFETY: each head packs its own disjoint region.
-        let dst = unsafe { std::slice::from_raw_parts_mut(packed.get().add(bh * (kt_len + v_len)), kt_len + v_len) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(packed.get().add(bh * (kt_len + v_len)), kt_len + v_len)
+        };
         unsafe { pack_fn(dst, job.qkv, d, bh / d.heads, bh % d.heads) };
     });
-    pool.run(d.batch * d.heads * n.div_ceil(F::MR), |t| unsafe { task_fn(job, t) });
+    pool.run(d.batch * d.heads * n.div_ceil(F::MR), |t| unsafe {
+        task_fn(job, t)
+    });
 }
 
 /// A task body and a packer compiled for one family's target features.
@@ -215,10 +247,30 @@ unsafe fn pack_portable(dst: &mut [f32], qkv: &[f32], d: &Dims, b: usize, h: usi
 
 /// out (B, N, D) = attention(qkv (B, N, 3D)) with the kernels of `isa`;
 /// `scratch` holds [`scratch_len`] floats.
-pub fn attention_fast(pool: &Pool, isa: Isa, out: &mut [f32], qkv: &[f32], d: &Dims, scratch: &mut [f32]) {
-    assert!(d.head_dim() <= MAX_HEAD_DIM, "head dim {} > {MAX_HEAD_DIM}", d.head_dim());
-    assert!(scratch.len() >= scratch_len(isa, d), "attention scratch too small");
-    let job = Job { out: Ptr(out.as_mut_ptr()), qkv, packed: scratch, d: *d, scale: 1.0 / (d.head_dim() as f32).sqrt() };
+pub fn attention_fast(
+    pool: &Pool,
+    isa: Isa,
+    out: &mut [f32],
+    qkv: &[f32],
+    d: &Dims,
+    scratch: &mut [f32],
+) {
+    assert!(
+        d.head_dim() <= MAX_HEAD_DIM,
+        "head dim {} > {MAX_HEAD_DIM}",
+        d.head_dim()
+    );
+    assert!(
+        scratch.len() >= scratch_len(isa, d),
+        "attention scratch too small"
+    );
+    let job = Job {
+        out: Ptr(out.as_mut_ptr()),
+        qkv,
+        packed: scratch,
+        d: *d,
+        scale: 1.0 / (d.head_dim() as f32).sqrt(),
+    };
     use crate::ops::matmul::fast as mf;
     unsafe {
         match isa {
@@ -265,29 +317,74 @@ fn softmax_rows(s: &mut [f32], n: usize, lse: &mut [f32]) {
 
 /// Training forward: out (B, N, D) and `lse` (B * heads * N), as
 /// [`super::cpu::attention_forward_train`].
-pub fn attention_forward_train_fast(pool: &Pool, isa: Isa, out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
+pub fn attention_forward_train_fast(
+    pool: &Pool,
+    isa: Isa,
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    d: &Dims,
+) {
     let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let (out_p, lse_p) = (Ptr(out.as_mut_ptr()), Ptr(lse.as_mut_ptr()));
     pool.run(d.batch * heads, |bh| {
         let (b, h) = (bh / heads, bh % heads);
         let base = b * n * 3 * dim + h * hd;
-        let q = Strided { data: &qkv[base..], rs: 3 * dim, cs: 1 };
-        let kt = Strided { data: &qkv[base + dim..], rs: 1, cs: 3 * dim };
-        let v = Strided { data: &qkv[base + 2 * dim..], rs: 3 * dim, cs: 1 };
+        let q = Strided {
+            data: &qkv[base..],
+            rs: 3 * dim,
+            cs: 1,
+        };
+        let kt = Strided {
+            data: &qkv[base + dim..],
+            rs: 1,
+            cs: 3 * dim,
+        };
+        let v = Strided {
+            data: &qkv[base + 2 * dim..],
+            rs: 3 * dim,
+            cs: 1,
+        };
         let (mut s, mut pack) = (vec![0.0f32; n * n], Vec::new());
         gemm(None, isa, n, n, hd, q, kt, &mut s, n, false, &mut pack);
         s.iter_mut().for_each(|x| *x *= scale);
         // SAFETY: head (b, h) owns lse[bh*n..] and columns h*hd..(h+1)*hd of its rows of out.
         let l = unsafe { std::slice::from_raw_parts_mut(lse_p.get().add(bh * n), n) };
         softmax_rows(&mut s, n, l);
-        let o = unsafe { std::slice::from_raw_parts_mut(out_p.get().add(b * n * dim + h * hd), (n - 1) * dim + hd) };
-        gemm(None, isa, n, hd, n, Strided::rows(&s, n), v, o, dim, false, &mut pack);
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(
+                out_p.get().add(b * n * dim + h * hd),
+                (n - 1) * dim + hd,
+            )
+        };
+        gemm(
+            None,
+            isa,
+            n,
+            hd,
+            n,
+            Strided::rows(&s, n),
+            v,
+            o,
+            dim,
+            false,
+            &mut pack,
+        );
     });
 }
 
 /// Backward of attention, as [`super::cpu::attention_backward`]: dqkv (=).
-pub fn attention_backward_fast(pool: &Pool, isa: Isa, dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], d: &Dims) {
+pub fn attention_backward_fast(
+    pool: &Pool,
+    isa: Isa,
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d: &Dims,
+) {
     let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let dq_p = Ptr(dqkv.as_mut_ptr());
@@ -295,11 +392,31 @@ pub fn attention_backward_fast(pool: &Pool, isa: Isa, dqkv: &mut [f32], dout: &[
         let (b, h) = (bh / heads, bh % heads);
         let base = b * n * 3 * dim + h * hd;
         let obase = b * n * dim + h * hd;
-        let q = Strided { data: &qkv[base..], rs: 3 * dim, cs: 1 };
-        let kt = Strided { data: &qkv[base + dim..], rs: 1, cs: 3 * dim };
-        let k = Strided { data: &qkv[base + dim..], rs: 3 * dim, cs: 1 };
-        let vt = Strided { data: &qkv[base + 2 * dim..], rs: 1, cs: 3 * dim };
-        let dy = Strided { data: &dout[obase..], rs: dim, cs: 1 };
+        let q = Strided {
+            data: &qkv[base..],
+            rs: 3 * dim,
+            cs: 1,
+        };
+        let kt = Strided {
+            data: &qkv[base + dim..],
+            rs: 1,
+            cs: 3 * dim,
+        };
+        let k = Strided {
+            data: &qkv[base + dim..],
+            rs: 3 * dim,
+            cs: 1,
+        };
+        let vt = Strided {
+            data: &qkv[base + 2 * dim..],
+            rs: 1,
+            cs: 3 * dim,
+        };
+        let dy = Strided {
+            data: &dout[obase..],
+            rs: dim,
+            cs: 1,
+        };
         let mut pack = Vec::new();
         // P = exp(q kᵀ s - lse)
         let mut p = vec![0.0f32; n * n];
@@ -312,16 +429,59 @@ pub fn attention_backward_fast(pool: &Pool, isa: Isa, dqkv: &mut [f32], dout: &[
         let mut ds = vec![0.0f32; n * n];
         gemm(None, isa, n, n, hd, dy, vt, &mut ds, n, false, &mut pack);
         for i in 0..n {
-            let di: f32 = (0..hd).map(|t| dout[obase + i * dim + t] * out[obase + i * dim + t]).sum();
+            let di: f32 = (0..hd)
+                .map(|t| dout[obase + i * dim + t] * out[obase + i * dim + t])
+                .sum();
             let (pr, dr) = (&p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
             for j in 0..n {
                 dr[j] = pr[j] * (dr[j] - di) * scale;
             }
         }
         // SAFETY: head (b, h) owns its q, k and v columns of its batch's rows of dqkv.
-        let dst = |part: usize| unsafe { std::slice::from_raw_parts_mut(dq_p.get().add(base + part * dim), (n - 1) * 3 * dim + hd) };
-        gemm(None, isa, n, hd, n, Strided::rows(&ds, n), k, dst(0), 3 * dim, false, &mut pack); // dq = dS k
-        gemm(None, isa, n, hd, n, Strided::transposed(&ds, n), q, dst(1), 3 * dim, false, &mut pack); // dk = dSᵀ q
-        gemm(None, isa, n, hd, n, Strided::transposed(&p, n), dy, dst(2), 3 * dim, false, &mut pack); // dv = Pᵀ dout
+        let dst = |part: usize| unsafe {
+            std::slice::from_raw_parts_mut(
+                dq_p.get().add(base + part * dim),
+                (n - 1) * 3 * dim + hd,
+            )
+        };
+        gemm(
+            None,
+            isa,
+            n,
+            hd,
+            n,
+            Strided::rows(&ds, n),
+            k,
+            dst(0),
+            3 * dim,
+            false,
+            &mut pack,
+        ); // dq = dS k
+        gemm(
+            None,
+            isa,
+            n,
+            hd,
+            n,
+            Strided::transposed(&ds, n),
+            q,
+            dst(1),
+            3 * dim,
+            false,
+            &mut pack,
+        ); // dk = dSᵀ q
+        gemm(
+            None,
+            isa,
+            n,
+            hd,
+            n,
+            Strided::transposed(&p, n),
+            dy,
+            dst(2),
+            3 * dim,
+            false,
+            &mut pack,
+        ); // dv = Pᵀ dout
     });
 }

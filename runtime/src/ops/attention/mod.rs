@@ -9,9 +9,9 @@
 //! No N x N matrix is formed: each query streams over the keys with an online softmax.
 
 pub mod cpu;
+pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-pub mod fast;
 
 /// Largest head dim the CPU kernels keep on the stack (released models use 64 and 128).
 pub const MAX_HEAD_DIM: usize = 256;

@@ -5,15 +5,47 @@ use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuBackend};
 use crate::error::{Result, RuntimeError};
 use crate::ops::Dims;
 
-pub const ATTENTION: Kernel = Kernel { name: "attention", source: include_str!("attention.wgsl"), f16: false, defines: &[] };
+pub const ATTENTION: Kernel = Kernel {
+    name: "attention",
+    source: include_str!("attention.wgsl"),
+    f16: false,
+    defines: &[],
+};
 
-pub fn attention_forward(be: &WgpuBackend, out: &GpuBuffer, qkv: &GpuBuffer, d: &Dims) -> Result<()> {
+pub fn attention_forward(
+    be: &WgpuBackend,
+    out: &GpuBuffer,
+    qkv: &GpuBuffer,
+    d: &Dims,
+) -> Result<()> {
     let hd = d.head_dim();
     if hd > 128 {
-        return Err(RuntimeError::Device { backend: "wgpu".into(), reason: format!("head dim {hd} > 128 is not supported by the attention kernel") });
+        return Err(RuntimeError::Device {
+            backend: "wgpu".into(),
+            reason: format!("head dim {hd} > 128 is not supported by the attention kernel"),
+        });
     }
     let tile = (2048 / hd).min(64);
     let scale = 1.0 / (hd as f32).sqrt();
-    let params = [d.batch as u32, d.tokens() as u32, d.dim as u32, d.heads as u32, hd as u32, tile as u32, scale.to_bits(), 0];
-    be.dispatch(&ATTENTION, "main", &[qkv, out], &params, (d.tokens().div_ceil(64) as u32, (d.batch * d.heads) as u32, 1))
+    let params = [
+        d.batch as u32,
+        d.tokens() as u32,
+        d.dim as u32,
+        d.heads as u32,
+        hd as u32,
+        tile as u32,
+        scale.to_bits(),
+        0,
+    ];
+    be.dispatch(
+        &ATTENTION,
+        "main",
+        &[qkv, out],
+        &params,
+        (
+            d.tokens().div_ceil(64) as u32,
+            (d.batch * d.heads) as u32,
+            1,
+        ),
+    )
 }

@@ -25,7 +25,14 @@ fn sum8(it: impl Iterator<Item = f32>) -> f32 {
 }
 
 /// out (R, C) = layer_norm(inp (R, C)).
-pub fn layer_norm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
+pub fn layer_norm_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    cols: usize,
+    eps: f32,
+) {
     debug_assert_eq!(out.len(), inp.len());
     debug_assert_eq!(weight.len(), cols);
     out.par_chunks_mut(cols)
@@ -64,7 +71,15 @@ pub struct LayerNormCache {
 }
 
 /// Training forward: as [`layer_norm_forward`], also keeping mean and rstd per row.
-pub fn layer_norm_forward_train(out: &mut [f32], cache: &mut LayerNormCache, inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
+pub fn layer_norm_forward_train(
+    out: &mut [f32],
+    cache: &mut LayerNormCache,
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    cols: usize,
+    eps: f32,
+) {
     let rows = inp.len() / cols;
     cache.mean.resize(rows, 0.0);
     cache.rstd.resize(rows, 0.0);
@@ -110,7 +125,10 @@ pub fn layer_norm_backward(
         .map(|c| {
             let (mut dw, mut db) = (vec![0.0f32; cols], vec![0.0f32; cols]);
             for r in c * CHUNK..((c + 1) * CHUNK).min(rows) {
-                let (x, dy) = (&inp[r * cols..(r + 1) * cols], &dout[r * cols..(r + 1) * cols]);
+                let (x, dy) = (
+                    &inp[r * cols..(r + 1) * cols],
+                    &dout[r * cols..(r + 1) * cols],
+                );
                 let (m, rs) = (cache.mean[r], cache.rstd[r]);
                 for i in 0..cols {
                     db[i] += dy[i];
@@ -124,20 +142,26 @@ pub fn layer_norm_backward(
         dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
         dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
     }
-    dinp.par_chunks_mut(cols).enumerate().with_min_len(8).for_each(|(r, dx)| {
-        let (x, dy) = (&inp[r * cols..(r + 1) * cols], &dout[r * cols..(r + 1) * cols]);
-        let (m, rs) = (cache.mean[r], cache.rstd[r]);
-        let (mut mean_dn, mut mean_dnx) = (0.0f32, 0.0f32);
-        for i in 0..cols {
-            let dn = dy[i] * weight[i];
-            mean_dn += dn;
-            mean_dnx += dn * (x[i] - m) * rs;
-        }
-        mean_dn /= cols as f32;
-        mean_dnx /= cols as f32;
-        for i in 0..cols {
-            let xhat = (x[i] - m) * rs;
-            dx[i] = rs * (dy[i] * weight[i] - mean_dn - xhat * mean_dnx);
-        }
-    });
+    dinp.par_chunks_mut(cols)
+        .enumerate()
+        .with_min_len(8)
+        .for_each(|(r, dx)| {
+            let (x, dy) = (
+                &inp[r * cols..(r + 1) * cols],
+                &dout[r * cols..(r + 1) * cols],
+            );
+            let (m, rs) = (cache.mean[r], cache.rstd[r]);
+            let (mut mean_dn, mut mean_dnx) = (0.0f32, 0.0f32);
+            for i in 0..cols {
+                let dn = dy[i] * weight[i];
+                mean_dn += dn;
+                mean_dnx += dn * (x[i] - m) * rs;
+            }
+            mean_dn /= cols as f32;
+            mean_dnx /= cols as f32;
+            for i in 0..cols {
+                let xhat = (x[i] - m) * rs;
+                dx[i] = rs * (dy[i] * weight[i] - mean_dn - xhat * mean_dnx);
+            }
+        });
 }

@@ -36,10 +36,28 @@ multiversion! {
 
 /// out (R, C) = layer_norm(inp (R, C)).
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_fast(pool: &Pool, isa: Isa, out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], rows_n: usize, cols: usize, eps: f32) {
+pub fn layer_norm_fast(
+    pool: &Pool,
+    isa: Isa,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows_n: usize,
+    cols: usize,
+    eps: f32,
+) {
     let out = RowsMut::new(&mut out[..rows_n * cols], cols);
     pool.run_rows(rows_n, 8, |r0, r1| {
         // SAFETY: run_rows hands out disjoint row ranges.
-        rows(isa, unsafe { out.rows(r0, r1) }, &inp[r0 * cols..r1 * cols], weight, bias, cols, eps)
+        rows(
+            isa,
+            unsafe { out.rows(r0, r1) },
+            &inp[r0 * cols..r1 * cols],
+            weight,
+            bias,
+            cols,
+            eps,
+        )
     });
 }

@@ -4,6 +4,6 @@
 //! Shapes: inp (R, C), weight (C), bias (C), out (R, C).
 
 pub mod cpu;
+pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-pub mod fast;

@@ -68,32 +68,48 @@ fn store(y: &mut f32, acc: f32, bias: f32, col: usize, epi: Epi) {
 }
 
 /// out (R, O) = epilogue(inp (R, K) · weight (O, K)ᵀ + bias (O)).
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, k: usize, o: usize, epi: Epi) {
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    o: usize,
+    epi: Epi,
+) {
     debug_assert_eq!(weight.len(), o * k);
     debug_assert_eq!(inp.len() / k, out.len() / o);
     let b = |c: usize| bias.map_or(0.0, |b| b[c]);
-    out.par_chunks_mut(ROW_BLOCK * o).zip(inp.par_chunks(ROW_BLOCK * k)).for_each(|(out_blk, in_blk)| {
-        let rows = in_blk.len() / k;
-        for c0 in (0..o).step_by(COL_BLOCK) {
-            let c1 = (c0 + COL_BLOCK).min(o);
-            for r in 0..rows {
-                let x = &in_blk[r * k..(r + 1) * k];
-                let y = &mut out_blk[r * o..(r + 1) * o];
-                let mut c = c0;
-                while c + 4 <= c1 {
-                    let w = [0, 1, 2, 3].map(|j| &weight[(c + j) * k..(c + j + 1) * k]);
-                    let s = dot4(x, w);
-                    for j in 0..4 {
-                        store(&mut y[c + j], s[j], b(c + j), c + j, epi);
+    out.par_chunks_mut(ROW_BLOCK * o)
+        .zip(inp.par_chunks(ROW_BLOCK * k))
+        .for_each(|(out_blk, in_blk)| {
+            let rows = in_blk.len() / k;
+            for c0 in (0..o).step_by(COL_BLOCK) {
+                let c1 = (c0 + COL_BLOCK).min(o);
+                for r in 0..rows {
+                    let x = &in_blk[r * k..(r + 1) * k];
+                    let y = &mut out_blk[r * o..(r + 1) * o];
+                    let mut c = c0;
+                    while c + 4 <= c1 {
+                        let w = [0, 1, 2, 3].map(|j| &weight[(c + j) * k..(c + j + 1) * k]);
+                        let s = dot4(x, w);
+                        for j in 0..4 {
+                            store(&mut y[c + j], s[j], b(c + j), c + j, epi);
+                        }
+                        c += 4;
                     }
-                    c += 4;
-                }
-                for cc in c..c1 {
-                    store(&mut y[cc], dot1(x, &weight[cc * k..(cc + 1) * k]), b(cc), cc, epi);
+                    for cc in c..c1 {
+                        store(
+                            &mut y[cc],
+                            dot1(x, &weight[cc * k..(cc + 1) * k]),
+                            b(cc),
+                            cc,
+                            epi,
+                        );
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 #[cfg(test)]

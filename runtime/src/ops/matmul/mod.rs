@@ -9,9 +9,9 @@
 //! register tiles.
 
 pub mod cpu;
+pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-pub mod fast;
 
 use crate::config::Activation;
 

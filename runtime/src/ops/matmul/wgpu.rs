@@ -5,11 +5,28 @@ use crate::backend::Epilogue;
 use crate::backend::wgpu::{GpuBuffer, GpuLinear, Kernel, WgpuBackend, act_code};
 use crate::error::Result;
 
-pub const MATMUL_F32: Kernel = Kernel { name: "matmul_f32", source: include_str!("matmul.wgsl"), f16: false, defines: &[("WTYPE", "f32")] };
-pub const MATMUL_F16: Kernel = Kernel { name: "matmul_f16", source: include_str!("matmul.wgsl"), f16: true, defines: &[("WTYPE", "f16")] };
+pub const MATMUL_F32: Kernel = Kernel {
+    name: "matmul_f32",
+    source: include_str!("matmul.wgsl"),
+    f16: false,
+    defines: &[("WTYPE", "f32")],
+};
+pub const MATMUL_F16: Kernel = Kernel {
+    name: "matmul_f16",
+    source: include_str!("matmul.wgsl"),
+    f16: true,
+    defines: &[("WTYPE", "f16")],
+};
 
 /// out (rows, N) = epilogue(inp (rows, K) · Wᵀ + b).
-pub fn matmul_forward(be: &WgpuBackend, out: &GpuBuffer, inp: &GpuBuffer, w: &GpuLinear, rows: usize, epi: Epilogue<'_, GpuBuffer>) -> Result<()> {
+pub fn matmul_forward(
+    be: &WgpuBackend,
+    out: &GpuBuffer,
+    inp: &GpuBuffer,
+    w: &GpuLinear,
+    rows: usize,
+    epi: Epilogue<'_, GpuBuffer>,
+) -> Result<()> {
     let (code, act, gamma) = match epi {
         Epilogue::Store => (0, 0, be.dummy()),
         Epilogue::Act(a) => (1, act_code(Some(a)), be.dummy()),
@@ -18,5 +35,11 @@ pub fn matmul_forward(be: &WgpuBackend, out: &GpuBuffer, inp: &GpuBuffer, w: &Gp
     let kernel = if w.f16 { &MATMUL_F16 } else { &MATMUL_F32 };
     let params = [rows as u32, w.k as u32, w.n as u32, code, act, 0, 0, 0];
     let groups = (w.n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1);
-    be.dispatch(kernel, "main", &[inp, &w.w, &w.bias, out, gamma], &params, groups)
+    be.dispatch(
+        kernel,
+        "main",
+        &[inp, &w.w, &w.bias, out, gamma],
+        &params,
+        groups,
+    )
 }

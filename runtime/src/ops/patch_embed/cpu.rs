@@ -27,7 +27,15 @@ pub fn im2col_rows(cols: &mut [f32], row0: usize, pixels: &[f32], d: &Dims) {
 
 /// Token rows `row0..` of x (B*N, D) <- [cls (+pos[0]), registers, emb (+pos[1..])].
 #[allow(clippy::too_many_arguments)]
-pub fn assemble_rows(x: &mut [f32], row0: usize, emb: &[f32], cls: &[f32], registers: &[f32], pos: Option<&[f32]>, d: &Dims) {
+pub fn assemble_rows(
+    x: &mut [f32],
+    row0: usize,
+    emb: &[f32],
+    cls: &[f32],
+    registers: &[f32],
+    pos: Option<&[f32]>,
+    d: &Dims,
+) {
     let dim = d.dim;
     let (n, hw) = (d.tokens(), d.patches());
     for (i, xr) in x.chunks_exact_mut(dim).enumerate() {
@@ -43,7 +51,9 @@ pub fn assemble_rows(x: &mut [f32], row0: usize, emb: &[f32], cls: &[f32], regis
             let p = t - d.prefix;
             xr.copy_from_slice(&emb[(b * hw + p) * dim..(b * hw + p + 1) * dim]);
             if let Some(pos) = pos {
-                xr.iter_mut().zip(&pos[(1 + p) * dim..(2 + p) * dim]).for_each(|(v, q)| *v += q);
+                xr.iter_mut()
+                    .zip(&pos[(1 + p) * dim..(2 + p) * dim])
+                    .for_each(|(v, q)| *v += q);
             }
         }
     }
@@ -66,22 +76,35 @@ pub fn patch_embed_forward(
     let pl = d.patch_len();
     let (cols, emb) = scratch.split_at_mut(d.batch * d.patches() * pl);
     let emb = &mut emb[..d.batch * d.patches() * dim];
-    cols.par_chunks_mut(pl * 16).enumerate().for_each(|(i, c)| im2col_rows(c, i * 16, pixels, d));
+    cols.par_chunks_mut(pl * 16)
+        .enumerate()
+        .for_each(|(i, c)| im2col_rows(c, i * 16, pixels, d));
     matmul_forward(emb, cols, weight, Some(bias), pl, dim, Epi::Store);
     let emb = &*emb;
-    x.par_chunks_mut(dim * 16).enumerate().for_each(|(i, xr)| assemble_rows(xr, i * 16, emb, cls, registers, pos, d));
+    x.par_chunks_mut(dim * 16)
+        .enumerate()
+        .for_each(|(i, xr)| assemble_rows(xr, i * 16, emb, cls, registers, pos, d));
 }
 
 /// Backward of the token assembly: gradients of the CLS token, the registers and the patch
 /// embeddings (rows of `demb`, (B*HW, D), written `=`) from dx (B, N, D). dcls and
 /// dregisters are accumulated (`+=`). The conv weight and bias gradients are then a matmul
 /// backward over `demb` and the im2col columns. (No gradient flows to the pixels.)
-pub fn assemble_backward(demb: &mut [f32], dcls: &mut [f32], dregisters: &mut [f32], dx: &[f32], d: &Dims) {
+pub fn assemble_backward(
+    demb: &mut [f32],
+    dcls: &mut [f32],
+    dregisters: &mut [f32],
+    dx: &[f32],
+    d: &Dims,
+) {
     let (dim, n, hw) = (d.dim, d.tokens(), d.patches());
     for b in 0..d.batch {
         let xb = &dx[b * n * dim..(b + 1) * n * dim];
         dcls.iter_mut().zip(&xb[..dim]).for_each(|(a, g)| *a += g);
-        dregisters.iter_mut().zip(&xb[dim..d.prefix * dim]).for_each(|(a, g)| *a += g);
+        dregisters
+            .iter_mut()
+            .zip(&xb[dim..d.prefix * dim])
+            .for_each(|(a, g)| *a += g);
         demb[b * hw * dim..(b + 1) * hw * dim].copy_from_slice(&xb[d.prefix * dim..]);
     }
 }

@@ -6,8 +6,18 @@ use crate::error::Result;
 use crate::ops::Dims;
 use crate::ops::matmul::wgpu::matmul_forward;
 
-pub const IM2COL: Kernel = Kernel { name: "im2col", source: include_str!("im2col.wgsl"), f16: false, defines: &[] };
-pub const ASSEMBLE: Kernel = Kernel { name: "assemble", source: include_str!("assemble.wgsl"), f16: false, defines: &[] };
+pub const IM2COL: Kernel = Kernel {
+    name: "im2col",
+    source: include_str!("im2col.wgsl"),
+    f16: false,
+    defines: &[],
+};
+pub const ASSEMBLE: Kernel = Kernel {
+    name: "assemble",
+    source: include_str!("assemble.wgsl"),
+    f16: false,
+    defines: &[],
+};
 
 pub fn patch_embed_forward(
     be: &WgpuBackend,
@@ -36,8 +46,20 @@ pub fn patch_embed_forward(
         0,
     ];
     let (dummy, n_patches) = (be.dummy(), d.batch * d.patches());
-    be.dispatch(&IM2COL, "main", &[pixels, cols], &params, linear_groups(n_patches * d.patch_len(), 64))?;
+    be.dispatch(
+        &IM2COL,
+        "main",
+        &[pixels, cols],
+        &params,
+        linear_groups(n_patches * d.patch_len(), 64),
+    )?;
     matmul_forward(be, emb, cols, w, n_patches, Epilogue::Store)?;
     let regs = registers.unwrap_or(dummy);
-    be.dispatch(&ASSEMBLE, "main", &[emb, x, cls, regs, pos.unwrap_or(dummy)], &params, linear_groups(d.rows() * d.dim, 64))
+    be.dispatch(
+        &ASSEMBLE,
+        "main",
+        &[emb, x, cls, regs, pos.unwrap_or(dummy)],
+        &params,
+        linear_groups(d.rows() * d.dim, 64),
+    )
 }

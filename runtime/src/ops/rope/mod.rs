@@ -18,7 +18,9 @@ pub mod wgpu;
 /// Computed in f64 and rounded once (HF computes the same values in f32).
 pub fn tables(grid_h: usize, grid_w: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     let quarter = head_dim / 4;
-    let inv_freq: Vec<f64> = (0..quarter).map(|k| 1.0 / theta.powf(4.0 * k as f64 / head_dim as f64)).collect();
+    let inv_freq: Vec<f64> = (0..quarter)
+        .map(|k| 1.0 / theta.powf(4.0 * k as f64 / head_dim as f64))
+        .collect();
     let mut cos = Vec::with_capacity(grid_h * grid_w * head_dim);
     let mut sin = Vec::with_capacity(grid_h * grid_w * head_dim);
     let mut angles = vec![0.0f64; head_dim];

@@ -19,10 +19,24 @@ multiversion! {
 }
 
 /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
-pub fn swiglu_fast(pool: &Pool, isa: Isa, out: &mut [f32], gate_up: &[f32], rows_n: usize, hidden: usize, a: Activation) {
+pub fn swiglu_fast(
+    pool: &Pool,
+    isa: Isa,
+    out: &mut [f32],
+    gate_up: &[f32],
+    rows_n: usize,
+    hidden: usize,
+    a: Activation,
+) {
     let out = RowsMut::new(&mut out[..rows_n * hidden], hidden);
     pool.run_rows(rows_n, 8, |r0, r1| {
         // SAFETY: disjoint row ranges.
-        rows(isa, unsafe { out.rows(r0, r1) }, &gate_up[r0 * 2 * hidden..r1 * 2 * hidden], hidden, a)
+        rows(
+            isa,
+            unsafe { out.rows(r0, r1) },
+            &gate_up[r0 * 2 * hidden..r1 * 2 * hidden],
+            hidden,
+            a,
+        )
     });
 }

@@ -5,6 +5,6 @@
 //! The model fuses the gate and up projections into one matmul producing `gate_up`.
 
 pub mod cpu;
+pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-pub mod fast;

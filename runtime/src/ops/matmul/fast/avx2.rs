@@ -47,7 +47,14 @@ pub unsafe fn f32_tile<const M: usize>(
 
 /// int8 tile with AVX-VNNI: u8 activations, packed weights [k4][16][4] i8, i32 results.
 #[target_feature(enable = "avx2,avxvnni")]
-pub unsafe fn i8_tile<const M: usize>(k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+pub unsafe fn i8_tile<const M: usize>(
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
     unsafe {
         let mut acc = [[_mm256_setzero_si256(); 2]; M];
         for g in 0..k4 {

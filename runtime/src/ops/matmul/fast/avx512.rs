@@ -53,7 +53,14 @@ pub unsafe fn f32_tile<const M: usize>(
 /// int8 tile of `M` rows: `a` holds u8 activations (row stride `lda` bytes), `b` the
 /// packed weights [k4][32][4] i8, `c` i32 results.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn i8_tile<const M: usize>(k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+pub unsafe fn i8_tile<const M: usize>(
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
     unsafe {
         let mut acc = [[_mm512_setzero_si512(); 2]; M];
         for g in 0..k4 {

@@ -18,11 +18,19 @@ pub struct Strided<'a> {
 impl<'a> Strided<'a> {
     /// Row-major (rows, cols).
     pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        Strided { data, rs: cols, cs: 1 }
+        Strided {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major (rows, cols) matrix, viewed as (cols, rows).
     pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Strided { data, rs: 1, cs: cols }
+        Strided {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
     #[inline(always)]
     fn at(&self, i: usize, j: usize) -> f32 {
@@ -84,10 +92,25 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
         while r < r1 {
             let m = F::MR.min(r1 - r);
             let a = job.a.data[r * job.a.rs..].as_ptr();
-            unsafe { F::f32(m, job.k, a, job.a.rs, job.a.cs, job.packed[p * job.k * nr..].as_ptr(), nr, tile.as_mut_ptr(), nr, false) };
+            unsafe {
+                F::f32(
+                    m,
+                    job.k,
+                    a,
+                    job.a.rs,
+                    job.a.cs,
+                    job.packed[p * job.k * nr..].as_ptr(),
+                    nr,
+                    tile.as_mut_ptr(),
+                    nr,
+                    false,
+                )
+            };
             for i in 0..m {
                 // SAFETY: rows r..r+m, columns col0..col0+ncols belong to this task.
-                let dst = unsafe { std::slice::from_raw_parts_mut(job.c.get().add((r + i) * job.ldc + col0), ncols) };
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(job.c.get().add((r + i) * job.ldc + col0), ncols)
+                };
                 let src = &tile[i * nr..i * nr + ncols];
                 if job.accumulate {
                     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
@@ -128,7 +151,11 @@ fn family(isa: Isa) -> (usize, usize, TaskFn) {
     use super as mf;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 { .. } => (mf::avx512::MR, mf::avx512::NR, task_avx512::<mf::Avx512<false>>),
+        Isa::Avx512 { .. } => (
+            mf::avx512::MR,
+            mf::avx512::NR,
+            task_avx512::<mf::Avx512<false>>,
+        ),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 { .. } => (mf::avx2::MR, mf::avx2::NR, task_avx2::<mf::Avx2<false>>),
         #[cfg(target_arch = "aarch64")]
@@ -141,7 +168,19 @@ fn family(isa: Isa) -> (usize, usize, TaskFn) {
 /// `pool`: `Some` to spread tiles over it; `None` runs on the calling thread (use that
 /// inside pool tasks). `pack` is reusable scratch for the packed `b`.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(pool: Option<&Pool>, isa: Isa, m: usize, n: usize, k: usize, a: Strided, b: Strided, c: &mut [f32], ldc: usize, accumulate: bool, pack: &mut Vec<f32>) {
+pub fn gemm(
+    pool: Option<&Pool>,
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    pack: &mut Vec<f32>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -154,12 +193,30 @@ pub fn gemm(pool: Option<&Pool>, isa: Isa, m: usize, n: usize, k: usize, a: Stri
         }
         return;
     }
-    assert!(a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs, "gemm: a too small");
-    assert!(b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs, "gemm: b too small");
+    assert!(
+        a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+        "gemm: a too small"
+    );
+    assert!(
+        b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs,
+        "gemm: b too small"
+    );
     let (mr, nr, f) = family(isa);
     pack_b(pack, b, k, n, nr);
     let panels = n.div_ceil(nr);
-    let job = Job { m, n, k, a, packed: pack, c: Out(c.as_mut_ptr()), ldc, accumulate, row_block: mr * STRIPS, panel_group: 2, panels };
+    let job = Job {
+        m,
+        n,
+        k,
+        a,
+        packed: pack,
+        c: Out(c.as_mut_ptr()),
+        ldc,
+        accumulate,
+        row_block: mr * STRIPS,
+        panel_group: 2,
+        panels,
+    };
     let tasks = m.div_ceil(job.row_block) * panels.div_ceil(job.panel_group);
     match pool {
         Some(p) => p.run(tasks, |t| unsafe { f(&job, t) }),
@@ -186,16 +243,42 @@ mod tests {
                 let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     // a stored (m, k) or (k, m); b stored (k, n) or (n, k).
-                    let av = if ta { Strided::transposed(&a, m) } else { Strided::rows(&a, k) };
-                    let bv = if tb { Strided::transposed(&b, k) } else { Strided::rows(&b, n) };
+                    let av = if ta {
+                        Strided::transposed(&a, m)
+                    } else {
+                        Strided::rows(&a, k)
+                    };
+                    let bv = if tb {
+                        Strided::transposed(&b, k)
+                    } else {
+                        Strided::rows(&b, n)
+                    };
                     for acc in [false, true] {
                         let mut c = c0.clone();
-                        gemm(Some(&pool), isa, m, n, k, av, bv, &mut c, n, acc, &mut Vec::new());
+                        gemm(
+                            Some(&pool),
+                            isa,
+                            m,
+                            n,
+                            k,
+                            av,
+                            bv,
+                            &mut c,
+                            n,
+                            acc,
+                            &mut Vec::new(),
+                        );
                         for i in 0..m {
                             for j in 0..n {
-                                let want: f64 = (0..k).map(|t| av.at(i, t) as f64 * bv.at(t, j) as f64).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };
+                                let want: f64 = (0..k)
+                                    .map(|t| av.at(i, t) as f64 * bv.at(t, j) as f64)
+                                    .sum::<f64>()
+                                    + if acc { c0[i * n + j] as f64 } else { 0.0 };
                                 let got = c[i * n + j] as f64;
-                                assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{isa} ({m},{n},{k}) ta {ta} tb {tb} acc {acc}: {got} vs {want}");
+                                assert!(
+                                    (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                                    "{isa} ({m},{n},{k}) ta {ta} tb {tb} acc {acc}: {got} vs {want}"
+                                );
                             }
                         }
                     }

@@ -14,9 +14,9 @@
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
-pub mod gemm;
 pub mod portable;
 
 use crate::backend::cpu::isa::{Isa, multiversion};
@@ -122,7 +122,13 @@ pub fn quantize_rows(w: &[f32], out: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
 }
 
 impl PackedLinear {
-    fn empty(isa: Isa, out: usize, k: usize, bias: Option<Vec<f32>>, weights: PackedWeights) -> Self {
+    fn empty(
+        isa: Isa,
+        out: usize,
+        k: usize,
+        bias: Option<Vec<f32>>,
+        weights: PackedWeights,
+    ) -> Self {
         let nr = tile(isa).1;
         PackedLinear {
             out_features: out,
@@ -163,7 +169,15 @@ impl PackedLinear {
     }
 
     /// int8 weights `q` (out, k) with per-output-channel scales.
-    pub fn int8(isa: Isa, q: &[i8], scales: Vec<f32>, bias: Option<Vec<f32>>, out: usize, k: usize, act_scale: Option<f32>) -> Self {
+    pub fn int8(
+        isa: Isa,
+        q: &[i8],
+        scales: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        out: usize,
+        k: usize,
+        act_scale: Option<f32>,
+    ) -> Self {
         let nr = tile(isa).1;
         let k4 = k.div_ceil(4);
         let mut data = vec![0i8; panels(out, nr) * k4 * nr * 4];
@@ -175,13 +189,29 @@ impl PackedLinear {
                 colsum[o] += v as i32;
             }
         }
-        let mut l = Self::empty(isa, out, k, bias, PackedWeights::I8 { data, scales, colsum });
+        let mut l = Self::empty(
+            isa,
+            out,
+            k,
+            bias,
+            PackedWeights::I8 {
+                data,
+                scales,
+                colsum,
+            },
+        );
         l.act_scale = act_scale;
         l
     }
 
     /// int8 from f32 weights (per-channel symmetric quantisation at load).
-    pub fn int8_from_f32(isa: Isa, w: &[f32], bias: Option<Vec<f32>>, out: usize, k: usize) -> Self {
+    pub fn int8_from_f32(
+        isa: Isa,
+        w: &[f32],
+        bias: Option<Vec<f32>>,
+        out: usize,
+        k: usize,
+    ) -> Self {
         let (q, s) = quantize_rows(w, out, k);
         Self::int8(isa, &q, s, bias, out, k, None)
     }
@@ -235,9 +265,28 @@ pub(crate) trait Family {
     const QUANT: QuantFormat;
     /// f32 tile of `m <= MR` rows: `c[i][0..NR] (+)= sum_k a[i*a_rs + k*a_cs] * b[k*ldb + 0..NR]`.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool);
+    unsafe fn f32(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    );
     /// int8 tile of `m <= MR` rows.
-    unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize);
+    unsafe fn i8(
+        m: usize,
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+    );
 }
 
 /// Dispatches a runtime row count `$m` (one of the listed literals) to a const-generic kernel.
@@ -256,13 +305,38 @@ pub(crate) struct Avx512<const VNNI: bool>;
 impl<const VNNI: bool> Family for Avx512<VNNI> {
     const MR: usize = avx512::MR;
     const NR: usize = avx512::NR;
-    const QUANT: QuantFormat = if VNNI { QuantFormat::U8Shifted } else { QuantFormat::S8 };
+    const QUANT: QuantFormat = if VNNI {
+        QuantFormat::U8Shifted
+    } else {
+        QuantFormat::S8
+    };
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| avx512::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6 7 8 9 10 11 12) }
+    unsafe fn f32(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            by_rows!(m, |M| avx512::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6 7 8 9 10 11 12)
+        }
     }
     #[inline(always)]
-    unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+    unsafe fn i8(
+        m: usize,
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+    ) {
         unsafe {
             if VNNI {
                 by_rows!(m, |M| avx512::i8_tile::<M>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6 7 8 9 10 11 12)
@@ -279,13 +353,38 @@ pub(crate) struct Avx2<const VNNI: bool>;
 impl<const VNNI: bool> Family for Avx2<VNNI> {
     const MR: usize = avx2::MR;
     const NR: usize = avx2::NR;
-    const QUANT: QuantFormat = if VNNI { QuantFormat::U8Shifted } else { QuantFormat::S8 };
+    const QUANT: QuantFormat = if VNNI {
+        QuantFormat::U8Shifted
+    } else {
+        QuantFormat::S8
+    };
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| avx2::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
+    unsafe fn f32(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            by_rows!(m, |M| avx2::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6)
+        }
     }
     #[inline(always)]
-    unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+    unsafe fn i8(
+        m: usize,
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+    ) {
         unsafe {
             if VNNI {
                 by_rows!(m, |M| avx2::i8_tile::<M>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6)
@@ -304,11 +403,32 @@ impl<const DOT: bool> Family for Neon<DOT> {
     const NR: usize = neon::NR;
     const QUANT: QuantFormat = QuantFormat::S8;
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| neon::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6) }
+    unsafe fn f32(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            by_rows!(m, |M| neon::f32_tile::<M>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4 5 6)
+        }
     }
     #[inline(always)]
-    unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+    unsafe fn i8(
+        m: usize,
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+    ) {
         unsafe {
             if DOT {
                 by_rows!(m, |M| neon::i8_tile::<M>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6)
@@ -325,11 +445,32 @@ impl Family for Portable {
     const NR: usize = portable::NR;
     const QUANT: QuantFormat = QuantFormat::S8;
     #[inline(always)]
-    unsafe fn f32(m: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-        unsafe { by_rows!(m, |M| portable::f32_tile::<M, 16>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4) }
+    unsafe fn f32(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            by_rows!(m, |M| portable::f32_tile::<M, 16>(k, a, a_rs, a_cs, b, ldb, c, ldc, acc), 1 2 3 4)
+        }
     }
     #[inline(always)]
-    unsafe fn i8(m: usize, k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+    unsafe fn i8(
+        m: usize,
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        c: *mut i32,
+        ldc: usize,
+    ) {
         unsafe { by_rows!(m, |M| portable::i8_tile::<M, 16>(k4, a, lda, b, c, ldc), 1 2 3 4) }
     }
 }
@@ -398,7 +539,20 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                 for s in 0..strips {
                     let (r, m) = strip(s);
                     let tile = &mut tiles[..MR_MAX * NR_MAX];
-                    unsafe { F::f32(m, k, job.inp[r * k..].as_ptr(), k, 1, d.as_ptr().add(p * k * nr), nr, tile.as_mut_ptr(), nr, false) };
+                    unsafe {
+                        F::f32(
+                            m,
+                            k,
+                            job.inp[r * k..].as_ptr(),
+                            k,
+                            1,
+                            d.as_ptr().add(p * k * nr),
+                            nr,
+                            tile.as_mut_ptr(),
+                            nr,
+                            false,
+                        )
+                    };
                     finish(job, r, m, col0, ncols, nr, tile);
                 }
             }
@@ -409,31 +563,76 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                 for k0 in (0..k).step_by(F16_CHUNK) {
                     let kc = F16_CHUNK.min(k - k0);
                     let bits = &d[base + k0 * nr..base + (k0 + kc) * nr];
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(half::slice::HalfBitsSliceExt::reinterpret_cast::<half::f16>(bits), &mut chunk[..kc * nr]);
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                        half::slice::HalfBitsSliceExt::reinterpret_cast::<half::f16>(bits),
+                        &mut chunk[..kc * nr],
+                    );
                     for s in 0..strips {
                         let (r, m) = strip(s);
                         let tile = tiles[s * MR_MAX * NR_MAX..].as_mut_ptr();
-                        unsafe { F::f32(m, kc, job.inp[r * k + k0..].as_ptr(), k, 1, chunk.as_ptr(), nr, tile, nr, k0 > 0) };
+                        unsafe {
+                            F::f32(
+                                m,
+                                kc,
+                                job.inp[r * k + k0..].as_ptr(),
+                                k,
+                                1,
+                                chunk.as_ptr(),
+                                nr,
+                                tile,
+                                nr,
+                                k0 > 0,
+                            )
+                        };
                     }
                 }
                 for s in 0..strips {
                     let (r, m) = strip(s);
-                    finish(job, r, m, col0, ncols, nr, &mut tiles[s * MR_MAX * NR_MAX..(s + 1) * MR_MAX * NR_MAX]);
+                    finish(
+                        job,
+                        r,
+                        m,
+                        col0,
+                        ncols,
+                        nr,
+                        &mut tiles[s * MR_MAX * NR_MAX..(s + 1) * MR_MAX * NR_MAX],
+                    );
                 }
             }
-            PackedWeights::I8 { data, scales, colsum } => {
+            PackedWeights::I8 {
+                data,
+                scales,
+                colsum,
+            } => {
                 let k4 = k.div_ceil(4);
-                let zp = if F::QUANT == QuantFormat::U8Shifted { 128 } else { 0 };
+                let zp = if F::QUANT == QuantFormat::U8Shifted {
+                    128
+                } else {
+                    0
+                };
                 let (sw, cs) = (&scales[col0..col0 + ncols], &colsum[col0..col0 + ncols]);
                 for s in 0..strips {
                     let (r, m) = strip(s);
                     let qa = job.qa[r * k4 * 4..].as_ptr();
-                    unsafe { F::i8(m, k4, qa, k4 * 4, data.as_ptr().add(p * k4 * nr * 4), itile.as_mut_ptr(), nr) };
+                    unsafe {
+                        F::i8(
+                            m,
+                            k4,
+                            qa,
+                            k4 * 4,
+                            data.as_ptr().add(p * k4 * nr * 4),
+                            itile.as_mut_ptr(),
+                            nr,
+                        )
+                    };
                     // Dequantise: (acc - zp * colsum) * sa * sw.
                     let tile = &mut tiles[..MR_MAX * NR_MAX];
                     for i in 0..m {
                         let sa = job.qscale[r + i];
-                        let (src, acc) = (&mut tile[i * nr..i * nr + ncols], &itile[i * nr..i * nr + ncols]);
+                        let (src, acc) = (
+                            &mut tile[i * nr..i * nr + ncols],
+                            &itile[i * nr..i * nr + ncols],
+                        );
                         for j in 0..ncols {
                             src[j] = (acc[j] - zp * cs[j]) as f32 * (sa * sw[j]);
                         }
@@ -454,7 +653,8 @@ fn finish(job: &Job, r: usize, m: usize, col0: usize, ncols: usize, nr: usize, t
     for i in 0..m {
         let src = &tile[i * nr..i * nr + ncols];
         // SAFETY: rows r..r+m and columns col0..col0+ncols belong to the calling task alone.
-        let dst = unsafe { std::slice::from_raw_parts_mut(job.out.get().add((r + i) * o + col0), ncols) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(job.out.get().add((r + i) * o + col0), ncols) };
         match job.epi {
             Epi::Store => {
                 for j in 0..ncols {
@@ -523,8 +723,19 @@ unsafe fn task_neon<F: Family>(job: &Job, t: usize) {
 
 /// `out (rows, O) = epilogue(inp (rows, K) · Wᵀ + b)` with the fast kernels of `w.isa`.
 /// `scratch` holds at least [`PackedLinear::scratch_bytes`] bytes (int8 only).
-pub fn matmul_fast(pool: &Pool, out: &mut [f32], inp: &[f32], w: &PackedLinear, rows: usize, epi: Epi, scratch: &mut [u8]) {
-    assert!(inp.len() >= rows * w.in_features && out.len() >= rows * w.out_features, "matmul_fast: buffers too small");
+pub fn matmul_fast(
+    pool: &Pool,
+    out: &mut [f32],
+    inp: &[f32],
+    w: &PackedLinear,
+    rows: usize,
+    epi: Epi,
+    scratch: &mut [u8],
+) {
+    assert!(
+        inp.len() >= rows * w.in_features && out.len() >= rows * w.out_features,
+        "matmul_fast: buffers too small"
+    );
     if let Epi::Residual(g) = epi {
         assert_eq!(g.len(), w.out_features, "LayerScale length");
     }
@@ -550,15 +761,40 @@ pub fn matmul_fast(pool: &Pool, out: &mut [f32], inp: &[f32], w: &PackedLinear, 
                 let (a, b) = (c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
                 // SAFETY: disjoint row ranges per task.
                 let (q, s) = unsafe {
-                    (std::slice::from_raw_parts_mut(qa_ptr.get().add(a * k_pad), (b - a) * k_pad), std::slice::from_raw_parts_mut(qs_ptr.get().add(a), b - a))
+                    (
+                        std::slice::from_raw_parts_mut(
+                            qa_ptr.get().add(a * k_pad),
+                            (b - a) * k_pad,
+                        ),
+                        std::slice::from_raw_parts_mut(qs_ptr.get().add(a), b - a),
+                    )
                 };
-                quantize_activations(w.isa, &inp[a * k..b * k], k, k_pad, format, w.act_scale, q, s);
+                quantize_activations(
+                    w.isa,
+                    &inp[a * k..b * k],
+                    k,
+                    k_pad,
+                    format,
+                    w.act_scale,
+                    q,
+                    s,
+                );
             });
             (qa, qs)
         }
         _ => (&mut [], &mut []),
     };
-    let job = Job { out: SendPtr(out.as_mut_ptr()), inp, rows, w, epi, qa, qscale, row_block, panel_group };
+    let job = Job {
+        out: SendPtr(out.as_mut_ptr()),
+        inp,
+        rows,
+        w,
+        epi,
+        qa,
+        qscale,
+        row_block,
+        panel_group,
+    };
     unsafe {
         match w.isa {
             #[cfg(target_arch = "x86_64")]

@@ -31,7 +31,12 @@ pub unsafe fn f32_tile<const M: usize>(
         }
         for kk in 0..k {
             let bp = b.add(kk * ldb);
-            let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+            let bv = [
+                vld1q_f32(bp),
+                vld1q_f32(bp.add(4)),
+                vld1q_f32(bp.add(8)),
+                vld1q_f32(bp.add(12)),
+            ];
             for (i, r) in acc.iter_mut().enumerate() {
                 let av = *a.add(i * a_rs + kk * a_cs);
                 for j in 0..4 {
@@ -59,14 +64,28 @@ unsafe fn sdot(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
 
 /// int8 tile with SDOT: s8 activations, packed weights [k4][16][4] i8, i32 results.
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn i8_tile<const M: usize>(k4: usize, a: *const u8, lda: usize, b: *const i8, c: *mut i32, ldc: usize) {
+pub unsafe fn i8_tile<const M: usize>(
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
     unsafe {
         let mut acc = [[vdupq_n_s32(0); 4]; M];
         for g in 0..k4 {
             let bp = b.add(g * 4 * NR);
-            let bv = [vld1q_s8(bp), vld1q_s8(bp.add(16)), vld1q_s8(bp.add(32)), vld1q_s8(bp.add(48))];
+            let bv = [
+                vld1q_s8(bp),
+                vld1q_s8(bp.add(16)),
+                vld1q_s8(bp.add(32)),
+                vld1q_s8(bp.add(48)),
+            ];
             for (i, r) in acc.iter_mut().enumerate() {
-                let av = vreinterpretq_s8_s32(vdupq_n_s32((a.add(i * lda + g * 4) as *const i32).read_unaligned()));
+                let av = vreinterpretq_s8_s32(vdupq_n_s32(
+                    (a.add(i * lda + g * 4) as *const i32).read_unaligned(),
+                ));
                 for j in 0..4 {
                     r[j] = sdot(r[j], bv[j], av);
                 }

@@ -1,0 +1,817 @@
+//! The training run: data, teacher targets (online or cached), forward, objective,
+//! backward, AdamW + EMA, logs, checkpoints, held-out evaluation and the export of the EMA
+//! student in HF `dinov3_vit` layout.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dinoedge_runtime::fsutil::write_atomic;
+use dinoedge_runtime::weights::store::write_safetensors;
+use dinoedge_runtime::{Model, ModelConfig, SessionOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheKey, CachedTeacher};
+use crate::checkpoint::{self, TrainState};
+use crate::data::{AugConfig, Dataset, Sampler};
+use crate::error::{DistillError, Result};
+use crate::eval::{Agreement, AgreementSum, HEADS_FILE, Heads};
+use crate::graph::{Graph, Params};
+use crate::loader::{Key, Loader, LoaderSpec, RenderSpec};
+use crate::loss::{LossParts, LossWeights, Objective, Targets};
+use crate::ops::Ctx;
+use crate::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
+use crate::params::ParamLayout;
+use crate::teacher::{Alignment, OnlineTeacher, TeacherId, teacher_render};
+
+pub const RUN_FORMAT: &str = "dinoedge-distill-run-1";
+
+/// Everything that decides what a run computes. A checkpoint resumes only under an equal one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub format: String,
+    /// The student's HF config.json.
+    pub student: serde_json::Value,
+    pub teacher: TeacherId,
+    pub align: Alignment,
+    pub data_fingerprint: String,
+    pub train_images: usize,
+    pub holdout: f64,
+    pub steps: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub optim: OptimConfig,
+    pub loss: LossWeights,
+    pub aug: AugConfig,
+    /// (student block, teacher block) pairs for intermediate targets.
+    pub inter: Vec<[usize; 2]>,
+    pub ls_init: f32,
+    /// Train the heads only (a linear-probe baseline on the initial student).
+    pub heads_only: bool,
+    /// Views per image of the teacher cache used (None: online teacher).
+    pub cache_views: Option<usize>,
+}
+
+/// Everything [`train`] needs.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub teacher: PathBuf,
+    pub student: ModelConfig,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub cache: Option<PathBuf>,
+    pub size: usize,
+    pub teacher_size: Option<usize>,
+    pub steps: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub holdout: f64,
+    pub optim: OptimConfig,
+    pub loss: LossWeights,
+    pub aug: AugConfig,
+    pub inter: Vec<[usize; 2]>,
+    pub ls_init: f32,
+    pub heads_only: bool,
+    /// Initial student weights (an HF dinov3_vit directory of the same architecture).
+    pub init_from: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub workers: usize,
+    pub prefetch: usize,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    pub keep: usize,
+    pub eval_every: usize,
+    pub eval_images: usize,
+    pub resume: bool,
+    /// Stop after this many steps of this invocation (with a checkpoint); resume later.
+    pub stop_after: Option<usize>,
+}
+
+impl TrainOptions {
+    /// Defaults for everything but the paths, student and size.
+    pub fn new(teacher: PathBuf, student: ModelConfig, data: PathBuf, out: PathBuf) -> Self {
+        TrainOptions {
+            teacher,
+            student,
+            data,
+            out,
+            cache: None,
+            size: 224,
+            teacher_size: None,
+            steps: 1000,
+            batch: 32,
+            seed: 0,
+            holdout: 0.05,
+            optim: OptimConfig::default(),
+            loss: LossWeights::default(),
+            aug: AugConfig::default(),
+            inter: Vec::new(),
+            ls_init: 1e-1,
+            heads_only: false,
+            init_from: None,
+            threads: None,
+            workers: 2,
+            prefetch: 3,
+            log_every: 10,
+            checkpoint_every: 500,
+            keep: 2,
+            eval_every: 0,
+            eval_images: 64,
+            resume: false,
+            stop_after: None,
+        }
+    }
+}
+
+/// One logged step (a line of metrics.jsonl).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub loss_cls: f64,
+    pub loss_patch: f64,
+    pub loss_gram: f64,
+    pub loss_inter: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub img_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// A held-out evaluation (a line of metrics.jsonl).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HoldoutLog {
+    pub step: usize,
+    pub holdout_cls_cos: f64,
+    pub holdout_patch_cos: f64,
+    pub holdout_images: usize,
+}
+
+/// What the run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    pub first_step: usize,
+    pub last_step: usize,
+    pub steps: usize,
+    pub finished: bool,
+    pub last: Option<StepLog>,
+    pub holdout_start: Option<HoldoutLog>,
+    pub holdout_end: Option<HoldoutLog>,
+    pub unreadable_images: usize,
+    pub seconds: f64,
+}
+
+/// Facts announced when a run starts.
+#[derive(Clone, Debug)]
+pub struct StartInfo {
+    pub first_step: usize,
+    pub steps: usize,
+    pub train_images: usize,
+    pub holdout_images: usize,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub student_params: usize,
+    pub teacher: String,
+    pub align: Alignment,
+    pub cached: bool,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// Progress notifications (the CLI draws a progress bar from these).
+pub enum Event<'a> {
+    Started(&'a StartInfo),
+    Step(&'a StepLog),
+    Holdout(&'a HoldoutLog),
+    Checkpoint { step: usize, path: &'a Path },
+    BadImage { path: &'a Path, reason: &'a str },
+    Exported { path: &'a Path },
+}
+
+enum TeacherSource {
+    Online(OnlineTeacher),
+    Cached(Box<CachedTeacher>),
+}
+
+/// Default intermediate pair: the middle blocks of both.
+pub fn default_inter(student_layers: usize, teacher_layers: usize) -> [usize; 2] {
+    [student_layers / 2 - 1, teacher_layers / 2 - 1]
+}
+
+/// The cache key a run with these options needs.
+pub fn cache_key(
+    teacher: &Model,
+    align: &Alignment,
+    data: &Dataset,
+    o: &TrainOptions,
+    layers: Vec<usize>,
+) -> CacheKey {
+    CacheKey {
+        teacher: TeacherId::of(teacher),
+        align: align.clone(),
+        layers,
+        seed: o.seed,
+        aug: o.aug,
+        holdout: o.holdout,
+        data_fingerprint: data.fingerprint(),
+        train_images: data.train.len(),
+    }
+}
+
+/// Runs (or resumes) a distillation.
+pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport> {
+    let t0 = Instant::now();
+    let mut student = o.student.clone();
+    student.image_size = o.size;
+    if o.batch == 0 {
+        return Err(DistillError::Config("--batch must be at least 1".into()));
+    }
+    let teacher_model = Arc::new(Model::load(&o.teacher)?);
+    let tcfg = teacher_model.config().clone();
+    let align = Alignment::new(&student, o.size, &tcfg, o.teacher_size)?;
+    for [s, t] in &o.inter {
+        if *s >= student.num_layers || *t >= tcfg.num_layers {
+            return Err(DistillError::Config(format!(
+                "intermediate pair {s}:{t} is out of range (student blocks 0..{}, teacher blocks 0..{})",
+                student.num_layers - 1,
+                tcfg.num_layers - 1
+            )));
+        }
+    }
+    let data = Dataset::scan(
+        &o.data,
+        o.holdout,
+        student.patch_size.max(tcfg.patch_size) as u32,
+    )?;
+    let teacher_layers: Vec<usize> = o.inter.iter().map(|p| p[1]).collect();
+    let student_layers: Vec<usize> = o.inter.iter().map(|p| p[0]).collect();
+
+    // Teacher source.
+    let session_opts = SessionOptions {
+        threads: o.threads,
+        ..Default::default()
+    };
+    let mut online = OnlineTeacher::new(
+        teacher_model.clone(),
+        align.clone(),
+        &teacher_layers,
+        &session_opts,
+    )?;
+    let cached = match &o.cache {
+        Some(dir) => Some(CachedTeacher::open(
+            dir,
+            &cache_key(&teacher_model, &align, &data, o, teacher_layers.clone()),
+        )?),
+        None => None,
+    };
+    let run = RunConfig {
+        format: RUN_FORMAT.into(),
+        student: student.to_hf_json(),
+        teacher: TeacherId::of(&teacher_model),
+        align: align.clone(),
+        data_fingerprint: data.fingerprint(),
+        train_images: data.train.len(),
+        holdout: o.holdout,
+        steps: o.steps,
+        batch: o.batch,
+        seed: o.seed,
+        optim: o.optim,
+        loss: o.loss,
+        aug: o.aug,
+        inter: o.inter.clone(),
+        ls_init: o.ls_init,
+        heads_only: o.heads_only,
+        cache_views: cached.as_ref().map(|c| c.index.views),
+    };
+    let run_json =
+        serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;
+
+    // Parameters: fresh, from --init-from, or from the latest checkpoint.
+    let heads: Vec<(usize, usize)> =
+        std::iter::repeat_n((student.hidden_size, tcfg.hidden_size), 2 + o.inter.len()).collect();
+    let layout = ParamLayout::new(&student, &heads);
+    std::fs::create_dir_all(&o.out).map_err(|e| DistillError::io(&o.out, e))?;
+    let ckpt_root = o.out.join("checkpoints");
+    let existing = checkpoint::latest(&ckpt_root)?;
+    let metrics_path = o.out.join("metrics.jsonl");
+    let (mut state, resumed_from) = match (&existing, o.resume) {
+        (Some(dir), true) => {
+            let (st, old) = checkpoint::load(dir, layout.total)?;
+            let old: RunConfig =
+                serde_json::from_str(&old).map_err(|e| DistillError::Mismatch {
+                    path: dir.join("run.json"),
+                    reason: e.to_string(),
+                })?;
+            let diff = differences(&old, &run);
+            if !diff.is_empty() {
+                return Err(DistillError::Mismatch {
+                    path: dir.join("run.json"),
+                    reason: format!(
+                        "cannot resume: this run's configuration differs from the checkpoint's ({})",
+                        diff.join("; ")
+                    ),
+                });
+            }
+            truncate_metrics(&metrics_path, st.step)?;
+            (st, Some(dir.clone()))
+        }
+        (None, true) => {
+            return Err(DistillError::Config(format!(
+                "--resume: no checkpoint under {}",
+                ckpt_root.display()
+            )));
+        }
+        (Some(dir), false) => {
+            return Err(DistillError::Config(format!(
+                "{} already holds a run (checkpoint {}); pass --resume to continue it, or choose another --out",
+                o.out.display(),
+                dir.display()
+            )));
+        }
+        (None, false) => {
+            let mut params = layout.init(o.seed, o.ls_init);
+            if let Some(dir) = &o.init_from {
+                let m = Model::load(dir)?;
+                if m.config().to_hf_json()["hidden_size"] != student.to_hf_json()["hidden_size"]
+                    || m.config().num_layers != student.num_layers
+                {
+                    return Err(DistillError::Mismatch {
+                        path: dir.clone(),
+                        reason: "--init-from has another architecture than --student".into(),
+                    });
+                }
+                layout.load_model(&m, &mut params)?;
+            }
+            let _ = std::fs::remove_file(&metrics_path);
+            (
+                TrainState {
+                    step: 0,
+                    ema: params.clone(),
+                    params,
+                    adam: AdamW::new(layout.total),
+                },
+                None,
+            )
+        }
+    };
+    write_atomic(&o.out.join("run.json"), run_json.as_bytes())?;
+
+    let first_step = state.step;
+    let end_step = o
+        .stop_after
+        .map_or(o.steps, |n| (first_step + n).min(o.steps));
+    let info = StartInfo {
+        first_step,
+        steps: o.steps,
+        train_images: data.train.len(),
+        holdout_images: data.holdout.len().min(o.eval_images),
+        skipped: data.skipped.clone(),
+        student_params: layout.model_len(),
+        teacher: format!("{} ({})", o.teacher.display(), tcfg.describe()),
+        align: align.clone(),
+        cached: cached.is_some(),
+        resumed_from,
+    };
+    on(Event::Started(&info));
+
+    let ctx = Ctx::new(o.threads)?;
+    let mut graph = Graph::new(&student, o.batch, o.size, o.size, &student_layers);
+    let student_render = RenderSpec {
+        size: o.size,
+        mean: dinoedge_runtime::preprocess::IMAGENET_MEAN,
+        std: dinoedge_runtime::preprocess::IMAGENET_STD,
+    };
+    let trender = teacher_render(&teacher_model, &align)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| DistillError::io(&metrics_path, e))?;
+    let mut log_line = |v: &dyn erased::Json| -> Result<()> {
+        writeln!(metrics, "{}", v.json())
+            .and_then(|_| metrics.flush())
+            .map_err(|e| DistillError::io(&metrics_path, e))
+    };
+
+    // Held-out targets: centre views, teacher run once.
+    let holdout: Vec<(PathBuf, u32, u32)> = data
+        .holdout
+        .iter()
+        .take(o.eval_images)
+        .map(|e| (data.path(e), e.width, e.height))
+        .collect();
+    let holdout_set = if holdout.is_empty() {
+        None
+    } else {
+        Some(HoldoutSet::new(
+            &holdout,
+            o,
+            student_render,
+            trender,
+            &mut online,
+        )?)
+    };
+    let mut holdout_start = None;
+    if let Some(h) = &holdout_set
+        && first_step == 0
+    {
+        let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
+        let l = HoldoutLog {
+            step: 0,
+            holdout_cls_cos: a.cls_cos,
+            holdout_patch_cos: a.patch_cos,
+            holdout_images: a.images,
+        };
+        log_line(&l)?;
+        on(Event::Holdout(&l));
+        holdout_start = Some(l);
+    }
+
+    // The sample stream.
+    let sampler = Arc::new(Sampler::new(o.seed, data.train.len()));
+    let views = cached.as_ref().map(|c| c.index.views as u64);
+    let batch = o.batch;
+    let keys_sampler = sampler.clone();
+    let images: Vec<(PathBuf, u32, u32)> = data
+        .train
+        .iter()
+        .map(|e| (data.path(e), e.width, e.height))
+        .collect();
+    let source = match cached {
+        Some(c) => TeacherSource::Cached(Box::new(c)),
+        None => TeacherSource::Online(online),
+    };
+    let renders = match source {
+        TeacherSource::Online(_) => vec![student_render, trender],
+        TeacherSource::Cached(_) => vec![student_render],
+    };
+    let loader = Loader::start(LoaderSpec {
+        images,
+        aug: o.aug,
+        seed: o.seed,
+        renders,
+        keys: Box::new(move |s| {
+            (0..batch)
+                .map(|j| {
+                    let (image, epoch) = keys_sampler.sample((s * batch + j) as u64);
+                    Key {
+                        image,
+                        view: views.map_or(epoch, |k| epoch % k),
+                        center: false,
+                    }
+                })
+                .collect()
+        }),
+        first_step,
+        end_step,
+        workers: o.workers,
+        prefetch: o.prefetch,
+    })?;
+    let mut source = source;
+
+    let mut obj = Objective::default();
+    let mut g = vec![0.0f32; layout.total];
+    let mut dout = vec![0.0f32; graph.out.len()];
+    let mut dinter: Vec<Vec<f32>> = student_layers
+        .iter()
+        .map(|_| vec![0.0f32; graph.out.len()])
+        .collect();
+    let mut reported: HashSet<PathBuf> = HashSet::new();
+    let mut last_log: Option<StepLog> = None;
+    let mut last_ckpt: Option<PathBuf> = existing.filter(|_| o.resume);
+    let (mut window_t, mut window_steps) = (Instant::now(), 0usize);
+    let model_len = layout.model_len();
+    for step in first_step..end_step {
+        let b = loader.next()?;
+        for (p, e) in &b.failed {
+            if reported.insert(p.clone()) {
+                on(Event::BadImage { path: p, reason: e });
+            }
+        }
+        let targets: Targets = match &mut source {
+            TeacherSource::Online(t) => t.targets(&b.pixels[1], batch)?,
+            TeacherSource::Cached(c) => c.targets(&b.keys, &teacher_layers)?,
+        };
+        let p = Params {
+            layout: &layout,
+            v: &state.params,
+        };
+        graph.forward(&ctx, p, &b.pixels[0]);
+        g.fill(0.0);
+        let parts: LossParts = obj.compute(
+            &ctx,
+            p,
+            &mut g,
+            &graph.dims,
+            &graph.out,
+            &graph.inter,
+            &targets,
+            &o.loss,
+            &mut dout,
+            &mut dinter,
+        );
+        let diverged = |value: String| DistillError::Diverged {
+            step: step + 1,
+            value,
+            last_good: last_ckpt
+                .as_ref()
+                .map_or("none written yet".into(), |d| d.display().to_string()),
+        };
+        if !parts.total.is_finite() {
+            return Err(diverged(format!("{}", parts.total)));
+        }
+        if !o.heads_only {
+            graph.backward(&ctx, p, &mut g, &dout, &dinter);
+        }
+        let gn = global_norm(&g);
+        if !gn.is_finite() {
+            return Err(diverged(format!("finite but its gradient norm is {gn}")));
+        }
+        if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
+            let s = (o.optim.clip as f64 / gn) as f32;
+            g.iter_mut().for_each(|v| *v *= s);
+        }
+        let lr = lr_at(&o.optim, step, o.steps);
+        if o.heads_only {
+            g[..model_len].fill(0.0);
+            let frozen = state.params[..model_len].to_vec();
+            state
+                .adam
+                .step(&o.optim, &layout, &mut state.params, &g, lr, step + 1);
+            state.params[..model_len].copy_from_slice(&frozen);
+        } else {
+            state
+                .adam
+                .step(&o.optim, &layout, &mut state.params, &g, lr, step + 1);
+        }
+        ema_update(&mut state.ema, &state.params, o.optim.ema, step + 1);
+        if state.params.iter().any(|v| !v.is_finite()) {
+            return Err(diverged(
+                "finite but the update made a weight non-finite".into(),
+            ));
+        }
+        state.step = step + 1;
+        window_steps += 1;
+        let done = state.step;
+        if done.is_multiple_of(o.log_every.max(1)) || done == end_step {
+            let secs = window_t.elapsed().as_secs_f64();
+            let l = StepLog {
+                step: done,
+                loss: parts.total,
+                loss_cls: parts.cls,
+                loss_patch: parts.patch,
+                loss_gram: parts.gram,
+                loss_inter: parts.inter,
+                lr: lr as f64,
+                grad_norm: gn,
+                img_per_s: (window_steps * batch) as f64 / secs.max(1e-9),
+                elapsed_s: t0.elapsed().as_secs_f64(),
+            };
+            log_line(&l)?;
+            on(Event::Step(&l));
+            last_log = Some(l);
+            (window_t, window_steps) = (Instant::now(), 0);
+        }
+        if let Some(h) = &holdout_set
+            && o.eval_every > 0
+            && done.is_multiple_of(o.eval_every)
+            && done != o.steps
+        {
+            let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
+            let l = HoldoutLog {
+                step: done,
+                holdout_cls_cos: a.cls_cos,
+                holdout_patch_cos: a.patch_cos,
+                holdout_images: a.images,
+            };
+            log_line(&l)?;
+            on(Event::Holdout(&l));
+        }
+        if done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step {
+            let dir = checkpoint::save(&ckpt_root, &state, &run_json, o.keep)?;
+            on(Event::Checkpoint {
+                step: done,
+                path: &dir,
+            });
+            last_ckpt = Some(dir);
+        }
+    }
+    drop(loader);
+    let finished = state.step == o.steps;
+    let mut holdout_end = None;
+    if finished {
+        export(&o.out, &student, &layout, &state.ema, &run, o)?;
+        on(Event::Exported { path: &o.out });
+        if let Some(h) = &holdout_set {
+            let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
+            let l = HoldoutLog {
+                step: state.step,
+                holdout_cls_cos: a.cls_cos,
+                holdout_patch_cos: a.patch_cos,
+                holdout_images: a.images,
+            };
+            log_line(&l)?;
+            on(Event::Holdout(&l));
+            holdout_end = Some(l);
+        }
+    }
+    Ok(TrainReport {
+        out: o.out.clone(),
+        first_step,
+        last_step: state.step,
+        steps: o.steps,
+        finished,
+        last: last_log,
+        holdout_start,
+        holdout_end,
+        unreadable_images: data.skipped.len() + reported.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+mod erased {
+    /// Lines of metrics.jsonl.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Fields of two run configs that differ, as "field: checkpoint X, now Y".
+pub fn differences(old: &RunConfig, new: &RunConfig) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(old).unwrap_or_default(),
+        serde_json::to_value(new).unwrap_or_default(),
+    );
+    crate::error::json_differences(&a, &b, "checkpoint", "now")
+}
+
+/// Drops metrics lines logged after `step` (they belong to the abandoned part of the run).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(write_atomic(path, kept.as_bytes())?)
+}
+
+/// Writes the EMA student (`config.json`, `model.safetensors`, `preprocessor_config.json`)
+/// and its heads (`distill_heads.safetensors`).
+fn export(
+    out: &Path,
+    student: &ModelConfig,
+    layout: &ParamLayout,
+    ema: &[f32],
+    run: &RunConfig,
+    o: &TrainOptions,
+) -> Result<()> {
+    let cfg_text = serde_json::to_string_pretty(&student.to_hf_json())
+        .map_err(|e| DistillError::Config(e.to_string()))?;
+    write_atomic(&out.join("config.json"), cfg_text.as_bytes())?;
+    let meta = HashMap::from([
+        // transformers refuses safetensors files without format = pt.
+        ("format".to_string(), "pt".to_string()),
+        (
+            "dinoedge_distill".to_string(),
+            serde_json::to_string(run).unwrap_or_default(),
+        ),
+    ]);
+    write_safetensors(
+        &out.join("model.safetensors"),
+        &layout.hub_tensors(student, ema)?,
+        Some(meta),
+    )?;
+    let pre = serde_json::json!({
+        "image_processor_type": "DINOv3ViTImageProcessorFast",
+        "do_resize": true,
+        "size": {"height": o.size, "width": o.size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": dinoedge_runtime::preprocess::IMAGENET_MEAN,
+        "image_std": dinoedge_runtime::preprocess::IMAGENET_STD,
+    });
+    write_atomic(
+        &out.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&pre)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let head_meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (
+            "teacher".to_string(),
+            serde_json::to_string(&run.teacher).unwrap_or_default(),
+        ),
+        (
+            "inter".to_string(),
+            serde_json::to_string(&run.inter).unwrap_or_default(),
+        ),
+        (
+            "align".to_string(),
+            serde_json::to_string(&run.align).unwrap_or_default(),
+        ),
+    ]);
+    Heads::save_all(&out.join(HEADS_FILE), layout, ema, head_meta)
+}
+
+/// Held-out images rendered once, with their teacher targets.
+struct HoldoutSet {
+    /// Per chunk of `batch` images (the last padded by repeating): student pixels, targets
+    /// and the number of real images.
+    chunks: Vec<(Vec<f32>, Targets, usize)>,
+}
+
+impl HoldoutSet {
+    fn new(
+        images: &[(PathBuf, u32, u32)],
+        o: &TrainOptions,
+        s: RenderSpec,
+        t: RenderSpec,
+        teacher: &mut OnlineTeacher,
+    ) -> Result<Self> {
+        let b = o.batch;
+        let n = images.len();
+        let loader = Loader::start(LoaderSpec {
+            images: images.to_vec(),
+            aug: o.aug,
+            seed: o.seed,
+            renders: vec![s, t],
+            keys: Box::new(move |c| {
+                (0..b)
+                    .map(|j| Key {
+                        image: (c * b + j).min(n - 1),
+                        view: 0,
+                        center: true,
+                    })
+                    .collect()
+            }),
+            first_step: 0,
+            end_step: n.div_ceil(b),
+            workers: o.workers,
+            prefetch: 2,
+        })?;
+        let mut chunks = Vec::new();
+        for c in 0..n.div_ceil(b) {
+            let batch = loader.next()?;
+            let real = (n - c * b).min(b);
+            let targets = teacher.targets(&batch.pixels[1], b)?;
+            chunks.push((
+                batch.pixels.into_iter().next().unwrap_or_default(),
+                targets,
+                real,
+            ));
+        }
+        Ok(HoldoutSet { chunks })
+    }
+
+    fn evaluate(
+        &self,
+        ctx: &Ctx,
+        graph: &mut Graph,
+        layout: &ParamLayout,
+        v: &[f32],
+        cfg: &ModelConfig,
+    ) -> Result<Agreement> {
+        let heads = Heads::from_params(layout, v, cfg.hidden_size);
+        let d = graph.dims;
+        let (n, hw, dim) = (d.tokens(), d.patches(), d.dim);
+        let mut sum = AgreementSum::default();
+        for (pixels, t, real) in &self.chunks {
+            graph.forward(ctx, Params { layout, v }, pixels);
+            let cls: Vec<f32> = (0..*real)
+                .flat_map(|b| graph.out[b * n * dim..(b * n + 1) * dim].iter().copied())
+                .collect();
+            let patches: Vec<f32> = (0..*real)
+                .flat_map(|b| {
+                    graph.out[(b * n + d.prefix) * dim..(b * n + d.prefix + hw) * dim]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            let dt = heads.teacher_dim;
+            let tt = Targets {
+                cls: t.cls[..real * dt].to_vec(),
+                patches: t.patches[..real * hw * dt].to_vec(),
+                inter: Vec::new(),
+            };
+            sum.add(heads.cosine_sums(&cls, &patches, &tt), *real);
+        }
+        Ok(sum.finish())
+    }
+}

@@ -1,0 +1,256 @@
+//! Gradients of the student and the distillation objective against PyTorch autograd
+//! (fixtures from `tools/make_fixtures.py grads`, computed in float64), plus a
+//! finite-difference spot check and thread-count independence.
+
+use std::path::PathBuf;
+
+use dinoedge_distill::graph::{Graph, Params};
+use dinoedge_distill::loss::{LossWeights, Objective, Targets};
+use dinoedge_distill::ops::Ctx;
+use dinoedge_distill::params::{ParamId, ParamLayout};
+use dinoedge_runtime::Model;
+use dinoedge_runtime::config::ModelConfig;
+use dinoedge_runtime::weights::layout::{aliases, hub_location};
+use dinoedge_runtime::weights::store::TensorStore;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/grads")
+        .join(name)
+}
+
+struct Case {
+    cfg: ModelConfig,
+    layout: ParamLayout,
+    params: Vec<f32>,
+    refs: TensorStore,
+    shape: [usize; 4],
+}
+
+fn t(store: &TensorStore, name: &str) -> Vec<f32> {
+    store
+        .get(name)
+        .unwrap_or_else(|| panic!("fixture tensor {name}"))
+        .to_f32()
+        .unwrap()
+}
+
+fn load(name: &str) -> Case {
+    let dir = fixture(name);
+    let model = Model::load(&dir).unwrap();
+    let cfg = model.config().clone();
+    let refs = TensorStore::open_files(&[dir.join("grads.safetensors")]).unwrap();
+    let hd: Vec<usize> = refs.get("head.0.weight").unwrap().shape.to_vec();
+    let layout = ParamLayout::new(&cfg, &[(hd[1], hd[0]); 3]);
+    let mut params = vec![0.0; layout.total];
+    layout.load_model(&model, &mut params).unwrap();
+    for h in 0..3 {
+        for (id, key) in [
+            (ParamId::HeadWeight(h), format!("head.{h}.weight")),
+            (ParamId::HeadBias(h), format!("head.{h}.bias")),
+        ] {
+            layout
+                .get_mut(&mut params, id)
+                .copy_from_slice(&t(&refs, &key));
+        }
+    }
+    let s: Vec<usize> = refs.get("pixel_values").unwrap().shape.to_vec();
+    let _ = hd;
+    Case {
+        cfg,
+        layout,
+        params,
+        refs,
+        shape: [s[0], s[1], s[2], s[3]],
+    }
+}
+
+/// The reference gradient of a layout entry, under its hub name or a transformers alias.
+fn reference_grad(c: &Case, prefix: &str, id: ParamId, name: &str) -> Option<Vec<f32>> {
+    let mut names = vec![name.to_string()];
+    if let ParamId::Model(p) = id {
+        names.push(hub_location(&c.cfg, p).key);
+        names.extend(aliases(&c.cfg, p).into_iter().map(|l| l.key));
+    }
+    names.iter().find_map(|n| {
+        c.refs
+            .get(&format!("{prefix}.grad.{n}"))
+            .map(|t| t.to_f32().unwrap())
+    })
+}
+
+/// Relative error ||a - b|| / ||b|| per tensor must be below `tol`.
+fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
+    let mut worst = (0.0f64, String::new());
+    for e in &c.layout.entries {
+        let got = &g[e.range.clone()];
+        let Some(want) = reference_grad(c, prefix, e.id, &e.name) else {
+            // Not reached by this loss (heads of the linear loss): must be zero.
+            assert!(
+                got.iter().all(|&v| v == 0.0),
+                "{prefix}: {} has a gradient but torch has none",
+                e.name
+            );
+            continue;
+        };
+        let num: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+        let rel = num / den.max(1e-20);
+        assert!(
+            rel < tol,
+            "{prefix}: gradient of {} differs from torch: relative error {rel:.2e} (|ref| {den:.3e})",
+            e.name
+        );
+        if rel > worst.0 {
+            worst = (rel, e.name.clone());
+        }
+    }
+    eprintln!(
+        "{prefix}: worst relative gradient error {:.2e} ({})",
+        worst.0, worst.1
+    );
+}
+
+fn weights() -> LossWeights {
+    LossWeights {
+        cls: 1.0,
+        patch: 0.7,
+        gram: 0.5,
+        inter: 0.3,
+    }
+}
+
+fn targets(c: &Case) -> Targets {
+    Targets {
+        cls: t(&c.refs, "target.cls"),
+        patches: t(&c.refs, "target.patches"),
+        inter: vec![t(&c.refs, "target.inter")],
+    }
+}
+
+/// Runs forward + objective + backward; returns (loss, gradients, last_hidden_state).
+fn objective_grads(c: &Case, ctx: &Ctx, params: &[f32]) -> (f64, Vec<f32>, Vec<f32>) {
+    let [b, _, h, w] = c.shape;
+    let mut graph = Graph::new(&c.cfg, b, h, w, &[0]);
+    let p = Params {
+        layout: &c.layout,
+        v: params,
+    };
+    graph.forward(ctx, p, &t(&c.refs, "pixel_values"));
+    let mut g = vec![0.0f32; c.layout.total];
+    let mut dout = vec![0.0f32; graph.out.len()];
+    let mut dinter = vec![vec![0.0f32; graph.out.len()]];
+    let parts = Objective::default().compute(
+        ctx,
+        p,
+        &mut g,
+        &graph.dims,
+        &graph.out,
+        &graph.inter,
+        &targets(c),
+        &weights(),
+        &mut dout,
+        &mut dinter,
+    );
+    graph.backward(ctx, p, &mut g, &dout, &dinter);
+    (parts.total, g, graph.out.clone())
+}
+
+#[test]
+fn gradients_match_pytorch_autograd() {
+    let ctx = Ctx::new(Some(2)).unwrap();
+    for name in ["dinov3_mlp", "dinov3_gated"] {
+        let c = load(name);
+        let [b, _, h, w] = c.shape;
+        // 1. forward, then the gradient of sum(last_hidden_state * R).
+        let mut graph = Graph::new(&c.cfg, b, h, w, &[]);
+        let p = Params {
+            layout: &c.layout,
+            v: &c.params,
+        };
+        graph.forward(&ctx, p, &t(&c.refs, "pixel_values"));
+        let want = t(&c.refs, "lin.last_hidden_state");
+        let err = graph
+            .out
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            err < 2e-5,
+            "{name}: training forward differs from transformers by {err}"
+        );
+        let mut g = vec![0.0f32; c.layout.total];
+        graph.backward(&ctx, p, &mut g, &t(&c.refs, "lin.R"), &[]);
+        compare_grads(&c, "lin", &g, 1e-5);
+
+        // 2. the full objective, heads included.
+        let (loss, g, _) = objective_grads(&c, &ctx, &c.params);
+        let want_loss = t(&c.refs, "obj.loss")[0] as f64;
+        assert!(
+            (loss - want_loss).abs() < 1e-5 * want_loss.abs(),
+            "{name}: loss {loss} vs torch {want_loss}"
+        );
+        compare_grads(&c, "obj", &g, 1e-5);
+    }
+}
+
+#[test]
+fn gradients_do_not_depend_on_thread_count() {
+    let c = load("dinov3_gated");
+    let (_, g1, _) = objective_grads(&c, &Ctx::new(Some(1)).unwrap(), &c.params);
+    let (_, g3, _) = objective_grads(&c, &Ctx::new(Some(3)).unwrap(), &c.params);
+    assert!(
+        g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "gradients differ between 1 and 3 threads"
+    );
+}
+
+#[test]
+fn objective_gradient_matches_finite_differences() {
+    let c = load("dinov3_mlp");
+    let ctx = Ctx::new(Some(2)).unwrap();
+    let (_, g, _) = objective_grads(&c, &ctx, &c.params);
+    // One coordinate of a few kinds of parameter: LayerScale, norms, tokens, projections, heads.
+    let picks = [
+        "layer.1.layer_scale2.lambda1",
+        "norm.weight",
+        "embeddings.cls_token",
+        "embeddings.register_tokens",
+        "layer.0.attention.k_proj.weight",
+        "layer.0.mlp.up_proj.bias",
+        "head.1.weight",
+        "head.2.bias",
+    ];
+    for name in picks {
+        let e = c
+            .layout
+            .entries
+            .iter()
+            .find(|e| e.name.ends_with(name))
+            .unwrap_or_else(|| panic!("{name}"));
+        // The coordinate with the largest gradient, so the difference is well above f32 noise.
+        let i = e
+            .range
+            .clone()
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        let h = 1e-2f32;
+        let mut p = c.params.clone();
+        p[i] += h;
+        let (lp, _, _) = objective_grads(&c, &ctx, &p);
+        p[i] -= 2.0 * h;
+        let (lm, _, _) = objective_grads(&c, &ctx, &p);
+        let fd = (lp - lm) / (2.0 * h as f64);
+        let an = g[i] as f64;
+        assert!(
+            (fd - an).abs() < 2e-2 * an.abs().max(1e-3),
+            "{name}: finite difference {fd:.6e} vs backward {an:.6e}"
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! `dinoedge distill`: train a student on a teacher's features; `distill cache-teacher`
+//! precomputes the teacher's features; `distill eval` compares a student with its teacher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use dinoedge::distill::{self as sdk_distill, EvalOptions};
+use dinoedge::runtime::{Model, SessionOptions};
+use dinoedge::{Error, Result};
+use dinoedge_distill::cache::{self, BuildOptions};
+use dinoedge_distill::data::{AugConfig, Dataset};
+use dinoedge_distill::loss::LossWeights;
+use dinoedge_distill::optim::OptimConfig;
+use dinoedge_distill::teacher::{Alignment, OnlineTeacher};
+use dinoedge_distill::train::{self, Event, TrainOptions};
+use serde_json::json;
+
+use super::progress;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct DistillArgs {
+    #[command(subcommand)]
+    cmd: Option<DistillCmd>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum DistillCmd {
+    /// Run the teacher once over K augmented views of every training image and store its
+    /// features (f16, sharded safetensors) for `distill --cache`.
+    CacheTeacher(CacheArgs),
+    /// Held-out CLS / patch cosine of a distilled student to its teacher, and both models'
+    /// stereo-correspondence accuracy.
+    Eval(EvalArgs),
+    /// Redraw DIR/loss.png from DIR/metrics.jsonl.
+    Plot {
+        /// A distillation --out directory.
+        dir: PathBuf,
+    },
+}
+
+/// What the teacher sees: shared by training and cache-teacher (a cache is usable only by
+/// runs with the same values).
+#[derive(Args, Clone)]
+struct SetupArgs {
+    /// Teacher model directory (any runtime model: DINOv3, DINOv2, imported ONNX).
+    #[arg(long, required = true)]
+    teacher: Option<PathBuf>,
+    /// Image folder, scanned recursively (jpg, png, pgm, ppm).
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
+    /// Student input size (a multiple of the student's patch, 16).
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Teacher input size. Default: the size giving the student's patch grid (e.g. 196 for
+    /// a /14 teacher and a 224 student); another grid is resampled to the student's.
+    #[arg(long)]
+    teacher_size: Option<usize>,
+    /// Seed of the initialisation, data order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of the images held out for evaluation.
+    #[arg(long, default_value_t = 0.05)]
+    holdout: f64,
+    /// Smallest crop area of the random resized crop (fraction of the image).
+    #[arg(long, default_value_t = 0.32)]
+    crop_min: f32,
+    /// Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1).
+    #[arg(long, default_value_t = 0.8)]
+    jitter: f32,
+    /// Probability of converting a view to grayscale.
+    #[arg(long, default_value_t = 0.2)]
+    grayscale: f32,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Image-decoding worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+impl SetupArgs {
+    fn aug(&self) -> AugConfig {
+        AugConfig {
+            scale: [self.crop_min, 1.0],
+            jitter: self.jitter,
+            grayscale: self.grayscale,
+            ..Default::default()
+        }
+    }
+    fn teacher(&self) -> PathBuf {
+        self.teacher.clone().expect("required by clap")
+    }
+    fn data(&self) -> PathBuf {
+        self.data.clone().expect("required by clap")
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    setup: SetupArgs,
+    /// vit-ti16, vit-s16, vit-s16plus, vit-b16, or an HF dinov3_vit config.json.
+    #[arg(long, required = true)]
+    student: Option<String>,
+    /// Output directory: the student (HF layout), metrics.jsonl, loss.png, checkpoints/.
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// Teacher features from `distill cache-teacher` instead of running the teacher.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 1e-6)]
+    min_lr: f32,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0.04)]
+    weight_decay: f32,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, default_value_t = 3.0)]
+    clip: f32,
+    /// EMA decay of the exported weights.
+    #[arg(long, default_value_t = 0.999)]
+    ema: f32,
+    /// Loss weights: CLS, patches, Gram (patch similarity), intermediate blocks.
+    #[arg(long, default_value_t = 1.0)]
+    w_cls: f32,
+    #[arg(long, default_value_t = 1.0)]
+    w_patch: f32,
+    #[arg(long, default_value_t = 0.0)]
+    w_gram: f32,
+    #[arg(long, default_value_t = 0.0)]
+    w_inter: f32,
+    /// Intermediate targets STUDENT_BLOCK:TEACHER_BLOCK (0-based, repeatable). Default with
+    /// --w-inter > 0: the middle blocks of both.
+    #[arg(long, value_parser = parse_pair)]
+    inter: Vec<[usize; 2]>,
+    /// Initial LayerScale value.
+    #[arg(long, default_value_t = 0.1)]
+    ls_init: f32,
+    /// Train the projection heads only (a linear-probe baseline of the initial student).
+    #[arg(long)]
+    heads_only: bool,
+    /// Start from these student weights (HF dinov3_vit directory of the same shape).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint (same configuration).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps (with a checkpoint); continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
+    /// Held-out evaluation every N steps (0: only at the start and the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Held-out images used for evaluation during training.
+    #[arg(long, default_value_t = 64)]
+    eval_images: usize,
+    /// Training backend: cpu (exact reference path, SIMD kernels). cuda: see issue #8.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+}
+
+fn parse_pair(s: &str) -> std::result::Result<[usize; 2], String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected STUDENT_BLOCK:TEACHER_BLOCK, e.g. 5:5"))?;
+    let p = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}"));
+    Ok([p(a)?, p(b)?])
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    #[command(flatten)]
+    setup: SetupArgs,
+    /// Output cache directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Augmented views per image.
+    #[arg(long, default_value_t = 4)]
+    views: usize,
+    /// Teacher blocks (0-based, comma-separated) whose patch features to store as well, for
+    /// --w-inter.
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// Images per teacher forward.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Training images per shard file.
+    #[arg(long, default_value_t = 256)]
+    images_per_shard: usize,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Teacher model directory.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Distilled student directory (with distill_heads.safetensors).
+    #[arg(long)]
+    student: PathBuf,
+    /// Held-out images or folders.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Student input size (default: the size it was trained at).
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long)]
+    teacher_size: Option<usize>,
+    /// Student short side for the stereo pairs (0: skip); the teacher gets the same grid.
+    #[arg(long, default_value_t = 448)]
+    stereo_size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run(a: DistillArgs) -> Result<()> {
+    match a.cmd {
+        Some(DistillCmd::CacheTeacher(c)) => cache_teacher(c),
+        Some(DistillCmd::Eval(e)) => eval(e),
+        Some(DistillCmd::Plot { dir }) => {
+            let png = dir.join("loss.png");
+            sdk_distill::loss_plot(&dir.join("metrics.jsonl"), &png)?;
+            eprintln!("wrote {}", png.display());
+            Ok(())
+        }
+        None => train_cmd(a.train),
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    if a.backend != "cpu" {
+        return Err(Error::Usage(format!(
+            "--backend {}: this build trains on the CPU only (the CUDA trainer is a separate feature, see docs/distill.md)",
+            a.backend
+        )));
+    }
+    let s = &a.setup;
+    let student =
+        dinoedge_distill::student::resolve(a.student.as_deref().expect("required by clap"))?;
+    let out = a.out.clone().expect("required by clap");
+    let mut inter = a.inter.clone();
+    if a.w_inter > 0.0 && inter.is_empty() {
+        let t = Model::load(s.teacher())?;
+        inter.push(train::default_inter(
+            student.num_layers,
+            t.config().num_layers,
+        ));
+    }
+    let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
+    o.cache = a.cache.clone();
+    o.size = s.size;
+    o.teacher_size = s.teacher_size;
+    o.steps = a.steps;
+    o.batch = a.batch;
+    o.seed = s.seed;
+    o.holdout = s.holdout;
+    o.optim = OptimConfig {
+        lr: a.lr,
+        min_lr: a.min_lr,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        clip: a.clip,
+        ema: a.ema,
+        ..Default::default()
+    };
+    o.loss = LossWeights {
+        cls: a.w_cls,
+        patch: a.w_patch,
+        gram: a.w_gram,
+        inter: a.w_inter,
+    };
+    o.aug = s.aug();
+    o.inter = inter;
+    o.ls_init = a.ls_init;
+    o.heads_only = a.heads_only;
+    o.init_from = a.init_from.clone();
+    o.threads = s.threads;
+    o.workers = s.workers;
+    o.log_every = a.log_every;
+    o.checkpoint_every = a.checkpoint_every;
+    o.keep = a.keep;
+    o.eval_every = a.eval_every;
+    o.eval_images = a.eval_images;
+    o.resume = a.resume;
+    o.stop_after = a.stop_after;
+
+    let pb = progress(a.steps as u64, "distill");
+    let report = train::train(&o, |e| match e {
+        Event::Started(i) => {
+            super::note(
+                &pb,
+                format!(
+                    "student {} ({:.2} M parameters) at {}px; teacher {} at {}px ({}x{} grid{}); {} training images, {} held out{}{}",
+                    o.student.describe(),
+                    i.student_params as f64 / 1e6,
+                    i.align.student_size,
+                    i.teacher,
+                    i.align.teacher_size,
+                    i.align.grid,
+                    i.align.grid,
+                    if i.align.resampled() {
+                        ", teacher resampled"
+                    } else {
+                        ""
+                    },
+                    i.train_images,
+                    i.holdout_images,
+                    if i.cached {
+                        "; cached teacher features"
+                    } else {
+                        ""
+                    },
+                    i.resumed_from
+                        .as_ref()
+                        .map(|p| format!("; resumed from {}", p.display()))
+                        .unwrap_or_default(),
+                ),
+            );
+            for (p, why) in &i.skipped {
+                super::note(&pb, format!("warning: skipped {}: {why}", p.display()));
+            }
+            if !i.skipped.is_empty() {
+                super::note(&pb, format!("warning: {} files skipped", i.skipped.len()));
+            }
+            pb.set_position(i.first_step as u64);
+            pb.reset_eta();
+        }
+        Event::Step(l) => {
+            pb.set_position(l.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.1} img/s",
+                l.loss, l.lr, l.img_per_s
+            ));
+        }
+        Event::Holdout(h) => super::note(
+            &pb,
+            format!(
+                "step {}: held-out cosine to the teacher: CLS {:.4}, patches {:.4} ({} images)",
+                h.step, h.holdout_cls_cos, h.holdout_patch_cos, h.holdout_images
+            ),
+        ),
+        Event::Checkpoint { step, path } => {
+            super::note(&pb, format!("step {step}: checkpoint {}", path.display()))
+        }
+        Event::BadImage { path, reason } => super::note(
+            &pb,
+            format!(
+                "warning: cannot decode {} ({reason}); using the next image",
+                path.display()
+            ),
+        ),
+        Event::Exported { path } => super::note(
+            &pb,
+            format!("exported the EMA student to {}", path.display()),
+        ),
+    })?;
+    pb.finish_and_clear();
+    let metrics = out.join("metrics.jsonl");
+    let png = out.join("loss.png");
+    sdk_distill::loss_plot(&metrics, &png)?;
+    eprintln!(
+        "{} steps {}..{} in {:.1} s; metrics {}, curves {}",
+        if report.finished {
+            "finished"
+        } else {
+            "stopped after"
+        },
+        report.first_step,
+        report.last_step,
+        report.seconds,
+        metrics.display(),
+        png.display()
+    );
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    Ok(())
+}
+
+fn cache_teacher(c: CacheArgs) -> Result<()> {
+    let s = &c.setup;
+    // The student's patch is 16 for every named size; the grid follows from --size.
+    let student = dinoedge_distill::student::resolve("vit-ti16")?;
+    let teacher = Arc::new(Model::load(s.teacher())?);
+    let align = Alignment::new(&student, s.size, teacher.config(), s.teacher_size)?;
+    let data = Dataset::scan(
+        &s.data(),
+        s.holdout,
+        student.patch_size.max(teacher.config().patch_size) as u32,
+    )?;
+    for (p, why) in &data.skipped {
+        eprintln!("warning: skipped {}: {why}", p.display());
+    }
+    let mut o = TrainOptions::new(s.teacher(), student, s.data(), c.out.clone());
+    o.seed = s.seed;
+    o.holdout = s.holdout;
+    o.aug = s.aug();
+    let key = train::cache_key(&teacher, &align, &data, &o, c.layers.clone());
+    let mut t = OnlineTeacher::new(
+        teacher.clone(),
+        align.clone(),
+        &c.layers,
+        &SessionOptions {
+            threads: s.threads,
+            ..Default::default()
+        },
+    )?;
+    eprintln!(
+        "caching {} views of {} training images ({} held out) from {} at {}px ({}x{} grid) into {}",
+        c.views,
+        data.train.len(),
+        data.holdout.len(),
+        s.teacher().display(),
+        align.teacher_size,
+        align.grid,
+        align.grid,
+        c.out.display()
+    );
+    let pb = progress(data.train.len() as u64, "cache");
+    let t0 = std::time::Instant::now();
+    let index = cache::build(
+        &c.out,
+        &mut t,
+        &data,
+        key,
+        &BuildOptions {
+            views: c.views,
+            images_per_shard: c.images_per_shard,
+            batch: c.batch,
+            workers: s.workers,
+        },
+        |p, _| {
+            pb.set_position(p.done_images as u64);
+            if p.reused {
+                pb.set_message("reusing complete shards");
+            } else {
+                pb.set_message(format!("shard {}", p.shard));
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes: u64 = index
+        .shards
+        .iter()
+        .filter_map(|f| std::fs::metadata(c.out.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "cached {} views in {:.1} s ({:.1} views/s), {:.1} MiB",
+        data.train.len() * c.views,
+        secs,
+        (data.train.len() * c.views) as f64 / secs,
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "{}",
+        json!({"cache": c.out, "views": index.views, "train_images": data.train.len(), "shards": index.shards.len(), "bytes": bytes, "seconds": secs})
+    );
+    Ok(())
+}
+
+fn eval(e: EvalArgs) -> Result<()> {
+    let images = sdk_distill::expand_images(&e.images)?;
+    let opts = EvalOptions {
+        size: e.size,
+        teacher_size: e.teacher_size,
+        stereo_size: (e.stereo_size > 0).then_some(e.stereo_size),
+        threads: e.threads,
+    };
+    let r = sdk_distill::evaluate(&e.teacher, &e.student, &images, &opts)?;
+    for u in &r.unreadable {
+        eprintln!("warning: skipped {u}");
+    }
+    println!(
+        "held-out cosine to the teacher ({} images, student {}px, teacher {}px): CLS {:.4}, patches {:.4}",
+        r.agreement.images,
+        r.align.student_size,
+        r.align.teacher_size,
+        r.agreement.cls_cos,
+        r.agreement.patch_cos
+    );
+    if let Some((ss, ts)) = r.stereo_sizes {
+        if r.stereo.is_empty() {
+            println!("stereo: no pairs found (run scripts/fetch-assets.sh)");
+        }
+        for (name, s, t) in &r.stereo {
+            println!(
+                "stereo {name:<10} accuracy student {:.2}% ({ss}px, grid {}x{}), teacher {:.2}% ({ts}px, grid {}x{}); median error {:.2} / {:.2} patches",
+                s.accuracy * 100.0,
+                s.grid.0,
+                s.grid.1,
+                t.accuracy * 100.0,
+                t.grid.0,
+                t.grid.1,
+                s.median_error,
+                t.median_error
+            );
+        }
+    }
+    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    Ok(())
+}

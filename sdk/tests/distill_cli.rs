@@ -1,0 +1,519 @@
+//! `dinoedge distill` end to end on a small random teacher (the DINOv2 fixture) and
+//! synthetic images: outputs, kill-and-resume bit-exactness, the teacher cache, eval, and
+//! every bad input of the issue (empty data, unalignable grids, NaN, full disk, resuming
+//! with another config).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dinoedge::runtime::weights::TensorStore;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dinoedge")
+}
+
+fn run(args: &[String]) -> Output {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run dinoedge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "panic: {stderr}"
+    );
+    out
+}
+
+fn ok(args: &[String]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "dinoedge {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[String]) -> String {
+    let out = run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "dinoedge {args:?} should fail:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Synthetic photos-like images: smooth colour fields with a few rectangles.
+fn make_images(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..n {
+        let (w, h) = (48 + (i % 5) as u32 * 8, 40 + (i % 3) as u32 * 8);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let inside = (x as usize + i * 7) % 37 < 15 && (y as usize + i * 3) % 29 < 12;
+            let base = [
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((i * 40) % 256) as u8,
+            ];
+            if inside {
+                [255 - base[0], base[2], base[1]].into()
+            } else {
+                base.into()
+            }
+        });
+        let sub = if i % 2 == 0 { "" } else { "sub/" };
+        img.save(dir.join(format!("{sub}img{i:03}.png"))).unwrap();
+    }
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    teacher: PathBuf,
+    student: PathBuf,
+    data: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let data = root.join("data");
+    make_images(&data, 24);
+    let student = root.join("student.json");
+    std::fs::write(
+        &student,
+        r#"{"model_type":"dinov3_vit","hidden_size":32,"num_hidden_layers":2,"num_attention_heads":2,"intermediate_size":64,"patch_size":16,"num_register_tokens":4,"layer_norm_eps":1e-5,"rope_theta":100.0,"query_bias":true,"key_bias":false,"value_bias":true}"#,
+    )
+    .unwrap();
+    Setup {
+        _tmp: tmp,
+        teacher: fixtures().join("hf/dinov2"),
+        student,
+        data,
+        root,
+    }
+}
+
+impl Setup {
+    /// The run's arguments; an option in `extra` replaces the default of the same name.
+    fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
+        let defaults = [
+            ("--teacher", self.teacher.to_str().unwrap()),
+            ("--student", self.student.to_str().unwrap()),
+            ("--data", self.data.to_str().unwrap()),
+            ("--out", out.to_str().unwrap()),
+            ("--size", "32"),
+            ("--batch", "4"),
+            ("--holdout", "0.2"),
+            ("--warmup", "5"),
+            ("--threads", "2"),
+            ("--workers", "2"),
+            ("--log-every", "1"),
+        ];
+        let mut v = vec!["distill".to_string()];
+        for (k, val) in defaults {
+            if !extra.contains(&k) {
+                v.push(k.into());
+                v.push(val.into());
+            }
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let st = TensorStore::open_files(&[path.to_path_buf()]).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| (n.clone(), st.get(&n).unwrap().bytes.to_vec()))
+        .collect()
+}
+
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_writes_the_student_metrics_plot_and_checkpoints() {
+    let s = setup();
+    let out = s.root.join("run");
+    let stdout = ok(&s.args(&out, &["--steps", "12", "--checkpoint-every", "5"]));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["finished"], true);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "distill_heads.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "run.json",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    // Every logged step has step, loss, lr; checkpoints at 10 and 12 (keep 2).
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 12);
+    assert!(
+        steps
+            .iter()
+            .all(|v| v["lr"].as_f64().unwrap() > 0.0 && v["step"].as_u64().is_some())
+    );
+    let mut ck: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ck.sort();
+    assert_eq!(ck, vec!["latest", "step-00000010", "step-00000012"]);
+    // The exported student is a runtime model.
+    let info = ok(&["info".into(), out.to_str().unwrap().into()]);
+    assert!(info.contains("dinov3_vit"), "{info}");
+    // eval reads it back with its heads.
+    let e = ok(&[
+        "distill".into(),
+        "eval".into(),
+        "--teacher".into(),
+        s.teacher.to_str().unwrap().into(),
+        "--student".into(),
+        out.to_str().unwrap().into(),
+        "--stereo-size".into(),
+        "0".into(),
+        s.data.to_str().unwrap().into(),
+    ]);
+    assert!(
+        e.contains("held-out cosine to the teacher (24 images"),
+        "{e}"
+    );
+    // Re-running into the same --out without --resume is refused.
+    let err = fails(&s.args(&out, &["--steps", "12"]));
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+}
+
+#[test]
+fn killed_run_resumes_bit_for_bit() {
+    let s = setup();
+    let steps = "300";
+    let reference = s.root.join("uninterrupted");
+    ok(&s.args(&reference, &["--steps", steps, "--checkpoint-every", "20"]));
+
+    let out = s.root.join("killed");
+    let mut child = Command::new(bin())
+        .args(s.args(&out, &["--steps", steps, "--checkpoint-every", "20"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !out.join("checkpoints/latest").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    let killed_at: usize = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(
+        killed_at < 300,
+        "the run finished before it could be killed"
+    );
+    assert!(!out.join("model.safetensors").exists());
+
+    let stdout = ok(&s.args(
+        &out,
+        &["--steps", steps, "--checkpoint-every", "20", "--resume"],
+    ));
+    assert!(
+        stdout.contains(&format!("\"first_step\":{killed_at}")),
+        "{stdout}"
+    );
+    assert_eq!(
+        tensors(&out.join("model.safetensors")),
+        tensors(&reference.join("model.safetensors")),
+        "resumed weights differ"
+    );
+    assert_eq!(
+        tensors(&out.join("distill_heads.safetensors")),
+        tensors(&reference.join("distill_heads.safetensors"))
+    );
+    assert_eq!(losses(&out), losses(&reference), "resumed losses differ");
+}
+
+#[test]
+fn stop_after_then_resume_equals_one_run_and_a_changed_config_is_refused() {
+    let s = setup();
+    let one = s.root.join("one");
+    ok(&s.args(&one, &["--steps", "16", "--checkpoint-every", "8"]));
+    let two = s.root.join("two");
+    ok(&s.args(
+        &two,
+        &[
+            "--steps",
+            "16",
+            "--checkpoint-every",
+            "8",
+            "--stop-after",
+            "6",
+        ],
+    ));
+    assert!(!two.join("model.safetensors").exists());
+    let err = fails(&s.args(
+        &two,
+        &[
+            "--steps",
+            "16",
+            "--checkpoint-every",
+            "8",
+            "--resume",
+            "--lr",
+            "1e-3",
+        ],
+    ));
+    assert!(
+        err.contains("cannot resume") && err.contains("optim"),
+        "{err}"
+    );
+    let err = fails(&s.args(&two, &["--steps", "20", "--resume"]));
+    assert!(
+        err.contains("cannot resume") && err.contains("steps"),
+        "{err}"
+    );
+    ok(&s.args(
+        &two,
+        &["--steps", "16", "--checkpoint-every", "8", "--resume"],
+    ));
+    assert_eq!(
+        tensors(&two.join("model.safetensors")),
+        tensors(&one.join("model.safetensors"))
+    );
+}
+
+#[test]
+fn cached_teacher_features_train_like_the_online_teacher() {
+    let s = setup();
+    let cache = s.root.join("cache");
+    let c = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "distill",
+            "cache-teacher",
+            "--teacher",
+            s.teacher.to_str().unwrap(),
+            "--data",
+            s.data.to_str().unwrap(),
+            "--out",
+            cache.to_str().unwrap(),
+            "--size",
+            "32",
+            "--holdout",
+            "0.2",
+            "--views",
+            "2",
+            "--images-per-shard",
+            "7",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let stdout = ok(&c(&[]));
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["views"], 2);
+    assert!(cache.join("index.json").is_file() && cache.join("shard-00000.safetensors").is_file());
+    // A second run reuses the complete shards.
+    ok(&c(&[]));
+    let out = s.root.join("cached");
+    let stdout = ok(&s.args(&out, &["--steps", "10", "--cache", cache.to_str().unwrap()]));
+    assert!(stdout.contains("\"finished\":true"));
+    // A run whose augmentation differs from the cache's is refused, naming the field.
+    let err = fails(&s.args(
+        &s.root.join("x"),
+        &[
+            "--steps",
+            "10",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--crop-min",
+            "0.5",
+        ],
+    ));
+    assert!(
+        err.contains("another setup") && err.contains("aug"),
+        "{err}"
+    );
+    // Intermediate targets need the teacher layer in the cache.
+    let err = fails(&s.args(
+        &s.root.join("y"),
+        &[
+            "--steps",
+            "10",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--w-inter",
+            "1",
+            "--inter",
+            "1:1",
+        ],
+    ));
+    assert!(err.contains("teacher layer 1 is not cached"), "{err}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let s = setup();
+    let empty = s.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "no images here").unwrap();
+    let mut a = s.args(&s.root.join("o1"), &["--steps", "5"]);
+    let i = a.iter().position(|x| x == "--data").unwrap();
+    a[i + 1] = empty.to_str().unwrap().into();
+    let err = fails(&a);
+    assert!(err.contains("no images") && err.contains("empty"), "{err}");
+
+    let err = fails(&s.args(&s.root.join("o2"), &["--steps", "5", "--size", "40"]));
+    assert!(
+        err.contains("--size 40") && err.contains("cannot be aligned"),
+        "{err}"
+    );
+    let err = fails(&s.args(
+        &s.root.join("o3"),
+        &["--steps", "5", "--teacher-size", "30"],
+    ));
+    assert!(
+        err.contains("--teacher-size 30") && err.contains("cannot be aligned"),
+        "{err}"
+    );
+    let err = fails(&s.args(&s.root.join("o4"), &["--steps", "5", "--resume"]));
+    assert!(err.contains("no checkpoint"), "{err}");
+    let mut a = s.args(&s.root.join("o5"), &["--steps", "5"]);
+    let i = a.iter().position(|x| x == "--student").unwrap();
+    a[i + 1] = "vit-huge99".into();
+    let err = fails(&a);
+    assert!(
+        err.contains("vit-ti16") && err.contains("not a named size"),
+        "{err}"
+    );
+    let err = fails(&s.args(&s.root.join("o6"), &["--steps", "5", "--backend", "cuda"]));
+    assert!(err.contains("--backend cuda"), "{err}");
+}
+
+#[test]
+fn diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let s = setup();
+    let out = s.root.join("nan");
+    let err = fails(&s.args(
+        &out,
+        &[
+            "--steps",
+            "20",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--clip",
+            "0",
+        ],
+    ));
+    assert!(
+        err.contains("at step") && err.contains("training stopped"),
+        "{err}"
+    );
+    let step: usize = err
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), format!("step-{:08}", step - 1), "{err}");
+    assert!(err.contains(latest.trim()), "{err}");
+}
+
+#[test]
+fn full_disk_while_checkpointing_keeps_the_old_checkpoint() {
+    let s = setup();
+    let out = s.root.join("disk");
+    ok(&s.args(
+        &out,
+        &[
+            "--steps",
+            "20",
+            "--checkpoint-every",
+            "10",
+            "--stop-after",
+            "10",
+        ],
+    ));
+    let before = tensors(&out.join("checkpoints/step-00000010/state.safetensors"));
+    // Resume with a file-size limit far below the checkpoint's size: writes fail with EFBIG.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(s.args(
+            &out,
+            &["--steps", "20", "--checkpoint-every", "10", "--resume"],
+        ));
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("state.safetensors") && err.to_lowercase().contains("file too large"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-00000010"
+    );
+    assert_eq!(
+        tensors(&out.join("checkpoints/step-00000010/state.safetensors")),
+        before
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    // With space again, the run resumes and finishes.
+    ok(&s.args(
+        &out,
+        &["--steps", "20", "--checkpoint-every", "10", "--resume"],
+    ));
+}

