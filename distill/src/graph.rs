@@ -11,17 +11,10 @@
 use dinoedge_runtime::config::{MlpKind, ModelConfig, Positions};
 use dinoedge_runtime::forward::dims;
 use dinoedge_runtime::ops::Dims;
-use dinoedge_runtime::ops::activation::cpu::{activation_backward, activation_forward};
-use dinoedge_runtime::ops::attention::fast::{
-    attention_backward_fast, attention_forward_train_fast,
-};
-use dinoedge_runtime::ops::layer_norm::cpu::{
-    LayerNormCache, layer_norm_backward, layer_norm_forward_train,
-};
+use dinoedge_runtime::ops::layer_norm::cpu::LayerNormCache;
 use dinoedge_runtime::ops::patch_embed::cpu::{assemble_backward, assemble_rows, im2col_rows};
 use dinoedge_runtime::ops::rope::cpu::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::rope::tables;
-use dinoedge_runtime::ops::swiglu::cpu::{swiglu_backward, swiglu_forward};
 use dinoedge_runtime::weights::layout::{LayerParam as L, Param};
 use rayon::prelude::*;
 
@@ -231,7 +224,7 @@ impl Graph {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let (x, x_out) = (&before[l], &mut after[0]);
             let b = &mut self.blocks[l];
-            layer_norm_forward_train(
+            ctx.layer_norm_forward(
                 &mut b.ln1,
                 &mut b.ln1c,
                 x,
@@ -260,7 +253,7 @@ impl Graph {
                 );
             }
             rope_forward(&mut b.qkv, &self.cos, &self.sin, &d);
-            attention_forward_train_fast(&ctx.pool, ctx.isa, &mut b.att, &mut b.lse, &b.qkv, &d);
+            ctx.attention_forward(&mut b.att, &mut b.lse, &b.qkv, &d);
             linear_forward(
                 ctx,
                 &mut b.y1,
@@ -273,7 +266,7 @@ impl Graph {
             );
             b.x_mid.copy_from_slice(x);
             layer_scale_forward(ctx, &mut b.x_mid, &b.y1, p.l(l, L::LayerScale1));
-            layer_norm_forward_train(
+            ctx.layer_norm_forward(
                 &mut b.ln2,
                 &mut b.ln2c,
                 &b.x_mid,
@@ -303,7 +296,7 @@ impl Graph {
                     r,
                     dim,
                 );
-                swiglu_forward(&mut b.a, &b.h, i, act);
+                ctx.swiglu_forward(&mut b.a, &b.h, i, act);
             } else {
                 linear_forward(
                     ctx,
@@ -316,7 +309,7 @@ impl Graph {
                     dim,
                 );
                 b.a.copy_from_slice(&b.h);
-                activation_forward(&mut b.a, act);
+                ctx.activation_forward(&mut b.a, act);
             }
             linear_forward(
                 ctx,
@@ -332,7 +325,7 @@ impl Graph {
             layer_scale_forward(ctx, x_out, &b.y2, p.l(l, L::LayerScale2));
         }
         let (nw, nb) = (p.get(Param::NormWeight), p.get(Param::NormBias));
-        layer_norm_forward_train(
+        ctx.layer_norm_forward(
             &mut self.out,
             &mut self.outc,
             &self.xs[self.cfg.num_layers],
@@ -342,7 +335,7 @@ impl Graph {
             eps,
         );
         for (k, &l) in self.inter_layers.iter().enumerate() {
-            layer_norm_forward_train(
+            ctx.layer_norm_forward(
                 &mut self.inter[k],
                 &mut self.interc[k],
                 &self.xs[l + 1],
@@ -373,7 +366,7 @@ impl Graph {
         let nw = p.get(Param::NormWeight);
         {
             let (gw, gb) = grad_pair(lay, g, m(Param::NormWeight), Some(m(Param::NormBias)));
-            layer_norm_backward(
+            ctx.layer_norm_backward(
                 &mut self.dx,
                 gw,
                 gb.expect("norm bias"),
@@ -393,7 +386,7 @@ impl Graph {
                 .filter(|&(_, &il)| il == l)
             {
                 let (gw, gb) = grad_pair(lay, g, m(Param::NormWeight), Some(m(Param::NormBias)));
-                layer_norm_backward(
+                ctx.layer_norm_backward(
                     &mut self.dtmp,
                     gw,
                     gb.expect("norm bias"),
@@ -429,7 +422,7 @@ impl Graph {
                 i,
             );
             if gated {
-                swiglu_backward(&mut self.dh, &self.da, &b.h, i, act);
+                ctx.swiglu_backward(&mut self.dh, &self.da, &b.h, i, act);
                 let (gw, gb) = grad_pair(lay, g, ml(l, L::GateWeight), Some(ml(l, L::GateBias)));
                 linear_backward(
                     ctx,
@@ -457,7 +450,7 @@ impl Graph {
                     dim,
                 );
             } else {
-                activation_backward(&mut self.dh, &self.da, &b.h, act);
+                ctx.activation_backward(&mut self.dh, &self.da, &b.h, act);
                 let (gw, gb) = grad_pair(lay, g, ml(l, L::UpWeight), Some(ml(l, L::UpBias)));
                 linear_backward(
                     ctx,
@@ -474,7 +467,7 @@ impl Graph {
             }
             // dtmp = d ln2; dy = d x_mid through norm2.
             let (gw, gb) = grad_pair(lay, g, ml(l, L::Norm2Weight), Some(ml(l, L::Norm2Bias)));
-            layer_norm_backward(
+            ctx.layer_norm_backward(
                 &mut self.dy,
                 gw,
                 gb.expect("norm2 bias"),
@@ -507,16 +500,7 @@ impl Graph {
                 r,
                 dim,
             );
-            attention_backward_fast(
-                &ctx.pool,
-                ctx.isa,
-                &mut self.dqkv,
-                &self.dtmp,
-                &b.qkv,
-                &b.att,
-                &b.lse,
-                &d,
-            );
+            ctx.attention_backward(&mut self.dqkv, &self.dtmp, &b.qkv, &b.att, &b.lse, &d);
             rope_backward(&mut self.dqkv, &self.cos, &self.sin, &d);
             for (j, (w, bias)) in [
                 (L::QWeight, L::QBias),
@@ -541,7 +525,7 @@ impl Graph {
                 );
             }
             let (gw, gb) = grad_pair(lay, g, ml(l, L::Norm1Weight), Some(ml(l, L::Norm1Bias)));
-            layer_norm_backward(
+            ctx.layer_norm_backward(
                 &mut self.dy,
                 gw,
                 gb.expect("norm1 bias"),

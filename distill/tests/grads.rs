@@ -163,7 +163,17 @@ fn objective_grads(c: &Case, ctx: &Ctx, params: &[f32]) -> (f64, Vec<f32>, Vec<f
 
 #[test]
 fn gradients_match_pytorch_autograd() {
-    let ctx = Ctx::new(Some(2)).unwrap();
+    // The readable reference kernels and the fast SIMD kernels, each against torch.
+    for (kind, ctx) in [
+        ("reference", Ctx::reference(Some(2)).unwrap()),
+        ("fast", Ctx::new(Some(2)).unwrap()),
+    ] {
+        eprintln!("{kind} kernels:");
+        check_against_torch(&ctx);
+    }
+}
+
+fn check_against_torch(ctx: &Ctx) {
     for name in ["dinov3_mlp", "dinov3_gated"] {
         let c = load(name);
         let [b, _, h, w] = c.shape;
@@ -173,7 +183,7 @@ fn gradients_match_pytorch_autograd() {
             layout: &c.layout,
             v: &c.params,
         };
-        graph.forward(&ctx, p, &t(&c.refs, "pixel_values"));
+        graph.forward(ctx, p, &t(&c.refs, "pixel_values"));
         let want = t(&c.refs, "lin.last_hidden_state");
         let err = graph
             .out
@@ -186,11 +196,11 @@ fn gradients_match_pytorch_autograd() {
             "{name}: training forward differs from transformers by {err}"
         );
         let mut g = vec![0.0f32; c.layout.total];
-        graph.backward(&ctx, p, &mut g, &t(&c.refs, "lin.R"), &[]);
+        graph.backward(ctx, p, &mut g, &t(&c.refs, "lin.R"), &[]);
         compare_grads(&c, "lin", &g, 1e-5);
 
         // 2. the full objective, heads included.
-        let (loss, g, _) = objective_grads(&c, &ctx, &c.params);
+        let (loss, g, _) = objective_grads(&c, ctx, &c.params);
         let want_loss = t(&c.refs, "obj.loss")[0] as f64;
         assert!(
             (loss - want_loss).abs() < 1e-5 * want_loss.abs(),

@@ -32,13 +32,17 @@ pub enum Error {
     #[error("{path}: {reason}")]
     InvalidFile { path: PathBuf, reason: String },
 
+    /// A camera could not be opened or read.
+    #[error("camera {index}: {reason}")]
+    Camera { index: u32, reason: String },
+
     /// Arguments that do not fit together.
     #[error("{0}")]
     Usage(String),
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

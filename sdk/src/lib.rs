@@ -15,14 +15,21 @@
 pub mod assets;
 pub mod bench;
 pub mod compare;
+pub mod davis;
+pub mod dense;
 pub mod distill;
 pub mod draw;
 pub mod embed;
 pub mod error;
 pub mod features_io;
+pub mod frames;
 pub mod image_io;
+pub mod live;
 pub mod pca;
 pub mod stereo;
+pub mod synth;
+pub mod tokencut;
+pub mod track;
 
 pub use dinoedge_runtime as runtime;
 pub use dinoedge_runtime::{

@@ -303,6 +303,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     o.stop_after = a.stop_after;
 
     let pb = progress(a.steps as u64, "distill");
+    let mut beat = std::time::Instant::now();
     let report = train::train(&o, |e| match e {
         Event::Started(i) => {
             super::note(
@@ -349,6 +350,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 "loss {:.4} lr {:.2e} {:.1} img/s",
                 l.loss, l.lr, l.img_per_s
             ));
+            super::heartbeat(&pb, &mut beat, || {
+                format!(
+                    "step {}/{}: loss {:.4} lr {:.2e} {:.1} img/s ({:.0} s)",
+                    l.step, a.steps, l.loss, l.lr, l.img_per_s, l.elapsed_s
+                )
+            });
         }
         Event::Holdout(h) => super::note(
             &pb,
@@ -434,6 +441,7 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
     );
     let pb = progress(data.train.len() as u64, "cache");
     let t0 = std::time::Instant::now();
+    let mut beat = t0;
     let index = cache::build(
         &c.out,
         &mut t,
@@ -452,6 +460,14 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
             } else {
                 pb.set_message(format!("shard {}", p.shard));
             }
+            super::heartbeat(&pb, &mut beat, || {
+                format!(
+                    "cached {}/{} images ({:.0} s)",
+                    p.done_images,
+                    p.total_images,
+                    t0.elapsed().as_secs_f64()
+                )
+            });
         },
     )?;
     pb.finish_and_clear();

@@ -6,7 +6,9 @@ mod embed;
 mod eval_quant;
 mod import;
 mod info;
+mod live;
 mod quantize;
+mod track;
 
 use clap::{Args, Parser, Subcommand};
 use dinoedge::{BackendKind, Precision, Result, SessionOptions};
@@ -38,6 +40,14 @@ enum Cmd {
     EvalQuant(eval_quant::EvalQuantArgs),
     /// Distil a small DINOv3 student from a teacher's features (subcommands: cache-teacher, eval, plot).
     Distill(Box<distill::DistillArgs>),
+    /// Propagate first-frame object masks through a video (DINO label propagation).
+    Track(Box<track::TrackArgs>),
+    /// DAVIS J (IoU) and F (boundary) scores of predicted masks against ground truth.
+    EvalDavis(track::EvalDavisArgs),
+    /// Find the salient object of an image without labels (TokenCut): mask and box.
+    Discover(Box<track::DiscoverArgs>),
+    /// Live view in the browser: camera / folder / video -> PCA, tracking, similarity, stats.
+    Live(Box<live::LiveArgs>),
 }
 
 /// Backend selection shared by the commands that run a model.
@@ -103,6 +113,19 @@ pub fn note(pb: &indicatif::ProgressBar, msg: impl AsRef<str>) {
     }
 }
 
+/// When the bar is hidden (logs, nohup), prints `line` to stderr at most every 30 s so long
+/// jobs still show progress.
+pub fn heartbeat(
+    pb: &indicatif::ProgressBar,
+    last: &mut std::time::Instant,
+    line: impl FnOnce() -> String,
+) {
+    if pb.is_hidden() && last.elapsed() >= std::time::Duration::from_secs(30) {
+        eprintln!("{}", line());
+        *last = std::time::Instant::now();
+    }
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -113,5 +136,9 @@ pub fn main() -> Result<()> {
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::EvalQuant(a) => eval_quant::run(a),
         Cmd::Distill(a) => distill::run(*a),
+        Cmd::Track(a) => track::track(*a),
+        Cmd::EvalDavis(a) => track::eval_davis(a),
+        Cmd::Discover(a) => track::discover(*a),
+        Cmd::Live(a) => live::run(*a),
     }
 }

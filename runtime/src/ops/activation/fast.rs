@@ -6,6 +6,8 @@
 //! 1e-6 (relative to 1 + |value|) of the reference forms in [`super::cpu`].
 
 use super::Activation;
+use crate::backend::cpu::isa::{Isa, multiversion};
+use crate::backend::cpu::pool::{Pool, RowsMut};
 
 /// e^x for x in [-87.3, 88]; saturates outside (about 1e-38 below, 1.65e38 above).
 #[inline(always)]
@@ -92,6 +94,82 @@ pub fn activation_slice(x: &mut [f32], act: Activation) {
     }
 }
 
+/// d act(x) / dx, on the fast `exp` / `erf` (within 2e-6 of [`super::cpu::derivative`]).
+#[inline(always)]
+pub fn derivative(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::Gelu => {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            cdf + x * exp(-0.5 * x * x) * 0.398_942_3
+        }
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6;
+            let t = tanh(C * (x + 0.044715 * x * x * x));
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + exp(-x));
+            s * (1.0 + x * (1.0 - s))
+        }
+    }
+}
+
+multiversion! {
+    fn slice_forward(x: &mut [f32], act: Activation) {
+        activation_slice(x, act)
+    }
+}
+
+multiversion! {
+    fn slice_backward(dinp: &mut [f32], dout: &[f32], pre: &[f32], act: Activation) {
+        match act {
+            Activation::Gelu => (0..dinp.len()).for_each(|i| dinp[i] = dout[i] * derivative(Activation::Gelu, pre[i])),
+            Activation::GeluTanh => (0..dinp.len()).for_each(|i| dinp[i] = dout[i] * derivative(Activation::GeluTanh, pre[i])),
+            Activation::Silu => (0..dinp.len()).for_each(|i| dinp[i] = dout[i] * derivative(Activation::Silu, pre[i])),
+        }
+    }
+}
+
+const BLOCK: usize = 4096;
+
+/// `x = act(x)` over the pool.
+pub fn activation_forward_fast(pool: &Pool, isa: Isa, x: &mut [f32], act: Activation) {
+    let n = x.len();
+    let rows = RowsMut::new(x, 1);
+    pool.run(n.div_ceil(BLOCK), |t| {
+        // SAFETY: block t is this task's.
+        slice_forward(
+            isa,
+            unsafe { rows.rows(t * BLOCK, ((t + 1) * BLOCK).min(n)) },
+            act,
+        )
+    });
+}
+
+/// Backward, as [`super::cpu::activation_backward`]: `dinp = dout * act'(pre)` (`=`).
+pub fn activation_backward_fast(
+    pool: &Pool,
+    isa: Isa,
+    dinp: &mut [f32],
+    dout: &[f32],
+    pre: &[f32],
+    act: Activation,
+) {
+    let n = dinp.len();
+    let rows = RowsMut::new(dinp, 1);
+    pool.run(n.div_ceil(BLOCK), |t| {
+        let r = t * BLOCK..((t + 1) * BLOCK).min(n);
+        // SAFETY: block t is this task's.
+        slice_backward(
+            isa,
+            unsafe { rows.rows(r.start, r.end) },
+            &dout[r.clone()],
+            &pre[r],
+            act,
+        )
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +200,11 @@ mod tests {
         assert!(worst < 6e-7, "erf worst absolute error {worst:e}");
         for x in grid(-12.0, 12.0, 48_000) {
             for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
+                let (da, db) = (derivative(act, x), super::super::cpu::derivative(act, x));
+                assert!(
+                    (da - db).abs() <= 2e-6 * (1.0 + db.abs()),
+                    "{act:?}'({x}): {da} vs {db}"
+                );
                 let (a, b) = (apply(act, x), super::super::cpu::apply(act, x));
                 assert!(
                     (a - b).abs() <= 1e-6 * (1.0 + b.abs()),

@@ -8,7 +8,7 @@
 //! 3. `out = O / l`. Memory per task is an MR x (2 NR) score tile and an MR x hd output tile
 //!    on the stack: no N x N matrix at any size.
 
-use crate::backend::cpu::isa::Isa;
+use crate::backend::cpu::isa::{Isa, multiversion};
 use crate::backend::cpu::pool::Pool;
 use crate::ops::Dims;
 use crate::ops::activation::fast::exp;
@@ -301,18 +301,71 @@ pub fn attention_fast(
 use crate::ops::matmul::fast::gemm::{Strided, gemm};
 
 /// Row softmax in place over `s` (n x n, already scaled), returning log-normalisers.
-fn softmax_rows(s: &mut [f32], n: usize, lse: &mut [f32]) {
-    for (row, l) in s.chunks_exact_mut(n).zip(lse.iter_mut()) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut z = 0.0f32;
-        for v in row.iter_mut() {
-            *v = exp(*v - m);
-            z += *v;
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let body = x.len() / 16 * 16;
+    for c in x[..body].chunks_exact(16) {
+        for l in 0..16 {
+            acc[l] = acc[l].max(c[l]);
         }
-        let inv = 1.0 / z;
-        row.iter_mut().for_each(|v| *v *= inv);
-        *l = m + z.ln();
     }
+    x[body..]
+        .iter()
+        .chain(acc.iter())
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `x = exp(x * scale - shift)` in place, returning the sum (16 lanes).
+#[inline(always)]
+fn exp_shift_sum(x: &mut [f32], scale: f32, shift: f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let body = x.len() / 16 * 16;
+    for c in x[..body].chunks_exact_mut(16) {
+        for l in 0..16 {
+            c[l] = exp(c[l] * scale - shift);
+            acc[l] += c[l];
+        }
+    }
+    let mut z: f32 = acc.iter().sum();
+    for v in &mut x[body..] {
+        *v = exp(*v * scale - shift);
+        z += *v;
+    }
+    z
+}
+
+multiversion! {
+    /// Rows of raw scores `s` (n x n) -> softmax(s * scale), and `lse` = log normaliser of
+    /// the scaled scores.
+    fn softmax_rows(s: &mut [f32], n: usize, lse: &mut [f32], scale: f32) {
+        for (row, l) in s.chunks_exact_mut(n).zip(lse.iter_mut()) {
+            let m = max16(row) * scale;
+            let z = exp_shift_sum(row, scale, m);
+            let inv = 1.0 / z;
+            row.iter_mut().for_each(|v| *v *= inv);
+            *l = m + z.ln();
+        }
+    }
+}
+
+multiversion! {
+    /// Backward helpers per head: `p = exp(s * scale - lse)` row-wise, then
+    /// `ds = p (dp - D_i) scale` with `dp` given in `ds`.
+    fn probs_and_dscores(p: &mut [f32], ds: &mut [f32], n: usize, lse: &[f32], di: &[f32], scale: f32) {
+        for (((pr, dr), &l), &d) in p.chunks_exact_mut(n).zip(ds.chunks_exact_mut(n)).zip(lse).zip(di) {
+            exp_shift_sum(pr, scale, l);
+            for j in 0..n {
+                dr[j] = pr[j] * (dr[j] - d) * scale;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread n x n buffers of the training kernels (pool threads are persistent, so
+    /// these are allocated once per shape).
+    static TRAIN_SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Training forward: out (B, N, D) and `lse` (B * heads * N), as
@@ -346,35 +399,37 @@ pub fn attention_forward_train_fast(
             rs: 3 * dim,
             cs: 1,
         };
-        let (mut s, mut pack) = (vec![0.0f32; n * n], Vec::new());
-        gemm(None, isa, n, n, hd, q, kt, &mut s, n, false, &mut pack);
-        s.iter_mut().for_each(|x| *x *= scale);
-        // SAFETY: head (b, h) owns lse[bh*n..] and columns h*hd..(h+1)*hd of its rows of out.
-        let l = unsafe { std::slice::from_raw_parts_mut(lse_p.get().add(bh * n), n) };
-        softmax_rows(&mut s, n, l);
-        let o = unsafe {
-            std::slice::from_raw_parts_mut(
-                out_p.get().add(b * n * dim + h * hd),
-                (n - 1) * dim + hd,
-            )
-        };
-        gemm(
-            None,
-            isa,
-            n,
-            hd,
-            n,
-            Strided::rows(&s, n),
-            v,
-            o,
-            dim,
-            false,
-            &mut pack,
-        );
+        TRAIN_SCRATCH.with_borrow_mut(|[s, pack, _]| {
+            s.resize(n * n, 0.0);
+            gemm(None, isa, n, n, hd, q, kt, s, n, false, pack);
+            // SAFETY: head (b, h) owns lse[bh*n..] and columns h*hd..(h+1)*hd of its rows of out.
+            let l = unsafe { std::slice::from_raw_parts_mut(lse_p.get().add(bh * n), n) };
+            softmax_rows(isa, s, n, l, scale);
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out_p.get().add(b * n * dim + h * hd),
+                    (n - 1) * dim + hd,
+                )
+            };
+            gemm(
+                None,
+                isa,
+                n,
+                hd,
+                n,
+                Strided::rows(s, n),
+                v,
+                o,
+                dim,
+                false,
+                pack,
+            );
+        });
     });
 }
 
 /// Backward of attention, as [`super::cpu::attention_backward`]: dqkv (=).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward_fast(
     pool: &Pool,
     isa: Isa,
@@ -417,71 +472,66 @@ pub fn attention_backward_fast(
             rs: dim,
             cs: 1,
         };
-        let mut pack = Vec::new();
-        // P = exp(q kᵀ s - lse)
-        let mut p = vec![0.0f32; n * n];
-        gemm(None, isa, n, n, hd, q, kt, &mut p, n, false, &mut pack);
-        for (i, row) in p.chunks_exact_mut(n).enumerate() {
-            let l = lse[bh * n + i];
-            row.iter_mut().for_each(|x| *x = exp(*x * scale - l));
-        }
-        // dP = dout vᵀ, dS = P (dP - D) s
-        let mut ds = vec![0.0f32; n * n];
-        gemm(None, isa, n, n, hd, dy, vt, &mut ds, n, false, &mut pack);
-        for i in 0..n {
-            let di: f32 = (0..hd)
-                .map(|t| dout[obase + i * dim + t] * out[obase + i * dim + t])
-                .sum();
-            let (pr, dr) = (&p[i * n..(i + 1) * n], &mut ds[i * n..(i + 1) * n]);
-            for j in 0..n {
-                dr[j] = pr[j] * (dr[j] - di) * scale;
-            }
-        }
-        // SAFETY: head (b, h) owns its q, k and v columns of its batch's rows of dqkv.
-        let dst = |part: usize| unsafe {
-            std::slice::from_raw_parts_mut(
-                dq_p.get().add(base + part * dim),
-                (n - 1) * 3 * dim + hd,
-            )
-        };
-        gemm(
-            None,
-            isa,
-            n,
-            hd,
-            n,
-            Strided::rows(&ds, n),
-            k,
-            dst(0),
-            3 * dim,
-            false,
-            &mut pack,
-        ); // dq = dS k
-        gemm(
-            None,
-            isa,
-            n,
-            hd,
-            n,
-            Strided::transposed(&ds, n),
-            q,
-            dst(1),
-            3 * dim,
-            false,
-            &mut pack,
-        ); // dk = dSᵀ q
-        gemm(
-            None,
-            isa,
-            n,
-            hd,
-            n,
-            Strided::transposed(&p, n),
-            dy,
-            dst(2),
-            3 * dim,
-            false,
-            &mut pack,
-        ); // dv = Pᵀ dout
+        TRAIN_SCRATCH.with_borrow_mut(|[p, ds, pack]| {
+            p.resize(n * n, 0.0);
+            ds.resize(n * n, 0.0);
+            // P = exp(q kᵀ s - lse); dP = dout vᵀ; dS = P (dP - D) s with D_i = dout_i . out_i.
+            gemm(None, isa, n, n, hd, q, kt, p, n, false, pack);
+            gemm(None, isa, n, n, hd, dy, vt, ds, n, false, pack);
+            let di: Vec<f32> = (0..n)
+                .map(|i| {
+                    (0..hd)
+                        .map(|t| dout[obase + i * dim + t] * out[obase + i * dim + t])
+                        .sum()
+                })
+                .collect();
+            probs_and_dscores(isa, p, ds, n, &lse[bh * n..(bh + 1) * n], &di, scale);
+            // SAFETY: head (b, h) owns its q, k and v columns of its batch's rows of dqkv.
+            let dst = |part: usize| unsafe {
+                std::slice::from_raw_parts_mut(
+                    dq_p.get().add(base + part * dim),
+                    (n - 1) * 3 * dim + hd,
+                )
+            };
+            gemm(
+                None,
+                isa,
+                n,
+                hd,
+                n,
+                Strided::rows(ds, n),
+                k,
+                dst(0),
+                3 * dim,
+                false,
+                pack,
+            ); // dq = dS k
+            gemm(
+                None,
+                isa,
+                n,
+                hd,
+                n,
+                Strided::transposed(ds, n),
+                q,
+                dst(1),
+                3 * dim,
+                false,
+                pack,
+            ); // dk = dSᵀ q
+            gemm(
+                None,
+                isa,
+                n,
+                hd,
+                n,
+                Strided::transposed(p, n),
+                dy,
+                dst(2),
+                3 * dim,
+                false,
+                pack,
+            ); // dv = Pᵀ dout
+        });
     });
 }

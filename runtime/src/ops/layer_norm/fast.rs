@@ -3,6 +3,7 @@
 
 use crate::backend::cpu::isa::{Isa, multiversion};
 use crate::backend::cpu::pool::{Pool, RowsMut};
+use crate::ops::layer_norm::cpu::LayerNormCache;
 
 #[inline(always)]
 fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
@@ -60,4 +61,140 @@ pub fn layer_norm_fast(
             eps,
         )
     });
+}
+
+multiversion! {
+    fn rows_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
+        let n = cols as f32;
+        for (((o, x), m), r) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
+            let mu = sum16(x, |v| v) / n;
+            let var = sum16(x, |v| (v - mu) * (v - mu)) / n;
+            let rs = 1.0 / (var + eps).sqrt();
+            for i in 0..cols {
+                o[i] = (x[i] - mu) * rs * weight[i] + bias[i];
+            }
+            *m = mu;
+            *r = rs;
+        }
+    }
+}
+
+/// Training forward, as [`super::cpu::layer_norm_forward_train`]: also keeps mean and rstd.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward_train_fast(
+    pool: &Pool,
+    isa: Isa,
+    out: &mut [f32],
+    cache: &mut LayerNormCache,
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    cols: usize,
+    eps: f32,
+) {
+    let rows_n = inp.len() / cols;
+    cache.mean.resize(rows_n, 0.0);
+    cache.rstd.resize(rows_n, 0.0);
+    let (o, m, r) = (
+        RowsMut::new(&mut out[..rows_n * cols], cols),
+        RowsMut::new(&mut cache.mean, 1),
+        RowsMut::new(&mut cache.rstd, 1),
+    );
+    pool.run_rows(rows_n, 8, |r0, r1| {
+        // SAFETY: run_rows hands out disjoint row ranges.
+        unsafe {
+            rows_train(
+                isa,
+                o.rows(r0, r1),
+                m.rows(r0, r1),
+                r.rows(r0, r1),
+                &inp[r0 * cols..r1 * cols],
+                weight,
+                bias,
+                cols,
+                eps,
+            )
+        }
+    });
+}
+
+/// Rows per partial sum of the parameter gradients: fixed, so results do not depend on the
+/// thread count.
+const BACKWARD_CHUNK: usize = 32;
+
+multiversion! {
+    fn rows_backward(dinp: &mut [f32], part: &mut [f32], dout: &[f32], inp: &[f32], weight: &[f32], mean: &[f32], rstd: &[f32], cols: usize) {
+        let (dw, db) = part.split_at_mut(cols);
+        let n = cols as f32;
+        for r in 0..mean.len() {
+            let (x, dy, dx) = (&inp[r * cols..(r + 1) * cols], &dout[r * cols..(r + 1) * cols], &mut dinp[r * cols..(r + 1) * cols]);
+            let (m, rs) = (mean[r], rstd[r]);
+            let mut acc = [0.0f32; 32];
+            for i in 0..cols {
+                let xhat = (x[i] - m) * rs;
+                db[i] += dy[i];
+                dw[i] += dy[i] * xhat;
+                let dn = dy[i] * weight[i];
+                acc[i % 16] += dn;
+                acc[16 + i % 16] += dn * xhat;
+            }
+            let mean_dn = acc[..16].iter().sum::<f32>() / n;
+            let mean_dnx = acc[16..].iter().sum::<f32>() / n;
+            for i in 0..cols {
+                let xhat = (x[i] - m) * rs;
+                dx[i] = rs * (dy[i] * weight[i] - mean_dn - xhat * mean_dnx);
+            }
+        }
+    }
+}
+
+/// Backward, as [`super::cpu::layer_norm_backward`]: `dinp` written (`=`), `dweight` and
+/// `dbias` accumulated (`+=`) from per-chunk partial sums (`partials` is scratch) added in
+/// chunk order.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_fast(
+    pool: &Pool,
+    isa: Isa,
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    cache: &LayerNormCache,
+    cols: usize,
+    partials: &mut Vec<f32>,
+) {
+    let rows_n = inp.len() / cols;
+    let chunks = rows_n.div_ceil(BACKWARD_CHUNK);
+    partials.clear();
+    partials.resize(chunks * 2 * cols, 0.0);
+    let (dx, parts) = (
+        RowsMut::new(&mut dinp[..rows_n * cols], cols),
+        RowsMut::new(partials, 2 * cols),
+    );
+    pool.run(chunks, |c| {
+        let (r0, r1) = (c * BACKWARD_CHUNK, ((c + 1) * BACKWARD_CHUNK).min(rows_n));
+        // SAFETY: chunk c owns rows r0..r1 of dinp and partial row c.
+        unsafe {
+            rows_backward(
+                isa,
+                dx.rows(r0, r1),
+                parts.rows(c, c + 1),
+                &dout[r0 * cols..r1 * cols],
+                &inp[r0 * cols..r1 * cols],
+                weight,
+                &cache.mean[r0..r1],
+                &cache.rstd[r0..r1],
+                cols,
+            )
+        }
+    });
+    for p in partials.chunks_exact(2 * cols) {
+        dweight
+            .iter_mut()
+            .zip(&p[..cols])
+            .for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(&p[cols..]).for_each(|(a, b)| *a += b);
+    }
 }

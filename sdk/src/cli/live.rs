@@ -1,0 +1,262 @@
+//! `dinoedge live (--camera N | --frames DIR | --video FILE) --model M [--mask FIRST.png]
+//! [--serve 127.0.0.1:8080] [--bench]`: the live pipeline with a browser view, or its
+//! per-stage benchmark.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use dinoedge::davis::read_mask;
+use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
+use dinoedge::live::{LiveShared, Pipeline, PipelineOptions, serve};
+use dinoedge::track::PropagationConfig;
+use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result};
+use serde_json::json;
+
+use super::BackendArgs;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["camera", "frames", "video"])))]
+pub struct LiveArgs {
+    /// HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// V4L2 camera index (build with --features camera).
+    #[arg(long)]
+    camera: Option<u32>,
+    /// An image-sequence folder.
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// A video file (.y4m natively, other formats through ffmpeg).
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// First-frame mask to propagate (DAVIS indexed PNG, same size as the frames).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Address to serve the page on. Loopback by default; a LAN address must be given
+    /// explicitly and is announced with a warning.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    serve: String,
+    /// Short side of the model input (aspect kept).
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Camera resolution and rate requested.
+    #[arg(long, default_value_t = 640)]
+    width: u32,
+    #[arg(long, default_value_t = 480)]
+    height: u32,
+    /// Camera rate, or the playback rate of folders and files.
+    #[arg(long, default_value_t = 15)]
+    fps: u32,
+    /// Replay folders and files forever.
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Width of the views in the page.
+    #[arg(long, default_value_t = 640)]
+    display_width: usize,
+    /// Stop after this many seconds (default: run until the source ends or Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// No server: run FRAMES frames as fast as possible and print per-stage latency.
+    #[arg(long)]
+    bench: bool,
+    /// Frames to benchmark.
+    #[arg(long, default_value_t = 40)]
+    bench_frames: u64,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// Replays a source from the start when it ends.
+struct Looping {
+    path: PathBuf,
+    inner: Box<dyn FrameSource>,
+    offset: u64,
+}
+
+impl FrameSource for Looping {
+    fn next_frame(&mut self) -> Result<Option<frames::Frame>> {
+        match self.inner.next_frame()? {
+            Some(mut f) => {
+                f.index += self.offset;
+                Ok(Some(f))
+            }
+            None => {
+                self.offset += self.inner.len_hint().unwrap_or(0) as u64;
+                self.inner = frames::open(&self.path)?;
+                let mut f = self
+                    .inner
+                    .next_frame()?
+                    .ok_or_else(|| Error::Usage(format!("{}: no frames", self.path.display())))?;
+                f.index += self.offset;
+                Ok(Some(f))
+            }
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{} (looping)", self.inner.describe())
+    }
+}
+
+pub fn run(a: LiveArgs) -> Result<()> {
+    // The source first: a missing camera or an unreadable video fails before any model work.
+    let (source, reopen, pace): (Box<dyn FrameSource>, Option<Reopen>, bool) =
+        if let Some(i) = a.camera {
+            let (w, h, fps) = (a.width, a.height, a.fps);
+            let src = frames::open_camera(i, w, h, fps)?;
+            (
+                src,
+                Some(Box::new(move || frames::open_camera(i, w, h, fps))),
+                false,
+            )
+        } else {
+            let path = a
+                .frames
+                .clone()
+                .or(a.video.clone())
+                .expect("clap: one source");
+            let src = frames::open(&path)?;
+            let src: Box<dyn FrameSource> = if a.looping {
+                Box::new(Looping {
+                    path,
+                    inner: src,
+                    offset: 0,
+                })
+            } else {
+                src
+            };
+            (src, None, !a.bench)
+        };
+    let source_name = source.describe();
+    let mask = a.mask.as_deref().map(read_mask).transpose()?;
+    if let Some(m) = &mask
+        && m.objects().is_empty()
+    {
+        return Err(Error::InvalidFile {
+            path: a.mask.clone().unwrap_or_default(),
+            reason: "the mask has no objects".into(),
+        });
+    }
+    let emb = Embedder::load(
+        &a.model,
+        &EmbedderOptions {
+            session: a.backend.session(),
+            mode: InputMode::Dense(a.size),
+            capture_layers: vec![],
+        },
+    )?;
+    let mut pipeline = Pipeline::new(
+        emb,
+        PipelineOptions {
+            display_width: a.display_width,
+            jpeg_quality: 80,
+            mask,
+            propagation: PropagationConfig::default(),
+            threads: a.backend.threads,
+            max_frames: a.bench.then_some(a.bench_frames),
+            render: true,
+        },
+    );
+    // Folders and files play at --fps (their timestamps are index / fps).
+    let source: Box<dyn FrameSource> = if pace {
+        Box::new(Paced {
+            inner: source,
+            period: Duration::from_secs_f64(1.0 / a.fps.max(1) as f64),
+            start: None,
+        })
+    } else {
+        source
+    };
+    let shared = LiveShared::new();
+    if a.bench {
+        let mut source = source;
+        let t0 = Instant::now();
+        let s = pipeline.run_all(source.as_mut(), &shared)?;
+        let m = s.stage_ms;
+        eprintln!(
+            "{} frames of {source_name} on {} in {:.1} s: {:.2} fps end to end; median ms: capture {:.1}, preprocess {:.1}, forward {:.1}, post-process {:.1}",
+            s.frames,
+            s.backend,
+            t0.elapsed().as_secs_f64(),
+            s.fps,
+            m.capture,
+            m.preprocess,
+            m.forward,
+            m.post
+        );
+        println!(
+            "{}",
+            json!({"frames": s.frames, "fps": s.fps, "stage_ms": m, "source": source_name, "backend": s.backend, "mode": s.mode})
+        );
+        return Ok(());
+    }
+
+    let latest = LatestFrame::start(source, reopen);
+    let (addr, server) = serve(&a.serve, shared.clone())?;
+    if !addr.ip().is_loopback() {
+        let what = match addr.ip() {
+            IpAddr::V4(v) if v.is_unspecified() => "every network interface",
+            _ => "a network address",
+        };
+        eprintln!(
+            "warning: serving on {addr}, {what}: anyone who can reach this machine can watch the stream"
+        );
+    }
+    eprintln!("serving {source_name} at http://{addr}/ (Ctrl-C to stop)");
+    if let Some(d) = a.duration {
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(d));
+            s.stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let result = pipeline.run(&latest, &source_name, &shared);
+    // Keep serving the last frame until --duration ends (or forever without it).
+    if result.is_ok() && a.duration.is_some() {
+        while !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    } else if result.is_ok() {
+        eprintln!("the source ended; still serving the last frame (Ctrl-C to stop)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    let s = result?;
+    println!(
+        "{}",
+        json!({"frames": s.frames, "fps": s.fps, "stage_ms": s.stage_ms, "source": source_name})
+    );
+    Ok(())
+}
+
+/// Delivers frames of a file source at a fixed rate.
+struct Paced {
+    inner: Box<dyn FrameSource>,
+    period: Duration,
+    start: Option<(Instant, u64)>,
+}
+
+impl FrameSource for Paced {
+    fn next_frame(&mut self) -> Result<Option<frames::Frame>> {
+        let f = self.inner.next_frame()?;
+        if let Some(f) = &f {
+            let (t0, i0) = *self.start.get_or_insert((Instant::now(), f.index));
+            let due = t0 + self.period * (f.index - i0) as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(f)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn len_hint(&self) -> Option<usize> {
+        self.inner.len_hint()
+    }
+}

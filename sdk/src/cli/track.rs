@@ -1,0 +1,321 @@
+//! `dinoedge track` (label propagation of first-frame masks), `dinoedge eval-davis` (J and F)
+//! and `dinoedge discover` (TokenCut object discovery).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use dinoedge::bench::Stats;
+use dinoedge::davis::{self, Mask, read_mask, write_mask};
+use dinoedge::dense::{blend, resize_rgb};
+use dinoedge::draw::Canvas;
+use dinoedge::tokencut::{TokenCutConfig, tokencut};
+use dinoedge::track::{LabelPropagator, PropagationConfig};
+use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, frames, image_io};
+use serde_json::json;
+
+use super::{BackendArgs, note, progress};
+
+#[derive(Args)]
+pub struct TrackArgs {
+    /// HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Frames: an image folder (natural order; DAVIS JPEGImages/480p/<seq>), a .y4m file, or
+    /// any video ffmpeg reads.
+    #[arg(long)]
+    frames: PathBuf,
+    /// First-frame mask (DAVIS indexed PNG; 8-bit gray or palette RGB also read).
+    #[arg(long)]
+    mask: PathBuf,
+    /// Output folder: one indexed PNG per frame, named after the frame.
+    #[arg(long)]
+    out: PathBuf,
+    /// Short side of the model input (aspect kept, sides multiples of the patch). DINO
+    /// evaluates at 480.
+    #[arg(long, default_value_t = 480)]
+    size: usize,
+    #[arg(long, default_value_t = 5)]
+    topk: usize,
+    #[arg(long, default_value_t = 7)]
+    n_last: usize,
+    /// Neighbourhood half-size in patches (0: the whole frame).
+    #[arg(long, default_value_t = 12)]
+    neighborhood: usize,
+    #[arg(long, default_value_t = 0.1)]
+    temperature: f32,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<usize>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+pub fn track(a: TrackArgs) -> Result<()> {
+    let first_mask = read_mask(&a.mask)?;
+    if first_mask.objects().is_empty() {
+        return Err(Error::InvalidFile {
+            path: a.mask.clone(),
+            reason: "the mask has no objects (every pixel is 0, background)".into(),
+        });
+    }
+    let mut src = frames::open(&a.frames)?;
+    let mut emb = Embedder::load(
+        &a.model,
+        &EmbedderOptions {
+            session: a.backend.session(),
+            mode: InputMode::Dense(a.size),
+            capture_layers: vec![],
+        },
+    )?;
+    let first = src.next_frame()?.ok_or_else(|| Error::InvalidFile {
+        path: a.frames.clone(),
+        reason: "no frames".into(),
+    })?;
+    if (first.image.width, first.image.height) != (first_mask.width, first_mask.height) {
+        return Err(Error::InvalidFile {
+            path: a.mask.clone(),
+            reason: format!(
+                "is {}x{} but the frames are {}x{}",
+                first_mask.width, first_mask.height, first.image.width, first.image.height
+            ),
+        });
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let cfg = PropagationConfig {
+        topk: a.topk,
+        n_last: a.n_last,
+        neighborhood: (a.neighborhood > 0).then_some(a.neighborhood),
+        temperature: a.temperature,
+    };
+    let f0 = emb.embed(&first.image)?;
+    let dim = f0.dim();
+    let mut lp = LabelPropagator::new(
+        cfg,
+        &f0.last.patches.data,
+        dim,
+        f0.grid,
+        &first_mask,
+        a.backend.threads,
+    )?;
+    write_mask(&a.out.join(format!("{}.png", first.name)), &first_mask)?;
+    let total = src
+        .len_hint()
+        .map(|n| n.min(a.max_frames.unwrap_or(usize::MAX)));
+    let pb = progress(total.unwrap_or(0) as u64, "track");
+    pb.inc(1);
+    let (mut t_pre, mut t_fwd, mut t_prop) = (Vec::new(), Vec::new(), Vec::new());
+    let mut count = 1usize;
+    let t0 = Instant::now();
+    while a.max_frames.is_none_or(|m| count < m) {
+        let Some(frame) = src.next_frame()? else {
+            break;
+        };
+        if (frame.image.width, frame.image.height) != (first.image.width, first.image.height) {
+            return Err(Error::InvalidFile {
+                path: a.frames.clone(),
+                reason: format!(
+                    "frame {} is {}x{}, the first frame {}x{}",
+                    frame.name,
+                    frame.image.width,
+                    frame.image.height,
+                    first.image.width,
+                    first.image.height
+                ),
+            });
+        }
+        let t = Instant::now();
+        let px = emb.preprocess(&frame.image)?;
+        t_pre.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let f = emb.embed_pixels(&px)?;
+        t_fwd.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let soft = lp.step(&f.last.patches.data)?;
+        let m = lp.to_mask(&soft, frame.image.width, frame.image.height);
+        t_prop.push(t.elapsed().as_secs_f64() * 1e3);
+        write_mask(&a.out.join(format!("{}.png", frame.name)), &m)?;
+        count += 1;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let med = |v: &[f64]| Stats::from_ms(v).map(|s| s.median_ms).unwrap_or(f64::NAN);
+    let (pre, fwd, prop) = (med(&t_pre), med(&t_fwd), med(&t_prop));
+    note(
+        &pb,
+        format!(
+            "{count} frames of {} -> {} ({} objects, grid {}x{}); median per frame: preprocess {pre:.1} ms, forward {fwd:.1} ms, propagation + mask {prop:.1} ms ({:.0}% of the forward); {:.2} fps overall",
+            src.describe(),
+            a.out.display(),
+            lp.ids.len() - 1,
+            f0.grid.0,
+            f0.grid.1,
+            100.0 * prop / fwd,
+            count as f64 / t0.elapsed().as_secs_f64()
+        ),
+    );
+    println!(
+        "{}",
+        json!({"frames": count, "objects": lp.ids.len() - 1, "grid": f0.grid, "out": a.out, "median_ms": {"preprocess": pre, "forward": fwd, "propagation": prop}, "propagation_over_forward": prop / fwd})
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalDavisArgs {
+    /// Ground-truth masks: one sequence (PNGs) or one folder per sequence.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Predicted masks, same layout and names.
+    #[arg(long)]
+    pred: PathBuf,
+}
+
+pub fn eval_davis(a: EvalDavisArgs) -> Result<()> {
+    let s = davis::evaluate(&a.gt, &a.pred)?;
+    println!(
+        "{:<20} {:>6} {:>8} {:>8} {:>7}",
+        "sequence", "object", "J", "F", "frames"
+    );
+    for o in &s.objects {
+        println!(
+            "{:<20} {:>6} {:>8.4} {:>8.4} {:>7}",
+            o.sequence, o.object, o.j, o.f, o.frames
+        );
+    }
+    println!(
+        "J&F mean {:.4}  (J mean {:.4}, F mean {:.4}; first and last frames not scored)",
+        s.jf_mean, s.j_mean, s.f_mean
+    );
+    println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DiscoverArgs {
+    /// HF model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The image.
+    image: PathBuf,
+    /// Output mask (indexed PNG at the image size, object = 1).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also draw the object's box on the image into OUT-box.png (the box is always printed).
+    #[arg(long = "box")]
+    draw_box: bool,
+    /// Short side of the model input (aspect kept).
+    #[arg(long, default_value_t = 480)]
+    size: usize,
+    #[arg(long, default_value_t = 0.2)]
+    tau: f32,
+    #[arg(long, default_value_t = 1e-5)]
+    eps: f32,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+pub fn discover(a: DiscoverArgs) -> Result<()> {
+    let img = image_io::load_rgb(&a.image)?;
+    let mut emb = Embedder::load(
+        &a.model,
+        &EmbedderOptions {
+            session: a.backend.session(),
+            mode: InputMode::Dense(a.size),
+            capture_layers: vec![],
+        },
+    )?;
+    let px = emb.preprocess(&img)?;
+    let (ih, iw) = (px.shape[2], px.shape[3]);
+    let t = Instant::now();
+    let f = emb.embed_pixels(&px)?;
+    let fwd = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let patch = emb.model().config().patch_size;
+    let d = tokencut(
+        &f.last.patches.data,
+        f.dim(),
+        f.grid,
+        patch,
+        (iw, ih),
+        &TokenCutConfig {
+            tau: a.tau,
+            eps: a.eps,
+            binary: true,
+        },
+    )?;
+    let cut = t.elapsed().as_secs_f64() * 1e3;
+    // Mask at image size: nearest patch.
+    let (gh, gw) = f.grid;
+    let labels: Vec<u8> = (0..img.height * img.width)
+        .map(|i| {
+            let (y, x) = (i / img.width, i % img.width);
+            let (r, c) = (
+                (y * gh / img.height).min(gh - 1),
+                (x * gw / img.width).min(gw - 1),
+            );
+            d.mask[r * gw + c] as u8
+        })
+        .collect();
+    write_mask(
+        &a.out,
+        &Mask {
+            width: img.width,
+            height: img.height,
+            labels: labels.clone(),
+        },
+    )?;
+    let (sx, sy) = (img.width as f64 / iw as f64, img.height as f64 / ih as f64);
+    let bbox = [
+        (d.bbox[0] as f64 * sx).round() as usize,
+        (d.bbox[1] as f64 * sy).round() as usize,
+        (d.bbox[2] as f64 * sx).round() as usize,
+        (d.bbox[3] as f64 * sy).round() as usize,
+    ];
+    if a.draw_box {
+        let tint = dinoedge::RgbImage {
+            width: img.width,
+            height: img.height,
+            data: labels
+                .iter()
+                .flat_map(|&l| if l == 1 { [255u8, 60, 60] } else { [0, 0, 0] })
+                .collect(),
+        };
+        let over = blend(&img, &tint, 0.35);
+        let mut cv = Canvas::new(img.width, img.height, [0, 0, 0]);
+        cv.blit(&resize_rgb(&over, img.width, img.height), 0, 0);
+        let [x0, y0, x1, y1] = bbox.map(|v| v as i64);
+        let thick = (img.width.max(img.height) / 200).max(2) as i64;
+        for (p, q) in [
+            ((x0, y0), (x1 - 1, y0)),
+            ((x1 - 1, y0), (x1 - 1, y1 - 1)),
+            ((x1 - 1, y1 - 1), (x0, y1 - 1)),
+            ((x0, y1 - 1), (x0, y0)),
+        ] {
+            cv.line(p, q, [255, 220, 0], thick);
+        }
+        let stem = a
+            .out
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let path = a.out.with_file_name(format!("{stem}-box.png"));
+        image_io::save_png(&path, &cv.into_image())?;
+        eprintln!("wrote {}", path.display());
+    }
+    let fg = d.mask.iter().filter(|&&m| m).count();
+    eprintln!(
+        "object: {fg} of {} patches, box x {}..{} y {}..{} (image pixels); forward {fwd:.1} ms, TokenCut {cut:.1} ms (grid {gh}x{gw})",
+        gh * gw,
+        bbox[0],
+        bbox[2],
+        bbox[1],
+        bbox[3]
+    );
+    println!(
+        "{}",
+        json!({"image": a.image, "mask": a.out, "box": bbox, "patches": fg, "grid": f.grid, "eigenvalue": d.eigenvalue, "forward_ms": fwd, "tokencut_ms": cut})
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Tracking and discovery with the real teacher on real pictures.
+//!
+//! - Label propagation on a sequence built from real images (the opencv-doc alphamat plant
+//!   with its real matte, moved, scaled and partly occluded over a real photo): J&F must be
+//!   clearly above copying the first mask to every frame.
+//! - TokenCut on a real photo (scikit-image `coffee.png`) must box the cup and saucer.
+
+use dinoedge::davis::{self, read_mask, write_mask};
+use dinoedge::frames::{FolderSource, FrameSource};
+use dinoedge::runtime::import::{import_onnx, write_model_dir};
+use dinoedge::synth::{Motion, paste_sequence};
+use dinoedge::tokencut::{TokenCutConfig, tokencut};
+use dinoedge::track::{LabelPropagator, PropagationConfig};
+use dinoedge::{Embedder, EmbedderOptions, InputMode, SessionOptions, image_io};
+use dinoedge_tests::{PHOTOS, TEACHER_ONNX, asset};
+
+const OPENCV: &str = "opencv-doc/usr/share/doc/opencv-doc/examples/data";
+
+fn embedder(dir: &std::path::Path, size: usize) -> Embedder {
+    Embedder::load(
+        dir,
+        &EmbedderOptions {
+            session: SessionOptions {
+                threads: Some(2),
+                ..Default::default()
+            },
+            mode: InputMode::Dense(size),
+            capture_layers: vec![],
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn label_propagation_tracks_a_real_object_with_ground_truth() {
+    let Some(onnx) = asset(TEACHER_ONNX) else {
+        return;
+    };
+    let Some(alphamat) = asset("alphamat") else {
+        return;
+    };
+    let Some(ocv) = asset(OPENCV) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher");
+    write_model_dir(&import_onnx(&onnx).unwrap(), &teacher, &onnx).unwrap();
+    let gt = tmp.path().join("gt");
+    paste_sequence(
+        &alphamat.join("input_images/plant.jpg"),
+        &alphamat.join("output_mattes/plant_result.png"),
+        &ocv.join("building.jpg"),
+        &ocv.join("fruits.jpg"),
+        &gt,
+        &Motion::default(),
+    )
+    .unwrap();
+
+    let mut emb = embedder(&teacher, 224);
+    let mut src = FolderSource::open(&gt.join("frames")).unwrap();
+    let first_mask = read_mask(&gt.join("masks/00000.png")).unwrap();
+    let (pred, copy) = (tmp.path().join("pred"), tmp.path().join("copy"));
+    std::fs::create_dir_all(&pred).unwrap();
+    std::fs::create_dir_all(&copy).unwrap();
+    let first = src.next_frame().unwrap().unwrap();
+    let f0 = emb.embed(&first.image).unwrap();
+    let mut lp = LabelPropagator::new(
+        PropagationConfig::default(),
+        &f0.last.patches.data,
+        f0.dim(),
+        f0.grid,
+        &first_mask,
+        Some(2),
+    )
+    .unwrap();
+    for dir in [&pred, &copy] {
+        write_mask(&dir.join("00000.png"), &first_mask).unwrap();
+    }
+    while let Some(frame) = src.next_frame().unwrap() {
+        let f = emb.embed(&frame.image).unwrap();
+        let soft = lp.step(&f.last.patches.data).unwrap();
+        write_mask(
+            &pred.join(format!("{}.png", frame.name)),
+            &lp.to_mask(&soft, frame.image.width, frame.image.height),
+        )
+        .unwrap();
+        write_mask(&copy.join(format!("{}.png", frame.name)), &first_mask).unwrap();
+    }
+    let tracked = davis::evaluate(&gt.join("masks"), &pred).unwrap();
+    let baseline = davis::evaluate(&gt.join("masks"), &copy).unwrap();
+    eprintln!(
+        "J&F: label propagation {:.3} (J {:.3}, F {:.3}); first mask copied {:.3}",
+        tracked.jf_mean, tracked.j_mean, tracked.f_mean, baseline.jf_mean
+    );
+    assert!(tracked.j_mean > 0.6, "J {}", tracked.j_mean);
+    assert!(
+        tracked.jf_mean > baseline.jf_mean + 0.15,
+        "{} vs copy {}",
+        tracked.jf_mean,
+        baseline.jf_mean
+    );
+}
+
+#[test]
+fn tokencut_boxes_the_cup() {
+    let Some(onnx) = asset(TEACHER_ONNX) else {
+        return;
+    };
+    let Some(photos) = asset(PHOTOS) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher");
+    write_model_dir(&import_onnx(&onnx).unwrap(), &teacher, &onnx).unwrap();
+    let mut emb = embedder(&teacher, 224);
+    let img = image_io::load_rgb(&photos.join("coffee.png")).unwrap();
+    let px = emb.preprocess(&img).unwrap();
+    let f = emb.embed_pixels(&px).unwrap();
+    let (ih, iw) = (px.shape[2], px.shape[3]);
+    let d = tokencut(
+        &f.last.patches.data,
+        f.dim(),
+        f.grid,
+        14,
+        (iw, ih),
+        &TokenCutConfig::default(),
+    )
+    .unwrap();
+    let (sx, sy) = (img.width as f64 / iw as f64, img.height as f64 / ih as f64);
+    let b = [
+        d.bbox[0] as f64 * sx,
+        d.bbox[1] as f64 * sy,
+        d.bbox[2] as f64 * sx,
+        d.bbox[3] as f64 * sy,
+    ];
+    // The cup with its saucer and spoon, drawn by hand on the 600x400 photo.
+    let want = [70.0, 20.0, 480.0, 385.0];
+    let inter = (b[2].min(want[2]) - b[0].max(want[0])).max(0.0)
+        * (b[3].min(want[3]) - b[1].max(want[1])).max(0.0);
+    let area = |r: &[f64; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    let iou = inter / (area(&b) + area(&want) - inter);
+    eprintln!("TokenCut box {b:?}, IoU with the hand-drawn box {iou:.3}");
+    assert!(iou > 0.7, "box {b:?}, IoU {iou}");
+}
