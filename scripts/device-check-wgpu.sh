@@ -44,7 +44,7 @@ tail -n 3 "$OUT/adapters.log"
 echo "== parity (fixtures vs CPU reference)"
 PARITY=${PARITY:-.device/wgpu_parity}
 if [ -x "$PARITY" ]; then
-  DINOEDGE_REQUIRE_WGPU=1 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1 && echo "parity: ok" || echo "parity: FAILED (see parity.log)"
+  DINOEDGE_FIXTURES="$PWD/fixtures" DINOEDGE_REQUIRE_WGPU=1 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1 && echo "parity: ok" || echo "parity: FAILED (see parity.log)"
   grep -E "test result" "$OUT/parity.log" || true
 fi
 

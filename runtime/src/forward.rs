@@ -247,6 +247,8 @@ pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: u
 
 /// Every buffer of one forward for fixed dims.
 pub struct Plan<B: Backend> {
+    /// Unique per plan (backends key recorded forwards by it).
+    pub id: u64,
     pub dims: Dims,
     /// Block indices whose (final-normed) output is kept, in request order.
     pub capture: Vec<usize>,
@@ -291,7 +293,9 @@ impl<B: Backend> Plan<B> {
             Some(t) => Some(backend.upload(&position_table(cfg, t, dims.grid_h, dims.grid_w))?),
             None => None,
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Plan {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dims,
             capture: capture.to_vec(),
             pixels: backend.alloc(dims.batch * dims.channels * dims.height * dims.width)?,
@@ -320,6 +324,15 @@ impl<B: Backend> Plan<B> {
 /// Runs the forward pass on `plan.pixels`, leaving the final-normed tokens in `plan.out`
 /// and captured blocks in `plan.captured`.
 pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {
+    if be.begin_forward(p.id)? {
+        return be.end_forward(p.id, true);
+    }
+    let r = forward_ops(be, m, p);
+    let end = be.end_forward(p.id, r.is_ok());
+    r.and(end)
+}
+
+fn forward_ops<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {
     let cfg = &m.config;
     let d = p.dims;
     let rows = d.rows();

@@ -221,6 +221,24 @@ pub fn create_session(
             crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
             model,
         )?)),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            // On cuda the adapter option is a GPU index.
+            let ordinal = match opts.adapter.as_deref() {
+                Some(a) => Some(a.parse::<usize>().map_err(|_| {
+                    RuntimeError::input(
+                        "adapter",
+                        format!("{a:?}: on cuda, the adapter is a GPU index (0, 1, ...)"),
+                    )
+                })?),
+                None => None,
+            };
+            Ok(Box::new(Session::new(
+                crate::backend::cuda::CudaBackend::new(precision, ordinal)?,
+                model,
+            )?))
+        }
+        #[allow(unreachable_patterns)]
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
             reason: format!(
@@ -236,6 +254,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = vec!["cpu", "cpu-ref"];
     if cfg!(feature = "wgpu") {
         v.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
     }
     v
 }

@@ -16,9 +16,15 @@ use dinoedge_runtime::testing::compare;
 use dinoedge_runtime::weights::TensorStore;
 use dinoedge_runtime::{Activation, Model, Precision, RunOptions, Session, Tensor};
 
+/// `fixtures/hf/<name>`; `DINOEDGE_FIXTURES` overrides the folder when the test binary runs
+/// away from its source tree (the GPU machine).
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/hf")
+    std::env::var_os("DINOEDGE_FIXTURES")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+            PathBuf::from,
+        )
+        .join("hf")
         .join(name)
 }
 

@@ -9,6 +9,8 @@
 //! added by their own cargo features. Every backend is tested against the reference.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -234,6 +236,18 @@ pub trait Backend: Send {
 
     /// Waits for queued work (no-op for synchronous backends).
     fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before the ops of a forward on plan `plan` (a unique id). Returns true when the
+    /// backend replays a recorded forward itself, so the ops are not issued (CUDA graphs).
+    fn begin_forward(&self, _plan: u64) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Called after the ops of a forward (or after a replay); `completed` is false when an
+    /// op failed.
+    fn end_forward(&self, _plan: u64, _completed: bool) -> Result<()> {
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ pub struct InfoArgs {
 
 pub fn run(a: InfoArgs) -> Result<()> {
     if let Some(b) = a.backend {
-        backend_info(b, a.json)?;
+        backend_info(b, a.json, a.model.as_deref())?;
     }
     let Some(model_dir) = &a.model else {
         if a.backend.is_none() {
@@ -34,7 +34,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     model_info(model_dir, a.json)
 }
 
-fn backend_info(b: BackendKind, json: bool) -> Result<()> {
+fn backend_info(b: BackendKind, json: bool, model_dir: Option<&std::path::Path>) -> Result<()> {
+    let _ = model_dir;
     match b {
         BackendKind::Cpu | BackendKind::CpuReference => {
             let isa = dinoedge::runtime::backend::cpu::isa::Isa::detect();
@@ -96,6 +97,9 @@ fn backend_info(b: BackendKind, json: bool) -> Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => cuda_info(json, model_dir),
+        #[allow(unreachable_patterns)]
         other => Err(dinoedge::runtime::RuntimeError::BackendUnavailable {
             backend: other.to_string(),
             reason: format!(
@@ -173,5 +177,79 @@ fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
         cfg.num_tokens(224, 224),
         cfg.num_register_tokens
     );
+    Ok(())
+}
+
+/// GPU memory a model needs on cuda: weights per precision, activations per input shape.
+#[cfg(feature = "cuda")]
+fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> {
+    use dinoedge::runtime::backend::cuda::{CudaBackend, libraries_present};
+    let libs = libraries_present();
+    let device = CudaBackend::new(dinoedge::Precision::F32, None);
+    let gib = |b: f64| b / 1073741824.0;
+    let mut plan = Vec::new();
+    if let Some(dir) = model_dir {
+        let model = Model::load(dir)?;
+        let c = model.config();
+        let params = model.num_parameters() as f64;
+        let mlp = if matches!(c.mlp, dinoedge::runtime::MlpKind::Gated(_)) {
+            3 * c.intermediate_size
+        } else {
+            c.intermediate_size
+        };
+        for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
+            let rows = (batch * c.num_tokens(size, size)) as f64;
+            // x, h, attn, out (D each), qkv (3D), MLP, and the f32 + 16-bit GEMM scratch.
+            let widest = (3 * c.hidden_size).max(mlp) as f64;
+            let act = rows * ((7 * c.hidden_size + mlp) as f64 * 4.0 + widest * 6.0);
+            plan.push(json!({"batch": batch, "size": size, "activations_gib": gib(act),
+                "total_gib": {"f32": gib(params * 4.0 + act), "f16": gib(params * 2.0 + act), "bf16": gib(params * 2.0 + act)}}));
+        }
+    }
+    let dev = device.as_ref().ok().map(|d| {
+        let (name, arch) = d.device();
+        let (free, total) = d.memory().unwrap_or((0, 0));
+        json!({"name": name, "arch": arch, "free_gib": gib(free as f64), "total_gib": gib(total as f64)})
+    });
+    if json_out {
+        println!(
+            "{}",
+            json!({"backend": "cuda", "libraries": libs.iter().map(|(n, ok)| json!({"name": n, "found": ok})).collect::<Vec<_>>(), "device": dev, "memory_plan": plan})
+        );
+    } else {
+        for (n, ok) in libs {
+            println!(
+                "library      {n}: {}",
+                if ok { "found" } else { "NOT FOUND" }
+            );
+        }
+        match &dev {
+            Some(d) => println!(
+                "device       {} ({}), {:.1} GiB free of {:.1} GiB",
+                d["name"].as_str().unwrap_or(""),
+                d["arch"].as_str().unwrap_or(""),
+                d["free_gib"].as_f64().unwrap_or(0.0),
+                d["total_gib"].as_f64().unwrap_or(0.0)
+            ),
+            None => println!(
+                "device       none: {}",
+                device
+                    .as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            ),
+        }
+        for p in &plan {
+            println!(
+                "memory plan  batch {} at {}px: activations {:.2} GiB; with weights f32 {:.2} GiB, f16/bf16 {:.2} GiB",
+                p["batch"],
+                p["size"],
+                p["activations_gib"].as_f64().unwrap_or(0.0),
+                p["total_gib"]["f32"].as_f64().unwrap_or(0.0),
+                p["total_gib"]["f16"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     Ok(())
 }

@@ -53,7 +53,8 @@ enum Cmd {
 /// Backend selection shared by the commands that run a model.
 #[derive(Args, Clone, Debug)]
 pub struct BackendArgs {
-    /// cpu (fast SIMD kernels), cpu-ref (the f32 reference), wgpu (with --features wgpu).
+    /// cpu (fast SIMD kernels), cpu-ref (the f32 reference), wgpu (with --features wgpu),
+    /// cuda (with --features cuda).
     #[arg(long, default_value = "cpu", value_parser = parse_backend)]
     pub backend: BackendKind,
     /// Precision: f32, f16 (weights), int8 (W8A8), bf16 where the backend supports it;
@@ -64,7 +65,8 @@ pub struct BackendArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// wgpu adapter: a name substring or an index from `dinoedge info --backend wgpu`
-    /// (default: `DINOEDGE_WGPU_ADAPTER`, else the best GPU).
+    /// (default: `DINOEDGE_WGPU_ADAPTER`, else the best GPU); cuda: a GPU index (default:
+    /// `DINOEDGE_CUDA_DEVICE`, else 0).
     #[arg(long)]
     pub adapter: Option<String>,
 }

@@ -9,6 +9,8 @@
 //! register tiles.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

@@ -11,6 +11,8 @@
 //! x (B, N, D). `scratch` holds B*HW*(C*P*P + D) floats.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

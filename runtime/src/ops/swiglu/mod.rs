@@ -5,6 +5,8 @@
 //! The model fuses the gate and up projections into one matmul producing `gate_up`.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

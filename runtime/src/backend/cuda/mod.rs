@@ -1,0 +1,614 @@
+//! The CUDA backend: cudarc with dynamic loading (no toolkit at build time), kernels in CUDA
+//! C compiled by NVRTC for the device's own architecture at session creation, GEMMs in
+//! cuBLAS (f32 without TF32; f16 / bf16 weights with f32 accumulation through `GemmEx`), and
+//! the whole forward replayed as a CUDA graph after its first run.
+//!
+//! Device plumbing only: library checks, the context and stream, the kernel module, scratch,
+//! graphs. Kernels and their launchers live with their ops (`ops/<op>/<op>.cu` + `cuda.rs`).
+//!
+//! cudarc panics when a CUDA library is missing; [`CudaBackend::new`] checks that libcuda,
+//! libnvrtc and libcublas load first and returns [`RuntimeError::BackendUnavailable`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig,
+};
+use half::{bf16, f16};
+
+use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
+use crate::config::Activation;
+use crate::error::{Result, RuntimeError};
+use crate::ops::{self, Dims};
+
+/// Every kernel source, compiled as one NVRTC program (the launchers find them by name).
+pub const SOURCES: [(&str, &str); 7] = [
+    ("common.cuh", include_str!("common.cuh")),
+    ("matmul.cu", include_str!("../../ops/matmul/matmul.cu")),
+    (
+        "layer_norm.cu",
+        include_str!("../../ops/layer_norm/layer_norm.cu"),
+    ),
+    ("rope.cu", include_str!("../../ops/rope/rope.cu")),
+    (
+        "attention.cu",
+        include_str!("../../ops/attention/attention.cu"),
+    ),
+    (
+        "patch_embed.cu",
+        include_str!("../../ops/patch_embed/patch_embed.cu"),
+    ),
+    ("swiglu.cu", include_str!("../../ops/swiglu/swiglu.cu")),
+];
+
+/// Kernel entry points of [`SOURCES`].
+pub const KERNELS: [&str; 8] = [
+    "matmul_epilogue",
+    "to_half",
+    "layer_norm",
+    "rope",
+    "attention",
+    "im2col",
+    "assemble",
+    "swiglu",
+];
+
+/// The NVRTC program text (all sources, `common.cuh` first).
+pub fn program() -> String {
+    SOURCES
+        .iter()
+        .map(|(name, src)| format!("// ---- {name}\n{src}\n"))
+        .collect()
+}
+
+fn unavailable(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::BackendUnavailable {
+        backend: "cuda".into(),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn err(what: &str, e: impl std::fmt::Debug) -> RuntimeError {
+    RuntimeError::Device {
+        backend: "cuda".into(),
+        reason: format!("{what}: {e:?}"),
+    }
+}
+
+/// Which CUDA libraries load on this machine (without touching cudarc's panicking loaders).
+pub fn libraries_present() -> [(&'static str, bool); 3] {
+    // SAFETY: these only try to dlopen the libraries.
+    unsafe {
+        [
+            (
+                "libcuda (the NVIDIA driver)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            (
+                "libnvrtc (the CUDA runtime compiler)",
+                cudarc::nvrtc::sys::is_culib_present(),
+            ),
+            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+        ]
+    }
+}
+
+/// Compiles the kernels with NVRTC for `arch` (e.g. "sm_90"); returns the PTX text or the
+/// compiler log. Needs only libnvrtc (no GPU): CI compiles every kernel this way.
+pub fn compile(arch: &str) -> Result<String> {
+    // SAFETY: only dlopens libnvrtc.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(unavailable(
+            "libnvrtc not found (install the CUDA toolkit or the pip wheel nvidia-cuda-nvrtc and add its lib folder to LD_LIBRARY_PATH)",
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        ..Default::default()
+    };
+    match cudarc::nvrtc::compile_ptx_with_opts(program(), opts) {
+        Ok(ptx) => Ok(ptx.to_src()),
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(RuntimeError::Device {
+            backend: "cuda".into(),
+            reason: format!(
+                "NVRTC failed to compile the kernels for {arch}:\n{}",
+                log.to_string_lossy()
+            ),
+        }),
+        Err(e) => Err(err("NVRTC", e)),
+    }
+}
+
+/// An f32 device buffer.
+pub type CudaBuffer = CudaSlice<f32>;
+
+/// Weights of a Linear layer in the session's precision.
+pub enum CudaWeight {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    BF16(CudaSlice<bf16>),
+}
+
+pub struct CudaLinear {
+    pub w: CudaWeight,
+    /// Zeros when the layer has no bias.
+    pub bias: CudaSlice<f32>,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+/// Scratch reused by every op: f32 GEMM accumulators and 16-bit GEMM inputs.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub acc: Option<CudaSlice<f32>>,
+    pub half: Option<CudaSlice<u16>>,
+}
+
+pub struct CudaBackend {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: CudaBlas,
+    _workspace: CudaSlice<u8>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+    pub(crate) precision: Precision,
+    pub(crate) scratch: RefCell<Scratch>,
+    name: String,
+    arch: String,
+    /// Kernel launches issued (for reports).
+    launches: std::cell::Cell<u64>,
+    graphs: RefCell<Graphs>,
+}
+
+/// Recorded forwards: a plan's second forward is captured into a CUDA graph and every later
+/// one replays it (one launch instead of one per op). Reallocated scratch invalidates them.
+#[derive(Default)]
+pub(crate) struct Graphs {
+    enabled: bool,
+    runs: HashMap<u64, u32>,
+    recorded: Vec<(u64, cudarc::driver::CudaGraph)>,
+    capturing: Option<u64>,
+    invalid: bool,
+}
+
+/// Graphs kept (oldest dropped first).
+const MAX_GRAPHS: usize = 8;
+
+// SAFETY: a backend is used by one thread at a time (the session owns it); cudarc's
+// handles are thread-safe to move, and the RefCell / Cell are never shared across threads.
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` (default 0; `DINOEDGE_CUDA_DEVICE` overrides) and compiles the kernels.
+    pub fn new(precision: Precision, ordinal: Option<usize>) -> Result<Self> {
+        let missing: Vec<&str> = libraries_present()
+            .iter()
+            .filter(|l| !l.1)
+            .map(|l| l.0)
+            .collect();
+        if !missing.is_empty() {
+            return Err(unavailable(format!(
+                "no usable CUDA installation: {} not found (needs an NVIDIA driver; CUDA 12.x or 13.x libraries on the loader path)",
+                missing.join(", ")
+            )));
+        }
+        if !matches!(precision, Precision::F32 | Precision::F16 | Precision::BF16) {
+            return Err(unavailable(format!(
+                "{precision} is not supported on cuda (f32, f16, bf16)"
+            )));
+        }
+        let ordinal = ordinal
+            .or_else(|| {
+                std::env::var("DINOEDGE_CUDA_DEVICE")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0);
+        let count = CudaContext::device_count()
+            .map_err(|e| unavailable(format!("the driver reports no usable GPU: {e:?}")))?;
+        if count <= ordinal as i32 {
+            return Err(unavailable(format!(
+                "GPU {ordinal} requested, {count} present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("cannot open GPU {ordinal}: {e:?}")))?;
+        // One stream, no cross-stream events (they are not allowed inside graph capture).
+        // SAFETY: nothing else uses this context's streams.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| err("compute capability", e))?;
+        let arch = format!("sm_{major}{minor}");
+        let ptx = {
+            let opts = cudarc::nvrtc::CompileOptions {
+                options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+                ..Default::default()
+            };
+            match cudarc::nvrtc::compile_ptx_with_opts(program(), opts) {
+                Ok(p) => p,
+                Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+                    return Err(RuntimeError::Device {
+                        backend: "cuda".into(),
+                        reason: format!(
+                            "NVRTC failed to compile the kernels for {arch}:\n{}",
+                            log.to_string_lossy()
+                        ),
+                    });
+                }
+                Err(e) => return Err(err("NVRTC", e)),
+            }
+        };
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| err("loading the kernels", e))?;
+        let mut functions = HashMap::new();
+        for k in KERNELS {
+            functions.insert(k, module.load_function(k).map_err(|e| err(k, e))?);
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;
+        // A fixed cuBLAS workspace, so no allocation happens inside a captured graph
+        // (32 MiB, NVIDIA's recommendation for Hopper).
+        let mut workspace = stream
+            .alloc_zeros::<u8>(32 << 20)
+            .map_err(|e| err("cuBLAS workspace", e))?;
+        let wptr = workspace.device_ptr_mut(&stream).0 as *mut c_void;
+        // SAFETY: a live device buffer owned by the backend for as long as the handle.
+        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), wptr, 32 << 20) }
+            .result()
+            .map_err(|e| err("cuBLAS workspace", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
+        let graphs = Graphs {
+            enabled: std::env::var("DINOEDGE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            ..Default::default()
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            _workspace: workspace,
+            _module: module,
+            functions,
+            precision,
+            scratch: RefCell::new(Scratch::default()),
+            name,
+            arch,
+            launches: std::cell::Cell::new(0),
+            graphs: RefCell::new(graphs),
+        })
+    }
+
+    pub(crate) fn function(&self, name: &str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(|e| err("memory info", e))
+    }
+
+    /// Device name and architecture.
+    pub fn device(&self) -> (&str, &str) {
+        (&self.name, &self.arch)
+    }
+
+    /// A launch configuration covering `n` elements with grid-stride loops.
+    pub(crate) fn grid(&self, n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
+        self.launches.set(self.launches.get() + 1);
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// An f32 scratch buffer of at least `n` elements.
+    pub(crate) fn acc_scratch(&self, n: usize) -> Result<std::cell::RefMut<'_, CudaSlice<f32>>> {
+        let mut s = self.scratch.borrow_mut();
+        if s.acc.as_ref().is_none_or(|a| a.len() < n) {
+            s.acc = Some(
+                self.stream
+                    .alloc_zeros::<f32>(n)
+                    .map_err(|e| err("scratch", e))?,
+            );
+            self.graphs.borrow_mut().invalid = true;
+        }
+        Ok(std::cell::RefMut::map(s, |s| {
+            s.acc.as_mut().expect("allocated")
+        }))
+    }
+
+    /// A 16-bit scratch buffer of at least `n` elements.
+    pub(crate) fn half_scratch(&self, n: usize) -> Result<std::cell::RefMut<'_, CudaSlice<u16>>> {
+        let mut s = self.scratch.borrow_mut();
+        if s.half.as_ref().is_none_or(|a| a.len() < n) {
+            s.half = Some(
+                self.stream
+                    .alloc_zeros::<u16>(n)
+                    .map_err(|e| err("scratch", e))?,
+            );
+            self.graphs.borrow_mut().invalid = true;
+        }
+        Ok(std::cell::RefMut::map(s, |s| {
+            s.half.as_mut().expect("allocated")
+        }))
+    }
+
+    /// Raw device pointer of a buffer (for cuBLAS).
+    pub(crate) fn ptr<T>(&self, b: &CudaSlice<T>) -> *const c_void {
+        b.device_ptr(&self.stream).0 as *const c_void
+    }
+
+    pub(crate) fn ptr_mut<T>(&self, b: &mut CudaSlice<T>) -> *mut c_void {
+        b.device_ptr_mut(&self.stream).0 as *mut c_void
+    }
+
+    fn check_memory(&self, bytes: usize, what: &str) -> Result<()> {
+        let (free, total) = self.memory()?;
+        if bytes > free {
+            return Err(RuntimeError::Device {
+                backend: "cuda".into(),
+                reason: format!(
+                    "out of GPU memory for {what}: {:.2} GiB needed, {:.2} GiB free of {:.2} GiB (use a smaller batch or resolution, or f16/bf16)",
+                    bytes as f64 / 1073741824.0,
+                    free as f64 / 1073741824.0,
+                    total as f64 / 1073741824.0
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn act_code(a: Option<Activation>) -> i32 {
+    match a {
+        None => 0,
+        Some(Activation::Gelu) => 1,
+        Some(Activation::GeluTanh) => 2,
+        Some(Activation::Silu) => 3,
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaBuffer;
+    type Linear = CudaLinear;
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Cuda,
+            precision: self.precision,
+            device: format!("{} ({})", self.name, self.arch),
+            threads: 1,
+        }
+    }
+
+    fn supports(&self, _op: Op) -> bool {
+        true
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| err(&format!("allocating {len} floats"), e))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
+        if data.is_empty() {
+            return self.alloc(1);
+        }
+        self.stream.clone_htod(data).map_err(|e| err("upload", e))
+    }
+
+    fn write(&self, dst: &mut CudaBuffer, data: &[f32]) -> Result<()> {
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| err("upload", e))
+    }
+
+    fn read(&self, src: &CudaBuffer, dst: &mut [f32]) -> Result<()> {
+        let n = dst.len();
+        self.stream
+            .memcpy_dtoh(&src.slice(..n), dst)
+            .map_err(|e| err("download", e))?;
+        self.stream.synchronize().map_err(|e| err("synchronize", e))
+    }
+
+    fn linear(&self, w: HostLinear) -> Result<CudaLinear> {
+        let bytes = w.weight.len()
+            * if self.precision == Precision::F32 {
+                4
+            } else {
+                2
+            };
+        self.check_memory(bytes, &format!("the weights of {}", w.name))?;
+        let weight = match self.precision {
+            Precision::F16 => CudaWeight::F16(
+                self.stream
+                    .clone_htod(
+                        &w.weight
+                            .iter()
+                            .map(|&v| f16::from_f32(v))
+                            .collect::<Vec<_>>(),
+                    )
+                    .map_err(|e| err("upload", e))?,
+            ),
+            Precision::BF16 => CudaWeight::BF16(
+                self.stream
+                    .clone_htod(
+                        &w.weight
+                            .iter()
+                            .map(|&v| bf16::from_f32(v))
+                            .collect::<Vec<_>>(),
+                    )
+                    .map_err(|e| err("upload", e))?,
+            ),
+            _ => CudaWeight::F32(
+                self.stream
+                    .clone_htod(&w.weight)
+                    .map_err(|e| err("upload", e))?,
+            ),
+        };
+        let bias = match &w.bias {
+            Some(b) => self.upload(b)?,
+            None => self.alloc(w.out_features)?,
+        };
+        Ok(CudaLinear {
+            w: weight,
+            bias,
+            out_features: w.out_features,
+            in_features: w.in_features,
+        })
+    }
+
+    fn patch_embed_scratch(&self, d: &Dims) -> usize {
+        ops::patch_embed::scratch_len(d)
+    }
+
+    fn reserve(&self, d: &Dims) -> Result<()> {
+        // The largest GEMM output / input a forward needs (MLP hidden or qkv rows).
+        let rows = d.rows().max(d.batch * d.patches());
+        let widest = (3 * d.dim).max(2 * d.hidden).max(d.patch_len());
+        self.check_memory(rows * widest * 6, "the activations of this input shape")?;
+        drop(self.acc_scratch(rows * widest)?);
+        if self.precision != Precision::F32 {
+            drop(self.half_scratch(rows * widest)?);
+        }
+        Ok(())
+    }
+
+    fn patch_embed(
+        &self,
+        x: &mut CudaBuffer,
+        scratch: &mut CudaBuffer,
+        pixels: &CudaBuffer,
+        w: &CudaLinear,
+        cls: &CudaBuffer,
+        registers: Option<&CudaBuffer>,
+        pos: Option<&CudaBuffer>,
+        d: &Dims,
+    ) -> Result<()> {
+        ops::patch_embed::cuda::patch_embed(self, x, scratch, pixels, w, cls, registers, pos, d)
+    }
+
+    fn layer_norm(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        weight: &CudaBuffer,
+        bias: &CudaBuffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        ops::layer_norm::cuda::layer_norm(self, out, inp, weight, bias, rows, cols, eps)
+    }
+
+    fn matmul(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        w: &CudaLinear,
+        rows: usize,
+        epilogue: Epilogue<'_, CudaBuffer>,
+    ) -> Result<()> {
+        match epilogue {
+            Epilogue::Store => ops::matmul::cuda::matmul(self, out, inp, w, rows, None, 0),
+            Epilogue::Act(a) => {
+                ops::matmul::cuda::matmul(self, out, inp, w, rows, None, act_code(Some(a)))
+            }
+            Epilogue::Residual(gamma) => {
+                ops::matmul::cuda::matmul(self, out, inp, w, rows, Some(gamma), 0)
+            }
+        }
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut CudaBuffer,
+        cos: &CudaBuffer,
+        sin: &CudaBuffer,
+        d: &Dims,
+    ) -> Result<()> {
+        ops::rope::cuda::rope(self, qkv, cos, sin, d)
+    }
+
+    fn attention(&self, out: &mut CudaBuffer, qkv: &CudaBuffer, d: &Dims) -> Result<()> {
+        ops::attention::cuda::attention(self, out, qkv, d)
+    }
+
+    fn swiglu(
+        &self,
+        out: &mut CudaBuffer,
+        gate_up: &CudaBuffer,
+        rows: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<()> {
+        ops::swiglu::cuda::swiglu(self, out, gate_up, rows, hidden, act_code(Some(act)))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| err("synchronize", e))
+    }
+
+    fn begin_forward(&self, plan: u64) -> Result<bool> {
+        let mut g = self.graphs.borrow_mut();
+        if !g.enabled {
+            return Ok(false);
+        }
+        if g.invalid {
+            g.recorded.clear();
+            g.runs.clear();
+            g.invalid = false;
+        }
+        if let Some((_, graph)) = g.recorded.iter().find(|(id, _)| *id == plan) {
+            graph.launch().map_err(|e| err("graph launch", e))?;
+            return Ok(true);
+        }
+        let runs = *g.runs.get(&plan).unwrap_or(&0);
+        if runs >= 1 {
+            self.stream
+                .begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+                .map_err(|e| err("graph capture", e))?;
+            g.capturing = Some(plan);
+        }
+        Ok(false)
+    }
+
+    fn end_forward(&self, plan: u64, completed: bool) -> Result<()> {
+        let mut g = self.graphs.borrow_mut();
+        if !g.enabled {
+            return Ok(());
+        }
+        *g.runs.entry(plan).or_insert(0) += 1;
+        if g.capturing.take() == Some(plan) {
+            let graph = self
+                .stream
+                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+                .map_err(|e| err("graph capture", e))?;
+            if !completed {
+                // A failed op: drop the partial recording and never record this plan again.
+                g.enabled = false;
+                return Ok(());
+            }
+            if let Some(graph) = graph {
+                // The captured ops did not run: run them now through the graph.
+                graph.launch().map_err(|e| err("graph launch", e))?;
+                if g.recorded.len() == MAX_GRAPHS {
+                    g.recorded.remove(0);
+                }
+                g.recorded.push((plan, graph));
+            }
+        }
+        Ok(())
+    }
+}
