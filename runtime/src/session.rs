@@ -233,10 +233,31 @@ pub fn create_session(
                 })?),
                 None => None,
             };
-            Ok(Box::new(Session::new(
-                crate::backend::cuda::CudaBackend::new(precision, ordinal)?,
-                model,
-            )?))
+            let backend = crate::backend::cuda::CudaBackend::new(precision, ordinal)?;
+            // The whole model must fit before any weight is uploaded.
+            let params = model.num_parameters() as u64;
+            let weights = crate::backend::cuda::plan::memory_plan(
+                model.config(),
+                params,
+                precision,
+                1,
+                224,
+                224,
+            )
+            .weights;
+            let (free, total) = backend.memory()?;
+            if weights > free as u64 {
+                return Err(crate::backend::cuda::plan::out_of_memory(
+                    &format!(
+                        "the weights of {} ({params} parameters in {precision})",
+                        model.dir().display()
+                    ),
+                    weights,
+                    free as u64,
+                    total as u64,
+                ));
+            }
+            Ok(Box::new(Session::new(backend, model)?))
         }
         #[allow(unreachable_patterns)]
         other => Err(RuntimeError::BackendUnavailable {

@@ -232,3 +232,134 @@ fn half_precisions_keep_patch_cosine_above_0999() {
         }
     }
 }
+
+// ---- Host-side planning (no GPU).
+
+fn vit7b() -> dinoedge_runtime::ModelConfig {
+    // The released ViT-7B/16 (HF dinov3_vit layout).
+    dinoedge_runtime::ModelConfig::from_json_str(
+        r#"{"model_type": "dinov3_vit", "hidden_size": 4096, "intermediate_size": 8192, "num_hidden_layers": 40,
+            "num_attention_heads": 32, "use_gated_mlp": true, "hidden_act": "silu", "num_register_tokens": 4,
+            "query_bias": false, "value_bias": false, "patch_size": 16, "layerscale_value": 1.0, "rope_theta": 100.0}"#,
+        Path::new("vit7b/config.json"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn memory_plan_of_the_7b_teacher() {
+    use dinoedge_runtime::backend::cuda::plan::{linear_weight_count, memory_plan};
+    let cfg = vit7b();
+    // The published parameter count (6,716M); Linear weights are nearly all of it.
+    let params = 6_716_000_000u64;
+    let linear = linear_weight_count(&cfg);
+    assert!(linear > params * 99 / 100 && linear < params, "{linear}");
+    let bf16 = memory_plan(&cfg, params, Precision::BF16, 32, 224, 224);
+    let f32 = memory_plan(&cfg, params, Precision::F32, 32, 224, 224);
+    // 13.4 GB of bf16 weights, twice that in f32; activations do not depend on precision.
+    assert!(
+        (bf16.weights as f64 / 1e9 - 13.43).abs() < 0.05,
+        "{}",
+        bf16.weights
+    );
+    assert!((f32.weights as f64 / bf16.weights as f64 - 2.0).abs() < 0.01);
+    assert_eq!(bf16.activations, f32.activations);
+    assert_eq!(bf16.scratch * 4, f32.scratch * 6);
+    // Batch 32 at 224: 32 x 201 tokens; the gated MLP (3 x 8192 f32 per row) dominates.
+    let rows = 32 * 201u64;
+    let act_lower = rows * (7 * 4096 + 3 * 8192) * 4;
+    assert!(
+        bf16.activations >= act_lower && bf16.activations < act_lower * 12 / 10,
+        "{}",
+        bf16.activations
+    );
+    assert_eq!(bf16.scratch, rows * 2 * 8192 * 6);
+    // About 15.6 GB in all: one 80 GB H100 holds it with room for a student; an 8 GB Orin does not.
+    assert!(
+        bf16.total() > 15_000_000_000 && bf16.total() < 16_000_000_000,
+        "{}",
+        bf16.total()
+    );
+    // Growing the batch grows activations and scratch linearly, not the weights.
+    let b64 = memory_plan(&cfg, params, Precision::BF16, 64, 224, 224);
+    assert_eq!(b64.weights, bf16.weights);
+    assert_eq!(b64.scratch, 2 * bf16.scratch);
+}
+
+#[test]
+fn memory_plan_matches_the_fixture_checkpoints() {
+    use dinoedge_runtime::backend::cuda::plan::{linear_weight_count, memory_plan};
+    for name in FAMILIES {
+        let model = Model::load(fixture(name)).unwrap();
+        let params = model.num_parameters() as u64;
+        let cfg = model.config();
+        let linear = linear_weight_count(cfg);
+        // Everything else (norms, biases, tokens, LayerScale, positions) is small.
+        assert!(
+            linear < params && linear * 2 > params,
+            "{name}: {linear} of {params}"
+        );
+        let p = memory_plan(cfg, params, Precision::F16, 2, 64, 48);
+        assert_eq!(p.weights, linear * 2 + (params - linear) * 4, "{name}");
+        assert!(p.activations > 0 && p.scratch > 0);
+    }
+}
+
+#[test]
+fn out_of_memory_names_what_needed_and_free() {
+    use dinoedge_runtime::backend::cuda::plan::out_of_memory;
+    let e = out_of_memory(
+        "the weights of vit7b (6716000000 parameters in bf16)",
+        13_432_000_000,
+        7_000_000_000,
+        8 << 30,
+    );
+    let msg = e.to_string();
+    for want in [
+        "vit7b",
+        "13432000000 bytes",
+        "12.51 GiB",
+        "7000000000 bytes",
+        "6.52 GiB",
+        "8.00 GiB",
+        "smaller batch",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing from {msg}");
+    }
+}
+
+#[test]
+fn each_input_shape_gets_its_own_graph_key() {
+    use dinoedge_runtime::forward::{Plan, PreparedModel, dims};
+    // Recorded CUDA graphs are keyed by plan id: two shapes (or two plans of one shape) must
+    // never share a key, or a replay would run the wrong shape.
+    let model = Model::load(fixture("dinov3_mlp")).unwrap();
+    let be = ReferenceBackend::new(Some(1)).unwrap();
+    let pm = PreparedModel::new(&be, &model).unwrap();
+    let cfg = model.config();
+    let a = Plan::new(&be, &pm, dims(cfg, 1, 64, 64), &[]).unwrap();
+    let b = Plan::new(&be, &pm, dims(cfg, 1, 64, 48), &[]).unwrap();
+    let c = Plan::new(&be, &pm, dims(cfg, 1, 64, 64), &[]).unwrap();
+    assert!(a.id != b.id && a.id != c.id && b.id != c.id);
+}
+
+#[test]
+fn unsupported_precision_and_bad_gpu_index_are_clear_errors() {
+    let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    let opts = SessionOptions {
+        backend: BackendKind::Cuda,
+        adapter: Some("first".into()),
+        ..Default::default()
+    };
+    let msg = create_session(model, &opts)
+        .err()
+        .expect("a GPU index is a number")
+        .to_string();
+    assert!(msg.contains("GPU index"), "{msg}");
+    if libraries_present().iter().all(|l| l.1) {
+        let e = CudaBackend::new(Precision::Int8, None)
+            .err()
+            .expect("int8 is CPU-only");
+        assert!(e.to_string().contains("int8"), "{e}");
+    }
+}

@@ -189,21 +189,24 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
     let gib = |b: f64| b / 1073741824.0;
     let mut plan = Vec::new();
     if let Some(dir) = model_dir {
+        use dinoedge::runtime::backend::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
-        let c = model.config();
-        let params = model.num_parameters() as f64;
-        let mlp = if matches!(c.mlp, dinoedge::runtime::MlpKind::Gated(_)) {
-            3 * c.intermediate_size
-        } else {
-            c.intermediate_size
-        };
+        let params = model.num_parameters() as u64;
         for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
-            let rows = (batch * c.num_tokens(size, size)) as f64;
-            // x, h, attn, out (D each), qkv (3D), MLP, and the f32 + 16-bit GEMM scratch.
-            let widest = (3 * c.hidden_size).max(mlp) as f64;
-            let act = rows * ((7 * c.hidden_size + mlp) as f64 * 4.0 + widest * 6.0);
-            plan.push(json!({"batch": batch, "size": size, "activations_gib": gib(act),
-                "total_gib": {"f32": gib(params * 4.0 + act), "f16": gib(params * 2.0 + act), "bf16": gib(params * 2.0 + act)}}));
+            let mut totals = serde_json::Map::new();
+            let mut row = json!({"batch": batch, "size": size});
+            for p in [dinoedge::Precision::F32, dinoedge::Precision::F16] {
+                let m = memory_plan(model.config(), params, p, batch, size, size);
+                let key = if p == dinoedge::Precision::F32 {
+                    "f32"
+                } else {
+                    "f16_bf16"
+                };
+                totals.insert(key.into(), json!({"weights_gib": gib(m.weights as f64), "activations_gib": gib(m.activations as f64),
+                    "scratch_gib": gib(m.scratch as f64), "total_gib": gib(m.total() as f64)}));
+            }
+            row["precisions"] = serde_json::Value::Object(totals);
+            plan.push(row);
         }
     }
     let dev = device.as_ref().ok().map(|d| {
@@ -241,14 +244,19 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
             ),
         }
         for p in &plan {
-            println!(
-                "memory plan  batch {} at {}px: activations {:.2} GiB; with weights f32 {:.2} GiB, f16/bf16 {:.2} GiB",
-                p["batch"],
-                p["size"],
-                p["activations_gib"].as_f64().unwrap_or(0.0),
-                p["total_gib"]["f32"].as_f64().unwrap_or(0.0),
-                p["total_gib"]["f16"].as_f64().unwrap_or(0.0)
-            );
+            for (key, name) in [("f32", "f32"), ("f16_bf16", "f16/bf16")] {
+                let q = &p["precisions"][key];
+                let g = |k: &str| q[k].as_f64().unwrap_or(0.0);
+                println!(
+                    "memory plan  batch {} at {}px, {name}: {:.2} GiB = weights {:.2} + activations {:.2} + GEMM scratch {:.2}",
+                    p["batch"],
+                    p["size"],
+                    g("total_gib"),
+                    g("weights_gib"),
+                    g("activations_gib"),
+                    g("scratch_gib")
+                );
+            }
         }
     }
     Ok(())

@@ -26,6 +26,8 @@ use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 use crate::ops::{self, Dims};
 
+pub mod plan;
+
 /// Every kernel source, compiled as one NVRTC program (the launchers find them by name).
 pub const SOURCES: [(&str, &str); 7] = [
     ("common.cuh", include_str!("common.cuh")),
@@ -353,15 +355,12 @@ impl CudaBackend {
     fn check_memory(&self, bytes: usize, what: &str) -> Result<()> {
         let (free, total) = self.memory()?;
         if bytes > free {
-            return Err(RuntimeError::Device {
-                backend: "cuda".into(),
-                reason: format!(
-                    "out of GPU memory for {what}: {:.2} GiB needed, {:.2} GiB free of {:.2} GiB (use a smaller batch or resolution, or f16/bf16)",
-                    bytes as f64 / 1073741824.0,
-                    free as f64 / 1073741824.0,
-                    total as f64 / 1073741824.0
-                ),
-            });
+            return Err(plan::out_of_memory(
+                what,
+                bytes as u64,
+                free as u64,
+                total as u64,
+            ));
         }
         Ok(())
     }
@@ -394,6 +393,9 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {
+        if len >= 1 << 20 {
+            self.check_memory(4 * len, &format!("an activation buffer of {len} floats"))?;
+        }
         self.stream
             .alloc_zeros::<f32>(len.max(1))
             .map_err(|e| err(&format!("allocating {len} floats"), e))
@@ -472,13 +474,14 @@ impl Backend for CudaBackend {
     }
 
     fn reserve(&self, d: &Dims) -> Result<()> {
-        // The largest GEMM output / input a forward needs (MLP hidden or qkv rows).
-        let rows = d.rows().max(d.batch * d.patches());
-        let widest = (3 * d.dim).max(2 * d.hidden).max(d.patch_len());
-        self.check_memory(rows * widest * 6, "the activations of this input shape")?;
-        drop(self.acc_scratch(rows * widest)?);
+        let n = plan::gemm_scratch_len(d);
+        self.check_memory(
+            n * plan::gemm_scratch_bytes_per_elem(self.precision),
+            "the GEMM scratch of this input shape",
+        )?;
+        drop(self.acc_scratch(n)?);
         if self.precision != Precision::F32 {
-            drop(self.half_scratch(rows * widest)?);
+            drop(self.half_scratch(n)?);
         }
         Ok(())
     }

@@ -1,0 +1,119 @@
+//! GPU memory planning, on the host (no GPU needed): the bytes a model and an input shape take
+//! on the CUDA backend. `dinoedge info --backend cuda MODEL` prints it, and the backend checks
+//! each allocation against free memory with [`out_of_memory`]'s message before making it.
+//!
+//! Mirrors what the backend allocates: Linear weights in the session precision (biases,
+//! norms, tokens and position tables stay f32), the forward's f32 buffers ([`Plan::new`]),
+//! and the GEMM scratch ([`gemm_scratch_len`]).
+//!
+//! [`Plan::new`]: crate::forward::Plan::new
+
+use crate::backend::Precision;
+use crate::config::{MlpKind, ModelConfig, Positions};
+use crate::error::RuntimeError;
+use crate::forward::dims;
+use crate::ops::Dims;
+
+/// Bytes one model + input shape needs on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub weights: u64,
+    /// The forward's activation buffers (f32).
+    pub activations: u64,
+    /// GEMM accumulators (f32) and, in f16 / bf16, the 16-bit GEMM inputs.
+    pub scratch: u64,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> u64 {
+        self.weights + self.activations + self.scratch
+    }
+}
+
+/// Elements of the GEMM scratch for `d`: the largest GEMM operand of a forward (qkv, MLP
+/// hidden or im2col rows).
+pub fn gemm_scratch_len(d: &Dims) -> usize {
+    let rows = d.rows().max(d.batch * d.patches());
+    let widest = (3 * d.dim).max(2 * d.hidden).max(d.patch_len());
+    rows * widest
+}
+
+/// Bytes per GEMM-scratch element: the f32 accumulator, plus a 16-bit copy of the input in
+/// f16 / bf16.
+pub fn gemm_scratch_bytes_per_elem(precision: Precision) -> usize {
+    match precision {
+        Precision::F16 | Precision::BF16 => 6,
+        _ => 4,
+    }
+}
+
+/// Weights of all Linear layers (patch embedding, qkv, projection, MLP), which the backend
+/// stores in the session precision.
+pub fn linear_weight_count(cfg: &ModelConfig) -> u64 {
+    let (d, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let mlp = match cfg.mlp {
+        MlpKind::Gated(_) => 3 * d * i,
+        MlpKind::Plain(_) => 2 * d * i,
+    };
+    let patch = d * (cfg.num_channels * cfg.patch_size * cfg.patch_size) as u64;
+    patch + cfg.num_layers as u64 * (4 * d * d + mlp)
+}
+
+/// The plan for `num_params` parameters (from the checkpoint) at `batch` x `height` x `width`.
+pub fn memory_plan(
+    cfg: &ModelConfig,
+    num_params: u64,
+    precision: Precision,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> MemoryPlan {
+    let linear = linear_weight_count(cfg).min(num_params);
+    let wbytes = match precision {
+        Precision::F16 | Precision::BF16 => 2,
+        _ => 4,
+    };
+    let d = dims(cfg, batch, height, width);
+    let (rows, dim, hidden) = (d.rows(), d.dim, d.hidden);
+    let gated = matches!(cfg.mlp, MlpKind::Gated(_));
+    // Plan::new: pixels, patch-embedding scratch, x, h, attn, out, qkv, MLP (+ gate product),
+    // RoPE tables or the resampled position table.
+    let mut act = d.batch * d.channels * d.height * d.width
+        + crate::ops::patch_embed::scratch_len(&d)
+        + 4 * rows * dim
+        + 3 * rows * dim
+        + rows * if gated { 3 * hidden } else { hidden };
+    act += match cfg.positions {
+        Positions::Rope { .. } => 2 * d.patches() * d.head_dim(),
+        Positions::Learned { .. } => (1 + d.patches()) * dim,
+    };
+    MemoryPlan {
+        batch,
+        height,
+        width,
+        weights: linear * wbytes + (num_params - linear) * 4,
+        activations: 4 * act as u64,
+        scratch: (gemm_scratch_len(&d) * gemm_scratch_bytes_per_elem(precision)) as u64,
+    }
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / 1073741824.0
+}
+
+/// The error for an allocation that does not fit: what, needed, free and total, in bytes and
+/// GiB, and what to change.
+pub fn out_of_memory(what: &str, needed: u64, free: u64, total: u64) -> RuntimeError {
+    RuntimeError::Device {
+        backend: "cuda".into(),
+        reason: format!(
+            "out of GPU memory for {what}: {needed} bytes ({:.2} GiB) needed, {free} bytes ({:.2} GiB) free of {:.2} GiB (use a smaller batch or resolution, or f16/bf16)",
+            gib(needed),
+            gib(free),
+            gib(total)
+        ),
+    }
+}
