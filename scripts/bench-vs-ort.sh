@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
 done
 
 scripts/fetch-assets.sh >/dev/null
+use_fetched_ffmpeg
 ensure_venv
 cargo build --release --locked -p dinoedge --bin dinoedge 2>&1 | tail -n 1 >&2
 BIN="$REPO_ROOT/target/release/dinoedge"

@@ -10,6 +10,7 @@ source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 
 scripts/fetch-assets.sh >/dev/null
+use_fetched_ffmpeg
 cargo build --release --locked -p dinoedge --bin dinoedge
 BIN="$REPO_ROOT/target/release/dinoedge"
 MODEL=$(teacher_dir "$BIN")

@@ -11,6 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 scripts/fetch-assets.sh >/dev/null
+use_fetched_ffmpeg
 ensure_venv
 cargo build --release --locked -p dinoedge --bin dinoedge -p dinoedge-examples --example track 2>&1 | tail -n 1 >&2
 BIN="$REPO_ROOT/target/release/dinoedge"

@@ -3,10 +3,14 @@
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/dinoedge"
 export DINOEDGE_ASSETS="${DINOEDGE_ASSETS:-$CACHE_ROOT/assets}"
 DINOEDGE_VENV="${DINOEDGE_VENV:-$CACHE_ROOT/venv}"
-# The static ffmpeg from scripts/fetch-assets.sh reads video files when none is installed.
-if [ -z "${DINOEDGE_FFMPEG:-}" ] && [ -x "$DINOEDGE_ASSETS/ffmpeg/ffmpeg" ] && ! command -v ffmpeg >/dev/null; then
-  export DINOEDGE_FFMPEG="$DINOEDGE_ASSETS/ffmpeg/ffmpeg"
-fi
+# The static ffmpeg from scripts/fetch-assets.sh reads video files when none is installed
+# (call again after fetching: on a fresh machine it is not there yet when this is sourced).
+use_fetched_ffmpeg() {
+  if [ -z "${DINOEDGE_FFMPEG:-}" ] && [ -x "$DINOEDGE_ASSETS/ffmpeg/ffmpeg" ] && ! command -v ffmpeg >/dev/null; then
+    export DINOEDGE_FFMPEG="$DINOEDGE_ASSETS/ffmpeg/ffmpeg"
+  fi
+}
+use_fetched_ffmpeg
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # ensure_venv: a venv with tools/requirements-ref.txt, created once.

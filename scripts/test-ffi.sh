@@ -12,6 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 scripts/fetch-assets.sh >/dev/null
+use_fetched_ffmpeg
 ensure_venv
 FEATURES=${DINOEDGE_FFI_FEATURES:-}
 T0=$(date +%s)

@@ -15,6 +15,7 @@ source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 
 scripts/fetch-assets.sh --nvrtc >/dev/null
+use_fetched_ffmpeg
 ensure_reference
 export DINOEDGE_REQUIRE_ASSETS=1
 # Mesa's software Vulkan (lavapipe) complains without a runtime dir.
