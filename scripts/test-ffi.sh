@@ -70,7 +70,7 @@ test -f "$WORK/masks/00005.png"
 
 if command -v valgrind >/dev/null; then
   echo "[ffi] valgrind memcheck"
-  VG=(valgrind --quiet --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=3)
+  VG=(valgrind --quiet --suppressions=scripts/valgrind.supp --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect --error-exitcode=3)
   "${VG[@]}" "$WORK/build/embed" "$MODEL" "$PHOTO" cpu >/dev/null
   "${VG[@]}" "$WORK/build/errors" "$FIXTURE" >/dev/null
   "${VG[@]}" "$WORK/build/embed_cpp" "$FIXTURE" "$PHOTO" >/dev/null

@@ -217,8 +217,15 @@ struct EvalArgs {
     #[arg(long)]
     student: PathBuf,
     /// Held-out images or folders.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "holdout_of")]
     images: Vec<PathBuf>,
+    /// Also evaluate on the held-out split of this training folder (the images `distill
+    /// --data DIR --holdout F` never trained on).
+    #[arg(long)]
+    holdout_of: Option<PathBuf>,
+    /// The --holdout fraction the run used (with --holdout-of).
+    #[arg(long, default_value_t = 0.05)]
+    holdout: f64,
     /// Student input size (default: the size it was trained at).
     #[arg(long)]
     size: Option<usize>,
@@ -493,7 +500,19 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
 }
 
 fn eval(e: EvalArgs) -> Result<()> {
-    let images = sdk_distill::expand_images(&e.images)?;
+    let mut images = sdk_distill::expand_images(&e.images)?;
+    if let Some(dir) = &e.holdout_of {
+        // The same split as training: a hash of each relative path (min side 16: any patch).
+        let data = Dataset::scan(dir, e.holdout, 16)?;
+        if data.holdout.is_empty() {
+            return Err(Error::Usage(format!(
+                "--holdout-of {}: no held-out images at --holdout {}",
+                dir.display(),
+                e.holdout
+            )));
+        }
+        images.extend(data.holdout.iter().map(|x| data.path(x)));
+    }
     let opts = EvalOptions {
         size: e.size,
         teacher_size: e.teacher_size,
