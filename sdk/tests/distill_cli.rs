@@ -207,6 +207,30 @@ fn a_run_writes_the_student_metrics_plot_and_checkpoints() {
         e.contains("held-out cosine to the teacher (24 images"),
         "{e}"
     );
+    // --holdout-of evaluates on exactly the images the run held out (the same split).
+    let e = ok(&[
+        "distill".into(),
+        "eval".into(),
+        "--teacher".into(),
+        s.teacher.to_str().unwrap().into(),
+        "--student".into(),
+        out.to_str().unwrap().into(),
+        "--stereo-size".into(),
+        "0".into(),
+        "--holdout-of".into(),
+        s.data.to_str().unwrap().into(),
+        "--holdout".into(),
+        "0.2".into(),
+    ]);
+    let held = dinoedge_distill::data::Dataset::scan(&s.data, 0.2, 16)
+        .unwrap()
+        .holdout
+        .len();
+    assert!(held > 0 && held < 24, "{held}");
+    assert!(
+        e.contains(&format!("held-out cosine to the teacher ({held} images")),
+        "{e}"
+    );
     // Re-running into the same --out without --resume is refused.
     let err = fails(&s.args(&out, &["--steps", "12"]));
     assert!(
