@@ -47,6 +47,9 @@ pub struct StageMs {
     pub capture: f64,
     pub preprocess: f64,
     pub forward: f64,
+    /// Label propagation and point tracking (part of post-processing, shown on its own).
+    pub propagate: f64,
+    /// Everything after the forward: propagation, rendering, JPEG encoding.
     pub post: f64,
     pub total: f64,
 }
@@ -169,7 +172,7 @@ pub struct Pipeline {
     points: Option<PointTracker>,
     /// Normalised query feature of the similarity map.
     query: Option<Vec<f32>>,
-    recent: VecDeque<[f64; 4]>,
+    recent: VecDeque<[f64; 5]>,
     times: VecDeque<Instant>,
     grid: (usize, usize),
 }
@@ -207,8 +210,9 @@ impl Pipeline {
         }
     }
 
-    /// Processes one frame; returns the stage times (preprocess, forward, post) in ms.
-    pub fn process(&mut self, frame: &Frame, shared: &LiveShared) -> Result<[f64; 3]> {
+    /// Processes one frame; returns the stage times (preprocess, forward, propagate, post) in
+    /// ms, where post includes propagate.
+    pub fn process(&mut self, frame: &Frame, shared: &LiveShared) -> Result<[f64; 4]> {
         let t = Instant::now();
         let px = self.emb.preprocess(&frame.image)?;
         let pre = t.elapsed().as_secs_f64() * 1e3;
@@ -255,6 +259,7 @@ impl Pipeline {
             }
         }
         // Tracking.
+        let tp = Instant::now();
         let mut mask = None;
         if let Some(m) = &self.o.mask {
             match &mut self.labels {
@@ -286,6 +291,7 @@ impl Pipeline {
         {
             pt.step(patches);
         }
+        let prop = tp.elapsed().as_secs_f64() * 1e3;
         if self.o.render {
             let input = resize_rgb(&frame.image, dw, dh);
             let basis = match &self.basis {
@@ -350,7 +356,7 @@ impl Pipeline {
             shared.new_frame.notify_all();
         }
         let post = t.elapsed().as_secs_f64() * 1e3;
-        Ok([pre, fwd, post])
+        Ok([pre, fwd, prop, post])
     }
 
     /// Runs on the newest frames of `source` until it ends, `max_frames`, or `shared.stop`.
@@ -400,11 +406,11 @@ impl Pipeline {
                 None => break,
             };
             let t = Instant::now();
-            let [pre, fwd, post] = self.process(&frame, shared)?;
+            let [pre, fwd, prop, post] = self.process(&frame, shared)?;
             let total = t.elapsed().as_secs_f64() * 1e3 + frame.capture_ms as f64;
             n += 1;
             self.recent
-                .push_back([frame.capture_ms as f64, pre, fwd, post]);
+                .push_back([frame.capture_ms as f64, pre, fwd, prop, post]);
             self.times.push_back(Instant::now());
             while self.recent.len() > 60 {
                 self.recent.pop_front();
@@ -443,7 +449,8 @@ impl Pipeline {
                     capture: med(0),
                     preprocess: med(1),
                     forward: med(2),
-                    post: med(3),
+                    propagate: med(3),
+                    post: med(4),
                     total,
                 },
                 grid: self.grid,

@@ -294,9 +294,13 @@ fn live_bench_reports_every_stage() {
     let v: serde_json::Value = serde_json::from_str(j.lines().last().unwrap()).unwrap();
     assert_eq!(v["frames"], 6);
     assert_eq!(v["mode"], "masks");
-    for k in ["capture", "preprocess", "forward", "post"] {
+    for k in ["capture", "preprocess", "forward", "propagate", "post"] {
         assert!(v["stage_ms"][k].as_f64().unwrap() >= 0.0, "{k}");
     }
+    // Propagation is part of post-processing (and runs: frames 2.. propagate the mask).
+    let m = &v["stage_ms"];
+    assert!(m["propagate"].as_f64().unwrap() > 0.0);
+    assert!(m["propagate"].as_f64().unwrap() <= m["post"].as_f64().unwrap());
     assert!(v["fps"].as_f64().unwrap() > 0.0);
 }
 

@@ -176,7 +176,7 @@ pub fn run(a: LiveArgs) -> Result<()> {
         let s = pipeline.run_all(source.as_mut(), &shared)?;
         let m = s.stage_ms;
         eprintln!(
-            "{} frames of {source_name} on {} in {:.1} s: {:.2} fps end to end; median ms: capture {:.1}, preprocess {:.1}, forward {:.1}, post-process {:.1}",
+            "{} frames of {source_name} on {} in {:.1} s: {:.2} fps end to end; median ms: capture {:.1}, preprocess {:.1}, forward {:.1}, post-process {:.1} (propagation {:.1} = {:.0}% of the forward)",
             s.frames,
             s.backend,
             t0.elapsed().as_secs_f64(),
@@ -184,7 +184,9 @@ pub fn run(a: LiveArgs) -> Result<()> {
             m.capture,
             m.preprocess,
             m.forward,
-            m.post
+            m.post,
+            m.propagate,
+            100.0 * m.propagate / m.forward.max(1e-9)
         );
         println!(
             "{}",
