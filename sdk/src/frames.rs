@@ -900,4 +900,68 @@ mod tests {
         assert!(l.dropped() > 0);
         while l.take(Duration::from_secs(5)).unwrap().is_some() {}
     }
+
+    /// A camera that delivers `frames` frames and then fails (unplugged).
+    struct Unplugged {
+        frames: u64,
+        sent: u64,
+    }
+    impl FrameSource for Unplugged {
+        fn next_frame(&mut self) -> Result<Option<Frame>> {
+            if self.sent == self.frames {
+                return Err(Error::Usage("camera 0 disappeared".into()));
+            }
+            self.sent += 1;
+            Counter(self.sent - 1).next_frame()
+        }
+        fn describe(&self) -> String {
+            "unplugged".into()
+        }
+    }
+
+    #[test]
+    fn a_camera_that_disappears_is_reopened_with_backoff() {
+        // The first reopen fails (still unplugged), the second brings a new camera.
+        let mut attempts = 0;
+        let reopen: Reopen = Box::new(move || {
+            attempts += 1;
+            if attempts == 1 {
+                Err(Error::Usage("no camera 0".into()))
+            } else {
+                Ok(Box::new(Unplugged { frames: 3, sent: 0 }) as Box<dyn FrameSource>)
+            }
+        });
+        let t0 = Instant::now();
+        let l = LatestFrame::start(Box::new(Unplugged { frames: 2, sent: 0 }), Some(reopen));
+        let mut got = 0;
+        let mut saw_status = false;
+        while got < 4 {
+            saw_status |= l
+                .status()
+                .is_some_and(|s| s.contains("disappeared") && s.contains("retrying"));
+            match l.take(Duration::from_millis(50)) {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => panic!("the stream ended instead of reopening"),
+                // A wait that times out says why: the camera is being retried.
+                Err(e) => assert!(e.to_string().contains("retrying"), "{e}"),
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no frames after the reopen"
+            );
+        }
+        // Frames kept coming after a failed and a successful reopen: 0.2 s then 0.4 s of
+        // backoff at least.
+        assert!(saw_status);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Without `reopen`, the failure ends the stream with the error.
+        let l = LatestFrame::start(Box::new(Unplugged { frames: 1, sent: 0 }), None);
+        assert!(l.take(Duration::from_secs(5)).unwrap().is_some());
+        let e = l.take(Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("disappeared"), "{e}");
+    }
 }
