@@ -6,6 +6,9 @@
 //!     cargo run --release -p dinoedge-examples --features camera --example jetson_camera -- \
 //!         MODEL_DIR 0 0.0.0.0:8080
 //!
+//! An optional fourth argument picks the backend (`cpu`, the default; `cuda` with
+//! `--features camera,cuda`; `wgpu` with `--features camera,wgpu`).
+//!
 //! then open http://<jetson-ip>:8080/ and click the image to start a similarity map or a point
 //! track. Without `--features camera` the demo plays an image folder instead:
 //!
@@ -19,14 +22,18 @@ use std::time::Duration;
 use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
 use dinoedge::live::{LiveShared, Pipeline, PipelineOptions, serve};
 use dinoedge::track::PropagationConfig;
-use dinoedge::{Embedder, EmbedderOptions, InputMode};
+use dinoedge::{Embedder, EmbedderOptions, InputMode, SessionOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(model), Some(source)) = (args.get(1), args.get(2)) else {
-        return Err("usage: jetson_camera MODEL_DIR (CAMERA_INDEX | FRAMES_DIR) [ADDR]".into());
+        return Err(
+            "usage: jetson_camera MODEL_DIR (CAMERA_INDEX | FRAMES_DIR) [ADDR] [cpu|cuda|wgpu]"
+                .into(),
+        );
     };
     let addr = args.get(3).map(String::as_str).unwrap_or("127.0.0.1:8080");
+    let backend = args.get(4).map(String::as_str).unwrap_or("cpu").parse()?;
     let (src, reopen): (Box<dyn FrameSource>, Option<Reopen>) = match source.parse::<u32>() {
         Ok(index) => (
             frames::open_camera(index, 640, 480, 30)?,
@@ -39,6 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model,
         &EmbedderOptions {
             mode: InputMode::Dense(224),
+            session: SessionOptions {
+                backend,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )?;

@@ -74,8 +74,13 @@ if [ -n "$CHROME" ]; then
   "$BIN" live --model "$MODEL" --frames "$TMP/track/gt/frames" --mask "$TMP/track/gt/masks/00000.png" \
     --loop --fps 4 --size 224 --display-width 360 --serve 127.0.0.1:0 --duration 90 2>"$TMP/live.err" &
   LIVE=$!
+  trap 'kill "$LIVE" 2>/dev/null || true; rm -rf "$TMP"' EXIT
   for _ in $(seq 60); do grep -q "http://" "$TMP/live.err" && break; sleep 1; done
-  URL=$(grep -o "http://127.0.0.1:[0-9]*/" "$TMP/live.err" | head -n 1)
+  URL=$(grep -o "http://127.0.0.1:[0-9]*/" "$TMP/live.err" | head -n 1 || true)
+  if [ -z "$URL" ]; then
+    echo "the live server did not start: $(tail -n 3 "$TMP/live.err")" >&2
+    exit 1
+  fi
   "$CHROME" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
     --user-data-dir="$TMP/chrome" --window-size=1180,760 --virtual-time-budget=30000 \
     --screenshot="$REPO_ROOT/docs/live.png" "${URL}?selftest=1" >/dev/null 2>&1

@@ -52,7 +52,7 @@ NVRTC_LIB="$DINOEDGE_ASSETS/nvrtc/nvidia/cu13/lib"
 if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
   LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
     cargo test --locked -p dinoedge-runtime --features cuda --test cuda -- --nocapture
-  cargo check --locked -p dinoedge-ffi --features cuda
+  cargo check --locked -p dinoedge -p dinoedge-ffi --features dinoedge/cuda,dinoedge-ffi/cuda --bins --lib
 elif [ "$(uname -m)" = x86_64 ]; then
   echo "NVRTC missing from $NVRTC_LIB (scripts/fetch-assets.sh --nvrtc)" >&2
   exit 1

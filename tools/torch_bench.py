@@ -38,8 +38,11 @@ def make(a):
     torch.manual_seed(0)
     cfg = DINOv3ViTConfig(num_register_tokens=4, patch_size=16, **ARCHS[a.arch])
     dtype = DTYPES[a.dtype]
+    # Built directly in the target dtype (7B: 13.4 GB in bf16 instead of 27 GB in fp32).
+    torch.set_default_dtype(dtype)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = DINOv3ViTModel(cfg).to(dtype)
+        model = DINOv3ViTModel(cfg)
+    torch.set_default_dtype(torch.float32)
     model.save_pretrained(a.model, max_shard_size="5GB")
     print(json.dumps({"made": a.model, "arch": a.arch, "dtype": a.dtype, "params": sum(p.numel() for p in model.parameters())}))
 

@@ -325,11 +325,14 @@ impl<B: Backend> Plan<B> {
 /// and captured blocks in `plan.captured`.
 pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {
     if be.begin_forward(p.id)? {
-        return be.end_forward(p.id, true);
+        return be.end_forward(p.id, true).map(|_| ());
     }
     let r = forward_ops(be, m, p);
-    let end = be.end_forward(p.id, r.is_ok());
-    r.and(end)
+    if be.end_forward(p.id, r.is_ok())? {
+        return r;
+    }
+    // A recording that failed (the backend has stopped recording): run the ops directly.
+    forward_ops(be, m, p)
 }
 
 fn forward_ops<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {

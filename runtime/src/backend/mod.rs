@@ -246,8 +246,9 @@ pub trait Backend: Send {
     }
 
     /// Called after the ops of a forward (or after a replay); `completed` is false when an
-    /// op failed.
-    fn end_forward(&self, _plan: u64, _completed: bool) -> Result<()> {
-        Ok(())
+    /// op failed. Returns false when the ops were only being recorded and the recording was
+    /// dropped (the caller then issues them again, directly).
+    fn end_forward(&self, _plan: u64, _completed: bool) -> Result<bool> {
+        Ok(true)
     }
 }

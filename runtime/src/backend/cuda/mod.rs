@@ -223,7 +223,10 @@ impl CudaBackend {
         // One stream, no cross-stream events (they are not allowed inside graph capture).
         // SAFETY: nothing else uses this context's streams.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| unavailable(format!("cannot create a stream on GPU {ordinal}: {e:?}")))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| err("compute capability", e))?;
@@ -474,14 +477,13 @@ impl Backend for CudaBackend {
     }
 
     fn reserve(&self, d: &Dims) -> Result<()> {
-        let n = plan::gemm_scratch_len(d);
         self.check_memory(
-            n * plan::gemm_scratch_bytes_per_elem(self.precision),
+            plan::gemm_scratch_bytes(d, self.precision),
             "the GEMM scratch of this input shape",
         )?;
-        drop(self.acc_scratch(n)?);
+        drop(self.acc_scratch(plan::acc_scratch_len(d))?);
         if self.precision != Precision::F32 {
-            drop(self.half_scratch(n)?);
+            drop(self.half_scratch(plan::half_scratch_len(d))?);
         }
         Ok(())
     }
@@ -558,6 +560,10 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
+        // Synchronising a stream that is being captured would invalidate the capture.
+        if self.graphs.borrow().capturing.is_some() {
+            return Ok(());
+        }
         self.stream.synchronize().map_err(|e| err("synchronize", e))
     }
 
@@ -577,41 +583,47 @@ impl Backend for CudaBackend {
         }
         let runs = *g.runs.get(&plan).unwrap_or(&0);
         if runs >= 1 {
-            self.stream
-                .begin_capture(
-                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                )
-                .map_err(|e| err("graph capture", e))?;
-            g.capturing = Some(plan);
+            let mode =
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+            match self.stream.begin_capture(mode) {
+                Ok(()) => g.capturing = Some(plan),
+                // Capture unsupported here: run every forward directly from now on.
+                Err(_) => g.enabled = false,
+            }
         }
         Ok(false)
     }
 
-    fn end_forward(&self, plan: u64, completed: bool) -> Result<()> {
+    fn end_forward(&self, plan: u64, completed: bool) -> Result<bool> {
         let mut g = self.graphs.borrow_mut();
-        if !g.enabled {
-            return Ok(());
+        if g.capturing != Some(plan) {
+            if g.enabled {
+                *g.runs.entry(plan).or_insert(0) += 1;
+            }
+            return Ok(true);
         }
+        g.capturing = None;
         *g.runs.entry(plan).or_insert(0) += 1;
-        if g.capturing.take() == Some(plan) {
-            let graph = self
-                .stream
-                .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
-                .map_err(|e| err("graph capture", e))?;
-            if !completed {
-                // A failed op: drop the partial recording and never record this plan again.
+        // The captured ops did not run: they run now through the graph, or, when the capture
+        // or an op failed, graphs are switched off and the caller issues the ops directly.
+        let graph = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        let graph = match (completed, graph) {
+            (true, Ok(Some(graph))) => graph,
+            _ => {
                 g.enabled = false;
-                return Ok(());
+                return Ok(false);
             }
-            if let Some(graph) = graph {
-                // The captured ops did not run: run them now through the graph.
-                graph.launch().map_err(|e| err("graph launch", e))?;
-                if g.recorded.len() == MAX_GRAPHS {
-                    g.recorded.remove(0);
-                }
-                g.recorded.push((plan, graph));
-            }
+        };
+        if graph.launch().is_err() {
+            g.enabled = false;
+            return Ok(false);
         }
-        Ok(())
+        if g.recorded.len() == MAX_GRAPHS {
+            g.recorded.remove(0);
+        }
+        g.recorded.push((plan, graph));
+        Ok(true)
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Mirrors what the backend allocates: Linear weights in the session precision (biases,
 //! norms, tokens and position tables stay f32), the forward's f32 buffers ([`Plan::new`]),
-//! and the GEMM scratch ([`gemm_scratch_len`]).
+//! and the GEMM scratch ([`gemm_scratch_bytes`]).
 //!
 //! [`Plan::new`]: crate::forward::Plan::new
 
@@ -33,21 +33,25 @@ impl MemoryPlan {
     }
 }
 
-/// Elements of the GEMM scratch for `d`: the largest GEMM operand of a forward (qkv, MLP
-/// hidden or im2col rows).
-pub fn gemm_scratch_len(d: &Dims) -> usize {
-    let rows = d.rows().max(d.batch * d.patches());
-    let widest = (3 * d.dim).max(2 * d.hidden).max(d.patch_len());
-    rows * widest
+/// Elements of the f32 GEMM accumulator for `d`: the residual GEMMs (attention output and
+/// MLP down projection) write rows x dim before the LayerScale + residual epilogue.
+pub fn acc_scratch_len(d: &Dims) -> usize {
+    d.rows() * d.dim
 }
 
-/// Bytes per GEMM-scratch element: the f32 accumulator, plus a 16-bit copy of the input in
-/// f16 / bf16.
-pub fn gemm_scratch_bytes_per_elem(precision: Precision) -> usize {
-    match precision {
-        Precision::F16 | Precision::BF16 => 6,
-        _ => 4,
-    }
+/// Elements of the 16-bit GEMM input (f16 / bf16 only): the widest GEMM input, the block
+/// inputs (dim), the MLP hidden activations or the patch-embedding im2col rows.
+pub fn half_scratch_len(d: &Dims) -> usize {
+    (d.rows() * d.dim.max(d.hidden)).max(d.batch * d.patches() * d.patch_len())
+}
+
+/// Bytes of GEMM scratch for `d` in `precision`.
+pub fn gemm_scratch_bytes(d: &Dims, precision: Precision) -> usize {
+    4 * acc_scratch_len(d)
+        + match precision {
+            Precision::F16 | Precision::BF16 => 2 * half_scratch_len(d),
+            _ => 0,
+        }
 }
 
 /// Weights of all Linear layers (patch embedding, qkv, projection, MLP), which the backend
@@ -96,7 +100,7 @@ pub fn memory_plan(
         width,
         weights: linear * wbytes + (num_params - linear) * 4,
         activations: 4 * act as u64,
-        scratch: (gemm_scratch_len(&d) * gemm_scratch_bytes_per_elem(precision)) as u64,
+        scratch: gemm_scratch_bytes(&d, precision) as u64,
     }
 }
 
