@@ -10,8 +10,8 @@
 #      its process exits), then `dinoedge info --backend cuda` (memory plan) and `dinoedge bench
 #      --precision bf16 --batch 32` under /usr/bin/time (host peak RSS: no f32 copy on the host).
 # Logs go to $OUT (default ./device-out); summary.txt has the ratios. Build here first:
-#   scripts/device-check-cuda.sh --build      # stripped release binaries into .device/ (< 64 MiB)
-# then, from the device tool (carry `.device`), in two calls to stay under 600 s each:
+#   scripts/device-check-cuda.sh --build      # stripped release binaries into .device/cuda (< 64 MiB)
+# then, from the device tool (carry `.device/cuda`), in two calls to stay under 600 s each:
 #   SKIP_7B=1 scripts/device-check-cuda.sh    # steps 1-2 (about 3 min)
 #   ONLY_7B=1 scripts/device-check-cuda.sh    # step 3 (about 5 min: 13.4 GB written and read)
 set -euo pipefail
@@ -20,27 +20,28 @@ OUT="${OUT:-$PWD/device-out}"
 mkdir -p "$OUT"
 
 if [ "${1:-}" = "--build" ]; then
-  mkdir -p .device
+  D=.device/cuda
+  mkdir -p "$D"
   # No debug info (the release profile keeps line tables): the device carries 64 MiB at most.
   export CARGO_PROFILE_RELEASE_DEBUG=false
   cargo build --release --locked -p dinoedge --features cuda --bin dinoedge
-  cp target/release/dinoedge .device/dinoedge-cuda
+  cp target/release/dinoedge "$D/dinoedge"
   exe=$(cargo test --release --locked -p dinoedge-runtime --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n1)
-  cp "$exe" .device/cuda_parity
-  strip .device/dinoedge-cuda .device/cuda_parity
+  cp "$exe" "$D/cuda_parity"
+  strip "$D/dinoedge" "$D/cuda_parity"
   grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
-  size=$(du -sm .device | cut -f1)
-  echo "built .device/ ($size MiB): $(ls .device | tr '\n' ' ')"
+  size=$(du -sm "$D" | cut -f1)
+  echo "built $D ($size MiB): $(ls "$D" | tr '\n' ' ')"
   if [ "$size" -ge 64 ]; then
-    echo ".device is $size MiB: over the device tool's 64 MiB carry limit (remove other files from it)" >&2
+    echo "$D is $size MiB: over the device tool's 64 MiB carry limit" >&2
     exit 1
   fi
   exit 0
 fi
 
-BIN=${BIN:-.device/dinoedge-cuda}
-PARITY=${PARITY:-.device/cuda_parity}
+BIN=${BIN:-.device/cuda/dinoedge}
+PARITY=${PARITY:-.device/cuda/cuda_parity}
 PY=${PYTHON:-python3}
 SUMMARY="$OUT/summary.txt"
 touch "$SUMMARY"

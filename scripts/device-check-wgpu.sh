@@ -5,8 +5,8 @@
 #      on a random-weight DINOv3 ViT-S/16 written there with transformers' save_pretrained;
 #   3. the same on the CPU backend and, when the binary has it, the CUDA backend (ratios).
 # Logs go to $OUT (default ./device-out). Build here first (no cargo on the device):
-#   scripts/device-check-wgpu.sh --build      # release binaries into .device/
-# then, from the device tool, carry `.device` and `.gl` and run:
+#   scripts/device-check-wgpu.sh --build      # stripped release binaries into .device/wgpu (< 64 MiB)
+# then, from the device tool, carry `.device/wgpu` and `.gl` and run:
 #   scripts/device-check-wgpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +14,24 @@ OUT="${OUT:-$PWD/device-out}"
 mkdir -p "$OUT"
 
 if [ "${1:-}" = "--build" ]; then
-  mkdir -p .device
+  D=.device/wgpu
+  mkdir -p "$D"
+  # No debug info (the release profile keeps line tables): the device carries 64 MiB at most.
+  export CARGO_PROFILE_RELEASE_DEBUG=false
   cargo build --release --locked -p dinoedge --features wgpu --bin dinoedge
-  cp target/release/dinoedge .device/
+  cp target/release/dinoedge "$D/dinoedge"
   # The parity tests as a standalone binary.
   exe=$(cargo test --release --locked -p dinoedge-runtime --features wgpu --test wgpu_parity --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n1)
-  cp "$exe" .device/wgpu_parity
+  cp "$exe" "$D/wgpu_parity"
+  strip "$D/dinoedge" "$D/wgpu_parity"
   grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
-  echo "built .device/: $(ls .device | tr '\n' ' ')"
+  size=$(du -sm "$D" | cut -f1)
+  echo "built $D ($size MiB): $(ls "$D" | tr '\n' ' ')"
+  if [ "$size" -ge 64 ]; then
+    echo "$D is $size MiB: over the device tool's 64 MiB carry limit" >&2
+    exit 1
+  fi
   exit 0
 fi
 
@@ -33,7 +42,7 @@ if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-BIN=${BIN:-.device/dinoedge}
+BIN=${BIN:-.device/wgpu/dinoedge}
 [ -x "$BIN" ] || BIN=target/release/dinoedge
 
 {
@@ -42,7 +51,7 @@ BIN=${BIN:-.device/dinoedge}
 tail -n 3 "$OUT/adapters.log"
 
 echo "== parity (fixtures vs CPU reference)"
-PARITY=${PARITY:-.device/wgpu_parity}
+PARITY=${PARITY:-.device/wgpu/wgpu_parity}
 if [ -x "$PARITY" ]; then
   DINOEDGE_FIXTURES="$PWD/fixtures" DINOEDGE_REQUIRE_WGPU=1 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1 && echo "parity: ok" || echo "parity: FAILED (see parity.log)"
   grep -E "test result" "$OUT/parity.log" || true
