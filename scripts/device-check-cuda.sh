@@ -16,32 +16,15 @@
 #   ONLY_7B=1 scripts/device-check-cuda.sh    # step 3 (about 5 min: 13.4 GB written and read)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--build" ]; then
+  exec scripts/device-build.sh cuda cuda
+fi
+
 OUT="${OUT:-$PWD/device-out}"
 mkdir -p "$OUT"
 
-if [ "${1:-}" = "--build" ]; then
-  D=.device/cuda
-  mkdir -p "$D"
-  # No debug info (the release profile keeps line tables): the device carries 64 MiB at most.
-  export CARGO_PROFILE_RELEASE_DEBUG=false
-  cargo build --release --locked -p dinoedge --features cuda --bin dinoedge
-  cp target/release/dinoedge "$D/dinoedge"
-  exe=$(cargo test --release --locked -p dinoedge-runtime --features cuda --test cuda --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n1)
-  cp "$exe" "$D/cuda_parity"
-  strip "$D/dinoedge" "$D/cuda_parity"
-  grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
-  size=$(du -sm "$D" | cut -f1)
-  echo "built $D ($size MiB): $(ls "$D" | tr '\n' ' ')"
-  if [ "$size" -ge 64 ]; then
-    echo "$D is $size MiB: over the device tool's 64 MiB carry limit" >&2
-    exit 1
-  fi
-  exit 0
-fi
-
 BIN=${BIN:-.device/cuda/dinoedge}
-PARITY=${PARITY:-.device/cuda/cuda_parity}
+PARITY=${PARITY:-.device/cuda/cuda}
 PY=${PYTHON:-python3}
 SUMMARY="$OUT/summary.txt"
 touch "$SUMMARY"

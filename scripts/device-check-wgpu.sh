@@ -10,30 +10,12 @@
 #   scripts/device-check-wgpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--build" ]; then
+  exec scripts/device-build.sh wgpu wgpu_parity
+fi
+
 OUT="${OUT:-$PWD/device-out}"
 mkdir -p "$OUT"
-
-if [ "${1:-}" = "--build" ]; then
-  D=.device/wgpu
-  mkdir -p "$D"
-  # No debug info (the release profile keeps line tables): the device carries 64 MiB at most.
-  export CARGO_PROFILE_RELEASE_DEBUG=false
-  cargo build --release --locked -p dinoedge --features wgpu --bin dinoedge
-  cp target/release/dinoedge "$D/dinoedge"
-  # The parity tests as a standalone binary.
-  exe=$(cargo test --release --locked -p dinoedge-runtime --features wgpu --test wgpu_parity --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' | tail -n1)
-  cp "$exe" "$D/wgpu_parity"
-  strip "$D/dinoedge" "$D/wgpu_parity"
-  grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
-  size=$(du -sm "$D" | cut -f1)
-  echo "built $D ($size MiB): $(ls "$D" | tr '\n' ' ')"
-  if [ "$size" -ge 64 ]; then
-    echo "$D is $size MiB: over the device tool's 64 MiB carry limit" >&2
-    exit 1
-  fi
-  exit 0
-fi
 
 # Vulkan loader on the GPU machine (DEVICE.md): carried .debs, NVIDIA ICD.
 if [ -d .gl ] && ls .gl/*.deb >/dev/null 2>&1; then

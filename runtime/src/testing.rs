@@ -79,3 +79,50 @@ impl Comparison {
         );
     }
 }
+
+/// The random-weight HF fixture families (`tools/make_fixtures.py hf`) every backend's parity
+/// suite runs.
+pub const FIXTURE_FAMILIES: [&str; 6] = [
+    "dinov3_mlp",
+    "dinov3_gated",
+    "dinov3_noreg_f16",
+    "dinov2",
+    "dinov2_swiglu",
+    "dinov2_reg",
+];
+
+/// `fixtures/hf/<name>`; `DINOEDGE_FIXTURES` overrides the folder when a test binary runs away
+/// from its source tree (the GPU machine).
+pub fn fixture_dir(name: &str) -> std::path::PathBuf {
+    std::env::var_os("DINOEDGE_FIXTURES")
+        .map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+            std::path::PathBuf::from,
+        )
+        .join("hf")
+        .join(name)
+}
+
+/// The `pixel_values` inputs stored beside a fixture's reference outputs.
+pub fn fixture_inputs(dir: &std::path::Path) -> crate::Result<Vec<crate::Tensor>> {
+    let path = dir.join("reference.safetensors");
+    let reference = crate::weights::TensorStore::open_files(std::slice::from_ref(&path))?;
+    let bad = |why: &str| crate::RuntimeError::input(path.display().to_string(), why.to_string());
+    let names = reference
+        .metadata()
+        .and_then(|m| m.get("inputs"))
+        .ok_or_else(|| bad("no `inputs` metadata"))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(names).map_err(|e| bad(&format!("`inputs` metadata: {e}")))?;
+    let keys = meta
+        .as_object()
+        .ok_or_else(|| bad("`inputs` is not an object"))?;
+    keys.keys()
+        .map(|k| {
+            let t = reference
+                .get(&format!("{k}.pixel_values"))
+                .ok_or_else(|| bad(&format!("no tensor {k}.pixel_values")))?;
+            crate::Tensor::new(t.shape.to_vec(), t.to_f32()?)
+        })
+        .collect()
+}

@@ -10,15 +10,14 @@
 //! cosine >= 0.999; graphs replayed (third and later runs) give the same features.
 #![cfg(feature = "cuda")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use dinoedge_runtime::backend::cpu::ReferenceBackend;
 use dinoedge_runtime::backend::cuda::{CudaBackend, KERNELS, compile, libraries_present};
-use dinoedge_runtime::testing::compare;
-use dinoedge_runtime::weights::TensorStore;
+use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
 use dinoedge_runtime::{
-    BackendKind, Model, Precision, RunOptions, RuntimeError, Session, SessionOptions, Tensor,
+    BackendKind, Model, Precision, RunOptions, RuntimeError, Session, SessionOptions,
     create_session,
 };
 
@@ -79,7 +78,7 @@ fn no_driver_is_a_clear_error_not_a_panic() {
         eprintln!("SKIPPED: this machine has libcuda (the device check covers the GPU path)");
         return;
     }
-    let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
     let opts = SessionOptions {
         backend: BackendKind::Cuda,
         ..Default::default()
@@ -94,41 +93,6 @@ fn no_driver_is_a_clear_error_not_a_panic() {
     let msg = err.to_string();
     assert!(msg.contains("libcuda") && msg.contains("cuda"), "{msg}");
 }
-
-/// `fixtures/hf/<name>`; `DINOEDGE_FIXTURES` overrides the folder when the test binary runs
-/// away from its source tree (the GPU machine).
-fn fixture(name: &str) -> PathBuf {
-    std::env::var_os("DINOEDGE_FIXTURES")
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
-            PathBuf::from,
-        )
-        .join("hf")
-        .join(name)
-}
-
-fn inputs(dir: &Path) -> Vec<Tensor> {
-    let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
-    meta.as_object()
-        .unwrap()
-        .keys()
-        .map(|k| {
-            let t = reference.get(&format!("{k}.pixel_values")).unwrap();
-            Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
-        })
-        .collect()
-}
-
-const FAMILIES: [&str; 6] = [
-    "dinov3_mlp",
-    "dinov3_gated",
-    "dinov3_noreg_f16",
-    "dinov2",
-    "dinov2_swiglu",
-    "dinov2_reg",
-];
 
 fn gpu(precision: Precision) -> Option<CudaBackend> {
     match CudaBackend::new(precision, None) {
@@ -152,8 +116,8 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
     let (name, arch) = probe.device();
     eprintln!("device: {name} ({arch})");
     drop(probe);
-    for name in FAMILIES {
-        let model = Arc::new(Model::load(fixture(name)).unwrap());
+    for name in FIXTURE_FAMILIES {
+        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
         let opts = RunOptions {
             capture_layers: (0..model.config().num_layers).collect(),
         };
@@ -163,7 +127,7 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
         )
         .unwrap();
         let mut c = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-        for x in inputs(&fixture(name)) {
+        for x in fixture_inputs(&fixture_dir(name)).unwrap() {
             let want = c.run(&x, &opts).unwrap();
             // Runs 1 (direct), 2 (captured into a graph) and 3 (graph replay) must all agree.
             for run in 1..=3 {
@@ -207,13 +171,13 @@ fn half_precisions_keep_patch_cosine_above_0999() {
     };
     drop(probe);
     for precision in [Precision::F16, Precision::BF16] {
-        for name in FAMILIES {
-            let model = Arc::new(Model::load(fixture(name)).unwrap());
+        for name in FIXTURE_FAMILIES {
+            let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
             let mut g =
                 Session::new(CudaBackend::new(precision, None).unwrap(), model.clone()).unwrap();
             let mut c =
                 Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-            for x in inputs(&fixture(name)) {
+            for x in fixture_inputs(&fixture_dir(name)).unwrap() {
                 let (a, b) = (
                     g.run(&x, &RunOptions::default()).unwrap(),
                     c.run(&x, &RunOptions::default()).unwrap(),
@@ -295,8 +259,8 @@ fn memory_plan_of_the_7b_teacher() {
 #[test]
 fn memory_plan_matches_the_fixture_checkpoints() {
     use dinoedge_runtime::backend::cuda::plan::{linear_weight_count, memory_plan};
-    for name in FAMILIES {
-        let model = Model::load(fixture(name)).unwrap();
+    for name in FIXTURE_FAMILIES {
+        let model = Model::load(fixture_dir(name)).unwrap();
         let params = model.num_parameters() as u64;
         let cfg = model.config();
         let linear = linear_weight_count(cfg);
@@ -339,7 +303,7 @@ fn each_input_shape_gets_its_own_graph_key() {
     use dinoedge_runtime::forward::{Plan, PreparedModel, dims};
     // Recorded CUDA graphs are keyed by plan id: two shapes (or two plans of one shape) must
     // never share a key, or a replay would run the wrong shape.
-    let model = Model::load(fixture("dinov3_mlp")).unwrap();
+    let model = Model::load(fixture_dir("dinov3_mlp")).unwrap();
     let be = ReferenceBackend::new(Some(1)).unwrap();
     let pm = PreparedModel::new(&be, &model).unwrap();
     let cfg = model.config();
@@ -351,7 +315,7 @@ fn each_input_shape_gets_its_own_graph_key() {
 
 #[test]
 fn unsupported_precision_and_bad_gpu_index_are_clear_errors() {
-    let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
     let opts = SessionOptions {
         backend: BackendKind::Cuda,
         adapter: Some("first".into()),

@@ -6,27 +6,13 @@
 //!
 //! Without any adapter the tests print SKIPPED (and fail under DINOEDGE_REQUIRE_WGPU=1).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dinoedge_runtime::backend::cpu::ReferenceBackend;
 use dinoedge_runtime::backend::wgpu::WgpuBackend;
 use dinoedge_runtime::backend::{Backend, Epilogue, HostLinear};
-use dinoedge_runtime::testing::compare;
-use dinoedge_runtime::weights::TensorStore;
+use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
 use dinoedge_runtime::{Activation, Model, Precision, RunOptions, Session, Tensor};
-
-/// `fixtures/hf/<name>`; `DINOEDGE_FIXTURES` overrides the folder when the test binary runs
-/// away from its source tree (the GPU machine).
-fn fixture(name: &str) -> PathBuf {
-    std::env::var_os("DINOEDGE_FIXTURES")
-        .map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
-            PathBuf::from,
-        )
-        .join("hf")
-        .join(name)
-}
 
 fn backend(precision: Precision) -> Option<WgpuBackend> {
     match WgpuBackend::new(precision, None) {
@@ -41,36 +27,13 @@ fn backend(precision: Precision) -> Option<WgpuBackend> {
     }
 }
 
-fn inputs(dir: &Path) -> Vec<Tensor> {
-    let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
-    meta.as_object()
-        .unwrap()
-        .keys()
-        .map(|k| {
-            let t = reference.get(&format!("{k}.pixel_values")).unwrap();
-            Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
-        })
-        .collect()
-}
-
-const FAMILIES: [&str; 6] = [
-    "dinov3_mlp",
-    "dinov3_gated",
-    "dinov3_noreg_f16",
-    "dinov2",
-    "dinov2_swiglu",
-    "dinov2_reg",
-];
-
 #[test]
 fn f32_matches_the_cpu_reference_on_every_fixture() {
     let Some(_probe) = backend(Precision::F32) else {
         return;
     };
-    for name in FAMILIES {
-        let model = Arc::new(Model::load(fixture(name)).unwrap());
+    for name in FIXTURE_FAMILIES {
+        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
         let layers: Vec<usize> = (0..model.config().num_layers).collect();
         let opts = RunOptions {
             capture_layers: layers,
@@ -81,7 +44,7 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
         )
         .unwrap();
         let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-        for x in inputs(&fixture(name)) {
+        for x in fixture_inputs(&fixture_dir(name)).unwrap() {
             let (g, c) = (gpu.run(&x, &opts).unwrap(), cpu.run(&x, &opts).unwrap());
             let d = c.dim();
             for (gl, cl) in std::iter::once((&g.last, &c.last))
@@ -121,15 +84,15 @@ fn f16_weights_keep_patch_cosine_above_0999() {
         }
     };
     drop(be);
-    for name in FAMILIES {
-        let model = Arc::new(Model::load(fixture(name)).unwrap());
+    for name in FIXTURE_FAMILIES {
+        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
         let mut gpu = Session::new(
             WgpuBackend::new(Precision::F16, None).unwrap(),
             model.clone(),
         )
         .unwrap();
         let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-        for x in inputs(&fixture(name)) {
+        for x in fixture_inputs(&fixture_dir(name)).unwrap() {
             let (g, c) = (
                 gpu.run(&x, &RunOptions::default()).unwrap(),
                 cpu.run(&x, &RunOptions::default()).unwrap(),
@@ -220,7 +183,7 @@ fn inputs_beyond_the_device_limits_are_a_clear_error() {
         return;
     };
     let limit = be.adapter_limits().max_storage_buffer_binding_size as usize;
-    let model = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
     let mut s = Session::new(be, model).unwrap();
     // A pixel buffer just over the binding limit.
     let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
