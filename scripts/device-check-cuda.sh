@@ -2,13 +2,16 @@
 # GPU-machine check of the CUDA backend (see ../shared/DEVICE.md). Runs, on the device:
 #   1. the CUDA parity suite (runtime/tests/cuda.rs): every fixture family against the CPU
 #      reference in f32 at every layer (direct run, graph capture, graph replay), f16 and bf16
-#      mean patch cosine;
+#      mean patch cosine (tensor-core attention, head dim 16); the random ViT-S/16 (4
+#      registers, head dim 64) at 224, 448 and 224x320 in f16 / bf16 with the tensor-core and
+#      the CUDA-core attention, each against the CPU;
 #   2. ViT-S/16 (random weights, transformers save_pretrained) through `dinoedge bench --backend
 #      cuda`: fp16 batch 1 and 64 at 224, batch 1 at 448, fp32 batch 1; PyTorch eager on the
 #      same model, shapes and card in the same run (tools/torch_bench.py) -> ratios;
 #   3. ViT-7B/16 (random bf16, 5 GB shards, 13.4 GB): PyTorch bf16 batch 32 at 224 first (then
 #      its process exits), then `dinoedge info --backend cuda` (memory plan) and `dinoedge bench
-#      --precision bf16 --batch 32` under /usr/bin/time (host peak RSS: no f32 copy on the host).
+#      --precision bf16 --batch 32` under /usr/bin/time (host peak RSS: no f32 copy on the host),
+#      then its tensor-core attention (head dim 128) against the CUDA-core kernel.
 # Logs go to $OUT (default ./device-out); summary.txt has the ratios. Build here first:
 #   scripts/device-check-cuda.sh --build      # stripped release binaries into .device/cuda (< 64 MiB)
 # then, from the device tool (carry `.device/cuda`), in two calls to stay under 600 s each:
@@ -35,9 +38,11 @@ say "gpu: $(cat "$OUT/gpu.txt")"
 "$BIN" info --backend cuda fixtures/hf/dinov3_mlp >"$OUT/info.log" 2>&1 || true
 grep -E "^(library|device)" "$OUT/info.log" | tee -a "$SUMMARY" || true
 
+S="$OUT/vits16"
 if [ "${ONLY_7B:-0}" != 1 ]; then
-echo "== 1. parity (fixtures vs CPU reference)"
-if DINOEDGE_FIXTURES="$PWD/fixtures" DINOEDGE_REQUIRE_CUDA=1 DINOEDGE_REQUIRE_NVRTC=1 timeout 150 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1; then
+[ -f "$S/config.json" ] || timeout 120 $PY tools/torch_bench.py make "$S" --arch vits16 >"$OUT/make-vits16.log" 2>&1 || say "making ViT-S/16 FAILED (make-vits16.log)"
+echo "== 1. parity (fixtures and ViT-S/16 vs CPU reference)"
+if DINOEDGE_CUDA_MODELS="$S" DINOEDGE_FIXTURES="$PWD/fixtures" DINOEDGE_REQUIRE_CUDA=1 DINOEDGE_REQUIRE_NVRTC=1 timeout 240 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1; then
   say "parity: ok"
 else
   say "parity: FAILED (see parity.log)"
@@ -64,8 +69,6 @@ row() { # name ours_ms torch_forward torch_e2e
 }
 
 echo "== 2. ViT-S/16"
-S="$OUT/vits16"
-[ -f "$S/config.json" ] || timeout 120 $PY tools/torch_bench.py make "$S" --arch vits16 >"$OUT/make-vits16.log" 2>&1 || say "making ViT-S/16 FAILED (make-vits16.log)"
 for spec in "f16 fp16 1 224" "f16 fp16 64 224" "f16 fp16 1 448" "f32 fp32 1 224"; do
   set -- $spec
   o=$(ours "$S" "$1" "$3" "$4")
@@ -88,6 +91,12 @@ if [ "${SKIP_7B:-0}" != 1 ]; then
   o=$(tail -n1 "$OUT/bench-7b.log" | $PY -c 'import json,sys; print(json.load(sys.stdin).get("median_ms","nan"))' 2>/dev/null || echo nan)
   row "vit-7b16 bf16 b32 224px" "$o" "$tf" "$te"
   say "vit-7b host peak RSS: $(grep 'Maximum resident' "$OUT/bench-7b.err" | awk '{print $NF}') KiB"
+  if DINOEDGE_CUDA_MODELS="$B" DINOEDGE_REQUIRE_CUDA=1 timeout 200 "$PARITY" tensor_core_attention_matches_at_real_sizes --nocapture >"$OUT/parity-7b.log" 2>&1; then
+    say "vit-7b attention parity: ok"
+  else
+    say "vit-7b attention parity: FAILED (see parity-7b.log)"
+  fi
+  grep -E "^cuda " "$OUT/parity-7b.log" >>"$SUMMARY" || true
 fi
 echo "== summary"
 cat "$SUMMARY"

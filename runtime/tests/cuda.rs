@@ -1,8 +1,9 @@
 //! The CUDA backend.
 //!
 //! Without a GPU (CI): every kernel compiles through NVRTC (the pip wheel
-//! `nvidia-cuda-nvrtc`, `scripts/fetch-assets.sh --nvrtc`) for Jetson Orin (sm_87), Ampere
-//! (sm_80, sm_86) and Hopper (sm_90); a compile error fails with NVRTC's log; and a machine
+//! `nvidia-cuda-nvrtc`, `scripts/fetch-assets.sh --nvrtc`) for Turing (sm_75, without the
+//! tensor-core attention), Jetson Orin (sm_87), Ampere (sm_80, sm_86), Ada (sm_89) and Hopper
+//! (sm_90); a compile error fails with NVRTC's log; and a machine
 //! without a driver gets a clear "no usable CUDA installation" error, never a panic.
 //!
 //! With a GPU (scripts/device-check-cuda.sh): every fixture family against the CPU reference,
@@ -36,7 +37,7 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
-    for arch in ["sm_80", "sm_86", "sm_87", "sm_90"] {
+    for arch in ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90"] {
         let t = std::time::Instant::now();
         let ptx = compile(arch).unwrap_or_else(|e| panic!("{e}"));
         for k in KERNELS {
@@ -45,13 +46,46 @@ fn every_kernel_compiles_with_nvrtc() {
                 "{arch}: kernel {k} missing from the PTX"
             );
         }
+        // The tensor-core attention exists from sm_80 (and only there).
+        let mma = ptx.matches("mma.sync.aligned.m16n8k16.row.col.f32").count();
+        let sm: u32 = arch[3..].parse().unwrap();
+        if sm >= 80 {
+            assert!(mma > 0, "{arch}: no mma.sync in the tensor-core attention");
+            assert!(ptx.contains(".f32.bf16.bf16.f32") && ptx.contains(".f32.f16.f16.f32"));
+        } else {
+            assert_eq!(
+                mma, 0,
+                "{arch} has no m16n8k16: the body must be compiled out"
+            );
+        }
         eprintln!(
-            "{arch}: {} kernels, {} bytes of PTX in {:.0} ms",
+            "{arch}: {} kernels, {} bytes of PTX, {mma} mma.sync, in {:.0} ms",
             KERNELS.len(),
             ptx.len(),
             t.elapsed().as_secs_f64() * 1e3
         );
     }
+}
+
+#[test]
+fn tensor_core_attention_is_chosen_where_it_exists() {
+    use dinoedge_runtime::ops::attention::cuda::{mma_kernel, mma_shared_bytes};
+    // Every released model's head dim (64; the 7B 128) and the fixtures' (16).
+    for hd in [16, 32, 64, 128] {
+        for (p, tag) in [(Precision::F16, "f16"), (Precision::BF16, "bf16")] {
+            let k = mma_kernel(p, 90, hd).expect("tensor cores on sm_90");
+            assert_eq!(k, format!("attention_mma_{tag}_hd{hd}"));
+            assert!(KERNELS.contains(&k), "{k} is not compiled");
+            assert_eq!(mma_kernel(p, 87, hd), Some(k), "Jetson Orin is sm_87");
+            assert_eq!(mma_kernel(p, 75, hd), None, "no m16n8k16 before sm_80");
+        }
+        // f32 sessions stay exact on CUDA cores.
+        assert_eq!(mma_kernel(Precision::F32, 90, hd), None);
+        // Within the 48 KiB a launch gets without opting in.
+        assert!(mma_shared_bytes(hd) <= 48 << 10, "hd {hd}");
+    }
+    assert_eq!(mma_kernel(Precision::F16, 90, 80), None);
+    assert_eq!(mma_kernel(Precision::F16, 90, 256), None);
 }
 
 #[test]
@@ -199,6 +233,90 @@ fn half_precisions_keep_patch_cosine_above_0999() {
 
 // ---- Host-side planning (no GPU).
 
+/// Tensor-core attention (the default in f16 / bf16) and the CUDA-core kernel against the CPU
+/// at real sizes: the models in `DINOEDGE_CUDA_MODELS` (colon-separated; the device script
+/// passes its random ViT-S/16 with 4 registers, head dim 64, and the ViT-7B, head dim 128) at
+/// 224, 448 and 224 x 320. Models above 1B parameters compare the two kernels only (the CPU
+/// forward of a 7B is minutes). The fixtures (head dim 16; with and without registers) run
+/// through the tensor cores in `half_precisions_keep_patch_cosine_above_0999`.
+#[test]
+fn tensor_core_attention_matches_at_real_sizes() {
+    let Ok(dirs) = std::env::var("DINOEDGE_CUDA_MODELS") else {
+        eprintln!("SKIPPED: DINOEDGE_CUDA_MODELS not set (scripts/device-check-cuda.sh sets it)");
+        return;
+    };
+    let Some(probe) = gpu(Precision::F16) else {
+        return;
+    };
+    drop(probe);
+    for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+        let model = Arc::new(Model::load(dir).unwrap());
+        let big = model.num_parameters() > 1_000_000_000;
+        let hd = model.config().hidden_size / model.config().num_heads;
+        let sizes: &[(usize, usize)] = if big {
+            &[(224, 224)]
+        } else {
+            &[(224, 224), (448, 448), (224, 320)]
+        };
+        let mut cpu =
+            (!big).then(|| create_session(model.clone(), &SessionOptions::default()).unwrap());
+        let precisions: &[Precision] = if big {
+            &[Precision::BF16]
+        } else {
+            &[Precision::F16, Precision::BF16]
+        };
+        for &precision in precisions {
+            let mut sessions = Vec::new();
+            for tc in [true, false] {
+                let mut be = CudaBackend::new(precision, None).unwrap();
+                be.set_tensor_core_attention(tc);
+                let kernel = be.attention_kernel(hd);
+                sessions.push((kernel, Session::new(be, model.clone()).unwrap()));
+            }
+            for &(h, w) in sizes {
+                let n = 3 * h * w;
+                // Deterministic pixels in the normalised range.
+                let data = (0..n)
+                    .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 4.0)
+                    .collect();
+                let x = dinoedge_runtime::tensor::Tensor::new(vec![1, 3, h, w], data).unwrap();
+                let want = cpu
+                    .as_mut()
+                    .map(|c| c.run(&x, &RunOptions::default()).unwrap());
+                let mut got = Vec::new();
+                for (kernel, s) in sessions.iter_mut() {
+                    let f = s.run(&x, &RunOptions::default()).unwrap();
+                    if let Some(want) = &want {
+                        let cos = dinoedge_runtime::tensor::mean_row_cosine(
+                            &f.last.patches.data,
+                            &want.last.patches.data,
+                            want.dim(),
+                        );
+                        println!(
+                            "cuda {precision} {dir} {h}x{w} {kernel}: mean patch cosine vs CPU {cos:.6}"
+                        );
+                        assert!(cos >= 0.999, "{precision} {kernel} {dir} {h}x{w}: {cos}");
+                    }
+                    got.push(f);
+                }
+                let cos = dinoedge_runtime::tensor::mean_row_cosine(
+                    &got[0].last.patches.data,
+                    &got[1].last.patches.data,
+                    got[1].dim(),
+                );
+                println!(
+                    "cuda {precision} {dir} {h}x{w}: {} vs {}: mean patch cosine {cos:.6}",
+                    sessions[0].0, sessions[1].0
+                );
+                assert!(
+                    cos >= 0.999,
+                    "{precision} {dir} {h}x{w}: kernels disagree: {cos}"
+                );
+            }
+        }
+    }
+}
+
 fn vit7b() -> dinoedge_runtime::ModelConfig {
     // The released ViT-7B/16 (HF dinov3_vit layout).
     dinoedge_runtime::ModelConfig::from_json_str(
@@ -332,4 +450,64 @@ fn unsupported_precision_and_bad_gpu_index_are_clear_errors() {
             .expect("int8 is CPU-only");
         assert!(e.to_string().contains("int8"), "{e}");
     }
+}
+
+/// A checkpoint tensor in a dtype the backend cannot take (F64 here) fails session creation
+/// with the file, tensor and dtype named (the weights are converted on their way to the GPU;
+/// on a machine without a driver the same checkpoint fails on the CPU backend's load path).
+#[test]
+fn wrong_dtype_in_the_checkpoint_names_file_tensor_and_dtype() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let src = fixture_dir("dinov3_mlp");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let victim = "layer.0.attention.q_proj.weight";
+    let shape = st.tensor(victim).unwrap().shape().to_vec();
+    let n: usize = shape.iter().product();
+    let f64s: Vec<u8> = (0..n)
+        .flat_map(|i| (i as f64 * 1e-3).to_le_bytes())
+        .collect();
+    let mut views: Vec<(String, TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != victim)
+        .map(|(name, v)| {
+            let view = TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap();
+            (name, view)
+        })
+        .collect();
+    views.push((
+        victim.to_string(),
+        TensorView::new(Dtype::F64, shape, &f64s).unwrap(),
+    ));
+    let path = tmp.path().join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let backend = if libraries_present().iter().all(|l| l.1) {
+        BackendKind::Cuda
+    } else {
+        BackendKind::Cpu
+    };
+    let opts = SessionOptions {
+        backend,
+        precision: Some(if backend == BackendKind::Cuda {
+            Precision::BF16
+        } else {
+            Precision::F32
+        }),
+        ..Default::default()
+    };
+    let err = Model::load(tmp.path())
+        .and_then(|m| create_session(Arc::new(m), &opts).map(|_| ()))
+        .expect_err("an F64 weight must be refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::UnsupportedDtype { .. }),
+        "{msg}"
+    );
+    for part in [victim, "F64", "model.safetensors"] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
+    eprintln!("{backend:?}: {msg}");
 }

@@ -188,9 +188,11 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
     let device = CudaBackend::new(dinoedge::Precision::F32, None);
     let gib = |b: f64| b / 1073741824.0;
     let mut plan = Vec::new();
+    let mut head_dim = None;
     if let Some(dir) = model_dir {
         use dinoedge::runtime::backend::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
+        head_dim = Some(model.config().hidden_size / model.config().num_heads);
         let params = model.num_parameters() as u64;
         for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
             let mut totals = serde_json::Map::new();
@@ -212,7 +214,12 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
     let dev = device.as_ref().ok().map(|d| {
         let (name, arch) = d.device();
         let (free, total) = d.memory().unwrap_or((0, 0));
-        json!({"name": name, "arch": arch, "free_gib": gib(free as f64), "total_gib": gib(total as f64)})
+        // The attention kernel f16 / bf16 sessions of this model get on this GPU.
+        let attention = head_dim.map(|hd| {
+            dinoedge::runtime::ops::attention::cuda::mma_kernel(dinoedge::Precision::F16, d.sm(), hd)
+                .map_or("CUDA cores (attention)".to_string(), |k| format!("tensor cores ({k})"))
+        });
+        json!({"name": name, "arch": arch, "free_gib": gib(free as f64), "total_gib": gib(total as f64), "attention_f16_bf16": attention})
     });
     if json_out {
         println!(
@@ -227,13 +234,18 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
             );
         }
         match &dev {
-            Some(d) => println!(
-                "device       {} ({}), {:.1} GiB free of {:.1} GiB",
-                d["name"].as_str().unwrap_or(""),
-                d["arch"].as_str().unwrap_or(""),
-                d["free_gib"].as_f64().unwrap_or(0.0),
-                d["total_gib"].as_f64().unwrap_or(0.0)
-            ),
+            Some(d) => {
+                println!(
+                    "device       {} ({}), {:.1} GiB free of {:.1} GiB",
+                    d["name"].as_str().unwrap_or(""),
+                    d["arch"].as_str().unwrap_or(""),
+                    d["free_gib"].as_f64().unwrap_or(0.0),
+                    d["total_gib"].as_f64().unwrap_or(0.0)
+                );
+                if let Some(a) = d["attention_f16_bf16"].as_str() {
+                    println!("attention    f16/bf16: {a}; f32: CUDA cores");
+                }
+            }
             None => println!(
                 "device       none: {}",
                 device

@@ -1,23 +1,23 @@
 //! The CUDA backend: cudarc with dynamic loading (no toolkit at build time), kernels in CUDA
 //! C compiled by NVRTC for the device's own architecture at session creation, GEMMs in
-//! cuBLAS (f32 without TF32; f16 / bf16 weights with f32 accumulation through `GemmEx`), and
-//! the whole forward replayed as a CUDA graph after its first run.
+//! cuBLASLt (f32 without TF32; f16 / bf16 weights with f32 accumulation, bias fused in the
+//! epilogue), tensor-core attention in f16 / bf16 sessions, pinned host memory for uploads
+//! and downloads, and the whole forward replayed as a CUDA graph after its first run.
 //!
 //! Device plumbing only: library checks, the context and stream, the kernel module, scratch,
 //! graphs. Kernels and their launchers live with their ops (`ops/<op>/<op>.cu` + `cuda.rs`).
 //!
 //! cudarc panics when a CUDA library is missing; [`CudaBackend::new`] checks that libcuda,
-//! libnvrtc and libcublas load first and returns [`RuntimeError::BackendUnavailable`].
+//! libnvrtc and libcublasLt load first and returns [`RuntimeError::BackendUnavailable`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    LaunchConfig,
+    LaunchConfig, PinnedHostSlice,
 };
 use half::{bf16, f16};
 
@@ -49,12 +49,20 @@ pub const SOURCES: [(&str, &str); 7] = [
 ];
 
 /// Kernel entry points of [`SOURCES`].
-pub const KERNELS: [&str; 8] = [
+pub const KERNELS: [&str; 16] = [
     "matmul_epilogue",
     "to_half",
     "layer_norm",
     "rope",
     "attention",
+    "attention_mma_f16_hd16",
+    "attention_mma_f16_hd32",
+    "attention_mma_f16_hd64",
+    "attention_mma_f16_hd128",
+    "attention_mma_bf16_hd16",
+    "attention_mma_bf16_hd32",
+    "attention_mma_bf16_hd64",
+    "attention_mma_bf16_hd128",
     "im2col",
     "assemble",
     "swiglu",
@@ -95,7 +103,7 @@ pub fn libraries_present() -> [(&'static str, bool); 3] {
                 "libnvrtc (the CUDA runtime compiler)",
                 cudarc::nvrtc::sys::is_culib_present(),
             ),
-            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+            ("libcublasLt", cudarc::cublaslt::sys::is_culib_present()),
         ]
     }
 }
@@ -126,6 +134,18 @@ pub fn compile(arch: &str) -> Result<String> {
     }
 }
 
+/// The kernels compiled for `arch`, once per process (sessions on the same GPU share them).
+fn compiled(arch: &str) -> Result<String> {
+    static CACHE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, ptx)) = cache.iter().find(|(a, _)| a == arch) {
+        return Ok(ptx.clone());
+    }
+    let ptx = compile(arch)?;
+    cache.push((arch.to_string(), ptx.clone()));
+    Ok(ptx)
+}
+
 /// An f32 device buffer.
 pub type CudaBuffer = CudaSlice<f32>;
 
@@ -140,6 +160,7 @@ pub struct CudaLinear {
     pub w: CudaWeight,
     /// Zeros when the layer has no bias.
     pub bias: CudaSlice<f32>,
+    pub has_bias: bool,
     pub out_features: usize,
     pub in_features: usize,
 }
@@ -154,17 +175,70 @@ pub(crate) struct Scratch {
 pub struct CudaBackend {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) blas: CudaBlas,
-    _workspace: CudaSlice<u8>,
+    pub(crate) lt: ops::matmul::cuda::Lt,
+    staging: RefCell<Staging>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     pub(crate) precision: Precision,
+    /// Compute capability, major * 10 + minor.
+    pub(crate) sm: u32,
+    /// Tensor-core attention where the kernel exists (`DINOEDGE_CUDA_ATTENTION=simt`: off).
+    pub(crate) tensor_core_attention: bool,
     pub(crate) scratch: RefCell<Scratch>,
     name: String,
     arch: String,
     /// Kernel launches issued (for reports).
     launches: std::cell::Cell<u64>,
     graphs: RefCell<Graphs>,
+}
+
+/// Transfers of at least this many floats go through pinned host memory (smaller ones are
+/// not worth a host copy).
+const PINNED_MIN: usize = 4096;
+
+/// Pinned (page-locked) host buffers for uploads and downloads, one per transfer size in use
+/// (the pixels of each input shape, the features read back): the DMA engine copies from them
+/// directly, where pageable memory is staged by the driver first.
+#[derive(Default)]
+pub(crate) struct Staging {
+    up: Vec<PinnedHostSlice<f32>>,
+    down: Vec<PinnedHostSlice<f32>>,
+}
+
+/// Pinned buffers kept per direction (oldest dropped first).
+const MAX_STAGING: usize = 8;
+
+impl Staging {
+    /// The buffer of exactly `len` floats for uploads (`up`, write-combined: the host only
+    /// writes it) or downloads (cached, the host reads it).
+    fn buffer(
+        &mut self,
+        ctx: &Arc<CudaContext>,
+        up: bool,
+        len: usize,
+    ) -> Result<&mut PinnedHostSlice<f32>> {
+        let list = if up { &mut self.up } else { &mut self.down };
+        let i = match list.iter().position(|b| b.len() == len) {
+            Some(i) => i,
+            None => {
+                if list.len() == MAX_STAGING {
+                    list.remove(0);
+                }
+                let flags = if up {
+                    cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED
+                } else {
+                    0
+                };
+                // SAFETY: the contents are written (upload) or overwritten by a copy
+                // (download) before they are read.
+                let b = unsafe { ctx.alloc_pinned_with_flags::<f32>(len, flags) }
+                    .map_err(|e| err(&format!("pinned host buffer of {len} floats"), e))?;
+                list.push(b);
+                list.len() - 1
+            }
+        };
+        Ok(&mut list[i])
+    }
 }
 
 /// Recorded forwards: a plan's second forward is captured into a CUDA graph and every later
@@ -231,25 +305,7 @@ impl CudaBackend {
             .compute_capability()
             .map_err(|e| err("compute capability", e))?;
         let arch = format!("sm_{major}{minor}");
-        let ptx = {
-            let opts = cudarc::nvrtc::CompileOptions {
-                options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-                ..Default::default()
-            };
-            match cudarc::nvrtc::compile_ptx_with_opts(program(), opts) {
-                Ok(p) => p,
-                Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
-                    return Err(RuntimeError::Device {
-                        backend: "cuda".into(),
-                        reason: format!(
-                            "NVRTC failed to compile the kernels for {arch}:\n{}",
-                            log.to_string_lossy()
-                        ),
-                    });
-                }
-                Err(e) => return Err(err("NVRTC", e)),
-            }
-        };
+        let ptx = cudarc::nvrtc::Ptx::from_src(compiled(&arch)?);
         let module = ctx
             .load_module(ptx)
             .map_err(|e| err("loading the kernels", e))?;
@@ -257,17 +313,7 @@ impl CudaBackend {
         for k in KERNELS {
             functions.insert(k, module.load_function(k).map_err(|e| err(k, e))?);
         }
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS", e))?;
-        // A fixed cuBLAS workspace, so no allocation happens inside a captured graph
-        // (32 MiB, NVIDIA's recommendation for Hopper).
-        let mut workspace = stream
-            .alloc_zeros::<u8>(32 << 20)
-            .map_err(|e| err("cuBLAS workspace", e))?;
-        let wptr = workspace.device_ptr_mut(&stream).0 as *mut c_void;
-        // SAFETY: a live device buffer owned by the backend for as long as the handle.
-        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), wptr, 32 << 20) }
-            .result()
-            .map_err(|e| err("cuBLAS workspace", e))?;
+        let lt = ops::matmul::cuda::Lt::new(&stream)?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
         let graphs = Graphs {
             enabled: std::env::var("DINOEDGE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
@@ -276,17 +322,35 @@ impl CudaBackend {
         Ok(CudaBackend {
             ctx,
             stream,
-            blas,
-            _workspace: workspace,
+            lt,
+            staging: RefCell::new(Staging::default()),
             _module: module,
             functions,
             precision,
+            sm: (major * 10 + minor) as u32,
+            tensor_core_attention: std::env::var("DINOEDGE_CUDA_ATTENTION")
+                .map_or(true, |v| v != "simt"),
             scratch: RefCell::new(Scratch::default()),
             name,
             arch,
             launches: std::cell::Cell::new(0),
             graphs: RefCell::new(graphs),
         })
+    }
+
+    /// Switches the tensor-core attention on or off (f16 / bf16 sessions on sm_80+; the
+    /// CUDA-core kernel otherwise). Parity checks compare both.
+    pub fn set_tensor_core_attention(&mut self, on: bool) {
+        self.tensor_core_attention = on;
+    }
+
+    /// The attention kernel this backend runs for `head_dim`.
+    pub fn attention_kernel(&self, head_dim: usize) -> &'static str {
+        let mma = ops::attention::cuda::mma_kernel(self.precision, self.sm, head_dim);
+        match mma {
+            Some(k) if self.tensor_core_attention => k,
+            _ => "attention",
+        }
     }
 
     pub(crate) fn function(&self, name: &str) -> &CudaFunction {
@@ -296,6 +360,11 @@ impl CudaBackend {
     /// Free and total device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
         self.ctx.mem_get_info().map_err(|e| err("memory info", e))
+    }
+
+    /// Compute capability as major * 10 + minor (90 on Hopper, 87 on Jetson Orin).
+    pub fn sm(&self) -> u32 {
+        self.sm
     }
 
     /// Device name and architecture.
@@ -412,17 +481,51 @@ impl Backend for CudaBackend {
     }
 
     fn write(&self, dst: &mut CudaBuffer, data: &[f32]) -> Result<()> {
+        if data.len() > dst.len() {
+            return Err(err(
+                "upload",
+                format!("{} floats into a buffer of {}", data.len(), dst.len()),
+            ));
+        }
+        if data.len() < PINNED_MIN {
+            return self
+                .stream
+                .memcpy_htod(data, dst)
+                .map_err(|e| err("upload", e));
+        }
+        let mut st = self.staging.borrow_mut();
+        let buf = st.buffer(&self.ctx, true, data.len())?;
+        // Waits until the previous copy out of this buffer has finished.
+        buf.as_mut_slice()
+            .map_err(|e| err("pinned upload buffer", e))?
+            .copy_from_slice(data);
         self.stream
-            .memcpy_htod(data, dst)
+            .memcpy_htod(&*buf, dst)
             .map_err(|e| err("upload", e))
     }
 
     fn read(&self, src: &CudaBuffer, dst: &mut [f32]) -> Result<()> {
         let n = dst.len();
+        if n > src.len() {
+            return Err(err(
+                "download",
+                format!("{n} floats from a buffer of {}", src.len()),
+            ));
+        }
+        if n < PINNED_MIN {
+            self.stream
+                .memcpy_dtoh(&src.slice(..n), dst)
+                .map_err(|e| err("download", e))?;
+            return self.stream.synchronize().map_err(|e| err("synchronize", e));
+        }
+        let mut st = self.staging.borrow_mut();
+        let buf = st.buffer(&self.ctx, false, n)?;
         self.stream
-            .memcpy_dtoh(&src.slice(..n), dst)
+            .memcpy_dtoh(&src.slice(..n), buf)
             .map_err(|e| err("download", e))?;
-        self.stream.synchronize().map_err(|e| err("synchronize", e))
+        // `as_slice` waits for the copy (and so for everything queued before it).
+        dst.copy_from_slice(buf.as_slice().map_err(|e| err("download", e))?);
+        Ok(())
     }
 
     fn linear(&self, w: HostLinear) -> Result<CudaLinear> {
@@ -466,6 +569,7 @@ impl Backend for CudaBackend {
         };
         Ok(CudaLinear {
             w: weight,
+            has_bias: w.bias.is_some(),
             bias,
             out_features: w.out_features,
             in_features: w.in_features,

@@ -62,3 +62,205 @@ extern "C" __global__ void attention(float *out, const float *qkv, int tokens, i
         }
     }
 }
+
+// ---- attention_mma: the tensor-core form for f16 / bf16 sessions on sm_80+ (mma.sync
+// m16n8k16, f32 accumulation). A block of MMA_WARPS warps takes 16 queries per warp of one
+// (batch, head); key tiles of MMA_KT tokens are staged in shared memory as 16-bit (K
+// row-major, V transposed); S = Q K^T and O += P V run on tensor cores and the online softmax
+// works on the S fragments in registers. Fragment layout (PTX ISA, mma.m16n8k16): lane
+// (g = lane / 4, t = lane % 4) holds rows g and g + 8, columns 2t and 2t + 1 of each 8-wide
+// block of C; A registers are (g, 2t) (g + 8, 2t) (g, 2t + 8) (g + 8, 2t + 8); B registers
+// are (k = 2t, n = g) and (k = 2t + 8, n = g), two consecutive k per register.
+#define MMA_WARPS 4
+#define MMA_KT 64
+#define MMA_PAD 8
+
+#if __CUDA_ARCH__ >= 800
+// KIND 0: f16, 1: bf16. Two floats to one register, `lo` in the low half.
+template <int KIND> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<0>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<1>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+template <int KIND> __device__ __forceinline__ unsigned short to16(float x);
+template <> __device__ __forceinline__ unsigned short to16<0>(float x) {
+    unsigned short r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned short to16<1>(float x) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+
+// c (16 x 8, f32) += a (16 x 16) . b (16 x 8)
+template <int KIND> __device__ __forceinline__ void mma16816(float *c, const unsigned *a, unsigned b0, unsigned b1);
+template <> __device__ __forceinline__ void mma16816<0>(float *c, const unsigned *a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<1>(float *c, const unsigned *a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned ld32(const unsigned short *p) { return *(const unsigned *)p; }
+
+// `scale_log2` = head_dim^-1/2 * log2(e): the softmax runs in base 2.
+template <int HD, int KIND>
+__device__ __forceinline__ void attention_mma(float *out, const float *qkv, int tokens, int dim, int heads,
+                                              float scale_log2) {
+    constexpr int KS = HD / 16;            // k-steps over the head dim
+    constexpr int NB = HD / 8;             // 8-wide output column blocks
+    constexpr int SB = MMA_KT / 8;         // 8-key score blocks per tile
+    constexpr int LDK = HD + MMA_PAD;      // 16-bit elements per K row
+    constexpr int LDV = MMA_KT + MMA_PAD;  // 16-bit elements per V^T row
+    extern __shared__ __align__(16) unsigned char att_smem[];
+    unsigned short *ks = (unsigned short *)att_smem;  // MMA_KT x LDK
+    unsigned short *vt = ks + MMA_KT * LDK;           // HD x LDV
+    int bh = blockIdx.y, b = bh / heads, h = bh % heads;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int r0 = (blockIdx.x * MMA_WARPS + warp) * 16 + g, r1 = r0 + 8;
+    long long row3 = 3LL * dim, base = (long long)b * tokens * row3 + h * HD;
+
+    // Q as A fragments, scaled.
+    unsigned qf[KS][4];
+    for (int kk = 0; kk < KS; kk++) {
+        for (int half = 0; half < 2; half++) {
+            int c = kk * 16 + 2 * t + 8 * half;
+            float a0 = 0.0f, a1 = 0.0f, b0 = 0.0f, b1 = 0.0f;
+            if (r0 < tokens) {
+                const float *q = qkv + base + r0 * row3 + c;
+                a0 = q[0] * scale_log2;
+                a1 = q[1] * scale_log2;
+            }
+            if (r1 < tokens) {
+                const float *q = qkv + base + r1 * row3 + c;
+                b0 = q[0] * scale_log2;
+                b1 = q[1] * scale_log2;
+            }
+            qf[kk][2 * half] = pack2<KIND>(a0, a1);
+            qf[kk][2 * half + 1] = pack2<KIND>(b0, b1);
+        }
+    }
+
+    float o[NB][4];
+    for (int nb = 0; nb < NB; nb++) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    for (int t0 = 0; t0 < tokens; t0 += MMA_KT) {
+        int n = min(MMA_KT, tokens - t0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < MMA_KT * HD / 2; e += blockDim.x) {
+            int key = e / (HD / 2), d = (e % (HD / 2)) * 2;
+            float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+            if (key < n) {
+                const float *r = qkv + base + (t0 + key) * row3 + d;
+                k0 = r[dim];
+                k1 = r[dim + 1];
+                v0 = r[2 * dim];
+                v1 = r[2 * dim + 1];
+            }
+            *(unsigned *)&ks[key * LDK + d] = pack2<KIND>(k0, k1);
+            vt[d * LDV + key] = to16<KIND>(v0);
+            vt[(d + 1) * LDV + key] = to16<KIND>(v1);
+        }
+        __syncthreads();
+
+        // S = Q K^T: B(k = head dim, n = key) = K[key][dim], two consecutive dims per register.
+        float s[SB][4];
+        for (int sb = 0; sb < SB; sb++) {
+            s[sb][0] = s[sb][1] = s[sb][2] = s[sb][3] = 0.0f;
+            const unsigned short *kr = ks + (sb * 8 + g) * LDK + 2 * t;
+            for (int kk = 0; kk < KS; kk++) mma16816<KIND>(s[sb], qf[kk], ld32(kr + kk * 16), ld32(kr + kk * 16 + 8));
+            for (int i = 0; i < 4; i++)
+                if (sb * 8 + 2 * t + (i & 1) >= n) s[sb][i] = NEG_INF;
+        }
+
+        // Online softmax; a row's four lanes (same g) combine their maxima.
+        float x0 = m0, x1 = m1;
+        for (int sb = 0; sb < SB; sb++) {
+            x0 = fmaxf(x0, fmaxf(s[sb][0], s[sb][1]));
+            x1 = fmaxf(x1, fmaxf(s[sb][2], s[sb][3]));
+        }
+        for (int off = 1; off < 4; off <<= 1) {
+            x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, off));
+            x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, off));
+        }
+        float c0 = exp2f(m0 - x0), c1 = exp2f(m1 - x1);
+        m0 = x0;
+        m1 = x1;
+        l0 *= c0;
+        l1 *= c1;
+        for (int nb = 0; nb < NB; nb++) {
+            o[nb][0] *= c0;
+            o[nb][1] *= c0;
+            o[nb][2] *= c1;
+            o[nb][3] *= c1;
+        }
+        for (int sb = 0; sb < SB; sb++) {
+            s[sb][0] = exp2f(s[sb][0] - m0);
+            s[sb][1] = exp2f(s[sb][1] - m0);
+            s[sb][2] = exp2f(s[sb][2] - m1);
+            s[sb][3] = exp2f(s[sb][3] - m1);
+            l0 += s[sb][0] + s[sb][1];
+            l1 += s[sb][2] + s[sb][3];
+        }
+
+        // O += P V: two S blocks (16 keys) are one A fragment; B(k = key, n = dim) = V^T[dim][key].
+        for (int j = 0; j < MMA_KT / 16; j++) {
+            unsigned pa[4] = {pack2<KIND>(s[2 * j][0], s[2 * j][1]), pack2<KIND>(s[2 * j][2], s[2 * j][3]),
+                              pack2<KIND>(s[2 * j + 1][0], s[2 * j + 1][1]),
+                              pack2<KIND>(s[2 * j + 1][2], s[2 * j + 1][3])};
+            for (int nb = 0; nb < NB; nb++) {
+                const unsigned short *vr = vt + (nb * 8 + g) * LDV + j * 16 + 2 * t;
+                mma16816<KIND>(o[nb], pa, ld32(vr), ld32(vr + 8));
+            }
+        }
+    }
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    for (int nb = 0; nb < NB; nb++) {
+        int c = h * HD + nb * 8 + 2 * t;
+        if (r0 < tokens) {
+            float *p = out + ((long long)b * tokens + r0) * dim + c;
+            p[0] = o[nb][0] / l0;
+            p[1] = o[nb][1] / l0;
+        }
+        if (r1 < tokens) {
+            float *p = out + ((long long)b * tokens + r1) * dim + c;
+            p[0] = o[nb][2] / l1;
+            p[1] = o[nb][3] / l1;
+        }
+    }
+}
+#define ATTENTION_MMA_BODY(HD, KIND) attention_mma<HD, KIND>(out, qkv, tokens, dim, heads, scale_log2)
+#else
+// Before sm_80 there is no m16n8k16 (the host never launches these there).
+#define ATTENTION_MMA_BODY(HD, KIND) __trap()
+#endif
+
+#define ATTENTION_MMA(NAME, HD, KIND)                                                                   \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                       \
+        NAME(float *out, const float *qkv, int tokens, int dim, int heads, float scale_log2) {         \
+        ATTENTION_MMA_BODY(HD, KIND);                                                                  \
+    }
+ATTENTION_MMA(attention_mma_f16_hd16, 16, 0)
+ATTENTION_MMA(attention_mma_f16_hd32, 32, 0)
+ATTENTION_MMA(attention_mma_f16_hd64, 64, 0)
+ATTENTION_MMA(attention_mma_f16_hd128, 128, 0)
+ATTENTION_MMA(attention_mma_bf16_hd16, 16, 1)
+ATTENTION_MMA(attention_mma_bf16_hd32, 32, 1)
+ATTENTION_MMA(attention_mma_bf16_hd64, 64, 1)
+ATTENTION_MMA(attention_mma_bf16_hd128, 128, 1)

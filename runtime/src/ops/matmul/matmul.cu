@@ -1,16 +1,18 @@
-// matmul epilogues and input conversion (the product itself is cuBLAS).
+// matmul epilogues cuBLASLt cannot fuse, and input conversion (the product is cuBLASLt).
 
 // out (R, O) = act(out + bias)   (mode 0)
 // out (R, O) += gamma * (acc + bias)   (mode 1: LayerScale + residual)
+// A null bias means cuBLASLt added it already (or the layer has none).
 extern "C" __global__ void matmul_epilogue(float *out, const float *acc, const float *bias, const float *gamma,
                                            int rows, int cols, int mode, int act) {
     long long n = (long long)rows * cols;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         int c = (int)(i % cols);
+        float b = bias ? bias[c] : 0.0f;
         if (mode == 0) {
-            out[i] = activate(out[i] + bias[c], act);
+            out[i] = activate(out[i] + b, act);
         } else {
-            out[i] += gamma[c] * (acc[i] + bias[c]);
+            out[i] += gamma[c] * (acc[i] + b);
         }
     }
 }

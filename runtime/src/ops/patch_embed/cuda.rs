@@ -6,7 +6,7 @@ use cudarc::driver::PushKernelArg;
 use crate::backend::cuda::{CudaBackend, CudaBuffer, CudaLinear, err};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::cuda::{epilogue, product};
+use crate::ops::matmul::cuda::{Fused, epilogue, product, remaining_bias};
 
 #[allow(clippy::too_many_arguments)]
 pub fn patch_embed(
@@ -38,9 +38,11 @@ pub fn patch_embed(
     }
     // SAFETY: arguments match the kernel's signature.
     unsafe { b.launch(cfg) }.map_err(|e| err("im2col", e))?;
-    let bias = be.ptr(&w.bias) as u64;
-    product(be, emb, cols, w, rows)?;
-    epilogue(be, emb, emb, bias, bias, rows, d.dim, 0, 0)?;
+    let fused = product(be, emb, cols, w, rows, Fused::Bias)?;
+    let bias = remaining_bias(be, w, fused);
+    if bias != 0 {
+        epilogue(be, emb, emb, bias, 0, rows, d.dim, 0, 0)?;
+    }
     let regs = registers.map_or(0u64, |r| be.ptr(r) as u64);
     let posp = pos.map_or(0u64, |p| be.ptr(p) as u64);
     let (xp, clsp) = (be.ptr_mut(x) as u64, be.ptr(cls) as u64);

@@ -1,4 +1,4 @@
-// patch_embed: im2col of the pixels, then (after the cuBLAS product) token assembly.
+// patch_embed: im2col of the pixels, then (after the cuBLASLt product) token assembly.
 
 // cols (B*HW, C*P*P) <- pixels (B, C, H, W), (c, ky, kx) order as the conv weight.
 extern "C" __global__ void im2col(float *cols, const float *pixels, int batch, int channels, int height, int width,
