@@ -50,6 +50,23 @@ pub fn dinov3_student(
     }
 }
 
+/// The name a `--student` argument goes by (its run directory in a multi-student run): a
+/// named size as given, a config file by its stem, or by its folder for `config.json`.
+pub fn name(arg: &str) -> String {
+    if NAMED.iter().any(|n| n.0 == arg) {
+        return arg.to_string();
+    }
+    let path = Path::new(arg);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("config") | None => path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| "student".into(), |n| n.to_string_lossy().into_owned()),
+        Some(s) => s.to_string(),
+    }
+}
+
 /// `vit-ti16`, `vit-s16`, `vit-s16plus`, `vit-b16`, or the path of a `dinov3_vit` config.json.
 pub fn resolve(arg: &str) -> Result<ModelConfig> {
     if let Some(&(_, d, l, h, i, g)) = NAMED.iter().find(|n| n.0 == arg) {
@@ -78,4 +95,17 @@ pub fn resolve(arg: &str) -> Result<ModelConfig> {
         )));
     }
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name;
+
+    #[test]
+    fn students_are_named_by_size_or_file() {
+        assert_eq!(name("vit-ti16"), "vit-ti16");
+        assert_eq!(name("/x/tiny.json"), "tiny");
+        assert_eq!(name("/runs/my-student/config.json"), "my-student");
+        assert_eq!(name("config.json"), "student");
+    }
 }

@@ -219,30 +219,91 @@ pub fn cache_key(
     }
 }
 
-/// Runs (or resumes) a distillation.
+/// One student of a multi-student run.
+#[derive(Clone, Debug)]
+pub struct StudentSpec {
+    /// Names the student in messages (`--student` argument: `vit-ti16`, or a config's stem).
+    pub name: String,
+    pub config: ModelConfig,
+    /// The student's run directory (run.json, metrics.jsonl, checkpoints/, the export).
+    pub out: PathBuf,
+}
+
+/// Runs (or resumes) a distillation of `o.student` into `o.out`.
 pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport> {
+    let spec = StudentSpec {
+        name: "student".into(),
+        config: o.student.clone(),
+        out: o.out.clone(),
+    };
+    let mut reports = train_many(o, &[spec], |_, e| on(e))?;
+    Ok(reports.remove(0))
+}
+
+/// Trains several students from one teacher forward (or one cache read) per batch, as DINOv3
+/// distils its family: every student sees the same images, augmentations and targets, and
+/// each one's run (its directory, checkpoints, resume, export) is exactly the run `train`
+/// makes for it alone. `o.student` and `o.out` are not used; events carry the student's index.
+pub fn train_many(
+    o: &TrainOptions,
+    students: &[StudentSpec],
+    mut on: impl FnMut(usize, Event),
+) -> Result<Vec<TrainReport>> {
     let t0 = Instant::now();
-    let mut student = o.student.clone();
-    student.image_size = o.size;
     if o.batch == 0 {
         return Err(DistillError::Config("--batch must be at least 1".into()));
     }
+    if students.is_empty() {
+        return Err(DistillError::Config("no --student given".into()));
+    }
+    for (i, s) in students.iter().enumerate() {
+        if students[..i]
+            .iter()
+            .any(|t| t.name == s.name || t.out == s.out)
+        {
+            return Err(DistillError::Config(format!(
+                "student {:?} is given twice (each student needs its own name and directory)",
+                s.name
+            )));
+        }
+    }
     let teacher_model = Arc::new(Model::load(&o.teacher)?);
     let tcfg = teacher_model.config().clone();
-    let align = Alignment::new(&student, o.size, &tcfg, o.teacher_size)?;
-    for [s, t] in &o.inter {
-        if *s >= student.num_layers || *t >= tcfg.num_layers {
+    let configs: Vec<ModelConfig> = students
+        .iter()
+        .map(|s| {
+            let mut c = s.config.clone();
+            c.image_size = o.size;
+            c
+        })
+        .collect();
+    // One teacher render serves every student: their patch grids must agree.
+    let align = Alignment::new(&configs[0], o.size, &tcfg, o.teacher_size)?;
+    for (s, c) in students.iter().zip(&configs).skip(1) {
+        let a = Alignment::new(c, o.size, &tcfg, o.teacher_size)?;
+        if a != align {
             return Err(DistillError::Config(format!(
-                "intermediate pair {s}:{t} is out of range (student blocks 0..{}, teacher blocks 0..{})",
-                student.num_layers - 1,
-                tcfg.num_layers - 1
+                "student {:?} sees a {}x{} patch grid at {}px, student {:?} {}x{}: students trained together need the same patch size",
+                students[0].name, align.grid, align.grid, o.size, s.name, a.grid, a.grid
             )));
+        }
+    }
+    for (s, c) in students.iter().zip(&configs) {
+        for [sb, tb] in &o.inter {
+            if *sb >= c.num_layers || *tb >= tcfg.num_layers {
+                return Err(DistillError::Config(format!(
+                    "intermediate pair {sb}:{tb} is out of range for student {:?} (student blocks 0..{}, teacher blocks 0..{})",
+                    s.name,
+                    c.num_layers - 1,
+                    tcfg.num_layers - 1
+                )));
+            }
         }
     }
     let data = Dataset::scan(
         &o.data,
         o.holdout,
-        student.patch_size.max(tcfg.patch_size) as u32,
+        configs[0].patch_size.max(tcfg.patch_size) as u32,
     )?;
     let teacher_layers: Vec<usize> = o.inter.iter().map(|p| p[1]).collect();
     let student_layers: Vec<usize> = o.inter.iter().map(|p| p[0]).collect();
@@ -265,136 +326,55 @@ pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport>
         )?),
         None => None,
     };
-    let run = RunConfig {
-        format: RUN_FORMAT.into(),
-        student: student.to_hf_json(),
-        teacher: TeacherId::of(&teacher_model),
-        align: align.clone(),
-        data_fingerprint: data.fingerprint(),
-        train_images: data.train.len(),
-        holdout: o.holdout,
-        steps: o.steps,
-        batch: o.batch,
-        seed: o.seed,
-        optim: o.optim,
-        loss: o.loss,
-        aug: o.aug,
-        inter: o.inter.clone(),
-        ls_init: o.ls_init,
-        heads_only: o.heads_only,
-        cache_views: cached.as_ref().map(|c| c.index.views),
-    };
-    let run_json =
-        serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;
 
-    // Parameters: fresh, from --init-from, or from the latest checkpoint.
-    let heads: Vec<(usize, usize)> =
-        std::iter::repeat_n((student.hidden_size, tcfg.hidden_size), 2 + o.inter.len()).collect();
-    let layout = ParamLayout::new(&student, &heads);
-    std::fs::create_dir_all(&o.out).map_err(|e| DistillError::io(&o.out, e))?;
-    let ckpt_root = o.out.join("checkpoints");
-    let existing = checkpoint::latest(&ckpt_root)?;
-    let metrics_path = o.out.join("metrics.jsonl");
-    let (mut state, resumed_from) = match (&existing, o.resume) {
-        (Some(dir), true) => {
-            let (st, old) = checkpoint::load(dir, layout.total)?;
-            let old: RunConfig =
-                serde_json::from_str(&old).map_err(|e| DistillError::Mismatch {
-                    path: dir.join("run.json"),
-                    reason: e.to_string(),
-                })?;
-            let diff = differences(&old, &run);
-            if !diff.is_empty() {
-                return Err(DistillError::Mismatch {
-                    path: dir.join("run.json"),
-                    reason: format!(
-                        "cannot resume: this run's configuration differs from the checkpoint's ({})",
-                        diff.join("; ")
-                    ),
-                });
-            }
-            truncate_metrics(&metrics_path, st.step)?;
-            (st, Some(dir.clone()))
-        }
-        (None, true) => {
-            return Err(DistillError::Config(format!(
-                "--resume: no checkpoint under {}",
-                ckpt_root.display()
-            )));
-        }
-        (Some(dir), false) => {
-            return Err(DistillError::Config(format!(
-                "{} already holds a run (checkpoint {}); pass --resume to continue it, or choose another --out",
-                o.out.display(),
-                dir.display()
-            )));
-        }
-        (None, false) => {
-            let mut params = layout.init(o.seed, o.ls_init);
-            if let Some(dir) = &o.init_from {
-                let m = Model::load(dir)?;
-                if m.config().to_hf_json()["hidden_size"] != student.to_hf_json()["hidden_size"]
-                    || m.config().num_layers != student.num_layers
-                {
-                    return Err(DistillError::Mismatch {
-                        path: dir.clone(),
-                        reason: "--init-from has another architecture than --student".into(),
-                    });
-                }
-                layout.load_model(&m, &mut params)?;
-            }
-            let _ = std::fs::remove_file(&metrics_path);
-            (
-                TrainState {
-                    step: 0,
-                    ema: params.clone(),
-                    params,
-                    adam: AdamW::new(layout.total),
-                },
-                None,
-            )
-        }
-    };
-    write_atomic(&o.out.join("run.json"), run_json.as_bytes())?;
-
-    let first_step = state.step;
+    let mut runs = Vec::new();
+    for (spec, cfg) in students.iter().zip(configs) {
+        runs.push(StudentRun::open(
+            o,
+            spec,
+            cfg,
+            &teacher_model,
+            &align,
+            &data,
+            cached.as_ref().map(|c| c.index.views),
+            &student_layers,
+        )?);
+    }
+    let first_step = runs[0].state.step;
+    if let Some(r) = runs.iter().find(|r| r.state.step != first_step) {
+        return Err(DistillError::Config(format!(
+            "cannot resume together: student {:?} is at step {}, student {:?} at step {} (resume them one at a time, or remove the newer checkpoint)",
+            students[0].name, first_step, r.name, r.state.step
+        )));
+    }
     let end_step = o
         .stop_after
         .map_or(o.steps, |n| (first_step + n).min(o.steps));
-    let info = StartInfo {
-        first_step,
-        steps: o.steps,
-        train_images: data.train.len(),
-        holdout_images: data.holdout.len().min(o.eval_images),
-        skipped: data.skipped.clone(),
-        student_params: layout.model_len(),
-        teacher: format!("{} ({})", o.teacher.display(), tcfg.describe()),
-        align: align.clone(),
-        cached: cached.is_some(),
-        resumed_from,
-    };
-    on(Event::Started(&info));
+    for (i, r) in runs.iter().enumerate() {
+        let info = StartInfo {
+            first_step,
+            steps: o.steps,
+            train_images: data.train.len(),
+            holdout_images: data.holdout.len().min(o.eval_images),
+            skipped: data.skipped.clone(),
+            student_params: r.layout.model_len(),
+            teacher: format!("{} ({})", o.teacher.display(), tcfg.describe()),
+            align: align.clone(),
+            cached: cached.is_some(),
+            resumed_from: r.resumed_from.clone(),
+        };
+        on(i, Event::Started(&info));
+    }
 
     let ctx = Ctx::new(o.threads)?;
-    let mut graph = Graph::new(&student, o.batch, o.size, o.size, &student_layers);
     let student_render = RenderSpec {
         size: o.size,
         mean: dinoedge_runtime::preprocess::IMAGENET_MEAN,
         std: dinoedge_runtime::preprocess::IMAGENET_STD,
     };
     let trender = teacher_render(&teacher_model, &align)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| DistillError::io(&metrics_path, e))?;
-    let mut log_line = |v: &dyn erased::Json| -> Result<()> {
-        writeln!(metrics, "{}", v.json())
-            .and_then(|_| metrics.flush())
-            .map_err(|e| DistillError::io(&metrics_path, e))
-    };
 
-    // Held-out targets: centre views, teacher run once.
+    // Held-out targets: centre views, teacher run once for every student.
     let holdout: Vec<(PathBuf, u32, u32)> = data
         .holdout
         .iter()
@@ -412,20 +392,14 @@ pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport>
             &mut online,
         )?)
     };
-    let mut holdout_start = None;
     if let Some(h) = &holdout_set
         && first_step == 0
     {
-        let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
-        let l = HoldoutLog {
-            step: 0,
-            holdout_cls_cos: a.cls_cos,
-            holdout_patch_cos: a.patch_cos,
-            holdout_images: a.images,
-        };
-        log_line(&l)?;
-        on(Event::Holdout(&l));
-        holdout_start = Some(l);
+        for (i, r) in runs.iter_mut().enumerate() {
+            let l = r.holdout(h, &ctx, 0)?;
+            on(i, Event::Holdout(&l));
+            r.holdout_start = Some(l);
+        }
     }
 
     // The sample stream.
@@ -470,47 +444,319 @@ pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport>
     })?;
     let mut source = source;
 
-    let mut obj = Objective::default();
-    let mut g = vec![0.0f32; layout.total];
-    let mut dout = vec![0.0f32; graph.out.len()];
-    let mut dinter: Vec<Vec<f32>> = student_layers
-        .iter()
-        .map(|_| vec![0.0f32; graph.out.len()])
-        .collect();
     let mut reported: HashSet<PathBuf> = HashSet::new();
-    let mut last_log: Option<StepLog> = None;
-    let mut last_ckpt: Option<PathBuf> = existing.filter(|_| o.resume);
     let (mut window_t, mut window_steps) = (Instant::now(), 0usize);
-    let model_len = layout.model_len();
     for step in first_step..end_step {
         let b = loader.next()?;
         for (p, e) in &b.failed {
             if reported.insert(p.clone()) {
-                on(Event::BadImage { path: p, reason: e });
+                on(0, Event::BadImage { path: p, reason: e });
             }
         }
         let targets: Targets = match &mut source {
             TeacherSource::Online(t) => t.targets(&b.pixels[1], batch)?,
             TeacherSource::Cached(c) => c.targets(&b.keys, &teacher_layers)?,
         };
-        let p = Params {
-            layout: &layout,
-            v: &state.params,
+        let mut parts = Vec::with_capacity(runs.len());
+        for r in runs.iter_mut() {
+            parts.push(r.step(o, &ctx, step, &b.pixels[0], &targets)?);
+        }
+        window_steps += 1;
+        let done = step + 1;
+        if done.is_multiple_of(o.log_every.max(1)) || done == end_step {
+            let secs = window_t.elapsed().as_secs_f64();
+            for (i, (r, (parts, gn, lr))) in runs.iter_mut().zip(parts).enumerate() {
+                let l = StepLog {
+                    step: done,
+                    loss: parts.total,
+                    loss_cls: parts.cls,
+                    loss_patch: parts.patch,
+                    loss_gram: parts.gram,
+                    loss_inter: parts.inter,
+                    lr: lr as f64,
+                    grad_norm: gn,
+                    // Images through the whole step (teacher and every student).
+                    img_per_s: (window_steps * batch) as f64 / secs.max(1e-9),
+                    elapsed_s: t0.elapsed().as_secs_f64(),
+                };
+                r.log_line(&l)?;
+                on(i, Event::Step(&l));
+                r.last_log = Some(l);
+            }
+            (window_t, window_steps) = (Instant::now(), 0);
+        }
+        if let Some(h) = &holdout_set
+            && o.eval_every > 0
+            && done.is_multiple_of(o.eval_every)
+            && done != o.steps
+        {
+            for (i, r) in runs.iter_mut().enumerate() {
+                let l = r.holdout(h, &ctx, done)?;
+                on(i, Event::Holdout(&l));
+            }
+        }
+        if done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step {
+            for (i, r) in runs.iter_mut().enumerate() {
+                let dir = checkpoint::save(&r.ckpt_root, &r.state, &r.run_json, o.keep)?;
+                on(
+                    i,
+                    Event::Checkpoint {
+                        step: done,
+                        path: &dir,
+                    },
+                );
+                r.last_ckpt = Some(dir);
+            }
+        }
+    }
+    drop(loader);
+    let mut reports = Vec::new();
+    for (i, mut r) in runs.into_iter().enumerate() {
+        let finished = r.state.step == o.steps;
+        let mut holdout_end = None;
+        if finished {
+            export(&r.out, &r.cfg, &r.layout, &r.state.ema, &r.run, o)?;
+            on(i, Event::Exported { path: &r.out });
+            if let Some(h) = &holdout_set {
+                let l = r.holdout(h, &ctx, r.state.step)?;
+                on(i, Event::Holdout(&l));
+                holdout_end = Some(l);
+            }
+        }
+        reports.push(TrainReport {
+            out: r.out.clone(),
+            first_step,
+            last_step: r.state.step,
+            steps: o.steps,
+            finished,
+            last: r.last_log.take(),
+            holdout_start: r.holdout_start.take(),
+            holdout_end,
+            unreadable_images: data.skipped.len() + reported.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(reports)
+}
+
+/// One student's side of a run: its parameters and optimizer, graph, buffers and files.
+struct StudentRun {
+    name: String,
+    out: PathBuf,
+    cfg: ModelConfig,
+    run: RunConfig,
+    run_json: String,
+    layout: ParamLayout,
+    state: TrainState,
+    graph: Graph,
+    obj: Objective,
+    g: Vec<f32>,
+    dout: Vec<f32>,
+    dinter: Vec<Vec<f32>>,
+    ckpt_root: PathBuf,
+    metrics_path: PathBuf,
+    metrics: std::fs::File,
+    resumed_from: Option<PathBuf>,
+    last_ckpt: Option<PathBuf>,
+    last_log: Option<StepLog>,
+    holdout_start: Option<HoldoutLog>,
+}
+
+impl StudentRun {
+    /// Fresh parameters, `--init-from` weights, or (with `--resume`) the latest checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        o: &TrainOptions,
+        spec: &StudentSpec,
+        cfg: ModelConfig,
+        teacher: &Model,
+        align: &Alignment,
+        data: &Dataset,
+        cache_views: Option<usize>,
+        student_layers: &[usize],
+    ) -> Result<StudentRun> {
+        let tcfg = teacher.config();
+        let run = RunConfig {
+            format: RUN_FORMAT.into(),
+            student: cfg.to_hf_json(),
+            teacher: TeacherId::of(teacher),
+            align: align.clone(),
+            data_fingerprint: data.fingerprint(),
+            train_images: data.train.len(),
+            holdout: o.holdout,
+            steps: o.steps,
+            batch: o.batch,
+            seed: o.seed,
+            optim: o.optim,
+            loss: o.loss,
+            aug: o.aug,
+            inter: o.inter.clone(),
+            ls_init: o.ls_init,
+            heads_only: o.heads_only,
+            cache_views,
         };
-        graph.forward(&ctx, p, &b.pixels[0]);
-        g.fill(0.0);
-        let parts: LossParts = obj.compute(
-            &ctx,
+        let run_json =
+            serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;
+        let heads: Vec<(usize, usize)> =
+            std::iter::repeat_n((cfg.hidden_size, tcfg.hidden_size), 2 + o.inter.len()).collect();
+        let layout = ParamLayout::new(&cfg, &heads);
+        let out = &spec.out;
+        std::fs::create_dir_all(out).map_err(|e| DistillError::io(out, e))?;
+        let ckpt_root = out.join("checkpoints");
+        let existing = checkpoint::latest(&ckpt_root)?;
+        let metrics_path = out.join("metrics.jsonl");
+        let (state, resumed_from) = match (&existing, o.resume) {
+            (Some(dir), true) => {
+                let (st, old) = checkpoint::load(dir, layout.total)?;
+                let old: RunConfig =
+                    serde_json::from_str(&old).map_err(|e| DistillError::Mismatch {
+                        path: dir.join("run.json"),
+                        reason: e.to_string(),
+                    })?;
+                let diff = differences(&old, &run);
+                if !diff.is_empty() {
+                    return Err(DistillError::Mismatch {
+                        path: dir.join("run.json"),
+                        reason: format!(
+                            "cannot resume: this run's configuration differs from the checkpoint's ({})",
+                            diff.join("; ")
+                        ),
+                    });
+                }
+                truncate_metrics(&metrics_path, st.step)?;
+                (st, Some(dir.clone()))
+            }
+            (None, true) => {
+                return Err(DistillError::Config(format!(
+                    "--resume: no checkpoint under {}",
+                    ckpt_root.display()
+                )));
+            }
+            (Some(dir), false) => {
+                return Err(DistillError::Config(format!(
+                    "{} already holds a run (checkpoint {}); pass --resume to continue it, or choose another --out",
+                    out.display(),
+                    dir.display()
+                )));
+            }
+            (None, false) => {
+                let mut params = layout.init(o.seed, o.ls_init);
+                if let Some(dir) = &o.init_from {
+                    let m = Model::load(dir)?;
+                    if m.config().to_hf_json()["hidden_size"] != cfg.to_hf_json()["hidden_size"]
+                        || m.config().num_layers != cfg.num_layers
+                    {
+                        return Err(DistillError::Mismatch {
+                            path: dir.clone(),
+                            reason: format!(
+                                "--init-from has another architecture than student {:?}",
+                                spec.name
+                            ),
+                        });
+                    }
+                    layout.load_model(&m, &mut params)?;
+                }
+                let _ = std::fs::remove_file(&metrics_path);
+                (
+                    TrainState {
+                        step: 0,
+                        ema: params.clone(),
+                        params,
+                        adam: AdamW::new(layout.total),
+                    },
+                    None,
+                )
+            }
+        };
+        write_atomic(&out.join("run.json"), run_json.as_bytes())?;
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| DistillError::io(&metrics_path, e))?;
+        let graph = Graph::new(&cfg, o.batch, o.size, o.size, student_layers);
+        let (g, dout) = (vec![0.0f32; layout.total], vec![0.0f32; graph.out.len()]);
+        let dinter = student_layers
+            .iter()
+            .map(|_| vec![0.0f32; graph.out.len()])
+            .collect();
+        Ok(StudentRun {
+            name: spec.name.clone(),
+            out: out.clone(),
+            cfg,
+            run,
+            run_json,
+            layout,
+            state,
+            graph,
+            obj: Objective::default(),
+            g,
+            dout,
+            dinter,
+            ckpt_root,
+            metrics_path,
+            metrics,
+            last_ckpt: existing.filter(|_| o.resume),
+            resumed_from,
+            last_log: None,
+            holdout_start: None,
+        })
+    }
+
+    fn log_line(&mut self, v: &dyn erased::Json) -> Result<()> {
+        writeln!(self.metrics, "{}", v.json())
+            .and_then(|_| self.metrics.flush())
+            .map_err(|e| DistillError::io(&self.metrics_path, e))
+    }
+
+    /// Held-out agreement of the EMA weights, logged.
+    fn holdout(&mut self, h: &HoldoutSet, ctx: &Ctx, step: usize) -> Result<HoldoutLog> {
+        let a = h.evaluate(
+            ctx,
+            &mut self.graph,
+            &self.layout,
+            &self.state.ema,
+            &self.cfg,
+        )?;
+        let l = HoldoutLog {
+            step,
+            holdout_cls_cos: a.cls_cos,
+            holdout_patch_cos: a.patch_cos,
+            holdout_images: a.images,
+        };
+        self.log_line(&l)?;
+        Ok(l)
+    }
+
+    /// Forward, objective, backward, clip, AdamW and EMA for one batch; returns the loss
+    /// parts, the gradient norm before clipping and the learning rate.
+    fn step(
+        &mut self,
+        o: &TrainOptions,
+        ctx: &Ctx,
+        step: usize,
+        pixels: &[f32],
+        targets: &Targets,
+    ) -> Result<(LossParts, f64, f32)> {
+        let p = Params {
+            layout: &self.layout,
+            v: &self.state.params,
+        };
+        self.graph.forward(ctx, p, pixels);
+        self.g.fill(0.0);
+        let parts: LossParts = self.obj.compute(
+            ctx,
             p,
-            &mut g,
-            &graph.dims,
-            &graph.out,
-            &graph.inter,
-            &targets,
+            &mut self.g,
+            &self.graph.dims,
+            &self.graph.out,
+            &self.graph.inter,
+            targets,
             &o.loss,
-            &mut dout,
-            &mut dinter,
+            &mut self.dout,
+            &mut self.dinter,
         );
+        let last_ckpt = &self.last_ckpt;
         let diverged = |value: String| DistillError::Diverged {
             step: step + 1,
             value,
@@ -522,112 +768,51 @@ pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport>
             return Err(diverged(format!("{}", parts.total)));
         }
         if !o.heads_only {
-            graph.backward(&ctx, p, &mut g, &dout, &dinter);
+            self.graph
+                .backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
         }
-        let gn = global_norm(&g);
+        let gn = global_norm(&self.g);
         if !gn.is_finite() {
             return Err(diverged(format!("finite but its gradient norm is {gn}")));
         }
         if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
             let s = (o.optim.clip as f64 / gn) as f32;
-            g.iter_mut().for_each(|v| *v *= s);
+            self.g.iter_mut().for_each(|v| *v *= s);
         }
         let lr = lr_at(&o.optim, step, o.steps);
+        let model_len = self.layout.model_len();
+        let st = &mut self.state;
         if o.heads_only {
-            g[..model_len].fill(0.0);
-            let frozen = state.params[..model_len].to_vec();
-            state
-                .adam
-                .step(&o.optim, &layout, &mut state.params, &g, lr, step + 1);
-            state.params[..model_len].copy_from_slice(&frozen);
+            self.g[..model_len].fill(0.0);
+            let frozen = st.params[..model_len].to_vec();
+            st.adam.step(
+                &o.optim,
+                &self.layout,
+                &mut st.params,
+                &self.g,
+                lr,
+                step + 1,
+            );
+            st.params[..model_len].copy_from_slice(&frozen);
         } else {
-            state
-                .adam
-                .step(&o.optim, &layout, &mut state.params, &g, lr, step + 1);
+            st.adam.step(
+                &o.optim,
+                &self.layout,
+                &mut st.params,
+                &self.g,
+                lr,
+                step + 1,
+            );
         }
-        ema_update(&mut state.ema, &state.params, o.optim.ema, step + 1);
-        if state.params.iter().any(|v| !v.is_finite()) {
+        ema_update(&mut st.ema, &st.params, o.optim.ema, step + 1);
+        if st.params.iter().any(|v| !v.is_finite()) {
             return Err(diverged(
                 "finite but the update made a weight non-finite".into(),
             ));
         }
-        state.step = step + 1;
-        window_steps += 1;
-        let done = state.step;
-        if done.is_multiple_of(o.log_every.max(1)) || done == end_step {
-            let secs = window_t.elapsed().as_secs_f64();
-            let l = StepLog {
-                step: done,
-                loss: parts.total,
-                loss_cls: parts.cls,
-                loss_patch: parts.patch,
-                loss_gram: parts.gram,
-                loss_inter: parts.inter,
-                lr: lr as f64,
-                grad_norm: gn,
-                img_per_s: (window_steps * batch) as f64 / secs.max(1e-9),
-                elapsed_s: t0.elapsed().as_secs_f64(),
-            };
-            log_line(&l)?;
-            on(Event::Step(&l));
-            last_log = Some(l);
-            (window_t, window_steps) = (Instant::now(), 0);
-        }
-        if let Some(h) = &holdout_set
-            && o.eval_every > 0
-            && done.is_multiple_of(o.eval_every)
-            && done != o.steps
-        {
-            let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
-            let l = HoldoutLog {
-                step: done,
-                holdout_cls_cos: a.cls_cos,
-                holdout_patch_cos: a.patch_cos,
-                holdout_images: a.images,
-            };
-            log_line(&l)?;
-            on(Event::Holdout(&l));
-        }
-        if done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step {
-            let dir = checkpoint::save(&ckpt_root, &state, &run_json, o.keep)?;
-            on(Event::Checkpoint {
-                step: done,
-                path: &dir,
-            });
-            last_ckpt = Some(dir);
-        }
+        st.step = step + 1;
+        Ok((parts, gn, lr))
     }
-    drop(loader);
-    let finished = state.step == o.steps;
-    let mut holdout_end = None;
-    if finished {
-        export(&o.out, &student, &layout, &state.ema, &run, o)?;
-        on(Event::Exported { path: &o.out });
-        if let Some(h) = &holdout_set {
-            let a = h.evaluate(&ctx, &mut graph, &layout, &state.ema, &student)?;
-            let l = HoldoutLog {
-                step: state.step,
-                holdout_cls_cos: a.cls_cos,
-                holdout_patch_cos: a.patch_cos,
-                holdout_images: a.images,
-            };
-            log_line(&l)?;
-            on(Event::Holdout(&l));
-            holdout_end = Some(l);
-        }
-    }
-    Ok(TrainReport {
-        out: o.out.clone(),
-        first_step,
-        last_step: state.step,
-        steps: o.steps,
-        finished,
-        last: last_log,
-        holdout_start,
-        holdout_end,
-        unreadable_images: data.skipped.len() + reported.len(),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
 }
 
 mod erased {

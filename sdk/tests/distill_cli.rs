@@ -541,3 +541,86 @@ fn full_disk_while_checkpointing_keeps_the_old_checkpoint() {
         &["--steps", "20", "--checkpoint-every", "10", "--resume"],
     ));
 }
+
+/// `--student a --student b`: one teacher forward per batch feeds both; each student's run
+/// (weights, heads, losses) equals its run alone bit for bit, a multi-student run stops and
+/// resumes like a single one, and a student given twice is refused.
+#[test]
+fn two_students_from_one_teacher_equal_their_single_runs() {
+    let s = setup();
+    let wide = s.root.join("wide.json");
+    std::fs::write(
+        &wide,
+        r#"{"model_type":"dinov3_vit","hidden_size":48,"num_hidden_layers":3,"num_attention_heads":3,"intermediate_size":96,"patch_size":16,"num_register_tokens":4,"layer_norm_eps":1e-5,"rope_theta":100.0,"query_bias":true,"key_bias":false,"value_bias":true}"#,
+    )
+    .unwrap();
+    let (small, wide) = (s.student.to_str().unwrap(), wide.to_str().unwrap());
+    let common = [
+        "--steps",
+        "12",
+        "--checkpoint-every",
+        "6",
+        "--eval-every",
+        "6",
+    ];
+    let both = s.root.join("both");
+    let mut args = vec!["--student", small, "--student", wide];
+    args.extend(common);
+    let stdout = ok(&s.args(&both, &args));
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2, "{stdout}");
+    assert!(reports.iter().all(|r| r["finished"] == true));
+
+    for (json, name) in [(small, "student"), (wide, "wide")] {
+        let alone = s.root.join(format!("alone-{name}"));
+        let mut args = vec!["--student", json];
+        args.extend(common);
+        ok(&s.args(&alone, &args));
+        let dir = both.join(name);
+        for f in ["model.safetensors", "distill_heads.safetensors"] {
+            assert_eq!(
+                tensors(&dir.join(f)),
+                tensors(&alone.join(f)),
+                "{name}: {f} differs from its single run"
+            );
+        }
+        assert_eq!(losses(&dir), losses(&alone), "{name}: losses differ");
+        assert_eq!(losses(&dir).len(), 12);
+        assert!(dir.join("loss.png").is_file() && dir.join("checkpoints").is_dir());
+    }
+
+    // Stopped after 7 steps, resumed: the same two students.
+    let resumed = s.root.join("resumed");
+    let mut first = args_with(&[small, wide], &common);
+    first.extend(["--stop-after", "7"]);
+    ok(&s.args(&resumed, &first));
+    let mut second = args_with(&[small, wide], &common);
+    second.push("--resume");
+    let stdout = ok(&s.args(&resumed, &second));
+    assert!(stdout.contains("\"first_step\":7"), "{stdout}");
+    for name in ["student", "wide"] {
+        assert_eq!(
+            tensors(&resumed.join(name).join("model.safetensors")),
+            tensors(&both.join(name).join("model.safetensors")),
+            "{name}: resumed multi-student run differs"
+        );
+    }
+
+    let err = fails(&s.args(
+        &s.root.join("dup"),
+        &["--student", small, "--student", small, "--steps", "2"],
+    ));
+    assert!(err.contains("given twice"), "{err}");
+}
+
+fn args_with<'a>(students: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = Vec::new();
+    for s in students {
+        v.extend(["--student", s]);
+    }
+    v.extend(rest);
+    v
+}

@@ -103,9 +103,11 @@ impl SetupArgs {
 struct TrainArgs {
     #[command(flatten)]
     setup: SetupArgs,
-    /// vit-ti16, vit-s16, vit-s16plus, vit-b16, or an HF dinov3_vit config.json.
+    /// vit-ti16, vit-s16, vit-s16plus, vit-b16, or an HF dinov3_vit config.json. Repeat it
+    /// to train several students from one teacher forward per batch; each then gets its
+    /// own run in OUT/<name> (e.g. OUT/vit-ti16).
     #[arg(long, required = true)]
-    student: Option<String>,
+    student: Vec<String>,
     /// Output directory: the student (HF layout), metrics.jsonl, loss.png, checkpoints/.
     #[arg(long, required = true)]
     out: Option<PathBuf>,
@@ -260,16 +262,28 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         )));
     }
     let s = &a.setup;
-    let student =
-        dinoedge_distill::student::resolve(a.student.as_deref().expect("required by clap"))?;
     let out = a.out.clone().expect("required by clap");
+    let many = a.student.len() > 1;
+    let mut students = Vec::new();
+    for arg in &a.student {
+        let name = dinoedge_distill::student::name(arg);
+        students.push(train::StudentSpec {
+            out: if many { out.join(&name) } else { out.clone() },
+            config: dinoedge_distill::student::resolve(arg)?,
+            name,
+        });
+    }
+    let student = students[0].config.clone();
     let mut inter = a.inter.clone();
     if a.w_inter > 0.0 && inter.is_empty() {
         let t = Model::load(s.teacher())?;
-        inter.push(train::default_inter(
-            student.num_layers,
-            t.config().num_layers,
-        ));
+        // The middle blocks of the shallowest student and of the teacher.
+        let layers = students
+            .iter()
+            .map(|s| s.config.num_layers)
+            .min()
+            .unwrap_or(student.num_layers);
+        inter.push(train::default_inter(layers, t.config().num_layers));
     }
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
     o.cache = a.cache.clone();
@@ -311,69 +325,103 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
     let pb = progress(a.steps as u64, "distill");
     let mut beat = std::time::Instant::now();
-    let report = train::train(&o, |e| match e {
-        Event::Started(i) => {
+    // "vit-ti16: " before per-student lines when several train together.
+    let tag = |i: usize| {
+        if many {
+            format!("{}: ", students[i].name)
+        } else {
+            String::new()
+        }
+    };
+    let mut losses = vec![f64::NAN; students.len()];
+    let reports = train::train_many(&o, &students, |i, e| match e {
+        Event::Started(info) => {
             super::note(
                 &pb,
                 format!(
-                    "student {} ({:.2} M parameters) at {}px; teacher {} at {}px ({}x{} grid{}); {} training images, {} held out{}{}",
-                    o.student.describe(),
-                    i.student_params as f64 / 1e6,
-                    i.align.student_size,
-                    i.teacher,
-                    i.align.teacher_size,
-                    i.align.grid,
-                    i.align.grid,
-                    if i.align.resampled() {
+                    "{}student {} ({:.2} M parameters) at {}px; teacher {} at {}px ({}x{} grid{}); {} training images, {} held out{}{}",
+                    tag(i),
+                    students[i].config.describe(),
+                    info.student_params as f64 / 1e6,
+                    info.align.student_size,
+                    info.teacher,
+                    info.align.teacher_size,
+                    info.align.grid,
+                    info.align.grid,
+                    if info.align.resampled() {
                         ", teacher resampled"
                     } else {
                         ""
                     },
-                    i.train_images,
-                    i.holdout_images,
-                    if i.cached {
+                    info.train_images,
+                    info.holdout_images,
+                    if info.cached {
                         "; cached teacher features"
                     } else {
                         ""
                     },
-                    i.resumed_from
+                    info.resumed_from
                         .as_ref()
                         .map(|p| format!("; resumed from {}", p.display()))
                         .unwrap_or_default(),
                 ),
             );
-            for (p, why) in &i.skipped {
-                super::note(&pb, format!("warning: skipped {}: {why}", p.display()));
+            if i == 0 {
+                for (p, why) in &info.skipped {
+                    super::note(&pb, format!("warning: skipped {}: {why}", p.display()));
+                }
+                if !info.skipped.is_empty() {
+                    super::note(
+                        &pb,
+                        format!("warning: {} files skipped", info.skipped.len()),
+                    );
+                }
+                pb.set_position(info.first_step as u64);
+                pb.reset_eta();
             }
-            if !i.skipped.is_empty() {
-                super::note(&pb, format!("warning: {} files skipped", i.skipped.len()));
-            }
-            pb.set_position(i.first_step as u64);
-            pb.reset_eta();
         }
         Event::Step(l) => {
+            losses[i] = l.loss;
+            if i + 1 < students.len() {
+                return;
+            }
+            let loss_text = if many {
+                students
+                    .iter()
+                    .zip(&losses)
+                    .map(|(s, v)| format!("{} {v:.4}", s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                format!("{:.4}", l.loss)
+            };
             pb.set_position(l.step as u64);
             pb.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.1} img/s",
-                l.loss, l.lr, l.img_per_s
+                "loss {loss_text} lr {:.2e} {:.1} img/s",
+                l.lr, l.img_per_s
             ));
             super::heartbeat(&pb, &mut beat, || {
                 format!(
-                    "step {}/{}: loss {:.4} lr {:.2e} {:.1} img/s ({:.0} s)",
-                    l.step, a.steps, l.loss, l.lr, l.img_per_s, l.elapsed_s
+                    "step {}/{}: loss {loss_text} lr {:.2e} {:.1} img/s ({:.0} s)",
+                    l.step, a.steps, l.lr, l.img_per_s, l.elapsed_s
                 )
             });
         }
         Event::Holdout(h) => super::note(
             &pb,
             format!(
-                "step {}: held-out cosine to the teacher: CLS {:.4}, patches {:.4} ({} images)",
-                h.step, h.holdout_cls_cos, h.holdout_patch_cos, h.holdout_images
+                "{}step {}: held-out cosine to the teacher: CLS {:.4}, patches {:.4} ({} images)",
+                tag(i),
+                h.step,
+                h.holdout_cls_cos,
+                h.holdout_patch_cos,
+                h.holdout_images
             ),
         ),
-        Event::Checkpoint { step, path } => {
-            super::note(&pb, format!("step {step}: checkpoint {}", path.display()))
-        }
+        Event::Checkpoint { step, path } => super::note(
+            &pb,
+            format!("{}step {step}: checkpoint {}", tag(i), path.display()),
+        ),
         Event::BadImage { path, reason } => super::note(
             &pb,
             format!(
@@ -383,27 +431,33 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         ),
         Event::Exported { path } => super::note(
             &pb,
-            format!("exported the EMA student to {}", path.display()),
+            format!("{}exported the EMA student to {}", tag(i), path.display()),
         ),
     })?;
     pb.finish_and_clear();
-    let metrics = out.join("metrics.jsonl");
-    let png = out.join("loss.png");
-    sdk_distill::loss_plot(&metrics, &png)?;
-    eprintln!(
-        "{} steps {}..{} in {:.1} s; metrics {}, curves {}",
-        if report.finished {
-            "finished"
-        } else {
-            "stopped after"
-        },
-        report.first_step,
-        report.last_step,
-        report.seconds,
-        metrics.display(),
-        png.display()
-    );
-    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    for (spec, report) in students.iter().zip(&reports) {
+        let metrics = spec.out.join("metrics.jsonl");
+        let png = spec.out.join("loss.png");
+        sdk_distill::loss_plot(&metrics, &png)?;
+        eprintln!(
+            "{}{} steps {}..{} in {:.1} s; metrics {}, curves {}",
+            tag(students
+                .iter()
+                .position(|s| s.name == spec.name)
+                .unwrap_or(0)),
+            if report.finished {
+                "finished"
+            } else {
+                "stopped after"
+            },
+            report.first_step,
+            report.last_step,
+            report.seconds,
+            metrics.display(),
+            png.display()
+        );
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    }
     Ok(())
 }
 

@@ -78,7 +78,11 @@ extern "C" __global__ void attention(float *out, const float *qkv, int tokens, i
 #if __CUDA_ARCH__ >= 800
 // KIND 0: f16, 1: bf16. Two floats to one register, `lo` in the low half.
 template <int KIND> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+// f16 saturates instead of overflowing to inf (inf - inf in the softmax would be NaN).
+__device__ __forceinline__ float f16_range(float x) { return fminf(fmaxf(x, -65504.0f), 65504.0f); }
 template <> __device__ __forceinline__ unsigned pack2<0>(float lo, float hi) {
+    lo = f16_range(lo);
+    hi = f16_range(hi);
     unsigned r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
@@ -91,6 +95,7 @@ template <> __device__ __forceinline__ unsigned pack2<1>(float lo, float hi) {
 
 template <int KIND> __device__ __forceinline__ unsigned short to16(float x);
 template <> __device__ __forceinline__ unsigned short to16<0>(float x) {
+    x = f16_range(x);
     unsigned short r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
     return r;

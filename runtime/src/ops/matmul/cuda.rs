@@ -66,8 +66,17 @@ impl InputType {
     }
 }
 
-/// (out_features, in_features, rows, input type, epilogue asked for)
-type Key = (usize, usize, usize, InputType, Fused);
+/// (out_features, in_features, rows, input type, epilogue asked for, alignment of B and C)
+type Key = (usize, usize, usize, InputType, Fused, u32, u32);
+
+/// The largest power of two up to 256 dividing a device address: cuBLASLt assumes 256-byte
+/// alignment unless told otherwise (patch-embedding outputs sit at an offset in scratch).
+fn alignment(addr: u64) -> u32 {
+    if addr == 0 {
+        return 256;
+    }
+    (1u64 << addr.trailing_zeros().min(8)) as u32
+}
 
 /// One prepared GEMM: its descriptor, layouts and algorithm, and the epilogue it fuses.
 struct Prepared {
@@ -81,12 +90,17 @@ struct Prepared {
 
 impl Drop for Prepared {
     fn drop(&mut self) {
-        // SAFETY: created by this struct and destroyed once; errors here cannot be acted on.
+        // SAFETY: created by this struct (null until then) and destroyed once; errors here
+        // cannot be acted on.
         unsafe {
-            let _ = lt::destroy_matmul_desc(self.desc);
-            let _ = lt::destroy_matrix_layout(self.a);
-            let _ = lt::destroy_matrix_layout(self.b);
-            let _ = lt::destroy_matrix_layout(self.c);
+            if !self.desc.is_null() {
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+            for l in [self.a, self.b, self.c] {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
         }
     }
 }
@@ -117,6 +131,7 @@ impl Lt {
 
     /// Descriptor, layouts and algorithm for one shape with `fused`, or `None` when cuBLASLt
     /// has no algorithm for that combination.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
         o: usize,
@@ -124,6 +139,8 @@ impl Lt {
         rows: usize,
         t: InputType,
         fused: Fused,
+        align_b: u32,
+        align_c: u32,
     ) -> Result<Option<Prepared>> {
         let e = |what: &'static str| {
             move |x| {
@@ -133,13 +150,23 @@ impl Lt {
                 )
             }
         };
+        // Handles are filled in one by one; dropping `p` frees those made so far.
+        let mut p = Prepared {
+            desc: std::ptr::null_mut(),
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+            // SAFETY: plain data, overwritten by the heuristic before use.
+            algo: unsafe { std::mem::zeroed() },
+            fused,
+        };
         // Row-major out (rows, O) = inp (rows, K) . W^T is column-major D (O, rows) =
         // op_T(W as column-major (K, O)) . inp as column-major (K, rows).
-        let a = lt::create_matrix_layout(t.cuda(), k as u64, o as u64, k as i64)
+        p.a = lt::create_matrix_layout(t.cuda(), k as u64, o as u64, k as i64)
             .map_err(e("layout"))?;
-        let b = lt::create_matrix_layout(t.cuda(), k as u64, rows as u64, k as i64)
+        p.b = lt::create_matrix_layout(t.cuda(), k as u64, rows as u64, k as i64)
             .map_err(e("layout"))?;
-        let c = lt::create_matrix_layout(
+        p.c = lt::create_matrix_layout(
             sys::cudaDataType::CUDA_R_32F,
             o as u64,
             rows as u64,
@@ -147,20 +174,11 @@ impl Lt {
         )
         .map_err(e("layout"))?;
         // CUBLAS_COMPUTE_32F: full f32 accumulation (no TF32 for f32 inputs).
-        let desc = lt::create_matmul_desc(
+        p.desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
         )
         .map_err(e("descriptor"))?;
-        let mut p = Prepared {
-            desc,
-            a,
-            b,
-            c,
-            // SAFETY: plain data, overwritten by the heuristic before use.
-            algo: unsafe { std::mem::zeroed() },
-            fused,
-        };
         // cublasOperation_t: 0 N, 1 T.
         let (trans_a, trans_b, epi) = (1i32, 0i32, fused.code());
         // SAFETY: live descriptors; each value has the size the attribute expects.
@@ -194,6 +212,20 @@ impl Lt {
                     &WORKSPACE_BYTES as *const usize as *const c_void,
                     size_of::<usize>(),
                 )?;
+                // Weights are whole allocations (256-byte aligned); B and C may be views.
+                for (attr, bytes) in [
+                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, 256u32),
+                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b),
+                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c),
+                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c),
+                ] {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        &bytes as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    )?;
+                }
                 lt::get_matmul_algo_heuristic(self.handle, p.desc, p.a, p.b, p.c, p.c, pref)
             }
         })();
@@ -271,12 +303,13 @@ pub(crate) fn product(
         p
     };
     let lt = &be.lt;
-    let key = (o, k, rows, t, want);
+    let (align_b, align_c) = (alignment(bptr as u64), alignment(c));
+    let key = (o, k, rows, t, want, align_b, align_c);
     if !lt.prepared.borrow().contains_key(&key) {
         let mut try_fused = Some(want);
         let mut got = None;
         while let Some(f) = try_fused {
-            if let Some(p) = lt.prepare(o, k, rows, t, f)? {
+            if let Some(p) = lt.prepare(o, k, rows, t, f, align_b, align_c)? {
                 got = Some(p);
                 break;
             }
@@ -414,5 +447,18 @@ pub fn matmul(
                 0,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alignment;
+
+    #[test]
+    fn alignment_is_the_largest_power_of_two_up_to_256() {
+        assert_eq!(alignment(0x7f00_0000_0000), 256);
+        assert_eq!(alignment(0x7f00_0000_0100 + 2352), 16);
+        assert_eq!(alignment(4), 4);
+        assert_eq!(alignment(0x7f00_0000_0080), 128);
     }
 }

@@ -24,7 +24,8 @@ pub fn patch_embed(
     let rows = d.batch * hw;
     // scratch = [cols (rows, pl) | emb (rows, D)]
     let cols = be.ptr_mut(scratch) as u64;
-    let emb = cols + (rows * pl * 4) as u64;
+    // Embedding rows on a 256-byte boundary (cuBLASLt's fastest kernels want it).
+    let emb = cols + ((rows * pl * 4) as u64).next_multiple_of(256);
     let cfg = be.grid(rows * pl);
     let a = [
         d.batch, d.channels, d.height, d.width, d.patch, d.grid_h, d.grid_w,

@@ -18,5 +18,6 @@ pub mod wgpu;
 
 /// Floats of scratch the CPU form needs.
 pub fn scratch_len(d: &super::Dims) -> usize {
-    d.batch * d.patches() * (d.patch_len() + d.dim)
+    // + 64 floats: the CUDA form starts the embedding rows on a 256-byte boundary.
+    d.batch * d.patches() * (d.patch_len() + d.dim) + 64
 }
