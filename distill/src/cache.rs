@@ -52,6 +52,10 @@ pub struct CacheIndex {
     pub images_per_shard: usize,
     pub shards: Vec<String>,
     pub complete: bool,
+    /// Where the teacher computed when not on the f32 CPU path ("cuda bf16"); runs trained
+    /// from the cache record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_compute: Option<String>,
 }
 
 /// Lists the fields of two keys that differ, as "name: cache X, this run Y".
@@ -104,10 +108,17 @@ pub fn build(
         images_per_shard: per,
         shards: shards.clone(),
         complete: false,
+        teacher_compute: teacher.compute(),
     };
-    // Shards of an earlier, interrupted build are reusable only under the same key.
+    // Shards of an earlier, interrupted build are reusable only under the same key (and
+    // the same teacher backend and precision).
     let reusable = match read_index(dir) {
-        Ok(old) => old.key == index.key && old.views == views && old.images_per_shard == per,
+        Ok(old) => {
+            old.key == index.key
+                && old.views == views
+                && old.images_per_shard == per
+                && old.teacher_compute == index.teacher_compute
+        }
         Err(_) => false,
     };
     if !reusable {

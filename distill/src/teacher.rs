@@ -215,6 +215,12 @@ impl OnlineTeacher {
         self.model.config().hidden_size
     }
 
+    /// Where the teacher computes, when that is not the f32 CPU path (e.g. "cuda bf16"):
+    /// recorded with runs and caches, since a 16-bit teacher gives slightly other targets.
+    pub fn compute(&self) -> Option<String> {
+        compute_label(&self.session.info())
+    }
+
     /// Targets for `batch` images rendered at the teacher size, (B, 3, T, T).
     pub fn targets(&mut self, pixels: &[f32], batch: usize) -> Result<Targets> {
         let t = self.align.teacher_size;
@@ -222,4 +228,11 @@ impl OnlineTeacher {
         let f = self.session.run(&x, &self.run)?;
         Ok(features_to_targets(&f, &self.align))
     }
+}
+
+/// "cuda bf16" for a teacher off the f32 CPU path, `None` on it (the CPU reference included).
+pub fn compute_label(info: &dinoedge_runtime::BackendInfo) -> Option<String> {
+    use dinoedge_runtime::{BackendKind, Precision};
+    let cpu = matches!(info.kind, BackendKind::Cpu | BackendKind::CpuReference);
+    (!cpu || info.precision != Precision::F32).then(|| format!("{} {}", info.kind, info.precision))
 }

@@ -52,12 +52,19 @@ pub struct RunConfig {
     pub heads_only: bool,
     /// Views per image of the teacher cache used (None: online teacher).
     pub cache_views: Option<usize>,
+    /// Where the teacher's targets were computed when not on the f32 CPU path ("cuda bf16").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_compute: Option<String>,
 }
 
 /// Everything [`train`] needs.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub teacher: PathBuf,
+    /// Backend and precision of the online teacher (and of the held-out targets): e.g. the
+    /// CUDA backend in bf16 for a large teacher. Default: the CPU in f32.
+    pub teacher_backend: dinoedge_runtime::BackendKind,
+    pub teacher_precision: Option<dinoedge_runtime::Precision>,
     pub student: ModelConfig,
     pub data: PathBuf,
     pub out: PathBuf,
@@ -94,6 +101,8 @@ impl TrainOptions {
     pub fn new(teacher: PathBuf, student: ModelConfig, data: PathBuf, out: PathBuf) -> Self {
         TrainOptions {
             teacher,
+            teacher_backend: dinoedge_runtime::BackendKind::Cpu,
+            teacher_precision: None,
             student,
             data,
             out,
@@ -310,6 +319,8 @@ pub fn train_many(
 
     // Teacher source.
     let session_opts = SessionOptions {
+        backend: o.teacher_backend,
+        precision: o.teacher_precision,
         threads: o.threads,
         ..Default::default()
     };
@@ -327,6 +338,10 @@ pub fn train_many(
         None => None,
     };
 
+    let teacher_compute = match &cached {
+        Some(c) => c.index.teacher_compute.clone(),
+        None => online.compute(),
+    };
     let mut runs = Vec::new();
     for (spec, cfg) in students.iter().zip(configs) {
         runs.push(StudentRun::open(
@@ -336,7 +351,10 @@ pub fn train_many(
             &teacher_model,
             &align,
             &data,
-            cached.as_ref().map(|c| c.index.views),
+            (
+                cached.as_ref().map(|c| c.index.views),
+                teacher_compute.clone(),
+            ),
             &student_layers,
         )?);
     }
@@ -572,7 +590,7 @@ impl StudentRun {
         teacher: &Model,
         align: &Alignment,
         data: &Dataset,
-        cache_views: Option<usize>,
+        (cache_views, teacher_compute): (Option<usize>, Option<String>),
         student_layers: &[usize],
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
@@ -594,6 +612,7 @@ impl StudentRun {
             ls_init: o.ls_init,
             heads_only: o.heads_only,
             cache_views,
+            teacher_compute,
         };
         let run_json =
             serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;

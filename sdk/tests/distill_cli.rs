@@ -624,3 +624,66 @@ fn args_with<'a>(students: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
     v.extend(rest);
     v
 }
+
+/// `--teacher-backend` / `--teacher-precision`: a 16-bit teacher is recorded in the cache
+/// index and in run.json (online and from the cache), a resume under another teacher
+/// precision is refused naming it, and a backend this machine cannot run is a clear error.
+#[test]
+fn the_teacher_backend_and_precision_are_recorded_and_checked() {
+    let s = setup();
+    let out = s.root.join("f16");
+    ok(&s.args(&out, &["--steps", "4", "--teacher-precision", "f16"]));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["teacher_compute"], "cpu f16");
+    let err = fails(&s.args(&out, &["--steps", "8", "--resume"]));
+    assert!(
+        err.contains("cannot resume") && err.contains("teacher_compute"),
+        "{err}"
+    );
+    // The default f32 CPU teacher records nothing (run.json as before).
+    let plain = s.root.join("plain");
+    ok(&s.args(&plain, &["--steps", "2"]));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("run.json")).unwrap()).unwrap();
+    assert!(run.get("teacher_compute").is_none(), "{run}");
+
+    let cache = s.root.join("cache");
+    ok(&[
+        "distill",
+        "cache-teacher",
+        "--teacher",
+        s.teacher.to_str().unwrap(),
+        "--data",
+        s.data.to_str().unwrap(),
+        "--out",
+        cache.to_str().unwrap(),
+        "--size",
+        "32",
+        "--holdout",
+        "0.2",
+        "--views",
+        "1",
+        "--teacher-precision",
+        "f16",
+    ]
+    .map(String::from));
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["teacher_compute"], "cpu f16");
+    let cached = s.root.join("cached");
+    ok(&s.args(
+        &cached,
+        &["--steps", "2", "--cache", cache.to_str().unwrap()],
+    ));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cached.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["teacher_compute"], "cpu f16");
+
+    let err = fails(&s.args(
+        &s.root.join("gpu"),
+        &["--steps", "2", "--teacher-backend", "cuda"],
+    ));
+    assert!(err.contains("cuda"), "{err}");
+    eprintln!("--teacher-backend cuda here: {}", err.trim());
+}

@@ -49,6 +49,14 @@ struct SetupArgs {
     /// Teacher model directory (any runtime model: DINOv3, DINOv2, imported ONNX).
     #[arg(long, required = true)]
     teacher: Option<PathBuf>,
+    /// Backend of the teacher's forward: cpu, or cuda (a big teacher on the GPU, e.g. a
+    /// ViT-7B in bf16) where this build has it.
+    #[arg(long, default_value = "cpu", value_parser = super::parse_backend)]
+    teacher_backend: dinoedge::BackendKind,
+    /// Precision of the teacher's forward (default f32; bf16 / f16 on cuda, f16 / int8 on
+    /// cpu). Recorded in run.json and the cache index.
+    #[arg(long, value_parser = super::parse_precision)]
+    teacher_precision: Option<dinoedge::Precision>,
     /// Image folder, scanned recursively (jpg, png, pgm, ppm).
     #[arg(long, required = true)]
     data: Option<PathBuf>,
@@ -83,6 +91,15 @@ struct SetupArgs {
 }
 
 impl SetupArgs {
+    /// The teacher's session options.
+    fn teacher_session(&self) -> SessionOptions {
+        SessionOptions {
+            backend: self.teacher_backend,
+            precision: self.teacher_precision,
+            threads: self.threads,
+            ..Default::default()
+        }
+    }
     fn aug(&self) -> AugConfig {
         AugConfig {
             scale: [self.crop_min, 1.0],
@@ -286,6 +303,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         inter.push(train::default_inter(layers, t.config().num_layers));
     }
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
+    o.teacher_backend = s.teacher_backend;
+    o.teacher_precision = s.teacher_precision;
     o.cache = a.cache.clone();
     o.size = s.size;
     o.teacher_size = s.teacher_size;
@@ -484,17 +503,15 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
         teacher.clone(),
         align.clone(),
         &c.layers,
-        &SessionOptions {
-            threads: s.threads,
-            ..Default::default()
-        },
+        &s.teacher_session(),
     )?;
     eprintln!(
-        "caching {} views of {} training images ({} held out) from {} at {}px ({}x{} grid) into {}",
+        "caching {} views of {} training images ({} held out) from {} ({}) at {}px ({}x{} grid) into {}",
         c.views,
         data.train.len(),
         data.holdout.len(),
         s.teacher().display(),
+        t.compute().unwrap_or_else(|| "cpu f32".into()),
         align.teacher_size,
         align.grid,
         align.grid,
