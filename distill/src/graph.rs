@@ -104,7 +104,12 @@ pub struct Graph {
     emb: Vec<f32>,
     /// Residual stream before block l (xs[0]) and after the last block (xs[L]).
     xs: Vec<Vec<f32>>,
+    /// One per block, or a single one reused by every block when recomputing.
     blocks: Vec<BlockActs>,
+    /// Keep only the residual stream between blocks and recompute each block's activations
+    /// during the backward (activation checkpointing): ~1/17 of the activation memory of a
+    /// ViT-S block for one more forward.
+    recompute: bool,
     /// `norm(x_L)` (R, D).
     pub out: Vec<f32>,
     outc: LayerNormCache,
@@ -131,6 +136,18 @@ impl Graph {
         width: usize,
         inter_layers: &[usize],
     ) -> Self {
+        Self::with_recompute(cfg, batch, height, width, inter_layers, false)
+    }
+
+    /// [`Graph::new`], recomputing block activations in the backward when `recompute`.
+    pub fn with_recompute(
+        cfg: &ModelConfig,
+        batch: usize,
+        height: usize,
+        width: usize,
+        inter_layers: &[usize],
+        recompute: bool,
+    ) -> Self {
         let d = dims(cfg, batch, height, width);
         let (cos, sin) = match cfg.positions {
             Positions::Rope { theta } => tables(d.grid_h, d.grid_w, d.head_dim(), theta),
@@ -142,7 +159,8 @@ impl Graph {
         let (r, dim) = (d.rows(), d.dim);
         let (i, gated) = (d.hidden, matches!(cfg.mlp, MlpKind::Gated(_)));
         let h_w = if gated { 2 * i } else { i };
-        let blocks = (0..cfg.num_layers)
+        let kept = if recompute { 1 } else { cfg.num_layers };
+        let blocks = (0..kept)
             .map(|_| BlockActs {
                 ln1: z(r * dim),
                 qkv: z(r * 3 * dim),
@@ -166,6 +184,7 @@ impl Graph {
             emb: z(d.batch * d.patches() * dim),
             xs: (0..=cfg.num_layers).map(|_| z(r * dim)).collect(),
             blocks,
+            recompute,
             out: z(r * dim),
             outc: LayerNormCache::default(),
             inter_layers: inter_layers.to_vec(),
@@ -183,18 +202,39 @@ impl Graph {
         }
     }
 
+    /// Bytes of the activations a graph keeps for the backward (block activations, the
+    /// residual stream between blocks, outputs), with or without recomputation.
+    pub fn activation_bytes(
+        cfg: &ModelConfig,
+        batch: usize,
+        height: usize,
+        width: usize,
+        recompute: bool,
+    ) -> u64 {
+        let d = dims(cfg, batch, height, width);
+        let (r, dim, i) = (d.rows() as u64, d.dim as u64, d.hidden as u64);
+        let h_w = if matches!(cfg.mlp, MlpKind::Gated(_)) {
+            2 * i
+        } else {
+            i
+        };
+        // ln1, qkv (3), att, y1, x_mid, ln2, y2 + h + a, and the attention's log-sum-exp.
+        let block = r * (9 * dim + h_w + i) + (d.batch * d.heads * d.tokens()) as u64;
+        let kept = if recompute { 1 } else { cfg.num_layers as u64 };
+        4 * (kept * block + (cfg.num_layers as u64 + 2) * r * dim)
+    }
+
     fn act(&self) -> dinoedge_runtime::config::Activation {
         match self.cfg.mlp {
             MlpKind::Plain(a) | MlpKind::Gated(a) => a,
         }
     }
 
-    /// Runs the forward on `pixels` (B, C, H, W), keeping every activation.
+    /// Runs the forward on `pixels` (B, C, H, W), keeping every activation (or, when
+    /// recomputing, the residual stream between blocks).
     pub fn forward(&mut self, ctx: &Ctx, p: Params, pixels: &[f32]) {
         let d = self.dims;
-        let (dim, r, eps) = (d.dim, d.rows(), self.cfg.layer_norm_eps as f32);
-        let (i, act) = (d.hidden, self.act());
-        let gated = matches!(self.cfg.mlp, MlpKind::Gated(_));
+        let (dim, eps) = (d.dim, self.cfg.layer_norm_eps as f32);
         let pl = d.patch_len();
         self.cols
             .par_chunks_mut(pl * 16)
@@ -220,109 +260,17 @@ impl Graph {
             None,
             &d,
         );
+        let keep = !self.recompute;
         for l in 0..self.cfg.num_layers {
             let (before, after) = self.xs.split_at_mut(l + 1);
-            let (x, x_out) = (&before[l], &mut after[0]);
-            let b = &mut self.blocks[l];
-            ctx.layer_norm_forward(
-                &mut b.ln1,
-                &mut b.ln1c,
-                x,
-                p.l(l, L::Norm1Weight),
-                p.l(l, L::Norm1Bias),
-                dim,
-                eps,
-            );
-            for (j, (w, bias)) in [
-                (L::QWeight, L::QBias),
-                (L::KWeight, L::KBias),
-                (L::VWeight, L::VBias),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                linear_forward(
-                    ctx,
-                    &mut b.qkv[j * dim..],
-                    3 * dim,
-                    &b.ln1,
-                    p.l(l, w),
-                    p.lo(l, bias),
-                    r,
-                    dim,
-                );
-            }
-            rope_forward(&mut b.qkv, &self.cos, &self.sin, &d);
-            ctx.attention_forward(&mut b.att, &mut b.lse, &b.qkv, &d);
-            linear_forward(
-                ctx,
-                &mut b.y1,
-                dim,
-                &b.att,
-                p.l(l, L::OWeight),
-                p.lo(l, L::OBias),
-                r,
-                dim,
-            );
-            b.x_mid.copy_from_slice(x);
-            layer_scale_forward(ctx, &mut b.x_mid, &b.y1, p.l(l, L::LayerScale1));
-            ctx.layer_norm_forward(
-                &mut b.ln2,
-                &mut b.ln2c,
-                &b.x_mid,
-                p.l(l, L::Norm2Weight),
-                p.l(l, L::Norm2Bias),
-                dim,
-                eps,
-            );
-            if gated {
-                linear_forward(
-                    ctx,
-                    &mut b.h,
-                    2 * i,
-                    &b.ln2,
-                    p.l(l, L::GateWeight),
-                    p.lo(l, L::GateBias),
-                    r,
-                    dim,
-                );
-                linear_forward(
-                    ctx,
-                    &mut b.h[i..],
-                    2 * i,
-                    &b.ln2,
-                    p.l(l, L::UpWeight),
-                    p.lo(l, L::UpBias),
-                    r,
-                    dim,
-                );
-                ctx.swiglu_forward(&mut b.a, &b.h, i, act);
-            } else {
-                linear_forward(
-                    ctx,
-                    &mut b.h,
-                    i,
-                    &b.ln2,
-                    p.l(l, L::UpWeight),
-                    p.lo(l, L::UpBias),
-                    r,
-                    dim,
-                );
-                b.a.copy_from_slice(&b.h);
-                ctx.activation_forward(&mut b.a, act);
-            }
-            linear_forward(
-                ctx,
-                &mut b.y2,
-                dim,
-                &b.a,
-                p.l(l, L::DownWeight),
-                p.lo(l, L::DownBias),
-                r,
-                i,
-            );
-            x_out.copy_from_slice(&b.x_mid);
-            layer_scale_forward(ctx, x_out, &b.y2, p.l(l, L::LayerScale2));
+            let b = &mut self.blocks[if keep { l } else { 0 }];
+            let g = BlockGeom {
+                cfg: &self.cfg,
+                d: &self.dims,
+                cos: &self.cos,
+                sin: &self.sin,
+            };
+            block_forward(ctx, p, &g, l, &before[l], &mut after[0], b);
         }
         let (nw, nb) = (p.get(Param::NormWeight), p.get(Param::NormBias));
         ctx.layer_norm_forward(
@@ -398,7 +346,26 @@ impl Graph {
                 );
                 add_into(&mut self.dx, &self.dtmp);
             }
-            let b = &self.blocks[l];
+            if self.recompute {
+                // This block's activations again, from its input (bit for bit the forward's).
+                let (before, after) = self.xs.split_at_mut(l + 1);
+                let g = BlockGeom {
+                    cfg: &self.cfg,
+                    d: &self.dims,
+                    cos: &self.cos,
+                    sin: &self.sin,
+                };
+                block_forward(
+                    ctx,
+                    p,
+                    &g,
+                    l,
+                    &before[l],
+                    &mut after[0],
+                    &mut self.blocks[0],
+                );
+            }
+            let b = &self.blocks[if self.recompute { 0 } else { l }];
             // MLP branch: x_out = x_mid + ls2 * y2.
             layer_scale_backward(
                 ctx,
@@ -555,4 +522,130 @@ impl Graph {
             d.patch_len(),
         );
     }
+}
+
+/// What a block's forward needs besides its parameters and buffers.
+struct BlockGeom<'a> {
+    cfg: &'a ModelConfig,
+    d: &'a Dims,
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
+/// Block `l`: x_out = block(x), keeping in `b` what its backward needs.
+fn block_forward(
+    ctx: &Ctx,
+    p: Params,
+    g: &BlockGeom,
+    l: usize,
+    x: &[f32],
+    x_out: &mut [f32],
+    b: &mut BlockActs,
+) {
+    let d = *g.d;
+    let (dim, r, eps) = (d.dim, d.rows(), g.cfg.layer_norm_eps as f32);
+    let i = d.hidden;
+    let (gated, act) = match g.cfg.mlp {
+        MlpKind::Gated(a) => (true, a),
+        MlpKind::Plain(a) => (false, a),
+    };
+    ctx.layer_norm_forward(
+        &mut b.ln1,
+        &mut b.ln1c,
+        x,
+        p.l(l, L::Norm1Weight),
+        p.l(l, L::Norm1Bias),
+        dim,
+        eps,
+    );
+    for (j, (w, bias)) in [
+        (L::QWeight, L::QBias),
+        (L::KWeight, L::KBias),
+        (L::VWeight, L::VBias),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        linear_forward(
+            ctx,
+            &mut b.qkv[j * dim..],
+            3 * dim,
+            &b.ln1,
+            p.l(l, w),
+            p.lo(l, bias),
+            r,
+            dim,
+        );
+    }
+    rope_forward(&mut b.qkv, g.cos, g.sin, &d);
+    ctx.attention_forward(&mut b.att, &mut b.lse, &b.qkv, &d);
+    linear_forward(
+        ctx,
+        &mut b.y1,
+        dim,
+        &b.att,
+        p.l(l, L::OWeight),
+        p.lo(l, L::OBias),
+        r,
+        dim,
+    );
+    b.x_mid.copy_from_slice(x);
+    layer_scale_forward(ctx, &mut b.x_mid, &b.y1, p.l(l, L::LayerScale1));
+    ctx.layer_norm_forward(
+        &mut b.ln2,
+        &mut b.ln2c,
+        &b.x_mid,
+        p.l(l, L::Norm2Weight),
+        p.l(l, L::Norm2Bias),
+        dim,
+        eps,
+    );
+    if gated {
+        linear_forward(
+            ctx,
+            &mut b.h,
+            2 * i,
+            &b.ln2,
+            p.l(l, L::GateWeight),
+            p.lo(l, L::GateBias),
+            r,
+            dim,
+        );
+        linear_forward(
+            ctx,
+            &mut b.h[i..],
+            2 * i,
+            &b.ln2,
+            p.l(l, L::UpWeight),
+            p.lo(l, L::UpBias),
+            r,
+            dim,
+        );
+        ctx.swiglu_forward(&mut b.a, &b.h, i, act);
+    } else {
+        linear_forward(
+            ctx,
+            &mut b.h,
+            i,
+            &b.ln2,
+            p.l(l, L::UpWeight),
+            p.lo(l, L::UpBias),
+            r,
+            dim,
+        );
+        b.a.copy_from_slice(&b.h);
+        ctx.activation_forward(&mut b.a, act);
+    }
+    linear_forward(
+        ctx,
+        &mut b.y2,
+        dim,
+        &b.a,
+        p.l(l, L::DownWeight),
+        p.lo(l, L::DownBias),
+        r,
+        i,
+    );
+    x_out.copy_from_slice(&b.x_mid);
+    layer_scale_forward(ctx, x_out, &b.y2, p.l(l, L::LayerScale2));
 }

@@ -94,6 +94,9 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop after this many steps of this invocation (with a checkpoint); resume later.
     pub stop_after: Option<usize>,
+    /// Recompute each block's activations in the backward instead of keeping them (same
+    /// results bit for bit; about a seventh of the activation memory for one more forward).
+    pub recompute: bool,
 }
 
 impl TrainOptions {
@@ -130,6 +133,7 @@ impl TrainOptions {
             eval_images: 64,
             resume: false,
             stop_after: None,
+            recompute: false,
         }
     }
 }
@@ -186,6 +190,11 @@ pub struct StartInfo {
     pub align: Alignment,
     pub cached: bool,
     pub resumed_from: Option<PathBuf>,
+    /// Activation memory of this student's training graph, as run and the other way
+    /// (with / without `recompute`).
+    pub activation_bytes: u64,
+    pub activation_bytes_other: u64,
+    pub recompute: bool,
 }
 
 /// Progress notifications (the CLI draws a progress bar from these).
@@ -380,6 +389,15 @@ pub fn train_many(
             align: align.clone(),
             cached: cached.is_some(),
             resumed_from: r.resumed_from.clone(),
+            activation_bytes: Graph::activation_bytes(&r.cfg, o.batch, o.size, o.size, o.recompute),
+            activation_bytes_other: Graph::activation_bytes(
+                &r.cfg,
+                o.batch,
+                o.size,
+                o.size,
+                !o.recompute,
+            ),
+            recompute: o.recompute,
         };
         on(i, Event::Started(&info));
     }
@@ -693,7 +711,8 @@ impl StudentRun {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| DistillError::io(&metrics_path, e))?;
-        let graph = Graph::new(&cfg, o.batch, o.size, o.size, student_layers);
+        let graph =
+            Graph::with_recompute(&cfg, o.batch, o.size, o.size, student_layers, o.recompute);
         let (g, dout) = (vec![0.0f32; layout.total], vec![0.0f32; graph.out.len()]);
         let dinter = student_layers
             .iter()

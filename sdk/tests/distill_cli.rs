@@ -687,3 +687,24 @@ fn the_teacher_backend_and_precision_are_recorded_and_checked() {
     assert!(err.contains("cuda"), "{err}");
     eprintln!("--teacher-backend cuda here: {}", err.trim());
 }
+
+/// `--recompute` trains the same student bit for bit, and the run states its activation
+/// memory both ways.
+#[test]
+fn recompute_trains_the_same_student_and_reports_memory() {
+    let s = setup();
+    let plain = s.root.join("plain");
+    ok(&s.args(&plain, &["--steps", "6"]));
+    let re = s.root.join("re");
+    let out = run(&s.args(&re, &["--steps", "6", "--recompute"]));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GiB recomputing") && stderr.contains("kept without --recompute"),
+        "{stderr}"
+    );
+    for f in ["model.safetensors", "distill_heads.safetensors"] {
+        assert_eq!(tensors(&re.join(f)), tensors(&plain.join(f)), "{f}");
+    }
+    assert_eq!(losses(&re), losses(&plain));
+}

@@ -176,6 +176,11 @@ struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint (same configuration).
     #[arg(long)]
     resume: bool,
+    /// Recompute each block's activations in the backward instead of keeping them: the
+    /// same weights bit for bit with about a seventh of the activation memory, for one more
+    /// forward per step (for small boards, or large batches).
+    #[arg(long)]
+    recompute: bool,
     /// Stop after this many steps (with a checkpoint); continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
@@ -341,6 +346,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     o.eval_images = a.eval_images;
     o.resume = a.resume;
     o.stop_after = a.stop_after;
+    o.recompute = a.recompute;
 
     let pb = progress(a.steps as u64, "distill");
     let mut beat = std::time::Instant::now();
@@ -384,6 +390,25 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                         .map(|p| format!("; resumed from {}", p.display()))
                         .unwrap_or_default(),
                 ),
+            );
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            super::note(
+                &pb,
+                if info.recompute {
+                    format!(
+                        "{}activations {:.2} GiB recomputing ({:.2} GiB kept without --recompute)",
+                        tag(i),
+                        gib(info.activation_bytes),
+                        gib(info.activation_bytes_other)
+                    )
+                } else {
+                    format!(
+                        "{}activations {:.2} GiB (--recompute: {:.2} GiB, for one more forward per step)",
+                        tag(i),
+                        gib(info.activation_bytes),
+                        gib(info.activation_bytes_other)
+                    )
+                },
             );
             if i == 0 {
                 for (p, why) in &info.skipped {
