@@ -13,7 +13,7 @@
 # first (the same binaries as the CUDA check):
 #   scripts/device-check-cuda.sh --build
 # then, from the device tool (carry `.device/cuda`): scripts/device-check-distill.sh
-# (about 5 min with the 7B: 13.4 GB written, then read twice).
+# (about 5 min with the 7B: 13.4 GB written, then read three times).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device-out-distill}"
@@ -21,8 +21,6 @@ mkdir -p "$OUT"
 BIN=${BIN:-.device/cuda/dinoedge}
 PY=${PYTHON:-python3}
 ARCH=${ARCH:-vit7b16}
-DTYPE=bf16
-[ "$ARCH" = vit7b16 ] || DTYPE=fp16
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
@@ -31,10 +29,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"
 say "gpu: $(cat "$OUT/gpu.txt"); cpu cores: $(nproc)"
 
 T="$OUT/teacher-$ARCH"
-if [ ! -f "$T/config.json" ]; then
+# save_pretrained writes config.json first: a teacher is complete once make has finished.
+if [ ! -f "$T/.made" ]; then
+  rm -rf "$T"
   flag=(); [ "$ARCH" = vit7b16 ] && flag=(--dtype bf16)
-  timeout 300 $PY tools/torch_bench.py make "$T" --arch "$ARCH" "${flag[@]}" >"$OUT/make-teacher.log" 2>&1 \
-    || say "making the $ARCH teacher FAILED (make-teacher.log)"
+  if timeout 300 $PY tools/torch_bench.py make "$T" --arch "$ARCH" "${flag[@]}" >"$OUT/make-teacher.log" 2>&1; then
+    touch "$T/.made"
+  else
+    rm -rf "$T"
+    say "making the $ARCH teacher FAILED (make-teacher.log)"
+  fi
 fi
 
 D="$OUT/images"
@@ -88,6 +92,6 @@ print("loss %.4f, step img/s %.1f (teacher and both students), held-out patch co
 echo "== 3. two students, teacher online on the GPU"
 run_two online
 echo "== 4. two students from the cache"
-[ -f "$OUT/cache/index.json" ] && run_two cached --cache "$OUT/cache"
+if [ -f "$OUT/cache/index.json" ]; then run_two cached --cache "$OUT/cache"; else say "cached: skipped (no cache)"; fi
 echo "== summary"
 cat "$SUMMARY"

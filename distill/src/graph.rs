@@ -202,13 +202,16 @@ impl Graph {
         }
     }
 
-    /// Bytes of the activations a graph keeps for the backward (block activations, the
-    /// residual stream between blocks, outputs), with or without recomputation.
+    /// Bytes of activation memory a graph allocates: what it keeps for the backward (block
+    /// activations, or one block's when recomputing; the residual stream between blocks;
+    /// outputs), the patch rows, and the backward's scratch. Parameters, gradients and
+    /// optimizer state are not included.
     pub fn activation_bytes(
         cfg: &ModelConfig,
         batch: usize,
         height: usize,
         width: usize,
+        inter: usize,
         recompute: bool,
     ) -> u64 {
         let d = dims(cfg, batch, height, width);
@@ -221,7 +224,12 @@ impl Graph {
         // ln1, qkv (3), att, y1, x_mid, ln2, y2 + h + a, and the attention's log-sum-exp.
         let block = r * (9 * dim + h_w + i) + (d.batch * d.heads * d.tokens()) as u64;
         let kept = if recompute { 1 } else { cfg.num_layers as u64 };
-        4 * (kept * block + (cfg.num_layers as u64 + 2) * r * dim)
+        let patches = (d.batch * d.patches()) as u64;
+        // xs (L + 1), out, inter; cols and emb; dx, dtmp, dy, dqkv (3), dh, da.
+        let stream = (cfg.num_layers as u64 + 2 + inter as u64) * r * dim;
+        let patch_rows = patches * (d.patch_len() as u64 + dim);
+        let scratch = r * (6 * dim + h_w + i);
+        4 * (kept * block + stream + patch_rows + scratch)
     }
 
     fn act(&self) -> dinoedge_runtime::config::Activation {

@@ -172,6 +172,9 @@ pub fn features_to_targets(f: &Features, a: &Alignment) -> Targets {
 pub struct OnlineTeacher {
     pub model: Arc<Model>,
     session: Box<dyn InferenceSession>,
+    /// A backend or precision was asked for (not the CPU default, which runs a quantized
+    /// teacher in int8 as runs did before the option existed).
+    chosen: bool,
     run: RunOptions,
     pub align: Alignment,
 }
@@ -204,6 +207,7 @@ impl OnlineTeacher {
         Ok(OnlineTeacher {
             model,
             session,
+            chosen: opts.backend != dinoedge_runtime::BackendKind::Cpu || opts.precision.is_some(),
             run: RunOptions {
                 capture_layers: layers.to_vec(),
             },
@@ -215,9 +219,13 @@ impl OnlineTeacher {
         self.model.config().hidden_size
     }
 
-    /// Where the teacher computes, when that is not the f32 CPU path (e.g. "cuda bf16"):
-    /// recorded with runs and caches, since a 16-bit teacher gives slightly other targets.
+    /// Where the teacher computes, when a backend or precision other than the CPU default
+    /// was chosen and that is not the f32 CPU path (e.g. "cuda bf16"): recorded with runs
+    /// and caches, since a 16-bit teacher gives slightly other targets.
     pub fn compute(&self) -> Option<String> {
+        if !self.chosen {
+            return None;
+        }
         compute_label(&self.session.info())
     }
 

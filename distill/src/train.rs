@@ -95,7 +95,7 @@ pub struct TrainOptions {
     /// Stop after this many steps of this invocation (with a checkpoint); resume later.
     pub stop_after: Option<usize>,
     /// Recompute each block's activations in the backward instead of keeping them (same
-    /// results bit for bit; about a seventh of the activation memory for one more forward).
+    /// results bit for bit; about a fifth of the activation memory for one more forward).
     pub recompute: bool,
 }
 
@@ -280,11 +280,19 @@ pub fn train_many(
             .any(|t| t.name == s.name || t.out == s.out)
         {
             return Err(DistillError::Config(format!(
-                "student {:?} is given twice (each student needs its own name and directory)",
+                "student {:?} is given twice (each student needs its own name and directory; config files are named by their file name, so copy one under another name)",
                 s.name
             )));
         }
     }
+    // "the student" alone, `student "vit-s16"` among several.
+    let label = |s: &StudentSpec| {
+        if students.len() == 1 {
+            "the student".to_string()
+        } else {
+            format!("student {:?}", s.name)
+        }
+    };
     let teacher_model = Arc::new(Model::load(&o.teacher)?);
     let tcfg = teacher_model.config().clone();
     let configs: Vec<ModelConfig> = students
@@ -310,8 +318,8 @@ pub fn train_many(
         for [sb, tb] in &o.inter {
             if *sb >= c.num_layers || *tb >= tcfg.num_layers {
                 return Err(DistillError::Config(format!(
-                    "intermediate pair {sb}:{tb} is out of range for student {:?} (student blocks 0..{}, teacher blocks 0..{})",
-                    s.name,
+                    "intermediate pair {sb}:{tb} is out of range for {} (student blocks 0..{}, teacher blocks 0..{})",
+                    label(s),
                     c.num_layers - 1,
                     tcfg.num_layers - 1
                 )));
@@ -365,13 +373,32 @@ pub fn train_many(
                 teacher_compute.clone(),
             ),
             &student_layers,
+            (students.len() > 1).then(|| label(spec)),
         )?);
     }
-    let first_step = runs[0].state.step;
-    if let Some(r) = runs.iter().find(|r| r.state.step != first_step) {
+    let first_step = runs.iter().map(|r| r.state.step).min().unwrap_or(0);
+    if let Some(ahead) = runs.iter().find(|r| r.state.step != first_step) {
+        // A stop between two students' checkpoints: bring the others level first.
+        let behind: Vec<String> = runs
+            .iter()
+            .filter(|r| r.state.step == first_step)
+            .map(|r| {
+                format!(
+                    "{}: --out {} --resume --stop-after {}",
+                    r.name,
+                    r.out.display(),
+                    ahead.state.step - first_step
+                )
+            })
+            .collect();
         return Err(DistillError::Config(format!(
-            "cannot resume together: student {:?} is at step {}, student {:?} at step {} (resume them one at a time, or remove the newer checkpoint)",
-            students[0].name, first_step, r.name, r.state.step
+            "cannot resume together: {:?} is at step {}, {:?} at step {first_step}; bring the students behind level alone, each with its own --student and otherwise the same options ({}), then resume the group",
+            ahead.name,
+            ahead.state.step,
+            runs.iter()
+                .find(|r| r.state.step == first_step)
+                .map_or("", |r| &r.name),
+            behind.join("; ")
         )));
     }
     let end_step = o
@@ -389,12 +416,20 @@ pub fn train_many(
             align: align.clone(),
             cached: cached.is_some(),
             resumed_from: r.resumed_from.clone(),
-            activation_bytes: Graph::activation_bytes(&r.cfg, o.batch, o.size, o.size, o.recompute),
+            activation_bytes: Graph::activation_bytes(
+                &r.cfg,
+                o.batch,
+                o.size,
+                o.size,
+                o.inter.len(),
+                o.recompute,
+            ),
             activation_bytes_other: Graph::activation_bytes(
                 &r.cfg,
                 o.batch,
                 o.size,
                 o.size,
+                o.inter.len(),
                 !o.recompute,
             ),
             recompute: o.recompute,
@@ -577,6 +612,8 @@ pub fn train_many(
 
 /// One student's side of a run: its parameters and optimizer, graph, buffers and files.
 struct StudentRun {
+    /// `student "vit-s16"` when several train together (named in errors).
+    label: Option<String>,
     name: String,
     out: PathBuf,
     cfg: ModelConfig,
@@ -610,6 +647,7 @@ impl StudentRun {
         data: &Dataset,
         (cache_views, teacher_compute): (Option<usize>, Option<String>),
         student_layers: &[usize],
+        label: Option<String>,
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
         let run = RunConfig {
@@ -686,8 +724,8 @@ impl StudentRun {
                         return Err(DistillError::Mismatch {
                             path: dir.clone(),
                             reason: format!(
-                                "--init-from has another architecture than student {:?}",
-                                spec.name
+                                "--init-from has another architecture than {}",
+                                label.as_deref().unwrap_or("--student")
                             ),
                         });
                     }
@@ -719,6 +757,7 @@ impl StudentRun {
             .map(|_| vec![0.0f32; graph.out.len()])
             .collect();
         Ok(StudentRun {
+            label,
             name: spec.name.clone(),
             out: out.clone(),
             cfg,
@@ -794,10 +833,13 @@ impl StudentRun {
             &mut self.dout,
             &mut self.dinter,
         );
-        let last_ckpt = &self.last_ckpt;
+        let (last_ckpt, label) = (&self.last_ckpt, &self.label);
         let diverged = |value: String| DistillError::Diverged {
             step: step + 1,
-            value,
+            value: match label {
+                Some(l) => format!("{value} for {l}"),
+                None => value,
+            },
             last_good: last_ckpt
                 .as_ref()
                 .map_or("none written yet".into(), |d| d.display().to_string()),

@@ -248,15 +248,15 @@ fn recomputing_activations_changes_no_bit() {
     }
     let vits = dinoedge_distill::student::resolve("vit-s16").unwrap();
     let (all, re) = (
-        Graph::activation_bytes(&vits, 128, 224, 224, false),
-        Graph::activation_bytes(&vits, 128, 224, 224, true),
+        Graph::activation_bytes(&vits, 128, 224, 224, 0, false),
+        Graph::activation_bytes(&vits, 128, 224, 224, 0, true),
     );
     eprintln!(
         "vit-s16 batch 128 at 224: activations {:.2} GiB, recomputing {:.2} GiB",
         all as f64 / (1u64 << 30) as f64,
         re as f64 / (1u64 << 30) as f64
     );
-    assert!(re * 5 < all, "{re} vs {all}");
+    assert!(re * 4 < all, "{re} vs {all}");
 }
 
 #[test]

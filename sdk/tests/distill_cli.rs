@@ -614,6 +614,52 @@ fn two_students_from_one_teacher_equal_their_single_runs() {
         &["--student", small, "--student", small, "--steps", "2"],
     ));
     assert!(err.contains("given twice"), "{err}");
+    // The default intermediate pair is a student's middle block: ambiguous across depths.
+    let err = fails(&s.args(
+        &s.root.join("depths"),
+        &[
+            "--student",
+            small,
+            "--student",
+            wide,
+            "--steps",
+            "2",
+            "--w-inter",
+            "1",
+        ],
+    ));
+    assert!(
+        err.contains("different depths") && err.contains("--inter"),
+        "{err}"
+    );
+    // A group whose students stopped at different steps says how to bring them level.
+    let uneven = s.root.join("uneven");
+    ok(&s.args(
+        &uneven,
+        &args_with(&[small, wide], &["--steps", "12", "--stop-after", "4"]),
+    ));
+    ok(&s.args(
+        &uneven.join("wide"),
+        &[
+            "--student",
+            wide,
+            "--steps",
+            "12",
+            "--stop-after",
+            "2",
+            "--resume",
+        ],
+    ));
+    let err = fails(&s.args(
+        &uneven,
+        &args_with(&[small, wide], &["--steps", "12", "--resume"]),
+    ));
+    assert!(
+        err.contains("cannot resume together")
+            && err.contains("--stop-after 2")
+            && err.contains(uneven.join("student").to_str().unwrap()),
+        "{err}"
+    );
 }
 
 fn args_with<'a>(students: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
@@ -700,7 +746,7 @@ fn recompute_trains_the_same_student_and_reports_memory() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("GiB recomputing") && stderr.contains("kept without --recompute"),
+        stderr.contains("GiB recomputing") && stderr.contains("without --recompute"),
         "{stderr}"
     );
     for f in ["model.safetensors", "distill_heads.safetensors"] {

@@ -177,7 +177,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Recompute each block's activations in the backward instead of keeping them: the
-    /// same weights bit for bit with about a seventh of the activation memory, for one more
+    /// same weights bit for bit with about a fifth of the activation memory, for one more
     /// forward per step (for small boards, or large batches).
     #[arg(long)]
     recompute: bool,
@@ -298,14 +298,22 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let student = students[0].config.clone();
     let mut inter = a.inter.clone();
     if a.w_inter > 0.0 && inter.is_empty() {
-        let t = Model::load(s.teacher())?;
-        // The middle blocks of the shallowest student and of the teacher.
-        let layers = students
+        // The default pair is each student's middle block: students of different depths
+        // would each need their own, so the pair must be given.
+        if let Some(s2) = students
             .iter()
-            .map(|s| s.config.num_layers)
-            .min()
-            .unwrap_or(student.num_layers);
-        inter.push(train::default_inter(layers, t.config().num_layers));
+            .find(|t| t.config.num_layers != student.num_layers)
+        {
+            return Err(Error::Usage(format!(
+                "--w-inter with students of different depths ({} has {} blocks, {} has {}): give the pair with --inter STUDENT_BLOCK:TEACHER_BLOCK",
+                students[0].name, student.num_layers, s2.name, s2.config.num_layers
+            )));
+        }
+        let t = Model::load(s.teacher())?;
+        inter.push(train::default_inter(
+            student.num_layers,
+            t.config().num_layers,
+        ));
     }
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
     o.teacher_backend = s.teacher_backend;
@@ -396,14 +404,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 &pb,
                 if info.recompute {
                     format!(
-                        "{}activations {:.2} GiB recomputing ({:.2} GiB kept without --recompute)",
+                        "{}activation memory {:.2} GiB recomputing ({:.2} GiB without --recompute)",
                         tag(i),
                         gib(info.activation_bytes),
                         gib(info.activation_bytes_other)
                     )
                 } else {
                     format!(
-                        "{}activations {:.2} GiB (--recompute: {:.2} GiB, for one more forward per step)",
+                        "{}activation memory {:.2} GiB (--recompute: {:.2} GiB, for one more forward per step)",
                         tag(i),
                         gib(info.activation_bytes),
                         gib(info.activation_bytes_other)
