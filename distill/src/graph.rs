@@ -71,6 +71,13 @@ fn ml(l: usize, lp: L) -> ParamId {
     ParamId::Model(Param::Layer(l, lp))
 }
 
+/// The q, k, v projections (weight, bias), in their order in the fused qkv rows.
+const QKV: [(L, L); 3] = [
+    (L::QWeight, L::QBias),
+    (L::KWeight, L::KBias),
+    (L::VWeight, L::VBias),
+];
+
 /// What one block keeps for its backward.
 #[derive(Default)]
 struct BlockActs {
@@ -477,14 +484,7 @@ impl Graph {
             );
             ctx.attention_backward(&mut self.dqkv, &self.dtmp, &b.qkv, &b.att, &b.lse, &d);
             rope_backward(&mut self.dqkv, &self.cos, &self.sin, &d);
-            for (j, (w, bias)) in [
-                (L::QWeight, L::QBias),
-                (L::KWeight, L::KBias),
-                (L::VWeight, L::VBias),
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (j, (w, bias)) in QKV.into_iter().enumerate() {
                 let (gw, gb) = grad_pair(lay, g, ml(l, w), Some(ml(l, bias)));
                 linear_backward(
                     ctx,
@@ -566,14 +566,7 @@ fn block_forward(
         dim,
         eps,
     );
-    for (j, (w, bias)) in [
-        (L::QWeight, L::QBias),
-        (L::KWeight, L::KBias),
-        (L::VWeight, L::VBias),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (j, (w, bias)) in QKV.into_iter().enumerate() {
         linear_forward(
             ctx,
             &mut b.qkv[j * dim..],

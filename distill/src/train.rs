@@ -405,6 +405,8 @@ pub fn train_many(
         .stop_after
         .map_or(o.steps, |n| (first_step + n).min(o.steps));
     for (i, r) in runs.iter().enumerate() {
+        let plan =
+            |re: bool| Graph::activation_bytes(&r.cfg, o.batch, o.size, o.size, o.inter.len(), re);
         let info = StartInfo {
             first_step,
             steps: o.steps,
@@ -416,22 +418,8 @@ pub fn train_many(
             align: align.clone(),
             cached: cached.is_some(),
             resumed_from: r.resumed_from.clone(),
-            activation_bytes: Graph::activation_bytes(
-                &r.cfg,
-                o.batch,
-                o.size,
-                o.size,
-                o.inter.len(),
-                o.recompute,
-            ),
-            activation_bytes_other: Graph::activation_bytes(
-                &r.cfg,
-                o.batch,
-                o.size,
-                o.size,
-                o.inter.len(),
-                !o.recompute,
-            ),
+            activation_bytes: plan(o.recompute),
+            activation_bytes_other: plan(!o.recompute),
             recompute: o.recompute,
         };
         on(i, Event::Started(&info));
@@ -862,27 +850,21 @@ impl StudentRun {
         let lr = lr_at(&o.optim, step, o.steps);
         let model_len = self.layout.model_len();
         let st = &mut self.state;
-        if o.heads_only {
+        // Heads only: the model's weights go through the step unchanged (weight decay too).
+        let frozen = o.heads_only.then(|| {
             self.g[..model_len].fill(0.0);
-            let frozen = st.params[..model_len].to_vec();
-            st.adam.step(
-                &o.optim,
-                &self.layout,
-                &mut st.params,
-                &self.g,
-                lr,
-                step + 1,
-            );
+            st.params[..model_len].to_vec()
+        });
+        st.adam.step(
+            &o.optim,
+            &self.layout,
+            &mut st.params,
+            &self.g,
+            lr,
+            step + 1,
+        );
+        if let Some(frozen) = frozen {
             st.params[..model_len].copy_from_slice(&frozen);
-        } else {
-            st.adam.step(
-                &o.optim,
-                &self.layout,
-                &mut st.params,
-                &self.g,
-                lr,
-                step + 1,
-            );
         }
         ema_update(&mut st.ema, &st.params, o.optim.ema, step + 1);
         if st.params.iter().any(|v| !v.is_finite()) {

@@ -103,6 +103,28 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// `distill cache-teacher` into `cache` at the runs' size and holdout, then `extra`.
+    fn cache_args(&self, cache: &Path, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "distill",
+            "cache-teacher",
+            "--teacher",
+            self.teacher.to_str().unwrap(),
+            "--data",
+            self.data.to_str().unwrap(),
+            "--out",
+            cache.to_str().unwrap(),
+            "--size",
+            "32",
+            "--holdout",
+            "0.2",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    }
+
     /// The run's arguments; an option in `extra` replaces the default of the same name.
     fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
         let defaults = [
@@ -128,6 +150,10 @@ impl Setup {
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -345,29 +371,9 @@ fn cached_teacher_features_train_like_the_online_teacher() {
     let s = setup();
     let cache = s.root.join("cache");
     let c = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "distill",
-            "cache-teacher",
-            "--teacher",
-            s.teacher.to_str().unwrap(),
-            "--data",
-            s.data.to_str().unwrap(),
-            "--out",
-            cache.to_str().unwrap(),
-            "--size",
-            "32",
-            "--holdout",
-            "0.2",
-            "--views",
-            "2",
-            "--images-per-shard",
-            "7",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+        let mut v = vec!["--views", "2", "--images-per-shard", "7"];
+        v.extend(extra);
+        s.cache_args(&cache, &v)
     };
     let stdout = ok(&c(&[]));
     let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -679,8 +685,7 @@ fn the_teacher_backend_and_precision_are_recorded_and_checked() {
     let s = setup();
     let out = s.root.join("f16");
     ok(&s.args(&out, &["--steps", "4", "--teacher-precision", "f16"]));
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let run = read_json(&out.join("run.json"));
     assert_eq!(run["teacher_compute"], "cpu f16");
     let err = fails(&s.args(&out, &["--steps", "8", "--resume"]));
     assert!(
@@ -690,40 +695,19 @@ fn the_teacher_backend_and_precision_are_recorded_and_checked() {
     // The default f32 CPU teacher records nothing (run.json as before).
     let plain = s.root.join("plain");
     ok(&s.args(&plain, &["--steps", "2"]));
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(plain.join("run.json")).unwrap()).unwrap();
+    let run = read_json(&plain.join("run.json"));
     assert!(run.get("teacher_compute").is_none(), "{run}");
 
     let cache = s.root.join("cache");
-    ok(&[
-        "distill",
-        "cache-teacher",
-        "--teacher",
-        s.teacher.to_str().unwrap(),
-        "--data",
-        s.data.to_str().unwrap(),
-        "--out",
-        cache.to_str().unwrap(),
-        "--size",
-        "32",
-        "--holdout",
-        "0.2",
-        "--views",
-        "1",
-        "--teacher-precision",
-        "f16",
-    ]
-    .map(String::from));
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.join("index.json")).unwrap()).unwrap();
+    ok(&s.cache_args(&cache, &["--views", "1", "--teacher-precision", "f16"]));
+    let index = read_json(&cache.join("index.json"));
     assert_eq!(index["teacher_compute"], "cpu f16");
     let cached = s.root.join("cached");
     ok(&s.args(
         &cached,
         &["--steps", "2", "--cache", cache.to_str().unwrap()],
     ));
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cached.join("run.json")).unwrap()).unwrap();
+    let run = read_json(&cached.join("run.json"));
     assert_eq!(run["teacher_compute"], "cpu f16");
 
     let err = fails(&s.args(
