@@ -16,11 +16,13 @@
 //! | [`teacher`] | grid alignment and the online teacher |
 //! | [`cache`] | teacher features cached to sharded f16 safetensors |
 //! | [`checkpoint`] | atomic checkpoints and resume |
+//! | [`cuda`] | the same trainer on a GPU (NVRTC kernels, cuBLASLt), or emulated for tests |
 //! | [`eval`] | held-out agreement with the teacher through the heads |
 //! | [`train`] | the run: steps, logs, checkpoints, export |
 
 pub mod cache;
 pub mod checkpoint;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod eval;

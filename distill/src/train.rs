@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self, TrainState};
+use crate::cuda::step::DeviceStudent;
+use crate::cuda::{Device, GemmType};
 use crate::data::{AugConfig, Dataset, Sampler};
 use crate::error::{DistillError, Result};
 use crate::eval::{Agreement, AgreementSum, HEADS_FILE, Heads};
@@ -97,6 +100,22 @@ pub struct TrainOptions {
     /// Recompute each block's activations in the backward instead of keeping them (same
     /// results bit for bit; about a fifth of the activation memory for one more forward).
     pub recompute: bool,
+    /// Where the students train: the CPU (default), or a GPU through the CUDA trainer
+    /// ([`crate::cuda`]). Checkpoints are the same either way, so a run resumes on the other.
+    pub device: TrainDevice,
+    /// GEMM inputs of a device trainer: bf16 (default; f32 master weights and accumulation)
+    /// or f32.
+    pub gemm: GemmType,
+}
+
+/// Where students train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainDevice {
+    Cpu,
+    /// The CUDA trainer on a GPU (feature `cuda`).
+    Cuda,
+    /// The CUDA trainer's kernels emulated on the CPU (tests; tiny students only).
+    Emulated,
 }
 
 impl TrainOptions {
@@ -134,6 +153,8 @@ impl TrainOptions {
             resume: false,
             stop_after: None,
             recompute: false,
+            device: TrainDevice::Cpu,
+            gemm: GemmType::BF16,
         }
     }
 }
@@ -195,6 +216,8 @@ pub struct StartInfo {
     pub activation_bytes: u64,
     pub activation_bytes_other: u64,
     pub recompute: bool,
+    /// Where the students train ("cpu", or the GPU and GEMM type).
+    pub trainer: String,
 }
 
 /// Progress notifications (the CLI draws a progress bar from these).
@@ -359,6 +382,7 @@ pub fn train_many(
         Some(c) => c.index.teacher_compute.clone(),
         None => online.compute(),
     };
+    let device = open_device(o.device)?;
     let mut runs = Vec::new();
     for (spec, cfg) in students.iter().zip(configs) {
         runs.push(StudentRun::open(
@@ -374,6 +398,7 @@ pub fn train_many(
             ),
             &student_layers,
             (students.len() > 1).then(|| label(spec)),
+            device.clone(),
         )?);
     }
     let first_step = runs.iter().map(|r| r.state.step).min().unwrap_or(0);
@@ -421,6 +446,10 @@ pub fn train_many(
             activation_bytes: plan(o.recompute),
             activation_bytes_other: plan(!o.recompute),
             recompute: o.recompute,
+            trainer: match &device {
+                None => "cpu".into(),
+                Some(d) => format!("{} ({:?} GEMMs)", d.name(), o.gemm).to_lowercase(),
+            },
         };
         on(i, Event::Started(&info));
     }
@@ -556,6 +585,7 @@ pub fn train_many(
         }
         if done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step {
             for (i, r) in runs.iter_mut().enumerate() {
+                r.sync()?;
                 let dir = checkpoint::save(&r.ckpt_root, &r.state, &r.run_json, o.keep)?;
                 on(
                     i,
@@ -573,6 +603,7 @@ pub fn train_many(
     for (i, mut r) in runs.into_iter().enumerate() {
         let finished = r.state.step == o.steps;
         let mut holdout_end = None;
+        r.sync()?;
         if finished {
             export(&r.out, &r.cfg, &r.layout, &r.state.ema, &r.run, o)?;
             on(i, Event::Exported { path: &r.out });
@@ -609,7 +640,10 @@ struct StudentRun {
     run_json: String,
     layout: ParamLayout,
     state: TrainState,
-    graph: Graph,
+    /// The CPU trainer's graph, or the student on a device (state kept there; `state` is
+    /// brought up to date by [`StudentRun::sync`]).
+    graph: Option<Graph>,
+    dev: Option<DeviceStudent>,
     obj: Objective,
     g: Vec<f32>,
     dout: Vec<f32>,
@@ -636,6 +670,7 @@ impl StudentRun {
         (cache_views, teacher_compute): (Option<usize>, Option<String>),
         student_layers: &[usize],
         label: Option<String>,
+        device: Option<Rc<dyn Device>>,
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
         let run = RunConfig {
@@ -737,13 +772,46 @@ impl StudentRun {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| DistillError::io(&metrics_path, e))?;
-        let graph =
-            Graph::with_recompute(&cfg, o.batch, o.size, o.size, student_layers, o.recompute);
-        let (g, dout) = (vec![0.0f32; layout.total], vec![0.0f32; graph.out.len()]);
-        let dinter = student_layers
-            .iter()
-            .map(|_| vec![0.0f32; graph.out.len()])
-            .collect();
+        let (graph, dev, g, dout, dinter) = match device {
+            None => {
+                let graph = Graph::with_recompute(
+                    &cfg,
+                    o.batch,
+                    o.size,
+                    o.size,
+                    student_layers,
+                    o.recompute,
+                );
+                let outs = graph.out.len();
+                let dinter = student_layers.iter().map(|_| vec![0.0f32; outs]).collect();
+                (
+                    Some(graph),
+                    None,
+                    vec![0.0f32; layout.total],
+                    vec![0.0; outs],
+                    dinter,
+                )
+            }
+            Some(d) => {
+                let s = DeviceStudent::new(
+                    d,
+                    o.gemm,
+                    &cfg,
+                    &layout,
+                    &state,
+                    o.batch,
+                    (o.size, o.size),
+                    student_layers,
+                    o.recompute,
+                    tcfg.hidden_size,
+                )
+                .map_err(|e| match (&label, e) {
+                    (Some(l), DistillError::Config(m)) => DistillError::Config(format!("{l}: {m}")),
+                    (_, e) => e,
+                })?;
+                (None, Some(s), Vec::new(), Vec::new(), Vec::new())
+            }
+        };
         Ok(StudentRun {
             label,
             name: spec.name.clone(),
@@ -754,6 +822,7 @@ impl StudentRun {
             layout,
             state,
             graph,
+            dev,
             obj: Objective::default(),
             g,
             dout,
@@ -775,14 +844,30 @@ impl StudentRun {
     }
 
     /// Held-out agreement of the EMA weights, logged.
+    /// Brings `state` up to date with the device (no-op on the CPU).
+    fn sync(&mut self) -> Result<()> {
+        match &self.dev {
+            Some(d) => d.download(&mut self.state),
+            None => Ok(()),
+        }
+    }
+
     fn holdout(&mut self, h: &HoldoutSet, ctx: &Ctx, step: usize) -> Result<HoldoutLog> {
-        let a = h.evaluate(
-            ctx,
-            &mut self.graph,
-            &self.layout,
-            &self.state.ema,
-            &self.cfg,
-        )?;
+        self.sync()?;
+        let (layout, ema) = (&self.layout, &self.state.ema);
+        let a = match (&mut self.graph, &self.dev) {
+            (Some(g), _) => {
+                let dims = g.dims;
+                h.evaluate(&dims, layout, ema, &self.cfg, &mut |px| {
+                    g.forward(ctx, Params { layout, v: ema }, px);
+                    Ok(g.out.clone())
+                })?
+            }
+            (None, Some(d)) => h.evaluate(&d.graph.dims, layout, ema, &self.cfg, &mut |px| {
+                d.forward_ema(px)
+            })?,
+            (None, None) => unreachable!("a student trains on the CPU or a device"),
+        };
         let l = HoldoutLog {
             step,
             holdout_cls_cos: a.cls_cos,
@@ -803,45 +888,37 @@ impl StudentRun {
         pixels: &[f32],
         targets: &Targets,
     ) -> Result<(LossParts, f64, f32)> {
+        if self.dev.is_some() {
+            return self.step_device(o, step, pixels, targets);
+        }
         let p = Params {
             layout: &self.layout,
             v: &self.state.params,
         };
-        self.graph.forward(ctx, p, pixels);
+        let graph = self.graph.as_mut().expect("a CPU student has a graph");
+        graph.forward(ctx, p, pixels);
         self.g.fill(0.0);
         let parts: LossParts = self.obj.compute(
             ctx,
             p,
             &mut self.g,
-            &self.graph.dims,
-            &self.graph.out,
-            &self.graph.inter,
+            &graph.dims,
+            &graph.out,
+            &graph.inter,
             targets,
             &o.loss,
             &mut self.dout,
             &mut self.dinter,
         );
-        let (last_ckpt, label) = (&self.last_ckpt, &self.label);
-        let diverged = |value: String| DistillError::Diverged {
-            step: step + 1,
-            value: match label {
-                Some(l) => format!("{value} for {l}"),
-                None => value,
-            },
-            last_good: last_ckpt
-                .as_ref()
-                .map_or("none written yet".into(), |d| d.display().to_string()),
-        };
         if !parts.total.is_finite() {
-            return Err(diverged(format!("{}", parts.total)));
+            return Err(self.diverged(step, format!("{}", parts.total)));
         }
         if !o.heads_only {
-            self.graph
-                .backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
+            graph.backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
         }
         let gn = global_norm(&self.g);
         if !gn.is_finite() {
-            return Err(diverged(format!("finite but its gradient norm is {gn}")));
+            return Err(self.diverged(step, format!("finite but its gradient norm is {gn}")));
         }
         if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
             let s = (o.optim.clip as f64 / gn) as f32;
@@ -868,11 +945,65 @@ impl StudentRun {
         }
         ema_update(&mut st.ema, &st.params, o.optim.ema, step + 1);
         if st.params.iter().any(|v| !v.is_finite()) {
-            return Err(diverged(
+            return Err(self.diverged(
+                step,
                 "finite but the update made a weight non-finite".into(),
             ));
         }
         st.step = step + 1;
+        Ok((parts, gn, lr))
+    }
+
+    /// The training stopped at 0-based `step`: the loss was `value`.
+    fn diverged(&self, step: usize, value: String) -> DistillError {
+        DistillError::Diverged {
+            step: step + 1,
+            value: match &self.label {
+                Some(l) => format!("{value} for {l}"),
+                None => value,
+            },
+            last_good: self
+                .last_ckpt
+                .as_ref()
+                .map_or("none written yet".into(), |d| d.display().to_string()),
+        }
+    }
+
+    /// [`StudentRun::step`] on the device: the same objective, clipping and update.
+    fn step_device(
+        &mut self,
+        o: &TrainOptions,
+        step: usize,
+        pixels: &[f32],
+        targets: &Targets,
+    ) -> Result<(LossParts, f64, f32)> {
+        let d = self.dev.as_mut().expect("a device student");
+        let parts = d.gradients_of(pixels, targets, &o.loss, o.heads_only)?;
+        if !parts.total.is_finite() {
+            return Err(self.diverged(step, format!("{}", parts.total)));
+        }
+        let gn = d.grad_norm()?;
+        if !gn.is_finite() {
+            return Err(self.diverged(step, format!("finite but its gradient norm is {gn}")));
+        }
+        let gscale = if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
+            (o.optim.clip as f64 / gn) as f32
+        } else {
+            1.0
+        };
+        let lr = lr_at(&o.optim, step, o.steps);
+        let frozen = if o.heads_only {
+            self.layout.model_len()
+        } else {
+            0
+        };
+        if !d.update(&o.optim, lr, step + 1, gscale, frozen)? {
+            return Err(self.diverged(
+                step,
+                "finite but the update made a weight non-finite".into(),
+            ));
+        }
+        self.state.step = step + 1;
         Ok((parts, gn, lr))
     }
 }
@@ -1027,26 +1158,27 @@ impl HoldoutSet {
         Ok(HoldoutSet { chunks })
     }
 
+    /// Agreement of the weights `v` with the teacher; `forward` runs the student (with
+    /// `v`) on a batch of pixels and returns its normed outputs (B*N, D).
     fn evaluate(
         &self,
-        ctx: &Ctx,
-        graph: &mut Graph,
+        d: &dinoedge_runtime::ops::Dims,
         layout: &ParamLayout,
         v: &[f32],
         cfg: &ModelConfig,
+        forward: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
     ) -> Result<Agreement> {
         let heads = Heads::from_params(layout, v, cfg.hidden_size);
-        let d = graph.dims;
         let (n, hw, dim) = (d.tokens(), d.patches(), d.dim);
         let mut sum = AgreementSum::default();
         for (pixels, t, real) in &self.chunks {
-            graph.forward(ctx, Params { layout, v }, pixels);
+            let out = forward(pixels)?;
             let cls: Vec<f32> = (0..*real)
-                .flat_map(|b| graph.out[b * n * dim..(b * n + 1) * dim].iter().copied())
+                .flat_map(|b| out[b * n * dim..(b * n + 1) * dim].iter().copied())
                 .collect();
             let patches: Vec<f32> = (0..*real)
                 .flat_map(|b| {
-                    graph.out[(b * n + d.prefix) * dim..(b * n + d.prefix + hw) * dim]
+                    out[(b * n + d.prefix) * dim..(b * n + d.prefix + hw) * dim]
                         .iter()
                         .copied()
                 })
@@ -1060,5 +1192,23 @@ impl HoldoutSet {
             sum.add(heads.cosine_sums(&cls, &patches, &tt), *real);
         }
         Ok(sum.finish())
+    }
+}
+
+/// The device students train on (`None`: the CPU), shared by every student of the run.
+fn open_device(d: TrainDevice) -> Result<Option<Rc<dyn Device>>> {
+    match d {
+        TrainDevice::Cpu => Ok(None),
+        TrainDevice::Emulated => Ok(Some(Rc::new(crate::cuda::emu::EmuDevice::new()?))),
+        #[cfg(feature = "cuda")]
+        TrainDevice::Cuda => Ok(Some(Rc::new(crate::cuda::device::CudaDevice::new(None)?))),
+        #[cfg(not(feature = "cuda"))]
+        TrainDevice::Cuda => Err(DistillError::Runtime(
+            dinoedge_runtime::RuntimeError::BackendUnavailable {
+                backend: "cuda".into(),
+                reason: "not compiled into this build of the trainer; rebuild with --features cuda"
+                    .into(),
+            },
+        )),
     }
 }

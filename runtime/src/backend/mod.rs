@@ -14,6 +14,10 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+/// Device helpers shared by every CUDA program (warp and block sums, activations, f16 / bf16
+/// rounding), also for programs built outside the runtime (the distill trainer's kernels).
+pub const CUDA_COMMON: &str = include_str!("cuda/common.cuh");
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -197,9 +197,15 @@ struct TrainArgs {
     /// Held-out images used for evaluation during training.
     #[arg(long, default_value_t = 64)]
     eval_images: usize,
-    /// Training backend: cpu (exact reference path, SIMD kernels). cuda: see issue #8.
-    #[arg(long, default_value = "cpu")]
+    /// Where the students train: cpu (SIMD kernels, bit-reproducible), or cuda (the CUDA
+    /// trainer: NVRTC kernels and cuBLASLt GEMMs; builds with --features cuda).
+    /// Checkpoints are the same, so a run can resume on the other. (cuda-emulated runs the
+    /// CUDA trainer's kernels on the CPU: for tests, tiny students only.)
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-emulated"])]
     backend: String,
+    /// GEMM inputs of the CUDA trainer: bf16 (f32 master weights and accumulation) or f32.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    precision: String,
 }
 
 fn parse_pair(s: &str) -> std::result::Result<[usize; 2], String> {
@@ -277,12 +283,6 @@ pub fn run(a: DistillArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    if a.backend != "cpu" {
-        return Err(Error::Usage(format!(
-            "--backend {}: this build trains on the CPU only (the CUDA trainer is a separate feature, see docs/distill.md)",
-            a.backend
-        )));
-    }
     let s = &a.setup;
     let out = a.out.clone().expect("required by clap");
     let many = a.student.len() > 1;
@@ -318,6 +318,15 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
     o.teacher_backend = s.teacher_backend;
     o.teacher_precision = s.teacher_precision;
+    o.device = match a.backend.as_str() {
+        "cuda" => train::TrainDevice::Cuda,
+        "cuda-emulated" => train::TrainDevice::Emulated,
+        _ => train::TrainDevice::Cpu,
+    };
+    o.gemm = match a.precision.as_str() {
+        "f32" => dinoedge_distill::cuda::GemmType::F32,
+        _ => dinoedge_distill::cuda::GemmType::BF16,
+    };
     o.cache = a.cache.clone();
     o.size = s.size;
     o.teacher_size = s.teacher_size;
@@ -419,6 +428,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
                 },
             );
             if i == 0 {
+                super::note(&pb, format!("training on {}", info.trainer));
                 for (p, why) in &info.skipped {
                     super::note(&pb, format!("warning: skipped {}: {why}", p.display()));
                 }

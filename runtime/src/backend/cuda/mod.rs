@@ -30,7 +30,7 @@ pub mod plan;
 
 /// Every kernel source, compiled as one NVRTC program (the launchers find them by name).
 pub const SOURCES: [(&str, &str); 7] = [
-    ("common.cuh", include_str!("common.cuh")),
+    ("common.cuh", super::CUDA_COMMON),
     ("matmul.cu", include_str!("../../ops/matmul/matmul.cu")),
     (
         "layer_norm.cu",
