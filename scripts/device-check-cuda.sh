@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--build" ]; then
-  exec scripts/device-build.sh cuda cuda
+  exec scripts/device-build.sh cuda cuda dinoedge-distill:cuda_trainer
 fi
 
 OUT="${OUT:-$PWD/device-out}"

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# GPU-machine check of distillation (issue #8), for what exists so far: the teacher on the
-# CUDA backend, the students on the machine's CPU cores (the CUDA student trainer is not
-# built yet, so the issue's gradient-parity and PyTorch-AMP step comparisons are not here).
-#   1. a random-weight teacher (ViT-7B/16 in bf16 by default, ARCH=vits16 for a quick run)
-#      made by transformers' save_pretrained (tools/torch_bench.py make), and 64 synthetic
-#      images (PPM, no PIL needed);
-#   2. `distill cache-teacher --teacher-backend cuda --teacher-precision bf16`: teacher img/s;
-#   3. online distillation into two students at once (--student vit-ti16 --student vit-s16),
-#      teacher on the GPU: step img/s (teacher + both students), 10 steps;
-#   4. the same two students from the cache of step 2.
+# GPU-machine check of distillation on CUDA (issue #8). Runs, on the device:
+#   1. the CUDA trainer's parity suite (distill/tests/cuda_trainer.rs on the GPU): every
+#      parameter's gradient of two fixture students (plain and gated MLP, registers, RoPE,
+#      heads, Gram and intermediate terms) against float64 PyTorch autograd, in f32 GEMMs
+#      (< 1e-4), recomputing (< 1e-4) and bf16 GEMMs (< 5e-2); 20 AdamW steps against the CPU
+#      trainer (loss < 1e-4, weights and EMA < 1e-4);
+#   2. the student step of vit-s16 at 224, batch 128, bf16 (`dinoedge distill bench-step
+#      --backend cuda`) against the same step in PyTorch AMP (tools/torch_train_bench.py:
+#      transformers' DINOv3ViTModel, SDPA attention, fused AdamW, EMA) on the same card -> ratio;
+#   3. a random-weight teacher (ViT-7B/16 in bf16 by default, ARCH=vits16 for a quick run)
+#      made by transformers' save_pretrained (tools/torch_bench.py make), 64 synthetic images;
+#      `distill cache-teacher --teacher-backend cuda --teacher-precision bf16`: teacher img/s;
+#   4. online distillation into two students at once (--student vit-ti16 --student vit-s16),
+#      teacher and students on the GPU (--backend cuda): step img/s and held-out cosine;
+#   5. the same two students from the cache of step 3.
 # Logs go to $OUT (default ./device-out-distill); summary.txt has the numbers. Build here
 # first (the same binaries as the CUDA check):
 #   scripts/device-check-cuda.sh --build
-# then, from the device tool (carry `.device/cuda`): scripts/device-check-distill.sh
-# (about 5 min with the 7B: 13.4 GB written, then read three times).
+# then, from the device tool (carry `.device/cuda`), in two calls under 600 s each:
+#   ONLY_TRAINER=1 scripts/device-check-distill.sh   # steps 1-2 (about 2 min)
+#   SKIP_TRAINER=1 scripts/device-check-distill.sh   # steps 3-5 (about 5 min with the 7B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/device-out-distill}"
@@ -27,6 +33,36 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
 say "gpu: $(cat "$OUT/gpu.txt"); cpu cores: $(nproc)"
+
+if [ "${SKIP_TRAINER:-0}" != 1 ]; then
+echo "== 1. CUDA trainer parity (gradients vs PyTorch autograd, 20 steps vs the CPU trainer)"
+if DINOEDGE_TRAINER_DEVICES=cuda DINOEDGE_REQUIRE_CUDA=1 DINOEDGE_FIXTURES="$PWD/fixtures" timeout 240 \
+    "${TRAINER_TEST:-.device/cuda/cuda_trainer}" --nocapture --test-threads 1 >"$OUT/trainer-parity.log" 2>&1; then
+  say "trainer parity: ok"
+else
+  say "trainer parity: FAILED (see trainer-parity.log)"
+fi
+grep -E "^(cuda|device:|test result)" "$OUT/trainer-parity.log" | tee -a "$SUMMARY" || true
+
+echo "== 2. vit-s16 step, batch 128 at 224, bf16: dinoedge vs PyTorch AMP"
+for spec in "vit-s16 128" "vit-ti16 128"; do
+  set -- $spec
+  if timeout 200 "$BIN" distill bench-step --backend cuda --student "$1" --batch "$2" --size 224 --precision bf16 \
+      --iters 10 --warmup 3 >"$OUT/bench-$1.json" 2>"$OUT/bench-$1.err"; then
+    ours=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/bench-$1.json")
+  else
+    ours=nan; say "bench-step $1 FAILED (bench-$1.err): $(tail -n3 "$OUT/bench-$1.err" | tr '\n' ' ')"
+  fi
+  if timeout 200 $PY tools/torch_train_bench.py "$OUT/bench-$1.json" --device cuda --batch "$2" --size 224 \
+      --iters 10 --warmup 3 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.err"; then
+    peer=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/torch-$1.json")
+  else
+    peer=nan; say "pytorch $1 FAILED (torch-$1.err): $(tail -n3 "$OUT/torch-$1.err" | tr '\n' ' ')"
+  fi
+  say "$(printf '%-9s step b%s 224px bf16: dinoedge %8.1f ms | pytorch amp %8.1f ms | throughput ratio %5.2fx (target >= 1.0)' "$1" "$2" "$ours" "$peer" "$($PY -c "import sys; print(float(sys.argv[1]) / float(sys.argv[2]))" "$peer" "$ours")")"
+done
+fi
+[ "${ONLY_TRAINER:-0}" = 1 ] && { echo "== summary"; cat "$SUMMARY"; exit 0; }
 
 T="$OUT/teacher-$ARCH"
 # save_pretrained writes config.json first: a teacher is complete once make has finished.
@@ -64,8 +100,10 @@ fi
 TB=${TEACHER_BACKEND:-cuda}
 prec=bf16; [ "$ARCH" = vit7b16 ] || prec=f16; [ "$TB" = cuda ] || prec=f32
 common=(--teacher "$T" --teacher-backend "$TB" --teacher-precision "$prec" --data "$D" --size 224 --holdout 0.2 --threads "$(nproc)")
+# STUDENT_BACKEND=cpu (with TEACHER_BACKEND=cpu) runs steps 3-5 without a GPU.
+students=(--backend "${STUDENT_BACKEND:-cuda}")
 
-echo "== 2. cache-teacher on the GPU"
+echo "== 3. cache-teacher on the GPU"
 rm -rf "$OUT/cache"
 if timeout 300 "$BIN" distill cache-teacher "${common[@]}" --out "$OUT/cache" --views 2 --batch 16 >"$OUT/cache.log" 2>"$OUT/cache.err"; then
   say "cache-teacher $ARCH $TB $prec: $(tail -n1 "$OUT/cache.log")"
@@ -78,7 +116,7 @@ run_two() { # name extra-args...
   local name=$1; shift
   rm -rf "$OUT/$name"
   if timeout 400 "$BIN" distill "${common[@]}" --student vit-ti16 --student vit-s16 --out "$OUT/$name" \
-      --steps 10 --batch 16 --log-every 5 --eval-images 8 --checkpoint-every 100 "$@" >"$OUT/$name.log" 2>"$OUT/$name.err"; then
+      --steps 10 --batch 16 --log-every 5 --eval-images 8 --checkpoint-every 100 "${students[@]}" "$@" >"$OUT/$name.log" 2>"$OUT/$name.err"; then
     for s in vit-ti16 vit-s16; do
       say "$name $s: $($PY -c 'import json,sys
 r = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -89,9 +127,9 @@ print("loss %.4f, step img/s %.1f (teacher and both students), held-out patch co
     say "$name FAILED ($name.err): $(tail -n3 "$OUT/$name.err" | tr '\n' ' ')"
   fi
 }
-echo "== 3. two students, teacher online on the GPU"
+echo "== 4. two students, teacher and students on the GPU"
 run_two online
-echo "== 4. two students from the cache"
+echo "== 5. two students from the cache, on the GPU"
 if [ -f "$OUT/cache/index.json" ]; then run_two cached --cache "$OUT/cache"; else say "cached: skipped (no cache)"; fi
 echo "== summary"
 cat "$SUMMARY"

@@ -18,8 +18,10 @@
 //! | [`checkpoint`] | atomic checkpoints and resume |
 //! | [`cuda`] | the same trainer on a GPU (NVRTC kernels, cuBLASLt), or emulated for tests |
 //! | [`eval`] | held-out agreement with the teacher through the heads |
+//! | [`bench`] | the time of one training step (vs a PyTorch step of the same model) |
 //! | [`train`] | the run: steps, logs, checkpoints, export |
 
+pub mod bench;
 pub mod cache;
 pub mod checkpoint;
 pub mod cuda;

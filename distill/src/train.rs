@@ -1196,7 +1196,7 @@ impl HoldoutSet {
 }
 
 /// The device students train on (`None`: the CPU), shared by every student of the run.
-fn open_device(d: TrainDevice) -> Result<Option<Rc<dyn Device>>> {
+pub(crate) fn open_device(d: TrainDevice) -> Result<Option<Rc<dyn Device>>> {
     match d {
         TrainDevice::Cpu => Ok(None),
         TrainDevice::Emulated => Ok(Some(Rc::new(crate::cuda::emu::EmuDevice::new()?))),

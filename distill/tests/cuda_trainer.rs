@@ -25,9 +25,12 @@ use dinoedge_runtime::config::ModelConfig;
 use dinoedge_runtime::weights::layout::{aliases, hub_location};
 use dinoedge_runtime::weights::store::TensorStore;
 
+/// `fixtures/grads/NAME` (`DINOEDGE_FIXTURES` points at `fixtures/` away from the source tree).
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/grads")
+    std::env::var("DINOEDGE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"))
+        .join("grads")
         .join(name)
 }
 

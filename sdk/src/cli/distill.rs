@@ -35,6 +35,10 @@ enum DistillCmd {
     /// Held-out CLS / patch cosine of a distilled student to its teacher, and both models'
     /// stereo-correspondence accuracy.
     Eval(EvalArgs),
+    /// Median time of one training step (forward, loss, backward, AdamW, EMA) of a student
+    /// on random data, on the CPU or the GPU; prints one JSON line (compare with
+    /// tools/torch_train_bench.py on the same machine).
+    BenchStep(BenchStepArgs),
     /// Redraw DIR/loss.png from DIR/metrics.jsonl.
     Plot {
         /// A distillation --out directory.
@@ -208,6 +212,81 @@ struct TrainArgs {
     precision: String,
 }
 
+#[derive(Args)]
+struct BenchStepArgs {
+    /// Student: a named size (vit-ti16, vit-s16, ...) or an HF config.json.
+    #[arg(long, default_value = "vit-s16")]
+    student: String,
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-emulated"])]
+    backend: String,
+    /// GEMM inputs on the GPU: bf16 or f32.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    precision: String,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+    /// Width of the teacher features (384 for a ViT-S teacher, 4096 for the 7B).
+    #[arg(long, default_value_t = 384)]
+    teacher_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long)]
+    recompute: bool,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn bench_step(a: BenchStepArgs) -> Result<()> {
+    use dinoedge_distill::bench::{BenchOptions, bench_step};
+    if a.batch == 0 || a.iters == 0 || a.size == 0 {
+        return Err(Error::Usage(
+            "--batch, --size and --iters must be at least 1".into(),
+        ));
+    }
+    let cfg = dinoedge_distill::student::resolve(&a.student)?;
+    let o = BenchOptions {
+        device: device_of(&a.backend),
+        gemm: gemm_of(&a.precision),
+        batch: a.batch,
+        size: a.size,
+        teacher_dim: a.teacher_dim,
+        iters: a.iters,
+        warmup: a.warmup,
+        recompute: a.recompute,
+        threads: a.threads,
+    };
+    let pb = progress((a.iters + a.warmup) as u64, "bench-step");
+    let r = bench_step(&cfg, &o, |_| pb.inc(1))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "{} on {}: batch {} at {}px, median step {:.2} ms ({:.1} img/s), loss {:.4} -> {:.4}",
+        r.student, r.trainer, r.batch, r.size, r.median_ms, r.img_per_s, r.first_loss, r.last_loss
+    );
+    println!(
+        "{}",
+        serde_json::to_string(&r).map_err(|e| Error::Usage(e.to_string()))?
+    );
+    Ok(())
+}
+
+fn device_of(backend: &str) -> train::TrainDevice {
+    match backend {
+        "cuda" => train::TrainDevice::Cuda,
+        "cuda-emulated" => train::TrainDevice::Emulated,
+        _ => train::TrainDevice::Cpu,
+    }
+}
+
+fn gemm_of(precision: &str) -> dinoedge_distill::cuda::GemmType {
+    match precision {
+        "f32" => dinoedge_distill::cuda::GemmType::F32,
+        _ => dinoedge_distill::cuda::GemmType::BF16,
+    }
+}
+
 fn parse_pair(s: &str) -> std::result::Result<[usize; 2], String> {
     let (a, b) = s
         .split_once(':')
@@ -272,6 +351,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
     match a.cmd {
         Some(DistillCmd::CacheTeacher(c)) => cache_teacher(c),
         Some(DistillCmd::Eval(e)) => eval(e),
+        Some(DistillCmd::BenchStep(b)) => bench_step(b),
         Some(DistillCmd::Plot { dir }) => {
             let png = dir.join("loss.png");
             sdk_distill::loss_plot(&dir.join("metrics.jsonl"), &png)?;
@@ -318,15 +398,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
     o.teacher_backend = s.teacher_backend;
     o.teacher_precision = s.teacher_precision;
-    o.device = match a.backend.as_str() {
-        "cuda" => train::TrainDevice::Cuda,
-        "cuda-emulated" => train::TrainDevice::Emulated,
-        _ => train::TrainDevice::Cpu,
-    };
-    o.gemm = match a.precision.as_str() {
-        "f32" => dinoedge_distill::cuda::GemmType::F32,
-        _ => dinoedge_distill::cuda::GemmType::BF16,
-    };
+    o.device = device_of(&a.backend);
+    o.gemm = gemm_of(&a.precision);
     o.cache = a.cache.clone();
     o.size = s.size;
     o.teacher_size = s.teacher_size;
