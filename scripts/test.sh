@@ -6,8 +6,9 @@
 #      rather than skips,
 #   4. the C API checks (scripts/test-ffi.sh),
 #   5. the camera feature compile-checked (needs libclang-dev),
-#   6. the CUDA backend: every NVRTC kernel compiled for sm_80/86/87/90 with the pip wheel's
-#      NVRTC (no GPU, no toolkit), the no-driver error path, and the sdk/ffi built with `cuda`,
+#   6. the CUDA backend and the CUDA student trainer: every NVRTC kernel compiled for sm_75 to
+#      sm_90 with the pip wheel's NVRTC (no GPU, no toolkit), the no-driver error path, and the
+#      sdk/ffi built with `cuda` (the trainer's kernels also run through its CPU emulator in 3),
 #   7. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
 #      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI).
 set -euo pipefail
@@ -52,6 +53,10 @@ NVRTC_LIB="$DINOEDGE_ASSETS/nvrtc/nvidia/cu13/lib"
 if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
   LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
     cargo test --locked -p dinoedge-runtime --features cuda --test cuda -- --nocapture
+  # The CUDA student trainer's kernels, for sm_75..sm_90 (its emulated runs are in the
+  # workspace tests above).
+  LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
+    DINOEDGE_TRAINER_DEVICES=cuda cargo test --locked -p dinoedge-distill --features cuda --test cuda_trainer -- --nocapture
   cargo check --locked -p dinoedge -p dinoedge-ffi --features dinoedge/cuda,dinoedge-ffi/cuda --bins --lib
 elif [ "$(uname -m)" = x86_64 ]; then
   echo "NVRTC missing from $NVRTC_LIB (scripts/fetch-assets.sh --nvrtc)" >&2

@@ -6,6 +6,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`student`] | named student sizes and configs |
+//! | [`parallel`] | data-parallel ranks: rendezvous, gradient sums (NCCL or TCP) |
 //! | [`params`] | all trainable values in one flat vector, with names |
 //! | [`ops`] | training op helpers (linear, LayerScale) over the runtime's op kernels |
 //! | [`graph`] | the student's forward that keeps activations, and its backward |
@@ -33,6 +34,7 @@ pub mod loader;
 pub mod loss;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod params;
 pub mod rng;
 pub mod student;

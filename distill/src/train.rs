@@ -26,6 +26,7 @@ use crate::loader::{Key, Loader, LoaderSpec, RenderSpec};
 use crate::loss::{LossParts, LossWeights, Objective, Targets};
 use crate::ops::Ctx;
 use crate::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
+use crate::parallel::{Collective, World};
 use crate::params::ParamLayout;
 use crate::teacher::{Alignment, OnlineTeacher, TeacherId, teacher_render};
 
@@ -288,12 +289,28 @@ pub fn train(o: &TrainOptions, mut on: impl FnMut(Event)) -> Result<TrainReport>
 pub fn train_many(
     o: &TrainOptions,
     students: &[StudentSpec],
-    mut on: impl FnMut(usize, Event),
+    mut on_all: impl FnMut(usize, Event),
 ) -> Result<Vec<TrainReport>> {
     let t0 = Instant::now();
     if o.batch == 0 {
         return Err(DistillError::Config("--batch must be at least 1".into()));
     }
+    // Data parallel: this rank trains on `per` images of every batch; rank 0 reports.
+    let world = World::from_env()?;
+    let (rank, ranks) = world.as_ref().map_or((0, 1), |w| (w.rank, w.size));
+    if !o.batch.is_multiple_of(ranks) {
+        return Err(DistillError::Config(format!(
+            "--batch {} does not split over {ranks} processes: give a multiple of {ranks}",
+            o.batch
+        )));
+    }
+    let per = o.batch / ranks;
+    let writer = rank == 0;
+    let mut on = |i: usize, e: Event| {
+        if writer {
+            on_all(i, e)
+        }
+    };
     if students.is_empty() {
         return Err(DistillError::Config("no --student given".into()));
     }
@@ -383,6 +400,14 @@ pub fn train_many(
         None => online.compute(),
     };
     let device = open_device(o.device)?;
+    let mut collective = match &world {
+        Some(w) => Some(open_collective(
+            w,
+            device.as_ref(),
+            o.device == TrainDevice::Cuda,
+        )?),
+        None => None,
+    };
     let mut runs = Vec::new();
     for (spec, cfg) in students.iter().zip(configs) {
         runs.push(StudentRun::open(
@@ -399,6 +424,7 @@ pub fn train_many(
             &student_layers,
             (students.len() > 1).then(|| label(spec)),
             device.clone(),
+            (per, writer),
         )?);
     }
     let first_step = runs.iter().map(|r| r.state.step).min().unwrap_or(0);
@@ -449,7 +475,9 @@ pub fn train_many(
             trainer: match &device {
                 None => "cpu".into(),
                 Some(d) => format!("{} ({:?} GEMMs)", d.name(), o.gemm).to_lowercase(),
-            },
+            } + &collective.as_ref().map_or(String::new(), |c| {
+                format!("; data parallel, {per} images per rank ({})", c.describe())
+            }),
         };
         on(i, Event::Started(&info));
     }
@@ -469,12 +497,13 @@ pub fn train_many(
         .take(o.eval_images)
         .map(|e| (data.path(e), e.width, e.height))
         .collect();
-    let holdout_set = if holdout.is_empty() {
+    let holdout_set = if holdout.is_empty() || !writer {
         None
     } else {
         Some(HoldoutSet::new(
             &holdout,
             o,
+            per,
             student_render,
             trender,
             &mut online,
@@ -494,6 +523,7 @@ pub fn train_many(
     let sampler = Arc::new(Sampler::new(o.seed, data.train.len()));
     let views = cached.as_ref().map(|c| c.index.views as u64);
     let batch = o.batch;
+    let first = rank * per;
     let keys_sampler = sampler.clone();
     let images: Vec<(PathBuf, u32, u32)> = data
         .train
@@ -514,7 +544,7 @@ pub fn train_many(
         seed: o.seed,
         renders,
         keys: Box::new(move |s| {
-            (0..batch)
+            (first..first + per)
                 .map(|j| {
                     let (image, epoch) = keys_sampler.sample((s * batch + j) as u64);
                     Key {
@@ -542,13 +572,21 @@ pub fn train_many(
             }
         }
         let targets: Targets = match &mut source {
-            TeacherSource::Online(t) => t.targets(&b.pixels[1], batch)?,
+            TeacherSource::Online(t) => t.targets(&b.pixels[1], per)?,
             TeacherSource::Cached(c) => c.targets(&b.keys, &teacher_layers)?,
         };
         let mut parts = Vec::with_capacity(runs.len());
         for r in runs.iter_mut() {
-            parts.push(r.step(o, &ctx, step, &b.pixels[0], &targets)?);
+            parts.push(r.step(
+                o,
+                &ctx,
+                step,
+                &b.pixels[0],
+                &targets,
+                collective.as_deref_mut(),
+            )?);
         }
+        fault_injection(rank, step + 1);
         window_steps += 1;
         let done = step + 1;
         if done.is_multiple_of(o.log_every.max(1)) || done == end_step {
@@ -583,7 +621,7 @@ pub fn train_many(
                 on(i, Event::Holdout(&l));
             }
         }
-        if done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step {
+        if writer && (done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step) {
             for (i, r) in runs.iter_mut().enumerate() {
                 r.sync()?;
                 let dir = checkpoint::save(&r.ckpt_root, &r.state, &r.run_json, o.keep)?;
@@ -604,7 +642,7 @@ pub fn train_many(
         let finished = r.state.step == o.steps;
         let mut holdout_end = None;
         r.sync()?;
-        if finished {
+        if finished && writer {
             export(&r.out, &r.cfg, &r.layout, &r.state.ema, &r.run, o)?;
             on(i, Event::Exported { path: &r.out });
             if let Some(h) = &holdout_set {
@@ -644,13 +682,16 @@ struct StudentRun {
     /// brought up to date by [`StudentRun::sync`]).
     graph: Option<Graph>,
     dev: Option<DeviceStudent>,
+    /// Data-parallel ranks (1: a single process).
+    world_size: usize,
     obj: Objective,
     g: Vec<f32>,
     dout: Vec<f32>,
     dinter: Vec<Vec<f32>>,
     ckpt_root: PathBuf,
     metrics_path: PathBuf,
-    metrics: std::fs::File,
+    /// None on ranks other than 0.
+    metrics: Option<std::fs::File>,
     resumed_from: Option<PathBuf>,
     last_ckpt: Option<PathBuf>,
     last_log: Option<StepLog>,
@@ -671,6 +712,7 @@ impl StudentRun {
         student_layers: &[usize],
         label: Option<String>,
         device: Option<Rc<dyn Device>>,
+        (batch, writer): (usize, bool),
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
         let run = RunConfig {
@@ -721,7 +763,9 @@ impl StudentRun {
                         ),
                     });
                 }
-                truncate_metrics(&metrics_path, st.step)?;
+                if writer {
+                    truncate_metrics(&metrics_path, st.step)?;
+                }
                 (st, Some(dir.clone()))
             }
             (None, true) => {
@@ -754,7 +798,9 @@ impl StudentRun {
                     }
                     layout.load_model(&m, &mut params)?;
                 }
-                let _ = std::fs::remove_file(&metrics_path);
+                if writer {
+                    let _ = std::fs::remove_file(&metrics_path);
+                }
                 (
                     TrainState {
                         step: 0,
@@ -766,22 +812,23 @@ impl StudentRun {
                 )
             }
         };
-        write_atomic(&out.join("run.json"), run_json.as_bytes())?;
-        let metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| DistillError::io(&metrics_path, e))?;
+        // Only rank 0 of a data-parallel run writes files.
+        let metrics = if writer {
+            write_atomic(&out.join("run.json"), run_json.as_bytes())?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(|e| DistillError::io(&metrics_path, e))?,
+            )
+        } else {
+            None
+        };
         let (graph, dev, g, dout, dinter) = match device {
             None => {
-                let graph = Graph::with_recompute(
-                    &cfg,
-                    o.batch,
-                    o.size,
-                    o.size,
-                    student_layers,
-                    o.recompute,
-                );
+                let graph =
+                    Graph::with_recompute(&cfg, batch, o.size, o.size, student_layers, o.recompute);
                 let outs = graph.out.len();
                 let dinter = student_layers.iter().map(|_| vec![0.0f32; outs]).collect();
                 (
@@ -799,7 +846,7 @@ impl StudentRun {
                     &cfg,
                     &layout,
                     &state,
-                    o.batch,
+                    batch,
                     (o.size, o.size),
                     student_layers,
                     o.recompute,
@@ -823,6 +870,7 @@ impl StudentRun {
             state,
             graph,
             dev,
+            world_size: o.batch / batch,
             obj: Objective::default(),
             g,
             dout,
@@ -838,9 +886,12 @@ impl StudentRun {
     }
 
     fn log_line(&mut self, v: &dyn erased::Json) -> Result<()> {
-        writeln!(self.metrics, "{}", v.json())
-            .and_then(|_| self.metrics.flush())
-            .map_err(|e| DistillError::io(&self.metrics_path, e))
+        match &mut self.metrics {
+            Some(m) => writeln!(m, "{}", v.json())
+                .and_then(|_| m.flush())
+                .map_err(|e| DistillError::io(&self.metrics_path, e)),
+            None => Ok(()),
+        }
     }
 
     /// Held-out agreement of the EMA weights, logged.
@@ -887,9 +938,10 @@ impl StudentRun {
         step: usize,
         pixels: &[f32],
         targets: &Targets,
+        mut coll: Option<&mut (dyn Collective + 'static)>,
     ) -> Result<(LossParts, f64, f32)> {
         if self.dev.is_some() {
-            return self.step_device(o, step, pixels, targets);
+            return self.step_device(o, step, pixels, targets, coll);
         }
         let p = Params {
             layout: &self.layout,
@@ -910,11 +962,18 @@ impl StudentRun {
             &mut self.dout,
             &mut self.dinter,
         );
+        let parts = reduce_parts(parts, coll.as_deref_mut())?;
         if !parts.total.is_finite() {
             return Err(self.diverged(step, format!("{}", parts.total)));
         }
         if !o.heads_only {
             graph.backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
+        }
+        if let Some(c) = coll {
+            // The mean of the ranks' gradients: the gradient of the whole batch's loss.
+            c.sum_f32(&mut self.g)?;
+            let inv = 1.0 / self.world_size as f32;
+            self.g.iter_mut().for_each(|v| *v *= inv);
         }
         let gn = global_norm(&self.g);
         if !gn.is_finite() {
@@ -976,21 +1035,30 @@ impl StudentRun {
         step: usize,
         pixels: &[f32],
         targets: &Targets,
+        mut coll: Option<&mut (dyn Collective + 'static)>,
     ) -> Result<(LossParts, f64, f32)> {
         let d = self.dev.as_mut().expect("a device student");
         let parts = d.gradients_of(pixels, targets, &o.loss, o.heads_only)?;
+        let parts = reduce_parts(parts, coll.as_deref_mut())?;
         if !parts.total.is_finite() {
             return Err(self.diverged(step, format!("{}", parts.total)));
         }
-        let gn = d.grad_norm()?;
+        let d = self.dev.as_mut().expect("a device student");
+        let n = self.world_size as f64;
+        if let Some(c) = coll {
+            d.sum_gradients(c)?;
+        }
+        // Gradients hold the ranks' sum: their mean is 1/n of it.
+        let gn = d.grad_norm()? / n;
         if !gn.is_finite() {
             return Err(self.diverged(step, format!("finite but its gradient norm is {gn}")));
         }
-        let gscale = if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
-            (o.optim.clip as f64 / gn) as f32
+        let clip = if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
+            o.optim.clip as f64 / gn
         } else {
             1.0
         };
+        let gscale = (clip / n) as f32;
         let lr = lr_at(&o.optim, step, o.steps);
         let frozen = if o.heads_only {
             self.layout.model_len()
@@ -1119,11 +1187,11 @@ impl HoldoutSet {
     fn new(
         images: &[(PathBuf, u32, u32)],
         o: &TrainOptions,
+        b: usize,
         s: RenderSpec,
         t: RenderSpec,
         teacher: &mut OnlineTeacher,
     ) -> Result<Self> {
-        let b = o.batch;
         let n = images.len();
         let loader = Loader::start(LoaderSpec {
             images: images.to_vec(),
@@ -1210,5 +1278,50 @@ pub(crate) fn open_device(d: TrainDevice) -> Result<Option<Rc<dyn Device>>> {
                     .into(),
             },
         )),
+    }
+}
+
+/// Loss parts averaged over the data-parallel ranks (each the mean over its share).
+fn reduce_parts(p: LossParts, coll: Option<&mut (dyn Collective + 'static)>) -> Result<LossParts> {
+    let Some(c) = coll else { return Ok(p) };
+    let mut v = [p.total, p.cls, p.patch, p.gram, p.inter, 1.0];
+    c.sum_f64(&mut v)?;
+    let n = v[5];
+    Ok(LossParts {
+        total: v[0] / n,
+        cls: v[1] / n,
+        patch: v[2] / n,
+        gram: v[3] / n,
+        inter: v[4] / n,
+    })
+}
+
+/// The collective of a data-parallel rank: NCCL for the CUDA trainer, TCP otherwise.
+fn open_collective(
+    w: &World,
+    device: Option<&Rc<dyn Device>>,
+    on_gpu: bool,
+) -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "cuda")]
+    if on_gpu && let Some(d) = device {
+        return Ok(Box::new(crate::parallel::nccl::NcclOn {
+            nccl: crate::parallel::nccl::Nccl::join(w)?,
+            dev: d.clone(),
+        }));
+    }
+    let _ = (device, on_gpu);
+    Ok(Box::new(crate::parallel::Tcp::join(w)?))
+}
+
+/// `DINOEDGE_FAULT_EXIT=RANK:STEP` ends rank RANK right after step STEP, as a crash would
+/// (how the data-parallel failure path is tested).
+fn fault_injection(rank: usize, done: usize) {
+    if let Ok(v) = std::env::var("DINOEDGE_FAULT_EXIT")
+        && let Some((r, s)) = v.split_once(':')
+        && r.parse() == Ok(rank)
+        && s.parse() == Ok(done)
+    {
+        eprintln!("DINOEDGE_FAULT_EXIT: rank {rank} exits after step {done}");
+        std::process::exit(3);
     }
 }

@@ -834,3 +834,93 @@ fn cuda_trainer_checkpoints_resume_on_the_cpu_and_back() {
     }
     eprintln!("losses cpu {want:?}\nbf16 {got:?}");
 }
+
+/// `--nproc 2`: two processes with half of every batch each, gradients summed over TCP,
+/// train the student of one process with the whole batch (CPU trainer, and the CUDA trainer
+/// emulated). A rank that dies stops the run, naming the rank, with the last checkpoint
+/// intact; `--resume` then finishes it.
+#[test]
+fn two_processes_train_like_one_and_a_lost_rank_keeps_the_checkpoint() {
+    let s = setup();
+    let one = s.root.join("one");
+    ok(&s.args(&one, &["--steps", "6", "--checkpoint-every", "2"]));
+    let want = losses(&one);
+    let close = |name: &str, got: &[(u64, f64)], tol: f64| {
+        assert_eq!(got.len(), want.len(), "{name}");
+        for ((step, a), (_, b)) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() < tol * b.abs(),
+                "{name} step {step}: {a} vs one process {b}"
+            );
+        }
+    };
+    let two = s.root.join("two");
+    let stderr = String::from_utf8_lossy(
+        &run(&s.args(
+            &two,
+            &["--steps", "6", "--checkpoint-every", "2", "--nproc", "2"],
+        ))
+        .stderr,
+    )
+    .into_owned();
+    assert!(
+        stderr.contains("data parallel, 2 images per rank (tcp"),
+        "{stderr}"
+    );
+    close("--nproc 2", &losses(&two), 1e-5);
+    assert!(
+        !two.join(".rendezvous").exists(),
+        "the rendezvous directory is removed"
+    );
+
+    let emu = s.root.join("emu");
+    let args = [
+        "--steps",
+        "6",
+        "--nproc",
+        "2",
+        "--backend",
+        "cuda-emulated",
+        "--precision",
+        "f32",
+    ];
+    ok(&s.args(&emu, &args));
+    close("--nproc 2 cuda-emulated", &losses(&emu), 1e-4);
+
+    // Rank 1 dies after step 3; the checkpoint of step 2 survives and the run resumes.
+    let lost = s.root.join("lost");
+    let out = Command::new(bin())
+        .args(s.args(
+            &lost,
+            &["--steps", "6", "--checkpoint-every", "2", "--nproc", "2"],
+        ))
+        .env("DINOEDGE_FAULT_EXIT", "1:3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rank 1 of 2 stopped (exit status: 3)")
+            && err.contains("step-00000002")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    ok(&s.args(
+        &lost,
+        &[
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "2",
+            "--nproc",
+            "2",
+            "--resume",
+        ],
+    ));
+    close("resumed after a lost rank", &losses(&lost), 1e-5);
+    let err = fails(&s.args(&s.root.join("odd"), &["--steps", "2", "--nproc", "3"]));
+    assert!(
+        err.contains("--batch 4 does not split over --nproc 3"),
+        "{err}"
+    );
+}

@@ -462,4 +462,9 @@ impl Device for CudaDevice {
         self.bind().ok()?;
         self.ctx.mem_get_info().ok()
     }
+
+    fn raw_stream(&self) -> Option<u64> {
+        self.bind().ok()?;
+        Some(self.cu_stream() as u64)
+    }
 }

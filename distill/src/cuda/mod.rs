@@ -190,6 +190,10 @@ pub trait Device {
     ) -> Result<()>;
     /// Free and total memory in bytes, where the device knows them.
     fn memory(&self) -> Option<(usize, usize)>;
+    /// The CUDA stream work is ordered on (for NCCL), where there is one.
+    fn raw_stream(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Error of a device call.

@@ -465,6 +465,11 @@ impl DeviceStudent {
         Ok(loss * weight as f64 / (images * per * per) as f64)
     }
 
+    /// Sums the gradient buffer over the data-parallel ranks.
+    pub fn sum_gradients(&self, c: &mut dyn crate::parallel::Collective) -> Result<()> {
+        c.sum_device(&*self.dev, self.g, self.total)
+    }
+
     /// L2 norm of the gradients (per-block f32 sums added in f64).
     pub fn grad_norm(&self) -> Result<f64> {
         let nb = blocks(self.total);

@@ -210,6 +210,11 @@ struct TrainArgs {
     /// GEMM inputs of the CUDA trainer: bf16 (f32 master weights and accumulation) or f32.
     #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
     precision: String,
+    /// Data parallel: N processes, each with --batch / N images of every batch and (with
+    /// --backend cuda) its own GPU, gradients summed with NCCL (TCP on the CPU). Cluster
+    /// launchers set DINOEDGE_RANK, DINOEDGE_WORLD_SIZE and DINOEDGE_RENDEZVOUS instead.
+    #[arg(long, default_value_t = 1)]
+    nproc: usize,
 }
 
 #[derive(Args)]
@@ -270,6 +275,144 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
         serde_json::to_string(&r).map_err(|e| Error::Usage(e.to_string()))?
     );
     Ok(())
+}
+
+/// `--nproc N`: this command N times, as ranks 0..N of one data-parallel run. Rank 0 keeps
+/// the terminal; the others log to OUT/.rendezvous/rank-K.log. A rank that fails stops the
+/// others, and the error names it.
+fn launch_ranks(a: &TrainArgs) -> Result<()> {
+    let n = a.nproc;
+    if !a.batch.is_multiple_of(n) {
+        return Err(Error::Usage(format!(
+            "--batch {} does not split over --nproc {n}: give a multiple of {n}",
+            a.batch
+        )));
+    }
+    let out = a.out.clone().expect("required by clap");
+    let rdv = out.join(".rendezvous");
+    let _ = std::fs::remove_dir_all(&rdv);
+    std::fs::create_dir_all(&rdv).map_err(|e| Error::Io {
+        path: rdv.clone(),
+        source: e,
+    })?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Usage(format!("cannot find this program: {e}")))?;
+    // The same arguments without --nproc.
+    let mut args = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(x) = it.next() {
+        if x == "--nproc" {
+            it.next();
+        } else if !x.to_string_lossy().starts_with("--nproc=") {
+            args.push(x);
+        }
+    }
+    let gpu = a.backend == "cuda" && std::env::var_os("DINOEDGE_CUDA_DEVICE").is_none();
+    let mut children = Vec::new();
+    for r in 0..n {
+        let mut c = std::process::Command::new(&exe);
+        c.args(&args)
+            .env("DINOEDGE_RANK", r.to_string())
+            .env("DINOEDGE_WORLD_SIZE", n.to_string())
+            .env("DINOEDGE_RENDEZVOUS", &rdv);
+        if gpu {
+            c.env("DINOEDGE_CUDA_DEVICE", r.to_string());
+        }
+        if r > 0 {
+            let log = rdv.join(format!("rank-{r}.log"));
+            let f = std::fs::File::create(&log).map_err(|e| Error::Io {
+                path: log,
+                source: e,
+            })?;
+            c.stdout(std::process::Stdio::null()).stderr(f);
+        }
+        children.push(
+            c.spawn()
+                .map_err(|e| Error::Usage(format!("cannot start rank {r}: {e}")))?,
+        );
+    }
+    // Poll the ranks; after the first failure give the others 2 s to stop on their own
+    // (a rank that lost a peer fails too), then stop the rest and name every failed rank.
+    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    let mut failed_at: Option<std::time::Instant> = None;
+    loop {
+        for r in 0..n {
+            if status[r].is_none() {
+                status[r] = children[r]
+                    .try_wait()
+                    .map_err(|e| Error::Usage(format!("rank {r}: {e}")))?;
+            }
+        }
+        if failed_at.is_none() && status.iter().flatten().any(|s| !s.success()) {
+            failed_at = Some(std::time::Instant::now());
+        }
+        let all = status.iter().all(Option::is_some);
+        if all && failed_at.is_none() {
+            let _ = std::fs::remove_dir_all(&rdv);
+            return Ok(());
+        }
+        if all || failed_at.is_some_and(|t| t.elapsed().as_secs() >= 2) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (r, c) in children.iter_mut().enumerate() {
+        if status[r].is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    // Rank 0 is every other rank's peer: list the others first.
+    let mut failed: Vec<(usize, std::process::ExitStatus)> = status
+        .iter()
+        .enumerate()
+        .filter_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
+        .collect();
+    failed.sort_by_key(|&(r, _)| (r == 0, r));
+    let what: Vec<String> = failed
+        .iter()
+        .map(|&(r, st)| {
+            let tail = if r == 0 {
+                "its error is above".to_string()
+            } else {
+                let log = rdv.join(format!("rank-{r}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let mut lines: Vec<&str> = text.lines().rev().take(3).collect();
+                lines.reverse();
+                format!("{} (log: {})", lines.join(" | "), log.display())
+            };
+            format!("rank {r} of {n} stopped ({st}): {tail}")
+        })
+        .collect();
+    let last = checkpoints_under(&out).map_or("no checkpoint was written yet".to_string(), |p| {
+        format!(
+            "the last checkpoint, {}, is intact: rerun with --resume",
+            p.display()
+        )
+    });
+    Err(Error::Usage(format!(
+        "{}; the other ranks were stopped; {last}",
+        what.join("; ")
+    )))
+}
+
+/// The newest checkpoint of a run directory (or of its students' directories).
+fn checkpoints_under(out: &std::path::Path) -> Option<PathBuf> {
+    let latest = |d: &std::path::Path| {
+        dinoedge_distill::checkpoint::latest(&d.join("checkpoints"))
+            .ok()
+            .flatten()
+    };
+    latest(out).or_else(|| {
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(out)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        subs.iter().find_map(|d| latest(d))
+    })
 }
 
 fn device_of(backend: &str) -> train::TrainDevice {
@@ -363,6 +506,12 @@ pub fn run(a: DistillArgs) -> Result<()> {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    if a.nproc > 1 && std::env::var_os("DINOEDGE_RANK").is_none() {
+        return launch_ranks(&a);
+    }
+    if a.nproc == 0 {
+        return Err(Error::Usage("--nproc must be at least 1".into()));
+    }
     let s = &a.setup;
     let out = a.out.clone().expect("required by clap");
     let many = a.student.len() > 1;

@@ -1,0 +1,414 @@
+//! Data-parallel training: one process per GPU (or per CPU socket), each training on its
+//! share of every batch; gradients and loss values are summed across processes before the
+//! clip and the update, so every process keeps the same weights. Only rank 0 writes files.
+//!
+//! Ranks find each other through environment variables (set by `dinoedge distill --nproc N`,
+//! or by a cluster launcher):
+//!   `DINOEDGE_RANK` (0-based), `DINOEDGE_WORLD_SIZE`, and `DINOEDGE_RENDEZVOUS`, a fresh
+//!   directory every rank can read (a shared filesystem across machines).
+//!
+//! Sums go through NCCL on GPUs (libnccl at run time, one GPU per rank; works across
+//! machines), or through TCP to rank 0 on one machine (CPU or emulated trainers). Both sum
+//! the ranks in rank order. A rank that disappears makes the others fail (TCP: the socket
+//! closes; NCCL: the launcher stops them); checkpoints are written atomically by rank 0, so
+//! the last one stays intact for `--resume`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cuda::{DevPtr, Device, bytes, bytes_mut};
+use crate::error::{DistillError, Result};
+
+/// This process's place among the data-parallel processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct World {
+    pub rank: usize,
+    pub size: usize,
+    pub rendezvous: PathBuf,
+}
+
+/// How long a rank waits for the others to appear, and for one step's sums.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+const STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn cfg_err(m: String) -> DistillError {
+    DistillError::Config(m)
+}
+
+impl World {
+    /// The world from `DINOEDGE_RANK`, `DINOEDGE_WORLD_SIZE` and `DINOEDGE_RENDEZVOUS`, or
+    /// `None` when none is set (a single process).
+    pub fn from_env() -> Result<Option<World>> {
+        let get = |k: &str| std::env::var(k).ok();
+        let (rank, size, dir) = (
+            get("DINOEDGE_RANK"),
+            get("DINOEDGE_WORLD_SIZE"),
+            get("DINOEDGE_RENDEZVOUS"),
+        );
+        if rank.is_none() && size.is_none() && dir.is_none() {
+            return Ok(None);
+        }
+        let (Some(rank), Some(size), Some(dir)) = (rank, size, dir) else {
+            return Err(cfg_err(
+                "data-parallel training needs all of DINOEDGE_RANK, DINOEDGE_WORLD_SIZE and DINOEDGE_RENDEZVOUS".into(),
+            ));
+        };
+        let num = |k: &str, v: &str| {
+            v.parse::<usize>()
+                .map_err(|e| cfg_err(format!("{k}={v:?}: {e}")))
+        };
+        let (rank, size) = (
+            num("DINOEDGE_RANK", &rank)?,
+            num("DINOEDGE_WORLD_SIZE", &size)?,
+        );
+        if size == 0 || rank >= size {
+            return Err(cfg_err(format!(
+                "DINOEDGE_RANK={rank} with DINOEDGE_WORLD_SIZE={size}: ranks are 0..{size}"
+            )));
+        }
+        Ok(Some(World {
+            rank,
+            size,
+            rendezvous: PathBuf::from(dir),
+        }))
+    }
+
+    pub fn is_writer(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+/// Sums across ranks.
+pub trait Collective {
+    /// `v` summed over every rank (the same result on each).
+    fn sum_f64(&mut self, v: &mut [f64]) -> Result<()>;
+    fn sum_f32(&mut self, v: &mut [f32]) -> Result<()>;
+    /// A device buffer of `n` f32 summed in place.
+    fn sum_device(&mut self, dev: &dyn Device, p: DevPtr, n: usize) -> Result<()> {
+        let mut host = vec![0.0f32; n];
+        dev.download(p, bytes_mut(&mut host))?;
+        self.sum_f32(&mut host)?;
+        dev.upload(p, bytes(&host))
+    }
+    fn describe(&self) -> String;
+}
+
+/// Writes `data` to `path` atomically (other ranks poll for it).
+fn publish(path: &Path, data: &[u8]) -> Result<()> {
+    dinoedge_runtime::fsutil::write_atomic(path, data).map_err(DistillError::Runtime)
+}
+
+/// Waits for rank 0's file `name` in the rendezvous directory.
+fn wait_for(world: &World, name: &str) -> Result<Vec<u8>> {
+    let path = world.rendezvous.join(name);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(b) = std::fs::read(&path) {
+            return Ok(b);
+        }
+        if t0.elapsed() > JOIN_TIMEOUT {
+            return Err(cfg_err(format!(
+                "rank {}: rank 0 did not publish {} within {} s (is rank 0 running, with the same DINOEDGE_RENDEZVOUS?)",
+                world.rank,
+                path.display(),
+                JOIN_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sums through rank 0 over TCP on this machine: every rank sends its values, rank 0 adds
+/// them in rank order and sends the total back.
+pub struct Tcp {
+    world: World,
+    /// Rank 0: a stream per rank 1..; other ranks: the stream to rank 0.
+    peers: Vec<TcpStream>,
+}
+
+fn io_err(world: &World, what: &str, e: std::io::Error) -> DistillError {
+    cfg_err(format!(
+        "rank {} of {}: {what}: {e} (a rank stopped or disappeared; the last checkpoint is intact, resume with --resume)",
+        world.rank, world.size
+    ))
+}
+
+impl Tcp {
+    pub fn join(world: &World) -> Result<Tcp> {
+        let w = world.clone();
+        let mut peers = Vec::new();
+        if w.rank == 0 {
+            std::fs::create_dir_all(&w.rendezvous)
+                .map_err(|e| DistillError::io(&w.rendezvous, e))?;
+            let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(&w, "listening", e))?;
+            let port = l
+                .local_addr()
+                .map_err(|e| io_err(&w, "listening", e))?
+                .port();
+            publish(&w.rendezvous.join("tcp-port"), port.to_string().as_bytes())?;
+            l.set_nonblocking(true)
+                .map_err(|e| io_err(&w, "listening", e))?;
+            let mut by_rank: Vec<Option<TcpStream>> = (1..w.size).map(|_| None).collect();
+            let t0 = Instant::now();
+            while by_rank.iter().any(Option::is_none) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false)
+                            .map_err(|e| io_err(&w, "accepting", e))?;
+                        s.set_read_timeout(Some(JOIN_TIMEOUT))
+                            .map_err(|e| io_err(&w, "accepting", e))?;
+                        let mut r = [0u8; 8];
+                        s.read_exact(&mut r)
+                            .map_err(|e| io_err(&w, "handshake", e))?;
+                        let r = u64::from_le_bytes(r) as usize;
+                        if r == 0 || r >= w.size || by_rank[r - 1].is_some() {
+                            return Err(cfg_err(format!(
+                                "rank 0: a peer claims rank {r} (world of {})",
+                                w.size
+                            )));
+                        }
+                        s.set_read_timeout(Some(STEP_TIMEOUT))
+                            .map_err(|e| io_err(&w, "accepting", e))?;
+                        by_rank[r - 1] = Some(s);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if t0.elapsed() > JOIN_TIMEOUT {
+                            let missing: Vec<usize> =
+                                (1..w.size).filter(|r| by_rank[r - 1].is_none()).collect();
+                            return Err(cfg_err(format!(
+                                "rank 0: ranks {missing:?} did not join within {} s",
+                                JOIN_TIMEOUT.as_secs()
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(io_err(&w, "accepting", e)),
+                }
+            }
+            peers = by_rank
+                .into_iter()
+                .map(|s| s.expect("all joined"))
+                .collect();
+        } else {
+            let port = String::from_utf8_lossy(&wait_for(&w, "tcp-port")?)
+                .trim()
+                .to_string();
+            let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
+                .map_err(|e| io_err(&w, "connecting to rank 0", e))?;
+            s.write_all(&(w.rank as u64).to_le_bytes())
+                .map_err(|e| io_err(&w, "handshake", e))?;
+            s.set_read_timeout(Some(STEP_TIMEOUT))
+                .map_err(|e| io_err(&w, "connecting", e))?;
+            peers.push(s);
+        }
+        for s in &peers {
+            let _ = s.set_nodelay(true);
+        }
+        Ok(Tcp { world: w, peers })
+    }
+
+    /// Sums raw little-endian values of `width` bytes with `add`.
+    fn sum_bytes(&mut self, buf: &mut [u8], add: impl Fn(&mut [u8], &[u8])) -> Result<()> {
+        let w = &self.world;
+        if w.rank == 0 {
+            let mut other = vec![0u8; buf.len()];
+            for (k, s) in self.peers.iter_mut().enumerate() {
+                s.read_exact(&mut other)
+                    .map_err(|e| io_err(w, &format!("receiving from rank {}", k + 1), e))?;
+                add(buf, &other);
+            }
+            for (k, s) in self.peers.iter_mut().enumerate() {
+                s.write_all(buf)
+                    .map_err(|e| io_err(w, &format!("sending to rank {}", k + 1), e))?;
+            }
+        } else {
+            let s = &mut self.peers[0];
+            s.write_all(buf)
+                .map_err(|e| io_err(w, "sending to rank 0", e))?;
+            s.read_exact(buf)
+                .map_err(|e| io_err(w, "receiving from rank 0", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Collective for Tcp {
+    fn sum_f64(&mut self, v: &mut [f64]) -> Result<()> {
+        let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.sum_bytes(&mut b, |acc, x| {
+            for (a, y) in acc.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+                let s = f64::from_le_bytes(a.try_into().expect("8 bytes"))
+                    + f64::from_le_bytes(y.try_into().expect("8 bytes"));
+                a.copy_from_slice(&s.to_le_bytes());
+            }
+        })?;
+        for (x, c) in v.iter_mut().zip(b.chunks_exact(8)) {
+            *x = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        Ok(())
+    }
+
+    fn sum_f32(&mut self, v: &mut [f32]) -> Result<()> {
+        self.sum_bytes(bytes_mut(v), |acc, x| {
+            for (a, y) in acc.chunks_exact_mut(4).zip(x.chunks_exact(4)) {
+                let s = f32::from_le_bytes(a.try_into().expect("4 bytes"))
+                    + f32::from_le_bytes(y.try_into().expect("4 bytes"));
+                a.copy_from_slice(&s.to_le_bytes());
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("tcp on this machine, {} ranks", self.world.size)
+    }
+}
+
+/// Data-parallel sums in NCCL (GPU buffers summed on the GPUs; host values through a small
+/// device buffer). Needs libnccl on the loader path at run time.
+#[cfg(feature = "cuda")]
+pub mod nccl {
+    use cudarc::nccl::{result as nr, sys as ns};
+
+    use super::*;
+
+    pub struct Nccl {
+        world: World,
+        comm: ns::ncclComm_t,
+    }
+
+    fn err(world: &World, what: &str, e: impl std::fmt::Debug) -> DistillError {
+        cfg_err(format!(
+            "rank {} of {}: NCCL {what}: {e:?} (the last checkpoint is intact; resume with --resume)",
+            world.rank, world.size
+        ))
+    }
+
+    impl Nccl {
+        /// Joins the world (rank 0 publishes the NCCL id in the rendezvous directory). Call
+        /// with this rank's GPU current (the trainer's device is opened first).
+        pub fn join(world: &World) -> Result<Nccl> {
+            // SAFETY: only dlopens libnccl.
+            if !unsafe { ns::is_culib_present() } {
+                return Err(cfg_err(
+                    "data-parallel training on GPUs needs NCCL: libnccl.so.2 not found (pip install nvidia-nccl-cu13 and add its lib folder to LD_LIBRARY_PATH)".into(),
+                ));
+            }
+            let id = if world.rank == 0 {
+                std::fs::create_dir_all(&world.rendezvous)
+                    .map_err(|e| DistillError::io(&world.rendezvous, e))?;
+                let id = nr::get_uniqueid().map_err(|e| err(world, "unique id", e))?;
+                let raw: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
+                publish(&world.rendezvous.join("nccl-id"), &raw)?;
+                id
+            } else {
+                let raw = wait_for(world, "nccl-id")?;
+                if raw.len() != 128 {
+                    return Err(cfg_err(format!(
+                        "rank {}: a malformed NCCL id ({} bytes)",
+                        world.rank,
+                        raw.len()
+                    )));
+                }
+                let mut id = ns::ncclUniqueId { internal: [0; 128] };
+                for (d, s) in id.internal.iter_mut().zip(raw) {
+                    *d = s as _;
+                }
+                id
+            };
+            let mut comm = std::ptr::null_mut();
+            // SAFETY: `comm` receives the communicator; the id is the world's.
+            unsafe { nr::comm_init_rank(&mut comm, world.size as i32, id, world.rank as i32) }
+                .map_err(|e| err(world, "init", e))?;
+            Ok(Nccl {
+                world: world.clone(),
+                comm,
+            })
+        }
+
+        fn all_reduce(
+            &self,
+            dev: &dyn Device,
+            p: DevPtr,
+            n: usize,
+            ty: ns::ncclDataType_t,
+        ) -> Result<()> {
+            let stream = dev
+                .raw_stream()
+                .ok_or_else(|| cfg_err("NCCL needs the CUDA trainer (--backend cuda)".into()))?;
+            // SAFETY: `p` is a live device buffer of n values of `ty` on this rank's GPU;
+            // in place, ordered on the trainer's stream.
+            unsafe {
+                nr::all_reduce(
+                    p as *const _,
+                    p as *mut _,
+                    n,
+                    ty,
+                    ns::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    stream as ns::cudaStream_t,
+                )
+            }
+            .map(|_| ())
+            .map_err(|e| err(&self.world, "all-reduce", e))
+        }
+
+        /// Host values through a device buffer of `dev`.
+        fn host_sum(
+            &self,
+            dev: &dyn Device,
+            v: &mut [u8],
+            n: usize,
+            ty: ns::ncclDataType_t,
+        ) -> Result<()> {
+            let p = dev.alloc(v.len(), "NCCL host sums")?;
+            let r = dev
+                .upload(p, v)
+                .and_then(|_| self.all_reduce(dev, p, n, ty))
+                .and_then(|_| dev.download(p, v));
+            dev.free(p);
+            r
+        }
+    }
+
+    impl Drop for Nccl {
+        fn drop(&mut self) {
+            // SAFETY: our communicator, destroyed once.
+            let _ = unsafe { nr::comm_destroy(self.comm) };
+        }
+    }
+
+    /// NCCL with the device its host sums go through.
+    pub struct NcclOn {
+        pub nccl: Nccl,
+        pub dev: std::rc::Rc<dyn Device>,
+    }
+
+    impl Collective for NcclOn {
+        fn sum_f64(&mut self, v: &mut [f64]) -> Result<()> {
+            let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.nccl
+                .host_sum(&*self.dev, &mut b, v.len(), ns::ncclDataType_t::ncclFloat64)?;
+            for (x, c) in v.iter_mut().zip(b.chunks_exact(8)) {
+                *x = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+            Ok(())
+        }
+
+        fn sum_f32(&mut self, v: &mut [f32]) -> Result<()> {
+            let n = v.len();
+            self.nccl
+                .host_sum(&*self.dev, bytes_mut(v), n, ns::ncclDataType_t::ncclFloat32)
+        }
+
+        fn sum_device(&mut self, dev: &dyn Device, p: DevPtr, n: usize) -> Result<()> {
+            self.nccl
+                .all_reduce(dev, p, n, ns::ncclDataType_t::ncclFloat32)
+        }
+
+        fn describe(&self) -> String {
+            format!("nccl, {} ranks", self.nccl.world.size)
+        }
+    }
+}
