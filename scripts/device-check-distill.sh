@@ -34,49 +34,6 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
 say "gpu: $(cat "$OUT/gpu.txt"); cpu cores: $(nproc)"
 
-if [ "${SKIP_TRAINER:-0}" != 1 ]; then
-echo "== 1. CUDA trainer parity (gradients vs PyTorch autograd, 20 steps vs the CPU trainer)"
-if DINOEDGE_TRAINER_DEVICES=cuda DINOEDGE_REQUIRE_CUDA=1 DINOEDGE_FIXTURES="$PWD/fixtures" timeout 240 \
-    "${TRAINER_TEST:-.device/cuda/cuda_trainer}" --nocapture --test-threads 1 >"$OUT/trainer-parity.log" 2>&1; then
-  say "trainer parity: ok"
-else
-  say "trainer parity: FAILED (see trainer-parity.log)"
-fi
-grep -E "^(cuda|device:|test result)" "$OUT/trainer-parity.log" | tee -a "$SUMMARY" || true
-
-echo "== 2. vit-s16 step, batch 128 at 224, bf16: dinoedge vs PyTorch AMP"
-for spec in "vit-s16 128" "vit-ti16 128"; do
-  set -- $spec
-  if timeout 200 "$BIN" distill bench-step --backend cuda --student "$1" --batch "$2" --size 224 --precision bf16 \
-      --iters 10 --warmup 3 >"$OUT/bench-$1.json" 2>"$OUT/bench-$1.err"; then
-    ours=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/bench-$1.json")
-  else
-    ours=nan; say "bench-step $1 FAILED (bench-$1.err): $(tail -n3 "$OUT/bench-$1.err" | tr '\n' ' ')"
-  fi
-  if timeout 200 $PY tools/torch_train_bench.py "$OUT/bench-$1.json" --device cuda --batch "$2" --size 224 \
-      --iters 10 --warmup 3 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.err"; then
-    peer=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/torch-$1.json")
-  else
-    peer=nan; say "pytorch $1 FAILED (torch-$1.err): $(tail -n3 "$OUT/torch-$1.err" | tr '\n' ' ')"
-  fi
-  say "$(printf '%-9s step b%s 224px bf16: dinoedge %8.1f ms | pytorch amp %8.1f ms | throughput ratio %5.2fx (target >= 1.0)' "$1" "$2" "$ours" "$peer" "$($PY -c "import sys; print(float(sys.argv[1]) / float(sys.argv[2]))" "$peer" "$ours")")"
-done
-fi
-[ "${ONLY_TRAINER:-0}" = 1 ] && { echo "== summary"; cat "$SUMMARY"; exit 0; }
-
-T="$OUT/teacher-$ARCH"
-# save_pretrained writes config.json first: a teacher is complete once make has finished.
-if [ ! -f "$T/.made" ]; then
-  rm -rf "$T"
-  flag=(); [ "$ARCH" = vit7b16 ] && flag=(--dtype bf16)
-  if timeout 300 $PY tools/torch_bench.py make "$T" --arch "$ARCH" "${flag[@]}" >"$OUT/make-teacher.log" 2>&1; then
-    touch "$T/.made"
-  else
-    rm -rf "$T"
-    say "making the $ARCH teacher FAILED (make-teacher.log)"
-  fi
-fi
-
 D="$OUT/images"
 if [ ! -d "$D" ]; then
   $PY - "$D" <<'EOF'
@@ -95,6 +52,74 @@ for i in range(64):
         f.write(b"P6 %d %d 255\n" % (w, h) + bytes(px))
 EOF
 fi
+
+if [ "${SKIP_TRAINER:-0}" != 1 ]; then
+echo "== 1. CUDA trainer parity (gradients vs PyTorch autograd, 20 steps vs the CPU trainer)"
+if DINOEDGE_TRAINER_DEVICES=cuda DINOEDGE_REQUIRE_CUDA=1 DINOEDGE_FIXTURES="$PWD/fixtures" timeout 240 \
+    "${TRAINER_TEST:-.device/cuda/cuda_trainer}" --nocapture --test-threads 1 >"$OUT/trainer-parity.log" 2>&1; then
+  say "trainer parity: ok"
+else
+  say "trainer parity: FAILED (see trainer-parity.log)"
+fi
+grep -E "^(cuda|device:|test result)" "$OUT/trainer-parity.log" | tee -a "$SUMMARY" || true
+
+echo "== 2. vit-s16 step, batch 128 at 224, bf16: dinoedge vs PyTorch AMP"
+for spec in "vit-s16 128" "vit-ti16 128"; do
+  set -- $spec
+  if timeout 200 "$BIN" distill bench-step --backend cuda --student "$1" --batch "$2" --size 224 --precision bf16 \
+      --iters 10 --warmup 3 >"$OUT/bench-$1.json" 2>"$OUT/bench-$1.err"; then
+    ours=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/bench-$1.json")
+  else
+    ours=nan; say "bench-step $1 FAILED (bench-$1.err): $(tail -n3 "$OUT/bench-$1.err" | tr '\n' ' ')"
+    # The peer still needs the student's config: a one-step CPU run prints it.
+    "$BIN" distill bench-step --student "$1" --batch 1 --size 32 --iters 1 --warmup 0 >"$OUT/bench-$1.json" 2>/dev/null || true
+  fi
+  if timeout 200 $PY tools/torch_train_bench.py "$OUT/bench-$1.json" --device cuda --batch "$2" --size 224 \
+      --iters 10 --warmup 3 >"$OUT/torch-$1.json" 2>"$OUT/torch-$1.err"; then
+    peer=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["median_ms"])' "$OUT/torch-$1.json")
+  else
+    peer=nan; say "pytorch $1 FAILED (torch-$1.err): $(tail -n3 "$OUT/torch-$1.err" | tr '\n' ' ')"
+  fi
+  say "$(printf '%-9s step b%s 224px bf16: dinoedge %8.1f ms | pytorch amp %8.1f ms | throughput ratio %5.2fx (target >= 1.0)' "$1" "$2" "$ours" "$peer" "$($PY -c "import sys; print(float(sys.argv[1]) / float(sys.argv[2]))" "$peer" "$ours")")"
+done
+echo "== 2b. data parallel through NCCL, one rank (the same losses as without NCCL)"
+# NCCL from the wheel PyTorch brings (libnccl.so.2), on the loader path.
+NCCL_SO=$($PY -c 'import glob, site; c = [p for d in site.getsitepackages() for p in glob.glob(d + "/nvidia/**/libnccl.so*", recursive=True)]; print(c[0] if c else "")' 2>/dev/null || true)
+NCCL_LIB="$OUT/nccl-lib"
+mkdir -p "$NCCL_LIB"
+[ -n "$NCCL_SO" ] && ln -sf "$NCCL_SO" "$NCCL_LIB/libnccl.so.2"
+say "nccl: ${NCCL_SO:-not found in the Python packages}"
+printf '%s' '{"model_type":"dinov3_vit","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":128,"patch_size":16,"num_register_tokens":4,"rope_theta":100.0}' >"$OUT/tiny.json"
+tiny=(distill --teacher fixtures/hf/dinov2 --student "$OUT/tiny.json" --data "$D" --size 32 --batch 8 --steps 6 --holdout 0.2 \
+  --log-every 1 --eval-images 0 --backend cuda --precision f32)
+rm -rf "$OUT/dp-plain" "$OUT/dp-nccl" "$OUT/dp-rdv"
+if timeout 120 "$BIN" "${tiny[@]}" --out "$OUT/dp-plain" >"$OUT/dp-plain.log" 2>&1 &&
+   LD_LIBRARY_PATH="$NCCL_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_RANK=0 DINOEDGE_WORLD_SIZE=1 \
+   DINOEDGE_RENDEZVOUS="$OUT/dp-rdv" timeout 120 "$BIN" "${tiny[@]}" --out "$OUT/dp-nccl" >"$OUT/dp-nccl.log" 2>&1; then
+  say "nccl one rank: $(grep -o 'data parallel[^)]*)' "$OUT/dp-nccl.log" | head -n1); losses $($PY -c 'import json,sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1]) if "\"loss\"" in l]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2]) if "\"loss\"" in l]
+print("equal" if a == b and a else "DIFFER %s vs %s" % (a, b))' "$OUT/dp-plain/metrics.jsonl" "$OUT/dp-nccl/metrics.jsonl")"
+else
+  say "nccl one rank FAILED (dp-plain.log, dp-nccl.log): $(tail -q -n2 "$OUT/dp-plain.log" "$OUT/dp-nccl.log" 2>/dev/null | tr '\n' ' ')"
+fi
+fi
+
+[ "${ONLY_TRAINER:-0}" = 1 ] && { echo "== summary"; cat "$SUMMARY"; exit 0; }
+
+T="$OUT/teacher-$ARCH"
+# save_pretrained writes config.json first: a teacher is complete once make has finished.
+if [ ! -f "$T/.made" ]; then
+  rm -rf "$T"
+  flag=(); [ "$ARCH" = vit7b16 ] && flag=(--dtype bf16)
+  if timeout 300 $PY tools/torch_bench.py make "$T" --arch "$ARCH" "${flag[@]}" >"$OUT/make-teacher.log" 2>&1; then
+    touch "$T/.made"
+  else
+    rm -rf "$T"
+    say "making the $ARCH teacher FAILED (make-teacher.log)"
+  fi
+fi
+
 
 # TEACHER_BACKEND=cpu runs the same logic without a GPU (how the script was checked).
 TB=${TEACHER_BACKEND:-cuda}

@@ -7,10 +7,11 @@
 //!   `DINOEDGE_RANK` (0-based), `DINOEDGE_WORLD_SIZE`, and `DINOEDGE_RENDEZVOUS`, a fresh
 //!   directory every rank can read (a shared filesystem across machines).
 //!
-//! Sums go through NCCL on GPUs (libnccl at run time, one GPU per rank; works across
-//! machines), or through TCP to rank 0 on one machine (CPU or emulated trainers). Both sum
-//! the ranks in rank order. A rank that disappears makes the others fail (TCP: the socket
-//! closes; NCCL: the launcher stops them); checkpoints are written atomically by rank 0, so
+//! Sums go through NCCL on GPUs (libnccl.so.2 at run time, one GPU per rank; works across
+//! machines), or through TCP to rank 0 on one machine (CPU or emulated trainers; ranks added
+//! in rank order). Every rank gets the same sums, so the weights stay identical. A rank that
+//! disappears makes the others fail (TCP: the socket closes; NCCL: its asynchronous error is
+//! watched and the communicator aborted); checkpoints are written atomically by rank 0, so
 //! the last one stays intact for `--resume`.
 
 use std::io::{Read, Write};
@@ -266,102 +267,206 @@ impl Collective for Tcp {
 }
 
 /// Data-parallel sums in NCCL (GPU buffers summed on the GPUs; host values through a small
-/// device buffer). Needs libnccl on the loader path at run time.
+/// device buffer). libnccl is loaded at run time by its soname (`libnccl.so.2`, as NCCL
+/// packages and the nvidia-nccl wheels ship it), with the five functions used.
 #[cfg(feature = "cuda")]
 pub mod nccl {
-    use cudarc::nccl::{result as nr, sys as ns};
+    use std::ffi::{c_char, c_int, c_void};
 
     use super::*;
 
-    pub struct Nccl {
-        world: World,
-        comm: ns::ncclComm_t,
+    type Comm = *mut c_void;
+    /// ncclUniqueId: 128 opaque bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct UniqueId([u8; 128]);
+    const FLOAT32: c_int = 7;
+    const FLOAT64: c_int = 8;
+    const SUM: c_int = 0;
+    const IN_PROGRESS: c_int = 7;
+
+    struct Lib {
+        _lib: libloading::Library,
+        get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
+        comm_init_rank: unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int) -> c_int,
+        all_reduce: unsafe extern "C" fn(
+            *const c_void,
+            *mut c_void,
+            usize,
+            c_int,
+            c_int,
+            Comm,
+            *mut c_void,
+        ) -> c_int,
+        comm_get_async_error: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
+        comm_abort: unsafe extern "C" fn(Comm) -> c_int,
+        comm_destroy: unsafe extern "C" fn(Comm) -> c_int,
+        error_string: unsafe extern "C" fn(c_int) -> *const c_char,
+        get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
     }
 
-    fn err(world: &World, what: &str, e: impl std::fmt::Debug) -> DistillError {
-        cfg_err(format!(
-            "rank {} of {}: NCCL {what}: {e:?} (the last checkpoint is intact; resume with --resume)",
-            world.rank, world.size
-        ))
+    impl Lib {
+        fn load() -> Result<Lib> {
+            // SAFETY: loading NCCL runs its (trivial) initialisers.
+            let lib = ["libnccl.so.2", "libnccl.so"]
+                .iter()
+                .find_map(|n| unsafe { libloading::Library::new(n) }.ok())
+                .ok_or_else(|| {
+                    cfg_err("data-parallel training on GPUs needs NCCL: libnccl.so.2 not found on the loader path (install NCCL, or pip install nvidia-nccl-cu13 and add its lib folder to LD_LIBRARY_PATH)".into())
+                })?;
+            // SAFETY: NCCL 2.x's C signatures.
+            unsafe {
+                macro_rules! sym {
+                    ($n:literal) => {
+                        *lib.get(concat!($n, "\0").as_bytes())
+                            .map_err(|e| cfg_err(format!("libnccl: {}: {e}", $n)))?
+                    };
+                }
+                Ok(Lib {
+                    get_unique_id: sym!("ncclGetUniqueId"),
+                    comm_init_rank: sym!("ncclCommInitRank"),
+                    all_reduce: sym!("ncclAllReduce"),
+                    comm_get_async_error: sym!("ncclCommGetAsyncError"),
+                    comm_abort: sym!("ncclCommAbort"),
+                    comm_destroy: sym!("ncclCommDestroy"),
+                    error_string: sym!("ncclGetErrorString"),
+                    get_version: sym!("ncclGetVersion"),
+                    _lib: lib,
+                })
+            }
+        }
+
+        fn check(&self, world: &World, what: &str, rc: c_int) -> Result<()> {
+            if rc == 0 {
+                return Ok(());
+            }
+            // SAFETY: NCCL returns a static string for any result code.
+            let msg =
+                unsafe { std::ffi::CStr::from_ptr((self.error_string)(rc)) }.to_string_lossy();
+            Err(cfg_err(format!(
+                "rank {} of {}: NCCL {what}: {msg} (code {rc}; the last checkpoint is intact, resume with --resume)",
+                world.rank, world.size
+            )))
+        }
+    }
+
+    /// The NCCL version found on the loader path ("2.27.3"), and a fresh unique id made by it
+    /// (no GPU needed): checks the library and the signatures used.
+    pub fn probe() -> Result<(String, usize)> {
+        let lib = Lib::load()?;
+        let w = World {
+            rank: 0,
+            size: 1,
+            rendezvous: PathBuf::new(),
+        };
+        let mut v: c_int = 0;
+        // SAFETY: `v` receives the version code.
+        lib.check(&w, "version", unsafe { (lib.get_version)(&mut v) })?;
+        let mut id = UniqueId([0; 128]);
+        // SAFETY: `id` receives 128 bytes.
+        lib.check(&w, "unique id", unsafe { (lib.get_unique_id)(&mut id) })?;
+        let version = format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100);
+        Ok((version, id.0.iter().filter(|&&b| b != 0).count()))
+    }
+
+    pub struct Nccl {
+        world: World,
+        lib: Lib,
+        comm: Comm,
     }
 
     impl Nccl {
         /// Joins the world (rank 0 publishes the NCCL id in the rendezvous directory). Call
         /// with this rank's GPU current (the trainer's device is opened first).
         pub fn join(world: &World) -> Result<Nccl> {
-            // SAFETY: only dlopens libnccl.
-            if !unsafe { ns::is_culib_present() } {
-                return Err(cfg_err(
-                    "data-parallel training on GPUs needs NCCL: libnccl.so.2 not found (pip install nvidia-nccl-cu13 and add its lib folder to LD_LIBRARY_PATH)".into(),
-                ));
-            }
-            let id = if world.rank == 0 {
+            let lib = Lib::load()?;
+            let mut id = UniqueId([0; 128]);
+            if world.rank == 0 {
                 std::fs::create_dir_all(&world.rendezvous)
                     .map_err(|e| DistillError::io(&world.rendezvous, e))?;
-                let id = nr::get_uniqueid().map_err(|e| err(world, "unique id", e))?;
-                let raw: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
-                publish(&world.rendezvous.join("nccl-id"), &raw)?;
-                id
+                // SAFETY: `id` receives 128 bytes.
+                lib.check(world, "unique id", unsafe { (lib.get_unique_id)(&mut id) })?;
+                publish(&world.rendezvous.join("nccl-id"), &id.0)?;
             } else {
                 let raw = wait_for(world, "nccl-id")?;
-                if raw.len() != 128 {
-                    return Err(cfg_err(format!(
+                id.0 = raw.as_slice().try_into().map_err(|_| {
+                    cfg_err(format!(
                         "rank {}: a malformed NCCL id ({} bytes)",
                         world.rank,
                         raw.len()
-                    )));
-                }
-                let mut id = ns::ncclUniqueId { internal: [0; 128] };
-                for (d, s) in id.internal.iter_mut().zip(raw) {
-                    *d = s as _;
-                }
-                id
-            };
-            let mut comm = std::ptr::null_mut();
+                    ))
+                })?;
+            }
+            let mut comm: Comm = std::ptr::null_mut();
             // SAFETY: `comm` receives the communicator; the id is the world's.
-            unsafe { nr::comm_init_rank(&mut comm, world.size as i32, id, world.rank as i32) }
-                .map_err(|e| err(world, "init", e))?;
+            let rc = unsafe {
+                (lib.comm_init_rank)(&mut comm, world.size as c_int, id, world.rank as c_int)
+            };
+            lib.check(world, "init", rc)?;
             Ok(Nccl {
                 world: world.clone(),
+                lib,
                 comm,
             })
         }
 
-        fn all_reduce(
-            &self,
-            dev: &dyn Device,
-            p: DevPtr,
-            n: usize,
-            ty: ns::ncclDataType_t,
-        ) -> Result<()> {
+        /// In-place sum of `n` values of `ty` at `p` on the trainer's stream; waits for it
+        /// while watching NCCL's asynchronous errors (a lost peer aborts instead of hanging).
+        fn all_reduce(&self, dev: &dyn Device, p: DevPtr, n: usize, ty: c_int) -> Result<()> {
             let stream = dev
                 .raw_stream()
                 .ok_or_else(|| cfg_err("NCCL needs the CUDA trainer (--backend cuda)".into()))?;
             // SAFETY: `p` is a live device buffer of n values of `ty` on this rank's GPU;
             // in place, ordered on the trainer's stream.
-            unsafe {
-                nr::all_reduce(
-                    p as *const _,
-                    p as *mut _,
+            let rc = unsafe {
+                (self.lib.all_reduce)(
+                    p as *const c_void,
+                    p as *mut c_void,
                     n,
                     ty,
-                    ns::ncclRedOp_t::ncclSum,
+                    SUM,
                     self.comm,
-                    stream as ns::cudaStream_t,
+                    stream as *mut c_void,
                 )
+            };
+            self.lib.check(&self.world, "all-reduce", rc)?;
+            let t0 = Instant::now();
+            while !dev.idle()? {
+                let mut e: c_int = 0;
+                // SAFETY: our communicator.
+                let rc = unsafe { (self.lib.comm_get_async_error)(self.comm, &mut e) };
+                let bad = if rc != 0 {
+                    rc
+                } else if e != 0 && e != IN_PROGRESS {
+                    e
+                } else {
+                    0
+                };
+                let late = t0.elapsed() > STEP_TIMEOUT;
+                if bad != 0 || late {
+                    // SAFETY: our communicator; aborting unblocks the stream.
+                    unsafe { (self.lib.comm_abort)(self.comm) };
+                    if late {
+                        return Err(cfg_err(format!(
+                            "rank {} of {}: NCCL all-reduce did not finish in {} s (a rank stopped?); aborted (the last checkpoint is intact)",
+                            self.world.rank,
+                            self.world.size,
+                            STEP_TIMEOUT.as_secs()
+                        )));
+                    }
+                    return self.lib.check(
+                        &self.world,
+                        "all-reduce (a peer failed or disappeared)",
+                        bad,
+                    );
+                }
+                std::thread::sleep(Duration::from_micros(50));
             }
-            .map(|_| ())
-            .map_err(|e| err(&self.world, "all-reduce", e))
+            Ok(())
         }
 
         /// Host values through a device buffer of `dev`.
-        fn host_sum(
-            &self,
-            dev: &dyn Device,
-            v: &mut [u8],
-            n: usize,
-            ty: ns::ncclDataType_t,
-        ) -> Result<()> {
+        fn host_sum(&self, dev: &dyn Device, v: &mut [u8], n: usize, ty: c_int) -> Result<()> {
             let p = dev.alloc(v.len(), "NCCL host sums")?;
             let r = dev
                 .upload(p, v)
@@ -375,7 +480,7 @@ pub mod nccl {
     impl Drop for Nccl {
         fn drop(&mut self) {
             // SAFETY: our communicator, destroyed once.
-            let _ = unsafe { nr::comm_destroy(self.comm) };
+            let _ = unsafe { (self.lib.comm_destroy)(self.comm) };
         }
     }
 
@@ -388,8 +493,7 @@ pub mod nccl {
     impl Collective for NcclOn {
         fn sum_f64(&mut self, v: &mut [f64]) -> Result<()> {
             let mut b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            self.nccl
-                .host_sum(&*self.dev, &mut b, v.len(), ns::ncclDataType_t::ncclFloat64)?;
+            self.nccl.host_sum(&*self.dev, &mut b, v.len(), FLOAT64)?;
             for (x, c) in v.iter_mut().zip(b.chunks_exact(8)) {
                 *x = f64::from_le_bytes(c.try_into().expect("8 bytes"));
             }
@@ -398,13 +502,11 @@ pub mod nccl {
 
         fn sum_f32(&mut self, v: &mut [f32]) -> Result<()> {
             let n = v.len();
-            self.nccl
-                .host_sum(&*self.dev, bytes_mut(v), n, ns::ncclDataType_t::ncclFloat32)
+            self.nccl.host_sum(&*self.dev, bytes_mut(v), n, FLOAT32)
         }
 
         fn sum_device(&mut self, dev: &dyn Device, p: DevPtr, n: usize) -> Result<()> {
-            self.nccl
-                .all_reduce(dev, p, n, ns::ncclDataType_t::ncclFloat32)
+            self.nccl.all_reduce(dev, p, n, FLOAT32)
         }
 
         fn describe(&self) -> String {

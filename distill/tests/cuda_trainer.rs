@@ -356,3 +356,24 @@ fn no_gpu_is_a_clear_error() {
         .to_string();
     assert!(err.contains("libcuda"), "{err}");
 }
+
+/// NCCL (when libnccl.so.2 is on the loader path, e.g. the nvidia-nccl wheel's lib folder):
+/// the library loads, every function the data-parallel path calls resolves, and it makes a
+/// unique id without a GPU. Without it, data parallel on GPUs is a clear error.
+#[cfg(feature = "cuda")]
+#[test]
+fn nccl_loads_with_the_functions_used() {
+    use dinoedge_distill::parallel::nccl::probe;
+    match probe() {
+        Ok((version, nonzero)) => {
+            eprintln!("nccl {version}: unique id with {nonzero} non-zero bytes");
+            assert!(version.starts_with("2."), "{version}");
+            assert!(nonzero > 0);
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("libnccl.so.2 not found"), "{msg}");
+            eprintln!("nccl: SKIPPED ({msg})");
+        }
+    }
+}

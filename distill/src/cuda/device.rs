@@ -126,7 +126,12 @@ impl CudaDevice {
         let arch = format!("sm_{major}{minor}");
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(compile(&arch)?))
-            .map_err(|x| e("loading the trainer's kernels")(&x))?;
+            .map_err(|x| match x.0 {
+                sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => unavailable(
+                    "the driver is older than the NVRTC on the loader path (its PTX is too new): use an NVRTC of the driver's CUDA version or older, or update the driver",
+                ),
+                _ => e("loading the trainer's kernels")(&x),
+            })?;
         let mut functions = HashMap::new();
         for k in kernel_names() {
             functions.insert(k, module.load_function(k).map_err(|x| e(k)(&x))?);
@@ -167,6 +172,9 @@ impl CudaDevice {
             return Ok(h);
         }
         let (outer, inner) = if m.trans { (cols, rows) } else { (rows, cols) };
+        if outer == 0 || inner == 0 {
+            return Ok(m.ptr);
+        }
         let n = (outer - 1) * m.ld + inner;
         let mut half = self.half.borrow_mut();
         if half[which].1 < 2 * n {
@@ -290,6 +298,8 @@ fn alignment(addr: u64) -> u32 {
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
+        // Work in flight may still use the plans and buffers.
+        let _ = self.stream.synchronize();
         self.prepared.borrow_mut().clear();
         // SAFETY: destroyed once, after every plan made with it.
         let _ = unsafe { lt::destroy_handle(self.handle) };
@@ -312,27 +322,26 @@ impl Device for CudaDevice {
 
     fn alloc(&self, bytes: usize, what: &str) -> Result<DevPtr> {
         self.bind()?;
-        let (free, total) = self.ctx.mem_get_info().map_err(|x| e("memory info")(&x))?;
-        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-        let oom = || {
-            DistillError::Config(format!(
-                "out of GPU memory: {what} needs {:.2} GiB, {:.2} GiB of {:.2} GiB free on {}; lower --batch or --size, or pass --recompute",
-                gib(bytes),
-                gib(free),
-                gib(total),
-                self.name
-            ))
-        };
-        if bytes > free {
-            return Err(oom());
-        }
         // SAFETY: a fresh stream-ordered allocation, zeroed before use.
-        unsafe {
-            let p = result::malloc_async(self.cu_stream(), bytes.max(4)).map_err(|_| oom())?;
-            result::memset_d8_async(p, 0, bytes.max(4), self.cu_stream())
-                .map_err(|x| e(what)(&x))?;
-            Ok(p)
-        }
+        let p = match unsafe { result::malloc_async(self.cu_stream(), bytes.max(4)) } {
+            Ok(p) => p,
+            Err(result::DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+                return Err(DistillError::Config(format!(
+                    "out of GPU memory: {what} needs {:.2} GiB, {:.2} GiB of {:.2} GiB free on {}; lower --batch or --size, or pass --recompute",
+                    gib(bytes),
+                    gib(free),
+                    gib(total),
+                    self.name
+                )));
+            }
+            Err(x) => return Err(e(what)(&x)),
+        };
+        // SAFETY: the allocation just made.
+        unsafe { result::memset_d8_async(p, 0, bytes.max(4), self.cu_stream()) }
+            .map_err(|x| e(what)(&x))?;
+        Ok(p)
     }
 
     fn free(&self, p: DevPtr) {
@@ -466,5 +475,15 @@ impl Device for CudaDevice {
     fn raw_stream(&self) -> Option<u64> {
         self.bind().ok()?;
         Some(self.cu_stream() as u64)
+    }
+
+    fn idle(&self) -> Result<bool> {
+        self.bind()?;
+        // SAFETY: our live stream.
+        match unsafe { sys::cuStreamQuery(self.cu_stream()) } {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            x => Err(e("stream")(&x)),
+        }
     }
 }

@@ -662,7 +662,7 @@ impl DevGraph {
         let hd = d.head_dim();
         o.dev.launch(
             attention_kernel("forward", hd),
-            (d.tokens().div_ceil(64) as u32, (d.batch * d.heads) as u32),
+            ((d.batch * d.heads) as u32, d.tokens().div_ceil(64) as u32),
             64,
             &[
                 Arg::Ptr(b.att),
@@ -1039,7 +1039,7 @@ impl DevGraph {
             Arg::I32(n as i32),
             Arg::I32(d.heads as i32),
         ];
-        let grid = (n.div_ceil(64) as u32, (d.batch * d.heads) as u32);
+        let grid = ((d.batch * d.heads) as u32, n.div_ceil(64) as u32);
         o.dev
             .launch(attention_kernel("backward_dq", hd), grid, 64, &args)?;
         o.dev

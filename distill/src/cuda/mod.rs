@@ -194,6 +194,10 @@ pub trait Device {
     fn raw_stream(&self) -> Option<u64> {
         None
     }
+    /// Whether all work issued so far has finished (without waiting).
+    fn idle(&self) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// Error of a device call.

@@ -29,6 +29,8 @@ struct LossBufs {
     gs: DevPtr,
     gt: DevPtr,
     du: DevPtr,
+    /// Per image, the Gram term's block sums (read back once per step).
+    gram_partials: DevPtr,
     /// Targets: CLS, patches, then each intermediate.
     t_cls: DevPtr,
     t_patches: DevPtr,
@@ -124,6 +126,7 @@ impl DeviceStudent {
             gs: lb(per * per)?,
             gt: lb(per * per)?,
             du: lb(per * teacher_dim)?,
+            gram_partials: lb(d.batch * blocks(per * per) as usize)?,
             t_cls: lb(d.batch * teacher_dim)?,
             t_patches: lb(rows * teacher_dim)?,
             t_inter: (0..inter_layers.len())
@@ -391,8 +394,7 @@ impl DeviceStudent {
         let lb = &self.loss;
         let ops = &self.graph.ops;
         let tg = ops.t;
-        let mut loss = 0.0f64;
-        let mut host = vec![0.0f32; PARTIALS];
+        let nb = blocks(per * per);
         for b in 0..images {
             let off = 4 * (b * per * dt) as u64;
             for (u, norms, x) in [(lb.u, lb.norms, lb.p), (lb.ut, lb.norms_t, t)] {
@@ -422,7 +424,6 @@ impl DeviceStudent {
                     tg,
                 )?;
             }
-            let nb = blocks(per * per);
             self.dev.launch(
                 "gram_difference",
                 (nb, 1),
@@ -432,12 +433,9 @@ impl DeviceStudent {
                     Arg::Ptr(lb.gt),
                     Arg::I64((per * per) as i64),
                     Arg::F32(4.0 * scale),
-                    Arg::Ptr(self.partials),
+                    Arg::Ptr(lb.gram_partials + 4 * (b * nb as usize) as u64),
                 ],
             )?;
-            self.dev
-                .download(self.partials, bytes_mut(&mut host[..nb as usize]))?;
-            loss += host[..nb as usize].iter().map(|&v| v as f64).sum::<f64>();
             self.dev.gemm(
                 per,
                 dt,
@@ -462,6 +460,9 @@ impl DeviceStudent {
                 ],
             )?;
         }
+        let mut host = vec![0.0f32; images * nb as usize];
+        self.dev.download(lb.gram_partials, bytes_mut(&mut host))?;
+        let loss: f64 = host.iter().map(|&v| v as f64).sum();
         Ok(loss * weight as f64 / (images * per * per) as f64)
     }
 

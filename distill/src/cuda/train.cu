@@ -175,15 +175,16 @@ extern "C" __global__ void rope_apply(float *qkv, const float *cos, const float 
 }
 
 // ---- attention (training): one thread per query, K/V tiles of ATT_TILE keys in shared memory,
-// online softmax; saves lse[(b*H + h)*N + i] for the backward. Block = 64 queries of one head.
+// online softmax; saves lse[(b*H + h)*N + i] for the backward. Block = 64 queries of one head;
+// grid (batch * heads, query tiles) (grid.y is limited to 65535, so the larger count goes on x).
 #define ATT_TILE 32
 #define ATT_Q 64
 
 template <int HD>
 __device__ void attention_forward_t(float *out, float *lse, const float *qkv, int n, int heads) {
     __shared__ float ks[ATT_TILE][HD], vs[ATT_TILE][HD];
-    int dim = heads * HD, bh = blockIdx.y, b = bh / heads, h = bh % heads;
-    int i = blockIdx.x * ATT_Q + threadIdx.x;
+    int dim = heads * HD, bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    int i = blockIdx.y * ATT_Q + threadIdx.x;
     bool live = i < n;
     const float *base = qkv + (long long)b * n * 3 * dim + h * HD;
     float scale = rsqrtf((float)HD), q[HD], acc[HD], m = NEG_INF, l = 0.0f;
@@ -235,8 +236,8 @@ template <int HD>
 __device__ void attention_backward_dq_t(float *dqkv, const float *dout, const float *qkv,
                                         const float *lse, const float *delta, int n, int heads) {
     __shared__ float ks[ATT_TILE][HD], vs[ATT_TILE][HD];
-    int dim = heads * HD, bh = blockIdx.y, b = bh / heads, h = bh % heads;
-    int i = blockIdx.x * ATT_Q + threadIdx.x;
+    int dim = heads * HD, bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    int i = blockIdx.y * ATT_Q + threadIdx.x;
     bool live = i < n;
     const float *base = qkv + (long long)b * n * 3 * dim + h * HD;
     float scale = rsqrtf((float)HD), q[HD], dy[HD], dq[HD];
@@ -278,8 +279,8 @@ template <int HD>
 __device__ void attention_backward_dkv_t(float *dqkv, const float *dout, const float *qkv,
                                          const float *lse, const float *delta, int n, int heads) {
     __shared__ float qs[ATT_TILE][HD], ys[ATT_TILE][HD], ls[ATT_TILE], ds_[ATT_TILE];
-    int dim = heads * HD, bh = blockIdx.y, b = bh / heads, h = bh % heads;
-    int j = blockIdx.x * ATT_Q + threadIdx.x;
+    int dim = heads * HD, bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    int j = blockIdx.y * ATT_Q + threadIdx.x;
     bool live = j < n;
     const float *base = qkv + (long long)b * n * 3 * dim + h * HD;
     float scale = rsqrtf((float)HD), k[HD], v[HD], dk[HD], dv[HD];

@@ -512,6 +512,20 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.nproc == 0 {
         return Err(Error::Usage("--nproc must be at least 1".into()));
     }
+    // A rank started by a cluster launcher: one GPU per rank on its machine (LOCAL_RANK, as
+    // torchrun and SLURM wrappers set it, else the rank), for the teacher and the students.
+    if let Ok(rank) = std::env::var("DINOEDGE_RANK")
+        && std::env::var_os("DINOEDGE_CUDA_DEVICE").is_none()
+        && (a.backend == "cuda" || a.setup.teacher_backend == dinoedge::BackendKind::Cuda)
+    {
+        let local = ["DINOEDGE_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok())
+            .unwrap_or(rank);
+        // SAFETY: set before this process starts any thread (the trainer, loader and
+        // progress threads come later).
+        unsafe { std::env::set_var("DINOEDGE_CUDA_DEVICE", local) };
+    }
     let s = &a.setup;
     let out = a.out.clone().expect("required by clap");
     let many = a.student.len() > 1;
