@@ -5,7 +5,9 @@ The student is transformers' DINOv3ViTModel built from the HF config that bench-
 (random weights), with two linear heads to the teacher width, the same loss (1 - cosine +
 smooth-L1 on CLS and on the patch tokens), global-norm clipping at 3, AdamW (lr 5e-4, decay
 0.04 on matrices, fused on CUDA) and an EMA of every weight. On CUDA the forward runs under
-torch.autocast in bf16 (AMP) with PyTorch's SDPA attention; on the CPU in f32.
+torch.autocast in bf16 (AMP) with PyTorch's SDPA attention; on the CPU in f32. As in
+bench-step, each step copies its pixels and targets from host memory to the device
+(pageable, as a DataLoader without pin_memory; --no-host-copy keeps them on the device).
 
   python3 tools/torch_train_bench.py CONFIG.json --device cuda --batch 128 --size 224
 prints one JSON line with the median step time (each step synchronised).
@@ -33,6 +35,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-host-copy", action="store_true", help="keep pixels and targets on the device")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -55,15 +58,16 @@ def main():
                             lr=5e-4, betas=(0.9, 0.999), eps=1e-8, fused=a.device == "cuda")
     ema = [q.detach().clone() for q in params]
     grid = (a.size // cfg.patch_size) ** 2
-    x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
-    tc = torch.randn(a.batch, dt, device=dev)
-    tp = torch.randn(a.batch * grid, dt, device=dev)
+    host = [torch.randn(a.batch, 3, a.size, a.size), torch.randn(a.batch, dt), torch.randn(a.batch * grid, dt)]
+    on_dev = [t.to(dev) for t in host]
+    copy = a.device == "cuda" and not a.no_host_copy
     amp = a.dtype == "bf16"
 
     def term(pred, t):
         return (1 - F.cosine_similarity(pred, t, dim=-1, eps=1e-8)).mean() + F.smooth_l1_loss(pred, t)
 
     def step():
+        x, tc, tp = [t.to(dev) for t in host] if copy else on_dev
         with torch.autocast(device_type=a.device, dtype=torch.bfloat16, enabled=amp):
             h = fwd(pixel_values=x).last_hidden_state
             c = heads[0](h[:, 0])
@@ -91,7 +95,7 @@ def main():
     med = statistics.median(t)
     out = {"peer": "pytorch", "torch": torch.__version__, "device": a.device,
            "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
-           "amp_bf16": amp, "compiled": a.compile, "attention": model.config._attn_implementation,
+           "amp_bf16": amp, "compiled": a.compile, "host_copy": copy, "attention": model.config._attn_implementation,
            "batch": a.batch, "size": a.size, "teacher_dim": dt, "iters": len(t),
            "median_ms": med * 1e3, "min_ms": min(t) * 1e3, "img_per_s": a.batch / med,
            "first_loss": losses[0], "last_loss": losses[-1], "threads": torch.get_num_threads()}
