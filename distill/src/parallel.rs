@@ -75,10 +75,6 @@ impl World {
             rendezvous: PathBuf::from(dir),
         }))
     }
-
-    pub fn is_writer(&self) -> bool {
-        self.rank == 0
-    }
 }
 
 /// Sums across ranks.

@@ -562,6 +562,7 @@ pub fn train_many(
     })?;
     let mut source = source;
 
+    let fault_exit = fault_exit_step(rank);
     let mut reported: HashSet<PathBuf> = HashSet::new();
     let (mut window_t, mut window_steps) = (Instant::now(), 0usize);
     for step in first_step..end_step {
@@ -586,7 +587,13 @@ pub fn train_many(
                 collective.as_deref_mut(),
             )?);
         }
-        fault_injection(rank, step + 1);
+        if fault_exit == Some(step + 1) {
+            eprintln!(
+                "DINOEDGE_FAULT_EXIT: rank {rank} exits after step {}",
+                step + 1
+            );
+            std::process::exit(3);
+        }
         window_steps += 1;
         let done = step + 1;
         if done.is_multiple_of(o.log_every.max(1)) || done == end_step {
@@ -1313,15 +1320,10 @@ fn open_collective(
     Ok(Box::new(crate::parallel::Tcp::join(w)?))
 }
 
-/// `DINOEDGE_FAULT_EXIT=RANK:STEP` ends rank RANK right after step STEP, as a crash would
+/// `DINOEDGE_FAULT_EXIT=RANK:STEP`: the step after which this rank ends, as a crash would
 /// (how the data-parallel failure path is tested).
-fn fault_injection(rank: usize, done: usize) {
-    if let Ok(v) = std::env::var("DINOEDGE_FAULT_EXIT")
-        && let Some((r, s)) = v.split_once(':')
-        && r.parse() == Ok(rank)
-        && s.parse() == Ok(done)
-    {
-        eprintln!("DINOEDGE_FAULT_EXIT: rank {rank} exits after step {done}");
-        std::process::exit(3);
-    }
+fn fault_exit_step(rank: usize) -> Option<usize> {
+    let v = std::env::var("DINOEDGE_FAULT_EXIT").ok()?;
+    let (r, s) = v.split_once(':')?;
+    (r.parse() == Ok(rank)).then(|| s.parse().ok())?
 }

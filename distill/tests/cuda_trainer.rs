@@ -8,106 +8,25 @@
 //! float64 autograd; bf16 GEMMs (the training mode; inputs rounded to 8 mantissa bits), < 5e-2
 //! (measured: 2.1e-2 worst, a q_proj weight).
 
-use std::path::PathBuf;
+mod common;
+
 use std::rc::Rc;
+
+use common::{Case, load, reference_grad, t, targets, weights};
 
 use dinoedge_distill::checkpoint::TrainState;
 use dinoedge_distill::cuda::emu::EmuDevice;
 use dinoedge_distill::cuda::step::DeviceStudent;
 use dinoedge_distill::cuda::{Device, GemmType};
 use dinoedge_distill::graph::{Graph, Params};
-use dinoedge_distill::loss::{LossWeights, Objective, Targets};
+use dinoedge_distill::loss::Objective;
 use dinoedge_distill::ops::Ctx;
 use dinoedge_distill::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
-use dinoedge_distill::params::{ParamId, ParamLayout};
-use dinoedge_runtime::Model;
-use dinoedge_runtime::config::ModelConfig;
-use dinoedge_runtime::weights::layout::{aliases, hub_location};
-use dinoedge_runtime::weights::store::TensorStore;
-
-/// `fixtures/grads/NAME` (`DINOEDGE_FIXTURES` points at `fixtures/` away from the source tree).
-fn fixture(name: &str) -> PathBuf {
-    std::env::var("DINOEDGE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures"))
-        .join("grads")
-        .join(name)
-}
-
-struct Case {
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    params: Vec<f32>,
-    refs: TensorStore,
-    shape: [usize; 4],
-}
-
-fn t(store: &TensorStore, name: &str) -> Vec<f32> {
-    store.get(name).unwrap().to_f32().unwrap()
-}
-
-fn load(name: &str) -> Case {
-    let dir = fixture(name);
-    let model = Model::load(&dir).unwrap();
-    let cfg = model.config().clone();
-    let refs = TensorStore::open_files(&[dir.join("grads.safetensors")]).unwrap();
-    let hd: Vec<usize> = refs.get("head.0.weight").unwrap().shape.to_vec();
-    let layout = ParamLayout::new(&cfg, &[(hd[1], hd[0]); 3]);
-    let mut params = vec![0.0; layout.total];
-    layout.load_model(&model, &mut params).unwrap();
-    for h in 0..3 {
-        for (id, key) in [
-            (ParamId::HeadWeight(h), format!("head.{h}.weight")),
-            (ParamId::HeadBias(h), format!("head.{h}.bias")),
-        ] {
-            let v = t(&refs, &key);
-            layout.get_mut(&mut params, id).copy_from_slice(&v);
-        }
-    }
-    let s: Vec<usize> = refs.get("pixel_values").unwrap().shape.to_vec();
-    Case {
-        cfg,
-        layout,
-        params,
-        refs,
-        shape: [s[0], s[1], s[2], s[3]],
-    }
-}
-
-fn reference_grad(c: &Case, id: ParamId, name: &str) -> Option<Vec<f32>> {
-    let mut names = vec![name.to_string()];
-    if let ParamId::Model(p) = id {
-        names.push(hub_location(&c.cfg, p).key);
-        names.extend(aliases(&c.cfg, p).into_iter().map(|l| l.key));
-    }
-    names.iter().find_map(|n| {
-        c.refs
-            .get(&format!("obj.grad.{n}"))
-            .map(|t| t.to_f32().unwrap())
-    })
-}
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     num.sqrt() / den.sqrt().max(1e-20)
-}
-
-fn weights() -> LossWeights {
-    LossWeights {
-        cls: 1.0,
-        patch: 0.7,
-        gram: 0.5,
-        inter: 0.3,
-    }
-}
-
-fn targets(c: &Case) -> Targets {
-    Targets {
-        cls: t(&c.refs, "target.cls"),
-        patches: t(&c.refs, "target.patches"),
-        inter: vec![t(&c.refs, "target.inter")],
-    }
 }
 
 fn state(params: &[f32]) -> TrainState {
@@ -181,7 +100,7 @@ fn gradients_match_pytorch_autograd() {
                 let mut worst = (0.0f64, String::new());
                 for e in &c.layout.entries {
                     let got = &g[e.range.clone()];
-                    let want = reference_grad(&c, e.id, &e.name)
+                    let want = reference_grad(&c, "obj", e.id, &e.name)
                         .unwrap_or_else(|| vec![0.0; e.range.len()]);
                     let r = rel(got, &want);
                     assert!(
@@ -308,7 +227,7 @@ fn track_20_steps(dn: &str, dev: &Rc<dyn Device>) {
 #[cfg(feature = "cuda")]
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
-    use dinoedge_distill::cuda::{device::compile, kernel_names};
+    use dinoedge_distill::cuda::{KERNELS, device::compile};
     // SAFETY: only dlopens libnvrtc.
     if !unsafe { cudarc_present() } {
         assert!(
@@ -321,7 +240,7 @@ fn every_kernel_compiles_with_nvrtc() {
     for arch in ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90"] {
         let t0 = std::time::Instant::now();
         let ptx = compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        for k in kernel_names() {
+        for k in KERNELS.into_iter() {
             assert!(
                 ptx.contains(&format!(".entry {k}(")),
                 "{arch}: no entry point {k} in the PTX"
@@ -329,7 +248,7 @@ fn every_kernel_compiles_with_nvrtc() {
         }
         eprintln!(
             "nvrtc {arch}: {} entry points, {} KB of PTX in {:.2} s",
-            kernel_names().count(),
+            KERNELS.len(),
             ptx.len() / 1024,
             t0.elapsed().as_secs_f64()
         );

@@ -2,84 +2,13 @@
 //! (fixtures from `tools/make_fixtures.py grads`, computed in float64), plus a
 //! finite-difference spot check and thread-count independence.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{Case, load, reference_grad, t, targets, weights};
 use dinoedge_distill::graph::{Graph, Params};
-use dinoedge_distill::loss::{LossWeights, Objective, Targets};
+use dinoedge_distill::loss::Objective;
 use dinoedge_distill::ops::Ctx;
-use dinoedge_distill::params::{ParamId, ParamLayout};
-use dinoedge_runtime::Model;
-use dinoedge_runtime::config::ModelConfig;
-use dinoedge_runtime::weights::layout::{aliases, hub_location};
-use dinoedge_runtime::weights::store::TensorStore;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/grads")
-        .join(name)
-}
-
-struct Case {
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    params: Vec<f32>,
-    refs: TensorStore,
-    shape: [usize; 4],
-}
-
-fn t(store: &TensorStore, name: &str) -> Vec<f32> {
-    store
-        .get(name)
-        .unwrap_or_else(|| panic!("fixture tensor {name}"))
-        .to_f32()
-        .unwrap()
-}
-
-fn load(name: &str) -> Case {
-    let dir = fixture(name);
-    let model = Model::load(&dir).unwrap();
-    let cfg = model.config().clone();
-    let refs = TensorStore::open_files(&[dir.join("grads.safetensors")]).unwrap();
-    let hd: Vec<usize> = refs.get("head.0.weight").unwrap().shape.to_vec();
-    let layout = ParamLayout::new(&cfg, &[(hd[1], hd[0]); 3]);
-    let mut params = vec![0.0; layout.total];
-    layout.load_model(&model, &mut params).unwrap();
-    for h in 0..3 {
-        for (id, key) in [
-            (ParamId::HeadWeight(h), format!("head.{h}.weight")),
-            (ParamId::HeadBias(h), format!("head.{h}.bias")),
-        ] {
-            layout
-                .get_mut(&mut params, id)
-                .copy_from_slice(&t(&refs, &key));
-        }
-    }
-    let s: Vec<usize> = refs.get("pixel_values").unwrap().shape.to_vec();
-    let _ = hd;
-    Case {
-        cfg,
-        layout,
-        params,
-        refs,
-        shape: [s[0], s[1], s[2], s[3]],
-    }
-}
-
-/// The reference gradient of a layout entry, under its hub name or a transformers alias.
-fn reference_grad(c: &Case, prefix: &str, id: ParamId, name: &str) -> Option<Vec<f32>> {
-    let mut names = vec![name.to_string()];
-    if let ParamId::Model(p) = id {
-        names.push(hub_location(&c.cfg, p).key);
-        names.extend(aliases(&c.cfg, p).into_iter().map(|l| l.key));
-    }
-    names.iter().find_map(|n| {
-        c.refs
-            .get(&format!("{prefix}.grad.{n}"))
-            .map(|t| t.to_f32().unwrap())
-    })
-}
-
-/// Relative error ||a - b|| / ||b|| per tensor must be below `tol`.
 fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
     let mut worst = (0.0f64, String::new());
     for e in &c.layout.entries {
@@ -114,23 +43,6 @@ fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
         "{prefix}: worst relative gradient error {:.2e} ({})",
         worst.0, worst.1
     );
-}
-
-fn weights() -> LossWeights {
-    LossWeights {
-        cls: 1.0,
-        patch: 0.7,
-        gram: 0.5,
-        inter: 0.3,
-    }
-}
-
-fn targets(c: &Case) -> Targets {
-    Targets {
-        cls: t(&c.refs, "target.cls"),
-        patches: t(&c.refs, "target.patches"),
-        inter: vec![t(&c.refs, "target.inter")],
-    }
 }
 
 /// Runs forward + objective + backward; returns (loss, gradients, last_hidden_state).

@@ -6,13 +6,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::mem::size_of;
 use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, result, sys};
+use dinoedge_runtime::ops::matmul::cuda::{algorithm, alignment, set_desc};
 
-use super::{Arg, DevPtr, Device, GemmType, Mat, blocks, device_error, kernel_names, program};
+use super::{Arg, DevPtr, Device, GemmType, KERNELS, Mat, blocks, device_error, program};
 use crate::error::{DistillError, Result};
 
 /// cuBLASLt workspace (NVIDIA's recommendation for Hopper).
@@ -21,24 +21,11 @@ const WORKSPACE: usize = 32 << 20;
 /// Compiles the trainer's kernels with NVRTC for `arch` ("sm_90"); needs only libnvrtc, so
 /// CI checks every kernel without a GPU.
 pub fn compile(arch: &str) -> Result<String> {
-    // SAFETY: only dlopens libnvrtc.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(unavailable(
-            "libnvrtc not found (install the CUDA toolkit or the pip wheel nvidia-cuda-nvrtc and add its lib folder to LD_LIBRARY_PATH)",
-        ));
-    }
-    let opts = cudarc::nvrtc::CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        ..Default::default()
-    };
-    match cudarc::nvrtc::compile_ptx_with_opts(program(), opts) {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(device_error(
-            &format!("NVRTC failed to compile the trainer's kernels for {arch}"),
-            log.to_string_lossy(),
-        )),
-        Err(e) => Err(device_error("NVRTC", format!("{e:?}"))),
-    }
+    Ok(dinoedge_runtime::backend::cuda::compile_program(
+        program(),
+        arch,
+        "the trainer's kernels",
+    )?)
 }
 
 fn unavailable(reason: &str) -> DistillError {
@@ -133,7 +120,7 @@ impl CudaDevice {
                 _ => e("loading the trainer's kernels")(&x),
             })?;
         let mut functions = HashMap::new();
-        for k in kernel_names() {
+        for k in KERNELS.into_iter() {
             functions.insert(k, module.load_function(k).map_err(|x| e(k)(&x))?);
         }
         let handle = lt::create_handle().map_err(|x| e("cuBLASLt")(&x))?;
@@ -232,67 +219,27 @@ impl CudaDevice {
         let (op_x, op_y) = (tb as i32, ta as i32);
         // SAFETY: live descriptor; i32 is the attributes' type.
         unsafe {
+            use ltsys::cublasLtMatmulDescAttributes_t as D;
             for (attr, v) in [
-                (
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    op_x,
-                ),
-                (
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                    op_y,
-                ),
+                (D::CUBLASLT_MATMUL_DESC_TRANSA, op_x),
+                (D::CUBLASLT_MATMUL_DESC_TRANSB, op_y),
             ] {
-                lt::set_matmul_desc_attribute(
-                    p.desc,
-                    attr,
-                    &v as *const i32 as *const c_void,
-                    size_of::<i32>(),
-                )
-                .map_err(|x| e(&what)(&x))?;
+                set_desc(p.desc, attr, &v).map_err(|x| e(&what)(&x))?;
             }
         }
-        let pref = lt::create_matmul_pref().map_err(|x| e(&what)(&x))?;
-        let heuristic = (|| {
-            // SAFETY: live handles; values have the attributes' types.
-            unsafe {
-                lt::set_matmul_pref_attribute(
-                    pref,
-                    ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &WORKSPACE as *const usize as *const c_void,
-                    size_of::<usize>(),
-                )?;
-                use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
-                for (attr, bytes) in [
-                    (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]),
-                    (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]),
-                    (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]),
-                    (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]),
-                ] {
-                    lt::set_matmul_pref_attribute(
-                        pref,
-                        attr,
-                        &bytes as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    )?;
-                }
-                lt::get_matmul_algo_heuristic(self.handle, p.desc, p.x, p.y, p.c, p.c, pref)
-            }
-        })();
-        // SAFETY: created above, destroyed once.
-        let _ = unsafe { lt::destroy_matmul_pref(pref) };
-        p.algo = heuristic
-            .map_err(|x| e(&format!("{what}: no algorithm"))(&x))?
-            .algo;
+        // cuBLASLt's A is our B side: alignments (B side, A side, C).
+        // SAFETY: live handles, made above.
+        let algo = unsafe {
+            algorithm(
+                self.handle,
+                p.desc,
+                [p.x, p.y, p.c],
+                WORKSPACE,
+                [align[1], align[0], align[2]],
+            )
+        };
+        p.algo = algo.map_err(|x| e(&format!("{what}: no algorithm"))(&x))?;
         Ok(p)
-    }
-}
-
-/// The largest power of two up to 256 dividing an address (cuBLASLt's alignment hint).
-fn alignment(addr: u64) -> u32 {
-    if addr == 0 {
-        256
-    } else {
-        1u32 << addr.trailing_zeros().min(8)
     }
 }
 
@@ -465,11 +412,6 @@ impl Device for CudaDevice {
             )
         }
         .map_err(|x| e(&format!("cuBLASLt GEMM {m}x{n}x{k}"))(&x))
-    }
-
-    fn memory(&self) -> Option<(usize, usize)> {
-        self.bind().ok()?;
-        self.ctx.mem_get_info().ok()
     }
 
     fn raw_stream(&self) -> Option<u64> {

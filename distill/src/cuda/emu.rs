@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use half::bf16;
 
-use super::{Arg, DevPtr, Device, GemmType, Mat, device_error, kernel_names, program};
+use super::{Arg, DevPtr, Device, GemmType, KERNELS, Mat, device_error, program};
 use crate::error::{DistillError, Result};
 
 type Launch = unsafe extern "C" fn(
@@ -33,14 +33,15 @@ pub struct EmuDevice {
 
 /// The C++ translation unit: the emulation header, the program, the kernel table.
 fn source() -> String {
-    let table: String = kernel_names()
+    let table: String = KERNELS
+        .into_iter()
         .map(|k| format!("    {{\"{k}\", [](void **a) {{ emu::call(&{k}, a); }}}},\n"))
         .collect();
     format!(
         "{}\n{}\nconst emu_kernel EMU_KERNELS[] = {{\n{table}}};\nconst int EMU_KERNEL_COUNT = {};\n",
         include_str!("emu.h"),
         program(),
-        kernel_names().count()
+        KERNELS.len()
     )
 }
 
@@ -260,9 +261,5 @@ impl Device for EmuDevice {
             }
         }
         Ok(())
-    }
-
-    fn memory(&self) -> Option<(usize, usize)> {
-        None
     }
 }

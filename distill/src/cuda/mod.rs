@@ -30,7 +30,7 @@ use crate::error::{DistillError, Result};
 pub const TRAIN_CU: &str = include_str!("train.cu");
 
 /// Kernel entry points of `train.cu`.
-pub const KERNELS: [&str; 37] = [
+pub const KERNELS: [&str; 38] = [
     "im2col_forward",
     "assemble_forward",
     "assemble_backward",
@@ -68,15 +68,8 @@ pub const KERNELS: [&str; 37] = [
     "gram_difference",
     "normalize_rows_backward",
     "sum_squares",
+    "adamw_ema",
 ];
-
-/// One more entry point, kept apart so [`KERNELS`] reads as the op list.
-pub const OPTIMIZER_KERNEL: &str = "adamw_ema";
-
-/// Every entry point.
-pub fn kernel_names() -> impl Iterator<Item = &'static str> {
-    KERNELS.into_iter().chain([OPTIMIZER_KERNEL])
-}
 
 /// The program NVRTC (or the emulator's C++ compiler) builds: `common.cuh`, then `train.cu`.
 pub fn program() -> String {
@@ -188,8 +181,6 @@ pub trait Device {
         accumulate: bool,
         t: GemmType,
     ) -> Result<()>;
-    /// Free and total memory in bytes, where the device knows them.
-    fn memory(&self) -> Option<(usize, usize)>;
     /// The CUDA stream work is ordered on (for NCCL), where there is one.
     fn raw_stream(&self) -> Option<u64> {
         None

@@ -11,7 +11,7 @@ use super::{Arg, DevPtr, Device, GemmType, Mat, blocks, bytes, bytes_mut};
 use crate::checkpoint::TrainState;
 use crate::error::Result;
 use crate::loss::{LossParts, LossWeights, Targets};
-use crate::optim::{OptimConfig, lr_at};
+use crate::optim::OptimConfig;
 use crate::params::{ParamId, ParamLayout};
 
 /// Scratch of the objective for the widest term (patch rows × teacher width).
@@ -504,7 +504,7 @@ impl DeviceStudent {
         let ema_d = c.ema.min((1.0 + t as f32) / (10.0 + t as f32));
         self.dev.zero(self.bad, 4)?;
         self.dev.launch(
-            super::OPTIMIZER_KERNEL,
+            "adamw_ema",
             (blocks(self.total), 1),
             256,
             &[
@@ -531,18 +531,6 @@ impl DeviceStudent {
         let mut flag = [0u8; 4];
         self.dev.download(self.bad, &mut flag)?;
         Ok(i32::from_le_bytes(flag) == 0)
-    }
-
-    /// The learning rate of 0-based `step` of `total` (as the CPU trainer).
-    pub fn lr(c: &OptimConfig, step: usize, total: usize) -> f32 {
-        lr_at(c, step, total)
-    }
-
-    /// Bytes on the device for a student of this shape: parameters, gradients, AdamW and
-    /// EMA (and the bf16 copy), activations (as [`crate::graph::Graph::activation_bytes`]).
-    pub fn plan_bytes(layout_total: usize, t: GemmType, activations: u64) -> u64 {
-        let per = 4 * 5 + 1 + if t == GemmType::BF16 { 2 } else { 0 };
-        layout_total as u64 * per as u64 + activations
     }
 }
 

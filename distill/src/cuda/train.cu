@@ -180,6 +180,18 @@ extern "C" __global__ void rope_apply(float *qkv, const float *cos, const float 
 #define ATT_TILE 32
 #define ATT_Q 64
 
+// Keys k0 .. k0 + ATT_TILE of one head (K and V rows of qkv from `base`) into shared tiles,
+// zeros past the last key.
+template <int HD>
+__device__ __forceinline__ void load_kv_tile(float (*ks)[HD], float (*vs)[HD], const float *base,
+                                             int k0, int n, int dim) {
+    for (int e = threadIdx.x; e < ATT_TILE * HD; e += blockDim.x) {
+        int kk = e / HD, t = e % HD, key = k0 + kk;
+        ks[kk][t] = key < n ? base[(long long)key * 3 * dim + dim + t] : 0.0f;
+        vs[kk][t] = key < n ? base[(long long)key * 3 * dim + 2 * dim + t] : 0.0f;
+    }
+}
+
 template <int HD>
 __device__ void attention_forward_t(float *out, float *lse, const float *qkv, int n, int heads) {
     __shared__ float ks[ATT_TILE][HD], vs[ATT_TILE][HD];
@@ -194,11 +206,7 @@ __device__ void attention_forward_t(float *out, float *lse, const float *qkv, in
     }
     for (int k0 = 0; k0 < n; k0 += ATT_TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < ATT_TILE * HD; e += blockDim.x) {
-            int kk = e / HD, t = e % HD, key = k0 + kk;
-            ks[kk][t] = key < n ? base[(long long)key * 3 * dim + dim + t] : 0.0f;
-            vs[kk][t] = key < n ? base[(long long)key * 3 * dim + 2 * dim + t] : 0.0f;
-        }
+        load_kv_tile<HD>(ks, vs, base, k0, n, dim);
         __syncthreads();
         int kn = min(ATT_TILE, n - k0);
         for (int kk = 0; kk < kn; kk++) {
@@ -250,11 +258,7 @@ __device__ void attention_backward_dq_t(float *dqkv, const float *dout, const fl
     float li = live ? lse[(long long)bh * n + i] : 0.0f, di = live ? delta[(long long)bh * n + i] : 0.0f;
     for (int k0 = 0; k0 < n; k0 += ATT_TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < ATT_TILE * HD; e += blockDim.x) {
-            int kk = e / HD, t = e % HD, key = k0 + kk;
-            ks[kk][t] = key < n ? base[(long long)key * 3 * dim + dim + t] : 0.0f;
-            vs[kk][t] = key < n ? base[(long long)key * 3 * dim + 2 * dim + t] : 0.0f;
-        }
+        load_kv_tile<HD>(ks, vs, base, k0, n, dim);
         __syncthreads();
         int kn = min(ATT_TILE, n - k0);
         for (int kk = 0; kk < kn; kk++) {

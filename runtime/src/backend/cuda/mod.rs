@@ -111,6 +111,12 @@ pub fn libraries_present() -> [(&'static str, bool); 3] {
 /// Compiles the kernels with NVRTC for `arch` (e.g. "sm_90"); returns the PTX text or the
 /// compiler log. Needs only libnvrtc (no GPU): CI compiles every kernel this way.
 pub fn compile(arch: &str) -> Result<String> {
+    compile_program(program(), arch, "the kernels")
+}
+
+/// Compiles CUDA C `src` (no system headers) with NVRTC for `arch`; `what` names it in errors.
+/// Other crates' kernels (the distill trainer's) are compiled this way too.
+pub fn compile_program(src: String, arch: &str, what: &str) -> Result<String> {
     // SAFETY: only dlopens libnvrtc.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(unavailable(
@@ -121,12 +127,12 @@ pub fn compile(arch: &str) -> Result<String> {
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
         ..Default::default()
     };
-    match cudarc::nvrtc::compile_ptx_with_opts(program(), opts) {
+    match cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(RuntimeError::Device {
             backend: "cuda".into(),
             reason: format!(
-                "NVRTC failed to compile the kernels for {arch}:\n{}",
+                "NVRTC failed to compile {what} for {arch}:\n{}",
                 log.to_string_lossy()
             ),
         }),

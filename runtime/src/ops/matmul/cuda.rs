@@ -71,7 +71,7 @@ type Key = (usize, usize, usize, InputType, Fused, u32, u32);
 
 /// The largest power of two up to 256 dividing a device address: cuBLASLt assumes 256-byte
 /// alignment unless told otherwise (patch-embedding outputs sit at an offset in scratch).
-fn alignment(addr: u64) -> u32 {
+pub fn alignment(addr: u64) -> u32 {
     if addr == 0 {
         return 256;
     }
@@ -202,38 +202,20 @@ impl Lt {
             )
             .map_err(e("epilogue"))?;
         }
-        let pref = lt::create_matmul_pref().map_err(e("preference"))?;
-        let heuristic = (|| {
-            // SAFETY: live handles; the size has the attribute's type.
-            unsafe {
-                lt::set_matmul_pref_attribute(
-                    pref,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &WORKSPACE_BYTES as *const usize as *const c_void,
-                    size_of::<usize>(),
-                )?;
-                // Weights are whole allocations (256-byte aligned); B and C may be views.
-                for (attr, bytes) in [
-                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, 256u32),
-                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b),
-                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c),
-                    (sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c),
-                ] {
-                    lt::set_matmul_pref_attribute(
-                        pref,
-                        attr,
-                        &bytes as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    )?;
-                }
-                lt::get_matmul_algo_heuristic(self.handle, p.desc, p.a, p.b, p.c, p.c, pref)
-            }
-        })();
-        // SAFETY: created above, destroyed once.
-        let _ = unsafe { lt::destroy_matmul_pref(pref) };
+        // Weights are whole allocations (256-byte aligned); B and C may be views.
+        // SAFETY: live handles, made above.
+        let heuristic = unsafe {
+            algorithm(
+                self.handle,
+                p.desc,
+                [p.a, p.b, p.c],
+                WORKSPACE_BYTES,
+                [256, align_b, align_c],
+            )
+        };
         match heuristic {
-            Ok(h) => {
-                p.algo = h.algo;
+            Ok(algo) => {
+                p.algo = algo;
                 Ok(Some(p))
             }
             // No algorithm for this epilogue / type combination here.
@@ -251,9 +233,53 @@ impl Drop for Lt {
     }
 }
 
+/// cuBLASLt's first heuristic algorithm for a matmul descriptor and the layouts of A, B and
+/// C (= D), within `workspace` bytes, given the alignment in bytes of A, B and C / D.
+///
+/// # Safety
+/// `handle`, `desc` and the layouts are live.
+pub unsafe fn algorithm(
+    handle: sys::cublasLtHandle_t,
+    desc: sys::cublasLtMatmulDesc_t,
+    [a, b, c]: [sys::cublasLtMatrixLayout_t; 3],
+    workspace: usize,
+    [align_a, align_b, align_c]: [u32; 3],
+) -> std::result::Result<sys::cublasLtMatmulAlgo_t, lt::CublasError> {
+    use sys::cublasLtMatmulPreferenceAttributes_t as P;
+    let pref = lt::create_matmul_pref()?;
+    let heuristic = (|| {
+        // SAFETY: live handles; each value has its attribute's type.
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &workspace as *const usize as *const c_void,
+                size_of::<usize>(),
+            )?;
+            for (attr, bytes) in [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c),
+            ] {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    attr,
+                    &bytes as *const u32 as *const c_void,
+                    size_of::<u32>(),
+                )?;
+            }
+            lt::get_matmul_algo_heuristic(handle, desc, a, b, c, c, pref)
+        }
+    })();
+    // SAFETY: created above, destroyed once.
+    let _ = unsafe { lt::destroy_matmul_pref(pref) };
+    heuristic.map(|h| h.algo)
+}
+
 /// # Safety
 /// `desc` is live and `T` is the attribute's type.
-unsafe fn set_desc<T>(
+pub unsafe fn set_desc<T>(
     desc: sys::cublasLtMatmulDesc_t,
     attr: sys::cublasLtMatmulDescAttributes_t,
     value: &T,
