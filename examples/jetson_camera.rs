@@ -9,8 +9,9 @@
 //! An optional fourth argument picks the backend (`cpu`, the default; `cuda` with
 //! `--features camera,cuda`; `wgpu` with `--features camera,wgpu`).
 //!
-//! then open http://<jetson-ip>:8080/ and click the image to start a similarity map or a point
-//! track. Without `--features camera` the demo plays an image folder instead:
+//! then open the URL it prints (http://<jetson-ip>:8080/?token=..., the token guards the
+//! stream on the LAN) and click the image to start a similarity map or a point track.
+//! Without `--features camera` the demo plays an image folder instead:
 //!
 //!     cargo run --release -p dinoedge-examples --example jetson_camera -- MODEL_DIR FRAMES_DIR
 //!
@@ -20,7 +21,8 @@
 use std::time::Duration;
 
 use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
-use dinoedge::live::{LiveShared, Pipeline, PipelineOptions, serve};
+use dinoedge::live::server::{ServerOptions, serve};
+use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, InputMode, SessionOptions};
 
@@ -65,8 +67,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pipeline = Pipeline::new(emb, opts);
     let latest = LatestFrame::start(src, reopen);
     let shared = LiveShared::new();
-    let (bound, _server) = serve(addr, shared.clone())?;
-    eprintln!("{name}: open http://{bound}/");
+    let server = serve(
+        ServerOptions {
+            addr: addr.into(),
+            ..Default::default()
+        },
+        shared.clone(),
+    )?;
+    eprintln!("{name}: open {}", server.url());
     let stats = pipeline.run(&latest, &name, &shared)?;
     eprintln!(
         "stream ended after {} frames ({:.1} fps)",

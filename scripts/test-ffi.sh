@@ -88,6 +88,8 @@ echo "[ffi] ASan/UBSan: clean"
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
   echo "[ffi] aarch64 cross-build + qemu"
+  # A fresh machine has only the host's standard library.
+  rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
   t=$(date +%s)
   scripts/install-ffi.sh "$WORK/prefix-arm" --debug --target aarch64-unknown-linux-gnu 2>&1 | tail -n 1
   aarch64-linux-gnu-gcc -Wall -Werror examples/c/embed.c -I"$WORK/prefix-arm/include" -L"$WORK/prefix-arm/lib" -ldinoedge -o "$WORK/embed_arm"

@@ -10,7 +10,10 @@
 #      sm_90 with the pip wheel's NVRTC (no GPU, no toolkit), the no-driver error path, and the
 #      sdk/ffi built with `cuda` (the trainer's kernels also run through its CPU emulator in 3),
 #   7. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
-#      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI).
+#      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI),
+#   8. every parser fuzzed for DINOEDGE_FUZZ_SECONDS (default 15) per target with cargo-fuzz
+#      (scripts/fuzz.sh; the corpus itself is replayed by the workspace tests in 3);
+#      DINOEDGE_FUZZ_SECONDS=0 skips it, DINOEDGE_REQUIRE_FUZZ=1 (CI) makes it mandatory.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
@@ -72,4 +75,16 @@ elif [ "${DINOEDGE_REQUIRE_AARCH64:-0}" = 1 ]; then
   exit 1
 else
   echo "SKIPPED: aarch64 tests (install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user to run them)" >&2
+fi
+
+FUZZ_SECONDS="${DINOEDGE_FUZZ_SECONDS:-15}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  rc=0
+  scripts/fuzz.sh "$FUZZ_SECONDS" || rc=$?
+  if [ $rc = 3 ] && [ "${DINOEDGE_REQUIRE_FUZZ:-0}" != 1 ]; then
+    echo "SKIPPED: fuzzing (cargo-fuzz could not be installed)" >&2
+  elif [ $rc != 0 ]; then
+    echo "fuzzing failed (see above; a crash input is in fuzz/artifacts/)" >&2
+    exit 1
+  fi
 fi

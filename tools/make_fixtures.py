@@ -190,6 +190,24 @@ def cmd_onnx_export(_args):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
               os.path.join(ROOT, "fixtures", "onnx", "not_a_vit.onnx"))
+    cmd_onnx_external(_args)
+
+
+def cmd_onnx_external(_args):
+    """The dinov2 export with its weights in a separate data file, the layout torch.onnx.export
+    and onnx.save_model write for models over the 2 GB protobuf limit (ViT-L and up)."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    m = onnx.load(os.path.join(ROOT, "fixtures", "onnx", "dinov2.onnx"))
+    convert_model_to_external_data(m, all_tensors_to_one_file=True, location="dinov2.onnx.data",
+                                   size_threshold=1024)
+    out = os.path.join(ROOT, "fixtures", "onnx", "external")
+    os.makedirs(out, exist_ok=True)
+    for f in os.listdir(out):
+        os.remove(os.path.join(out, f))
+    onnx.save_model(m, os.path.join(out, "dinov2.onnx"))
+    print(f"  onnx/external/dinov2.onnx + .data: {os.path.getsize(os.path.join(out, 'dinov2.onnx.data')) / 1024:.0f} KiB")
 
 
 # ------------------------------------------------------------------- preprocess
@@ -311,6 +329,18 @@ def cmd_onnx_ref(args):
     out = os.path.join(assets, "reference", "onnx_teacher.safetensors")
     save_st(out, t, {"cases": json.dumps(cases), "onnxruntime": ort.__version__})
     print(f"  onnx-ref: {len(cases)} cases -> {out}")
+    # The same real export with its weights in an external data file, as exports over the
+    # 2 GB protobuf limit (ViT-L and up) are written: the importer must read both alike.
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    m = onnx.load(onnx_path)
+    convert_model_to_external_data(m, all_tensors_to_one_file=True, location="vit_s_focus.onnx.data",
+                                   size_threshold=1024)
+    ext = os.path.join(assets, "reference", "teacher_external")
+    os.makedirs(ext, exist_ok=True)
+    onnx.save_model(m, os.path.join(ext, "vit_s_focus.onnx"))
+    print(f"  onnx-ref: external-data copy of the teacher -> {ext}")
 
 
 # --------------------------------------------------------------------------- grads
@@ -456,6 +486,7 @@ def main():
     sub.add_parser("hf")
     sub.add_parser("preprocess")
     sub.add_parser("onnx-export")
+    sub.add_parser("onnx-external")
     sub.add_parser("grads")
     p = sub.add_parser("check-student")
     p.add_argument("dir")
@@ -464,7 +495,8 @@ def main():
     p = sub.add_parser("onnx-ref")
     p.add_argument("--assets", default=os.environ.get("DINOEDGE_ASSETS", os.path.join(ROOT, ".assets")))
     args = ap.parse_args()
-    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export, "onnx-ref": cmd_onnx_ref,
+    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export,
+     "onnx-external": cmd_onnx_external, "onnx-ref": cmd_onnx_ref,
      "grads": cmd_grads, "check-student": cmd_check_student}[args.cmd](args)
 
 

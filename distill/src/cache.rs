@@ -97,9 +97,7 @@ pub fn build(
     std::fs::create_dir_all(dir).map_err(|e| DistillError::io(dir, e))?;
     let (views, per) = (opts.views.max(1), opts.images_per_shard.max(1));
     let n = data.train.len();
-    let shards: Vec<String> = (0..n.div_ceil(per))
-        .map(|s| format!("shard-{s:05}.safetensors"))
-        .collect();
+    let shards: Vec<String> = (0..n.div_ceil(per)).map(shard_name).collect();
     let mut index = CacheIndex {
         format: FORMAT.into(),
         key,
@@ -329,7 +327,69 @@ pub fn read_index(dir: &Path) -> Result<CacheIndex> {
             ),
         });
     }
+    index.check().map_err(|reason| DistillError::Mismatch {
+        path: path.clone(),
+        reason: format!("invalid cache index: {reason}"),
+    })?;
     Ok(index)
+}
+
+/// Bounds on index fields: far above any real cache, they keep a corrupt or hostile index
+/// from sizing buffers or dividing by zero.
+const MAX_VIEWS: usize = 4096;
+const MAX_DIM: usize = 65536;
+const MAX_GRID: usize = 4096;
+
+/// The name of shard `s`: the only names a cache holds, so an index cannot point outside
+/// its directory.
+fn shard_name(s: usize) -> String {
+    format!("shard-{s:05}.safetensors")
+}
+
+impl CacheIndex {
+    /// Checks the fields every reader relies on: positive, bounded sizes, and exactly the
+    /// shards `train_images` needs, under their own names.
+    fn check(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("views", self.views, MAX_VIEWS),
+            ("dim", self.dim, MAX_DIM),
+            ("images_per_shard", self.images_per_shard, usize::MAX),
+            ("key.align.grid", self.key.align.grid, MAX_GRID),
+        ];
+        for (name, v, max) in positive {
+            if v == 0 || v > max {
+                return Err(format!("{name} = {v} (expected 1..={max})"));
+            }
+        }
+        let want = self.key.train_images.div_ceil(self.images_per_shard);
+        if self.shards.len() != want {
+            return Err(format!(
+                "{} shards listed, {} training images at {} per shard need {want}",
+                self.shards.len(),
+                self.key.train_images,
+                self.images_per_shard
+            ));
+        }
+        if let Some((s, name)) = self
+            .shards
+            .iter()
+            .enumerate()
+            .find(|(s, n)| **n != shard_name(*s))
+        {
+            return Err(format!(
+                "shard {s} is named {name:?}, expected {:?}",
+                shard_name(s)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rows of shard `s`: its images times the views.
+    fn shard_rows(&self, s: usize) -> usize {
+        let n = self.key.train_images;
+        let first = s * self.images_per_shard;
+        (n.min(first + self.images_per_shard) - first) * self.views
+    }
 }
 
 /// A complete cache, opened for reading (memory-mapped shards).
@@ -337,6 +397,36 @@ pub struct CachedTeacher {
     pub index: CacheIndex,
     dir: PathBuf,
     shards: Vec<TensorStore>,
+}
+
+/// A shard's tensors must have the shapes its index promises (F16 `cls (rows, dim)`,
+/// `patches` and `inter.k` `(rows, grid^2, dim)`), so every later read stays in range.
+fn check_shard(
+    store: &TensorStore,
+    index: &CacheIndex,
+    s: usize,
+) -> std::result::Result<(), String> {
+    let rows = index.shard_rows(s);
+    let g = index.key.align.grid * index.key.align.grid;
+    let mut want = vec![
+        ("cls".to_string(), vec![rows, index.dim]),
+        ("patches".to_string(), vec![rows, g, index.dim]),
+    ];
+    for k in 0..index.key.layers.len() {
+        want.push((format!("inter.{k}"), vec![rows, g, index.dim]));
+    }
+    for (name, shape) in want {
+        let t = store
+            .get(&name)
+            .ok_or_else(|| format!("no tensor {name}"))?;
+        if t.dtype != Dtype::F16 || t.shape != shape.as_slice() {
+            return Err(format!(
+                "tensor {name} is {:?} {:?}, the index needs F16 {shape:?}",
+                t.dtype, t.shape
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl CachedTeacher {
@@ -376,8 +466,16 @@ impl CachedTeacher {
         let shards = index
             .shards
             .iter()
-            .map(|s| TensorStore::open_files(&[dir.join(s)]))
-            .collect::<dinoedge_runtime::Result<Vec<_>>>()?;
+            .enumerate()
+            .map(|(s, name)| {
+                let store = TensorStore::open_files(&[dir.join(name)])?;
+                check_shard(&store, &index, s).map_err(|reason| DistillError::Mismatch {
+                    path: dir.join(name),
+                    reason,
+                })?;
+                Ok(store)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(CachedTeacher {
             index,
             dir: dir.to_path_buf(),
@@ -402,7 +500,13 @@ impl CachedTeacher {
                 key.image / per,
                 (key.image % per) * k + (key.view % k as u64) as usize,
             );
-            let store = &self.shards[s];
+            let store = self.shards.get(s).ok_or_else(|| DistillError::Mismatch {
+                path: self.dir.join("index.json"),
+                reason: format!(
+                    "training image {} is beyond the {} cached images",
+                    key.image, self.index.key.train_images
+                ),
+            })?;
             let read = |name: &str, out: &mut Vec<f32>| -> Result<()> {
                 let tensor = store.get(name).ok_or_else(|| DistillError::Mismatch {
                     path: self.dir.join(&self.index.shards[s]),
@@ -428,5 +532,113 @@ impl CachedTeacher {
             }
         }
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid index of `n` images at `per` per shard, 2 views, dim 8, grid 2.
+    fn index(n: usize, per: usize) -> CacheIndex {
+        let key: CacheKey = serde_json::from_value(serde_json::json!({
+            "teacher": {"model_type": "dinov2", "hidden_size": 8, "num_layers": 1, "patch_size": 4, "fingerprint": "x"},
+            "align": {"student_size": 8, "teacher_size": 8, "grid": 2, "teacher_grid": 2},
+            "layers": [], "seed": 0, "aug": AugConfig::default(), "holdout": 0.05,
+            "data_fingerprint": "d", "train_images": n
+        }))
+        .unwrap();
+        CacheIndex {
+            format: FORMAT.into(),
+            key,
+            views: 2,
+            dim: 8,
+            images_per_shard: per,
+            shards: (0..n.div_ceil(per)).map(shard_name).collect(),
+            complete: true,
+            teacher_compute: None,
+        }
+    }
+
+    fn write(dir: &Path, idx: &CacheIndex) {
+        std::fs::write(dir.join("index.json"), serde_json::to_string(idx).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn hostile_indexes_are_refused_when_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, &index(3, 2));
+        assert!(read_index(d).is_ok());
+        let cases: Vec<(CacheIndex, &str)> = vec![
+            (
+                CacheIndex {
+                    images_per_shard: 0,
+                    ..index(3, 2)
+                },
+                "images_per_shard",
+            ),
+            (
+                CacheIndex {
+                    views: 0,
+                    ..index(3, 2)
+                },
+                "views",
+            ),
+            (
+                CacheIndex {
+                    shards: vec![shard_name(0)],
+                    ..index(3, 2)
+                },
+                "shards listed",
+            ),
+            (
+                CacheIndex {
+                    shards: vec!["../../../../etc/passwd".into(), shard_name(1)],
+                    ..index(3, 2)
+                },
+                "etc/passwd",
+            ),
+        ];
+        for (idx, expect) in cases {
+            write(d, &idx);
+            let e = read_index(d).unwrap_err().to_string();
+            assert!(
+                e.contains("index.json") && e.contains(expect),
+                "{expect}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_shard_smaller_than_its_index_says_is_refused_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        // The index claims 4 images per shard (8 rows); the shard holds 2 images (4 rows).
+        let idx = index(4, 4);
+        write(d, &idx);
+        let t = Targets {
+            cls: vec![0.0; 4 * 8],
+            patches: vec![0.0; 4 * 4 * 8],
+            inter: vec![],
+        };
+        write_shard(&d.join(shard_name(0)), &t, 8).unwrap();
+        let e = CachedTeacher::open(d, &idx.key).err().unwrap().to_string();
+        assert!(e.contains("shard-00000") && e.contains("[8, 8]"), "{e}");
+        // The right size opens, and out-of-range images are errors, not panics.
+        let t = Targets {
+            cls: vec![0.0; 8 * 8],
+            patches: vec![0.0; 8 * 4 * 8],
+            inter: vec![],
+        };
+        write_shard(&d.join(shard_name(0)), &t, 8).unwrap();
+        let c = CachedTeacher::open(d, &idx.key).unwrap();
+        let key = |image| Key {
+            image,
+            view: 1,
+            center: false,
+        };
+        assert_eq!(c.targets(&[key(3)], &[]).unwrap().cls.len(), 8);
+        assert!(c.targets(&[key(4)], &[]).is_err());
     }
 }

@@ -83,9 +83,7 @@ fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut v = Vec::new();
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if let Some(s) = n
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<usize>().ok())
+        if let Some(s) = step_of(&n)
             && e.path().join("state.safetensors").is_file()
         {
             v.push((s, e.path()));
@@ -94,15 +92,73 @@ fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(v)
 }
 
-/// The checkpoint `latest` points to (or the newest complete one if `latest` is missing).
+/// The step of a checkpoint directory name `step-NNNNNNNN` (8 or more digits, nothing else:
+/// no separators, so a name read from `latest` cannot leave the run).
+fn step_of(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step-")?;
+    if digits.len() < 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The checkpoint `latest` points to (or the newest complete one if `latest` is missing or
+/// names anything but a checkpoint of this run).
 pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
-    if let Ok(n) = std::fs::read_to_string(root.join("latest")) {
+    if let Ok(n) = std::fs::read_to_string(root.join("latest"))
+        && step_of(n.trim()).is_some()
+    {
         let dir = root.join(n.trim());
         if dir.join("state.safetensors").is_file() {
             return Ok(Some(dir));
         }
     }
     Ok(list(root)?.into_iter().max().map(|(_, d)| d))
+}
+
+/// A checkpoint read back by [`load_newest`].
+pub struct Loaded {
+    pub state: TrainState,
+    pub run_json: String,
+    pub dir: PathBuf,
+    /// Newer checkpoints that could not be read, with the reason (reported to the user).
+    pub skipped: Vec<String>,
+}
+
+/// Reads the newest intact checkpoint: the one `latest` names first, then older ones in
+/// step order. A corrupt newest checkpoint (a disk error, a truncated copy) falls back to
+/// the previous one and says so; `None` when there is none at all.
+pub fn load_newest(root: &Path, n: usize) -> Result<Option<Loaded>> {
+    let first = latest(root)?;
+    let mut all: Vec<PathBuf> = list(root)?.into_iter().map(|(_, d)| d).collect();
+    all.sort();
+    all.reverse();
+    let order = first
+        .iter()
+        .cloned()
+        .chain(all.into_iter().filter(|d| Some(d) != first.as_ref()));
+    let mut skipped = Vec::new();
+    for dir in order {
+        match load(&dir, n) {
+            Ok((state, run_json)) => {
+                return Ok(Some(Loaded {
+                    state,
+                    run_json,
+                    dir,
+                    skipped,
+                }));
+            }
+            Err(e) => skipped.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    if skipped.is_empty() {
+        Ok(None)
+    } else {
+        Err(DistillError::Mismatch {
+            path: root.to_path_buf(),
+            reason: format!("no intact checkpoint: {}", skipped.join("; ")),
+        })
+    }
 }
 
 /// Reads a checkpoint; `n` is the expected number of trainable values.
@@ -161,6 +217,42 @@ mod tests {
                 v: vec![v + 3.0; 10],
             },
         }
+    }
+
+    #[test]
+    fn latest_stays_inside_the_run_and_a_corrupt_newest_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("checkpoints");
+        save(&root, &state(10, 1.0), "{}", 3).unwrap();
+        save(&root, &state(20, 2.0), "{}", 3).unwrap();
+        // Another run's checkpoint, named by an absolute path or a relative escape.
+        let other = dir.path().join("other");
+        save(&other, &state(99, 9.0), "{}", 3).unwrap();
+        for name in [
+            other.join("step-00000099").display().to_string(),
+            "../other/step-00000099".to_string(),
+        ] {
+            std::fs::write(root.join("latest"), &name).unwrap();
+            assert!(
+                latest(&root)
+                    .unwrap()
+                    .unwrap()
+                    .ends_with("checkpoints/step-00000020")
+            );
+        }
+        // The newest is corrupt: the previous one is loaded, and the skip is reported.
+        std::fs::write(root.join("step-00000020/state.safetensors"), b"garbage").unwrap();
+        let l = load_newest(&root, 10).unwrap().unwrap();
+        assert_eq!(l.state.step, 10);
+        assert_eq!(l.skipped.len(), 1);
+        assert!(l.skipped[0].contains("step-00000020"), "{:?}", l.skipped);
+        // Nothing intact: an error naming each.
+        std::fs::write(root.join("step-00000010/state.safetensors"), b"garbage").unwrap();
+        let e = load_newest(&root, 10).err().unwrap().to_string();
+        assert!(
+            e.contains("no intact checkpoint") && e.contains("step-00000010"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum DistillError {
         last_good: String,
     },
 
+    /// A data-parallel rank stopped (the message names each, with its log).
+    #[error("{0}")]
+    RankFailed(String),
+
     /// A checkpoint or cache that does not belong to this run.
     #[error("{path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },

@@ -36,6 +36,7 @@ pub mod ops;
 pub mod optim;
 pub mod parallel;
 pub mod params;
+pub mod rendezvous;
 pub mod rng;
 pub mod student;
 pub mod teacher;

@@ -66,6 +66,20 @@ impl Ctx {
         })
     }
 
+    /// `Err` when a kernel task panicked since the last check (a bug): the step's buffers
+    /// are incomplete and must not reach the optimizer.
+    pub fn check(&self) -> Result<()> {
+        match self.pool.take_panic() {
+            None => Ok(()),
+            Some(reason) => Err(DistillError::Runtime(
+                dinoedge_runtime::RuntimeError::TaskPanicked {
+                    backend: "cpu trainer".into(),
+                    reason,
+                },
+            )),
+        }
+    }
+
     /// `c (m, n; ldc) (=|+=) a (m, k) · b (k, n)`.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(

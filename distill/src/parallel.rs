@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::cuda::{DevPtr, Device, bytes, bytes_mut};
 use crate::error::{DistillError, Result};
+use crate::rendezvous;
 
 /// This process's place among the data-parallel processes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +118,86 @@ fn wait_for(world: &World, name: &str) -> Result<Vec<u8>> {
     }
 }
 
+/// Rank 0: accepts connections until every other rank has joined with a valid handshake.
+/// Each handshake runs on its own short-lived thread (at most [`MAX_PENDING`] at once), so a
+/// silent or garbage connection costs nothing but itself: it is dropped and counted.
+fn accept_ranks(w: &World, l: &TcpListener, secret: &rendezvous::Secret) -> Result<Vec<TcpStream>> {
+    const MAX_PENDING: usize = 32;
+    l.set_nonblocking(true)
+        .map_err(|e| io_err(w, "listening", e))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(TcpStream, std::result::Result<usize, String>)>();
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut by_rank: Vec<Option<TcpStream>> = (1..w.size).map(|_| None).collect();
+    let mut refused: Vec<String> = Vec::new();
+    let t0 = Instant::now();
+    while by_rank.iter().any(Option::is_none) {
+        match l.accept() {
+            Ok((mut s, addr)) => {
+                use std::sync::atomic::Ordering;
+                if pending.load(Ordering::Relaxed) >= MAX_PENDING
+                    || s.set_nonblocking(false).is_err()
+                {
+                    refused.push(format!("{addr}: too many pending handshakes"));
+                    continue;
+                }
+                pending.fetch_add(1, Ordering::Relaxed);
+                let (tx, secret, size, pending) =
+                    (tx.clone(), secret.clone(), w.size, pending.clone());
+                std::thread::spawn(move || {
+                    let r = rendezvous::accept(&mut s, &secret, size);
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    let _ = tx.send((s, r));
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Out of descriptors and the like: wait, keep listening.
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+        while let Ok((s, r)) = rx.try_recv() {
+            match r {
+                Ok(r) if by_rank[r - 1].is_none() => {
+                    s.set_read_timeout(Some(STEP_TIMEOUT))
+                        .and_then(|_| s.set_write_timeout(None))
+                        .map_err(|e| io_err(w, "accepting", e))?;
+                    by_rank[r - 1] = Some(s);
+                }
+                Ok(r) => {
+                    return Err(cfg_err(format!(
+                        "rank 0: two processes joined as rank {r} (world of {}); each rank needs its own DINOEDGE_RANK",
+                        w.size
+                    )));
+                }
+                Err(why) => {
+                    let who = s.peer_addr().map_or("?".into(), |a| a.to_string());
+                    eprintln!("rank 0: refused a rendezvous connection from {who}: {why}");
+                    refused.push(format!("{who}: {why}"));
+                }
+            }
+        }
+        if t0.elapsed() > JOIN_TIMEOUT {
+            let missing: Vec<usize> = (1..w.size).filter(|r| by_rank[r - 1].is_none()).collect();
+            let note = if refused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} connection(s) were refused, the last: {}",
+                    refused.len(),
+                    refused.last().map_or("", String::as_str)
+                )
+            };
+            return Err(cfg_err(format!(
+                "rank 0: ranks {missing:?} did not join within {} s{note}",
+                JOIN_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(by_rank
+        .into_iter()
+        .map(|s| s.expect("all joined"))
+        .collect())
+}
+
 /// Sums through rank 0 over TCP on this machine: every rank sends its values, rank 0 adds
 /// them in rank order and sends the total back.
 pub struct Tcp {
@@ -137,65 +218,28 @@ impl Tcp {
         let w = world.clone();
         let mut peers = Vec::new();
         if w.rank == 0 {
-            std::fs::create_dir_all(&w.rendezvous)
-                .map_err(|e| DistillError::io(&w.rendezvous, e))?;
+            rendezvous::prepare_dir(&w.rendezvous)?;
+            let secret = rendezvous::secret(&w.rendezvous, 0, JOIN_TIMEOUT)?;
             let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(&w, "listening", e))?;
             let port = l
                 .local_addr()
                 .map_err(|e| io_err(&w, "listening", e))?
                 .port();
             publish(&w.rendezvous.join("tcp-port"), port.to_string().as_bytes())?;
-            l.set_nonblocking(true)
-                .map_err(|e| io_err(&w, "listening", e))?;
-            let mut by_rank: Vec<Option<TcpStream>> = (1..w.size).map(|_| None).collect();
-            let t0 = Instant::now();
-            while by_rank.iter().any(Option::is_none) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false)
-                            .map_err(|e| io_err(&w, "accepting", e))?;
-                        s.set_read_timeout(Some(JOIN_TIMEOUT))
-                            .map_err(|e| io_err(&w, "accepting", e))?;
-                        let mut r = [0u8; 8];
-                        s.read_exact(&mut r)
-                            .map_err(|e| io_err(&w, "handshake", e))?;
-                        let r = u64::from_le_bytes(r) as usize;
-                        if r == 0 || r >= w.size || by_rank[r - 1].is_some() {
-                            return Err(cfg_err(format!(
-                                "rank 0: a peer claims rank {r} (world of {})",
-                                w.size
-                            )));
-                        }
-                        s.set_read_timeout(Some(STEP_TIMEOUT))
-                            .map_err(|e| io_err(&w, "accepting", e))?;
-                        by_rank[r - 1] = Some(s);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if t0.elapsed() > JOIN_TIMEOUT {
-                            let missing: Vec<usize> =
-                                (1..w.size).filter(|r| by_rank[r - 1].is_none()).collect();
-                            return Err(cfg_err(format!(
-                                "rank 0: ranks {missing:?} did not join within {} s",
-                                JOIN_TIMEOUT.as_secs()
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(io_err(&w, "accepting", e)),
-                }
-            }
-            peers = by_rank
-                .into_iter()
-                .map(|s| s.expect("all joined"))
-                .collect();
+            peers = accept_ranks(&w, &l, &secret)?;
         } else {
             let port = String::from_utf8_lossy(&wait_for(&w, "tcp-port")?)
                 .trim()
                 .to_string();
+            let secret = rendezvous::secret(&w.rendezvous, w.rank, JOIN_TIMEOUT)?;
             let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
                 .map_err(|e| io_err(&w, "connecting to rank 0", e))?;
-            s.write_all(&(w.rank as u64).to_le_bytes())
-                .map_err(|e| io_err(&w, "handshake", e))?;
+            rendezvous::connect(&mut s, &secret, w.rank).map_err(|e| {
+                cfg_err(format!(
+                    "rank {}: rendezvous with rank 0 failed: {e}",
+                    w.rank
+                ))
+            })?;
             s.set_read_timeout(Some(STEP_TIMEOUT))
                 .map_err(|e| io_err(&w, "connecting", e))?;
             peers.push(s);
@@ -378,8 +422,7 @@ pub mod nccl {
             let lib = Lib::load()?;
             let mut id = UniqueId([0; 128]);
             if world.rank == 0 {
-                std::fs::create_dir_all(&world.rendezvous)
-                    .map_err(|e| DistillError::io(&world.rendezvous, e))?;
+                crate::rendezvous::prepare_dir(&world.rendezvous)?;
                 // SAFETY: `id` receives 128 bytes.
                 lib.check(world, "unique id", unsafe { (lib.get_unique_id)(&mut id) })?;
                 publish(&world.rendezvous.join("nccl-id"), &id.0)?;
@@ -508,5 +551,56 @@ pub mod nccl {
         fn describe(&self) -> String {
             format!("nccl, {} ranks", self.nccl.world.size)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rank 0 with attackers at the door: garbage, silence and a fake rank 1 without the
+    /// secret are refused (and do not delay the real rank past the handshake timeout); the
+    /// real rank joins and sums work.
+    #[test]
+    fn only_the_real_rank_joins_and_garbage_costs_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rdv = tmp.path().join("rdv");
+        let world = |rank| World {
+            rank,
+            size: 2,
+            rendezvous: rdv.clone(),
+        };
+        let w0 = world(0);
+        let rank0 = std::thread::spawn(move || Tcp::join(&w0));
+        let t0 = Instant::now();
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(rdv.join("tcp-port")) {
+                break p.trim().to_string();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let mut garbage = TcpStream::connect(&addr).unwrap();
+        garbage
+            .write_all(&6073139484287059271u64.to_le_bytes())
+            .unwrap();
+        let _silent = TcpStream::connect(&addr).unwrap();
+        let mut fake = TcpStream::connect(&addr).unwrap();
+        let wrong = rendezvous::Secret::generate();
+        let impostor = std::thread::spawn(move || rendezvous::connect(&mut fake, &wrong, 1));
+        assert!(impostor.join().unwrap().is_err());
+        // The real rank 1 joins while the silent peer is still connected.
+        let mut one = Tcp::join(&world(1)).unwrap();
+        let mut zero = rank0.join().unwrap().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let summer = std::thread::spawn(move || {
+            let mut v = [1.0f64, 2.0];
+            one.sum_f64(&mut v).map(|_| v)
+        });
+        let mut v = [10.0f64, 20.0];
+        zero.sum_f64(&mut v).unwrap();
+        assert_eq!(v, [11.0, 22.0]);
+        assert_eq!(summer.join().unwrap().unwrap(), [11.0, 22.0]);
     }
 }

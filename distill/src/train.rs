@@ -212,6 +212,8 @@ pub struct StartInfo {
     pub align: Alignment,
     pub cached: bool,
     pub resumed_from: Option<PathBuf>,
+    /// Newer checkpoints skipped on resume because they could not be read, with the reason.
+    pub skipped_checkpoints: Vec<String>,
     /// Activation memory of this student's training graph, as run and the other way
     /// (with / without `recompute`).
     pub activation_bytes: u64,
@@ -469,6 +471,7 @@ pub fn train_many(
             align: align.clone(),
             cached: cached.is_some(),
             resumed_from: r.resumed_from.clone(),
+            skipped_checkpoints: r.skipped_checkpoints.clone(),
             activation_bytes: plan(o.recompute),
             activation_bytes_other: plan(!o.recompute),
             recompute: o.recompute,
@@ -700,6 +703,7 @@ struct StudentRun {
     /// None on ranks other than 0.
     metrics: Option<std::fs::File>,
     resumed_from: Option<PathBuf>,
+    skipped_checkpoints: Vec<String>,
     last_ckpt: Option<PathBuf>,
     last_log: Option<StepLog>,
     holdout_start: Option<HoldoutLog>,
@@ -752,9 +756,22 @@ impl StudentRun {
         let ckpt_root = out.join("checkpoints");
         let existing = checkpoint::latest(&ckpt_root)?;
         let metrics_path = out.join("metrics.jsonl");
+        let mut skipped_checkpoints = Vec::new();
         let (state, resumed_from) = match (&existing, o.resume) {
-            (Some(dir), true) => {
-                let (st, old) = checkpoint::load(dir, layout.total)?;
+            (Some(_), true) => {
+                let loaded = checkpoint::load_newest(&ckpt_root, layout.total)?
+                    .expect("a checkpoint exists");
+                skipped_checkpoints = loaded.skipped;
+                let (st, old, dir) = (loaded.state, loaded.run_json, &loaded.dir);
+                if st.step > o.steps {
+                    return Err(DistillError::Mismatch {
+                        path: dir.join("state.safetensors"),
+                        reason: format!(
+                            "the checkpoint is at step {}, past this run's --steps {}",
+                            st.step, o.steps
+                        ),
+                    });
+                }
                 let old: RunConfig =
                     serde_json::from_str(&old).map_err(|e| DistillError::Mismatch {
                         path: dir.join("run.json"),
@@ -885,8 +902,9 @@ impl StudentRun {
             ckpt_root,
             metrics_path,
             metrics,
-            last_ckpt: existing.filter(|_| o.resume),
+            last_ckpt: resumed_from.clone(),
             resumed_from,
+            skipped_checkpoints,
             last_log: None,
             holdout_start: None,
         })
@@ -976,6 +994,7 @@ impl StudentRun {
         if !o.heads_only {
             graph.backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
         }
+        ctx.check()?;
         if let Some(c) = coll {
             // The mean of the ranks' gradients: the gradient of the whole batch's loss.
             c.sum_f32(&mut self.g)?;

@@ -1,5 +1,6 @@
 /* Error paths of the C API: each bad call returns the documented status and a helpful
  * message, and nothing crashes or leaks.   errors MODEL_DIR */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,7 +32,7 @@ int main(int argc, char **argv) {
     expect("NULL model handle", dinoedge_session_create(NULL, NULL, &session), DINOEDGE_ERR_INVALID_ARGUMENT, "model is NULL");
     struct dinoedge_features_shape shape;
     expect("NULL features", dinoedge_features_get_shape(NULL, &shape), DINOEDGE_ERR_INVALID_ARGUMENT, "features is NULL");
-    dinoedge_model_destroy(NULL); /* destroy accepts NULL */
+    expect("destroy NULL", dinoedge_model_destroy(NULL), DINOEDGE_OK, ""); /* NULL is a no-op */
     dinoedge_session_destroy(NULL);
 
     /* A model directory that does not exist. */
@@ -80,6 +81,36 @@ int main(int argc, char **argv) {
     expect("tracker mask of another size", dinoedge_tracker_create(features, mask, 20, 30, 20, NULL, &tracker), DINOEDGE_ERR_INVALID_ARGUMENT, "20x30");
     struct dinoedge_frames *frames = NULL;
     expect("frames from a missing folder", dinoedge_frames_open("/nonexistent/frames", &frames), DINOEDGE_ERR_IO, "/nonexistent/frames");
+#ifndef DINOEDGE_HAS_CAMERA
+    expect("camera in a build without it", dinoedge_frames_open_camera(0, 640, 480, 30, &frames), DINOEDGE_ERR_UNSUPPORTED, "camera");
+#endif
+
+    /* Handles of the wrong type, and destroyed handles: refused, never dereferenced. */
+    expect("a model where features go", dinoedge_features_get_shape((const struct dinoedge_features *)model, &shape), DINOEDGE_ERR_INVALID_ARGUMENT, "is a dinoedge_model, not a dinoedge_features");
+    expect("features destroyed as a session", dinoedge_session_destroy((struct dinoedge_session *)features), DINOEDGE_ERR_INVALID_ARGUMENT, "dinoedge_features");
+    struct dinoedge_features *gone = NULL;
+    if (dinoedge_session_embed_pixels(session, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, &gone) != DINOEDGE_OK) return 1;
+    expect("destroy", dinoedge_features_destroy(gone), DINOEDGE_OK, "");
+    expect("double destroy", dinoedge_features_destroy(gone), DINOEDGE_ERR_INVALID_ARGUMENT, "not a live dinoedge_features");
+    expect("use after destroy", dinoedge_features_get_shape(gone, &shape), DINOEDGE_ERR_INVALID_ARGUMENT, "not a live");
+
+    /* A tensor shape whose product wraps around: refused, nothing is read. */
+    float one = 0.0f;
+    expect("tensor dims that wrap", dinoedge_session_embed_tensor(session, &one, 203, 3, 36760123, 823996703, &gone), DINOEDGE_ERR_INVALID_ARGUMENT, "more values than memory");
+    /* Limits: a session with a small pixel limit refuses larger images with LIMIT. */
+    struct dinoedge_session *limited = NULL;
+    if (dinoedge_session_default_options(&opts) != DINOEDGE_OK) return 1;
+    opts.backend = DINOEDGE_BACKEND_CPU;
+    opts.max_pixels = 100;
+    if (dinoedge_session_create(model, &opts, &limited) != DINOEDGE_OK) return 1;
+    expect("image over max_pixels", dinoedge_session_embed_pixels(limited, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, &gone), DINOEDGE_ERR_LIMIT, "--max-pixels");
+    dinoedge_session_destroy(limited);
+    /* An ABI-1 options struct (without max_pixels / max_tokens) is still accepted. */
+    if (dinoedge_session_default_options(&opts) != DINOEDGE_OK) return 1;
+    opts.backend = DINOEDGE_BACKEND_CPU;
+    opts.struct_size = offsetof(struct dinoedge_session_options, max_pixels);
+    expect("ABI 1 options struct", dinoedge_session_create(model, &opts, &limited), DINOEDGE_OK, "");
+    dinoedge_session_destroy(limited);
 
     dinoedge_features_destroy(features);
     dinoedge_session_destroy(session);

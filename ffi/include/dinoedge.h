@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 /** ABI version of this header: compare with dinoedge_abi_version() at start-up. */
-#define DINOEDGE_ABI_VERSION 1
+#define DINOEDGE_ABI_VERSION 2
 
 #if defined(__GNUC__) || defined(__clang__)
 #define DINOEDGE_MUST_USE __attribute__((warn_unused_result))
@@ -68,6 +68,19 @@ enum dinoedge_status
    * Computation failed (e.g. an input the model cannot take).
    */
   DINOEDGE_ERR_RUNTIME = -6,
+  /**
+   * A frame source failed: a camera vanished, a stream ended early or stalled.
+   */
+  DINOEDGE_ERR_SOURCE = -7,
+  /**
+   * The system refused a resource: threads, processes, a network port.
+   */
+  DINOEDGE_ERR_RESOURCE = -8,
+  /**
+   * An input exceeds a limit (image pixels, model tokens); the message names the option
+   * that raises it.
+   */
+  DINOEDGE_ERR_LIMIT = -9,
   /**
    * A bug inside dinoedge (a caught panic). The message says where.
    */
@@ -298,6 +311,15 @@ typedef struct dinoedge_session_options {
    * wgpu adapter name substring or index; NULL = the best GPU. Borrowed for the call.
    */
   const char *adapter;
+  /**
+   * Largest image accepted, in pixels (width x height); 0 = the default (40 MP). Added in
+   * ABI 2: callers built against ABI 1 pass a smaller `struct_size` and get the defaults.
+   */
+  uint64_t max_pixels;
+  /**
+   * Largest model input accepted, in tokens per image; 0 = the default (16384).
+   */
+  uint64_t max_tokens;
 } dinoedge_session_options;
 
 /**
@@ -423,9 +445,10 @@ dinoedge_status dinoedge_frames_next(struct dinoedge_frames *frames,
                                      uint64_t *timestamp_us);
 
 /**
- * Destroys a frame source (NULL is ignored).
+ * Destroys a frame source. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_frames_destroy(struct dinoedge_frames *frames);
+dinoedge_status dinoedge_frames_destroy(struct dinoedge_frames *frames);
 
 /**
  * Loads a model directory (HF `config.json` + safetensors: DINOv3, DINOv2, or a
@@ -440,10 +463,12 @@ void dinoedge_frames_destroy(struct dinoedge_frames *frames);
 DINOEDGE_MUST_USE dinoedge_status dinoedge_model_load(const char *dir, struct dinoedge_model **out);
 
 /**
- * Destroys a model (NULL is ignored). Sessions made from it keep their own reference, so a
- * model may be destroyed before its sessions.
+ * Destroys a model. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
+ * Sessions made from it keep their own reference, so a model may be destroyed before its
+ * sessions.
  */
-void dinoedge_model_destroy(struct dinoedge_model *model);
+dinoedge_status dinoedge_model_destroy(struct dinoedge_model *model);
 
 /**
  * Fills `info` (whose `struct_size` the caller sets) with the model's architecture.
@@ -480,9 +505,10 @@ dinoedge_status dinoedge_session_create(const struct dinoedge_model *model,
                                         struct dinoedge_session **out);
 
 /**
- * Destroys a session (NULL is ignored).
+ * Destroys a session. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_session_destroy(struct dinoedge_session *session);
+dinoedge_status dinoedge_session_destroy(struct dinoedge_session *session);
 
 /**
  * The backend a session runs on, e.g. "cpu f32 (x86_64 CPU (avx2 kernels), 8 threads)".
@@ -512,9 +538,10 @@ dinoedge_status dinoedge_image_size(const struct dinoedge_image *image,
 const uint8_t *dinoedge_image_pixels(const struct dinoedge_image *image);
 
 /**
- * Destroys an image (NULL is ignored).
+ * Destroys an image. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_image_destroy(struct dinoedge_image *image);
+dinoedge_status dinoedge_image_destroy(struct dinoedge_image *image);
 
 /**
  * Embeds a caller image: resized and normalised by the session's preprocessing, then run.
@@ -575,9 +602,10 @@ dinoedge_status dinoedge_features_copy(const struct dinoedge_features *features,
                                        size_t *needed);
 
 /**
- * Destroys features (NULL is ignored).
+ * Destroys features. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_features_destroy(struct dinoedge_features *features);
+dinoedge_status dinoedge_features_destroy(struct dinoedge_features *features);
 
 /**
  * Fills `options` with DINO's defaults.
@@ -623,9 +651,10 @@ dinoedge_status dinoedge_tracker_mask(const struct dinoedge_tracker *tracker,
                                       size_t capacity);
 
 /**
- * Destroys a tracker (NULL is ignored).
+ * Destroys a tracker. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_tracker_destroy(struct dinoedge_tracker *tracker);
+dinoedge_status dinoedge_tracker_destroy(struct dinoedge_tracker *tracker);
 
 /**
  * Reads a mask PNG (DAVIS indexed PNG, 8-bit gray, or RGB in the DAVIS palette) as one
@@ -671,9 +700,10 @@ dinoedge_status dinoedge_pca_render(const struct dinoedge_pca *pca,
                                     size_t capacity);
 
 /**
- * Destroys a PCA basis (NULL is ignored).
+ * Destroys a PCA basis. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+ * (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
  */
-void dinoedge_pca_destroy(struct dinoedge_pca *pca);
+dinoedge_status dinoedge_pca_destroy(struct dinoedge_pca *pca);
 
 /**
  * Cosine similarity of every patch to the patch under the point (`x`, `y`), given as

@@ -40,7 +40,7 @@ inline dinoedge_status check(dinoedge_status s, const char *what) {
 }
 
 /// A move-only owner of a C handle with its destroy function.
-template <typename T, void (*Destroy)(T *)>
+template <typename T, dinoedge_status (*Destroy)(T *)>
 class Handle {
   public:
     Handle() = default;

@@ -6,11 +6,15 @@ use dinoedge::frames::{self, FrameSource};
 
 use crate::dinoedge_status::{self, *};
 use crate::session::dinoedge_image;
-use crate::{c_str, drop_handle, guard, handle_mut, put};
+use crate::{Handle, c_str, destroy, guard, obj_mut, put};
 
 /// A stream of frames. One thread at a time.
 pub struct dinoedge_frames {
     src: Box<dyn FrameSource>,
+}
+
+impl Handle for dinoedge_frames {
+    const NAME: &'static str = "dinoedge_frames";
 }
 
 /// Opens an image folder (natural order; jpg, png, pgm, ppm), a .y4m file, or another video
@@ -64,7 +68,7 @@ pub extern "C" fn dinoedge_frames_next(
     timestamp_us: *mut u64,
 ) -> dinoedge_status {
     guard(|| {
-        let f = handle_mut(frames, "frames")?;
+        let f = obj_mut(frames, "frames")?;
         if out.is_null() {
             return Err(crate::Fail::arg("out is NULL"));
         }
@@ -85,8 +89,9 @@ pub extern "C" fn dinoedge_frames_next(
     })
 }
 
-/// Destroys a frame source (NULL is ignored).
+/// Destroys a frame source. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_frames_destroy(frames: *mut dinoedge_frames) {
-    drop_handle(frames)
+pub extern "C" fn dinoedge_frames_destroy(frames: *mut dinoedge_frames) -> dinoedge_status {
+    destroy(frames, "frames")
 }

@@ -2,12 +2,15 @@
 //! generated from this crate by cbindgen).
 //!
 //! Conventions (after ONNX Runtime, TensorFlow Lite, llama.h and tract):
-//! - opaque handles with create/destroy pairs; every destroy accepts NULL;
+//! - opaque handles with create/destroy pairs; every destroy accepts NULL; handles are
+//!   registered with their type, so a handle of the wrong type, a destroyed handle or a second
+//!   destroy gives `DINOEDGE_ERR_INVALID_ARGUMENT` rather than undefined behaviour;
 //! - every fallible call returns a `dinoedge_status` (0 = OK, negative = error, positive =
 //!   a non-error condition such as the end of a stream) and sets a thread-local message
 //!   readable with `dinoedge_last_error()`;
 //! - no panic crosses the boundary: every entry point catches it and returns
-//!   `DINOEDGE_ERR_INTERNAL`;
+//!   `DINOEDGE_ERR_INTERNAL`, with the message in `dinoedge_last_error()` and nothing printed
+//!   on the host's stderr;
 //! - options structs start with `struct_size` and come with `*_default_options()`, so
 //!   fields can be appended without breaking the ABI;
 //! - inputs are borrowed for the duration of the call; outputs are copied into caller
@@ -27,6 +30,7 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod frames;
+mod handles;
 mod session;
 mod track;
 mod views;
@@ -38,7 +42,7 @@ pub use views::*;
 
 /// The ABI version of this header and library. Bumped on any incompatible change; a
 /// program should check `dinoedge_abi_version() == DINOEDGE_ABI_VERSION` at start-up.
-pub const DINOEDGE_ABI_VERSION: u32 = 1;
+pub const DINOEDGE_ABI_VERSION: u32 = 2;
 
 /// Result of every fallible call.
 #[repr(i32)]
@@ -61,6 +65,13 @@ pub enum dinoedge_status {
     DINOEDGE_ERR_UNSUPPORTED = -5,
     /// Computation failed (e.g. an input the model cannot take).
     DINOEDGE_ERR_RUNTIME = -6,
+    /// A frame source failed: a camera vanished, a stream ended early or stalled.
+    DINOEDGE_ERR_SOURCE = -7,
+    /// The system refused a resource: threads, processes, a network port.
+    DINOEDGE_ERR_RESOURCE = -8,
+    /// An input exceeds a limit (image pixels, model tokens); the message names the option
+    /// that raises it.
+    DINOEDGE_ERR_LIMIT = -9,
     /// A bug inside dinoedge (a caught panic). The message says where.
     DINOEDGE_ERR_INTERNAL = -100,
 }
@@ -71,7 +82,7 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-fn set_error(msg: &str) {
+pub(crate) fn set_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
@@ -92,18 +103,32 @@ impl From<dinoedge::Error> for Fail {
         let status = match &e {
             E::Io { .. } => DINOEDGE_ERR_IO,
             E::Image { .. } | E::InvalidFile { .. } => DINOEDGE_ERR_INVALID_DATA,
-            E::Camera { .. } => DINOEDGE_ERR_UNSUPPORTED,
-            E::Usage(_) => DINOEDGE_ERR_INVALID_ARGUMENT,
+            E::Camera { .. } | E::Source { .. } => DINOEDGE_ERR_SOURCE,
+            E::Unsupported { .. } => DINOEDGE_ERR_UNSUPPORTED,
+            E::Resource { .. } | E::Network { .. } => DINOEDGE_ERR_RESOURCE,
+            E::InvalidArgument(_) => DINOEDGE_ERR_INVALID_ARGUMENT,
             E::Runtime(r) => match r {
                 R::Io { .. } | R::MissingConfig { .. } | R::MissingWeights { .. } => {
                     DINOEDGE_ERR_IO
                 }
-                R::BackendUnavailable { .. } => DINOEDGE_ERR_UNSUPPORTED,
-                R::InvalidInput { .. } | R::ImageTooSmall { .. } => DINOEDGE_ERR_INVALID_ARGUMENT,
+                R::BackendUnavailable { .. } | R::Unsupported { .. } => DINOEDGE_ERR_UNSUPPORTED,
+                R::InvalidInput { .. } | R::ImageTooSmall { .. } | R::OutputRefused { .. } => {
+                    DINOEDGE_ERR_INVALID_ARGUMENT
+                }
+                R::LimitExceeded { .. } => DINOEDGE_ERR_LIMIT,
                 R::Device { .. } => DINOEDGE_ERR_RUNTIME,
-                _ => DINOEDGE_ERR_INVALID_DATA,
+                R::TaskPanicked { .. } => DINOEDGE_ERR_INTERNAL,
+                R::InvalidConfig { .. }
+                | R::UnknownModelType { .. }
+                | R::CorruptWeights { .. }
+                | R::MissingTensor { .. }
+                | R::UnexpectedTensor { .. }
+                | R::ShapeMismatch { .. }
+                | R::UnsupportedDtype { .. }
+                | R::QuantizationMismatch { .. }
+                | R::OnnxImport { .. } => DINOEDGE_ERR_INVALID_DATA,
             },
-            _ => DINOEDGE_ERR_RUNTIME,
+            E::Distill(_) => DINOEDGE_ERR_RUNTIME,
         };
         Fail(status, e.to_string())
     }
@@ -115,9 +140,46 @@ impl From<dinoedge::runtime::RuntimeError> for Fail {
     }
 }
 
+thread_local! {
+    /// Inside an entry point: panics are recorded here instead of printed.
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook that keeps panics inside entry points off the host's stderr:
+/// their message and location go to `dinoedge_last_error()` instead. Panics elsewhere in
+/// the process go to the hook that was there before.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_CALL.with(|c| c.get()) {
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs an entry point: maps errors and panics to a status and the thread's last error.
 pub(crate) fn guard(f: impl FnOnce() -> Result<dinoedge_status, Fail>) -> dinoedge_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_panics();
+    let outer = IN_CALL.with(|c| c.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_CALL.with(|c| c.set(outer));
+    match r {
         Ok(Ok(s)) => {
             if s == DINOEDGE_OK {
                 set_error("");
@@ -129,11 +191,12 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<dinoedge_status, Fail>) -> dinoed
             s
         }
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = PANIC.with(|x| x.borrow_mut().take()).unwrap_or_else(|| {
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into())
+            });
             set_error(&format!(
                 "internal error (a bug in dinoedge, please report): {what}"
             ));
@@ -153,33 +216,12 @@ pub(crate) fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Fail> {
         .map_err(|_| Fail::arg(format!("{what} is not valid UTF-8")))
 }
 
-/// A borrowed handle argument.
-pub(crate) fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fail> {
-    // SAFETY: a non-NULL handle comes from this library and is alive (caller contract).
-    unsafe { p.as_ref() }.ok_or_else(|| Fail::arg(format!("{what} is NULL")))
-}
+pub(crate) use handles::{Handle, destroy, obj, obj_mut, obj_opt, put};
 
-pub(crate) fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Fail> {
-    // SAFETY: as `handle`, and the caller does not use the handle from another thread.
+/// A caller's struct or value pointer (options, info, an output slot): NULL is refused.
+pub(crate) fn arg_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Fail> {
+    // SAFETY: a non-NULL pointer to a valid `T` for the call (caller contract).
     unsafe { p.as_mut() }.ok_or_else(|| Fail::arg(format!("{what} is NULL")))
-}
-
-/// Writes a new handle to `*out`.
-pub(crate) fn put<T>(out: *mut *mut T, v: T) -> Result<dinoedge_status, Fail> {
-    if out.is_null() {
-        return Err(Fail::arg("the output handle pointer is NULL"));
-    }
-    // SAFETY: `out` is a valid pointer to a handle slot (caller contract).
-    unsafe { *out = Box::into_raw(Box::new(v)) };
-    Ok(DINOEDGE_OK)
-}
-
-/// Frees a handle made by [`put`]; NULL is ignored.
-pub(crate) fn drop_handle<T>(p: *mut T) {
-    if !p.is_null() {
-        // SAFETY: `p` came from `Box::into_raw` in `put` and is destroyed once (caller contract).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(p) })));
-    }
 }
 
 /// Copies `src` into a caller buffer of `cap` elements (size query when `dst` is NULL).
@@ -259,6 +301,9 @@ pub extern "C" fn dinoedge_status_name(status: i32) -> *const c_char {
         -4 => "DINOEDGE_ERR_INVALID_DATA\0",
         -5 => "DINOEDGE_ERR_UNSUPPORTED\0",
         -6 => "DINOEDGE_ERR_RUNTIME\0",
+        -7 => "DINOEDGE_ERR_SOURCE\0",
+        -8 => "DINOEDGE_ERR_RESOURCE\0",
+        -9 => "DINOEDGE_ERR_LIMIT\0",
         -100 => "DINOEDGE_ERR_INTERNAL\0",
         _ => "(not a dinoedge_status)\0",
     };
@@ -267,6 +312,70 @@ pub extern "C" fn dinoedge_status_name(status: i32) -> *const c_char {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A panic inside an entry point becomes DINOEDGE_ERR_INTERNAL with the message and its
+    /// location, and prints nothing on the host's stderr (checked in a child process, whose
+    /// stderr is the host's).
+    #[test]
+    fn caught_panics_are_quiet_and_reported() {
+        if std::env::var_os("DINOEDGE_PANIC_CHILD").is_some() {
+            let s = guard(|| panic!("a bug on purpose"));
+            assert_eq!(s, DINOEDGE_ERR_INTERNAL);
+            let msg = unsafe { CStr::from_ptr(dinoedge_last_error()) }.to_string_lossy();
+            assert!(
+                msg.contains("a bug on purpose") && msg.contains("lib.rs:"),
+                "{msg}"
+            );
+            // Panics outside an entry point still reach the previous hook.
+            let r = std::panic::catch_unwind(|| panic!("outside"));
+            assert!(r.is_err());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::caught_panics_are_quiet_and_reported",
+                "--nocapture",
+            ])
+            .env("DINOEDGE_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains("a bug on purpose"),
+            "the caught panic was printed: {err}"
+        );
+        assert!(
+            err.contains("outside"),
+            "panics elsewhere keep their hook: {err}"
+        );
+    }
+
+    /// Handles of the wrong type, destroyed handles and double destroys are refused.
+    #[test]
+    fn handles_are_checked_by_type_and_liveness() {
+        struct A;
+        struct B;
+        impl Handle for A {
+            const NAME: &'static str = "a";
+        }
+        impl Handle for B {
+            const NAME: &'static str = "b";
+        }
+        let mut a: *mut A = std::ptr::null_mut();
+        assert_eq!(put(&mut a, A).ok(), Some(DINOEDGE_OK));
+        assert!(obj(a, "x").is_ok());
+        let as_b = a as *mut B;
+        assert!(obj(as_b, "x").err().unwrap().1.contains("is a a, not a b"));
+        assert_eq!(destroy(as_b, "x"), DINOEDGE_ERR_INVALID_ARGUMENT);
+        assert_eq!(destroy(a, "x"), DINOEDGE_OK);
+        assert_eq!(destroy(a, "x"), DINOEDGE_ERR_INVALID_ARGUMENT);
+        assert!(obj(a, "x").err().unwrap().1.contains("not a live"));
+        assert_eq!(destroy(std::ptr::null_mut::<A>(), "x"), DINOEDGE_OK);
+    }
+
     /// The committed header must be what cbindgen generates from this crate
     /// (`DINOEDGE_BLESS=1 cargo test -p dinoedge-ffi` rewrites it).
     #[test]
@@ -284,6 +393,11 @@ mod tests {
         if std::env::var("DINOEDGE_BLESS").as_deref() == Ok("1") {
             std::fs::write(&path, &out).unwrap();
         }
+        let define = format!("#define DINOEDGE_ABI_VERSION {DINOEDGE_ABI_VERSION}\n");
+        assert!(
+            String::from_utf8_lossy(&out).contains(&define),
+            "ffi/cbindgen.toml must define DINOEDGE_ABI_VERSION as src/lib.rs does ({DINOEDGE_ABI_VERSION})"
+        );
         let committed = std::fs::read(&path).unwrap_or_default();
         assert!(
             committed == out,

@@ -4,16 +4,22 @@ use std::ffi::{CString, c_char};
 use std::sync::Arc;
 
 use dinoedge::runtime::session::compiled_backends;
-use dinoedge::runtime::{BackendKind, Precision, Tensor};
+use dinoedge::runtime::{BackendKind, InputLimits, Precision, Tensor};
 use dinoedge::{Embedder, EmbedderOptions, Features, InputMode, Model, RgbImage, SessionOptions};
 
 use crate::dinoedge_status::{self, *};
-use crate::{Fail, c_str, check_size, copy_out, drop_handle, guard, handle, handle_mut, put};
+use crate::{
+    Fail, Handle, arg_mut, c_str, check_size, copy_out, destroy, guard, obj, obj_mut, obj_opt, put,
+};
 
 /// A loaded model: weights and configuration. Immutable; share it between threads.
 pub struct dinoedge_model {
     pub(crate) model: Arc<Model>,
     describe: CString,
+}
+
+impl Handle for dinoedge_model {
+    const NAME: &'static str = "dinoedge_model";
 }
 
 /// A model prepared on one backend, with its preprocessing. One thread at a time.
@@ -22,9 +28,17 @@ pub struct dinoedge_session {
     backend: CString,
 }
 
+impl Handle for dinoedge_session {
+    const NAME: &'static str = "dinoedge_session";
+}
+
 /// An RGB image owned by the library (decoded from a file or copied from a frame).
 pub struct dinoedge_image {
     pub(crate) image: RgbImage,
+}
+
+impl Handle for dinoedge_image {
+    const NAME: &'static str = "dinoedge_image";
 }
 
 /// Features of one embedded input: CLS, registers and patches of the last layer.
@@ -37,6 +51,10 @@ pub struct dinoedge_features {
     /// Model input to image pixels: `image = (input + offset) * scale` (sx, sy, ox, oy).
     pub(crate) to_image: (f64, f64, f64, f64),
     pub(crate) patch: usize,
+}
+
+impl Handle for dinoedge_features {
+    const NAME: &'static str = "dinoedge_features";
 }
 
 /// Loads a model directory (HF `config.json` + safetensors: DINOv3, DINOv2, or a
@@ -67,11 +85,13 @@ pub extern "C" fn dinoedge_model_load(
     })
 }
 
-/// Destroys a model (NULL is ignored). Sessions made from it keep their own reference, so a
-/// model may be destroyed before its sessions.
+/// Destroys a model. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
+/// Sessions made from it keep their own reference, so a model may be destroyed before its
+/// sessions.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_model_destroy(model: *mut dinoedge_model) {
-    drop_handle(model)
+pub extern "C" fn dinoedge_model_destroy(model: *mut dinoedge_model) -> dinoedge_status {
+    destroy(model, "model")
 }
 
 /// Architecture facts of a model.
@@ -96,8 +116,8 @@ pub extern "C" fn dinoedge_model_get_info(
     info: *mut dinoedge_model_info,
 ) -> dinoedge_status {
     guard(|| {
-        let m = handle(model, "model")?;
-        let i = handle_mut(info, "info")?;
+        let m = obj(model, "model")?;
+        let i = arg_mut(info, "info")?;
         check_size(
             i.struct_size,
             std::mem::size_of::<dinoedge_model_info>(),
@@ -120,7 +140,7 @@ pub extern "C" fn dinoedge_model_get_info(
 /// A one-line description of the model (owned by the model, valid until it is destroyed).
 #[unsafe(no_mangle)]
 pub extern "C" fn dinoedge_model_describe(model: *const dinoedge_model) -> *const c_char {
-    match unsafe { model.as_ref() } {
+    match obj_opt(model) {
         Some(m) => m.describe.as_ptr(),
         None => c"".as_ptr(),
     }
@@ -180,6 +200,46 @@ pub struct dinoedge_session_options {
     pub size: u32,
     /// wgpu adapter name substring or index; NULL = the best GPU. Borrowed for the call.
     pub adapter: *const c_char,
+    /// Largest image accepted, in pixels (width x height); 0 = the default (40 MP). Added in
+    /// ABI 2: callers built against ABI 1 pass a smaller `struct_size` and get the defaults.
+    pub max_pixels: u64,
+    /// Largest model input accepted, in tokens per image; 0 = the default (16384).
+    pub max_tokens: u64,
+}
+
+/// Size of `dinoedge_session_options` in ABI 1 (before `max_pixels`).
+const SESSION_OPTIONS_V1: usize = std::mem::offset_of!(dinoedge_session_options, max_pixels);
+
+impl dinoedge_session_options {
+    fn defaults() -> Self {
+        dinoedge_session_options {
+            struct_size: std::mem::size_of::<dinoedge_session_options>(),
+            backend: dinoedge_backend::DINOEDGE_BACKEND_AUTO as i32,
+            precision: dinoedge_precision::DINOEDGE_PRECISION_DEFAULT as i32,
+            threads: 0,
+            input_mode: dinoedge_input_mode::DINOEDGE_INPUT_FIXED as i32,
+            size: 224,
+            adapter: std::ptr::null(),
+            max_pixels: 0,
+            max_tokens: 0,
+        }
+    }
+
+    fn limits(&self) -> InputLimits {
+        let d = InputLimits::default();
+        InputLimits {
+            max_pixels: if self.max_pixels == 0 {
+                d.max_pixels
+            } else {
+                self.max_pixels
+            },
+            max_tokens: if self.max_tokens == 0 {
+                d.max_tokens
+            } else {
+                usize::try_from(self.max_tokens).unwrap_or(usize::MAX)
+            },
+        }
+    }
 }
 
 /// Fills `options` with the defaults: AUTO backend, default precision, all cores, fixed
@@ -190,16 +250,8 @@ pub extern "C" fn dinoedge_session_default_options(
     options: *mut dinoedge_session_options,
 ) -> dinoedge_status {
     guard(|| {
-        let o = handle_mut(options, "options")?;
-        *o = dinoedge_session_options {
-            struct_size: std::mem::size_of::<dinoedge_session_options>(),
-            backend: dinoedge_backend::DINOEDGE_BACKEND_AUTO as i32,
-            precision: dinoedge_precision::DINOEDGE_PRECISION_DEFAULT as i32,
-            threads: 0,
-            input_mode: dinoedge_input_mode::DINOEDGE_INPUT_FIXED as i32,
-            size: 224,
-            adapter: std::ptr::null(),
-        };
+        let o = arg_mut(options, "options")?;
+        *o = dinoedge_session_options::defaults();
         Ok(DINOEDGE_OK)
     })
 }
@@ -230,26 +282,22 @@ pub extern "C" fn dinoedge_session_create(
     out: *mut *mut dinoedge_session,
 ) -> dinoedge_status {
     guard(|| {
-        let m = handle(model, "model")?;
-        let mut o = dinoedge_session_options {
-            struct_size: 0,
-            backend: 0,
-            precision: 0,
-            threads: 0,
-            input_mode: 0,
-            size: 224,
-            adapter: std::ptr::null(),
-        };
+        let m = obj(model, "model")?;
+        let mut o = dinoedge_session_options::defaults();
         if !options.is_null() {
             // SAFETY: non-NULL options point at a struct of at least `struct_size` bytes; read
-            // the size first, then the struct.
+            // the size first, then the fields that size covers (older callers pass the ABI 1
+            // struct, without the fields appended since).
             let size = unsafe { std::ptr::read_unaligned(options as *const usize) };
-            check_size(
-                size,
-                std::mem::size_of::<dinoedge_session_options>(),
-                "dinoedge_session_options",
-            )?;
-            o = unsafe { *options };
+            check_size(size, SESSION_OPTIONS_V1, "dinoedge_session_options")?;
+            let n = size.min(std::mem::size_of::<dinoedge_session_options>());
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    options as *const u8,
+                    &mut o as *mut dinoedge_session_options as *mut u8,
+                    n,
+                )
+            };
         }
         if !(0..=4).contains(&o.backend)
             || !(0..=4).contains(&o.precision)
@@ -299,6 +347,7 @@ pub extern "C" fn dinoedge_session_create(
                 precision: precision(o.precision),
                 threads,
                 adapter: adapter.clone(),
+                limits: o.limits(),
             };
             match Embedder::from_model(
                 m.model.clone(),
@@ -338,17 +387,18 @@ fn adapter_is_gpu() -> bool {
     }
 }
 
-/// Destroys a session (NULL is ignored).
+/// Destroys a session. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_session_destroy(session: *mut dinoedge_session) {
-    drop_handle(session)
+pub extern "C" fn dinoedge_session_destroy(session: *mut dinoedge_session) -> dinoedge_status {
+    destroy(session, "session")
 }
 
 /// The backend a session runs on, e.g. "cpu f32 (x86_64 CPU (avx2 kernels), 8 threads)".
 /// Owned by the session; valid until it is destroyed.
 #[unsafe(no_mangle)]
 pub extern "C" fn dinoedge_session_backend(session: *const dinoedge_session) -> *const c_char {
-    match unsafe { session.as_ref() } {
+    match obj_opt(session) {
         Some(s) => s.backend.as_ptr(),
         None => c"".as_ptr(),
     }
@@ -440,8 +490,8 @@ pub extern "C" fn dinoedge_image_size(
     height: *mut u32,
 ) -> dinoedge_status {
     guard(|| {
-        let i = handle(image, "image")?;
-        let (w, h) = (handle_mut(width, "width")?, handle_mut(height, "height")?);
+        let i = obj(image, "image")?;
+        let (w, h) = (arg_mut(width, "width")?, arg_mut(height, "height")?);
         (*w, *h) = (i.image.width as u32, i.image.height as u32);
         Ok(DINOEDGE_OK)
     })
@@ -450,16 +500,17 @@ pub extern "C" fn dinoedge_image_size(
 /// The image's RGB8 pixels, rows of `width * 3` bytes, owned by the image.
 #[unsafe(no_mangle)]
 pub extern "C" fn dinoedge_image_pixels(image: *const dinoedge_image) -> *const u8 {
-    match unsafe { image.as_ref() } {
+    match obj_opt(image) {
         Some(i) => i.image.data.as_ptr(),
         None => std::ptr::null(),
     }
 }
 
-/// Destroys an image (NULL is ignored).
+/// Destroys an image. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_image_destroy(image: *mut dinoedge_image) {
-    drop_handle(image)
+pub extern "C" fn dinoedge_image_destroy(image: *mut dinoedge_image) -> dinoedge_status {
+    destroy(image, "image")
 }
 
 fn embed(
@@ -501,7 +552,7 @@ pub extern "C" fn dinoedge_session_embed_pixels(
     out: *mut *mut dinoedge_features,
 ) -> dinoedge_status {
     guard(|| {
-        let s = handle_mut(session, "session")?;
+        let s = obj_mut(session, "session")?;
         let img = image_from(pixels, width, height, stride, format)?;
         embed(s, &img, out)
     })
@@ -516,8 +567,8 @@ pub extern "C" fn dinoedge_session_embed_image(
     out: *mut *mut dinoedge_features,
 ) -> dinoedge_status {
     guard(|| {
-        let s = handle_mut(session, "session")?;
-        let i = handle(image, "image")?;
+        let s = obj_mut(session, "session")?;
+        let i = obj(image, "image")?;
         embed(s, &i.image, out)
     })
 }
@@ -536,7 +587,7 @@ pub extern "C" fn dinoedge_session_embed_tensor(
     out: *mut *mut dinoedge_features,
 ) -> dinoedge_status {
     guard(|| {
-        let s = handle_mut(session, "session")?;
+        let s = obj_mut(session, "session")?;
         if data.is_null() {
             return Err(Fail::arg("data is NULL"));
         }
@@ -546,9 +597,23 @@ pub extern "C" fn dinoedge_session_embed_tensor(
             height as usize,
             width as usize,
         ];
-        let n: usize = shape.iter().product();
-        if n == 0 {
-            return Err(Fail::arg(format!("tensor shape {shape:?} is empty")));
+        // Checked: 203 x 3 x 36760123 x 823996703 must not wrap to a handful of floats.
+        let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+        let n = match n {
+            Some(0) => return Err(Fail::arg(format!("tensor shape {shape:?} is empty"))),
+            Some(n) => n,
+            None => {
+                return Err(Fail::arg(format!(
+                    "tensor shape {shape:?} holds more values than memory can address"
+                )));
+            }
+        };
+        let limits = s.emb.limits();
+        limits.check_pixels("pixel_values", width as u64, height as u64)?;
+        if batch as u64 > MAX_BATCH {
+            return Err(Fail::arg(format!(
+                "batch {batch} exceeds the limit of {MAX_BATCH} images per call"
+            )));
         }
         // SAFETY: `data` holds batch * channels * height * width floats (caller contract).
         let v = unsafe { std::slice::from_raw_parts(data, n) }.to_vec();
@@ -566,6 +631,10 @@ pub extern "C" fn dinoedge_session_embed_tensor(
         )
     })
 }
+
+/// Images per `dinoedge_session_embed_tensor` call: far above any real batch, it bounds the
+/// memory a shape can ask for.
+const MAX_BATCH: u64 = 4096;
 
 /// Shape of a features object.
 #[repr(C)]
@@ -588,8 +657,8 @@ pub extern "C" fn dinoedge_features_get_shape(
     shape: *mut dinoedge_features_shape,
 ) -> dinoedge_status {
     guard(|| {
-        let f = handle(features, "features")?;
-        let s = handle_mut(shape, "shape")?;
+        let f = obj(features, "features")?;
+        let s = arg_mut(shape, "shape")?;
         *s = dinoedge_features_shape {
             batch: f.f.batch() as u32,
             grid_height: f.f.grid.0 as u32,
@@ -628,7 +697,7 @@ pub extern "C" fn dinoedge_features_copy(
     needed: *mut usize,
 ) -> dinoedge_status {
     guard(|| {
-        let f = handle(features, "features")?;
+        let f = obj(features, "features")?;
         let src = match tokens {
             0 => &f.f.last.cls.data,
             1 => &f.f.last.registers.data,
@@ -643,8 +712,9 @@ pub extern "C" fn dinoedge_features_copy(
     })
 }
 
-/// Destroys features (NULL is ignored).
+/// Destroys features. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_features_destroy(features: *mut dinoedge_features) {
-    drop_handle(features)
+pub extern "C" fn dinoedge_features_destroy(features: *mut dinoedge_features) -> dinoedge_status {
+    destroy(features, "features")
 }

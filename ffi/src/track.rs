@@ -5,13 +5,17 @@ use dinoedge::track::{LabelPropagator, PropagationConfig, SoftLabels};
 
 use crate::dinoedge_status::{self, *};
 use crate::session::dinoedge_features;
-use crate::{Fail, check_size, copy_out, drop_handle, guard, handle, handle_mut, put};
+use crate::{Fail, Handle, arg_mut, check_size, copy_out, destroy, guard, obj, obj_mut, put};
 
 /// Label propagation state: first-frame masks followed through a video.
 pub struct dinoedge_tracker {
     lp: LabelPropagator,
     soft: Option<SoftLabels>,
     first: Mask,
+}
+
+impl Handle for dinoedge_tracker {
+    const NAME: &'static str = "dinoedge_tracker";
 }
 
 /// Options of `dinoedge_tracker_create` (DINO's defaults from
@@ -40,7 +44,7 @@ pub extern "C" fn dinoedge_tracker_default_options(
     options: *mut dinoedge_tracker_options,
 ) -> dinoedge_status {
     guard(|| {
-        let o = handle_mut(options, "options")?;
+        let o = arg_mut(options, "options")?;
         *o = dinoedge_tracker_options {
             struct_size: std::mem::size_of::<dinoedge_tracker_options>(),
             topk: 5,
@@ -73,7 +77,7 @@ pub extern "C" fn dinoedge_tracker_create(
     out: *mut *mut dinoedge_tracker,
 ) -> dinoedge_status {
     guard(|| {
-        let f = handle(first, "first")?;
+        let f = obj(first, "first")?;
         if mask.is_null() {
             return Err(Fail::arg("mask is NULL"));
         }
@@ -151,8 +155,8 @@ pub extern "C" fn dinoedge_tracker_step(
     frame: *const dinoedge_features,
 ) -> dinoedge_status {
     guard(|| {
-        let t = handle_mut(tracker, "tracker")?;
-        let f = handle(frame, "frame")?;
+        let t = obj_mut(tracker, "tracker")?;
+        let f = obj(frame, "frame")?;
         let (gh, gw) = f.f.grid;
         if (gh, gw) != t.lp.grid() {
             return Err(Fail::arg(format!(
@@ -178,7 +182,7 @@ pub extern "C" fn dinoedge_tracker_mask(
     capacity: usize,
 ) -> dinoedge_status {
     guard(|| {
-        let t = handle(tracker, "tracker")?;
+        let t = obj(tracker, "tracker")?;
         if width == 0 || height == 0 {
             return Err(Fail::arg("width and height must be at least 1"));
         }
@@ -202,10 +206,11 @@ pub extern "C" fn dinoedge_tracker_mask(
     })
 }
 
-/// Destroys a tracker (NULL is ignored).
+/// Destroys a tracker. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_tracker_destroy(tracker: *mut dinoedge_tracker) {
-    drop_handle(tracker)
+pub extern "C" fn dinoedge_tracker_destroy(tracker: *mut dinoedge_tracker) -> dinoedge_status {
+    destroy(tracker, "tracker")
 }
 
 /// Reads a mask PNG (DAVIS indexed PNG, 8-bit gray, or RGB in the DAVIS palette) as one
@@ -223,7 +228,7 @@ pub extern "C" fn dinoedge_mask_read(
     guard(|| {
         let p = crate::c_str(path, "path")?;
         let m = dinoedge::davis::read_mask(std::path::Path::new(p))?;
-        let (w, h) = (handle_mut(width, "width")?, handle_mut(height, "height")?);
+        let (w, h) = (arg_mut(width, "width")?, arg_mut(height, "height")?);
         (*w, *h) = (m.width as u32, m.height as u32);
         if out.is_null() {
             return Ok(DINOEDGE_OK);

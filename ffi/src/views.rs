@@ -6,12 +6,16 @@ use dinoedge::tokencut::{TokenCutConfig, tokencut};
 
 use crate::dinoedge_status::{self, *};
 use crate::session::dinoedge_features;
-use crate::{Fail, copy_out, drop_handle, guard, handle, handle_mut, put};
+use crate::{Fail, Handle, arg_mut, copy_out, destroy, guard, obj, put};
 
 /// A PCA basis (three principal directions of patch features), fitted once and kept, so
 /// colours stay stable over a video.
 pub struct dinoedge_pca {
     basis: PcaBasis,
+}
+
+impl Handle for dinoedge_pca {
+    const NAME: &'static str = "dinoedge_pca";
 }
 
 /// Patch rows of the first image, their dimension and the grid.
@@ -33,7 +37,7 @@ pub extern "C" fn dinoedge_pca_create(
     out: *mut *mut dinoedge_pca,
 ) -> dinoedge_status {
     guard(|| {
-        let (p, dim, _) = patches(handle(reference, "reference")?)?;
+        let (p, dim, _) = patches(obj(reference, "reference")?)?;
         put(
             out,
             dinoedge_pca {
@@ -57,8 +61,8 @@ pub extern "C" fn dinoedge_pca_render(
     capacity: usize,
 ) -> dinoedge_status {
     guard(|| {
-        let b = handle(pca, "pca")?;
-        let (p, dim, grid) = patches(handle(features, "features")?)?;
+        let b = obj(pca, "pca")?;
+        let (p, dim, grid) = patches(obj(features, "features")?)?;
         if dim != b.basis.mean.len() {
             return Err(Fail::arg(format!(
                 "features have dimension {dim}, the PCA basis {}",
@@ -73,10 +77,11 @@ pub extern "C" fn dinoedge_pca_render(
     })
 }
 
-/// Destroys a PCA basis (NULL is ignored).
+/// Destroys a PCA basis. NULL is a no-op (DINOEDGE_OK); a handle that is not a live one of this type
+/// (destroyed already, or another kind) is left alone and gives DINOEDGE_ERR_INVALID_ARGUMENT.
 #[unsafe(no_mangle)]
-pub extern "C" fn dinoedge_pca_destroy(pca: *mut dinoedge_pca) {
-    drop_handle(pca)
+pub extern "C" fn dinoedge_pca_destroy(pca: *mut dinoedge_pca) -> dinoedge_status {
+    destroy(pca, "pca")
 }
 
 /// Cosine similarity of every patch to the patch under the point (`x`, `y`), given as
@@ -95,7 +100,7 @@ pub extern "C" fn dinoedge_similarity_map(
     needed: *mut usize,
 ) -> dinoedge_status {
     guard(|| {
-        let (p, dim, grid) = patches(handle(features, "features")?)?;
+        let (p, dim, grid) = patches(obj(features, "features")?)?;
         if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
             return Err(Fail::arg(format!(
                 "point ({x}, {y}) is outside [0, 1] x [0, 1]"
@@ -141,9 +146,9 @@ pub extern "C" fn dinoedge_discover(
     capacity: usize,
 ) -> dinoedge_status {
     guard(|| {
-        let f = handle(features, "features")?;
+        let f = obj(features, "features")?;
         let (p, dim, grid) = patches(f)?;
-        let r = handle_mut(result, "result")?;
+        let r = arg_mut(result, "result")?;
         let d = tokencut(
             p,
             dim,

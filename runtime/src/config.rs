@@ -96,6 +96,31 @@ pub enum Positions {
     Learned { grid: usize, antialias: bool },
 }
 
+/// Upper bounds on what a `config.json` may ask for. Each is far above every released model
+/// (the largest, DINOv3 ViT-7B, has 40 layers of width 4096 and MLP width 8192), so they only
+/// refuse files that would make the loader size buffers from absurd numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigLimits {
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    pub patch_size: usize,
+    pub registers: usize,
+    /// `image_size`, and the side of a learned position grid.
+    pub image_size: usize,
+}
+
+pub const LIMITS: ConfigLimits = ConfigLimits {
+    layers: 1024,
+    hidden_size: 32768,
+    heads: 1024,
+    intermediate_size: 262_144,
+    patch_size: 256,
+    registers: 256,
+    image_size: 16384,
+};
+
 /// The architecture of one DINOv3 / DINOv2 ViT.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -256,11 +281,13 @@ impl Fields<'_> {
     }
 
     fn as_usize(&self, key: &str, v: &Value) -> Result<usize> {
-        v.as_u64().map(|x| x as usize).ok_or_else(|| {
-            self.err(format!(
-                "field {key:?} must be a non-negative integer, found {v}"
-            ))
-        })
+        v.as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "field {key:?} must be a non-negative integer, found {v}"
+                ))
+            })
     }
 
     /// An int, or a `[a, b]` list with `a == b` (HF allows tuples for patch and image size).
@@ -469,18 +496,41 @@ impl ModelConfig {
         })
     }
 
-    /// Checks the invariants the forward pass relies on.
+    /// Checks the invariants the forward pass relies on, and the upper bounds that keep a
+    /// hostile config from asking for more memory than any real model (see [`LIMITS`]).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("patch_size", self.patch_size),
+        let bounded = [
+            ("hidden_size", self.hidden_size, LIMITS.hidden_size),
+            ("num_hidden_layers", self.num_layers, LIMITS.layers),
+            ("num_attention_heads", self.num_heads, LIMITS.heads),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                LIMITS.intermediate_size,
+            ),
+            ("patch_size", self.patch_size, LIMITS.patch_size),
         ];
-        for (name, v) in positive {
+        for (name, v, max) in bounded {
             if v == 0 {
                 return Err(format!("{name} must be positive"));
+            }
+            if v > max {
+                return Err(format!(
+                    "{name} = {v} exceeds the limit of {max} (the largest released models are far below it)"
+                ));
+            }
+        }
+        let at_most = [
+            (
+                "num_register_tokens",
+                self.num_register_tokens,
+                LIMITS.registers,
+            ),
+            ("image_size", self.image_size, LIMITS.image_size),
+        ];
+        for (name, v, max) in at_most {
+            if v > max {
+                return Err(format!("{name} = {v} exceeds the limit of {max}"));
             }
         }
         if self.num_channels != 3 {
@@ -502,19 +552,32 @@ impl ModelConfig {
                     self.head_dim()
                 ));
             }
-            if !(theta > 0.0) {
-                return Err(format!("rope_theta must be positive, got {theta}"));
+            if !(theta > 0.0 && theta.is_finite()) {
+                return Err(format!(
+                    "rope_theta must be positive and finite, got {theta}"
+                ));
             }
         }
-        if let Positions::Learned { grid: 0, .. } = self.positions {
-            return Err(format!(
-                "image_size {} is smaller than patch_size {}",
-                self.image_size, self.patch_size
-            ));
+        if let Positions::Learned { grid, .. } = self.positions {
+            if grid == 0 {
+                return Err(format!(
+                    "image_size {} is smaller than patch_size {}",
+                    self.image_size, self.patch_size
+                ));
+            }
+            if grid > LIMITS.image_size {
+                return Err(format!(
+                    "a {grid}x{grid} position grid exceeds the limit of {0}x{0}",
+                    LIMITS.image_size
+                ));
+            }
         }
-        if !(self.layer_norm_eps >= 0.0) {
+        if self.num_parameters_checked().is_none() {
+            return Err("the parameter count overflows".into());
+        }
+        if !(self.layer_norm_eps >= 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(format!(
-                "layer_norm_eps must be non-negative, got {}",
+                "layer_norm_eps must be non-negative and finite, got {}",
                 self.layer_norm_eps
             ));
         }
@@ -637,28 +700,50 @@ impl ModelConfig {
     }
 
     /// Number of parameters the architecture holds (the mask token included, as HF counts it).
+    /// Validated configs never overflow (see [`ModelConfig::validate`]).
     pub fn num_parameters(&self) -> usize {
+        self.num_parameters_checked().unwrap_or(usize::MAX)
+    }
+
+    /// [`ModelConfig::num_parameters`] in checked arithmetic: `None` on overflow.
+    fn num_parameters_checked(&self) -> Option<usize> {
         let d = self.hidden_size;
         let i = self.intermediate_size;
         let p = self.patch_size;
-        let linear = |o: usize, n: usize, bias: bool| o * n + if bias { o } else { 0 };
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let linear =
+            |o: usize, n: usize, bias: bool| mul(o, n)?.checked_add(if bias { o } else { 0 });
         let mlp = match self.mlp {
-            MlpKind::Plain(_) => linear(i, d, self.mlp_bias) + linear(d, i, self.mlp_bias),
-            MlpKind::Gated(_) => 2 * linear(i, d, self.mlp_bias) + linear(d, i, self.mlp_bias),
+            MlpKind::Plain(_) => {
+                linear(i, d, self.mlp_bias)?.checked_add(linear(d, i, self.mlp_bias)?)?
+            }
+            MlpKind::Gated(_) => {
+                mul(2, linear(i, d, self.mlp_bias)?)?.checked_add(linear(d, i, self.mlp_bias)?)?
+            }
         };
-        let layer = 4 * d // two LayerNorms
-            + linear(d, d, self.query_bias)
-            + linear(d, d, self.key_bias)
-            + linear(d, d, self.value_bias)
-            + linear(d, d, self.proj_bias)
-            + 2 * d // LayerScale
-            + mlp;
+        let layer = [
+            mul(4, d)?, // two LayerNorms
+            linear(d, d, self.query_bias)?,
+            linear(d, d, self.key_bias)?,
+            linear(d, d, self.value_bias)?,
+            linear(d, d, self.proj_bias)?,
+            mul(2, d)?, // LayerScale
+            mlp,
+        ];
         let pos = match self.positions {
-            Positions::Learned { grid, .. } => (1 + grid * grid) * d,
+            Positions::Learned { grid, .. } => mul(mul(grid, grid)?.checked_add(1)?, d)?,
             Positions::Rope { .. } => 0,
         };
-        let embed = d * self.num_channels * p * p + d + d /*cls*/ + d /*mask*/ + self.num_register_tokens * d + pos;
-        embed + self.num_layers * layer + 2 * d
+        let embed = [
+            mul(mul(d, self.num_channels)?, mul(p, p)?)?,
+            mul(3, d)?, // patch bias, CLS, mask token
+            mul(self.num_register_tokens, d)?,
+            pos,
+            mul(2, d)?, // final norm
+        ];
+        let layer = layer.iter().try_fold(0usize, |a, &b| a.checked_add(b))?;
+        let embed = embed.iter().try_fold(0usize, |a, &b| a.checked_add(b))?;
+        embed.checked_add(mul(self.num_layers, layer)?)
     }
 }
 
@@ -765,5 +850,37 @@ mod tests {
         assert!(e.contains("unsupported activation"), "{e}");
         let e = parse("{not json").unwrap_err().to_string();
         assert!(e.contains("invalid config"), "{e}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_sized_from_them() {
+        let cases = [
+            (r#""num_hidden_layers":100000000000"#, "num_hidden_layers"),
+            (
+                r#""hidden_size":1000000,"num_attention_heads":1"#,
+                "hidden_size",
+            ),
+            (r#""intermediate_size":10000000000"#, "intermediate_size"),
+            (
+                r#""num_attention_heads":4096,"hidden_size":4096"#,
+                "num_attention_heads",
+            ),
+            (r#""num_register_tokens":99999999"#, "num_register_tokens"),
+            (r#""patch_size":100000"#, "patch_size"),
+        ];
+        for (field, name) in cases {
+            let e = parse(&format!(r#"{{"model_type":"dinov3_vit",{field}}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(name) && e.contains("config.json"),
+                "{field}: {e}"
+            );
+        }
+        // 2^32 * 14 wrapped grid^2 to 0 before the bound.
+        let e = parse(r#"{"model_type":"dinov2","image_size":60129542144}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image_size") && e.contains("limit"), "{e}");
     }
 }

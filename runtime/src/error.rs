@@ -109,6 +109,28 @@ pub enum RuntimeError {
     /// A device backend reported an error.
     #[error("{backend} backend: {reason}")]
     Device { backend: String, reason: String },
+
+    /// An output path that would destroy an input or an existing model.
+    #[error("{path}: refusing to write here: {reason}")]
+    OutputRefused { path: PathBuf, reason: String },
+
+    /// An input is larger than a configured limit (an image's pixels, a model input's tokens).
+    #[error("{what}: {found} exceeds the limit of {limit} (raise it with {raise})")]
+    LimitExceeded {
+        what: String,
+        found: String,
+        limit: String,
+        /// The option that raises the limit.
+        raise: String,
+    },
+
+    /// The backend cannot run this model (a head dim beyond its attention kernel, say).
+    #[error("backend {backend} cannot run this model: {reason}")]
+    Unsupported { backend: String, reason: String },
+
+    /// A compute task panicked (a bug): the op's output is incomplete and was discarded.
+    #[error("internal error in a {backend} compute task (please report): {reason}")]
+    TaskPanicked { backend: String, reason: String },
 }
 
 impl RuntimeError {

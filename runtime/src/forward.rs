@@ -23,6 +23,19 @@ use crate::ops::{self, Dims};
 use crate::resample;
 use crate::weights::{LayerParam as L, Param};
 
+/// The ops a forward of `cfg` issues, for [`Backend::supports`].
+pub fn ops_used(cfg: &ModelConfig) -> Vec<crate::backend::Op> {
+    use crate::backend::Op;
+    let mut ops = vec![Op::PatchEmbed, Op::LayerNorm, Op::Matmul, Op::Attention];
+    if matches!(cfg.positions, Positions::Rope { .. }) {
+        ops.push(Op::Rope);
+    }
+    if matches!(cfg.mlp, MlpKind::Gated(_)) {
+        ops.push(Op::Swiglu);
+    }
+    ops
+}
+
 /// One transformer block's weights on a backend.
 pub struct PreparedLayer<B: Backend> {
     pub norm1: (B::Buffer, B::Buffer),

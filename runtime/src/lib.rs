@@ -27,6 +27,7 @@ pub mod forward;
 pub mod fsutil;
 #[cfg(feature = "onnx")]
 pub mod import;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
@@ -43,6 +44,7 @@ pub use config::{
 };
 pub use error::{Result, RuntimeError};
 pub use features::{Features, LayerFeatures};
+pub use limits::InputLimits;
 pub use model::Model;
 pub use preprocess::{Preprocessor, RgbImage};
 pub use session::{InferenceSession, RunOptions, Session, SessionOptions, create_session};

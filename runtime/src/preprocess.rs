@@ -262,7 +262,11 @@ pub fn shortest_edge_size(h: usize, w: usize, size: usize) -> (usize, usize) {
 /// Aspect-preserving size with the short side about `short` and both sides multiples of `patch`.
 pub fn dense_size(h: usize, w: usize, short: usize, patch: usize) -> (usize, usize) {
     let scale = short as f64 / h.min(w) as f64;
-    let snap = |x: usize| (((x as f64 * scale) / patch as f64).round() as usize).max(1) * patch;
+    let snap = |x: usize| {
+        (((x as f64 * scale) / patch as f64).round() as usize)
+            .max(1)
+            .saturating_mul(patch)
+    };
     (snap(h), snap(w))
 }
 
@@ -330,10 +334,23 @@ fn mean_std(dir: Option<&Path>) -> Result<([f32; 3], [f32; 3])> {
             }
         }
     };
-    Ok((
+    let (mean, std) = (
         triple("image_mean", IMAGENET_MEAN)?,
         triple("image_std", IMAGENET_STD)?,
-    ))
+    );
+    // Normalising divides by std: zero, negative or non-finite values make every pixel
+    // infinite or NaN.
+    if let Some(c) = (0..3).find(|&c| !(mean[c].is_finite() && std[c].is_finite() && std[c] > 0.0))
+    {
+        return Err(RuntimeError::InvalidConfig {
+            path: path.clone(),
+            reason: format!(
+                "channel {c}: image_mean {} and image_std {} must be finite, with image_std > 0",
+                mean[c], std[c]
+            ),
+        });
+    }
+    Ok((mean, std))
 }
 
 #[cfg(test)]
@@ -346,6 +363,22 @@ mod tests {
         assert_eq!(shortest_edge_size(480, 640, 256), (256, 341));
         assert_eq!(dense_size(480, 640, 224, 16), (224, 304));
         assert_eq!(dense_size(5, 9000, 224, 14), (224, 403200));
+    }
+
+    #[test]
+    fn a_zero_or_nan_std_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preprocessor_config.json");
+        for std in ["[0.2, 0.0, 0.2]", "[0.2, -1, 0.2]"] {
+            std::fs::write(&p, format!(r#"{{"image_std": {std}}}"#)).unwrap();
+            let e = mean_std(Some(dir.path())).unwrap_err().to_string();
+            assert!(
+                e.contains("preprocessor_config.json") && e.contains("image_std"),
+                "{e}"
+            );
+        }
+        std::fs::write(&p, r#"{"image_std": [0.2, 0.3, 0.2]}"#).unwrap();
+        assert_eq!(mean_std(Some(dir.path())).unwrap().1, [0.2, 0.3, 0.2]);
     }
 
     #[test]

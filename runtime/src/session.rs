@@ -10,6 +10,7 @@ use crate::backend::{Backend, BackendInfo, BackendKind, Precision};
 use crate::error::{Result, RuntimeError};
 use crate::features::{Features, split_tokens};
 use crate::forward::{self, Plan, PreparedModel};
+use crate::limits::InputLimits;
 use crate::model::Model;
 use crate::tensor::Tensor;
 
@@ -30,6 +31,9 @@ pub struct SessionOptions {
     pub threads: Option<usize>,
     /// GPU adapter (name substring or index) for the wgpu backend.
     pub adapter: Option<String>,
+    /// Largest input a run accepts (tokens per image; pixels are checked by the callers that
+    /// decode images).
+    pub limits: InputLimits,
 }
 
 impl Default for SessionOptions {
@@ -39,6 +43,7 @@ impl Default for SessionOptions {
             precision: None,
             threads: None,
             adapter: None,
+            limits: InputLimits::default(),
         }
     }
 }
@@ -61,17 +66,35 @@ pub struct Session<B: Backend> {
     prepared: PreparedModel<B>,
     /// Most recently used last.
     plans: Vec<Plan<B>>,
+    limits: InputLimits,
 }
 
 impl<B: Backend> Session<B> {
+    /// Prepares `model` on `backend`, after asking the backend whether it can run every op
+    /// the model uses (a head dim beyond its attention kernel is refused here, by name).
     pub fn new(backend: B, model: Arc<Model>) -> Result<Self> {
+        for op in forward::ops_used(model.config()) {
+            backend
+                .supports(op, model.config())
+                .map_err(|reason| RuntimeError::Unsupported {
+                    backend: backend.info().kind.to_string(),
+                    reason: format!("{} ({})", reason, model.config().describe()),
+                })?;
+        }
         let prepared = PreparedModel::new(&backend, &model)?;
         Ok(Session {
             backend,
             model,
             prepared,
             plans: Vec::new(),
+            limits: InputLimits::default(),
         })
+    }
+
+    /// Sets the input limits checked by every run.
+    pub fn with_limits(mut self, limits: InputLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn backend(&self) -> &B {
@@ -98,10 +121,22 @@ impl<B: Backend> Session<B> {
                 patch: cfg.patch_size,
             });
         }
-        if pixels.data.len() != s.iter().product::<usize>() {
+        if s.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) != Some(pixels.data.len()) {
             return Err(RuntimeError::input(
                 "pixel_values",
                 format!("{} values for shape {s:?}", pixels.data.len()),
+            ));
+        }
+        let grid = cfg.grid(s[2], s[3]);
+        self.limits
+            .check_tokens("pixel_values", cfg.num_tokens(s[2], s[3]), grid)?;
+        if let Some(i) = pixels.data.iter().position(|v| !v.is_finite()) {
+            return Err(RuntimeError::input(
+                "pixel_values",
+                format!(
+                    "value {} at index {i} is not finite (NaN or infinite pixels give meaningless features)",
+                    pixels.data[i]
+                ),
             ));
         }
         Ok(forward::dims(cfg, s[0], s[2], s[3]))
@@ -200,10 +235,10 @@ pub fn create_session(
         },
     );
     match opts.backend {
-        BackendKind::Cpu => Ok(Box::new(Session::new(
-            CpuBackend::new(opts.threads, precision)?,
-            model,
-        )?)),
+        BackendKind::Cpu => Ok(Box::new(
+            Session::new(CpuBackend::new(opts.threads, precision)?, model)?
+                .with_limits(opts.limits),
+        )),
         BackendKind::CpuReference => {
             if precision != Precision::F32 {
                 return Err(RuntimeError::BackendUnavailable {
@@ -211,16 +246,18 @@ pub fn create_session(
                     reason: format!("the reference computes in f32 only, not {precision}"),
                 });
             }
-            Ok(Box::new(Session::new(
-                ReferenceBackend::new(opts.threads)?,
-                model,
-            )?))
+            Ok(Box::new(
+                Session::new(ReferenceBackend::new(opts.threads)?, model)?.with_limits(opts.limits),
+            ))
         }
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => Ok(Box::new(Session::new(
-            crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
-            model,
-        )?)),
+        BackendKind::Wgpu => Ok(Box::new(
+            Session::new(
+                crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
+                model,
+            )?
+            .with_limits(opts.limits),
+        )),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             // On cuda the adapter option is a GPU index.
@@ -257,7 +294,9 @@ pub fn create_session(
                     total as u64,
                 ));
             }
-            Ok(Box::new(Session::new(backend, model)?))
+            Ok(Box::new(
+                Session::new(backend, model)?.with_limits(opts.limits),
+            ))
         }
         #[allow(unreachable_patterns)]
         other => Err(RuntimeError::BackendUnavailable {

@@ -44,6 +44,7 @@ fn run(
             precision,
             threads: Some(2),
             adapter: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -12,7 +12,7 @@ use dinoedge_runtime::backend::cpu::ReferenceBackend;
 use dinoedge_runtime::backend::wgpu::WgpuBackend;
 use dinoedge_runtime::backend::{Backend, Epilogue, HostLinear};
 use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
-use dinoedge_runtime::{Activation, Model, Precision, RunOptions, Session, Tensor};
+use dinoedge_runtime::{Activation, InputLimits, Model, Precision, RunOptions, Session, Tensor};
 
 fn backend(precision: Precision) -> Option<WgpuBackend> {
     match WgpuBackend::new(precision, None) {
@@ -184,7 +184,11 @@ fn inputs_beyond_the_device_limits_are_a_clear_error() {
     };
     let limit = be.adapter_limits().max_storage_buffer_binding_size as usize;
     let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
-    let mut s = Session::new(be, model).unwrap();
+    // The device's limit, not the session's token limit, is what this checks.
+    let mut s = Session::new(be, model).unwrap().with_limits(InputLimits {
+        max_tokens: usize::MAX,
+        ..Default::default()
+    });
     // A pixel buffer just over the binding limit.
     let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
     let x = Tensor::zeros(vec![1, 3, side, side]);

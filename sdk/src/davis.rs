@@ -5,6 +5,7 @@
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use dinoedge_runtime::InputLimits;
 use dinoedge_runtime::fsutil::write_atomic_with;
 use serde::Serialize;
 
@@ -53,12 +54,24 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// Reads a mask PNG: indexed (the DAVIS format: indices are object ids), 8-bit gray (values
 /// are ids; a 0/255 mask is object 1), or RGB in the DAVIS palette.
 pub fn read_mask(path: &Path) -> Result<Mask> {
+    read_mask_limited(path, &InputLimits::default())
+}
+
+/// As [`read_mask`], refusing a PNG whose header declares more than `limits.max_pixels`
+/// (before any pixel buffer exists).
+pub fn read_mask_limited(path: &Path, limits: &InputLimits) -> Result<Mask> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes_cap = limits.max_pixels.saturating_mul(4).min(usize::MAX as u64) as usize;
+    let mut dec = png::Decoder::new_with_limits(
+        std::io::BufReader::new(file),
+        png::Limits { bytes: bytes_cap },
+    );
     dec.set_transformations(png::Transformations::IDENTITY);
     let mut reader = dec
         .read_info()
         .map_err(|e| bad(path, format!("not a readable PNG: {e}")))?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    limits.check_pixels(&path.display().to_string(), w as u64, h as u64)?;
     let mut buf = vec![
         0u8;
         reader

@@ -134,7 +134,7 @@ pub fn evaluate(
     if heads.student_dim != student.config().hidden_size
         || heads.teacher_dim != teacher.config().hidden_size
     {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "the heads of {} map {} -> {} dims, but the student has {} and the teacher {}: wrong teacher?",
             student_dir.display(),
             heads.student_dim,
@@ -176,7 +176,7 @@ pub fn evaluate(
         );
     }
     if sum.finish().images == 0 && !images.is_empty() {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "none of the {} images could be read ({})",
             images.len(),
             unreadable.join("; ")

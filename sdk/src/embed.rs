@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dinoedge_runtime::{
-    BackendInfo, Features, InferenceSession, Model, Preprocessor, RgbImage, RunOptions,
-    RuntimeError, SessionOptions, Tensor, create_session,
+    BackendInfo, Features, InferenceSession, InputLimits, Model, Preprocessor, RgbImage,
+    RunOptions, RuntimeError, SessionOptions, Tensor, create_session,
 };
 
 use crate::error::Result;
@@ -40,6 +40,7 @@ pub struct Embedder {
     session: Box<dyn InferenceSession>,
     pre: Preprocessor,
     run: RunOptions,
+    limits: InputLimits,
 }
 
 impl Embedder {
@@ -63,6 +64,7 @@ impl Embedder {
             run: RunOptions {
                 capture_layers: opts.capture_layers.clone(),
             },
+            limits: opts.session.limits,
         })
     }
 
@@ -78,19 +80,44 @@ impl Embedder {
         &self.pre
     }
 
+    /// The input limits this embedder enforces.
+    pub fn limits(&self) -> &InputLimits {
+        &self.limits
+    }
+
     /// Preprocesses an image to `pixel_values` (1, 3, H, W). Images smaller than one patch
-    /// are refused: resizing them up would invent the content the model sees.
+    /// are refused: resizing them up would invent the content the model sees. Images above
+    /// the pixel limit, or whose model input would exceed the token limit, are refused before
+    /// any buffer is sized from them.
     pub fn preprocess(&self, img: &RgbImage) -> Result<Tensor> {
-        let p = self.model.config().patch_size;
-        if img.width < p || img.height < p {
+        self.check_input(img.width, img.height)?;
+        Ok(self.pre.run(img)?)
+    }
+
+    /// Checks an image of `width x height` against the patch size and the limits.
+    pub fn check_input(&self, width: usize, height: usize) -> Result<()> {
+        let cfg = self.model.config();
+        let p = cfg.patch_size;
+        if width < p || height < p {
             return Err(RuntimeError::ImageTooSmall {
-                height: img.height,
-                width: img.width,
+                height,
+                width,
                 patch: p,
             }
             .into());
         }
-        Ok(self.pre.run(img)?)
+        self.limits
+            .check_pixels("image", width as u64, height as u64)?;
+        let (h, w) = self.pre.output_size(height, width);
+        let grid = cfg.grid(h, w);
+        let tokens = grid
+            .0
+            .checked_mul(grid.1)
+            .and_then(|n| n.checked_add(cfg.num_prefix_tokens()))
+            .unwrap_or(usize::MAX);
+        self.limits
+            .check_tokens(&format!("a {width}x{height} image"), tokens, grid)?;
+        Ok(())
     }
 
     /// Features of one image.

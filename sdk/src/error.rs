@@ -32,16 +32,39 @@ pub enum Error {
     #[error("{path}: {reason}")]
     InvalidFile { path: PathBuf, reason: String },
 
-    /// A camera could not be opened or read.
+    /// A camera could not be opened or read (unplugged, busy, no such device).
     #[error("camera {index}: {reason}")]
     Camera { index: u32, reason: String },
 
-    /// Arguments that do not fit together.
+    /// A frame source failed, ended early, or delivered no frame in time.
+    #[error("frame source {name}: {reason}")]
+    Source { name: String, reason: String },
+
+    /// A feature this build or machine does not have (camera support not compiled in).
+    #[error("{what} is not available: {reason}")]
+    Unsupported { what: String, reason: String },
+
+    /// The system refused a resource: threads, processes, memory for a worker.
+    #[error("cannot start {what}: {reason}")]
+    Resource { what: String, reason: String },
+
+    /// An address could not be served (in use, not local, not an IP address).
+    #[error("cannot serve on {addr}: {reason}")]
+    Network { addr: String, reason: String },
+
+    /// Arguments or options that are invalid or do not fit together.
     #[error("{0}")]
-    Usage(String),
+    InvalidArgument(String),
 }
 
 impl Error {
+    pub fn resource(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Resource {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 pub fn concat(parts: &[Features]) -> Result<Features> {
     let first = parts
         .first()
-        .ok_or_else(|| Error::Usage("no features to stack".into()))?;
+        .ok_or_else(|| Error::InvalidArgument("no features to stack".into()))?;
     for f in parts {
         if f.grid != first.grid {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "images give different patch grids ({}x{} and {}x{}); embed them separately or use a fixed --size",
                 first.grid.0, first.grid.1, f.grid.0, f.grid.1
             )));

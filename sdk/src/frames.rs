@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use dinoedge_runtime::RgbImage;
+use dinoedge_runtime::{InputLimits, RgbImage};
 
 use crate::error::{Error, Result};
 
@@ -91,6 +91,7 @@ pub struct FolderSource {
     files: Vec<PathBuf>,
     next: usize,
     fps: Option<f64>,
+    limits: InputLimits,
 }
 
 impl FolderSource {
@@ -137,7 +138,14 @@ impl FolderSource {
             files,
             next: 0,
             fps: None,
+            limits: InputLimits::default(),
         })
+    }
+
+    /// Frames must fit `limits` (checked from each file's header before decoding).
+    pub fn with_limits(mut self, limits: InputLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Timestamps as `index / fps` instead of decode time.
@@ -157,7 +165,7 @@ impl FrameSource for FolderSource {
             return Ok(None);
         };
         let t = Instant::now();
-        let image = crate::image_io::load_rgb(path)?;
+        let image = crate::image_io::load_rgb_limited(path, &self.limits)?;
         let index = self.next as u64;
         self.next += 1;
         let name = path
@@ -206,18 +214,56 @@ fn y4m_err(what: &str, reason: impl Into<String>) -> Error {
 
 impl Y4mSource<std::fs::File> {
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_limited(path, &InputLimits::default())
+    }
+
+    /// Opens a Y4M file whose frames must fit `limits` (checked from the header, before any
+    /// frame buffer is sized).
+    pub fn open_limited(path: &Path, limits: &InputLimits) -> Result<Self> {
         let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        Y4mSource::from_reader(f, path.display().to_string(), None)
+        Y4mSource::from_reader(f, path.display().to_string(), limits)
     }
 }
 
+/// A Y4M header line is a few dozen bytes; anything longer is not one.
+const MAX_Y4M_LINE: u64 = 4096;
+
+/// Reads one `\n`-terminated header line of at most [`MAX_Y4M_LINE`] bytes.
+fn read_line_bounded(r: &mut impl BufRead, what: &str) -> Result<Vec<u8>> {
+    let mut line = Vec::new();
+    r.take(MAX_Y4M_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| Error::io(what, e))?;
+    if line.len() as u64 == MAX_Y4M_LINE && line.last() != Some(&b'\n') {
+        return Err(y4m_err(
+            what,
+            format!("a header line is longer than {MAX_Y4M_LINE} bytes"),
+        ));
+    }
+    Ok(line)
+}
+
+/// `F30000:1001` -> 29.97; a rate that is not a positive ratio of integers is refused.
+fn parse_rate(val: &str, what: &str) -> Result<f64> {
+    let bad = || {
+        y4m_err(
+            what,
+            format!("bad frame rate F{val} (expected F<num>:<den>, both positive integers)"),
+        )
+    };
+    let (a, b) = val.split_once(':').ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok(a as f64 / b as f64)
+}
+
 impl<R: Read + Send> Y4mSource<R> {
-    fn from_reader(r: R, what: String, child: Option<Child>) -> Result<Self> {
+    /// A Y4M stream from any reader; `what` names it in errors.
+    pub fn from_reader(r: R, what: String, limits: &InputLimits) -> Result<Self> {
         let mut reader = BufReader::new(r);
-        let mut header = Vec::new();
-        reader
-            .read_until(b'\n', &mut header)
-            .map_err(|e| Error::io(&what, e))?;
+        let header = read_line_bounded(&mut reader, &what)?;
         let text = String::from_utf8_lossy(&header).trim_end().to_string();
         let mut parts = text.split(' ');
         if parts.next() != Some("YUV4MPEG2") {
@@ -229,7 +275,10 @@ impl<R: Read + Send> Y4mSource<R> {
         let (mut w, mut h, mut fps, mut chroma, mut full) =
             (0usize, 0usize, 30.0f64, (2usize, 2usize), false);
         for p in parts {
-            let (tag, val) = p.split_at(p.len().min(1));
+            // The first byte is the tag; a non-ASCII one (lossy-decoded garbage) is no tag.
+            let (Some(tag), Some(val)) = (p.get(..1), p.get(1..)) else {
+                continue;
+            };
             match tag {
                 "W" => {
                     w = val
@@ -241,15 +290,7 @@ impl<R: Read + Send> Y4mSource<R> {
                         .parse()
                         .map_err(|_| y4m_err(&what, format!("bad height {val:?}")))?
                 }
-                "F" => {
-                    if let Some((a, b)) = val.split_once(':') {
-                        let (a, b): (f64, f64) =
-                            (a.parse().unwrap_or(30.0), b.parse().unwrap_or(1.0));
-                        if a > 0.0 && b > 0.0 {
-                            fps = a / b;
-                        }
-                    }
-                }
+                "F" => fps = parse_rate(val, &what)?,
                 "C" => {
                     chroma = match val {
                         "420" | "420jpeg" | "420paldv" | "420mpeg2" => (2, 2),
@@ -273,6 +314,7 @@ impl<R: Read + Send> Y4mSource<R> {
         if w == 0 || h == 0 {
             return Err(y4m_err(&what, "the header has no W or H"));
         }
+        limits.check_pixels(&what, w as u64, h as u64)?;
         Ok(Y4mSource {
             what,
             reader,
@@ -283,7 +325,7 @@ impl<R: Read + Send> Y4mSource<R> {
             full_range: full,
             index: 0,
             buf: Vec::new(),
-            _child: child,
+            _child: None,
         })
     }
 
@@ -320,12 +362,8 @@ fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8, full: bool) -> [u8; 3] {
 impl<R: Read + Send> FrameSource for Y4mSource<R> {
     fn next_frame(&mut self) -> Result<Option<Frame>> {
         let t = Instant::now();
-        let mut line = Vec::new();
-        let n = self
-            .reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io(&self.what, e))?;
-        if n == 0 {
+        let line = read_line_bounded(&mut self.reader, &self.what)?;
+        if line.is_empty() {
             return Ok(None);
         }
         if !line.starts_with(b"FRAME") {
@@ -409,7 +447,7 @@ pub struct FfmpegSource;
 
 impl FfmpegSource {
     #[allow(clippy::new_ret_no_self)]
-    pub fn open(path: &Path) -> Result<Y4mSource<std::process::ChildStdout>> {
+    pub fn open(path: &Path, limits: &InputLimits) -> Result<Y4mSource<std::process::ChildStdout>> {
         if !path.is_file() {
             return Err(Error::io(
                 path,
@@ -440,10 +478,15 @@ impl FfmpegSource {
             .map_err(|e| Error::io(&ff, e))?;
         let stdout = child.stdout.take().expect("piped");
         let what = path.display().to_string();
-        match Y4mSource::from_reader(stdout, what.clone(), None) {
+        match Y4mSource::from_reader(stdout, what.clone(), limits) {
             Ok(mut s) => {
                 s._child = Some(child);
                 Ok(s)
+            }
+            Err(e @ Error::Runtime(dinoedge_runtime::RuntimeError::LimitExceeded { .. })) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
             }
             Err(_) => {
                 let mut err = String::new();
@@ -469,10 +512,15 @@ impl<R: Read + Send> Drop for Y4mSource<R> {
     }
 }
 
-/// Opens a folder, a .y4m file, or another video through ffmpeg.
+/// Opens a folder, a .y4m file, or another video through ffmpeg, with the default limits.
 pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
+    open_limited(path, &InputLimits::default())
+}
+
+/// As [`open`], with frames that must fit `limits` (checked before a frame is decoded).
+pub fn open_limited(path: &Path, limits: &InputLimits) -> Result<Box<dyn FrameSource>> {
     if path.is_dir() {
-        return Ok(Box::new(FolderSource::open(path)?));
+        return Ok(Box::new(FolderSource::open(path)?.with_limits(*limits)));
     }
     match path
         .extension()
@@ -480,8 +528,8 @@ pub fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
         .map(|e| e.to_ascii_lowercase())
         .as_deref()
     {
-        Some("y4m") => Ok(Box::new(Y4mSource::open(path)?)),
-        _ => Ok(Box::new(FfmpegSource::open(path)?)),
+        Some("y4m") => Ok(Box::new(Y4mSource::open_limited(path, limits)?)),
+        _ => Ok(Box::new(FfmpegSource::open(path, limits)?)),
     }
 }
 
@@ -634,7 +682,10 @@ pub fn open_camera(index: u32, width: u32, height: u32, fps: u32) -> Result<Box<
     #[cfg(not(feature = "camera"))]
     {
         let _ = (width, height, fps);
-        Err(Error::Camera { index, reason: "this build has no camera support (rebuild with `--features camera`; needs libclang-dev)".into() })
+        Err(Error::Unsupported {
+            what: format!("camera {index}"),
+            reason: "this build has no camera support (rebuild with `--features camera`; needs libclang-dev)".into(),
+        })
     }
 }
 
@@ -654,6 +705,8 @@ struct Slot {
 pub struct LatestFrame {
     shared: Arc<(Mutex<Slot>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The source's description, for errors.
+    name: String,
 }
 
 /// How to get a source again after a failure (None: failures end the stream).
@@ -661,6 +714,7 @@ pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
 
 impl LatestFrame {
     pub fn start(mut source: Box<dyn FrameSource>, mut reopen: Option<Reopen>) -> Self {
+        let name = source.describe();
         let shared = Arc::new((
             Mutex::new(Slot {
                 frame: None,
@@ -717,6 +771,7 @@ impl LatestFrame {
         LatestFrame {
             shared,
             thread: Some(thread),
+            name,
         }
     }
 
@@ -732,20 +787,26 @@ impl LatestFrame {
             }
             if slot.ended {
                 return match &slot.error {
-                    Some(e) => Err(Error::Usage(format!("frame source failed: {e}"))),
+                    Some(e) => Err(Error::Source {
+                        name: self.name.clone(),
+                        reason: format!("failed: {e}"),
+                    }),
                     None => Ok(None),
                 };
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Usage(format!(
-                    "no frame for {:.1} s{}",
-                    timeout.as_secs_f64(),
-                    slot.error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                )));
+                return Err(Error::Source {
+                    name: self.name.clone(),
+                    reason: format!(
+                        "no frame for {:.1} s{}",
+                        timeout.as_secs_f64(),
+                        slot.error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                });
             }
             slot = cv
                 .wait_timeout(slot, deadline - now)
@@ -909,7 +970,10 @@ mod tests {
     impl FrameSource for Unplugged {
         fn next_frame(&mut self) -> Result<Option<Frame>> {
             if self.sent == self.frames {
-                return Err(Error::Usage("camera 0 disappeared".into()));
+                return Err(Error::Camera {
+                    index: 0,
+                    reason: "disappeared".into(),
+                });
             }
             self.sent += 1;
             Counter(self.sent - 1).next_frame()
@@ -926,7 +990,10 @@ mod tests {
         let reopen: Reopen = Box::new(move || {
             attempts += 1;
             if attempts == 1 {
-                Err(Error::Usage("no camera 0".into()))
+                Err(Error::Camera {
+                    index: 0,
+                    reason: "no such camera".into(),
+                })
             } else {
                 Ok(Box::new(Unplugged { frames: 3, sent: 0 }) as Box<dyn FrameSource>)
             }
@@ -943,7 +1010,7 @@ mod tests {
                 Ok(Some(_)) => got += 1,
                 Ok(None) => panic!("the stream ended instead of reopening"),
                 // Waits time out while the camera is away (the message then says why).
-                Err(e) => assert!(e.to_string().starts_with("no frame for"), "{e}"),
+                Err(e) => assert!(e.to_string().contains("no frame for"), "{e}"),
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),

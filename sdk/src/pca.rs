@@ -30,7 +30,7 @@ impl PcaBasis {
     pub fn fit(patches: &[f32], dim: usize) -> Result<Self> {
         let n = patches.len() / dim;
         if n < 2 || dim < 3 {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "PCA needs at least 2 patches of dimension >= 3, got {n} x {dim}"
             )));
         }

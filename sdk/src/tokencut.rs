@@ -59,7 +59,7 @@ pub fn tokencut(
 ) -> Result<Discovery> {
     let n = grid.0 * grid.1;
     if n < 3 || patches.len() != n * dim {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "TokenCut needs at least 3 patches and (h*w, dim) features, got grid {grid:?} and {} values",
             patches.len()
         )));

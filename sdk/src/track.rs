@@ -30,6 +30,26 @@ pub struct PropagationConfig {
     pub temperature: f32,
 }
 
+impl PropagationConfig {
+    /// Refuses settings the propagation cannot use: `topk` 0, or a temperature that is not a
+    /// finite positive number (`NaN <= 0` is false, so a NaN would pass a plain comparison
+    /// and label every pixel as the object).
+    pub fn validate(&self) -> Result<()> {
+        if self.topk == 0 {
+            return Err(Error::InvalidArgument(
+                "label propagation needs --topk >= 1".into(),
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "label propagation needs a finite --temperature > 0, got {}",
+                self.temperature
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PropagationConfig {
     fn default() -> Self {
         PropagationConfig {
@@ -90,15 +110,10 @@ impl LabelPropagator {
         mask: &Mask,
         threads: Option<usize>,
     ) -> Result<Self> {
-        if cfg.topk == 0 || cfg.temperature <= 0.0 {
-            return Err(Error::Usage(format!(
-                "label propagation needs topk >= 1 and temperature > 0, got {} and {}",
-                cfg.topk, cfg.temperature
-            )));
-        }
+        cfg.validate()?;
         let (ids, soft) = labels_on_grid(mask, grid);
         if ids.len() < 2 {
-            return Err(Error::Usage(
+            return Err(Error::InvalidArgument(
                 "the first-frame mask has no objects (every pixel is background)".into(),
             ));
         }
@@ -107,8 +122,8 @@ impl LabelPropagator {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let pool =
-            Pool::new(threads).map_err(|e| Error::Usage(format!("cannot start threads: {e}")))?;
+        let pool = Pool::new(threads)
+            .map_err(|e| Error::resource(format!("{threads} worker threads"), e))?;
         Ok(LabelPropagator {
             cfg,
             grid,
@@ -132,7 +147,7 @@ impl LabelPropagator {
         let (gh, gw) = self.grid;
         let hw = gh * gw;
         if patches.len() != hw * self.dim {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "frame features have {} values, the tracker's grid {gh}x{gw} x {} needs {}",
                 patches.len(),
                 self.dim,

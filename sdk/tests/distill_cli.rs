@@ -924,3 +924,119 @@ fn two_processes_train_like_one_and_a_lost_rank_keeps_the_checkpoint() {
         "{err}"
     );
 }
+
+/// Rewrites the `step` metadata of a checkpoint's state file in place (same length).
+fn set_checkpoint_step(dir: &Path, step: &str) {
+    let p = dir.join("state.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"]["step"] = serde_json::Value::String(step.into());
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+}
+
+#[test]
+fn hostile_checkpoints_are_refused_or_skipped_with_a_warning() {
+    let s = setup();
+    let out = s.root.join("run");
+    ok(&s.args(
+        &out,
+        &["--steps", "4", "--checkpoint-every", "2", "--keep", "3"],
+    ));
+    let ck = out.join("checkpoints");
+    // A checkpoint past --steps (2^64 - 1): refused, naming the step and the limit.
+    set_checkpoint_step(&ck.join("step-00000004"), "18446744073709551615");
+    let err = fails(&s.args(
+        &out,
+        &["--steps", "4", "--checkpoint-every", "2", "--resume"],
+    ));
+    assert!(err.contains("past this run's --steps 4"), "{err}");
+    // `latest` naming another run's checkpoint is ignored: the run's own newest is used.
+    set_checkpoint_step(&ck.join("step-00000004"), "4");
+    std::fs::write(
+        ck.join("latest"),
+        s.root.join("elsewhere/step-00000099").display().to_string(),
+    )
+    .unwrap();
+    // The newest is corrupt: the run resumes from step 2 and says so.
+    std::fs::write(
+        ck.join("step-00000004/state.safetensors"),
+        b"not a checkpoint",
+    )
+    .unwrap();
+    let out2 = run(&s.args(
+        &out,
+        &["--steps", "4", "--checkpoint-every", "2", "--resume"],
+    ));
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(out2.status.success(), "{err}");
+    assert!(
+        err.contains("skipped an unreadable checkpoint") && err.contains("step-00000004"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out2.stdout);
+    assert!(stdout.contains("\"first_step\":2"), "{stdout}");
+}
+
+#[test]
+fn rogue_connections_to_the_rendezvous_neither_stop_nor_join_the_run() {
+    use std::io::Write;
+    let s = setup();
+    let out = s.root.join("rogue");
+    let rdv = out.join(".rendezvous");
+    // A local process that finds the port: garbage, silence, and a fake rank 1 without the
+    // secret, while the real ranks join.
+    let attacker = std::thread::spawn({
+        let rdv = rdv.clone();
+        move || {
+            let t0 = Instant::now();
+            let port = loop {
+                if let Ok(p) = std::fs::read_to_string(rdv.join("tcp-port")) {
+                    break p.trim().to_string();
+                }
+                if t0.elapsed() > Duration::from_secs(120) {
+                    return 0;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let addr = format!("127.0.0.1:{port}");
+            let mut hits = 0;
+            if let Ok(mut c) = std::net::TcpStream::connect(&addr) {
+                let _ = c.write_all(&6073139484287059271u64.to_le_bytes());
+                hits += 1;
+            }
+            let _silent = std::net::TcpStream::connect(&addr);
+            if let Ok(mut c) = std::net::TcpStream::connect(&addr) {
+                let mut hello = b"DINORDV1".to_vec();
+                hello.extend_from_slice(&1u64.to_le_bytes());
+                hello.extend_from_slice(&[7u8; 32]);
+                let _ = c.write_all(&hello);
+                let _ = c.write_all(&[0u8; 32]);
+                hits += 1;
+            }
+            std::thread::sleep(Duration::from_secs(6));
+            hits
+        }
+    });
+    let t0 = Instant::now();
+    let r = run(&s.args(&out, &["--steps", "2", "--nproc", "2"]));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(120));
+    assert!(
+        attacker.join().unwrap() > 0,
+        "the attacker never found the port"
+    );
+    #[cfg(unix)]
+    {
+        // The secret and the port file lived in a private directory (removed at the end).
+        assert!(!rdv.exists());
+    }
+}

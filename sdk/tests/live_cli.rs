@@ -3,10 +3,10 @@
 //! and the live page driven by headless Chromium (skipped visibly when Chromium is missing,
 //! a failure under DINOEDGE_REQUIRE_CHROMIUM=1 as in CI).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
 
 use dinoedge::davis::{Mask, read_mask, write_mask};
 
@@ -352,23 +352,7 @@ fn live_page_in_headless_chromium_shows_frames_and_reacts_to_a_click() {
         .spawn()
         .unwrap();
     let mut err = server.stderr.take().unwrap();
-    let mut text = String::new();
-    let t0 = Instant::now();
-    let url = loop {
-        let mut buf = [0u8; 256];
-        let n = err.read(&mut buf).unwrap();
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(i) = text.find("http://") {
-            let rest = &text[i..];
-            if let Some(end) = rest.find('/').and_then(|_| rest[7..].find('/')) {
-                break rest[..7 + end + 1].to_string();
-            }
-        }
-        assert!(
-            n > 0 && t0.elapsed() < Duration::from_secs(60),
-            "server did not start: {text}"
-        );
-    };
+    let url = format!("http://{}/", common::server_addr(&mut err));
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let profile = tmp.path().join("chrome-profile");
     let out = Command::new(&chrome)

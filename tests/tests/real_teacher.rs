@@ -55,6 +55,7 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
             precision: Some(precision),
             threads: Some(2),
             adapter: None,
+            ..Default::default()
         };
         let mut session = match create_session(model.clone(), &opts) {
             Ok(s) => s,
@@ -108,5 +109,27 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
             sizes.iter().any(|(h, w)| h == w) && sizes.iter().any(|(h, w)| h != w),
             "need square and non-square: {sizes:?}"
         );
+    }
+}
+
+/// The real export saved with external data (the layout of every export over 2 GB) imports
+/// to exactly the same weights as the self-contained file.
+#[test]
+fn the_real_teacher_with_external_data_imports_the_same_weights() {
+    let (Some(onnx), Some(external)) =
+        (asset(TEACHER_ONNX), asset(dinoedge_tests::TEACHER_EXTERNAL))
+    else {
+        return;
+    };
+    assert!(
+        external.with_extension("onnx.data").is_file(),
+        "the external data file sits next to the model"
+    );
+    let a = import_onnx(&onnx).unwrap();
+    let b = import_onnx(&external).unwrap();
+    assert_eq!(a.config, b.config);
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (p, v) in &a.tensors {
+        assert_eq!(Some(v), b.tensors.get(p), "{p:?}");
     }
 }

@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::Dims;
 pub use crate::ops::matmul::Epilogue;
@@ -125,6 +125,19 @@ pub enum Op {
     Swiglu,
 }
 
+/// [`Backend::supports`] for a backend whose only model-dependent limit is its attention
+/// kernel's head dim.
+pub(crate) fn attention_head_dims_up_to(
+    op: Op,
+    cfg: &ModelConfig,
+    max: usize,
+) -> std::result::Result<(), String> {
+    match op {
+        Op::Attention => crate::ops::attention::check_head_dim(cfg, max),
+        _ => Ok(()),
+    }
+}
+
 /// A Linear layer's weights on the host, as HF stores them.
 #[derive(Clone, Debug)]
 pub struct HostLinear {
@@ -151,8 +164,10 @@ pub trait Backend: Send {
 
     fn info(&self) -> BackendInfo;
 
-    /// Whether this backend implements `op` natively (no silent fallback elsewhere).
-    fn supports(&self, op: Op) -> bool;
+    /// Whether this backend runs `op` for `cfg` natively (no silent fallback elsewhere);
+    /// `Err` says why not. [`crate::session::Session::new`] asks for every op a model uses,
+    /// so a model beyond a kernel's limits fails at creation with the reason, not mid-run.
+    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String>;
 
     /// A zeroed buffer of `len` f32 values.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;

@@ -73,18 +73,12 @@ impl<'a> Graph<'a> {
     }
 
     fn load(&self, t: &TensorProto) -> Result<TractTensor> {
-        // FLOAT, FLOAT16, DOUBLE, BFLOAT16, INT32, INT64 only: tract panics on exotic types.
-        const OK: [i32; 6] = [1, 10, 11, 16, 6, 7];
-        if !OK.contains(&t.data_type) {
-            return Err(err(
-                self.path,
-                format!(
-                    "tensor {:?} has ONNX data type {}, expected a float or int type",
-                    t.name, t.data_type
-                ),
-            ));
-        }
-        tract_onnx::tensor::load_tensor(&MmapDataResolver, t, self.path.to_str())
+        check_tensor_proto(self.path, t)?;
+        // External data (`location` in `external_data`) is resolved against the directory
+        // holding the .onnx file, as every ONNX runtime does.
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new(".")).to_str();
+        tract_onnx::tensor::load_tensor(&MmapDataResolver, t, dir)
             .map_err(|e| err(self.path, format!("cannot read tensor {:?}: {e}", t.name)))
     }
 
@@ -132,6 +126,88 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Largest tensor the importer reads (elements): far above any released model's largest
+/// weight (ViT-7B's MLP, 33.5 M), far below what a hostile shape could ask for.
+const MAX_TENSOR_ELEMENTS: u64 = 1 << 31;
+
+/// Bytes per element of the ONNX types the importer reads: FLOAT, INT32, INT64, FLOAT16,
+/// DOUBLE, BFLOAT16 (tract panics on exotic ones).
+fn element_size(data_type: i32) -> Option<u64> {
+    match data_type {
+        1 | 6 => Some(4),
+        7 | 11 => Some(8),
+        10 | 16 => Some(2),
+        _ => None,
+    }
+}
+
+/// Checks a tensor's declared shape against its data before tract allocates anything from
+/// it: non-negative dims, a bounded element count, and stored data of exactly that size.
+fn check_tensor_proto(path: &Path, t: &TensorProto) -> Result<()> {
+    let bad = |why: String| err(path, format!("tensor {:?}: {why}", t.name));
+    let size = element_size(t.data_type).ok_or_else(|| {
+        bad(format!(
+            "ONNX data type {} is not a float or int type",
+            t.data_type
+        ))
+    })?;
+    let numel = t.dims.iter().try_fold(1u64, |n, &d| {
+        u64::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    });
+    let numel = match numel {
+        Some(n) if n <= MAX_TENSOR_ELEMENTS => n,
+        _ => {
+            return Err(bad(format!(
+                "shape {:?} is negative or holds more than {MAX_TENSOR_ELEMENTS} elements",
+                t.dims
+            )));
+        }
+    };
+    let external = t.data_location == Some(1);
+    let stored = if !t.raw_data.is_empty() {
+        Some(t.raw_data.len() as u64)
+    } else if external {
+        None // tract checks the range against the external file's length
+    } else {
+        let typed = match t.data_type {
+            1 => t.float_data.len(),
+            6 | 10 | 16 => t.int32_data.len(),
+            7 => t.int64_data.len(),
+            _ => t.double_data.len(),
+        };
+        Some(typed as u64 * size)
+    };
+    if let Some(bytes) = stored
+        && bytes != numel * size
+    {
+        return Err(bad(format!(
+            "shape {:?} needs {} bytes of data, the file holds {bytes}",
+            t.dims,
+            numel * size
+        )));
+    }
+    if external
+        && let Some(kv) = t.external_data.iter().find(|kv| kv.key == "length")
+        && kv.value.parse::<u64>().ok() != Some(numel * size)
+    {
+        return Err(bad(format!(
+            "external data length {:?} does not match shape {:?} ({} bytes)",
+            kv.value,
+            t.dims,
+            numel * size
+        )));
+    }
+    Ok(())
+}
+
+/// A layer index from a name, below the config limit (`None` otherwise).
+fn layer_index(digits: &str) -> Option<usize> {
+    digits
+        .parse::<usize>()
+        .ok()
+        .filter(|&l| l < crate::config::LIMITS.layers)
+}
+
 /// `encoder.layer.3.norm1.weight` -> 3.
 fn layer_of_name(name: &str) -> Option<usize> {
     let at = if name.starts_with("layer.") {
@@ -140,7 +216,7 @@ fn layer_of_name(name: &str) -> Option<usize> {
         name.find(".layer.")? + 1
     };
     let rest = &name[at + "layer.".len()..];
-    rest[..rest.find('.')?].parse().ok()
+    layer_index(&rest[..rest.find('.')?])
 }
 
 /// `.../layer.12/attention/q_proj/MatMul` -> (12, "attention/q_proj").
@@ -148,7 +224,7 @@ fn linear_site(node_name: &str) -> Option<(usize, String)> {
     let at = node_name.find("layer.")?;
     let rest = &node_name[at + "layer.".len()..];
     let slash = rest.find('/')?;
-    let layer: usize = rest[..slash].parse().ok()?;
+    let layer = layer_index(&rest[..slash])?;
     let module = rest[slash + 1..].rsplit_once('/')?.0.to_string();
     Some((layer, module))
 }
@@ -228,7 +304,7 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             }
         ))?
         .expect("checked above");
-    if patch_shape.len() != 4 || patch_shape[2] != patch_shape[3] {
+    if patch_shape.len() != 4 || patch_shape[2] != patch_shape[3] || patch_shape.contains(&0) {
         return Err(err(
             path,
             format!("patch embedding weight has shape {patch_shape:?}, expected (D, C, P, P)"),
@@ -334,7 +410,8 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         .inits
         .get(format!("{prefix}embeddings.register_tokens").as_str())
     {
-        Some(t) => t.dims.iter().rev().nth(1).copied().unwrap_or(0) as usize,
+        Some(t) => usize::try_from(t.dims.iter().rev().nth(1).copied().unwrap_or(0))
+            .map_err(|_| err(path, format!("register tokens have shape {:?}", t.dims)))?,
         None => 0,
     };
     let bias_present = |lp: L| -> bool {
@@ -353,7 +430,15 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         }
         Family::Dinov2 | Family::Dinov2Registers => {
             let table = position_table(&graph, &prefix, &node_prefix, dim)?;
-            let n = table.len() / dim - 1;
+            let n = (table.len() / dim).checked_sub(1).ok_or_else(|| {
+                err(
+                    path,
+                    format!(
+                        "position table of {} values is shorter than one row of {dim}",
+                        table.len()
+                    ),
+                )
+            })?;
             let grid = (n as f64).sqrt().round() as usize;
             if grid * grid != n {
                 return Err(err(
@@ -511,8 +596,18 @@ fn named_param(
                 None => v,
                 // Packed weights_in (2I, D) or its bias (2I): take this parameter's rows.
                 Some(r) => {
-                    let cols: usize = shape[1..].iter().product();
-                    v[r.start * cols..r.end * cols].to_vec()
+                    let cols: usize = shape.get(1..).unwrap_or(&[]).iter().product();
+                    v.get(r.start * cols..r.end * cols)
+                        .ok_or_else(|| {
+                            err(
+                                graph.path,
+                                format!(
+                                    "{prefix}{} has shape {shape:?}: too few rows for {p:?}",
+                                    loc.key
+                                ),
+                            )
+                        })?
+                        .to_vec()
                 }
             }));
         }
@@ -621,7 +716,7 @@ fn attention_heads(graph: &Graph, node_prefix: &str, dim: usize) -> Option<usize
             _ => continue,
         };
         for w in dims.windows(2) {
-            if w[0] > 0 && w[1] > 1 && (w[0] * w[1]) as usize == dim {
+            if w[0] > 0 && w[1] > 1 && w[0].checked_mul(w[1]) == i64::try_from(dim).ok() {
                 return Some(w[0] as usize);
             }
         }

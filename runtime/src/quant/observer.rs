@@ -81,8 +81,12 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
     fn info(&self) -> BackendInfo {
         self.inner.info()
     }
-    fn supports(&self, op: Op) -> bool {
-        self.inner.supports(op)
+    fn supports(
+        &self,
+        op: Op,
+        cfg: &crate::config::ModelConfig,
+    ) -> std::result::Result<(), String> {
+        self.inner.supports(op, cfg)
     }
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         self.inner.alloc(len)

@@ -401,6 +401,7 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                     found: st.shape.to_vec(),
                 });
             }
+            check_scales(&st)?;
             used.insert(sk.clone());
             scale = Some(sk);
             if cfg
@@ -422,6 +423,7 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                         found: it.shape.to_vec(),
                     });
                 }
+                check_scales(&it)?;
                 used.insert(ik.clone());
                 input_scale = Some(ik);
             }
@@ -456,6 +458,26 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
         });
     }
     Ok(out)
+}
+
+/// Quantisation scales multiply int8 values back to floats: each must be finite and positive
+/// (a NaN, infinite or zero scale would load and silently wreck the features).
+fn check_scales(t: &StoredTensor) -> Result<()> {
+    let v = t.to_f32()?;
+    if let Some((i, s)) = v
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(RuntimeError::QuantizationMismatch {
+            path: t.path.to_path_buf(),
+            reason: format!(
+                "tensor {:?}: scale {s} at index {i} is not finite and positive",
+                t.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Buffers some exporters keep that carry no information for inference.

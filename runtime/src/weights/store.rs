@@ -64,11 +64,17 @@ impl StoredTensor<'_> {
     /// Converts `out.len()` elements starting at element `offset` to f32.
     pub fn read_f32_into(&self, offset: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len();
-        assert!(
-            offset + n <= self.numel(),
-            "read past the end of {}",
-            self.name
-        );
+        if offset.checked_add(n).is_none_or(|end| end > self.numel()) {
+            return Err(corrupt(
+                self.path,
+                format!(
+                    "reading {n} values at {offset} of tensor {:?}, which holds {} (shape {:?})",
+                    self.name,
+                    self.numel(),
+                    self.shape
+                ),
+            ));
+        }
         match self.dtype {
             Dtype::F32 => {
                 for (o, b) in out

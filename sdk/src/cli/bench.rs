@@ -38,7 +38,7 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.iters == 0 || a.batch == 0 {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "--iters and --batch must be at least 1".into(),
         ));
     }

@@ -75,16 +75,16 @@ struct SetupArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Fraction of the images held out for evaluation.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::fraction)]
     holdout: f64,
     /// Smallest crop area of the random resized crop (fraction of the image).
-    #[arg(long, default_value_t = 0.32)]
+    #[arg(long, default_value_t = 0.32, value_parser = super::positive)]
     crop_min: f32,
     /// Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = super::probability)]
     jitter: f32,
     /// Probability of converting a view to grayscale.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::probability)]
     grayscale: f32,
     /// CPU threads (default: all cores).
     #[arg(long)]
@@ -140,36 +140,36 @@ struct TrainArgs {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = super::positive)]
     lr: f32,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = super::non_negative)]
     min_lr: f32,
     /// Linear warm-up steps before the cosine decay.
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    #[arg(long, default_value_t = 0.04)]
+    #[arg(long, default_value_t = 0.04, value_parser = super::non_negative)]
     weight_decay: f32,
     /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = super::non_negative)]
     clip: f32,
     /// EMA decay of the exported weights.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = 0.999, value_parser = super::probability)]
     ema: f32,
     /// Loss weights: CLS, patches, Gram (patch similarity), intermediate blocks.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
     w_cls: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
     w_patch: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     w_gram: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     w_inter: f32,
     /// Intermediate targets STUDENT_BLOCK:TEACHER_BLOCK (0-based, repeatable). Default with
     /// --w-inter > 0: the middle blocks of both.
     #[arg(long, value_parser = parse_pair)]
     inter: Vec<[usize; 2]>,
     /// Initial LayerScale value.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::finite)]
     ls_init: f32,
     /// Train the projection heads only (a linear-probe baseline of the initial student).
     #[arg(long)]
@@ -247,7 +247,7 @@ struct BenchStepArgs {
 fn bench_step(a: BenchStepArgs) -> Result<()> {
     use dinoedge_distill::bench::{BenchOptions, bench_step};
     if a.batch == 0 || a.iters == 0 || a.size == 0 {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "--batch, --size and --iters must be at least 1".into(),
         ));
     }
@@ -272,7 +272,7 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
     );
     println!(
         "{}",
-        serde_json::to_string(&r).map_err(|e| Error::Usage(e.to_string()))?
+        serde_json::to_string(&r).map_err(|e| Error::InvalidArgument(e.to_string()))?
     );
     Ok(())
 }
@@ -283,20 +283,19 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
 fn launch_ranks(a: &TrainArgs) -> Result<()> {
     let n = a.nproc;
     if !a.batch.is_multiple_of(n) {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "--batch {} does not split over --nproc {n}: give a multiple of {n}",
             a.batch
         )));
     }
     let out = a.out.clone().expect("required by clap");
     let rdv = out.join(".rendezvous");
+    // A private directory (0700) with a fresh secret (0600): only these ranks can join.
     let _ = std::fs::remove_dir_all(&rdv);
-    std::fs::create_dir_all(&rdv).map_err(|e| Error::Io {
-        path: rdv.clone(),
-        source: e,
-    })?;
+    dinoedge_distill::rendezvous::prepare_dir(&rdv)?;
+    dinoedge_distill::rendezvous::write_secret(&rdv)?;
     let exe = std::env::current_exe()
-        .map_err(|e| Error::Usage(format!("cannot find this program: {e}")))?;
+        .map_err(|e| Error::resource("ranks (cannot find this program)", e))?;
     // The same arguments without --nproc.
     let mut args = Vec::new();
     let mut it = std::env::args_os().skip(1);
@@ -328,7 +327,7 @@ fn launch_ranks(a: &TrainArgs) -> Result<()> {
         }
         children.push(
             c.spawn()
-                .map_err(|e| Error::Usage(format!("cannot start rank {r}: {e}")))?,
+                .map_err(|e| Error::resource(format!("rank {r}"), e))?,
         );
     }
     // Poll the ranks; after the first failure give the others 2 s to stop on their own
@@ -340,7 +339,7 @@ fn launch_ranks(a: &TrainArgs) -> Result<()> {
             if status[r].is_none() {
                 status[r] = children[r]
                     .try_wait()
-                    .map_err(|e| Error::Usage(format!("rank {r}: {e}")))?;
+                    .map_err(|e| Error::resource(format!("rank {r}"), e))?;
             }
         }
         if failed_at.is_none() && status.iter().flatten().any(|s| !s.success()) {
@@ -390,10 +389,11 @@ fn launch_ranks(a: &TrainArgs) -> Result<()> {
             p.display()
         )
     });
-    Err(Error::Usage(format!(
+    Err(dinoedge_distill::DistillError::RankFailed(format!(
         "{}; the other ranks were stopped; {last}",
         what.join("; ")
-    )))
+    ))
+    .into())
 }
 
 /// The newest checkpoint of a run directory (or of its students' directories).
@@ -476,7 +476,7 @@ struct EvalArgs {
     #[arg(long)]
     holdout_of: Option<PathBuf>,
     /// The --holdout fraction the run used (with --holdout-of).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::fraction)]
     holdout: f64,
     /// Student input size (default: the size it was trained at).
     #[arg(long)]
@@ -510,7 +510,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         return launch_ranks(&a);
     }
     if a.nproc == 0 {
-        return Err(Error::Usage("--nproc must be at least 1".into()));
+        return Err(Error::InvalidArgument("--nproc must be at least 1".into()));
     }
     // A rank started by a cluster launcher: one GPU per rank on its machine (LOCAL_RANK, as
     // torchrun and SLURM wrappers set it, else the rank), for the teacher and the students.
@@ -547,7 +547,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             .iter()
             .find(|t| t.config.num_layers != student.num_layers)
         {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "--w-inter with students of different depths ({} has {} blocks, {} has {}): give the pair with --inter STUDENT_BLOCK:TEACHER_BLOCK",
                 students[0].name, student.num_layers, s2.name, s2.config.num_layers
             )));
@@ -614,6 +614,15 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let mut losses = vec![f64::NAN; students.len()];
     let reports = train::train_many(&o, &students, |i, e| match e {
         Event::Started(info) => {
+            for skip in &info.skipped_checkpoints {
+                super::note(
+                    &pb,
+                    format!(
+                        "{}warning: skipped an unreadable checkpoint, resuming from an older one: {skip}",
+                        tag(i)
+                    ),
+                );
+            }
             super::note(
                 &pb,
                 format!(
@@ -855,7 +864,7 @@ fn eval(e: EvalArgs) -> Result<()> {
         // The same split as training: a hash of each relative path (min side 16: any patch).
         let data = Dataset::scan(dir, e.holdout, 16)?;
         if data.holdout.is_empty() {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "--holdout-of {}: no held-out images at --holdout {}",
                 dir.display(),
                 e.holdout

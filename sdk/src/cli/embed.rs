@@ -43,9 +43,13 @@ pub struct EmbedArgs {
 
 pub fn run(a: EmbedArgs) -> Result<()> {
     if a.images.is_empty() && a.pixels.is_none() {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "give at least one IMAGE, or --pixels PIXELS.safetensors".into(),
         ));
+    }
+    super::check_output_file(&a.out, "--out")?;
+    if let Some(p) = &a.pca {
+        super::check_output_file(p, "--pca")?;
     }
     let size = a.size.unwrap_or(224);
     let mode = if a.dense {
@@ -72,23 +76,29 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         inputs.push(px.display().to_string());
         parts.push((f, hw));
     } else {
-        // Decode everything first: a bad file fails before any compute and before any output.
-        let images = a
+        // Check every header first: a bad file or an image over the limits fails before any
+        // compute and before any output; images are then decoded one at a time.
+        let sizes = a
             .images
             .iter()
-            .map(|p| image_io::load_rgb(p))
+            .map(|p| {
+                let (w, h) = image_io::dimensions(p)?;
+                emb.check_input(w as usize, h as usize)
+                    .map_err(|e| in_file(p, e))?;
+                Ok((h as usize, w as usize))
+            })
             .collect::<Result<Vec<_>>>()?;
         // Features are stacked along the batch: every image must give the same grid.
         let patch = emb.model().config().patch_size;
-        let grids: Vec<_> = images
+        let grids: Vec<_> = sizes
             .iter()
-            .map(|i| {
-                let (h, w) = emb.preprocessor().output_size(i.height, i.width);
+            .map(|&(ih, iw)| {
+                let (h, w) = emb.preprocessor().output_size(ih, iw);
                 (h / patch, w / patch)
             })
             .collect();
         if let Some(k) = grids.iter().position(|g| *g != grids[0]) {
-            return Err(Error::Usage(format!(
+            return Err(Error::InvalidArgument(format!(
                 "{} gives a {}x{} patch grid but {} gives {}x{}: features are stacked along the batch, so embed them separately (or use a fixed --size)",
                 a.images[0].display(),
                 grids[0].0,
@@ -98,14 +108,16 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 grids[k].1
             )));
         }
-        let pb = progress(images.len() as u64, "embed");
-        for (path, img) in a.images.iter().zip(&images) {
+        let pb = progress(a.images.len() as u64, "embed");
+        let limits = *emb.limits();
+        for path in &a.images {
             pb.set_message(
                 path.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             );
-            let f = emb.embed(img)?;
+            let img = image_io::load_rgb_limited(path, &limits)?;
+            let f = emb.embed(&img)?;
             parts.push((f, (img.height, img.width)));
             inputs.push(path.display().to_string());
             pb.inc(1);
@@ -135,10 +147,19 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         "grid".into(),
         format!("{}x{}", features.grid.0, features.grid.1),
     );
+    // Every picture is made before anything is written.
+    let pictures = match &a.pca {
+        Some(pca_path) => pca_pictures(pca_path, &parts, features.dim())?,
+        None => Vec::new(),
+    };
     write_features(&a.out, &features, meta)?;
-
-    if let Some(pca_path) = &a.pca {
-        write_pca(pca_path, &parts, features.dim())?;
+    for (path, img, explained) in &pictures {
+        image_io::save_png(path, img)?;
+        let [e0, e1, e2] = explained.map(|e| e * 100.0);
+        println!(
+            "wrote {} (components explain {e0:.0}% / {e1:.0}% / {e2:.0}% of the variance)",
+            path.display()
+        );
     }
     let (gh, gw) = features.grid;
     eprintln!(
@@ -164,10 +185,39 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+/// A runtime error about an image, with the image's path in front.
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Runtime(dinoedge::runtime::RuntimeError::LimitExceeded {
+            found,
+            limit,
+            raise,
+            ..
+        }) => Error::Runtime(dinoedge::runtime::RuntimeError::LimitExceeded {
+            what: path.display().to_string(),
+            found,
+            limit,
+            raise,
+        }),
+        other => Error::InvalidFile {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A PCA picture to write: path, image, explained variance of the three components.
+type Picture = (PathBuf, dinoedge::RgbImage, [f32; 3]);
+
 /// One picture per image, each with its own PCA basis (the classic per-image DINO view),
 /// upsampled to the image's size.
-fn write_pca(path: &Path, parts: &[(Features, (usize, usize))], dim: usize) -> Result<()> {
+fn pca_pictures(
+    path: &Path,
+    parts: &[(Features, (usize, usize))],
+    dim: usize,
+) -> Result<Vec<Picture>> {
     let total: usize = parts.iter().map(|(f, _)| f.batch()).sum();
+    let mut out = Vec::new();
     let mut k = 0;
     for (f, (h, w)) in parts {
         let per = f.grid.0 * f.grid.1 * dim;
@@ -175,21 +225,16 @@ fn write_pca(path: &Path, parts: &[(Features, (usize, usize))], dim: usize) -> R
             let patches = &f.last.patches.data[b * per..(b + 1) * per];
             let basis = PcaBasis::fit(patches, dim)?;
             let img = upsample(&basis.render(patches, f.grid), *w, *h);
-            let out = if total == 1 {
+            let file = if total == 1 {
                 path.to_path_buf()
             } else {
                 numbered(path, k)
             };
-            image_io::save_png(&out, &img)?;
-            let [e0, e1, e2] = basis.explained.map(|e| e * 100.0);
-            println!(
-                "wrote {} (components explain {e0:.0}% / {e1:.0}% / {e2:.0}% of the variance)",
-                out.display()
-            );
+            out.push((file, img, basis.explained));
             k += 1;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn numbered(path: &Path, k: usize) -> PathBuf {

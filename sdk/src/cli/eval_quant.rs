@@ -52,7 +52,7 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
     if (rc.hidden_size, rc.num_layers, rc.patch_size)
         != (qc.hidden_size, qc.num_layers, qc.patch_size)
     {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "{} and {} are different architectures",
             a.reference.display(),
             a.quantized.display()
@@ -64,7 +64,7 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
         a.images.clone()
     };
     if images.is_empty() {
-        return Err(Error::Usage(
+        return Err(Error::InvalidArgument(
             "no images: pass IMAGES or run scripts/fetch-assets.sh for the default photos".into(),
         ));
     }

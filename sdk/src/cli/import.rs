@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::runtime::import::{import_onnx, write_model_dir};
 use dinoedge::{Model, Result};
 
@@ -11,12 +12,22 @@ use dinoedge::{Model, Result};
 pub struct ImportArgs {
     /// An HF DINOv2 / DINOv3 backbone exported to ONNX (a task head around it is ignored).
     onnx: PathBuf,
-    /// Output directory: config.json + model.safetensors in HF layout.
+    /// Output directory: config.json + model.safetensors in HF layout (written to a staging
+    /// directory, renamed into place at the end).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out when it already holds a model or other files.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: ImportArgs) -> Result<()> {
+    let replace = if a.force {
+        Replace::Force
+    } else {
+        Replace::Never
+    };
+    let staged = OutputDir::create(&a.out, &[&a.onnx], replace, "--force")?;
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("reading {}", a.onnx.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
@@ -26,8 +37,10 @@ pub fn run(a: ImportArgs) -> Result<()> {
     for n in &imp.notes {
         eprintln!("note: {n}");
     }
-    write_model_dir(&imp, &a.out, &a.onnx)?;
-    // Load what was written, as any user of the directory would.
+    write_model_dir(&imp, staged.path(), &a.onnx)?;
+    // Load what was written, as any user of the directory would, before it replaces --out.
+    Model::load(staged.path())?;
+    staged.commit(replace)?;
     let model = Model::load(&a.out)?;
     println!(
         "imported {} ({} parameters) -> {}",

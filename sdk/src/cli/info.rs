@@ -25,7 +25,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     let Some(model_dir) = &a.model else {
         if a.backend.is_none() {
-            return Err(dinoedge::Error::Usage(
+            return Err(dinoedge::Error::InvalidArgument(
                 "give a MODEL_DIR, --backend, or both".into(),
             ));
         }

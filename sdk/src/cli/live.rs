@@ -2,15 +2,15 @@
 //! [--serve 127.0.0.1:8080] [--bench]`: the live pipeline with a browser view, or its
 //! per-stage benchmark.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use dinoedge::davis::read_mask;
+use dinoedge::davis::read_mask_limited;
 use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
-use dinoedge::live::{LiveShared, Pipeline, PipelineOptions, serve};
+use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
+use dinoedge::runtime::InputLimits;
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result};
 use serde_json::json;
@@ -35,10 +35,15 @@ pub struct LiveArgs {
     /// First-frame mask to propagate (DAVIS indexed PNG, same size as the frames).
     #[arg(long)]
     mask: Option<PathBuf>,
-    /// Address to serve the page on. Loopback by default; a LAN address must be given
-    /// explicitly and is announced with a warning.
+    /// Address to serve the page on. Loopback by default; a LAN address (0.0.0.0:8080) must
+    /// be given explicitly, and then every request but the page needs the token printed in
+    /// the URL.
     #[arg(long, default_value = "127.0.0.1:8080")]
     serve: String,
+    /// A DNS name the page may be reached under besides IP addresses and localhost
+    /// (jetson.local); repeatable. Other names are refused (DNS-rebinding protection).
+    #[arg(long)]
+    allow_host: Vec<String>,
     /// Short side of the model input (aspect kept).
     #[arg(long, default_value_t = 224)]
     size: usize,
@@ -57,7 +62,7 @@ pub struct LiveArgs {
     #[arg(long, default_value_t = 640)]
     display_width: usize,
     /// Stop after this many seconds (default: run until the source ends or Ctrl-C).
-    #[arg(long)]
+    #[arg(long, value_parser = super::seconds)]
     duration: Option<f64>,
     /// No server: run FRAMES frames as fast as possible and print per-stage latency.
     #[arg(long)]
@@ -74,6 +79,7 @@ struct Looping {
     path: PathBuf,
     inner: Box<dyn FrameSource>,
     offset: u64,
+    limits: InputLimits,
 }
 
 impl FrameSource for Looping {
@@ -85,11 +91,11 @@ impl FrameSource for Looping {
             }
             None => {
                 self.offset += self.inner.len_hint().unwrap_or(0) as u64;
-                self.inner = frames::open(&self.path)?;
-                let mut f = self
-                    .inner
-                    .next_frame()?
-                    .ok_or_else(|| Error::Usage(format!("{}: no frames", self.path.display())))?;
+                self.inner = frames::open_limited(&self.path, &self.limits)?;
+                let mut f = self.inner.next_frame()?.ok_or_else(|| Error::Source {
+                    name: self.path.display().to_string(),
+                    reason: "no frames".into(),
+                })?;
                 f.index += self.offset;
                 Ok(Some(f))
             }
@@ -117,12 +123,14 @@ pub fn run(a: LiveArgs) -> Result<()> {
                 .clone()
                 .or(a.video.clone())
                 .expect("clap: one source");
-            let src = frames::open(&path)?;
+            let limits = a.backend.limits();
+            let src = frames::open_limited(&path, &limits)?;
             let src: Box<dyn FrameSource> = if a.looping {
                 Box::new(Looping {
                     path,
                     inner: src,
                     offset: 0,
+                    limits,
                 })
             } else {
                 src
@@ -130,7 +138,12 @@ pub fn run(a: LiveArgs) -> Result<()> {
             (src, None, !a.bench)
         };
     let source_name = source.describe();
-    let mask = a.mask.as_deref().map(read_mask).transpose()?;
+    let limits = a.backend.limits();
+    let mask = a
+        .mask
+        .as_deref()
+        .map(|m| read_mask_limited(m, &limits))
+        .transpose()?;
     if let Some(m) = &mask
         && m.objects().is_empty()
     {
@@ -196,17 +209,8 @@ pub fn run(a: LiveArgs) -> Result<()> {
     }
 
     let latest = LatestFrame::start(source, reopen);
-    let (addr, server) = serve(&a.serve, shared.clone())?;
-    if !addr.ip().is_loopback() {
-        let what = match addr.ip() {
-            IpAddr::V4(v) if v.is_unspecified() => "every network interface",
-            _ => "a network address",
-        };
-        eprintln!(
-            "warning: serving on {addr}, {what}: anyone who can reach this machine can watch the stream"
-        );
-    }
-    eprintln!("serving {source_name} at http://{addr}/ (Ctrl-C to stop)");
+    let server = start_server(&a, shared.clone())?;
+    eprintln!("serving {source_name} at {} (Ctrl-C to stop)", server.url);
     if let Some(d) = a.duration {
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -227,13 +231,57 @@ pub fn run(a: LiveArgs) -> Result<()> {
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
+    drop(server);
     let s = result?;
     println!(
         "{}",
         json!({"frames": s.frames, "fps": s.fps, "stage_ms": s.stage_ms, "source": source_name})
     );
     Ok(())
+}
+
+/// The running server and its URL.
+struct Served {
+    url: String,
+    #[cfg(feature = "server")]
+    _server: dinoedge::live::server::LiveServer,
+}
+
+#[cfg(feature = "server")]
+fn start_server(a: &LiveArgs, shared: std::sync::Arc<LiveShared>) -> Result<Served> {
+    use dinoedge::live::server::{ServerOptions, serve};
+    use std::net::IpAddr;
+    let server = serve(
+        ServerOptions {
+            addr: a.serve.clone(),
+            allowed_hosts: a.allow_host.clone(),
+            ..Default::default()
+        },
+        shared,
+    )?;
+    let addr = server.addr();
+    if !addr.ip().is_loopback() {
+        let what = match addr.ip() {
+            IpAddr::V4(v) if v.is_unspecified() => "every network interface",
+            _ => "a network address",
+        };
+        eprintln!(
+            "note: serving on {addr}, {what}: requests need the token in this URL; keep it private"
+        );
+    }
+    Ok(Served {
+        url: server.url(),
+        _server: server,
+    })
+}
+
+#[cfg(not(feature = "server"))]
+fn start_server(a: &LiveArgs, _shared: std::sync::Arc<LiveShared>) -> Result<Served> {
+    Err(Error::Unsupported {
+        what: format!("serving on {}", a.serve),
+        reason: "this build has no live server (rebuild with --features server, or use --bench)"
+            .into(),
+    })
 }
 
 /// Delivers frames of a file source at a fixed rate.

@@ -11,6 +11,7 @@ mod quantize;
 mod track;
 
 use clap::{Args, Parser, Subcommand};
+use dinoedge::runtime::InputLimits;
 use dinoedge::{BackendKind, Precision, Result, SessionOptions};
 
 #[derive(Parser)]
@@ -69,6 +70,14 @@ pub struct BackendArgs {
     /// `DINOEDGE_CUDA_DEVICE`, else 0).
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Largest image or frame accepted, in pixels (checked from the file header before
+    /// decoding).
+    #[arg(long, default_value_t = InputLimits::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Largest model input accepted, in tokens per image (attention cost grows with the
+    /// square of it; a very long --dense strip needs many).
+    #[arg(long, default_value_t = InputLimits::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
 }
 
 impl BackendArgs {
@@ -78,6 +87,14 @@ impl BackendArgs {
             precision: self.precision,
             threads: self.threads,
             adapter: self.adapter.clone(),
+            limits: self.limits(),
+        }
+    }
+
+    pub fn limits(&self) -> InputLimits {
+        InputLimits {
+            max_pixels: self.max_pixels,
+            max_tokens: self.max_tokens,
         }
     }
 }
@@ -90,6 +107,73 @@ pub fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
 pub fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
     s.parse()
         .map_err(|e: dinoedge::runtime::RuntimeError| e.to_string())
+}
+
+/// A float option: finite (`NaN` would slip past every `<=` check, `inf` past every bound).
+fn float_in(s: &str, ok: impl Fn(f64) -> bool, what: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !v.is_finite() || !ok(v) {
+        return Err(format!("{s:?}: expected {what}"));
+    }
+    Ok(v)
+}
+
+/// A finite number.
+pub fn finite(s: &str) -> std::result::Result<f32, String> {
+    float_in(s, |_| true, "a finite number").map(|v| v as f32)
+}
+
+/// A finite number >= 0.
+pub fn non_negative(s: &str) -> std::result::Result<f32, String> {
+    float_in(s, |v| v >= 0.0, "a finite number >= 0").map(|v| v as f32)
+}
+
+/// A finite number > 0.
+pub fn positive(s: &str) -> std::result::Result<f32, String> {
+    float_in(s, |v| v > 0.0, "a finite number > 0").map(|v| v as f32)
+}
+
+/// A probability in [0, 1].
+pub fn probability(s: &str) -> std::result::Result<f32, String> {
+    float_in(s, |v| (0.0..=1.0).contains(&v), "a number in [0, 1]").map(|v| v as f32)
+}
+
+/// A fraction in [0, 1) (f64).
+pub fn fraction(s: &str) -> std::result::Result<f64, String> {
+    float_in(s, |v| (0.0..1.0).contains(&v), "a number in [0, 1)")
+}
+
+/// A finite number of seconds > 0 (f64).
+pub fn seconds(s: &str) -> std::result::Result<f64, String> {
+    float_in(s, |v| v > 0.0, "a finite number of seconds > 0")
+}
+
+/// Refuses an output file path that cannot be written (an existing directory, a missing
+/// parent), before any work is done, so a command never fails after writing half its outputs.
+pub fn check_output_file(path: &std::path::Path, flag: &str) -> Result<()> {
+    let refuse = |reason: String| {
+        dinoedge::Error::from(dinoedge::runtime::RuntimeError::OutputRefused {
+            path: path.to_path_buf(),
+            reason: format!("{flag}: {reason}"),
+        })
+    };
+    if path.is_dir() {
+        return Err(refuse("it is a directory; give a file name".into()));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(refuse(format!(
+            "its directory {} does not exist",
+            parent.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::runtime::quant::{self, CalibrationStats, QuantizeOptions, Smoothing};
 use dinoedge::runtime::{ActivationScheme, Preprocessor};
 use dinoedge::{Error, Model, Precision, Result, Tensor, assets, image_io};
@@ -17,9 +18,12 @@ pub struct QuantizeArgs {
     /// f16, bf16 or int8 (W8A8).
     #[arg(long, value_parser = super::parse_precision)]
     precision: Precision,
-    /// Output model directory.
+    /// Output model directory (written to a staging directory, renamed into place at the end).
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out when it already holds a model or other files (never the input itself).
+    #[arg(long)]
+    force: bool,
     /// Calibration images (int8). Default: the real photos from scripts/fetch-assets.sh.
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -78,7 +82,7 @@ fn calibration_inputs(
     }
     pb.finish_and_clear();
     if out.is_empty() {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "{}: no readable calibration images ({} files tried, {skipped} unreadable)",
             source.display(),
             files.len()
@@ -92,8 +96,15 @@ fn calibration_inputs(
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let model = Arc::new(Model::load(&a.model)?);
+    // Before any work: --out must not be the input, nor a model unless --force.
+    let replace = if a.force {
+        Replace::Force
+    } else {
+        Replace::Never
+    };
+    let staged = OutputDir::create(&a.out, &[&a.model], replace, "--force")?;
     if model.is_quantized() {
-        return Err(Error::Usage(format!(
+        return Err(Error::InvalidArgument(format!(
             "{}: the model is already quantized (int8); quantize the float original",
             a.model.display()
         )));
@@ -104,7 +115,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         s => match s.parse::<f32>() {
             Ok(v) if v > 0.0 && v < 1.0 => Smoothing::Alpha(v),
             _ => {
-                return Err(Error::Usage(format!(
+                return Err(Error::InvalidArgument(format!(
                     "--smoothquant {s:?}: expected auto, off or a number in (0, 1)"
                 )));
             }
@@ -133,7 +144,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         };
         if a.calib.is_none() && files.is_empty() {
             if activations == ActivationScheme::StaticPerTensor {
-                return Err(Error::Usage("static activations need calibration images: pass --calib DIR (or run scripts/fetch-assets.sh)".into()));
+                return Err(Error::InvalidArgument("static activations need calibration images: pass --calib DIR (or run scripts/fetch-assets.sh)".into()));
             }
             eprintln!(
                 "note: no calibration images (no --calib, and the asset photos are not fetched): int8 without SmoothQuant"
@@ -141,7 +152,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         } else {
             let files: Vec<PathBuf> = files.into_iter().take(a.calib_count.max(1)).collect();
             if files.is_empty() {
-                return Err(Error::Usage(format!(
+                return Err(Error::InvalidArgument(format!(
                     "{}: no image files (jpg, png, pgm) to calibrate on",
                     source.display()
                 )));
@@ -166,8 +177,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
 
     let q = quant::quantize(&model, &opts, calib.as_ref())?;
-    quant::write(&q, &a.out, &a.model)?;
-    // Load what was written, as any user of the directory would.
+    quant::write(&q, staged.path(), &a.model)?;
+    // Load what was written, as any user of the directory would, before it replaces --out.
+    Model::load(staged.path())?;
+    staged.commit(replace)?;
     let written = Model::load(&a.out)?;
     let size = |dir: &Path| -> u64 {
         std::fs::read_dir(dir)

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use clap::Args;
 use dinoedge::bench::Stats;
-use dinoedge::davis::{self, Mask, read_mask, write_mask};
+use dinoedge::davis::{self, Mask, read_mask_limited, write_mask};
 use dinoedge::dense::{blend, resize_rgb};
 use dinoedge::draw::Canvas;
+use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::tokencut::{TokenCutConfig, tokencut};
 use dinoedge::track::{LabelPropagator, PropagationConfig};
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, frames, image_io};
@@ -42,7 +43,7 @@ pub struct TrackArgs {
     /// Neighbourhood half-size in patches (0: the whole frame).
     #[arg(long, default_value_t = 12)]
     neighborhood: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = super::positive)]
     temperature: f32,
     /// Stop after this many frames.
     #[arg(long)]
@@ -52,14 +53,23 @@ pub struct TrackArgs {
 }
 
 pub fn track(a: TrackArgs) -> Result<()> {
-    let first_mask = read_mask(&a.mask)?;
+    // Options first: nothing is read or created for a command that cannot run.
+    let cfg = PropagationConfig {
+        topk: a.topk,
+        n_last: a.n_last,
+        neighborhood: (a.neighborhood > 0).then_some(a.neighborhood),
+        temperature: a.temperature,
+    };
+    cfg.validate()?;
+    let limits = a.backend.limits();
+    let first_mask = read_mask_limited(&a.mask, &limits)?;
     if first_mask.objects().is_empty() {
         return Err(Error::InvalidFile {
             path: a.mask.clone(),
             reason: "the mask has no objects (every pixel is 0, background)".into(),
         });
     }
-    let mut src = frames::open(&a.frames)?;
+    let mut src = frames::open_limited(&a.frames, &limits)?;
     let mut emb = Embedder::load(
         &a.model,
         &EmbedderOptions {
@@ -81,13 +91,9 @@ pub fn track(a: TrackArgs) -> Result<()> {
             ),
         });
     }
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let cfg = PropagationConfig {
-        topk: a.topk,
-        n_last: a.n_last,
-        neighborhood: (a.neighborhood > 0).then_some(a.neighborhood),
-        temperature: a.temperature,
-    };
+    // Masks go to a staging folder moved into --out at the end: a run that fails half way
+    // leaves --out as it was.
+    let staged = OutputDir::create(&a.out, &[&a.frames], Replace::Merge, "--out")?;
     let f0 = emb.embed(&first.image)?;
     let dim = f0.dim();
     let mut lp = LabelPropagator::new(
@@ -98,7 +104,10 @@ pub fn track(a: TrackArgs) -> Result<()> {
         &first_mask,
         a.backend.threads,
     )?;
-    write_mask(&a.out.join(format!("{}.png", first.name)), &first_mask)?;
+    write_mask(
+        &staged.path().join(format!("{}.png", first.name)),
+        &first_mask,
+    )?;
     let total = src
         .len_hint()
         .map(|n| n.min(a.max_frames.unwrap_or(usize::MAX)));
@@ -134,11 +143,12 @@ pub fn track(a: TrackArgs) -> Result<()> {
         let soft = lp.step(&f.last.patches.data)?;
         let m = lp.to_mask(&soft, frame.image.width, frame.image.height);
         t_prop.push(t.elapsed().as_secs_f64() * 1e3);
-        write_mask(&a.out.join(format!("{}.png", frame.name)), &m)?;
+        write_mask(&staged.path().join(format!("{}.png", frame.name)), &m)?;
         count += 1;
         pb.inc(1);
     }
     pb.finish_and_clear();
+    staged.commit(Replace::Merge)?;
     let med = |v: &[f64]| Stats::from_ms(v).map(|s| s.median_ms).unwrap_or(f64::NAN);
     let (pre, fwd, prop) = (med(&t_pre), med(&t_fwd), med(&t_prop));
     note(
@@ -207,16 +217,17 @@ pub struct DiscoverArgs {
     /// Short side of the model input (aspect kept).
     #[arg(long, default_value_t = 480)]
     size: usize,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::finite)]
     tau: f32,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = super::non_negative)]
     eps: f32,
     #[command(flatten)]
     backend: BackendArgs,
 }
 
 pub fn discover(a: DiscoverArgs) -> Result<()> {
-    let img = image_io::load_rgb(&a.image)?;
+    super::check_output_file(&a.out, "--out")?;
+    let img = image_io::load_rgb_limited(&a.image, &a.backend.limits())?;
     let mut emb = Embedder::load(
         &a.model,
         &EmbedderOptions {

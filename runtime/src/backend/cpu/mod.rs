@@ -14,7 +14,7 @@ pub mod reference;
 use std::cell::RefCell;
 
 use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::Epi;
 use crate::ops::matmul::fast::{PackedLinear, matmul_fast};
@@ -108,8 +108,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn supports(&self, _op: Op) -> bool {
-        true
+    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
+        crate::backend::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
@@ -201,7 +201,7 @@ impl Backend for CpuBackend {
                 d,
             )
         });
-        Ok(())
+        pool_status(&self.pool)
     }
 
     fn layer_norm(
@@ -217,7 +217,7 @@ impl Backend for CpuBackend {
         ops::layer_norm::fast::layer_norm_fast(
             &self.pool, self.isa, out, inp, weight, bias, rows, cols, eps,
         );
-        Ok(())
+        pool_status(&self.pool)
     }
 
     fn matmul(
@@ -242,7 +242,7 @@ impl Backend for CpuBackend {
         self.pool.run_rows(d.rows(), 16, |r0, r1| {
             ops::rope::cpu::rope_rows(unsafe { rows.rows(r0, r1) }, r0, cos, sin, d)
         });
-        Ok(())
+        pool_status(&self.pool)
     }
 
     fn attention(&self, out: &mut Vec<f32>, qkv: &Vec<f32>, d: &Dims) -> Result<()> {
@@ -253,7 +253,7 @@ impl Backend for CpuBackend {
             scratch.resize(need, 0.0);
         }
         ops::attention::fast::attention_fast(&self.pool, self.isa, out, qkv, d, &mut scratch);
-        Ok(())
+        pool_status(&self.pool)
     }
 
     fn swiglu(
@@ -265,7 +265,7 @@ impl Backend for CpuBackend {
         act: Activation,
     ) -> Result<()> {
         ops::swiglu::fast::swiglu_fast(&self.pool, self.isa, out, gate_up, rows, hidden, act);
-        Ok(())
+        pool_status(&self.pool)
     }
 }
 
@@ -288,6 +288,17 @@ impl CpuBackend {
             std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, scratch.len() * 4)
         };
         matmul_fast(&self.pool, out, inp, w, rows, epi, bytes);
-        Ok(())
+        pool_status(&self.pool)
+    }
+}
+
+/// `Err` when a task of the op just run panicked: its output is incomplete.
+fn pool_status(pool: &Pool) -> Result<()> {
+    match pool.take_panic() {
+        None => Ok(()),
+        Some(reason) => Err(RuntimeError::TaskPanicked {
+            backend: "cpu".into(),
+            reason,
+        }),
     }
 }

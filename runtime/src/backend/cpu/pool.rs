@@ -5,6 +5,11 @@
 //!
 //! Workers spin briefly for the next job (ops arrive back to back inside a forward), then
 //! sleep on a condition variable.
+//!
+//! A panicking task (a bug) never unwinds out of [`Pool::run`] while workers may still call
+//! the closure: panics are caught on every thread, `run` always waits for the workers (a
+//! drop guard, so even an unexpected unwind waits), and the panic is kept for
+//! [`Pool::take_panic`], which the backends turn into an error for the op.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,6 +39,50 @@ struct Shared {
     done: Condvar,
     done_lock: Mutex<()>,
     shutdown: AtomicBool,
+    /// The first task panic since the last [`Pool::take_panic`].
+    panic: Mutex<Option<String>>,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a task panicked".into())
+}
+
+impl Shared {
+    fn record_panic(&self, p: Box<dyn std::any::Any + Send>) {
+        let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert_with(|| panic_message(&*p));
+    }
+
+    /// Blocks until every worker has left the current job: spin first, then sleep.
+    fn wait_workers(&self) {
+        let mut spins = 0;
+        while self.busy.load(Ordering::Acquire) != 0 {
+            if spins < SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let g = self.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if self.busy.load(Ordering::Acquire) != 0 {
+                    let _ = self
+                        .done
+                        .wait_timeout(g, std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Waits for the workers when dropped: the closure they call outlives them on every path.
+struct WaitForWorkers<'a>(&'a Shared);
+
+impl Drop for WaitForWorkers<'_> {
+    fn drop(&mut self) {
+        self.0.wait_workers();
+    }
 }
 
 pub struct Pool {
@@ -60,6 +109,7 @@ impl Pool {
             done: Condvar::new(),
             done_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
+            panic: Mutex::new(None),
         });
         let mut workers = Vec::with_capacity(threads - 1);
         for i in 1..threads {
@@ -82,14 +132,25 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `f(0..n_tasks)` across the pool and returns when every task has finished.
+    /// The first task panic since the last call, if any: the op that ran it must report an
+    /// error, since its output is incomplete.
+    pub fn take_panic(&self) -> Option<String> {
+        self.shared
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Runs `f(0..n_tasks)` across the pool and returns when every task has finished. A task
+    /// that panics is recorded for [`Pool::take_panic`]; the other tasks still run.
     pub fn run<F: Fn(usize) + Sync>(&self, n_tasks: usize, f: F) {
         if n_tasks == 0 {
             return;
         }
         if self.threads == 1 || n_tasks == 1 {
             for t in 0..n_tasks {
-                f(t);
+                run_one(&self.shared, &f, t);
             }
             return;
         }
@@ -109,23 +170,18 @@ impl Pool {
         s.next.store(0, Ordering::Relaxed);
         s.busy.store(self.threads - 1, Ordering::Relaxed);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        let waiter = WaitForWorkers(s);
         s.epoch.fetch_add(1, Ordering::Release);
         s.wake.notify_all();
         run_tasks(s, job);
-        // Wait for the workers: spin first, then sleep.
-        let mut spins = 0;
-        while s.busy.load(Ordering::Acquire) != 0 {
-            if spins < SPIN {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                let g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.busy.load(Ordering::Acquire) != 0 {
-                    let _ = s.done.wait_timeout(g, std::time::Duration::from_millis(1));
-                }
-            }
-        }
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        drop(waiter);
+    }
+}
+
+/// Runs task `t`; a panic is recorded, and the caller goes on with the next task.
+fn run_one(s: &Shared, f: &(dyn Fn(usize) + Sync), t: usize) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t))) {
+        s.record_panic(p);
     }
 }
 
@@ -137,7 +193,7 @@ fn run_tasks(s: &Shared, job: Job) {
         if t >= job.n_tasks {
             break;
         }
-        f(t);
+        run_one(s, f, t);
     }
 }
 
@@ -167,11 +223,8 @@ fn worker(s: &Shared) {
         }
         let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(job) = job {
-            // A panicking task must not leave the caller waiting forever.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(s, job)));
-            if r.is_err() {
-                eprintln!("dinoedge: a CPU kernel task panicked (a bug)");
-            }
+            // Panics are caught per task (the caller reports them), so `busy` always drops.
+            run_tasks(s, job);
         }
         if s.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             let _g = s.done_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -261,6 +314,42 @@ mod tests {
                     "threads {threads}, n {n}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_is_reported_after_every_worker_has_stopped() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads).unwrap();
+            // Panics on the calling thread and on workers: `run` returns (no unwind), every
+            // other task still ran, and the panic is reported once.
+            for bad in [0usize, 5, 63] {
+                let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+                let quiet = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                pool.run(64, |t| {
+                    if t == bad {
+                        panic!("task {t} failed");
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                });
+                std::panic::set_hook(quiet);
+                let done = hits
+                    .iter()
+                    .filter(|h| h.load(Ordering::Relaxed) == 1)
+                    .count();
+                assert_eq!(done, 63, "threads {threads}, bad {bad}");
+                let msg = pool.take_panic().expect("the panic is reported");
+                assert!(msg.contains(&format!("task {bad} failed")), "{msg}");
+                assert!(pool.take_panic().is_none());
+            }
+            // The pool still works afterwards.
+            let sum = AtomicUsize::new(0);
+            pool.run(10, |t| {
+                sum.fetch_add(t, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 45);
         }
     }
 

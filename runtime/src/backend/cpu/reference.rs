@@ -5,7 +5,7 @@
 //! and nothing oversubscribes the global pool. Buffers are plain `Vec<f32>`.
 
 use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::Epi;
 use crate::ops::{self, Dims};
@@ -66,8 +66,8 @@ impl Backend for ReferenceBackend {
         }
     }
 
-    fn supports(&self, _op: Op) -> bool {
-        true
+    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
+        crate::backend::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {

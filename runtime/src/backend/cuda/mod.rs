@@ -22,7 +22,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 
 use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::{self, Dims};
 
@@ -466,8 +466,8 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn supports(&self, _op: Op) -> bool {
-        true
+    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::cuda::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {

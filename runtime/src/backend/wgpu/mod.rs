@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::config::Activation;
+use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::{self, Dims};
 
@@ -516,8 +516,8 @@ impl Backend for WgpuBackend {
         }
     }
 
-    fn supports(&self, _op: Op) -> bool {
-        true
+    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::wgpu::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<GpuBuffer> {
@@ -597,12 +597,6 @@ impl Backend for WgpuBackend {
         let mut cache = self.bind_groups.borrow_mut();
         if cache.len() > 4096 {
             cache.clear();
-        }
-        if d.head_dim() > 128 {
-            return Err(err(format!(
-                "head dim {} > 128 is not supported by the wgpu attention kernel",
-                d.head_dim()
-            )));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ const WARPS: usize = 4;
 const TILE: usize = 32;
 /// Head dims up to 128 keep the tiles within 48 KiB of shared memory (every released
 /// DINOv3 / DINOv2 model uses 64, the 7B 128).
-const MAX_HEAD_DIM: usize = 128;
+pub const MAX_HEAD_DIM: usize = 128;
 
 /// Queries per block and keys per tile of the tensor-core kernel (`MMA_WARPS` x 16, `MMA_KT`).
 const MMA_QUERIES: usize = 64;

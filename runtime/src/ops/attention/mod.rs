@@ -17,3 +17,15 @@ pub mod wgpu;
 
 /// Largest head dim the CPU kernels keep on the stack (released models use 64 and 128).
 pub const MAX_HEAD_DIM: usize = 256;
+
+/// `Err` naming the limit when `cfg`'s head dim exceeds `max` (each backend's kernel limit).
+pub fn check_head_dim(cfg: &crate::config::ModelConfig, max: usize) -> Result<(), String> {
+    let hd = cfg.head_dim();
+    if hd > max {
+        return Err(format!(
+            "head dim {hd} (hidden_size {} / {} heads) exceeds its attention kernel's limit of {max}",
+            cfg.hidden_size, cfg.num_heads
+        ));
+    }
+    Ok(())
+}

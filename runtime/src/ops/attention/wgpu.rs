@@ -5,6 +5,9 @@ use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuBackend};
 use crate::error::{Result, RuntimeError};
 use crate::ops::Dims;
 
+/// Head dims the WGSL kernel's workgroup arrays hold.
+pub const MAX_HEAD_DIM: usize = 128;
+
 pub const ATTENTION: Kernel = Kernel {
     name: "attention",
     source: include_str!("attention.wgsl"),
@@ -19,10 +22,12 @@ pub fn attention_forward(
     d: &Dims,
 ) -> Result<()> {
     let hd = d.head_dim();
-    if hd > 128 {
+    if hd > MAX_HEAD_DIM {
         return Err(RuntimeError::Device {
             backend: "wgpu".into(),
-            reason: format!("head dim {hd} > 128 is not supported by the attention kernel"),
+            reason: format!(
+                "head dim {hd} > {MAX_HEAD_DIM} is not supported by the attention kernel"
+            ),
         });
     }
     let tile = (2048 / hd).min(64);

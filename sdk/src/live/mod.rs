@@ -1,16 +1,14 @@
 //! The live pipeline: frames -> features -> PCA view, tracking overlay, similarity map, with
-//! per-stage timings; and a small HTTP server (tiny_http) that streams the views as MJPEG to a
-//! browser page, takes clicks (similarity query or point track) and serves live statistics.
-//!
-//! Endpoints: `/` (page), `/stream/{input,pca,view}.mjpg`, `/frame/{input,pca,view}.jpg`,
-//! `/stats` (JSON), `POST /click?mode=similarity|point&u=..&v=..` (u, v in [0, 1] of the
-//! image), `POST /reset`.
+//! per-stage timings, shared with the HTTP server of [`server`] (cargo feature `server`),
+//! which streams the views as MJPEG to a browser page, takes clicks (similarity query or
+//! point track) and serves live statistics.
+
+#[cfg(feature = "server")]
+pub mod server;
 
 use std::collections::VecDeque;
-use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dinoedge_runtime::RgbImage;
@@ -71,18 +69,40 @@ pub struct LiveStats {
     pub ended: bool,
 }
 
-#[derive(Default)]
-struct Views {
-    version: u64,
-    input: Vec<u8>,
-    pca: Vec<u8>,
-    view: Vec<u8>,
+/// The JPEG of each view at one frame. `Arc`s, so a server hands them out without copies.
+#[derive(Default, Clone)]
+pub struct Views {
+    pub version: u64,
+    pub input: Arc<Vec<u8>>,
+    pub pca: Arc<Vec<u8>>,
+    pub view: Arc<Vec<u8>>,
 }
+
+impl Views {
+    /// One view by name (`input`, `pca`, `view`).
+    pub fn get(&self, which: &str) -> Option<&Arc<Vec<u8>>> {
+        match which {
+            "input" => Some(&self.input),
+            "pca" => Some(&self.pca),
+            "view" => Some(&self.view),
+            _ => None,
+        }
+    }
+}
+
+/// Clicks waiting for the pipeline: more are refused (the page sends one per user click).
+pub const MAX_PENDING_CLICKS: usize = 16;
+/// Points tracked at once: a new one replaces the oldest.
+pub const MAX_POINTS: usize = 32;
+
+/// Called with the new version after each frame's views are published, and with `None`
+/// when the stream ends.
+type Listener = Box<dyn Fn(Option<u64>) + Send + Sync>;
 
 /// State shared by the pipeline and the server.
 pub struct LiveShared {
     views: Mutex<Views>,
-    new_frame: Condvar,
+    listeners: Mutex<Vec<Listener>>,
     stats: Mutex<LiveStats>,
     clicks: Mutex<Vec<Click>>,
     pub stop: AtomicBool,
@@ -92,46 +112,71 @@ impl LiveShared {
     pub fn new() -> Arc<Self> {
         Arc::new(LiveShared {
             views: Mutex::new(Views::default()),
-            new_frame: Condvar::new(),
+            listeners: Mutex::new(Vec::new()),
             stats: Mutex::new(LiveStats::default()),
             clicks: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         })
     }
 
-    pub fn click(&self, c: Click) {
-        self.clicks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(c);
+    /// Queues a click for the next frame; `false` when [`MAX_PENDING_CLICKS`] are waiting.
+    pub fn click(&self, c: Click) -> bool {
+        let mut q = self.clicks.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_PENDING_CLICKS {
+            return false;
+        }
+        q.push(c);
+        true
     }
 
     pub fn stats(&self) -> LiveStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The latest JPEG of a view and its version.
-    pub fn jpeg(&self, which: &str) -> Option<(u64, Vec<u8>)> {
-        let v = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        let data = match which {
-            "input" => &v.input,
-            "pca" => &v.pca,
-            "view" => &v.view,
-            _ => return None,
-        };
-        Some((v.version, data.clone()))
+    /// The latest views (cheap: reference-counted JPEGs).
+    pub fn views(&self) -> Views {
+        self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Waits for a version newer than `seen` (or the timeout).
-    fn wait_newer(&self, seen: u64, timeout: Duration) -> u64 {
-        let v = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        let (v, _) = self
-            .new_frame
-            .wait_timeout_while(v, timeout, |v| {
-                v.version <= seen && !self.stop.load(Ordering::Relaxed)
-            })
-            .unwrap_or_else(|e| e.into_inner());
-        v.version
+    /// Registers a callback for new frames and the end of the stream (see [`Listener`]).
+    pub fn listen(&self, f: impl Fn(Option<u64>) + Send + Sync + 'static) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
+    }
+
+    fn notify(&self, version: Option<u64>) {
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l(version);
+        }
+    }
+
+    /// Publishes one frame's JPEGs (the pipeline does; so can a custom one) and wakes the streams.
+    pub fn publish_frame(&self, input: Vec<u8>, pca: Vec<u8>, view: Vec<u8>) {
+        let version = {
+            let mut v = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            v.version += 1;
+            (v.input, v.pca, v.view) = (Arc::new(input), Arc::new(pca), Arc::new(view));
+            v.version
+        };
+        self.notify(Some(version));
+    }
+
+    /// Marks the stream ended (the source ran out, or the pipeline stopped): MJPEG streams
+    /// send their last frame and close.
+    pub fn end(&self) {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).ended = true;
+        self.notify(None);
+    }
+
+    pub fn ended(&self) -> bool {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).ended
     }
 }
 
@@ -250,6 +295,9 @@ impl Pipeline {
                         })
                         .unwrap_or_default();
                     pts.push((u * iw as f32, v * ih as f32));
+                    if pts.len() > MAX_POINTS {
+                        pts.drain(..pts.len() - MAX_POINTS);
+                    }
                     self.points = Some(PointTracker::new(patches, dim, grid, (iw, ih), &pts));
                 }
                 Click::Reset => {
@@ -265,7 +313,7 @@ impl Pipeline {
             match &mut self.labels {
                 None => {
                     if (m.width, m.height) != (iw, ih) {
-                        return Err(Error::Usage(format!(
+                        return Err(Error::InvalidArgument(format!(
                             "the mask is {}x{} but the frames are {iw}x{ih}",
                             m.width, m.height
                         )));
@@ -349,11 +397,7 @@ impl Pipeline {
             }
             let view = cv.into_image();
             let q = self.o.jpeg_quality;
-            let (a, b, c) = (jpeg(&input, q), jpeg(&pca, q), jpeg(&view, q));
-            let mut v = shared.views.lock().unwrap_or_else(|e| e.into_inner());
-            v.version += 1;
-            (v.input, v.pca, v.view) = (a, b, c);
-            shared.new_frame.notify_all();
+            shared.publish_frame(jpeg(&input, q), jpeg(&pca, q), jpeg(&view, q));
         }
         let post = t.elapsed().as_secs_f64() * 1e3;
         Ok([pre, fwd, prop, post])
@@ -391,6 +435,14 @@ impl Pipeline {
         source_name: &str,
         shared: &LiveShared,
     ) -> Result<LiveStats> {
+        // The stream ends with this call on every path, errors included.
+        struct EndOnDrop<'a>(&'a LiveShared);
+        impl Drop for EndOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.end();
+            }
+        }
+        let ending = EndOnDrop(shared);
         let backend = {
             let b = self.emb.backend();
             format!("{} {} ({})", b.kind, b.precision, b.device)
@@ -463,12 +515,14 @@ impl Pipeline {
                 ended: false,
             };
         }
-        let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-        s.ended = true;
-        if n > 0 {
-            s.fps = n as f64 / t0.elapsed().as_secs_f64();
+        {
+            let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            if n > 0 {
+                s.fps = n as f64 / t0.elapsed().as_secs_f64();
+            }
         }
-        Ok(s.clone())
+        drop(ending);
+        Ok(shared.stats())
     }
 }
 
@@ -480,172 +534,5 @@ fn resize_mask(m: &Mask, w: usize, h: usize) -> Mask {
         width: w,
         height: h,
         labels,
-    }
-}
-
-const PAGE: &str = include_str!("live.html");
-
-/// Serves the page and streams until `shared.stop`. Returns the bound address.
-pub fn serve(
-    addr: &str,
-    shared: Arc<LiveShared>,
-) -> Result<(SocketAddr, std::thread::JoinHandle<()>)> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| Error::Usage(format!("{addr}: not an IP address")))?;
-    let handle = std::thread::spawn(move || {
-        let server = Arc::new(server);
-        while !shared.stop.load(Ordering::Relaxed) {
-            let req = match server.recv_timeout(Duration::from_millis(200)) {
-                Ok(Some(r)) => r,
-                Ok(None) => continue,
-                Err(_) => break,
-            };
-            let s = shared.clone();
-            std::thread::spawn(move || handle_request(req, &s));
-        }
-    });
-    Ok((bound, handle))
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
-}
-
-fn handle_request(req: tiny_http::Request, s: &Arc<LiveShared>) {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let param = |k: &str| {
-        query.split('&').find_map(|kv| {
-            kv.split_once('=')
-                .filter(|(a, _)| *a == k)
-                .map(|(_, v)| v.to_string())
-        })
-    };
-    let no_cache = header("Cache-Control", "no-store");
-    let _ = match (req.method(), path) {
-        (tiny_http::Method::Get, "/") => req.respond(
-            tiny_http::Response::from_string(PAGE)
-                .with_header(header("Content-Type", "text/html; charset=utf-8")),
-        ),
-        (tiny_http::Method::Get, "/stats") => {
-            let body = serde_json::to_string(&s.stats()).unwrap_or_default();
-            req.respond(
-                tiny_http::Response::from_string(body)
-                    .with_header(header("Content-Type", "application/json"))
-                    .with_header(no_cache),
-            )
-        }
-        (tiny_http::Method::Get, p) if p.starts_with("/frame/") && p.ends_with(".jpg") => {
-            match s.jpeg(&p[7..p.len() - 4]) {
-                Some((v, data)) if !data.is_empty() => req.respond(
-                    tiny_http::Response::from_data(data)
-                        .with_header(header("Content-Type", "image/jpeg"))
-                        .with_header(header("X-Frame-Version", &v.to_string()))
-                        .with_header(no_cache),
-                ),
-                _ => req.respond(
-                    tiny_http::Response::from_string("no frame yet").with_status_code(503),
-                ),
-            }
-        }
-        (tiny_http::Method::Get, p) if p.starts_with("/stream/") && p.ends_with(".mjpg") => {
-            let which = p[8..p.len() - 5].to_string();
-            if s.jpeg(&which).is_none() {
-                req.respond(
-                    tiny_http::Response::from_string("unknown stream").with_status_code(404),
-                )
-            } else {
-                let body = MjpegStream {
-                    shared: s.clone(),
-                    which,
-                    seen: 0,
-                    buf: Vec::new(),
-                    pos: 0,
-                };
-                let headers = vec![
-                    header("Content-Type", "multipart/x-mixed-replace; boundary=frame"),
-                    no_cache,
-                ];
-                req.respond(tiny_http::Response::new(
-                    tiny_http::StatusCode(200),
-                    headers,
-                    body,
-                    None,
-                    None,
-                ))
-            }
-        }
-        (tiny_http::Method::Post, "/click") => {
-            let f = |k: &str| {
-                param(k)
-                    .and_then(|v| v.parse::<f32>().ok())
-                    .filter(|v| (0.0..=1.0).contains(v))
-            };
-            match (param("mode").as_deref(), f("u"), f("v")) {
-                (Some("similarity"), Some(u), Some(v)) => s.click(Click::Similarity { u, v }),
-                (Some("point"), Some(u), Some(v)) => s.click(Click::Point { u, v }),
-                _ => {
-                    let _ = req.respond(
-                        tiny_http::Response::from_string(
-                            "expected mode=similarity|point and u, v in [0, 1]",
-                        )
-                        .with_status_code(400),
-                    );
-                    return;
-                }
-            }
-            req.respond(tiny_http::Response::from_string("ok"))
-        }
-        (tiny_http::Method::Post, "/reset") => {
-            s.click(Click::Reset);
-            req.respond(tiny_http::Response::from_string("ok"))
-        }
-        _ => req.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
-    };
-}
-
-/// A `multipart/x-mixed-replace` body that yields each new JPEG of one view.
-struct MjpegStream {
-    shared: Arc<LiveShared>,
-    which: String,
-    seen: u64,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for MjpegStream {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            if self.shared.stop.load(Ordering::Relaxed) {
-                return Ok(0);
-            }
-            let v = self.shared.wait_newer(self.seen, Duration::from_secs(1));
-            if v <= self.seen {
-                continue;
-            }
-            let Some((v, data)) = self.shared.jpeg(&self.which) else {
-                return Ok(0);
-            };
-            self.seen = v;
-            self.buf.clear();
-            self.buf.extend_from_slice(
-                format!(
-                    "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
-                    data.len()
-                )
-                .as_bytes(),
-            );
-            self.buf.extend_from_slice(&data);
-            self.buf.extend_from_slice(b"\r\n");
-            self.pos = 0;
-        }
-        let n = (self.buf.len() - self.pos).min(out.len());
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of every parser (fuzz/fuzz_targets/*.rs) with libFuzzer through
+# cargo-fuzz, on the stable toolchain (no sanitizer instrumentation: `-s none`; the targets
+# themselves assert the invariants, and a panic, abort, timeout or out-of-memory is a crash).
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     default: 20 s, every target
+#
+# Each target starts from its committed corpus (fuzz/corpus/TARGET, the audit's hostile
+# inputs and valid seeds), writes new inputs to a scratch corpus, and the script prints how
+# many inputs each target ran and what it found. A crash fails the script and leaves its
+# input in fuzz/artifacts/TARGET/ (add it to the corpus once fixed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-20}"
+shift || true
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+  TARGETS=(config safetensors onnx y4m mask cache_index checkpoint http)
+fi
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  echo "[fuzz] installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+  cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" || exit 3
+fi
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+# One build for every target.
+t0=$(date +%s)
+cargo fuzz build --fuzz-dir fuzz -s none --features libfuzzer -O >/dev/null 2>"$SCRATCH/build.log" \
+  || { tail -n 30 "$SCRATCH/build.log" >&2; exit 1; }
+echo "[fuzz] built ${#TARGETS[@]} targets in $(( $(date +%s) - t0 )) s"
+status=0
+for t in "${TARGETS[@]}"; do
+  mkdir -p "$SCRATCH/$t"
+  log="$SCRATCH/$t.log"
+  if cargo fuzz run --fuzz-dir fuzz -s none --features libfuzzer -O "$t" "$SCRATCH/$t" "fuzz/corpus/$t" -- \
+      -max_total_time="$SECS" -rss_limit_mb=2500 -timeout=20 -print_final_stats=1 >"$log" 2>&1; then
+    found="nothing"
+  else
+    found="CRASH: $(grep -m1 -E 'panicked at|ERROR: libFuzzer|deadly signal|out-of-memory|timeout' "$log" || echo 'see log')"
+    status=1
+    tail -n 40 "$log" >&2
+  fi
+  runs=$(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | grep -oE '[0-9]+' || echo "?")
+  new=$(find "$SCRATCH/$t" -type f | wc -l)
+  printf '[fuzz] %-12s %10s execs in %s s, coverage %5s edges, %4s new corpus inputs, found %s\n' \
+    "$t" "$runs" "$SECS" "$cov" "$new" "$found"
+done
+exit $status
