@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # GPU-machine check of the CUDA backend (see ../shared/DEVICE.md). Runs, on the device:
-#   1. the CUDA parity suite (runtime/tests/cuda.rs): every fixture family against the CPU
-#      reference in f32 at every layer (direct run, graph capture, graph replay), f16 and bf16
-#      mean patch cosine (tensor-core attention, head dim 16); the random ViT-S/16 (4
-#      registers, head dim 64) at 224, 448 and 224x320 in f16 / bf16 with the tensor-core and
-#      the CUDA-core attention, each against the CPU;
+#   1. the CUDA parity suite (runtime/tests/cuda.rs): every fixture family against
+#      transformers in f32 at every layer (direct run, graph capture, graph replay), f16 and
+#      bf16 mean patch cosine against the CPU (tensor-core and CUDA-core attention, head dim
+#      16); the random ViT-S/16 (4 registers, head dim 64) at 224, 448 and 224x320 in f16 /
+#      bf16 with both attention kernels, each against the CPU; then the backend op suite
+#      (runtime/tests/backend_ops.rs: every op on odd shapes, head dims 16-128, f32 / f16 /
+#      bf16) and the training op suite (runtime/tests/cuda_training_ops.rs: every backward
+#      kernel against the CPU). The emulated runs are CI's, so only the GPU runs here;
 #   2. ViT-S/16 (random weights, transformers save_pretrained) through `dinoedge bench --backend
 #      cuda`: fp16 batch 1 and 64 at 224, batch 1 at 448, fp32 batch 1; PyTorch eager on the
 #      same model, shapes and card in the same run (tools/torch_bench.py) -> ratios;
@@ -20,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--build" ]; then
-  exec scripts/device-build.sh cuda cuda dinoedge-distill:cuda_trainer
+  exec scripts/device-build.sh cuda cuda backend_ops cuda_training_ops dinoedge-distill:cuda_trainer
 fi
 
 OUT="${OUT:-$PWD/device-out}"
@@ -28,6 +31,9 @@ mkdir -p "$OUT"
 
 BIN=${BIN:-.device/cuda/dinoedge}
 PARITY=${PARITY:-.device/cuda/cuda}
+OPS=${OPS:-.device/cuda/backend_ops}
+# The emulator's runs are CI's; here only the GPU.
+export DINOEDGE_CUDA_DEVICES=cuda
 PY=${PYTHON:-python3}
 SUMMARY="$OUT/summary.txt"
 touch "$SUMMARY"
@@ -49,6 +55,17 @@ else
 fi
 grep -E "^(cuda |test result|device:)" "$OUT/parity.log" | tail -n 40 >>"$SUMMARY" || true
 grep -E "test result" "$OUT/parity.log" || true
+if DINOEDGE_REQUIRE_CUDA=1 timeout 120 "$OPS" cuda_emulated_and_gpu_every_precision --nocapture >"$OUT/backend-ops.log" 2>&1; then
+  say "backend ops: ok"
+else
+  say "backend ops: FAILED (see backend-ops.log)"
+fi
+grep -E "^cuda|worst" "$OUT/backend-ops.log" >>"$SUMMARY" || true
+if DINOEDGE_REQUIRE_CUDA=1 timeout 60 "${TRAIN_OPS:-.device/cuda/cuda_training_ops}" --nocapture >"$OUT/training-ops.log" 2>&1; then
+  say "training ops: ok"
+else
+  say "training ops: FAILED (see training-ops.log)"
+fi
 
 # ours MODEL PRECISION BATCH SIZE -> median ms (prints the JSON line to bench.jsonl)
 ours() {

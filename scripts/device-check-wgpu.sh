@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU-machine check of the wgpu backend (see ../shared/DEVICE.md). Runs, on the device:
-#   1. the wgpu parity suite (every fixture family, f32 and f16 weights) against the CPU reference;
+#   1. the wgpu parity suite (every fixture family, f32 and f16 weights) against the CPU
+#      reference, and the backend op suite (runtime/tests/backend_ops.rs: every op on odd
+#      shapes, f32 and f16) on the GPU's adapter;
 #   2. ViT-S/16 at 224, batch 1 and 64, f32 and f16, through `dinoedge bench --backend wgpu`,
 #      on a random-weight DINOv3 ViT-S/16 written there with transformers' save_pretrained;
 #   3. the same on the CPU backend and, when the binary has it, the CUDA backend (ratios).
@@ -11,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--build" ]; then
-  exec scripts/device-build.sh wgpu wgpu_parity
+  exec scripts/device-build.sh wgpu wgpu_parity backend_ops
 fi
 
 OUT="${OUT:-$PWD/device-out}"
@@ -37,6 +39,11 @@ PARITY=${PARITY:-.device/wgpu/wgpu_parity}
 if [ -x "$PARITY" ]; then
   DINOEDGE_FIXTURES="$PWD/fixtures" DINOEDGE_REQUIRE_WGPU=1 "$PARITY" --nocapture >"$OUT/parity.log" 2>&1 && echo "parity: ok" || echo "parity: FAILED (see parity.log)"
   grep -E "test result" "$OUT/parity.log" || true
+fi
+OPS=${OPS:-.device/wgpu/backend_ops}
+if [ -x "$OPS" ]; then
+  DINOEDGE_REQUIRE_WGPU=1 "$OPS" wgpu_f32_and_f16 --nocapture >"$OUT/backend-ops.log" 2>&1 && echo "backend ops: ok" || echo "backend ops: FAILED (see backend-ops.log)"
+  grep -E "^wgpu|worst|test result" "$OUT/backend-ops.log" || true
 fi
 
 echo "== ViT-S/16 benchmark"

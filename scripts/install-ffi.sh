@@ -19,6 +19,14 @@ while [ $# -gt 0 ]; do
   shift
 done
 args=(--locked -p dinoedge-ffi)
+# The test scripts build the whole workspace with one feature set; building with the same
+# selection here reuses that build (a `-p` build resolves features anew and rebuilds).
+if [ -n "${DINOEDGE_WORKSPACE_FEATURES:-}" ] && [ "$PROFILE" = debug ] && [ -z "$TARGET" ]; then
+  extra=""
+  for f in ${FEATURES//,/ }; do extra="$extra,dinoedge-ffi/$f"; done
+  args=(--locked --workspace --lib --bins --features "$DINOEDGE_WORKSPACE_FEATURES$extra")
+  FEATURES=""
+fi
 [ "$PROFILE" = release ] && args+=(--release)
 [ -n "$TARGET" ] && args+=(--target "$TARGET")
 [ -n "$FEATURES" ] && args+=(--features "$FEATURES")

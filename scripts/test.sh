@@ -8,7 +8,8 @@
 #   5. the camera feature compile-checked (needs libclang-dev),
 #   6. the CUDA backend and the CUDA student trainer: every NVRTC kernel compiled for sm_75 to
 #      sm_90 with the pip wheel's NVRTC (no GPU, no toolkit), the no-driver error path, and the
-#      sdk/ffi built with `cuda` (the trainer's kernels also run through its CPU emulator in 3),
+#      sdk/ffi built with `cuda` (every kernel also runs, inference and training, on the CUDA
+#      emulator (`cuda-emulated`) in 3),
 #   7. the CPU kernels cross-built for aarch64 and run under qemu (scripts/test-aarch64.sh),
 #      when the cross toolchain is installed (required when DINOEDGE_REQUIRE_AARCH64=1, as in CI),
 #   8. every parser fuzzed for DINOEDGE_FUZZ_SECONDS (default 15) per target with cargo-fuzz
@@ -26,7 +27,11 @@ export DINOEDGE_REQUIRE_ASSETS=1
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 # The wgpu backend is compiled in and tested on whatever adapter exists (lavapipe in CI, where
 # DINOEDGE_REQUIRE_WGPU=1 turns a missing adapter into a failure instead of a skip).
-cargo test --workspace --locked --features dinoedge/wgpu,dinoedge-tests/wgpu "$@"
+# The C API checks build with the same workspace and features (scripts/install-ffi.sh reads
+# DINOEDGE_WORKSPACE_FEATURES), so they reuse this build instead of resolving features anew
+# and rebuilding most crates.
+export DINOEDGE_WORKSPACE_FEATURES=dinoedge/wgpu,dinoedge-tests/wgpu,dinoedge-ffi/wgpu
+cargo test --workspace --locked --features "$DINOEDGE_WORKSPACE_FEATURES" "$@"
 
 # The C API as C/C++ users get it: install, CMake + pkg-config builds, real-teacher run checked
 # against the CLI, error paths, valgrind, ASan, aarch64 under qemu (scripts/test-ffi.sh).
@@ -54,12 +59,12 @@ fi
 # libnvrtc fails instead of skipping). With a GPU the same test binary runs the parity checks.
 NVRTC_LIB="$DINOEDGE_ASSETS/nvrtc/nvidia/cu13/lib"
 if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
+  # The runtime's kernels and the trainer's (one build of both; their emulated runs are in
+  # the workspace tests above, so only the GPU, where there is one, runs here).
   LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
-    cargo test --locked -p dinoedge-runtime --features cuda --test cuda -- --nocapture
-  # The CUDA student trainer's kernels, for sm_75..sm_90 (its emulated runs are in the
-  # workspace tests above).
-  LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" DINOEDGE_REQUIRE_NVRTC=1 \
-    DINOEDGE_TRAINER_DEVICES=cuda cargo test --locked -p dinoedge-distill --features cuda --test cuda_trainer -- --nocapture
+    DINOEDGE_CUDA_DEVICES=cuda DINOEDGE_TRAINER_DEVICES=cuda \
+    cargo test --locked -p dinoedge-runtime -p dinoedge-distill --features dinoedge-runtime/cuda,dinoedge-distill/cuda \
+    --test cuda --test cuda_trainer -- --nocapture
   cargo check --locked -p dinoedge -p dinoedge-ffi --features dinoedge/cuda,dinoedge-ffi/cuda --bins --lib
 elif [ "$(uname -m)" = x86_64 ]; then
   echo "NVRTC missing from $NVRTC_LIB (scripts/fetch-assets.sh --nvrtc)" >&2

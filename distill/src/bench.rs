@@ -3,14 +3,14 @@
 //! targets, on the CPU or a device, for comparison with a PyTorch step of the same model
 //! (`tools/torch_train_bench.py`, run in the same session on the same machine).
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use dinoedge_runtime::ModelConfig;
 use serde::Serialize;
 
 use crate::checkpoint::TrainState;
-use crate::cuda::GemmType;
+use crate::cuda::Elem;
 use crate::cuda::step::DeviceStudent;
 use crate::error::Result;
 use crate::graph::{Graph, Params};
@@ -25,7 +25,7 @@ use crate::train::TrainDevice;
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub device: TrainDevice,
-    pub gemm: GemmType,
+    pub gemm: Elem,
     pub batch: usize,
     pub size: usize,
     /// Width of the teacher features the heads project to.
@@ -132,7 +132,7 @@ pub fn bench_step(
             let device = crate::train::open_device(dev)?.expect("a device");
             trainer = format!("{} ({:?} GEMMs)", device.name(), b.gemm).to_lowercase();
             let mut s = DeviceStudent::new(
-                Rc::clone(&device),
+                Arc::clone(&device),
                 b.gemm,
                 &cfg,
                 &layout,

@@ -12,15 +12,15 @@ use dinoedge_runtime::config::{MlpKind, ModelConfig, Positions};
 use dinoedge_runtime::forward::dims;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::layer_norm::cpu::LayerNormCache;
-use dinoedge_runtime::ops::patch_embed::cpu::{assemble_backward, assemble_rows, im2col_rows};
+use dinoedge_runtime::ops::patch_embed::cpu::{assemble_rows, im2col_rows, patch_embed_backward};
 use dinoedge_runtime::ops::rope::cpu::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::rope::tables;
 use dinoedge_runtime::weights::layout::{LayerParam as L, Param};
 use rayon::prelude::*;
 
-use crate::ops::{
-    Ctx, add_into, layer_scale_backward, layer_scale_forward, linear_backward, linear_forward,
-};
+use dinoedge_runtime::ops::residual::cpu::{residual_backward, residual_forward};
+
+use crate::ops::{Ctx, matmul_backward, matmul_forward_train};
 use crate::params::{ParamId, ParamLayout};
 
 /// Read access to parameter values by name.
@@ -255,7 +255,7 @@ impl Graph {
             .par_chunks_mut(pl * 16)
             .enumerate()
             .for_each(|(k, c)| im2col_rows(c, k * 16, pixels, &d));
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut self.emb,
             dim,
@@ -359,7 +359,7 @@ impl Graph {
                     &self.interc[k],
                     dim,
                 );
-                add_into(&mut self.dx, &self.dtmp);
+                residual_forward(&ctx.pool, &mut self.dx, &self.dtmp, None, dim);
             }
             if self.recompute {
                 // This block's activations again, from its input (bit for bit the forward's).
@@ -382,8 +382,8 @@ impl Graph {
             }
             let b = &self.blocks[if self.recompute { 0 } else { l }];
             // MLP branch: x_out = x_mid + ls2 * y2.
-            layer_scale_backward(
-                ctx,
+            residual_backward(
+                &ctx.pool,
                 &mut self.dy,
                 lay.get_mut(g, ml(l, L::LayerScale2)),
                 &self.dx,
@@ -391,7 +391,7 @@ impl Graph {
                 p.l(l, L::LayerScale2),
             );
             let (gw, gb) = grad_pair(lay, g, ml(l, L::DownWeight), Some(ml(l, L::DownBias)));
-            linear_backward(
+            matmul_backward(
                 ctx,
                 Some((&mut self.da, false)),
                 gw,
@@ -406,7 +406,7 @@ impl Graph {
             if gated {
                 ctx.swiglu_backward(&mut self.dh, &self.da, &b.h, i, act);
                 let (gw, gb) = grad_pair(lay, g, ml(l, L::GateWeight), Some(ml(l, L::GateBias)));
-                linear_backward(
+                matmul_backward(
                     ctx,
                     Some((&mut self.dtmp, false)),
                     gw,
@@ -419,7 +419,7 @@ impl Graph {
                     dim,
                 );
                 let (gw, gb) = grad_pair(lay, g, ml(l, L::UpWeight), Some(ml(l, L::UpBias)));
-                linear_backward(
+                matmul_backward(
                     ctx,
                     Some((&mut self.dtmp, true)),
                     gw,
@@ -434,7 +434,7 @@ impl Graph {
             } else {
                 ctx.activation_backward(&mut self.dh, &self.da, &b.h, act);
                 let (gw, gb) = grad_pair(lay, g, ml(l, L::UpWeight), Some(ml(l, L::UpBias)));
-                linear_backward(
+                matmul_backward(
                     ctx,
                     Some((&mut self.dtmp, false)),
                     gw,
@@ -459,10 +459,10 @@ impl Graph {
                 &b.ln2c,
                 dim,
             );
-            add_into(&mut self.dx, &self.dy);
+            residual_forward(&ctx.pool, &mut self.dx, &self.dy, None, dim);
             // Attention branch: x_mid = x + ls1 * y1.
-            layer_scale_backward(
-                ctx,
+            residual_backward(
+                &ctx.pool,
                 &mut self.dy,
                 lay.get_mut(g, ml(l, L::LayerScale1)),
                 &self.dx,
@@ -470,7 +470,7 @@ impl Graph {
                 p.l(l, L::LayerScale1),
             );
             let (gw, gb) = grad_pair(lay, g, ml(l, L::OWeight), Some(ml(l, L::OBias)));
-            linear_backward(
+            matmul_backward(
                 ctx,
                 Some((&mut self.dtmp, false)),
                 gw,
@@ -486,7 +486,7 @@ impl Graph {
             rope_backward(&mut self.dqkv, &self.cos, &self.sin, &d);
             for (j, (w, bias)) in QKV.into_iter().enumerate() {
                 let (gw, gb) = grad_pair(lay, g, ml(l, w), Some(ml(l, bias)));
-                linear_backward(
+                matmul_backward(
                     ctx,
                     Some((&mut self.dtmp, j > 0)),
                     gw,
@@ -510,14 +510,14 @@ impl Graph {
                 &b.ln1c,
                 dim,
             );
-            add_into(&mut self.dx, &self.dy);
+            residual_forward(&ctx.pool, &mut self.dx, &self.dy, None, dim);
         }
         // Token assembly and the patch convolution.
         let (gc, gr) = grad_pair(lay, g, m(Param::ClsToken), Some(m(Param::RegisterTokens)));
         let mut no_regs = [];
-        assemble_backward(&mut self.emb, gc, gr.unwrap_or(&mut no_regs), &self.dx, &d);
+        patch_embed_backward(&mut self.emb, gc, gr.unwrap_or(&mut no_regs), &self.dx, &d);
         let (gw, gb) = grad_pair(lay, g, m(Param::PatchWeight), Some(m(Param::PatchBias)));
-        linear_backward(
+        matmul_backward(
             ctx,
             None,
             gw,
@@ -567,7 +567,7 @@ fn block_forward(
         eps,
     );
     for (j, (w, bias)) in QKV.into_iter().enumerate() {
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut b.qkv[j * dim..],
             3 * dim,
@@ -580,7 +580,7 @@ fn block_forward(
     }
     rope_forward(&mut b.qkv, g.cos, g.sin, &d);
     ctx.attention_forward(&mut b.att, &mut b.lse, &b.qkv, &d);
-    linear_forward(
+    matmul_forward_train(
         ctx,
         &mut b.y1,
         dim,
@@ -591,7 +591,13 @@ fn block_forward(
         dim,
     );
     b.x_mid.copy_from_slice(x);
-    layer_scale_forward(ctx, &mut b.x_mid, &b.y1, p.l(l, L::LayerScale1));
+    residual_forward(
+        &ctx.pool,
+        &mut b.x_mid,
+        &b.y1,
+        Some(p.l(l, L::LayerScale1)),
+        dim,
+    );
     ctx.layer_norm_forward(
         &mut b.ln2,
         &mut b.ln2c,
@@ -602,7 +608,7 @@ fn block_forward(
         eps,
     );
     if gated {
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut b.h,
             2 * i,
@@ -612,7 +618,7 @@ fn block_forward(
             r,
             dim,
         );
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut b.h[i..],
             2 * i,
@@ -624,7 +630,7 @@ fn block_forward(
         );
         ctx.swiglu_forward(&mut b.a, &b.h, i, act);
     } else {
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut b.h,
             i,
@@ -637,7 +643,7 @@ fn block_forward(
         b.a.copy_from_slice(&b.h);
         ctx.activation_forward(&mut b.a, act);
     }
-    linear_forward(
+    matmul_forward_train(
         ctx,
         &mut b.y2,
         dim,
@@ -648,5 +654,5 @@ fn block_forward(
         i,
     );
     x_out.copy_from_slice(&b.x_mid);
-    layer_scale_forward(ctx, x_out, &b.y2, p.l(l, L::LayerScale2));
+    residual_forward(&ctx.pool, x_out, &b.y2, Some(p.l(l, L::LayerScale2)), dim);
 }

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{Params, grad_pair};
-use crate::ops::{Ctx, linear_backward, linear_forward};
+use crate::ops::{Ctx, matmul_backward, matmul_forward_train};
 use crate::params::ParamId;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::matmul::fast::gemm::Strided;
@@ -182,7 +182,7 @@ impl Objective {
             self.s[k * dim..(k + 1) * dim].copy_from_slice(&src[r * dim..(r + 1) * dim]);
         }
         self.p.resize(nr * dt, 0.0);
-        linear_forward(
+        matmul_forward_train(
             ctx,
             &mut self.p,
             dt,
@@ -205,7 +205,7 @@ impl Objective {
         };
         self.ds.resize(nr * dim, 0.0);
         let (gw, gb) = grad_pair(p.layout, g, hw, Some(hb));
-        linear_backward(
+        matmul_backward(
             ctx,
             Some((&mut self.ds, false)),
             gw,

@@ -5,10 +5,8 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use dinoedge_runtime::backend::cpu::isa::Isa;
-use dinoedge_runtime::backend::cpu::pool::{Pool, RowsMut};
+use dinoedge_runtime::backend::cpu::pool::Pool;
 use dinoedge_runtime::config::Activation;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::activation::{cpu as act_cpu, fast as act_fast};
@@ -16,6 +14,7 @@ use dinoedge_runtime::ops::attention::{cpu as att_cpu, fast as att_fast};
 use dinoedge_runtime::ops::layer_norm::cpu::LayerNormCache;
 use dinoedge_runtime::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
 use dinoedge_runtime::ops::matmul::fast::gemm::{Strided, gemm};
+use dinoedge_runtime::ops::matmul::fast::train as mm_train;
 use dinoedge_runtime::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
 
 use crate::error::{DistillError, Result};
@@ -120,10 +119,20 @@ impl Ctx {
         eps: f32,
     ) {
         if self.reference {
-            ln_cpu::layer_norm_forward_train(out, cache, inp, w, b, cols, eps)
+            ln_cpu::layer_norm_forward(out, Some(cache), inp, w, b, cols, eps)
         } else {
-            ln_fast::layer_norm_forward_train_fast(
-                &self.pool, self.isa, out, cache, inp, w, b, cols, eps,
+            let rows = inp.len() / cols;
+            ln_fast::layer_norm_forward(
+                &self.pool,
+                self.isa,
+                out,
+                Some(cache),
+                inp,
+                w,
+                b,
+                rows,
+                cols,
+                eps,
             )
         }
     }
@@ -143,7 +152,7 @@ impl Ctx {
         if self.reference {
             ln_cpu::layer_norm_backward(dinp, dw, db, dout, inp, w, cache, cols)
         } else {
-            ln_fast::layer_norm_backward_fast(
+            ln_fast::layer_norm_backward(
                 &self.pool,
                 self.isa,
                 dinp,
@@ -163,7 +172,7 @@ impl Ctx {
         if self.reference {
             act_cpu::activation_forward(x, act)
         } else {
-            act_fast::activation_forward_fast(&self.pool, self.isa, x, act)
+            act_fast::activation_forward(&self.pool, self.isa, x, act)
         }
     }
 
@@ -177,7 +186,7 @@ impl Ctx {
         if self.reference {
             act_cpu::activation_backward(dinp, dout, pre, act)
         } else {
-            act_fast::activation_backward_fast(&self.pool, self.isa, dinp, dout, pre, act)
+            act_fast::activation_backward(&self.pool, self.isa, dinp, dout, pre, act)
         }
     }
 
@@ -185,7 +194,7 @@ impl Ctx {
         if self.reference {
             swiglu_cpu::swiglu_forward(out, gate_up, hidden, act)
         } else {
-            swiglu_fast::swiglu_fast(
+            swiglu_fast::swiglu_forward(
                 &self.pool,
                 self.isa,
                 out,
@@ -208,7 +217,7 @@ impl Ctx {
         if self.reference {
             swiglu_cpu::swiglu_backward(dgate_up, dout, gate_up, hidden, act)
         } else {
-            swiglu_fast::swiglu_backward_fast(
+            swiglu_fast::swiglu_backward(
                 &self.pool,
                 self.isa,
                 dgate_up,
@@ -223,9 +232,9 @@ impl Ctx {
 
     pub fn attention_forward(&self, out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
         if self.reference {
-            att_cpu::attention_forward_train(out, lse, qkv, d)
+            att_cpu::attention_forward_lse(out, lse, qkv, d)
         } else {
-            att_fast::attention_forward_train_fast(&self.pool, self.isa, out, lse, qkv, d)
+            att_fast::attention_forward_lse(&self.pool, self.isa, out, lse, qkv, d)
         }
     }
 
@@ -242,15 +251,14 @@ impl Ctx {
         if self.reference {
             att_cpu::attention_backward(dqkv, dout, qkv, out, lse, d)
         } else {
-            att_fast::attention_backward_fast(&self.pool, self.isa, dqkv, dout, qkv, out, lse, d)
+            att_fast::attention_backward(&self.pool, self.isa, dqkv, dout, qkv, out, lse, d)
         }
     }
 }
 
-/// Linear forward: `out[:, 0..o]` (row stride `ldo`) = inp (rows, k) · Wᵀ + b, W (o, k).
-/// The bias is written first and the product accumulated onto it.
+/// `matmul_forward_train` of the op folder on this context's pool and GEMM scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_forward(
+pub fn matmul_forward_train(
     ctx: &Ctx,
     out: &mut [f32],
     ldo: usize,
@@ -260,41 +268,13 @@ pub fn linear_forward(
     rows: usize,
     k: usize,
 ) {
-    let o = w.len() / k;
-    match b {
-        Some(b) => {
-            out.par_chunks_mut(ldo)
-                .take(rows)
-                .with_min_len(64)
-                .for_each(|row| row[..o].copy_from_slice(b));
-            ctx.gemm(
-                rows,
-                o,
-                k,
-                Strided::rows(inp, k),
-                Strided::transposed(w, k),
-                out,
-                ldo,
-                true,
-            );
-        }
-        None => ctx.gemm(
-            rows,
-            o,
-            k,
-            Strided::rows(inp, k),
-            Strided::transposed(w, k),
-            out,
-            ldo,
-            false,
-        ),
-    }
+    let pack = &mut ctx.pack.borrow_mut();
+    mm_train::matmul_forward_train(&ctx.pool, ctx.isa, pack, out, ldo, inp, w, b, rows, k)
 }
 
-/// Linear backward for `out = inp · Wᵀ + b` with dout (rows, o; row stride `ld`):
-/// `dinp (=|+= when accumulate)` = dout · W, `dw += doutᵀ · inp`, `db += column sums`.
+/// `matmul_backward` of the op folder on this context's pool and GEMM scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
+pub fn matmul_backward(
     ctx: &Ctx,
     dinp: Option<(&mut [f32], bool)>,
     dw: &mut [f32],
@@ -306,112 +286,8 @@ pub fn linear_backward(
     rows: usize,
     k: usize,
 ) {
-    let o = w.len() / k;
-    let dy = Strided {
-        data: dout,
-        rs: ld,
-        cs: 1,
-    };
-    if let Some((dx, acc)) = dinp {
-        ctx.gemm(rows, k, o, dy, Strided::rows(w, k), dx, k, acc);
-    }
-    ctx.gemm(
-        o,
-        k,
-        rows,
-        Strided {
-            data: dout,
-            rs: 1,
-            cs: ld,
-        },
-        Strided::rows(inp, k),
-        dw,
-        k,
-        true,
-    );
-    if let Some(db) = db {
-        column_sums_add(ctx, db, dout, ld, rows);
-    }
-}
-
-/// `acc[j] += sum_r x[r * ld + j]` for j < acc.len(), rows summed in order.
-pub fn column_sums_add(ctx: &Ctx, acc: &mut [f32], x: &[f32], ld: usize, rows: usize) {
-    let n = acc.len();
-    let chunk = 64;
-    let acc_rows = RowsMut::new(acc, 1);
-    ctx.pool.run(n.div_ceil(chunk), |t| {
-        let (c0, c1) = (t * chunk, ((t + 1) * chunk).min(n));
-        // SAFETY: columns c0..c1 of acc belong to this task.
-        let a = unsafe { acc_rows.rows(c0, c1) };
-        for r in 0..rows {
-            let row = &x[r * ld + c0..r * ld + c1];
-            a.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-        }
-    });
-}
-
-/// `x += gamma * y` per row (LayerScale + residual), keeping nothing: the backward needs y,
-/// which the caller saves.
-pub fn layer_scale_forward(ctx: &Ctx, x: &mut [f32], y: &[f32], gamma: &[f32]) {
-    let d = gamma.len();
-    let rows = RowsMut::new(x, d);
-    ctx.pool.run_rows(y.len() / d, 32, |r0, r1| {
-        // SAFETY: rows r0..r1 belong to this task.
-        let xr = unsafe { rows.rows(r0, r1) };
-        for (xrow, yrow) in xr
-            .chunks_exact_mut(d)
-            .zip(y[r0 * d..r1 * d].chunks_exact(d))
-        {
-            for i in 0..d {
-                xrow[i] += gamma[i] * yrow[i];
-            }
-        }
-    });
-}
-
-/// Backward of `x_out = x_in + gamma * y`: `dgamma += sum_rows(dx * y)`, `dy = dx * gamma` (=).
-/// (dx_in = dx_out is the caller's residual path.)
-pub fn layer_scale_backward(
-    ctx: &Ctx,
-    dy: &mut [f32],
-    dgamma: &mut [f32],
-    dx: &[f32],
-    y: &[f32],
-    gamma: &[f32],
-) {
-    let d = gamma.len();
-    let rows = dx.len() / d;
-    let chunk = 64;
-    let acc = RowsMut::new(dgamma, 1);
-    ctx.pool.run(d.div_ceil(chunk), |t| {
-        let (c0, c1) = (t * chunk, ((t + 1) * chunk).min(d));
-        // SAFETY: columns c0..c1 of dgamma belong to this task.
-        let a = unsafe { acc.rows(c0, c1) };
-        for r in 0..rows {
-            let (xr, yr) = (&dx[r * d + c0..r * d + c1], &y[r * d + c0..r * d + c1]);
-            for ((s, u), v) in a.iter_mut().zip(xr).zip(yr) {
-                *s += u * v;
-            }
-        }
-    });
-    let out = RowsMut::new(dy, d);
-    ctx.pool.run_rows(rows, 32, |r0, r1| {
-        // SAFETY: rows r0..r1 belong to this task.
-        let o = unsafe { out.rows(r0, r1) };
-        for (orow, drow) in o
-            .chunks_exact_mut(d)
-            .zip(dx[r0 * d..r1 * d].chunks_exact(d))
-        {
-            for i in 0..d {
-                orow[i] = drow[i] * gamma[i];
-            }
-        }
-    });
-}
-
-/// `acc += x`, elementwise.
-pub fn add_into(acc: &mut [f32], x: &[f32]) {
-    acc.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(s, v)| *s += v));
+    let pack = &mut ctx.pack.borrow_mut();
+    mm_train::matmul_backward(
+        &ctx.pool, ctx.isa, pack, dinp, dw, db, dout, ld, inp, w, rows, k,
+    )
 }

@@ -88,7 +88,7 @@ pub trait Collective {
         let mut host = vec![0.0f32; n];
         dev.download(p, bytes_mut(&mut host))?;
         self.sum_f32(&mut host)?;
-        dev.upload(p, bytes(&host))
+        Ok(dev.upload(p, bytes(&host))?)
     }
     fn describe(&self) -> String;
 }
@@ -509,8 +509,9 @@ pub mod nccl {
             let p = dev.alloc(v.len(), "NCCL host sums")?;
             let r = dev
                 .upload(p, v)
+                .map_err(DistillError::from)
                 .and_then(|_| self.all_reduce(dev, p, n, ty))
-                .and_then(|_| dev.download(p, v));
+                .and_then(|_| Ok(dev.download(p, v)?));
             dev.free(p);
             r
         }
@@ -526,7 +527,7 @@ pub mod nccl {
     /// NCCL with the device its host sums go through.
     pub struct NcclOn {
         pub nccl: Nccl,
-        pub dev: std::rc::Rc<dyn Device>,
+        pub dev: std::sync::Arc<dyn Device>,
     }
 
     impl Collective for NcclOn {

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self, TrainState};
 use crate::cuda::step::DeviceStudent;
-use crate::cuda::{Device, GemmType};
+use crate::cuda::{Device, Elem};
 use crate::data::{AugConfig, Dataset, Sampler};
 use crate::error::{DistillError, Result};
 use crate::eval::{Agreement, AgreementSum, HEADS_FILE, Heads};
@@ -106,7 +105,7 @@ pub struct TrainOptions {
     pub device: TrainDevice,
     /// GEMM inputs of a device trainer: bf16 (default; f32 master weights and accumulation)
     /// or f32.
-    pub gemm: GemmType,
+    pub gemm: Elem,
 }
 
 /// Where students train.
@@ -155,7 +154,7 @@ impl TrainOptions {
             stop_after: None,
             recompute: false,
             device: TrainDevice::Cpu,
-            gemm: GemmType::BF16,
+            gemm: Elem::BF16,
         }
     }
 }
@@ -722,7 +721,7 @@ impl StudentRun {
         (cache_views, teacher_compute): (Option<usize>, Option<String>),
         student_layers: &[usize],
         label: Option<String>,
-        device: Option<Rc<dyn Device>>,
+        device: Option<Arc<dyn Device>>,
         (batch, writer): (usize, bool),
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
@@ -1290,20 +1289,11 @@ impl HoldoutSet {
 }
 
 /// The device students train on (`None`: the CPU), shared by every student of the run.
-pub(crate) fn open_device(d: TrainDevice) -> Result<Option<Rc<dyn Device>>> {
+pub(crate) fn open_device(d: TrainDevice) -> Result<Option<Arc<dyn Device>>> {
     match d {
         TrainDevice::Cpu => Ok(None),
-        TrainDevice::Emulated => Ok(Some(Rc::new(crate::cuda::emu::EmuDevice::new()?))),
-        #[cfg(feature = "cuda")]
-        TrainDevice::Cuda => Ok(Some(Rc::new(crate::cuda::device::CudaDevice::new(None)?))),
-        #[cfg(not(feature = "cuda"))]
-        TrainDevice::Cuda => Err(DistillError::Runtime(
-            dinoedge_runtime::RuntimeError::BackendUnavailable {
-                backend: "cuda".into(),
-                reason: "not compiled into this build of the trainer; rebuild with --features cuda"
-                    .into(),
-            },
-        )),
+        TrainDevice::Emulated => Ok(Some(crate::cuda::open(true, None)?)),
+        TrainDevice::Cuda => Ok(Some(crate::cuda::open(false, None)?)),
     }
 }
 
@@ -1325,7 +1315,7 @@ fn reduce_parts(p: LossParts, coll: Option<&mut (dyn Collective + 'static)>) -> 
 /// The collective of a data-parallel rank: NCCL for the CUDA trainer, TCP otherwise.
 fn open_collective(
     w: &World,
-    device: Option<&Rc<dyn Device>>,
+    device: Option<&Arc<dyn Device>>,
     on_gpu: bool,
 ) -> Result<Box<dyn Collective>> {
     #[cfg(feature = "cuda")]

@@ -1,4 +1,5 @@
-//! The CUDA trainer (kernels of `distill/src/cuda/train.cu` and its host code) against
+//! The CUDA trainer (the runtime's op kernels, `distill/src/cuda/{loss,optim}.cu` and the host
+//! code) against
 //! PyTorch autograd and the CPU trainer, on every device at hand: the CPU emulator of the
 //! kernels always, and with `--features cuda` the GPU where one is present (the device
 //! script runs this binary with `DINOEDGE_TRAINER_DEVICES=cuda DINOEDGE_REQUIRE_CUDA=1`).
@@ -10,14 +11,13 @@
 
 mod common;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use common::{Case, load, reference_grad, t, targets, weights};
 
 use dinoedge_distill::checkpoint::TrainState;
-use dinoedge_distill::cuda::emu::EmuDevice;
 use dinoedge_distill::cuda::step::DeviceStudent;
-use dinoedge_distill::cuda::{Device, GemmType};
+use dinoedge_distill::cuda::{Device, Elem};
 use dinoedge_distill::graph::{Graph, Params};
 use dinoedge_distill::loss::Objective;
 use dinoedge_distill::ops::Ctx;
@@ -38,7 +38,7 @@ fn state(params: &[f32]) -> TrainState {
     }
 }
 
-fn student(dev: &Rc<dyn Device>, c: &Case, ty: GemmType, recompute: bool) -> DeviceStudent {
+fn student(dev: &Arc<dyn Device>, c: &Case, ty: Elem, recompute: bool) -> DeviceStudent {
     let [b, _, h, w] = c.shape;
     let dt = c.refs.get("head.0.weight").unwrap().shape[0];
     DeviceStudent::new(
@@ -57,19 +57,20 @@ fn student(dev: &Rc<dyn Device>, c: &Case, ty: GemmType, recompute: bool) -> Dev
 }
 
 /// The devices to check: `DINOEDGE_TRAINER_DEVICES` (default "emu,cuda").
-fn devices() -> Vec<(&'static str, Rc<dyn Device>)> {
+fn devices() -> Vec<(&'static str, Arc<dyn Device>)> {
     let want = std::env::var("DINOEDGE_TRAINER_DEVICES").unwrap_or_else(|_| "emu,cuda".into());
-    let mut out: Vec<(&'static str, Rc<dyn Device>)> = Vec::new();
+    let mut out: Vec<(&'static str, Arc<dyn Device>)> = Vec::new();
     if want.contains("emu") {
-        let emu = EmuDevice::new().expect("the emulator builds (needs a C++20 compiler)");
-        out.push(("emulated", Rc::new(emu)));
+        let emu = dinoedge_distill::cuda::open(true, None)
+            .expect("the emulator builds (needs a C++20 compiler)");
+        out.push(("emulated", emu));
     }
     #[cfg(feature = "cuda")]
     if want.contains("cuda") {
-        match dinoedge_distill::cuda::device::CudaDevice::new(None) {
+        match dinoedge_distill::cuda::open(false, None) {
             Ok(d) => {
                 eprintln!("device: {}", d.name());
-                out.push(("cuda", Rc::new(d)));
+                out.push(("cuda", d));
             }
             Err(e) if std::env::var("DINOEDGE_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
                 panic!("DINOEDGE_REQUIRE_CUDA=1 but no GPU: {e}")
@@ -87,9 +88,9 @@ fn gradients_match_pytorch_autograd() {
             let c = load(name);
             let want_loss = t(&c.refs, "obj.loss")[0] as f64;
             for (ty, recompute, tol) in [
-                (GemmType::F32, false, 1e-4),
-                (GemmType::F32, true, 1e-4),
-                (GemmType::BF16, false, 5e-2),
+                (Elem::F32, false, 1e-4),
+                (Elem::F32, true, 1e-4),
+                (Elem::BF16, false, 5e-2),
             ] {
                 let mut s = student(&dev, &c, ty, recompute);
                 let parts = s
@@ -134,7 +135,7 @@ fn training_tracks_the_cpu_trainer_for_20_steps() {
     }
 }
 
-fn track_20_steps(dn: &str, dev: &Rc<dyn Device>) {
+fn track_20_steps(dn: &str, dev: &Arc<dyn Device>) {
     let c = load("dinov3_gated");
     let [b, _, h, w] = c.shape;
     let opt = OptimConfig {
@@ -182,7 +183,7 @@ fn track_20_steps(dn: &str, dev: &Rc<dyn Device>) {
         cpu_losses.push((parts.total, gn));
     }
     // Emulated CUDA, f32 GEMMs.
-    let mut s = student(dev, &c, GemmType::F32, false);
+    let mut s = student(dev, &c, Elem::F32, false);
     for (step, &(cpu_loss, cpu_gn)) in cpu_losses.iter().enumerate() {
         let parts = s.gradients_of(&pixels, &tg, &weights(), false).unwrap();
         let gn = s.grad_norm().unwrap();
@@ -227,7 +228,7 @@ fn track_20_steps(dn: &str, dev: &Rc<dyn Device>) {
 #[cfg(feature = "cuda")]
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
-    use dinoedge_distill::cuda::{KERNELS, device::compile};
+    use dinoedge_runtime::backend::cuda::gpu::compile;
     // SAFETY: only dlopens libnvrtc.
     if !unsafe { cudarc_present() } {
         assert!(
@@ -237,10 +238,11 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("nvrtc: SKIPPED (libnvrtc not found)");
         return;
     }
+    let program = dinoedge_distill::cuda::program();
     for arch in ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90"] {
         let t0 = std::time::Instant::now();
-        let ptx = compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        for k in KERNELS.into_iter() {
+        let ptx = compile(&program, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        for k in &program.kernels {
             assert!(
                 ptx.contains(&format!(".entry {k}(")),
                 "{arch}: no entry point {k} in the PTX"
@@ -248,7 +250,7 @@ fn every_kernel_compiles_with_nvrtc() {
         }
         eprintln!(
             "nvrtc {arch}: {} entry points, {} KB of PTX in {:.2} s",
-            KERNELS.len(),
+            program.kernels.len(),
             ptx.len() / 1024,
             t0.elapsed().as_secs_f64()
         );
@@ -257,19 +259,19 @@ fn every_kernel_compiles_with_nvrtc() {
 
 #[cfg(feature = "cuda")]
 unsafe fn cudarc_present() -> bool {
-    dinoedge_runtime::backend::cuda::libraries_present()[1].1
+    dinoedge_runtime::backend::cuda::gpu::libraries_present()[1].1
 }
 
 /// Without a driver, opening the GPU is an error that names what is missing, not a panic.
 #[cfg(feature = "cuda")]
 #[test]
 fn no_gpu_is_a_clear_error() {
-    let present = dinoedge_runtime::backend::cuda::libraries_present();
+    let present = dinoedge_runtime::backend::cuda::gpu::libraries_present();
     if present[0].1 {
         eprintln!("a driver is present: nothing to check");
         return;
     }
-    let err = dinoedge_distill::cuda::device::CudaDevice::new(None)
+    let err = dinoedge_distill::cuda::open(false, None)
         .err()
         .expect("no driver, no device")
         .to_string();

@@ -12,7 +12,7 @@ use std::time::Instant;
 use dinoedge_runtime::backend::cpu::isa::Isa;
 use dinoedge_runtime::backend::cpu::pool::Pool;
 use dinoedge_runtime::ops::matmul::Epi;
-use dinoedge_runtime::ops::matmul::fast::{PackedLinear, matmul_fast};
+use dinoedge_runtime::ops::matmul::fast::{PackedLinear, matmul_forward};
 use tract_onnx::prelude::*;
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -67,7 +67,7 @@ fn main() -> TractResult<()> {
         let packed = PackedLinear::f32(isa, &w_nk, None, n, k);
         let mut ours = vec![0.0f32; m * n];
         let t_ours =
-            median_ms(|| matmul_fast(&pool, &mut ours, &a, &packed, m, Epi::Store, &mut []));
+            median_ms(|| matmul_forward(&pool, &mut ours, &a, &packed, m, Epi::Store, &mut []));
 
         let mut theirs = vec![0.0f32; m * n];
         let par = if threads > 1 {

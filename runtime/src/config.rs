@@ -67,6 +67,21 @@ impl Activation {
         }
     }
 
+    /// The code every kernel language takes for it (WGSL and CUDA: 1 gelu, 2 gelu_tanh,
+    /// 3 silu; 0 is no activation, see [`Activation::code`]).
+    pub fn kernel_code(self) -> i32 {
+        match self {
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::Silu => 3,
+        }
+    }
+
+    /// [`Activation::kernel_code`], 0 for none.
+    pub fn code(a: Option<Activation>) -> i32 {
+        a.map_or(0, Activation::kernel_code)
+    }
+
     /// The HF `hidden_act` string.
     pub fn hf_name(self) -> &'static str {
         match self {

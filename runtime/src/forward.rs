@@ -15,8 +15,8 @@
 //! [`PreparedModel`] holds the weights converted once for a backend; [`Plan`] holds every
 //! buffer for one input shape, so a forward allocates nothing.
 
-use crate::backend::{Backend, Epilogue, HostLinear};
 use crate::config::{MlpKind, ModelConfig, Positions};
+use crate::dispatch::{Backend, Epilogue, HostLinear};
 use crate::error::{Result, RuntimeError};
 use crate::model::{Int8Weight, Model};
 use crate::ops::{self, Dims};
@@ -24,8 +24,8 @@ use crate::resample;
 use crate::weights::{LayerParam as L, Param};
 
 /// The ops a forward of `cfg` issues, for [`Backend::supports`].
-pub fn ops_used(cfg: &ModelConfig) -> Vec<crate::backend::Op> {
-    use crate::backend::Op;
+pub fn ops_used(cfg: &ModelConfig) -> Vec<crate::dispatch::Op> {
+    use crate::dispatch::Op;
     let mut ops = vec![Op::PatchEmbed, Op::LayerNorm, Op::Matmul, Op::Attention];
     if matches!(cfg.positions, Positions::Rope { .. }) {
         ops.push(Op::Rope);

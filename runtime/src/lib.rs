@@ -3,8 +3,12 @@
 //! - [`config::ModelConfig`]: architecture from an HF `config.json`.
 //! - [`model::Model`]: memory-mapped safetensors weights, validated against the config.
 //! - [`preprocess`]: HF-exact image preprocessing and an aspect-preserving dense mode.
-//! - [`ops`]: the op set, one folder per op, a CPU reference per op.
-//! - [`backend`]: the backend seam; [`forward`]: the model definition written once over it.
+//! - [`ops`]: the op set, one folder per op holding every form of it (CPU reference, SIMD,
+//!   WGSL, CUDA; forward and backward).
+//! - [`backend`]: device plumbing only (CPU pool and ISA, wgpu device, CUDA device layer and
+//!   its emulator); it knows no op.
+//! - [`dispatch`]: the backend seam ([`Backend`]) and one dispatcher per device;
+//!   [`forward`]: the model definition written once over it.
 //! - [`session`]: a model prepared on a backend, with per-shape buffer plans.
 //!
 //! ```no_run
@@ -21,6 +25,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod features;
 pub mod forward;
@@ -42,6 +47,7 @@ pub use backend::{BackendInfo, BackendKind, Precision};
 pub use config::{
     Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig,
 };
+pub use dispatch::Backend;
 pub use error::{Result, RuntimeError};
 pub use features::{Features, LayerFeatures};
 pub use limits::InputLimits;

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::backend::cpu::{CpuBackend, ReferenceBackend};
-use crate::backend::{Backend, BackendInfo, BackendKind, Precision};
+use crate::backend::{BackendInfo, BackendKind, Precision};
+use crate::dispatch::Backend;
+use crate::dispatch::cpu::CpuBackend;
+use crate::dispatch::reference::ReferenceBackend;
 use crate::error::{Result, RuntimeError};
 use crate::features::{Features, split_tokens};
 use crate::forward::{self, Plan, PreparedModel};
@@ -253,51 +255,12 @@ pub fn create_session(
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(Box::new(
             Session::new(
-                crate::backend::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
+                crate::dispatch::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
                 model,
             )?
             .with_limits(opts.limits),
         )),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            // On cuda the adapter option is a GPU index.
-            let ordinal = match opts.adapter.as_deref() {
-                Some(a) => Some(a.parse::<usize>().map_err(|_| {
-                    RuntimeError::input(
-                        "adapter",
-                        format!("{a:?}: on cuda, the adapter is a GPU index (0, 1, ...)"),
-                    )
-                })?),
-                None => None,
-            };
-            let backend = crate::backend::cuda::CudaBackend::new(precision, ordinal)?;
-            // The whole model must fit before any weight is uploaded.
-            let params = model.num_parameters() as u64;
-            let weights = crate::backend::cuda::plan::memory_plan(
-                model.config(),
-                params,
-                precision,
-                1,
-                224,
-                224,
-            )
-            .weights;
-            let (free, total) = backend.memory()?;
-            if weights > free as u64 {
-                return Err(crate::backend::cuda::plan::out_of_memory(
-                    &format!(
-                        "the weights of {} ({params} parameters in {precision})",
-                        model.dir().display()
-                    ),
-                    weights,
-                    free as u64,
-                    total as u64,
-                ));
-            }
-            Ok(Box::new(
-                Session::new(backend, model)?.with_limits(opts.limits),
-            ))
-        }
+        BackendKind::Cuda | BackendKind::CudaEmulated => cuda_session(model, opts, precision),
         #[allow(unreachable_patterns)]
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
@@ -309,14 +272,46 @@ pub fn create_session(
     }
 }
 
-/// Backends compiled into this build.
-pub fn compiled_backends() -> Vec<&'static str> {
-    let mut v = vec!["cpu", "cpu-ref"];
-    if cfg!(feature = "wgpu") {
-        v.push("wgpu");
+/// A session on the CUDA backend (a GPU, or the emulator for `cuda-emulated`), after checking
+/// that the whole model fits before any weight is uploaded.
+fn cuda_session(
+    model: Arc<Model>,
+    opts: &SessionOptions,
+    precision: Precision,
+) -> Result<Box<dyn InferenceSession>> {
+    use crate::dispatch::cuda::{CudaBackend, CudaOptions, plan};
+    // On cuda the adapter option is a GPU index.
+    let ordinal = match opts.adapter.as_deref() {
+        Some(a) => Some(a.parse::<usize>().map_err(|_| {
+            RuntimeError::input(
+                "adapter",
+                format!("{a:?}: on cuda, the adapter is a GPU index (0, 1, ...)"),
+            )
+        })?),
+        None => None,
+    };
+    let backend = CudaBackend::new(&CudaOptions {
+        precision,
+        ordinal,
+        emulated: opts.backend == BackendKind::CudaEmulated,
+    })?;
+    let params = model.num_parameters() as u64;
+    let weights = plan::memory_plan(model.config(), params, precision, 1, 224, 224).weights;
+    let (free, total) = backend.memory()?;
+    if weights > free as u64 {
+        return Err(plan::out_of_memory(
+            &format!(
+                "the weights of {} ({params} parameters in {precision})",
+                model.dir().display()
+            ),
+            weights,
+            free as u64,
+            total as u64,
+        ));
     }
-    if cfg!(feature = "cuda") {
-        v.push("cuda");
-    }
-    v
+    Ok(Box::new(
+        Session::new(backend, model)?.with_limits(opts.limits),
+    ))
 }
+
+pub use crate::backend::compiled_backends;

@@ -126,3 +126,86 @@ pub fn fixture_inputs(dir: &std::path::Path) -> crate::Result<Vec<crate::Tensor>
         })
         .collect()
 }
+
+fn reference_tensor(store: &crate::weights::TensorStore, key: &str) -> crate::Tensor {
+    let t = store
+        .get(key)
+        .unwrap_or_else(|| panic!("reference has no {key}"));
+    crate::Tensor::new(t.shape.to_vec(), t.to_f32().unwrap()).unwrap()
+}
+
+/// Runs every input stored with fixture `name` through `session`, `runs` times each (a
+/// device with recorded launch sequences records on the second and replays on the third),
+/// with every layer captured, and compares the last and each intermediate layer (CLS,
+/// registers, patches in HF's token order) with transformers' float64 outputs: max abs error
+/// <= `tol` x max(|reference|, 1). Prints each comparison; panics with the evidence on
+/// failure; returns the worst relative error.
+pub fn check_against_transformers(
+    name: &str,
+    label: &str,
+    session: &mut dyn crate::InferenceSession,
+    tol: f32,
+    runs: usize,
+) -> f32 {
+    let dir = fixture_dir(name);
+    let cfg = session.model().config().clone();
+    let path = dir.join("reference.safetensors");
+    let reference = crate::weights::TensorStore::open_files(&[path]).unwrap();
+    let meta = reference.metadata().expect("fixture metadata");
+    assert_eq!(
+        meta.get("format").map(String::as_str),
+        Some("dinoedge-fixtures-1")
+    );
+    let inputs: serde_json::Value = serde_json::from_str(&meta["inputs"]).unwrap();
+    let opts = crate::RunOptions {
+        capture_layers: (0..cfg.num_layers).collect(),
+    };
+    let mut worst = 0.0f32;
+    for key in inputs.as_object().unwrap().keys() {
+        let pixels = reference_tensor(&reference, &format!("{key}.pixel_values"));
+        for run in 1..=runs {
+            let f = session.run(&pixels, &opts).unwrap();
+            let want = reference_tensor(&reference, &format!("{key}.last_hidden_state"));
+            let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
+            assert_eq!((f.batch(), f.dim()), (b, d), "{name}/{key}");
+            let hw = f.grid.0 * f.grid.1;
+            assert_eq!(cfg.num_prefix_tokens() + hw, n, "{name}/{key}: token count");
+            let r = cfg.num_register_tokens;
+            let join = |lf: &crate::LayerFeatures| -> Vec<f32> {
+                let mut v = Vec::with_capacity(b * n * d);
+                for i in 0..b {
+                    v.extend_from_slice(&lf.cls.data[i * d..(i + 1) * d]);
+                    v.extend_from_slice(&lf.registers.data[i * r * d..(i + 1) * r * d]);
+                    v.extend_from_slice(&lf.patches.data[i * hw * d..(i + 1) * hw * d]);
+                }
+                v
+            };
+            let run_tag = if runs > 1 {
+                format!(" run {run}")
+            } else {
+                String::new()
+            };
+            let layers = std::iter::once((
+                format!("{key}.last_hidden_state"),
+                "last".to_string(),
+                &f.last,
+            ))
+            .chain(f.intermediate.iter().map(|lf| {
+                (
+                    format!("{key}.layer{}", lf.layer),
+                    format!("layer{}", lf.layer),
+                    lf,
+                )
+            }));
+            for (tensor, tag, lf) in layers {
+                let want = reference_tensor(&reference, &tensor);
+                let what = format!("{label} {name}/{key}/{tag}{run_tag}");
+                let c = compare(&what, &join(lf), &want.data, d, tol);
+                println!("{c}");
+                c.assert_ok();
+                worst = worst.max(c.rel);
+            }
+        }
+    }
+    worst
+}

@@ -56,12 +56,12 @@ fn layer_norm_backward_matches_finite_differences() {
     );
     let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
         let mut out = vec![0.0; rows * cols];
-        layer_norm::cpu::layer_norm_forward(&mut out, x, w, b, cols, 1e-5);
+        layer_norm::cpu::layer_norm_forward(&mut out, None, x, w, b, cols, 1e-5);
         dot(&out, &r)
     };
     let mut cache = layer_norm::cpu::LayerNormCache::default();
     let mut out = vec![0.0; rows * cols];
-    layer_norm::cpu::layer_norm_forward_train(&mut out, &mut cache, &x, &w, &b, cols, 1e-5);
+    layer_norm::cpu::layer_norm_forward(&mut out, Some(&mut cache), &x, &w, &b, cols, 1e-5);
     let (mut dx, mut dw, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
     layer_norm::cpu::layer_norm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, &cache, cols);
     check("ln dx", &x, &dx, |x| fwd(x, &w, &b), &mut rng);
@@ -144,7 +144,7 @@ fn attention_backward_matches_finite_differences_and_the_fast_forms() {
         let r = rng.vec(d.rows() * d.dim);
         let lse_len = d.batch * d.heads * d.tokens();
         let (mut out, mut lse) = (vec![0.0; d.rows() * d.dim], vec![0.0; lse_len]);
-        attention::cpu::attention_forward_train(&mut out, &mut lse, &qkv, &d);
+        attention::cpu::attention_forward_lse(&mut out, &mut lse, &qkv, &d);
         let mut plain = vec![0.0; d.rows() * d.dim];
         attention::cpu::attention_forward(&mut plain, &qkv, &d);
         assert!(out.iter().zip(&plain).all(|(a, b)| (a - b).abs() < 1e-5));
@@ -159,7 +159,7 @@ fn attention_backward_matches_finite_differences_and_the_fast_forms() {
         // Fast forms, every SIMD family.
         for isa in Isa::all_supported() {
             let (mut o2, mut l2) = (vec![0.0; out.len()], vec![0.0; lse_len]);
-            attention::fast::attention_forward_train_fast(&pool, isa, &mut o2, &mut l2, &qkv, &d);
+            attention::fast::attention_forward_lse(&pool, isa, &mut o2, &mut l2, &qkv, &d);
             let e = o2
                 .iter()
                 .zip(&out)
@@ -167,9 +167,7 @@ fn attention_backward_matches_finite_differences_and_the_fast_forms() {
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(e < 1e-5, "{isa} fast train forward: {e}");
             let mut dq2 = vec![f32::NAN; qkv.len()];
-            attention::fast::attention_backward_fast(
-                &pool, isa, &mut dq2, &r, &qkv, &out, &lse, &d,
-            );
+            attention::fast::attention_backward(&pool, isa, &mut dq2, &r, &qkv, &out, &lse, &d);
             let e = dq2
                 .iter()
                 .zip(&dqkv)

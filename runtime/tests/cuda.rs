@@ -1,33 +1,46 @@
-//! The CUDA backend.
+//! The CUDA backend: its host code (planning, scratch, graph recording and replay) and every
+//! kernel, on each device at hand (`DINOEDGE_CUDA_DEVICES`, default "emu,cuda"):
 //!
-//! Without a GPU (CI): every kernel compiles through NVRTC (the pip wheel
+//! - `cuda-emulated` always: the same kernel source built by the C++ compiler and run on the
+//!   CPU (each CUDA thread a fiber; `mma.sync.m16n8k16` on fragments in the PTX ISA layout),
+//!   so the whole inference path runs in CI without a GPU;
+//! - a GPU with feature `cuda` where one is present (scripts/device-check-cuda.sh sets
+//!   `DINOEDGE_CUDA_DEVICES=cuda DINOEDGE_REQUIRE_CUDA=1`).
+//!
+//! Bars: f32 against transformers' float64 outputs on every fixture, max abs error <= 1e-3 x
+//! max(|reference|, 1) at every layer, on the direct run, the recorded run and the replay;
+//! f16 and bf16 (tensor-core attention on sm_80+, and the CUDA-core kernel) mean patch
+//! cosine >= 0.999 against the CPU reference.
+//!
+//! With feature `cuda` and no GPU (CI): every kernel compiles through NVRTC (the pip wheel
 //! `nvidia-cuda-nvrtc`, `scripts/fetch-assets.sh --nvrtc`) for Turing (sm_75, without the
 //! tensor-core attention), Jetson Orin (sm_87), Ampere (sm_80, sm_86), Ada (sm_89) and Hopper
-//! (sm_90); a compile error fails with NVRTC's log; and a machine
-//! without a driver gets a clear "no usable CUDA installation" error, never a panic.
-//!
-//! With a GPU (scripts/device-check-cuda.sh): every fixture family against the CPU reference,
-//! f32 max abs error <= 1e-3 x max(|reference|, 1) at every layer; f16 and bf16 mean patch
-//! cosine >= 0.999; graphs replayed (third and later runs) give the same features.
-#![cfg(feature = "cuda")]
+//! (sm_90); a compile error fails with NVRTC's log; a machine without a driver gets a clear
+//! "no usable CUDA installation" error, never a panic.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use dinoedge_runtime::backend::cpu::ReferenceBackend;
-use dinoedge_runtime::backend::cuda::{CudaBackend, KERNELS, compile, libraries_present};
-use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
+use dinoedge_runtime::dispatch::Backend;
+use dinoedge_runtime::dispatch::cuda::{CudaBackend, CudaOptions};
+use dinoedge_runtime::dispatch::reference::ReferenceBackend;
+use dinoedge_runtime::testing::{
+    FIXTURE_FAMILIES, check_against_transformers, fixture_dir, fixture_inputs,
+};
 use dinoedge_runtime::{
     BackendKind, Model, Precision, RunOptions, RuntimeError, Session, SessionOptions,
     create_session,
 };
 
+#[cfg(feature = "cuda")]
 fn nvrtc_present() -> bool {
-    libraries_present()[1].1
+    dinoedge_runtime::backend::cuda::gpu::libraries_present()[1].1
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
+    use dinoedge_runtime::backend::cuda::gpu::compile;
     if !nvrtc_present() {
         let msg = "libnvrtc not found (scripts/fetch-assets.sh --nvrtc, then LD_LIBRARY_PATH=$DINOEDGE_ASSETS/nvrtc/nvidia/cu13/lib)";
         assert!(
@@ -37,10 +50,11 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("SKIPPED: {msg}");
         return;
     }
+    let program = dinoedge_runtime::ops::cuda_program();
     for arch in ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90"] {
         let t = std::time::Instant::now();
-        let ptx = compile(arch).unwrap_or_else(|e| panic!("{e}"));
-        for k in KERNELS {
+        let ptx = compile(&program, arch).unwrap_or_else(|e| panic!("{e}"));
+        for k in &program.kernels {
             assert!(
                 ptx.contains(&format!(".entry {k}(")),
                 "{arch}: kernel {k} missing from the PTX"
@@ -60,7 +74,7 @@ fn every_kernel_compiles_with_nvrtc() {
         }
         eprintln!(
             "{arch}: {} kernels, {} bytes of PTX, {mma} mma.sync, in {:.0} ms",
-            KERNELS.len(),
+            program.kernels.len(),
             ptx.len(),
             t.elapsed().as_secs_f64() * 1e3
         );
@@ -70,12 +84,13 @@ fn every_kernel_compiles_with_nvrtc() {
 #[test]
 fn tensor_core_attention_is_chosen_where_it_exists() {
     use dinoedge_runtime::ops::attention::cuda::{mma_kernel, mma_shared_bytes};
+    let kernels = dinoedge_runtime::ops::cuda_program().kernels;
     // Every released model's head dim (64; the 7B 128) and the fixtures' (16).
     for hd in [16, 32, 64, 128] {
         for (p, tag) in [(Precision::F16, "f16"), (Precision::BF16, "bf16")] {
             let k = mma_kernel(p, 90, hd).expect("tensor cores on sm_90");
-            assert_eq!(k, format!("attention_mma_{tag}_hd{hd}"));
-            assert!(KERNELS.contains(&k), "{k} is not compiled");
+            assert_eq!(k, format!("attention_forward_mma_{tag}_hd{hd}"));
+            assert!(kernels.contains(&k), "{k} is not in the program");
             assert_eq!(mma_kernel(p, 87, hd), Some(k), "Jetson Orin is sm_87");
             assert_eq!(mma_kernel(p, 75, hd), None, "no m16n8k16 before sm_80");
         }
@@ -88,27 +103,29 @@ fn tensor_core_attention_is_chosen_where_it_exists() {
     assert_eq!(mma_kernel(Precision::F16, 90, 256), None);
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn a_broken_kernel_reports_the_nvrtc_log() {
+    use dinoedge_runtime::backend::cuda::device::Program;
     if !nvrtc_present() {
         eprintln!("SKIPPED: libnvrtc not found");
         return;
     }
-    let opts = cudarc::nvrtc::CompileOptions {
-        options: vec!["--gpu-architecture=sm_87".into()],
-        ..Default::default()
+    let program = Program {
+        sources: vec![(
+            "broken.cu",
+            "extern \"C\" __global__ void k(float *x) { x[0] = undefined_name; }",
+        )],
+        kernels: vec!["k"],
     };
-    let e = cudarc::nvrtc::compile_ptx_with_opts(
-        "extern \"C\" __global__ void k(float *x) { x[0] = undefined_name; }",
-        opts,
-    )
-    .unwrap_err();
-    assert!(format!("{e:?}").contains("undefined_name"), "{e:?}");
+    let e = dinoedge_runtime::backend::cuda::gpu::compile(&program, "sm_87").unwrap_err();
+    assert!(e.to_string().contains("undefined_name"), "{e}");
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn no_driver_is_a_clear_error_not_a_panic() {
-    if libraries_present()[0].1 {
+    if dinoedge_runtime::backend::cuda::gpu::libraries_present()[0].1 {
         eprintln!("SKIPPED: this machine has libcuda (the device check covers the GPU path)");
         return;
     }
@@ -128,107 +145,131 @@ fn no_driver_is_a_clear_error_not_a_panic() {
     assert!(msg.contains("libcuda") && msg.contains("cuda"), "{msg}");
 }
 
-fn gpu(precision: Precision) -> Option<CudaBackend> {
-    match CudaBackend::new(precision, None) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(
-                std::env::var("DINOEDGE_REQUIRE_CUDA").as_deref() != Ok("1"),
-                "CUDA required: {e}"
-            );
-            eprintln!("SKIPPED: {e}");
-            None
+/// Without the feature, `cuda` says how to get it and names `cuda-emulated`.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
+    let opts = SessionOptions {
+        backend: BackendKind::Cuda,
+        ..Default::default()
+    };
+    let msg = create_session(model, &opts)
+        .err()
+        .expect("no cuda")
+        .to_string();
+    assert!(
+        msg.contains("--features cuda") && msg.contains("cuda-emulated"),
+        "{msg}"
+    );
+}
+
+/// The CUDA backends to check, with a label: the emulator, and the GPU where there is one.
+fn devices(precision: Precision) -> Vec<(String, CudaBackend)> {
+    let want = std::env::var("DINOEDGE_CUDA_DEVICES").unwrap_or_else(|_| "emu,cuda".into());
+    let mut out = Vec::new();
+    for (tag, emulated) in [("emu", true), ("cuda", false)] {
+        if !want.split(',').any(|w| w == tag) || !(emulated || cfg!(feature = "cuda")) {
+            continue;
         }
+        let opts = CudaOptions {
+            precision,
+            ordinal: None,
+            emulated,
+        };
+        match CudaBackend::new(&opts) {
+            Ok(b) => {
+                let label = format!("{} ({})", b.info().kind, b.device().name());
+                out.push((label, b));
+            }
+            Err(e) if emulated => panic!("the emulator builds (needs a C++20 compiler): {e}"),
+            Err(e) => {
+                assert!(
+                    std::env::var("DINOEDGE_REQUIRE_CUDA").as_deref() != Ok("1"),
+                    "CUDA required: {e}"
+                );
+                eprintln!("cuda: SKIPPED ({e})");
+            }
+        }
+    }
+    out
+}
+
+/// Runs `f` with a fresh backend on each device (a session owns its backend).
+fn each_device(precision: Precision, mut f: impl FnMut(&str, CudaBackend)) {
+    for (label, be) in devices(precision) {
+        f(&label, be);
     }
 }
 
 #[test]
-fn f32_matches_the_cpu_reference_on_every_fixture() {
-    let Some(probe) = gpu(Precision::F32) else {
-        return;
-    };
-    let (name, arch) = probe.device();
-    eprintln!("device: {name} ({arch})");
-    drop(probe);
+fn f32_matches_transformers_on_every_fixture() {
     for name in FIXTURE_FAMILIES {
-        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-        let opts = RunOptions {
-            capture_layers: (0..model.config().num_layers).collect(),
-        };
-        let mut g = Session::new(
-            CudaBackend::new(Precision::F32, None).unwrap(),
-            model.clone(),
-        )
-        .unwrap();
-        let mut c = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-        for x in fixture_inputs(&fixture_dir(name)).unwrap() {
-            let want = c.run(&x, &opts).unwrap();
-            // Runs 1 (direct), 2 (captured into a graph) and 3 (graph replay) must all agree.
-            for run in 1..=3 {
-                let got = g.run(&x, &opts).unwrap();
-                let mut worst = 0.0f32;
-                for (gl, cl) in std::iter::once((&got.last, &want.last))
-                    .chain(got.intermediate.iter().zip(&want.intermediate))
-                {
-                    for (what, a, b) in [
-                        ("cls", &gl.cls, &cl.cls),
-                        ("registers", &gl.registers, &cl.registers),
-                        ("patches", &gl.patches, &cl.patches),
-                    ] {
-                        let cmp = compare(
-                            &format!(
-                                "cuda {name} {:?} run {run} layer {} {what}",
-                                x.shape, cl.layer
-                            ),
-                            &a.data,
-                            &b.data,
-                            want.dim(),
-                            1e-3,
-                        );
-                        worst = worst.max(cmp.max_abs);
-                        cmp.assert_ok();
-                    }
-                }
-                println!(
-                    "cuda f32 {name} {:?} run {run}: max abs error {worst:.2e}",
-                    x.shape
-                );
-            }
-        }
+        each_device(Precision::F32, |label, be| {
+            let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
+            let mut s = Session::new(be, model).unwrap();
+            // Runs 1 (direct), 2 (recorded into a graph) and 3 (replayed) must all agree.
+            let worst = check_against_transformers(name, label, &mut s, 1e-3, 3);
+            let graphs = s.backend().recorded_graphs();
+            println!("{label} f32 {name}: worst relative error {worst:.2e}, {graphs} graphs");
+            assert!(graphs > 0, "{label} {name}: no forward was recorded");
+        });
     }
 }
 
 #[test]
 fn half_precisions_keep_patch_cosine_above_0999() {
-    let Some(probe) = gpu(Precision::F16) else {
-        return;
-    };
-    drop(probe);
     for precision in [Precision::F16, Precision::BF16] {
         for name in FIXTURE_FAMILIES {
             let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-            let mut g =
-                Session::new(CudaBackend::new(precision, None).unwrap(), model.clone()).unwrap();
+            let hd = model.config().hidden_size / model.config().num_heads;
             let mut c =
                 Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-            for x in fixture_inputs(&fixture_dir(name)).unwrap() {
-                let (a, b) = (
-                    g.run(&x, &RunOptions::default()).unwrap(),
-                    c.run(&x, &RunOptions::default()).unwrap(),
-                );
-                let cos = dinoedge_runtime::tensor::mean_row_cosine(
-                    &a.last.patches.data,
-                    &b.last.patches.data,
-                    b.dim(),
-                );
-                println!(
-                    "cuda {precision} {name} {:?}: mean patch cosine {cos:.6}",
-                    x.shape
-                );
-                assert!(cos >= 0.999, "{precision} {name}: {cos}");
+            for tensor_cores in [true, false] {
+                each_device(precision, |label, mut be| {
+                    be.set_tensor_core_attention(tensor_cores);
+                    let kernel = be.attention_kernel(hd);
+                    // The emulator is an sm_80: f16 / bf16 get the tensor-core kernel.
+                    if tensor_cores && be.sm() >= 80 {
+                        assert!(kernel.contains("_mma_"), "{label} {name}: {kernel}");
+                    }
+                    let mut g = Session::new(be, model.clone()).unwrap();
+                    for x in fixture_inputs(&fixture_dir(name)).unwrap() {
+                        let (a, b) = (
+                            g.run(&x, &RunOptions::default()).unwrap(),
+                            c.run(&x, &RunOptions::default()).unwrap(),
+                        );
+                        let cos = dinoedge_runtime::tensor::mean_row_cosine(
+                            &a.last.patches.data,
+                            &b.last.patches.data,
+                            b.dim(),
+                        );
+                        println!(
+                            "{label} {precision} {name} {:?} {kernel}: mean patch cosine {cos:.6}",
+                            x.shape
+                        );
+                        assert!(cos >= 0.999, "{label} {precision} {name} {kernel}: {cos}");
+                    }
+                });
             }
         }
     }
+}
+
+/// `cuda-emulated` through the public session API, as `embed --backend cuda-emulated` opens it.
+#[test]
+fn cuda_emulated_sessions_open_through_create_session() {
+    let model = Arc::new(Model::load(fixture_dir("dinov3_gated")).unwrap());
+    let opts = SessionOptions {
+        backend: BackendKind::CudaEmulated,
+        precision: Some(Precision::BF16),
+        ..Default::default()
+    };
+    let mut s = create_session(model.clone(), &opts).unwrap();
+    assert_eq!(s.info().kind, BackendKind::CudaEmulated);
+    let x = &fixture_inputs(&fixture_dir("dinov3_gated")).unwrap()[0];
+    let f = s.run(x, &RunOptions::default()).unwrap();
+    assert!(f.last.patches.data.iter().all(|v| v.is_finite()));
 }
 
 // ---- Host-side planning (no GPU).
@@ -245,10 +286,10 @@ fn tensor_core_attention_matches_at_real_sizes() {
         eprintln!("SKIPPED: DINOEDGE_CUDA_MODELS not set (scripts/device-check-cuda.sh sets it)");
         return;
     };
-    let Some(probe) = gpu(Precision::F16) else {
+    if !cfg!(feature = "cuda") {
+        eprintln!("SKIPPED: real sizes run on a GPU only");
         return;
-    };
-    drop(probe);
+    }
     for dir in dirs.split(':').filter(|d| !d.is_empty()) {
         let model = Arc::new(Model::load(dir).unwrap());
         let big = model.num_parameters() > 1_000_000_000;
@@ -268,7 +309,19 @@ fn tensor_core_attention_matches_at_real_sizes() {
         for &precision in precisions {
             let mut sessions = Vec::new();
             for tc in [true, false] {
-                let mut be = CudaBackend::new(precision, None).unwrap();
+                let opts = CudaOptions {
+                    precision,
+                    ordinal: None,
+                    emulated: false,
+                };
+                let Ok(mut be) = CudaBackend::new(&opts) else {
+                    assert!(
+                        std::env::var("DINOEDGE_REQUIRE_CUDA").as_deref() != Ok("1"),
+                        "CUDA required"
+                    );
+                    eprintln!("SKIPPED: no GPU");
+                    return;
+                };
                 be.set_tensor_core_attention(tc);
                 let kernel = be.attention_kernel(hd);
                 sessions.push((kernel, Session::new(be, model.clone()).unwrap()));
@@ -330,7 +383,7 @@ fn vit7b() -> dinoedge_runtime::ModelConfig {
 
 #[test]
 fn memory_plan_of_the_7b_teacher() {
-    use dinoedge_runtime::backend::cuda::plan::{linear_weight_count, memory_plan};
+    use dinoedge_runtime::dispatch::cuda::plan::{linear_weight_count, memory_plan};
     let cfg = vit7b();
     // The published parameter count (6,716M); Linear weights are nearly all of it.
     let params = 6_716_000_000u64;
@@ -376,7 +429,7 @@ fn memory_plan_of_the_7b_teacher() {
 
 #[test]
 fn memory_plan_matches_the_fixture_checkpoints() {
-    use dinoedge_runtime::backend::cuda::plan::{linear_weight_count, memory_plan};
+    use dinoedge_runtime::dispatch::cuda::plan::{linear_weight_count, memory_plan};
     for name in FIXTURE_FAMILIES {
         let model = Model::load(fixture_dir(name)).unwrap();
         let params = model.num_parameters() as u64;
@@ -395,7 +448,7 @@ fn memory_plan_matches_the_fixture_checkpoints() {
 
 #[test]
 fn out_of_memory_names_what_needed_and_free() {
-    use dinoedge_runtime::backend::cuda::plan::out_of_memory;
+    use dinoedge_runtime::dispatch::cuda::plan::out_of_memory;
     let e = out_of_memory(
         "the weights of vit7b (6716000000 parameters in bf16)",
         13_432_000_000,
@@ -444,17 +497,20 @@ fn unsupported_precision_and_bad_gpu_index_are_clear_errors() {
         .expect("a GPU index is a number")
         .to_string();
     assert!(msg.contains("GPU index"), "{msg}");
-    if libraries_present().iter().all(|l| l.1) {
-        let e = CudaBackend::new(Precision::Int8, None)
-            .err()
-            .expect("int8 is CPU-only");
+    {
+        let opts = CudaOptions {
+            precision: Precision::Int8,
+            ordinal: None,
+            emulated: true,
+        };
+        let e = CudaBackend::new(&opts).err().expect("int8 is CPU-only");
         assert!(e.to_string().contains("int8"), "{e}");
     }
 }
 
 /// A checkpoint tensor in a dtype the backend cannot take (F64 here) fails session creation
-/// with the file, tensor and dtype named (the weights are converted on their way to the GPU;
-/// on a machine without a driver the same checkpoint fails on the CPU backend's load path).
+/// with the file, tensor and dtype named (the weights are converted on their way to the
+/// device).
 #[test]
 fn wrong_dtype_in_the_checkpoint_names_file_tensor_and_dtype() {
     use safetensors::tensor::{Dtype, TensorView};
@@ -484,18 +540,10 @@ fn wrong_dtype_in_the_checkpoint_names_file_tensor_and_dtype() {
     ));
     let path = tmp.path().join("model.safetensors");
     safetensors::serialize_to_file(views, None, &path).unwrap();
-    let backend = if libraries_present().iter().all(|l| l.1) {
-        BackendKind::Cuda
-    } else {
-        BackendKind::Cpu
-    };
+    let backend = BackendKind::CudaEmulated;
     let opts = SessionOptions {
         backend,
-        precision: Some(if backend == BackendKind::Cuda {
-            Precision::BF16
-        } else {
-            Precision::F32
-        }),
+        precision: Some(Precision::BF16),
         ..Default::default()
     };
     let err = Model::load(tmp.path())

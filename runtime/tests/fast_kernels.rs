@@ -13,7 +13,7 @@ use dinoedge_runtime::config::Activation;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::matmul::Epi;
 use dinoedge_runtime::ops::matmul::fast::{
-    PackedLinear, QuantFormat, matmul_fast, quant_format, quantize_rows,
+    PackedLinear, QuantFormat, matmul_forward, quant_format, quantize_rows,
 };
 
 struct Rng(u64);
@@ -81,7 +81,7 @@ fn f32_and_f16_matmul_match_the_reference_on_every_isa_and_epilogue() {
                     let mut want = resid.clone();
                     reference(&inp, wref, &b, k, o, epi, &mut want);
                     let mut got = resid.clone();
-                    matmul_fast(&pool, &mut got, &inp, &packed, r, epi, &mut []);
+                    matmul_forward(&pool, &mut got, &inp, &packed, r, epi, &mut []);
                     let e = max_rel(&got, &want);
                     assert!(
                         e < 1e-5,
@@ -137,7 +137,7 @@ fn int8_matmul_equals_the_integer_reference_on_every_isa() {
                     PackedLinear::int8(isa, &q, scales.clone(), Some(b.clone()), o, k, fixed);
                 let mut scratch = vec![0u8; packed.scratch_bytes(r)];
                 let mut got = vec![f32::NAN; r * o];
-                matmul_fast(&pool, &mut got, &inp, &packed, r, Epi::Store, &mut scratch);
+                matmul_forward(&pool, &mut got, &inp, &packed, r, Epi::Store, &mut scratch);
                 let want = int8_reference(&inp, &q, &scales, &b, k, o, fixed);
                 assert_eq!(
                     got, want,
@@ -165,7 +165,7 @@ fn int8_quantisation_is_close_to_float() {
     let packed = PackedLinear::int8_from_f32(Isa::detect(), &w, None, o, k);
     let mut scratch = vec![0u8; packed.scratch_bytes(r)];
     let mut got = vec![0.0; r * o];
-    matmul_fast(&pool, &mut got, &inp, &packed, r, Epi::Store, &mut scratch);
+    matmul_forward(&pool, &mut got, &inp, &packed, r, Epi::Store, &mut scratch);
     let e = max_rel(&got, &want);
     assert!(e < 0.03, "W8A8 relative error {e}");
 }
@@ -211,7 +211,7 @@ fn fast_attention_matches_the_reference() {
             let mut scratch =
                 vec![0.0; dinoedge_runtime::ops::attention::fast::scratch_len(isa, &d)];
             let mut got = vec![f32::NAN; d.rows() * dim];
-            dinoedge_runtime::ops::attention::fast::attention_fast(
+            dinoedge_runtime::ops::attention::fast::attention_forward(
                 &pool,
                 isa,
                 &mut got,

@@ -7,8 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use dinoedge_runtime::backend::Backend;
-use dinoedge_runtime::backend::cpu::CpuBackend;
+use dinoedge_runtime::dispatch::Backend;
+use dinoedge_runtime::dispatch::cpu::CpuBackend;
 use dinoedge_runtime::forward::{Plan, PreparedModel, dims, forward};
 use dinoedge_runtime::{Model, Precision};
 

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use dinoedge_runtime::backend::cpu::ReferenceBackend;
-use dinoedge_runtime::backend::wgpu::WgpuBackend;
-use dinoedge_runtime::backend::{Backend, Epilogue, HostLinear};
+use dinoedge_runtime::dispatch::reference::ReferenceBackend;
+use dinoedge_runtime::dispatch::wgpu::WgpuBackend;
+use dinoedge_runtime::dispatch::{Backend, Epilogue, HostLinear};
 use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
 use dinoedge_runtime::{Activation, InputLimits, Model, Precision, RunOptions, Session, Tensor};
 

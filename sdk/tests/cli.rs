@@ -85,67 +85,114 @@ fn info_reports_architecture_parameters_and_tokens() {
     });
 }
 
+/// `embed --pixels` on input `case` of HF fixture `name` with `extra` arguments: checks the
+/// output tensors' shapes; returns (features in HF token order, transformers' output, dim).
+fn embed_fixture(
+    name: &str,
+    case: &str,
+    tmp: &Path,
+    extra: &[&str],
+) -> (Vec<f32>, Vec<f32>, usize) {
+    let dir = fixtures().join("hf").join(name);
+    let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
+    let px = reference.get(&format!("{case}.pixel_values")).unwrap();
+    let px_path = tmp.join(format!("{name}_{case}_pixels.safetensors"));
+    let entry = f32_entry("pixel_values", px.shape.to_vec(), &px.to_f32().unwrap());
+    write_safetensors(&px_path, &[entry], None).unwrap();
+    let out_path = tmp.join(format!("{name}_{case}_features.safetensors"));
+    let mut args = vec![
+        "embed",
+        s(&dir),
+        "--pixels",
+        s(&px_path),
+        "--out",
+        s(&out_path),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let feats = TensorStore::open_files(&[out_path]).unwrap();
+    let want = reference.get(&format!("{case}.last_hidden_state")).unwrap();
+    let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
+    let cfg = dinoedge::Model::load(&dir).unwrap().config().clone();
+    let r = cfg.num_register_tokens;
+    let (h, w) = cfg.grid(px.shape[2], px.shape[3]);
+    assert_eq!(feats.get("cls").unwrap().shape, &[b, d]);
+    assert_eq!(feats.get("registers").unwrap().shape, &[b, r, d]);
+    assert_eq!(feats.get("patches").unwrap().shape, &[b, h, w, d]);
+    assert_eq!(1 + r + h * w, n);
+    let mut got = Vec::new();
+    let (cls, regs, patches) = (
+        feats.get("cls").unwrap().to_f32().unwrap(),
+        feats.get("registers").unwrap().to_f32().unwrap(),
+        feats.get("patches").unwrap().to_f32().unwrap(),
+    );
+    for i in 0..b {
+        got.extend_from_slice(&cls[i * d..(i + 1) * d]);
+        got.extend_from_slice(&regs[i * r * d..(i + 1) * r * d]);
+        got.extend_from_slice(&patches[i * h * w * d..(i + 1) * h * w * d]);
+    }
+    (got, want.to_f32().unwrap(), d)
+}
+
 #[test]
 fn embed_pixels_writes_the_contracted_tensors_matching_hf() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, case) in [("dinov3_mlp", "crop"), ("dinov2_reg", "rect")] {
-        let reference = TensorStore::open_files(&[fixtures()
-            .join("hf")
-            .join(name)
-            .join("reference.safetensors")])
-        .unwrap();
-        let px = reference.get(&format!("{case}.pixel_values")).unwrap();
-        let px_path = tmp.path().join(format!("{name}_pixels.safetensors"));
-        write_safetensors(
-            &px_path,
-            &[f32_entry(
-                "pixel_values",
-                px.shape.to_vec(),
-                &px.to_f32().unwrap(),
-            )],
-            None,
-        )
-        .unwrap();
-        let out_path = tmp.path().join(format!("{name}_features.safetensors"));
-        ok(&[
-            "embed",
-            s(&fixtures().join("hf").join(name)),
-            "--pixels",
-            s(&px_path),
-            "--out",
-            s(&out_path),
-            "--threads",
-            "1",
-        ]);
-
-        let feats = TensorStore::open_files(&[out_path]).unwrap();
-        let want = reference.get(&format!("{case}.last_hidden_state")).unwrap();
-        let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
-        let cfg = dinoedge::Model::load(fixtures().join("hf").join(name))
-            .unwrap()
-            .config()
-            .clone();
-        let r = cfg.num_register_tokens;
-        let (h, w) = cfg.grid(px.shape[2], px.shape[3]);
-        assert_eq!(feats.get("cls").unwrap().shape, &[b, d]);
-        assert_eq!(feats.get("registers").unwrap().shape, &[b, r, d]);
-        assert_eq!(feats.get("patches").unwrap().shape, &[b, h, w, d]);
-        assert_eq!(1 + r + h * w, n);
-        let mut got = Vec::new();
-        let (cls, regs, patches) = (
-            feats.get("cls").unwrap().to_f32().unwrap(),
-            feats.get("registers").unwrap().to_f32().unwrap(),
-            feats.get("patches").unwrap().to_f32().unwrap(),
-        );
-        for i in 0..b {
-            got.extend_from_slice(&cls[i * d..(i + 1) * d]);
-            got.extend_from_slice(&regs[i * r * d..(i + 1) * r * d]);
-            got.extend_from_slice(&patches[i * h * w * d..(i + 1) * h * w * d]);
-        }
-        let c = compare(name, &got, &want.to_f32().unwrap(), d, 1e-4);
+        let (got, want, d) = embed_fixture(name, case, tmp.path(), &["--threads", "1"]);
+        let c = compare(name, &got, &want, d, 1e-4);
         println!("{c}");
         c.assert_ok();
     }
+}
+
+/// The CUDA inference path from the CLI on the emulator, on every fixture: f32 within 1e-3
+/// of transformers, and bf16 (tensor-core attention) with mean token cosine >= 0.999.
+#[test]
+fn embed_on_cuda_emulated_matches_hf_on_every_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in dinoedge::runtime::testing::FIXTURE_FAMILIES {
+        let dir = fixtures().join("hf").join(name);
+        let reference = TensorStore::open_files(&[dir.join("reference.safetensors")]).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&reference.metadata().unwrap()["inputs"]).unwrap();
+        let case = meta.as_object().unwrap().keys().next().unwrap().clone();
+        let be = ["--backend", "cuda-emulated"];
+        let (got, want, d) = embed_fixture(name, &case, tmp.path(), &be);
+        let c = compare(
+            &format!("cuda-emulated f32 {name}/{case}"),
+            &got,
+            &want,
+            d,
+            1e-3,
+        );
+        println!("{c}");
+        c.assert_ok();
+        let bf16 = ["--backend", "cuda-emulated", "--precision", "bf16"];
+        let (got, want, d) = embed_fixture(name, &case, tmp.path(), &bf16);
+        let c = compare(
+            &format!("cuda-emulated bf16 {name}/{case}"),
+            &got,
+            &want,
+            d,
+            1.0,
+        );
+        println!("{c}");
+        assert!(c.mean_cosine >= 0.999, "{c}");
+    }
+    let last = ok(&[
+        "bench",
+        s(&fixtures().join("hf/dinov3_gated")),
+        "--backend",
+        "cuda-emulated",
+        "--size",
+        "32",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(v["backend"].as_str(), Some("cuda-emulated"), "{last}");
 }
 
 #[test]

@@ -1,27 +1,44 @@
 //! The student's forward and backward on a [`Device`], op for op the CPU trainer's
-//! ([`crate::graph`]): same order, same buffers, same `=` / `+=` conventions, with each op a
-//! `train.cu` kernel and each product a GEMM.
+//! ([`crate::graph`]): same order, same buffers, same `=` / `+=` conventions, each op the
+//! runtime's CUDA form (`ops/<op>/cuda.rs`) and each product a GEMM.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::sync::Arc;
 
+use dinoedge_runtime::backend::cuda::device::DeviceBuffer;
 use dinoedge_runtime::config::{Activation, MlpKind, ModelConfig, Positions};
 use dinoedge_runtime::forward::dims;
 use dinoedge_runtime::ops::Dims;
+use dinoedge_runtime::ops::activation::cuda::{activation_backward, activation_forward};
+use dinoedge_runtime::ops::attention::cuda::{
+    AttentionSaved, HEAD_DIMS, attention_backward, attention_forward_lse,
+};
+use dinoedge_runtime::ops::column_sum::cuda::partial_len;
+use dinoedge_runtime::ops::layer_norm::cuda::{
+    LayerNormCache, layer_norm_backward, layer_norm_forward,
+};
+use dinoedge_runtime::ops::matmul::cuda::{
+    GemmScratch, Input, Weight, matmul_backward, matmul_forward_train, product,
+};
+use dinoedge_runtime::ops::patch_embed::cuda::{assemble, im2col, patch_embed_backward};
+use dinoedge_runtime::ops::residual::cuda::{residual_backward, residual_forward};
+use dinoedge_runtime::ops::rope::cuda::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::rope::tables;
+use dinoedge_runtime::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 use dinoedge_runtime::weights::layout::{LayerParam as L, Param};
 
-use super::{Arg, DevPtr, Device, GemmType, HEAD_DIMS, Mat, blocks, bytes, device_error};
+use super::{DevPtr, Device, Elem, Operand, bytes, device_error};
 use crate::error::{DistillError, Result};
 use crate::params::{ParamId, ParamLayout};
 
 /// Device allocations freed together.
 pub struct Buffers {
-    pub dev: Rc<dyn Device>,
-    list: Vec<DevPtr>,
+    pub dev: Arc<dyn Device>,
+    list: Vec<DeviceBuffer>,
 }
 
 impl Buffers {
-    pub fn new(dev: Rc<dyn Device>) -> Self {
+    pub fn new(dev: Arc<dyn Device>) -> Self {
         Buffers {
             dev,
             list: Vec::new(),
@@ -34,17 +51,10 @@ impl Buffers {
     }
 
     pub fn bytes(&mut self, n: usize, what: &str) -> Result<DevPtr> {
-        let p = self.dev.alloc(n, what)?;
-        self.list.push(p);
+        let b = DeviceBuffer::new(&self.dev, n, 1, what)?;
+        let p = b.ptr;
+        self.list.push(b);
         Ok(p)
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        for &p in &self.list {
-            self.dev.free(p);
-        }
     }
 }
 
@@ -72,17 +82,14 @@ impl DevParams<'_> {
     fn lo(&self, l: usize, lp: L) -> Option<DevPtr> {
         self.opt(Param::Layer(l, lp))
     }
-    /// Weight `id` (o, k) as the B operand of `x · Wᵀ`.
-    pub fn wt(&self, id: ParamId, k: usize) -> Mat {
-        Mat::transposed(self.id(id), k).with_bf16(self.half(id))
-    }
-    /// Weight `id` (o, k) as the B operand of `dy · W`.
-    pub fn w(&self, id: ParamId, k: usize) -> Mat {
-        Mat::rows(self.id(id), k).with_bf16(self.half(id))
-    }
-    fn half(&self, id: ParamId) -> Option<DevPtr> {
-        self.bf16
-            .map(|h| h + 2 * self.layout.range(id).start as u64)
+    /// Weight `id` (o, k) with its bf16 copy.
+    pub fn w(&self, id: ParamId) -> Weight {
+        Weight {
+            ptr: self.id(id),
+            half: self
+                .bf16
+                .map(|h| h + 2 * self.layout.range(id).start as u64),
+        }
     }
 }
 
@@ -121,87 +128,97 @@ const QKV: [(L, L); 3] = [
 /// What one block keeps for its backward (as [`crate::graph`]'s `BlockActs`).
 struct BlockActs {
     ln1: DevPtr,
-    ln1_mean: DevPtr,
-    ln1_rstd: DevPtr,
+    ln1_cache: LayerNormCache,
     qkv: DevPtr,
     lse: DevPtr,
     att: DevPtr,
     y1: DevPtr,
     x_mid: DevPtr,
     ln2: DevPtr,
-    ln2_mean: DevPtr,
-    ln2_rstd: DevPtr,
+    ln2_cache: LayerNormCache,
     h: DevPtr,
     a: DevPtr,
     y2: DevPtr,
 }
 
-/// Shape-independent helpers: the device, GEMM type and the column-sum scratch.
+/// Shape-independent helpers: the device, GEMM type and scratch of the products and the
+/// column sums.
 pub struct Ops {
-    pub dev: Rc<dyn Device>,
-    pub t: GemmType,
-    /// Column partial sums: 256 chunks of the widest row.
-    partials: DevPtr,
+    pub dev: Arc<dyn Device>,
+    pub ty: Elem,
+    gemm: RefCell<GemmScratch>,
+    /// Column sums' partials, for rows up to `partial_cols` wide.
+    partial: DevPtr,
     partial_cols: usize,
 }
 
 impl Ops {
-    pub fn new(bufs: &mut Buffers, t: GemmType, widest: usize) -> Result<Ops> {
+    pub fn new(bufs: &mut Buffers, ty: Elem, widest: usize) -> Result<Ops> {
         Ok(Ops {
             dev: bufs.dev.clone(),
-            t,
-            partials: bufs.f32(256 * widest, "column partial sums")?,
+            ty,
+            gemm: RefCell::new(GemmScratch::new(&bufs.dev)),
+            partial: bufs.f32(partial_len(widest), "column partial sums")?,
             partial_cols: widest,
         })
     }
 
-    pub fn launch(&self, k: &'static str, n: usize, args: &[Arg]) -> Result<()> {
-        self.dev.launch(k, (blocks(n), 1), 256, args)
+    fn d(&self) -> &dyn Device {
+        &*self.dev
+    }
+
+    /// The column sums' scratch for rows `cols` wide.
+    fn partial(&self, cols: usize) -> Result<DevPtr> {
+        if cols > self.partial_cols {
+            return Err(device_error(
+                "column sums",
+                format!("{cols} columns, scratch for {}", self.partial_cols),
+            )
+            .into());
+        }
+        Ok(self.partial)
+    }
+
+    /// `c (m, n; ldc) (=) a (m, k) · b (k, n)`, both f32 in memory.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        mnk: (usize, usize, usize),
+        a: Operand,
+        b: Operand,
+        c: DevPtr,
+        ldc: usize,
+    ) -> Result<()> {
+        let none = (dinoedge_runtime::backend::cuda::device::Fused::None, 0);
+        let mut s = self.gemm.borrow_mut();
+        let (a, b) = (Input::f32(a), Input::f32(b));
+        product(self.d(), &mut s, mnk, a, b, c, ldc, false, self.ty, none)?;
+        Ok(())
     }
 
     /// `out[:, 0..o]` (row stride `ldo`) = inp (rows, k) · Wᵀ + b.
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_forward(
+    pub fn matmul_forward_train(
         &self,
         out: DevPtr,
         ldo: usize,
         inp: DevPtr,
-        w: Mat,
+        w: Weight,
         b: Option<DevPtr>,
         rows: usize,
         k: usize,
         o: usize,
     ) -> Result<()> {
-        if let Some(b) = b {
-            self.launch(
-                "bias_rows",
-                rows * o,
-                &[
-                    Arg::Ptr(out),
-                    Arg::I32(ldo as i32),
-                    Arg::Ptr(b),
-                    Arg::I32(rows as i32),
-                    Arg::I32(o as i32),
-                ],
-            )?;
-        }
-        self.dev.gemm(
-            rows,
-            o,
-            k,
-            Mat::rows(inp, k),
-            w,
-            out,
-            ldo,
-            b.is_some(),
-            self.t,
-        )
+        let mut s = self.gemm.borrow_mut();
+        let rko = (rows, k, o);
+        matmul_forward_train(self.d(), &mut s, self.ty, out, ldo, inp, w, b, rko)?;
+        Ok(())
     }
 
     /// dinp (= | += when accumulate) dout · W, dw += doutᵀ · inp, db += column sums; dout
-    /// (rows, o) with row stride `ld`. `w` is W (o, k) as rows.
+    /// (rows, o) with row stride `ld`.
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_backward(
+    pub fn matmul_backward(
         &self,
         dinp: Option<(DevPtr, bool)>,
         dw: DevPtr,
@@ -209,114 +226,29 @@ impl Ops {
         dout: DevPtr,
         ld: usize,
         inp: DevPtr,
-        w: Mat,
+        w: Weight,
         rows: usize,
         k: usize,
         o: usize,
     ) -> Result<()> {
-        if let Some((dx, acc)) = dinp {
-            self.dev
-                .gemm(rows, k, o, Mat::rows(dout, ld), w, dx, k, acc, self.t)?;
-        }
-        self.dev.gemm(
-            o,
-            k,
-            rows,
-            Mat::transposed(dout, ld),
-            Mat::rows(inp, k),
+        let partial = self.partial(o)?;
+        let mut s = self.gemm.borrow_mut();
+        let (d, ty) = (self.d(), self.ty);
+        matmul_backward(
+            d,
+            &mut s,
+            partial,
+            ty,
+            dinp,
             dw,
-            k,
-            true,
-            self.t,
+            db,
+            dout,
+            ld,
+            inp,
+            w,
+            (rows, k, o),
         )?;
-        if let Some(db) = db {
-            self.column_sums(db, dout, None, ld, rows, o)?;
-        }
         Ok(())
-    }
-
-    /// `acc[j] += sum_r a[r * ld + j]` (times `b[r * ld + j]`, or times the LayerNorm's
-    /// normalised input when `b` is (x, mean, rstd)), summed in fixed row chunks.
-    pub fn column_sums(
-        &self,
-        acc: DevPtr,
-        a: DevPtr,
-        b: Option<(DevPtr, Option<(DevPtr, DevPtr)>)>,
-        ld: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<()> {
-        if cols > self.partial_cols {
-            return Err(device_error(
-                "column sums",
-                format!("{cols} columns, scratch for {}", self.partial_cols),
-            ));
-        }
-        let chunk = rows.div_ceil(256).max(32);
-        let chunks = rows.div_ceil(chunk);
-        let (bp, mean, rstd, mode) = match b {
-            None => (0, 0, 0, 0),
-            Some((b, None)) => (b, 0, 0, 1),
-            Some((x, Some((m, r)))) => (x, m, r, 2),
-        };
-        self.dev.launch(
-            "column_partials",
-            (cols.div_ceil(256) as u32, chunks as u32),
-            256,
-            &[
-                Arg::Ptr(self.partials),
-                Arg::Ptr(a),
-                Arg::Ptr(bp),
-                Arg::Ptr(mean),
-                Arg::Ptr(rstd),
-                Arg::I32(ld as i32),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::I32(chunk as i32),
-                Arg::I32(mode),
-            ],
-        )?;
-        self.launch(
-            "column_reduce_add",
-            cols,
-            &[
-                Arg::Ptr(acc),
-                Arg::Ptr(self.partials),
-                Arg::I32(chunks as i32),
-                Arg::I32(cols as i32),
-            ],
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn layer_norm_forward(
-        &self,
-        out: DevPtr,
-        mean: DevPtr,
-        rstd: DevPtr,
-        inp: DevPtr,
-        w: DevPtr,
-        b: DevPtr,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()> {
-        self.dev.launch(
-            "layer_norm_forward",
-            (rows.div_ceil(8) as u32, 1),
-            256,
-            &[
-                Arg::Ptr(out),
-                Arg::Ptr(mean),
-                Arg::Ptr(rstd),
-                Arg::Ptr(inp),
-                Arg::Ptr(w),
-                Arg::Ptr(b),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-                Arg::F32(eps),
-            ],
-        )
     }
 
     /// dinp (=); dw, db (+=).
@@ -329,56 +261,28 @@ impl Ops {
         dout: DevPtr,
         inp: DevPtr,
         w: DevPtr,
-        (mean, rstd): (DevPtr, DevPtr),
+        cache: LayerNormCache,
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        self.column_sums(db, dout, None, cols, rows, cols)?;
-        self.column_sums(dw, dout, Some((inp, Some((mean, rstd)))), cols, rows, cols)?;
-        self.dev.launch(
-            "layer_norm_backward",
-            (rows.div_ceil(8) as u32, 1),
-            256,
-            &[
-                Arg::Ptr(dinp),
-                Arg::Ptr(dout),
-                Arg::Ptr(inp),
-                Arg::Ptr(w),
-                Arg::Ptr(mean),
-                Arg::Ptr(rstd),
-                Arg::I32(rows as i32),
-                Arg::I32(cols as i32),
-            ],
-        )
+        let partial = self.partial(cols)?;
+        Ok(layer_norm_backward(
+            self.d(),
+            partial,
+            dinp,
+            dw,
+            db,
+            dout,
+            inp,
+            w,
+            cache,
+            rows,
+            cols,
+        )?)
     }
 
-    pub fn add_into(&self, acc: DevPtr, x: DevPtr, n: usize) -> Result<()> {
-        self.launch(
-            "add_into",
-            n,
-            &[Arg::Ptr(acc), Arg::Ptr(x), Arg::I64(n as i64)],
-        )
-    }
-
-    fn layer_scale_forward(
-        &self,
-        x: DevPtr,
-        y: DevPtr,
-        gamma: DevPtr,
-        n: usize,
-        dim: usize,
-    ) -> Result<()> {
-        self.launch(
-            "layer_scale_forward",
-            n,
-            &[
-                Arg::Ptr(x),
-                Arg::Ptr(y),
-                Arg::Ptr(gamma),
-                Arg::I64(n as i64),
-                Arg::I32(dim as i32),
-            ],
-        )
+    pub fn add_into(&self, acc: DevPtr, x: DevPtr, rows: usize, dim: usize) -> Result<()> {
+        Ok(residual_forward(self.d(), acc, x, None, rows * dim, dim)?)
     }
 
     /// dy (=) dx * gamma; dgamma += sum_rows(dx * y).
@@ -393,26 +297,18 @@ impl Ops {
         rows: usize,
         dim: usize,
     ) -> Result<()> {
-        self.column_sums(dgamma, dx, Some((y, None)), dim, rows, dim)?;
-        self.launch(
-            "layer_scale_backward",
-            rows * dim,
-            &[
-                Arg::Ptr(dy),
-                Arg::Ptr(dx),
-                Arg::Ptr(gamma),
-                Arg::I64((rows * dim) as i64),
-                Arg::I32(dim as i32),
-            ],
-        )
-    }
-}
-
-fn act_code(a: Activation) -> i32 {
-    match a {
-        Activation::Gelu => 1,
-        Activation::GeluTanh => 2,
-        Activation::Silu => 3,
+        let partial = self.partial(dim)?;
+        Ok(residual_backward(
+            self.d(),
+            partial,
+            dy,
+            dgamma,
+            dx,
+            y,
+            gamma,
+            rows,
+            dim,
+        )?)
     }
 }
 
@@ -430,10 +326,10 @@ pub struct DevGraph {
     blocks: Vec<BlockActs>,
     recompute: bool,
     pub out: DevPtr,
-    out_stats: (DevPtr, DevPtr),
+    out_cache: LayerNormCache,
     pub inter_layers: Vec<usize>,
     pub inter: Vec<DevPtr>,
-    inter_stats: Vec<(DevPtr, DevPtr)>,
+    inter_caches: Vec<LayerNormCache>,
     dx: DevPtr,
     dtmp: DevPtr,
     dy: DevPtr,
@@ -444,13 +340,20 @@ pub struct DevGraph {
     _bufs: Buffers,
 }
 
+fn cache(b: &mut Buffers, rows: usize) -> Result<LayerNormCache> {
+    Ok(LayerNormCache {
+        mean: b.f32(rows, "norm stats")?,
+        rstd: b.f32(rows, "norm stats")?,
+    })
+}
+
 impl DevGraph {
-    /// A graph for `batch` images of `height x width` pixels; `widest` is the widest row any column
-    /// sum will see besides the student's own (the teacher's width, for the heads).
+    /// A graph for `batch` images of `height x width` pixels; `widest` is the widest row any
+    /// column sum will see besides the student's own (the teacher's width, for the heads).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        dev: Rc<dyn Device>,
-        t: GemmType,
+        dev: Arc<dyn Device>,
+        ty: Elem,
         cfg: &ModelConfig,
         batch: usize,
         (height, width): (usize, usize),
@@ -478,7 +381,7 @@ impl DevGraph {
         let (r, dim, i) = (d.rows(), d.dim, d.hidden);
         let gated = matches!(cfg.mlp, MlpKind::Gated(_));
         let h_w = if gated { 2 * i } else { i };
-        let ops = Ops::new(&mut b, t, widest.max(3 * dim).max(h_w))?;
+        let ops = Ops::new(&mut b, ty, widest.max(3 * dim).max(h_w))?;
         let cos = b.f32(cos_h.len(), "rope tables")?;
         let sin = b.f32(sin_h.len(), "rope tables")?;
         dev.upload(cos, bytes(&cos_h))?;
@@ -490,16 +393,14 @@ impl DevGraph {
             let what = "block activations";
             blocks_.push(BlockActs {
                 ln1: b.f32(r * dim, what)?,
-                ln1_mean: b.f32(r, what)?,
-                ln1_rstd: b.f32(r, what)?,
+                ln1_cache: cache(&mut b, r)?,
                 qkv: b.f32(r * 3 * dim, what)?,
                 lse: b.f32(lse_n, what)?,
                 att: b.f32(r * dim, what)?,
                 y1: b.f32(r * dim, what)?,
                 x_mid: b.f32(r * dim, what)?,
                 ln2: b.f32(r * dim, what)?,
-                ln2_mean: b.f32(r, what)?,
-                ln2_rstd: b.f32(r, what)?,
+                ln2_cache: cache(&mut b, r)?,
                 h: b.f32(r * h_w, what)?,
                 a: b.f32(r * i, what)?,
                 y2: b.f32(r * dim, what)?,
@@ -510,10 +411,10 @@ impl DevGraph {
             xs.push(b.f32(r * dim, "residual stream")?);
         }
         let mut inter = Vec::new();
-        let mut inter_stats = Vec::new();
+        let mut inter_caches = Vec::new();
         for _ in inter_layers {
             inter.push(b.f32(r * dim, "intermediate outputs")?);
-            inter_stats.push((b.f32(r, "norm stats")?, b.f32(r, "norm stats")?));
+            inter_caches.push(cache(&mut b, r)?);
         }
         let patches = d.batch * d.patches();
         Ok(DevGraph {
@@ -528,10 +429,10 @@ impl DevGraph {
             blocks: blocks_,
             recompute,
             out: b.f32(r * dim, "outputs")?,
-            out_stats: (b.f32(r, "norm stats")?, b.f32(r, "norm stats")?),
+            out_cache: cache(&mut b, r)?,
             inter_layers: inter_layers.to_vec(),
             inter,
-            inter_stats,
+            inter_caches,
             dx: b.f32(r * dim, "backward scratch")?,
             dtmp: b.f32(r * dim, "backward scratch")?,
             dy: b.f32(r * dim, "backward scratch")?,
@@ -551,52 +452,29 @@ impl DevGraph {
         }
     }
 
+    fn dev(&self) -> &dyn Device {
+        &*self.ops.dev
+    }
+
     /// Forward on the pixels already in [`DevGraph::pixels`].
     pub fn forward(&self, p: DevParams) -> Result<()> {
         let d = self.dims;
         let (dim, eps) = (d.dim, self.cfg.layer_norm_eps as f32);
         let o = &self.ops;
-        let n = d.batch * d.patches() * d.patch_len();
-        o.launch(
-            "im2col_forward",
-            n,
-            &[
-                Arg::Ptr(self.cols),
-                Arg::Ptr(self.pixels),
-                Arg::I32(d.batch as i32),
-                Arg::I32(d.channels as i32),
-                Arg::I32(d.height as i32),
-                Arg::I32(d.width as i32),
-                Arg::I32(d.patch as i32),
-                Arg::I32(d.grid_h as i32),
-                Arg::I32(d.grid_w as i32),
-            ],
-        )?;
+        im2col(self.dev(), self.cols, self.pixels, &d)?;
         let pl = d.patch_len();
-        o.linear_forward(
+        o.matmul_forward_train(
             self.emb,
             dim,
             self.cols,
-            p.wt(ParamId::Model(Param::PatchWeight), pl),
+            p.w(ParamId::Model(Param::PatchWeight)),
             Some(p.get(Param::PatchBias)),
             d.batch * d.patches(),
             pl,
             dim,
         )?;
-        o.launch(
-            "assemble_forward",
-            d.rows() * dim,
-            &[
-                Arg::Ptr(self.xs[0]),
-                Arg::Ptr(self.emb),
-                Arg::Ptr(p.get(Param::ClsToken)),
-                Arg::Ptr(p.opt(Param::RegisterTokens).unwrap_or(0)),
-                Arg::I32(d.batch as i32),
-                Arg::I32(d.tokens() as i32),
-                Arg::I32(d.prefix as i32),
-                Arg::I32(dim as i32),
-            ],
-        )?;
+        let (cls, regs) = (p.get(Param::ClsToken), p.opt(Param::RegisterTokens));
+        assemble(self.dev(), self.xs[0], self.emb, cls, regs, None, &d)?;
         for l in 0..self.cfg.num_layers {
             let b = &self.blocks[if self.recompute { 0 } else { l }];
             self.block_forward(p, l, self.xs[l], self.xs[l + 1], b)?;
@@ -604,10 +482,11 @@ impl DevGraph {
         let (nw, nb) = (p.get(Param::NormWeight), p.get(Param::NormBias));
         let r = d.rows();
         let nl = self.cfg.num_layers;
-        o.layer_norm_forward(
+        let dev = self.dev();
+        layer_norm_forward(
+            dev,
             self.out,
-            self.out_stats.0,
-            self.out_stats.1,
+            Some(self.out_cache),
             self.xs[nl],
             nw,
             nb,
@@ -616,8 +495,8 @@ impl DevGraph {
             eps,
         )?;
         for (k, &l) in self.inter_layers.iter().enumerate() {
-            let (m, s) = self.inter_stats[k];
-            o.layer_norm_forward(self.inter[k], m, s, self.xs[l + 1], nw, nb, r, dim, eps)?;
+            let c = Some(self.inter_caches[k]);
+            layer_norm_forward(dev, self.inter[k], c, self.xs[l + 1], nw, nb, r, dim, eps)?;
         }
         Ok(())
     }
@@ -633,154 +512,39 @@ impl DevGraph {
         let d = self.dims;
         let (dim, r, eps, i) = (d.dim, d.rows(), self.cfg.layer_norm_eps as f32, d.hidden);
         let (gated, act) = self.act();
-        let o = &self.ops;
+        let (o, dev) = (&self.ops, self.dev());
         let ml = |lp| ParamId::Model(Param::Layer(l, lp));
-        o.layer_norm_forward(
-            b.ln1,
-            b.ln1_mean,
-            b.ln1_rstd,
-            x,
-            p.l(l, L::Norm1Weight),
-            p.l(l, L::Norm1Bias),
-            r,
-            dim,
-            eps,
-        )?;
+        let (w1, b1) = (p.l(l, L::Norm1Weight), p.l(l, L::Norm1Bias));
+        layer_norm_forward(dev, b.ln1, Some(b.ln1_cache), x, w1, b1, r, dim, eps)?;
         for (j, (w, bias)) in QKV.into_iter().enumerate() {
-            o.linear_forward(
-                b.qkv + 4 * (j * dim) as u64,
-                3 * dim,
-                b.ln1,
-                p.wt(ml(w), dim),
-                p.lo(l, bias),
-                r,
-                dim,
-                dim,
-            )?;
+            let dst = b.qkv + 4 * (j * dim) as u64;
+            o.matmul_forward_train(dst, 3 * dim, b.ln1, p.w(ml(w)), p.lo(l, bias), r, dim, dim)?;
         }
-        self.rope(b.qkv, false)?;
-        let hd = d.head_dim();
-        o.dev.launch(
-            attention_kernel("forward", hd),
-            ((d.batch * d.heads) as u32, d.tokens().div_ceil(64) as u32),
-            64,
-            &[
-                Arg::Ptr(b.att),
-                Arg::Ptr(b.lse),
-                Arg::Ptr(b.qkv),
-                Arg::I32(d.tokens() as i32),
-                Arg::I32(d.heads as i32),
-            ],
-        )?;
-        o.linear_forward(
-            b.y1,
-            dim,
-            b.att,
-            p.wt(ml(L::OWeight), dim),
-            p.lo(l, L::OBias),
-            r,
-            dim,
-            dim,
-        )?;
-        o.dev.copy(b.x_mid, x, 4 * r * dim)?;
-        o.layer_scale_forward(b.x_mid, b.y1, p.l(l, L::LayerScale1), r * dim, dim)?;
-        o.layer_norm_forward(
-            b.ln2,
-            b.ln2_mean,
-            b.ln2_rstd,
-            b.x_mid,
-            p.l(l, L::Norm2Weight),
-            p.l(l, L::Norm2Bias),
-            r,
-            dim,
-            eps,
-        )?;
+        rope_forward(dev, b.qkv, self.cos, self.sin, &d)?;
+        attention_forward_lse(dev, b.att, b.lse, b.qkv, &d)?;
+        let (wo, bo) = (p.w(ml(L::OWeight)), p.lo(l, L::OBias));
+        o.matmul_forward_train(b.y1, dim, b.att, wo, bo, r, dim, dim)?;
+        dev.copy(b.x_mid, x, 4 * r * dim)?;
+        let ls1 = Some(p.l(l, L::LayerScale1));
+        residual_forward(dev, b.x_mid, b.y1, ls1, r * dim, dim)?;
+        let (w2, b2) = (p.l(l, L::Norm2Weight), p.l(l, L::Norm2Bias));
+        layer_norm_forward(dev, b.ln2, Some(b.ln2_cache), b.x_mid, w2, b2, r, dim, eps)?;
         if gated {
-            o.linear_forward(
-                b.h,
-                2 * i,
-                b.ln2,
-                p.wt(ml(L::GateWeight), dim),
-                p.lo(l, L::GateBias),
-                r,
-                dim,
-                i,
-            )?;
-            o.linear_forward(
-                b.h + 4 * i as u64,
-                2 * i,
-                b.ln2,
-                p.wt(ml(L::UpWeight), dim),
-                p.lo(l, L::UpBias),
-                r,
-                dim,
-                i,
-            )?;
-            o.launch(
-                "swiglu_forward",
-                r * i,
-                &[
-                    Arg::Ptr(b.a),
-                    Arg::Ptr(b.h),
-                    Arg::I32(r as i32),
-                    Arg::I32(i as i32),
-                    Arg::I32(act_code(act)),
-                ],
-            )?;
+            let (wg, bg) = (p.w(ml(L::GateWeight)), p.lo(l, L::GateBias));
+            o.matmul_forward_train(b.h, 2 * i, b.ln2, wg, bg, r, dim, i)?;
+            let (wu, bu) = (p.w(ml(L::UpWeight)), p.lo(l, L::UpBias));
+            o.matmul_forward_train(b.h + 4 * i as u64, 2 * i, b.ln2, wu, bu, r, dim, i)?;
+            swiglu_forward(dev, b.a, b.h, r, i, act)?;
         } else {
-            o.linear_forward(
-                b.h,
-                i,
-                b.ln2,
-                p.wt(ml(L::UpWeight), dim),
-                p.lo(l, L::UpBias),
-                r,
-                dim,
-                i,
-            )?;
-            o.launch(
-                "activation_forward",
-                r * i,
-                &[
-                    Arg::Ptr(b.a),
-                    Arg::Ptr(b.h),
-                    Arg::I64((r * i) as i64),
-                    Arg::I32(act_code(act)),
-                ],
-            )?;
+            let (wu, bu) = (p.w(ml(L::UpWeight)), p.lo(l, L::UpBias));
+            o.matmul_forward_train(b.h, i, b.ln2, wu, bu, r, dim, i)?;
+            activation_forward(dev, b.a, b.h, r * i, act)?;
         }
-        o.linear_forward(
-            b.y2,
-            dim,
-            b.a,
-            p.wt(ml(L::DownWeight), i),
-            p.lo(l, L::DownBias),
-            r,
-            i,
-            dim,
-        )?;
-        o.dev.copy(x_out, b.x_mid, 4 * r * dim)?;
-        o.layer_scale_forward(x_out, b.y2, p.l(l, L::LayerScale2), r * dim, dim)
-    }
-
-    fn rope(&self, qkv: DevPtr, inverse: bool) -> Result<()> {
-        let d = self.dims;
-        let n = d.batch * d.patches() * 2 * d.heads * d.head_dim() / 2;
-        self.ops.launch(
-            "rope_apply",
-            n,
-            &[
-                Arg::Ptr(qkv),
-                Arg::Ptr(self.cos),
-                Arg::Ptr(self.sin),
-                Arg::I32(d.batch as i32),
-                Arg::I32(d.tokens() as i32),
-                Arg::I32(d.prefix as i32),
-                Arg::I32(d.dim as i32),
-                Arg::I32(d.head_dim() as i32),
-                Arg::I32(inverse as i32),
-            ],
-        )
+        let (wd, bd) = (p.w(ml(L::DownWeight)), p.lo(l, L::DownBias));
+        o.matmul_forward_train(b.y2, dim, b.a, wd, bd, r, i, dim)?;
+        dev.copy(x_out, b.x_mid, 4 * r * dim)?;
+        let ls2 = Some(p.l(l, L::LayerScale2));
+        Ok(residual_forward(dev, x_out, b.y2, ls2, r * dim, dim)?)
     }
 
     /// Accumulates (`+=`) every parameter gradient into `g`, given the gradients of `out`
@@ -793,24 +557,13 @@ impl DevGraph {
         dinter: &[DevPtr],
     ) -> Result<()> {
         let d = self.dims;
-        let (dim, r, i) = (d.dim, d.rows(), d.hidden);
-        let (gated, act) = self.act();
+        let (dim, r) = (d.dim, d.rows());
         let nl = self.cfg.num_layers;
         let o = &self.ops;
-        let ml = |l, lp| ParamId::Model(Param::Layer(l, lp));
         let nw = p.get(Param::NormWeight);
         let (gnw, gnb) = (g.m(Param::NormWeight), g.m(Param::NormBias));
-        o.layer_norm_backward(
-            self.dx,
-            gnw,
-            gnb,
-            dout,
-            self.xs[nl],
-            nw,
-            self.out_stats,
-            r,
-            dim,
-        )?;
+        let xn = self.xs[nl];
+        o.layer_norm_backward(self.dx, gnw, gnb, dout, xn, nw, self.out_cache, r, dim)?;
         for l in (0..nl).rev() {
             for (k, _) in self
                 .inter_layers
@@ -818,249 +571,147 @@ impl DevGraph {
                 .enumerate()
                 .filter(|&(_, &il)| il == l)
             {
-                o.layer_norm_backward(
-                    self.dtmp,
-                    gnw,
-                    gnb,
-                    dinter[k],
-                    self.xs[l + 1],
-                    nw,
-                    self.inter_stats[k],
-                    r,
-                    dim,
-                )?;
-                o.add_into(self.dx, self.dtmp, r * dim)?;
+                let (c, x) = (self.inter_caches[k], self.xs[l + 1]);
+                o.layer_norm_backward(self.dtmp, gnw, gnb, dinter[k], x, nw, c, r, dim)?;
+                o.add_into(self.dx, self.dtmp, r, dim)?;
             }
             let b = &self.blocks[if self.recompute { 0 } else { l }];
             if self.recompute {
                 self.block_forward(p, l, self.xs[l], self.xs[l + 1], b)?;
             }
-            // MLP branch: x_out = x_mid + ls2 * y2.
-            o.layer_scale_backward(
-                self.dy,
-                g.l(l, L::LayerScale2),
-                self.dx,
-                b.y2,
-                p.l(l, L::LayerScale2),
-                r,
-                dim,
-            )?;
-            o.linear_backward(
-                Some((self.da, false)),
-                g.l(l, L::DownWeight),
-                g.lo(l, L::DownBias),
-                self.dy,
-                dim,
-                b.a,
-                p.w(ml(l, L::DownWeight), i),
-                r,
-                i,
-                dim,
-            )?;
-            if gated {
-                o.launch(
-                    "swiglu_backward",
-                    r * i,
-                    &[
-                        Arg::Ptr(self.dh),
-                        Arg::Ptr(self.da),
-                        Arg::Ptr(b.h),
-                        Arg::I32(r as i32),
-                        Arg::I32(i as i32),
-                        Arg::I32(act_code(act)),
-                    ],
-                )?;
-                o.linear_backward(
-                    Some((self.dtmp, false)),
-                    g.l(l, L::GateWeight),
-                    g.lo(l, L::GateBias),
-                    self.dh,
-                    2 * i,
-                    b.ln2,
-                    p.w(ml(l, L::GateWeight), dim),
-                    r,
-                    dim,
-                    i,
-                )?;
-                o.linear_backward(
-                    Some((self.dtmp, true)),
-                    g.l(l, L::UpWeight),
-                    g.lo(l, L::UpBias),
-                    self.dh + 4 * i as u64,
-                    2 * i,
-                    b.ln2,
-                    p.w(ml(l, L::UpWeight), dim),
-                    r,
-                    dim,
-                    i,
-                )?;
-            } else {
-                o.launch(
-                    "activation_backward",
-                    r * i,
-                    &[
-                        Arg::Ptr(self.dh),
-                        Arg::Ptr(self.da),
-                        Arg::Ptr(b.h),
-                        Arg::I64((r * i) as i64),
-                        Arg::I32(act_code(act)),
-                    ],
-                )?;
-                o.linear_backward(
-                    Some((self.dtmp, false)),
-                    g.l(l, L::UpWeight),
-                    g.lo(l, L::UpBias),
-                    self.dh,
-                    i,
-                    b.ln2,
-                    p.w(ml(l, L::UpWeight), dim),
-                    r,
-                    dim,
-                    i,
-                )?;
-            }
-            o.layer_norm_backward(
-                self.dy,
-                g.l(l, L::Norm2Weight),
-                g.l(l, L::Norm2Bias),
-                self.dtmp,
-                b.x_mid,
-                p.l(l, L::Norm2Weight),
-                (b.ln2_mean, b.ln2_rstd),
-                r,
-                dim,
-            )?;
-            o.add_into(self.dx, self.dy, r * dim)?;
-            // Attention branch: x_mid = x + ls1 * y1.
-            o.layer_scale_backward(
-                self.dy,
-                g.l(l, L::LayerScale1),
-                self.dx,
-                b.y1,
-                p.l(l, L::LayerScale1),
-                r,
-                dim,
-            )?;
-            o.linear_backward(
-                Some((self.dtmp, false)),
-                g.l(l, L::OWeight),
-                g.lo(l, L::OBias),
-                self.dy,
-                dim,
-                b.att,
-                p.w(ml(l, L::OWeight), dim),
-                r,
-                dim,
-                dim,
-            )?;
-            self.attention_backward(b)?;
-            self.rope(self.dqkv, true)?;
-            for (j, (w, bias)) in QKV.into_iter().enumerate() {
-                o.linear_backward(
-                    Some((self.dtmp, j > 0)),
-                    g.l(l, w),
-                    g.lo(l, bias),
-                    self.dqkv + 4 * (j * dim) as u64,
-                    3 * dim,
-                    b.ln1,
-                    p.w(ml(l, w), dim),
-                    r,
-                    dim,
-                    dim,
-                )?;
-            }
-            o.layer_norm_backward(
-                self.dy,
-                g.l(l, L::Norm1Weight),
-                g.l(l, L::Norm1Bias),
-                self.dtmp,
-                self.xs[l],
-                p.l(l, L::Norm1Weight),
-                (b.ln1_mean, b.ln1_rstd),
-                r,
-                dim,
-            )?;
-            o.add_into(self.dx, self.dy, r * dim)?;
+            self.mlp_backward(p, g, l, b)?;
+            self.attention_block_backward(p, g, l, b)?;
         }
         // Token assembly and the patch convolution.
-        o.launch(
-            "assemble_backward",
-            d.rows() * dim,
-            &[
-                Arg::Ptr(self.emb),
-                Arg::Ptr(g.m(Param::ClsToken)),
-                Arg::Ptr(g.opt(ParamId::Model(Param::RegisterTokens)).unwrap_or(0)),
-                Arg::Ptr(self.dx),
-                Arg::I32(d.batch as i32),
-                Arg::I32(d.tokens() as i32),
-                Arg::I32(d.prefix as i32),
-                Arg::I32(dim as i32),
-            ],
-        )?;
-        let pl = d.patch_len();
-        o.linear_backward(
+        let dregs = g.opt(ParamId::Model(Param::RegisterTokens)).unwrap_or(0);
+        let dcls = g.m(Param::ClsToken);
+        patch_embed_backward(self.dev(), self.emb, dcls, dregs, self.dx, &d)?;
+        o.matmul_backward(
             None,
             g.m(Param::PatchWeight),
             Some(g.m(Param::PatchBias)),
             self.emb,
             dim,
             self.cols,
-            p.w(ParamId::Model(Param::PatchWeight), pl),
+            p.w(ParamId::Model(Param::PatchWeight)),
             d.batch * d.patches(),
-            pl,
+            d.patch_len(),
             dim,
         )
     }
 
-    /// dqkv (=) from dtmp (the gradient of the attention output).
-    fn attention_backward(&self, b: &BlockActs) -> Result<()> {
+    /// The MLP branch `x_out = x_mid + ls2 * y2`: dx (+=) its input gradient.
+    fn mlp_backward(&self, p: DevParams, g: DevGrads, l: usize, b: &BlockActs) -> Result<()> {
         let d = self.dims;
-        let (n, hd) = (d.tokens(), d.head_dim());
-        let o = &self.ops;
-        o.launch(
-            "attention_backward_delta",
-            d.batch * d.heads * n,
-            &[
-                Arg::Ptr(self.delta),
-                Arg::Ptr(self.dtmp),
-                Arg::Ptr(b.att),
-                Arg::I32(d.batch as i32),
-                Arg::I32(n as i32),
-                Arg::I32(d.heads as i32),
-                Arg::I32(hd as i32),
-            ],
+        let (dim, r, i) = (d.dim, d.rows(), d.hidden);
+        let (gated, act) = self.act();
+        let (o, dev) = (&self.ops, self.dev());
+        let ml = |lp| ParamId::Model(Param::Layer(l, lp));
+        let ls2 = p.l(l, L::LayerScale2);
+        o.layer_scale_backward(self.dy, g.l(l, L::LayerScale2), self.dx, b.y2, ls2, r, dim)?;
+        let (gw, gb) = (g.l(l, L::DownWeight), g.lo(l, L::DownBias));
+        let wd = p.w(ml(L::DownWeight));
+        o.matmul_backward(
+            Some((self.da, false)),
+            gw,
+            gb,
+            self.dy,
+            dim,
+            b.a,
+            wd,
+            r,
+            i,
+            dim,
         )?;
-        let args = [
-            Arg::Ptr(self.dqkv),
-            Arg::Ptr(self.dtmp),
-            Arg::Ptr(b.qkv),
-            Arg::Ptr(b.lse),
-            Arg::Ptr(self.delta),
-            Arg::I32(n as i32),
-            Arg::I32(d.heads as i32),
-        ];
-        let grid = ((d.batch * d.heads) as u32, n.div_ceil(64) as u32);
-        o.dev
-            .launch(attention_kernel("backward_dq", hd), grid, 64, &args)?;
-        o.dev
-            .launch(attention_kernel("backward_dkv", hd), grid, 64, &args)
+        if gated {
+            swiglu_backward(dev, self.dh, self.da, b.h, r, i, act)?;
+            for (j, (w, bias)) in [(L::GateWeight, L::GateBias), (L::UpWeight, L::UpBias)]
+                .into_iter()
+                .enumerate()
+            {
+                let dh = self.dh + 4 * (j * i) as u64;
+                let (gw, gb) = (g.l(l, w), g.lo(l, bias));
+                let dinp = Some((self.dtmp, j > 0));
+                o.matmul_backward(dinp, gw, gb, dh, 2 * i, b.ln2, p.w(ml(w)), r, dim, i)?;
+            }
+        } else {
+            activation_backward(dev, self.dh, self.da, b.h, r * i, act)?;
+            let (gw, gb) = (g.l(l, L::UpWeight), g.lo(l, L::UpBias));
+            let wu = p.w(ml(L::UpWeight));
+            o.matmul_backward(
+                Some((self.dtmp, false)),
+                gw,
+                gb,
+                self.dh,
+                i,
+                b.ln2,
+                wu,
+                r,
+                dim,
+                i,
+            )?;
+        }
+        let (gw, gb) = (g.l(l, L::Norm2Weight), g.l(l, L::Norm2Bias));
+        let w2 = p.l(l, L::Norm2Weight);
+        o.layer_norm_backward(self.dy, gw, gb, self.dtmp, b.x_mid, w2, b.ln2_cache, r, dim)?;
+        o.add_into(self.dx, self.dy, r, dim)
     }
-}
 
-/// `attention_{part}_hd{hd}` (hd one of [`HEAD_DIMS`], checked when the graph is made).
-fn attention_kernel(part: &str, hd: usize) -> &'static str {
-    match (part, hd) {
-        ("forward", 16) => "attention_forward_hd16",
-        ("forward", 32) => "attention_forward_hd32",
-        ("forward", 64) => "attention_forward_hd64",
-        ("forward", _) => "attention_forward_hd128",
-        ("backward_dq", 16) => "attention_backward_dq_hd16",
-        ("backward_dq", 32) => "attention_backward_dq_hd32",
-        ("backward_dq", 64) => "attention_backward_dq_hd64",
-        ("backward_dq", _) => "attention_backward_dq_hd128",
-        (_, 16) => "attention_backward_dkv_hd16",
-        (_, 32) => "attention_backward_dkv_hd32",
-        (_, 64) => "attention_backward_dkv_hd64",
-        _ => "attention_backward_dkv_hd128",
+    /// The attention branch `x_mid = x + ls1 * y1`: dx (+=) its input gradient.
+    fn attention_block_backward(
+        &self,
+        p: DevParams,
+        g: DevGrads,
+        l: usize,
+        b: &BlockActs,
+    ) -> Result<()> {
+        let d = self.dims;
+        let (dim, r) = (d.dim, d.rows());
+        let (o, dev) = (&self.ops, self.dev());
+        let ml = |lp| ParamId::Model(Param::Layer(l, lp));
+        let ls1 = p.l(l, L::LayerScale1);
+        o.layer_scale_backward(self.dy, g.l(l, L::LayerScale1), self.dx, b.y1, ls1, r, dim)?;
+        let (gw, gb) = (g.l(l, L::OWeight), g.lo(l, L::OBias));
+        let wo = p.w(ml(L::OWeight));
+        o.matmul_backward(
+            Some((self.dtmp, false)),
+            gw,
+            gb,
+            self.dy,
+            dim,
+            b.att,
+            wo,
+            r,
+            dim,
+            dim,
+        )?;
+        let saved = AttentionSaved {
+            qkv: b.qkv,
+            out: b.att,
+            lse: b.lse,
+            delta: self.delta,
+        };
+        attention_backward(dev, self.dqkv, self.dtmp, saved, &d)?;
+        rope_backward(dev, self.dqkv, self.cos, self.sin, &d)?;
+        for (j, (w, bias)) in QKV.into_iter().enumerate() {
+            let dq = self.dqkv + 4 * (j * dim) as u64;
+            let (gw, gb) = (g.l(l, w), g.lo(l, bias));
+            let dinp = Some((self.dtmp, j > 0));
+            o.matmul_backward(dinp, gw, gb, dq, 3 * dim, b.ln1, p.w(ml(w)), r, dim, dim)?;
+        }
+        let (gw, gb) = (g.l(l, L::Norm1Weight), g.l(l, L::Norm1Bias));
+        let w1 = p.l(l, L::Norm1Weight);
+        o.layer_norm_backward(
+            self.dy,
+            gw,
+            gb,
+            self.dtmp,
+            self.xs[l],
+            w1,
+            b.ln1_cache,
+            r,
+            dim,
+        )?;
+        o.add_into(self.dx, self.dy, r, dim)
     }
 }

@@ -2,12 +2,14 @@
 //! backward, the gradient norm, and the fused clip + AdamW + EMA update ([`crate::optim`]),
 //! with the training state kept on the device and copied to the host for checkpoints.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use dinoedge_runtime::config::ModelConfig;
 
 use super::graph::{Buffers, DevGrads, DevGraph, DevParams};
-use super::{Arg, DevPtr, Device, GemmType, Mat, blocks, bytes, bytes_mut};
+use super::{
+    Arg, DevPtr, Device, Elem, LaunchCfg, Operand, PARTIALS, bytes, bytes_mut, reduce_cfg, rows_cfg,
+};
 use crate::checkpoint::TrainState;
 use crate::error::Result;
 use crate::loss::{LossParts, LossWeights, Targets};
@@ -41,7 +43,7 @@ struct LossBufs {
 
 /// A student's state, graph and objective on a device.
 pub struct DeviceStudent {
-    dev: Rc<dyn Device>,
+    dev: Arc<dyn Device>,
     pub graph: DevGraph,
     layout: ParamLayout,
     total: usize,
@@ -59,15 +61,12 @@ pub struct DeviceStudent {
     _bufs: Buffers,
 }
 
-/// Floats in the reduction scratch (the most blocks [`blocks`] launches).
-const PARTIALS: usize = 4096;
-
 impl DeviceStudent {
     /// Uploads `state` and allocates everything a step at this shape needs.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        dev: Rc<dyn Device>,
-        t: GemmType,
+        dev: Arc<dyn Device>,
+        ty: Elem,
         cfg: &ModelConfig,
         layout: &ParamLayout,
         state: &TrainState,
@@ -79,7 +78,7 @@ impl DeviceStudent {
     ) -> Result<DeviceStudent> {
         let graph = DevGraph::new(
             dev.clone(),
-            t,
+            ty,
             cfg,
             batch,
             hw,
@@ -91,9 +90,9 @@ impl DeviceStudent {
         let total = layout.total;
         let what = "parameters, gradients and AdamW state";
         let p = b.f32(total, what)?;
-        let half = match t {
-            GemmType::BF16 => Some(b.bytes(2 * total, "bf16 weights")?),
-            GemmType::F32 => None,
+        let half = match ty {
+            Elem::F32 => None,
+            _ => Some(b.bytes(2 * total, "bf16 weights")?),
         };
         let (g, m, v, ema) = (
             b.f32(total, what)?,
@@ -126,7 +125,7 @@ impl DeviceStudent {
             gs: lb(per * per)?,
             gt: lb(per * per)?,
             du: lb(per * teacher_dim)?,
-            gram_partials: lb(d.batch * blocks(per * per) as usize)?,
+            gram_partials: lb(d.batch * reduce_cfg(per * per).grid.0 as usize)?,
             t_cls: lb(d.batch * teacher_dim)?,
             t_patches: lb(rows * teacher_dim)?,
             t_inter: (0..inter_layers.len())
@@ -183,7 +182,7 @@ impl DeviceStudent {
         d.download(self.p, bytes_mut(&mut st.params))?;
         d.download(self.ema, bytes_mut(&mut st.ema))?;
         d.download(self.m, bytes_mut(&mut st.adam.m))?;
-        d.download(self.v, bytes_mut(&mut st.adam.v))
+        Ok(d.download(self.v, bytes_mut(&mut st.adam.v))?)
     }
 
     fn params(&self) -> DevParams<'_> {
@@ -331,16 +330,17 @@ impl DeviceStudent {
                 Arg::I32(sel.per as i32),
             ]
         };
-        ops.launch("gather_rows", nr * dim, &sel_args(lb.s, src))?;
+        let elements = LaunchCfg::elements(nr * dim);
+        self.dev
+            .launch("gather_rows", elements, &sel_args(lb.s, src))?;
         let p = self.params();
         let (hw, hb) = (ParamId::HeadWeight(head), ParamId::HeadBias(head));
-        ops.linear_forward(lb.p, dt, lb.s, p.wt(hw, dim), Some(p.id(hb)), nr, dim, dt)?;
+        ops.matmul_forward_train(lb.p, dt, lb.s, p.w(hw), Some(p.id(hb)), nr, dim, dt)?;
         let main = if weight != 0.0 {
             let (wc, wl) = (weight / nr as f32, weight / (nr * dt) as f32);
             self.dev.launch(
                 "cos_smooth_l1",
-                (nr as u32, 1),
-                256,
+                rows_cfg(nr),
                 &[
                     Arg::Ptr(lb.dp),
                     Arg::Ptr(lb.parts),
@@ -371,19 +371,20 @@ impl DeviceStudent {
             layout: &self.layout,
             g: self.g,
         };
-        ops.linear_backward(
+        ops.matmul_backward(
             Some((lb.ds, false)),
             g.id(hw),
             Some(g.id(hb)),
             lb.dp,
             dt,
             lb.s,
-            p.w(hw, dim),
+            p.w(hw),
             nr,
             dim,
             dt,
         )?;
-        ops.launch("scatter_add_rows", nr * dim, &sel_args(dsrc, lb.ds))?;
+        self.dev
+            .launch("scatter_add_rows", elements, &sel_args(dsrc, lb.ds))?;
         Ok((main, gram_loss))
     }
 
@@ -393,15 +394,14 @@ impl DeviceStudent {
         let scale = weight / (images * per * per) as f32;
         let lb = &self.loss;
         let ops = &self.graph.ops;
-        let tg = ops.t;
-        let nb = blocks(per * per);
+        let reduce = reduce_cfg(per * per);
+        let nb = reduce.grid.0;
         for b in 0..images {
             let off = 4 * (b * per * dt) as u64;
             for (u, norms, x) in [(lb.u, lb.norms, lb.p), (lb.ut, lb.norms_t, t)] {
                 self.dev.launch(
                     "normalize_rows",
-                    (per as u32, 1),
-                    256,
+                    rows_cfg(per),
                     &[
                         Arg::Ptr(u + off),
                         Arg::Ptr(norms),
@@ -412,22 +412,12 @@ impl DeviceStudent {
             }
             // dG = 2 w (Gs - Gt) / (B G^2), symmetric; dU = 2 dG U.
             for (mat, u) in [(lb.gs, lb.u + off), (lb.gt, lb.ut + off)] {
-                self.dev.gemm(
-                    per,
-                    per,
-                    dt,
-                    Mat::rows(u, dt),
-                    Mat::transposed(u, dt),
-                    mat,
-                    per,
-                    false,
-                    tg,
-                )?;
+                let (a, bt) = (Operand::rows(u, dt), Operand::transposed(u, dt));
+                ops.product((per, per, dt), a, bt, mat, per)?;
             }
             self.dev.launch(
                 "gram_difference",
-                (nb, 1),
-                256,
+                reduce,
                 &[
                     Arg::Ptr(lb.gs),
                     Arg::Ptr(lb.gt),
@@ -436,21 +426,11 @@ impl DeviceStudent {
                     Arg::Ptr(lb.gram_partials + 4 * (b * nb as usize) as u64),
                 ],
             )?;
-            self.dev.gemm(
-                per,
-                dt,
-                per,
-                Mat::rows(lb.gs, per),
-                Mat::rows(lb.u + off, dt),
-                lb.du,
-                dt,
-                false,
-                tg,
-            )?;
+            let (a, u) = (Operand::rows(lb.gs, per), Operand::rows(lb.u + off, dt));
+            ops.product((per, dt, per), a, u, lb.du, dt)?;
             self.dev.launch(
                 "normalize_rows_backward",
-                (per as u32, 1),
-                256,
+                rows_cfg(per),
                 &[
                     Arg::Ptr(lb.dp + off),
                     Arg::Ptr(lb.u + off),
@@ -473,11 +453,11 @@ impl DeviceStudent {
 
     /// L2 norm of the gradients (per-block f32 sums added in f64).
     pub fn grad_norm(&self) -> Result<f64> {
-        let nb = blocks(self.total);
+        let cfg = reduce_cfg(self.total);
+        let nb = cfg.grid.0;
         self.dev.launch(
             "sum_squares",
-            (nb, 1),
-            256,
+            cfg,
             &[
                 Arg::Ptr(self.partials),
                 Arg::Ptr(self.g),
@@ -505,8 +485,7 @@ impl DeviceStudent {
         self.dev.zero(self.bad, 4)?;
         self.dev.launch(
             "adamw_ema",
-            (blocks(self.total), 1),
-            256,
+            reduce_cfg(self.total),
             &[
                 Arg::Ptr(self.p),
                 Arg::Ptr(self.m),

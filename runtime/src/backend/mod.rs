@@ -1,32 +1,21 @@
-//! The backend seam: a device that holds buffers and runs the op set of [`crate::ops`].
+//! Device plumbing, one folder per device, knowing no op: the CPU's thread pool and kernel
+//! family ([`cpu`]), the wgpu device ([`wgpu`], feature `wgpu`) and the CUDA device layer
+//! ([`cuda`]: a GPU with feature `cuda`, or the CPU emulator of its kernels). The op set runs
+//! on them through [`crate::dispatch`]; the ops' kernels (`ops/<op>/`) use their APIs.
 //!
-//! The model's forward pass ([`crate::forward`]) is written once against [`Backend`]; a
-//! backend only supplies buffers, weight preparation and one method per op. Arguments
-//! follow llm.c: outputs first, then inputs, then sizes.
-//!
-//! Backends: `cpu-ref` ([`cpu::reference::ReferenceBackend`], the f32 reference), `cpu`
-//! ([`cpu::CpuBackend`], SIMD kernels, f32 / f16 weights / int8); `wgpu` and `cuda` are
-//! added by their own cargo features. Every backend is tested against the reference.
+//! Here too: the names every layer shares ([`BackendKind`], [`Precision`], [`BackendInfo`]).
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-
-/// Device helpers shared by every CUDA program (warp and block sums, activations, f16 / bf16
-/// rounding), also for programs built outside the runtime (the distill trainer's kernels).
-pub const CUDA_COMMON: &str = include_str!("cuda/common.cuh");
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
-use crate::ops::Dims;
-pub use crate::ops::matmul::Epilogue;
 
 /// Numeric precision a backend computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,6 +64,10 @@ pub enum BackendKind {
     CpuReference,
     Wgpu,
     Cuda,
+    /// The CUDA backend's host code and kernels on [`cuda::emu::EmuDevice`] (the CPU): for
+    /// tests of the CUDA path without a GPU. Slow; tiny models only.
+    #[serde(rename = "cuda-emulated")]
+    CudaEmulated,
 }
 
 impl fmt::Display for BackendKind {
@@ -84,6 +77,7 @@ impl fmt::Display for BackendKind {
             BackendKind::CpuReference => "cpu-ref",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::CudaEmulated => "cuda-emulated",
         })
     }
 }
@@ -96,9 +90,10 @@ impl FromStr for BackendKind {
             "cpu-ref" | "cpu-reference" => Ok(BackendKind::CpuReference),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
+            "cuda-emulated" | "cuda-emu" => Ok(BackendKind::CudaEmulated),
             other => Err(RuntimeError::input(
                 "backend",
-                format!("{other:?} (expected cpu, cpu-ref, wgpu or cuda)"),
+                format!("{other:?} (expected cpu, cpu-ref, wgpu, cuda or cuda-emulated)"),
             )),
         }
     }
@@ -114,160 +109,15 @@ pub struct BackendInfo {
     pub threads: usize,
 }
 
-/// The ops of [`crate::ops`], for [`Backend::supports`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    PatchEmbed,
-    LayerNorm,
-    Matmul,
-    Rope,
-    Attention,
-    Swiglu,
-}
-
-/// [`Backend::supports`] for a backend whose only model-dependent limit is its attention
-/// kernel's head dim.
-pub(crate) fn attention_head_dims_up_to(
-    op: Op,
-    cfg: &ModelConfig,
-    max: usize,
-) -> std::result::Result<(), String> {
-    match op {
-        Op::Attention => crate::ops::attention::check_head_dim(cfg, max),
-        _ => Ok(()),
+/// Backends compiled into this build (`cuda-emulated` needs a C++ compiler at run time).
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = vec!["cpu", "cpu-ref"];
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
     }
-}
-
-/// A Linear layer's weights on the host, as HF stores them.
-#[derive(Clone, Debug)]
-pub struct HostLinear {
-    /// Which layer this is (`patch_embed`, `layer.3.qkv`, ...): for messages, and for
-    /// precision policies (int8 keeps the patch embedding in float).
-    pub name: String,
-    pub out_features: usize,
-    pub in_features: usize,
-    /// (out, in), row-major.
-    pub weight: Vec<f32>,
-    /// (out); `None` when the layer has no bias.
-    pub bias: Option<Vec<f32>>,
-    /// For int8 models: the stored int8 weights (`weight` then holds their dequantised
-    /// values, for backends that compute in float).
-    pub int8: Option<crate::model::Int8Weight>,
-}
-
-/// A device that runs the op set. See the module docs.
-pub trait Backend: Send {
-    /// An f32 activation or parameter buffer on the device.
-    type Buffer: Send;
-    /// A Linear layer's weights in the backend's own layout and precision.
-    type Linear: Send;
-
-    fn info(&self) -> BackendInfo;
-
-    /// Whether this backend runs `op` for `cfg` natively (no silent fallback elsewhere);
-    /// `Err` says why not. [`crate::session::Session::new`] asks for every op a model uses,
-    /// so a model beyond a kernel's limits fails at creation with the reason, not mid-run.
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String>;
-
-    /// A zeroed buffer of `len` f32 values.
-    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
-    /// A buffer holding `data`.
-    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
-    /// Overwrites a buffer of the same length.
-    fn write(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()>;
-    /// Copies a buffer to the host.
-    fn read(&self, src: &Self::Buffer, dst: &mut [f32]) -> Result<()>;
-    /// Copies several buffers to the host (GPU backends do it with one mapped copy).
-    fn read_many(&self, reads: &mut [(&Self::Buffer, &mut [f32])]) -> Result<()> {
-        for (src, dst) in reads.iter_mut() {
-            self.read(src, dst)?;
-        }
-        Ok(())
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
     }
-    /// Converts a Linear layer once, at session creation.
-    fn linear(&self, w: HostLinear) -> Result<Self::Linear>;
-    /// Floats of scratch `patch_embed` needs for these dims.
-    fn patch_embed_scratch(&self, d: &Dims) -> usize;
-
-    /// x (B, N, D) = [cls (+pos[0]), registers, conv(pixels) (+pos[1..])].
-    #[allow(clippy::too_many_arguments)]
-    fn patch_embed(
-        &self,
-        x: &mut Self::Buffer,
-        scratch: &mut Self::Buffer,
-        pixels: &Self::Buffer,
-        w: &Self::Linear,
-        cls: &Self::Buffer,
-        registers: Option<&Self::Buffer>,
-        pos: Option<&Self::Buffer>,
-        d: &Dims,
-    ) -> Result<()>;
-
-    /// out (R, C) = layer_norm(inp (R, C)) with weight, bias (C).
-    fn layer_norm(
-        &self,
-        out: &mut Self::Buffer,
-        inp: &Self::Buffer,
-        weight: &Self::Buffer,
-        bias: &Self::Buffer,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()>;
-
-    /// out (R, O) = epilogue(inp (R, K) Wᵀ + b); `Epilogue::Residual(gamma)` reads `out`.
-    fn matmul(
-        &self,
-        out: &mut Self::Buffer,
-        inp: &Self::Buffer,
-        w: &Self::Linear,
-        rows: usize,
-        epilogue: Epilogue<'_, Self::Buffer>,
-    ) -> Result<()>;
-
-    /// Rotates q and k of the patch tokens of qkv (B, N, 3D) in place.
-    fn rope(
-        &self,
-        qkv: &mut Self::Buffer,
-        cos: &Self::Buffer,
-        sin: &Self::Buffer,
-        d: &Dims,
-    ) -> Result<()>;
-
-    /// out (B, N, D) = attention(qkv (B, N, 3D)).
-    fn attention(&self, out: &mut Self::Buffer, qkv: &Self::Buffer, d: &Dims) -> Result<()>;
-
-    /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
-    fn swiglu(
-        &self,
-        out: &mut Self::Buffer,
-        gate_up: &Self::Buffer,
-        rows: usize,
-        hidden: usize,
-        act: Activation,
-    ) -> Result<()>;
-
-    /// Sizes internal scratch for forwards of these dims (called when a plan is built, so
-    /// that forwards themselves allocate nothing).
-    fn reserve(&self, _d: &Dims) -> Result<()> {
-        Ok(())
-    }
-
-    /// Waits for queued work (no-op for synchronous backends).
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Called before the ops of a forward on plan `plan` (a unique id). Returns true when the
-    /// backend replays a recorded forward itself, so the ops are not issued (CUDA graphs).
-    fn begin_forward(&self, _plan: u64) -> Result<bool> {
-        Ok(false)
-    }
-
-    /// Called after the ops of a forward (or after a replay); `completed` is false when an
-    /// op failed. Returns false when the ops were only being recorded and the recording was
-    /// dropped (the caller then issues them again, directly).
-    fn end_forward(&self, _plan: u64, _completed: bool) -> Result<bool> {
-        Ok(true)
-    }
+    v.push("cuda-emulated");
+    v
 }

@@ -7,20 +7,54 @@
 //! | [`matmul`] | `x Wᵀ + b` then an epilogue: store, `act(.)`, or LayerScale + residual `out += gamma * (.)` | (R,K) -> (R,O) |
 //! | [`rope`] | rotary embedding of q and k of patch tokens, in place | qkv (B,N,3D) |
 //! | [`attention`] | softmax(q kᵀ / sqrt(hd)) v per head, no mask | qkv (B,N,3D) -> (B,N,D) |
-//! | [`activation`] | gelu / gelu_tanh / silu, in place | (R,I) |
+//! | [`activation`] | gelu / gelu_tanh / silu | (R,I) -> (R,I) |
 //! | [`swiglu`] | `act(gate) * up` | (R,2I) -> (R,I) |
+//! | [`residual`] | `x += gamma * y` (LayerScale + residual; training) | (R,D) |
+//! | [`column_sum`] | `acc += sum over rows` in a fixed order (gradients of biases, norms, LayerScale) | (R,C) -> (C) |
 //!
-//! Each op folder has `mod.rs` (math, shapes, the `=`/`+=` contract) and one file per
-//! CPU form: `cpu.rs` is the readable reference, `fast.rs` (or `fast/`) the SIMD form of the
-//! fast CPU backend; GPU backends add `wgpu.rs` / `cuda.rs`. N = 1 CLS + registers + patches.
+//! Each op folder owns every form of its op, forward and backward, under one name per
+//! direction (`<op>_<forward|backward>[_variant]`) on every device: `mod.rs` (math, shapes,
+//! the `=` / `+=` contract), `cpu.rs` (the readable reference), `fast.rs` (the SIMD form of
+//! the fast CPU backend), `<op>.wgsl` + `wgpu.rs`, and `<op>.cu` + `cuda.rs` (kernels and
+//! their launchers, for inference and training). N = 1 CLS + registers + patches.
 
 pub mod activation;
 pub mod attention;
+pub mod column_sum;
 pub mod layer_norm;
 pub mod matmul;
 pub mod patch_embed;
+pub mod residual;
 pub mod rope;
 pub mod swiglu;
+
+use crate::backend::cuda::device::Program;
+
+/// Every op's CUDA kernels as one program: the device layer's `common.cuh`, then
+/// `activation.cu` (whose `activate` other kernels call), then each op, each exporting its
+/// source and kernel list (no list is kept by hand here).
+pub fn cuda_program() -> Program {
+    let ops: [((&'static str, &'static str), &'static [&'static str]); 9] = [
+        (activation::cuda::SOURCE, activation::cuda::KERNELS),
+        (matmul::cuda::SOURCE, matmul::cuda::KERNELS),
+        (column_sum::cuda::SOURCE, column_sum::cuda::KERNELS),
+        (layer_norm::cuda::SOURCE, layer_norm::cuda::KERNELS),
+        (rope::cuda::SOURCE, rope::cuda::KERNELS),
+        (attention::cuda::SOURCE, attention::cuda::KERNELS),
+        (patch_embed::cuda::SOURCE, patch_embed::cuda::KERNELS),
+        (swiglu::cuda::SOURCE, swiglu::cuda::KERNELS),
+        (residual::cuda::SOURCE, residual::cuda::KERNELS),
+    ];
+    let mut p = Program {
+        sources: vec![crate::backend::cuda::COMMON],
+        kernels: Vec::new(),
+    };
+    for (source, kernels) in ops {
+        p.sources.push(source);
+        p.kernels.extend_from_slice(kernels);
+    }
+    p
+}
 
 /// Sizes of one forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -21,16 +21,16 @@ use std::sync::Arc;
 use safetensors::tensor::Dtype;
 
 use crate::backend::Precision;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::pool::Pool;
 use crate::config::{
     ActivationScheme, Calibration, MlpKind, ModelConfig, QuantConfig, SmoothQuant,
 };
+use crate::dispatch::cpu::CpuBackend;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::ops::matmul::Epi;
-use crate::ops::matmul::fast::{PackedLinear, matmul_fast, quantize_rows, round_even};
+use crate::ops::matmul::fast::{PackedLinear, matmul_forward, quantize_rows, round_even};
 use crate::session::{RunOptions, Session};
 use crate::tensor::Tensor;
 use crate::weights::layout::{self, LayerParam as L, Param, ParamData};
@@ -166,7 +166,7 @@ fn matmul(pool: &Pool, x: &[f32], w: &[f32], k: usize) -> Vec<f32> {
     let n = x.len() / k;
     let packed = PackedLinear::f32(Isa::detect(), w, None, o, k);
     let mut y = vec![0.0; n * o];
-    matmul_fast(pool, &mut y, x, &packed, n, Epi::Store, &mut []);
+    matmul_forward(pool, &mut y, x, &packed, n, Epi::Store, &mut []);
     y
 }
 
@@ -536,7 +536,7 @@ mod tests {
         );
         let w: Vec<f32> = (0..o * k).map(|_| rnd()).collect();
         let mut h = vec![0.0; n * k];
-        layer_norm_forward(&mut h, &x, &g, &b, k, 1e-6);
+        layer_norm_forward(&mut h, None, &x, &g, &b, k, 1e-6);
         let absmax: Vec<f32> = (0..k)
             .map(|j| (0..n).fold(0.0f32, |m, r| m.max(h[r * k + j].abs())))
             .collect();
@@ -550,7 +550,7 @@ mod tests {
             .flat_map(|r| r.iter().zip(&s).map(|(a, s)| a * s))
             .collect();
         let mut h2 = vec![0.0; n * k];
-        layer_norm_forward(&mut h2, &x, &g2, &b2, k, 1e-6);
+        layer_norm_forward(&mut h2, None, &x, &g2, &b2, k, 1e-6);
         let (mut y, mut y2) = (vec![0.0; n * o], vec![0.0; n * o]);
         crate::ops::matmul::cpu::matmul_forward(&mut y, &h, &w, None, k, o, Epi::Store);
         crate::ops::matmul::cpu::matmul_forward(&mut y2, &h2, &w2, None, k, o, Epi::Store);

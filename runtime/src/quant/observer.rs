@@ -8,8 +8,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::backend::{Backend, BackendInfo, Epilogue, HostLinear, Op};
+use crate::backend::BackendInfo;
 use crate::config::Activation;
+use crate::dispatch::{Backend, Epilogue, HostLinear, Op};
 use crate::error::Result;
 use crate::ops::Dims;
 

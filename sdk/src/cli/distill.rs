@@ -423,10 +423,10 @@ fn device_of(backend: &str) -> train::TrainDevice {
     }
 }
 
-fn gemm_of(precision: &str) -> dinoedge_distill::cuda::GemmType {
+fn gemm_of(precision: &str) -> dinoedge_distill::cuda::Elem {
     match precision {
-        "f32" => dinoedge_distill::cuda::GemmType::F32,
-        _ => dinoedge_distill::cuda::GemmType::BF16,
+        "f32" => dinoedge_distill::cuda::Elem::F32,
+        _ => dinoedge_distill::cuda::Elem::BF16,
     }
 }
 

@@ -57,7 +57,8 @@ fn backend_info(b: BackendKind, json: bool, model_dir: Option<&std::path::Path>)
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
-            use dinoedge::runtime::backend::wgpu::{WgpuBackend, list_adapters};
+            use dinoedge::runtime::backend::wgpu::list_adapters;
+            use dinoedge::runtime::dispatch::wgpu::WgpuBackend;
             let adapters = list_adapters();
             let chosen = WgpuBackend::new(dinoedge::Precision::F32, None)
                 .map(|b| b.adapter_info().name.clone());
@@ -183,14 +184,15 @@ fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
 /// GPU memory a model needs on cuda: weights per precision, activations per input shape.
 #[cfg(feature = "cuda")]
 fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> {
-    use dinoedge::runtime::backend::cuda::{CudaBackend, libraries_present};
+    use dinoedge::runtime::backend::cuda::gpu::libraries_present;
     let libs = libraries_present();
-    let device = CudaBackend::new(dinoedge::Precision::F32, None);
+    let program = dinoedge::runtime::ops::cuda_program();
+    let device = dinoedge::runtime::backend::cuda::open(&program, false, None);
     let gib = |b: f64| b / 1073741824.0;
     let mut plan = Vec::new();
     let mut head_dim = None;
     if let Some(dir) = model_dir {
-        use dinoedge::runtime::backend::cuda::plan::memory_plan;
+        use dinoedge::runtime::dispatch::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
         head_dim = Some(model.config().hidden_size / model.config().num_heads);
         let params = model.num_parameters() as u64;
@@ -212,7 +214,8 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
         }
     }
     let dev = device.as_ref().ok().map(|d| {
-        let (name, arch) = d.device();
+        let arch = format!("sm_{}", d.sm());
+        let name = d.name().trim_end_matches(&format!(" ({arch})")).to_string();
         let (free, total) = d.memory().unwrap_or((0, 0));
         // The attention kernel f16 / bf16 sessions of this model get on this GPU.
         let attention = head_dim.map(|hd| {

@@ -1,6 +1,22 @@
-// Shared helpers of the dinoedge CUDA kernels (NVRTC: no system headers).
-// -infinity without math.h (NVRTC has no system headers).
+// Device helpers every dinoedge CUDA program starts with (NVRTC: no system headers): warp and
+// block sums, f16 / bf16 rounding, grid-stride loops, dynamic shared memory. No op lives here;
+// the op kernels follow in `ops/<op>/<op>.cu`.
+
+// -infinity without math.h.
 #define NEG_INF __int_as_float(0xff800000)
+
+// Grid-stride loop over n elements.
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// Dynamic shared memory (the launch's shared bytes); the emulator defines its own.
+#ifndef DYNAMIC_SHARED
+#define DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
+__device__ __forceinline__ bool finite(float x) {
+    return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -25,16 +41,6 @@ __device__ __forceinline__ float block_sum(float v, float *shared32) {
     if (threadIdx.x == 0) shared32[0] = v;
     __syncthreads();
     return shared32[0];
-}
-
-// Activations: 0 none, 1 gelu (erf, as nn.GELU), 2 gelu_tanh, 3 silu.
-__device__ __forceinline__ float activate(float x, int act) {
-    switch (act) {
-        case 1: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-        case 2: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-        case 3: return x / (1.0f + expf(-x));
-        default: return x;
-    }
 }
 
 // f32 -> f16 / bf16 bits, round to nearest even.

@@ -1,10 +1,11 @@
-//! The wgpu backend: WGSL compute kernels on any GPU wgpu reaches (Vulkan, Metal, DX12,
-//! GL), and on software Vulkan (Mesa lavapipe) for CI.
+//! The wgpu device: WGSL compute kernels on any GPU wgpu reaches (Vulkan, Metal, DX12, GL),
+//! and on software Vulkan (Mesa lavapipe) for CI.
 //!
-//! Device plumbing only: adapter choice, buffers, a pipeline cache, a bind-group cache (so a
-//! plan's bind groups are built once per input shape), and one command encoder per forward
-//! (every op records a dispatch; `synchronize` submits once). The kernels and their
-//! launchers live with their ops (`ops/<op>/wgpu.rs` + `<op>.wgsl`).
+//! Device plumbing only, knowing no op: adapter choice, buffers, a pipeline cache, a
+//! bind-group cache (so a plan's bind groups are built once per input shape), and one command
+//! encoder per forward (every op records a dispatch; `submit` sends them once). The kernels
+//! and their launchers live with their ops (`ops/<op>/wgpu.rs` + `<op>.wgsl`); the backend
+//! of [`crate::dispatch::wgpu`] calls them.
 //!
 //! Adapter choice: discrete GPU, then integrated, virtual, other, CPU; `WGPU_BACKEND`
 //! (vulkan, metal, dx12, gl) restricts the backends and `DINOEDGE_WGPU_ADAPTER` (or the
@@ -17,10 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
-use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
-use crate::ops::{self, Dims};
 
 const COMMON: &str = include_str!("common.wgsl");
 
@@ -31,6 +29,8 @@ pub struct Kernel {
     pub source: &'static str,
     /// Prepend `enable f16;` (the adapter must have SHADER_F16).
     pub f16: bool,
+    /// WGSL the source uses from other ops (an op's shared functions), after `common.wgsl`.
+    pub prelude: &'static [&'static str],
     /// Text substitutions applied to the source (e.g. the weight type).
     pub defines: &'static [(&'static str, &'static str)],
 }
@@ -43,16 +43,7 @@ pub struct GpuBuffer {
     id: u64,
 }
 
-/// A Linear layer: the weight transposed to (K, N), f32 or f16, and its bias.
-pub struct GpuLinear {
-    pub w: GpuBuffer,
-    pub bias: GpuBuffer,
-    pub k: usize,
-    pub n: usize,
-    pub f16: bool,
-}
-
-fn err(reason: impl Into<String>) -> RuntimeError {
+pub(crate) fn err(reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Device {
         backend: "wgpu".into(),
         reason: reason.into(),
@@ -125,32 +116,25 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
 
 type BindKey = (&'static str, &'static str, Vec<u64>, Vec<u32>);
 
-pub struct WgpuBackend {
+pub struct WgpuDevice {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    precision: Precision,
     pipelines: RefCell<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
     bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     encoder: RefCell<Option<wgpu::CommandEncoder>>,
     next_id: Cell<u64>,
     staging: RefCell<Option<wgpu::Buffer>>,
-    /// patch_embed scratch: im2col columns and projected patches, sized by `reserve`.
-    patch_scratch: RefCell<Option<(GpuBuffer, GpuBuffer)>>,
     /// Bound where a kernel's optional input is absent.
     dummy: GpuBuffer,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
-impl WgpuBackend {
-    /// Opens the preferred adapter (or the one `adapter` / `DINOEDGE_WGPU_ADAPTER` names).
-    pub fn new(precision: Precision, adapter: Option<&str>) -> Result<Self> {
-        if !matches!(precision, Precision::F32 | Precision::F16) {
-            return Err(unavailable(format!(
-                "precision {precision} is not supported on wgpu (use f32 or f16)"
-            )));
-        }
+impl WgpuDevice {
+    /// Opens the preferred adapter (or the one `adapter` / `DINOEDGE_WGPU_ADAPTER` names),
+    /// with 16-bit shader arithmetic when `f16`.
+    pub fn new(f16: bool, adapter: Option<&str>) -> Result<Self> {
         let inst = instance();
         let all = adapters(&inst);
         if all.is_empty() {
@@ -178,7 +162,7 @@ impl WgpuBackend {
         };
         let info = chosen.get_info();
         let mut features = wgpu::Features::empty();
-        if precision == Precision::F16 {
+        if f16 {
             if !chosen.features().contains(wgpu::Features::SHADER_F16) {
                 return Err(unavailable(format!(
                     "adapter {:?} lacks SHADER_F16, needed for --precision f16 (use f32)",
@@ -207,18 +191,16 @@ impl WgpuBackend {
             contents: &[0u8; 16],
             usage: wgpu::BufferUsages::STORAGE,
         });
-        Ok(WgpuBackend {
+        Ok(WgpuDevice {
             device,
             queue,
             adapter: info,
             limits,
-            precision,
             pipelines: RefCell::new(HashMap::new()),
             bind_groups: RefCell::new(HashMap::new()),
             encoder: RefCell::new(None),
             next_id: Cell::new(1),
             staging: RefCell::new(None),
-            patch_scratch: RefCell::new(None),
             dummy: GpuBuffer {
                 buf: dummy_buf,
                 len: 4,
@@ -262,7 +244,8 @@ impl WgpuBackend {
         Ok(())
     }
 
-    fn buffer(&self, bytes: &[u8], len: usize, what: &str) -> Result<GpuBuffer> {
+    /// A storage buffer holding `bytes` (`len` elements), padded to whole words.
+    pub fn buffer(&self, bytes: &[u8], len: usize, what: &str) -> Result<GpuBuffer> {
         self.check_size(bytes.len() as u64, what)?;
         let mut padded;
         let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
@@ -288,7 +271,8 @@ impl WgpuBackend {
         })
     }
 
-    fn zeros(&self, len: usize, what: &str) -> Result<GpuBuffer> {
+    /// A zeroed storage buffer of `len` f32.
+    pub fn zeros(&self, len: usize, what: &str) -> Result<GpuBuffer> {
         let bytes = (len.max(1) * 4) as u64;
         self.check_size(bytes, what)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -315,6 +299,9 @@ impl WgpuBackend {
             src.push_str("enable f16;\n");
         }
         src.push_str(COMMON);
+        for p in k.prelude {
+            src.push_str(p);
+        }
         let mut body = k.source.to_string();
         for (from, to) in k.defines {
             body = body.replace(from, to);
@@ -421,8 +408,29 @@ impl WgpuBackend {
         Ok(())
     }
 
+    /// Overwrites a buffer of the same length.
+    pub fn write(&self, dst: &GpuBuffer, data: &[f32]) -> Result<()> {
+        if data.len() != dst.len {
+            return Err(RuntimeError::input(
+                "buffer",
+                format!("write of {} values into {}", data.len(), dst.len),
+            ));
+        }
+        self.queue
+            .write_buffer(&dst.buf, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Drops cached bind groups when many shapes have come and gone (they pin buffers).
+    pub fn trim_caches(&self) {
+        let mut cache = self.bind_groups.borrow_mut();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+    }
+
     /// Submits recorded work.
-    fn submit(&self) -> Result<()> {
+    pub fn submit(&self) -> Result<()> {
         if let Some(enc) = self.encoder.borrow_mut().take() {
             self.queue.submit(Some(enc.finish()));
         }
@@ -436,7 +444,7 @@ impl WgpuBackend {
     }
 
     /// Copies several buffers to the host through one staging buffer and one mapping.
-    fn read_all(&self, reads: &mut [(&GpuBuffer, &mut [f32])]) -> Result<()> {
+    pub fn read_all(&self, reads: &mut [(&GpuBuffer, &mut [f32])]) -> Result<()> {
         self.submit()?;
         let total: u64 = reads.iter().map(|(_, d)| (d.len() * 4) as u64).sum();
         let mut staging = self.staging.borrow_mut();
@@ -498,182 +506,4 @@ impl WgpuBackend {
 pub fn linear_groups(items: usize, per_group: usize) -> (u32, u32, u32) {
     let g = items.div_ceil(per_group).max(1);
     ((g.min(32768)) as u32, g.div_ceil(32768) as u32, 1)
-}
-
-impl Backend for WgpuBackend {
-    type Buffer = GpuBuffer;
-    type Linear = GpuLinear;
-
-    fn info(&self) -> BackendInfo {
-        BackendInfo {
-            kind: BackendKind::Wgpu,
-            precision: self.precision,
-            device: format!(
-                "{} ({:?}, {:?})",
-                self.adapter.name, self.adapter.backend, self.adapter.device_type
-            ),
-            threads: 1,
-        }
-    }
-
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::wgpu::MAX_HEAD_DIM)
-    }
-
-    fn alloc(&self, len: usize) -> Result<GpuBuffer> {
-        self.zeros(len, "activations")
-    }
-
-    fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
-        self.buffer(bytemuck::cast_slice(data), data.len(), "parameter")
-    }
-
-    fn write(&self, dst: &mut GpuBuffer, data: &[f32]) -> Result<()> {
-        if data.len() != dst.len {
-            return Err(RuntimeError::input(
-                "buffer",
-                format!("write of {} values into {}", data.len(), dst.len),
-            ));
-        }
-        self.queue
-            .write_buffer(&dst.buf, 0, bytemuck::cast_slice(data));
-        Ok(())
-    }
-
-    fn read(&self, src: &GpuBuffer, dst: &mut [f32]) -> Result<()> {
-        self.read_all(&mut [(src, dst)])
-    }
-
-    fn read_many(&self, reads: &mut [(&GpuBuffer, &mut [f32])]) -> Result<()> {
-        self.read_all(reads)
-    }
-
-    fn linear(&self, w: HostLinear) -> Result<GpuLinear> {
-        let (k, n) = (w.in_features, w.out_features);
-        // (N, K) -> (K, N): both matmul tiles then load contiguous rows.
-        let mut t = vec![0.0f32; k * n];
-        for o in 0..n {
-            for i in 0..k {
-                t[i * n + o] = w.weight[o * k + i];
-            }
-        }
-        let f16 = self.precision == Precision::F16;
-        let wbuf = if f16 {
-            let halves: Vec<u16> = t
-                .iter()
-                .map(|&v| half::f16::from_f32(v).to_bits())
-                .collect();
-            self.buffer(bytemuck::cast_slice(&halves), k * n, &w.name)?
-        } else {
-            self.buffer(bytemuck::cast_slice(&t), k * n, &w.name)?
-        };
-        let bias = w.bias.unwrap_or_else(|| vec![0.0; n]);
-        Ok(GpuLinear {
-            w: wbuf,
-            bias: self.upload(&bias)?,
-            k,
-            n,
-            f16,
-        })
-    }
-
-    fn patch_embed_scratch(&self, _d: &Dims) -> usize {
-        1
-    }
-
-    fn reserve(&self, d: &Dims) -> Result<()> {
-        let (cols, emb) = (
-            d.batch * d.patches() * d.patch_len(),
-            d.batch * d.patches() * d.dim,
-        );
-        let mut s = self.patch_scratch.borrow_mut();
-        if s.as_ref().is_none_or(|(c, e)| c.len < cols || e.len < emb) {
-            *s = Some((
-                self.zeros(cols, "im2col")?,
-                self.zeros(emb, "patch embeddings")?,
-            ));
-        }
-        // Bind groups of shapes no longer used would pin their buffers: keep the cache small.
-        let mut cache = self.bind_groups.borrow_mut();
-        if cache.len() > 4096 {
-            cache.clear();
-        }
-        Ok(())
-    }
-
-    fn patch_embed(
-        &self,
-        x: &mut GpuBuffer,
-        _scratch: &mut GpuBuffer,
-        pixels: &GpuBuffer,
-        w: &GpuLinear,
-        cls: &GpuBuffer,
-        registers: Option<&GpuBuffer>,
-        pos: Option<&GpuBuffer>,
-        d: &Dims,
-    ) -> Result<()> {
-        self.reserve(d)?;
-        let s = self.patch_scratch.borrow();
-        let (cols, emb) = s.as_ref().expect("reserved");
-        ops::patch_embed::wgpu::patch_embed_forward(
-            self, x, cols, emb, pixels, w, cls, registers, pos, d,
-        )
-    }
-
-    fn layer_norm(
-        &self,
-        out: &mut GpuBuffer,
-        inp: &GpuBuffer,
-        weight: &GpuBuffer,
-        bias: &GpuBuffer,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()> {
-        ops::layer_norm::wgpu::layer_norm_forward(self, out, inp, weight, bias, rows, cols, eps)
-    }
-
-    fn matmul(
-        &self,
-        out: &mut GpuBuffer,
-        inp: &GpuBuffer,
-        w: &GpuLinear,
-        rows: usize,
-        epi: Epilogue<'_, GpuBuffer>,
-    ) -> Result<()> {
-        ops::matmul::wgpu::matmul_forward(self, out, inp, w, rows, epi)
-    }
-
-    fn rope(&self, qkv: &mut GpuBuffer, cos: &GpuBuffer, sin: &GpuBuffer, d: &Dims) -> Result<()> {
-        ops::rope::wgpu::rope_forward(self, qkv, cos, sin, d)
-    }
-
-    fn attention(&self, out: &mut GpuBuffer, qkv: &GpuBuffer, d: &Dims) -> Result<()> {
-        ops::attention::wgpu::attention_forward(self, out, qkv, d)
-    }
-
-    fn swiglu(
-        &self,
-        out: &mut GpuBuffer,
-        gate_up: &GpuBuffer,
-        rows: usize,
-        hidden: usize,
-        act: Activation,
-    ) -> Result<()> {
-        ops::swiglu::wgpu::swiglu_forward(self, out, gate_up, rows, hidden, act)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.submit()
-    }
-}
-
-/// The activation code the kernels take (`activate` in common.wgsl).
-pub fn act_code(a: Option<Activation>) -> u32 {
-    match a {
-        None => 0,
-        Some(Activation::Gelu) => 1,
-        Some(Activation::GeluTanh) => 2,
-        Some(Activation::Silu) => 3,
-    }
 }

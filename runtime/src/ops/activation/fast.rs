@@ -136,7 +136,7 @@ multiversion! {
 const BLOCK: usize = 4096;
 
 /// `x = act(x)` over the pool.
-pub fn activation_forward_fast(pool: &Pool, isa: Isa, x: &mut [f32], act: Activation) {
+pub fn activation_forward(pool: &Pool, isa: Isa, x: &mut [f32], act: Activation) {
     let n = x.len();
     let rows = RowsMut::new(x, 1);
     pool.run(n.div_ceil(BLOCK), |t| {
@@ -150,7 +150,7 @@ pub fn activation_forward_fast(pool: &Pool, isa: Isa, x: &mut [f32], act: Activa
 }
 
 /// Backward, as [`super::cpu::activation_backward`]: `dinp = dout * act'(pre)` (`=`).
-pub fn activation_backward_fast(
+pub fn activation_backward(
     pool: &Pool,
     isa: Isa,
     dinp: &mut [f32],

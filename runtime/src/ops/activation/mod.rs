@@ -5,6 +5,9 @@
 //! - silu: `x / (1 + exp(-x))`
 
 pub mod cpu;
+pub mod cuda;
 pub mod fast;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use crate::config::Activation;

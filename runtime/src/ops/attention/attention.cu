@@ -1,13 +1,23 @@
-// attention, flash-style: a block of ATT_WARPS warps takes ATT_WARPS queries of one (batch,
-// head); key/value tiles of 32 tokens are staged in shared memory; each lane scores one key
-// of the tile, the warp keeps an online softmax (running max and sum) and accumulates the
-// output, each lane owning head_dim / 32 output values. No N x N matrix exists.
+// attention: out (B, N, D) (=) softmax(q k^T / sqrt(hd)) v per head, from qkv (B, N, 3D).
+// Two forward forms and the backward:
+// - `attention_forward`: CUDA cores, any head dim up to 256 (f32 sessions, and training,
+//   where it also saves each query's log-sum-exp);
+// - `attention_forward_mma_{f16,bf16}_hd*`: tensor cores (inference, 16-bit sessions, sm_80+);
+// - `attention_backward_{delta,dq,dkv}`: flash-style backward from the saved log-sum-exp.
+// No form builds the N x N matrix.
+
+// attention_forward, flash-style: a block of ATT_WARPS warps takes ATT_WARPS queries of one
+// (batch, head); key/value tiles of 32 tokens are staged in shared memory; each lane scores one
+// key of the tile, the warp keeps an online softmax (running max and sum) and accumulates the
+// output, each lane owning head_dim / 32 output values. With `lse` (training), it also saves
+// lse[(b*H + h)*N + i] = max + ln(sum), the log of query i's softmax normaliser.
 #define ATT_WARPS 4
 #define ATT_TILE 32
 #define ATT_MAX_HD 256
 
-extern "C" __global__ void attention(float *out, const float *qkv, int tokens, int dim, int heads, float scale) {
-    extern __shared__ float smem[];
+extern "C" __global__ void attention_forward(float *out, float *lse, const float *qkv, int tokens, int dim,
+                                             int heads, float scale) {
+    DYNAMIC_SHARED(float, smem);
     int hd = dim / heads;
     float *ks = smem;                        // ATT_TILE x hd
     float *vs = ks + ATT_TILE * hd;          // ATT_TILE x hd
@@ -60,6 +70,7 @@ extern "C" __global__ void attention(float *out, const float *qkv, int tokens, i
             int d = lane + 32 * u;
             if (d < hd) o[d] = acc[u] / l;
         }
+        if (lse && lane == 0) lse[(long long)bh * tokens + qi] = m + logf(l);
     }
 }
 
@@ -80,6 +91,19 @@ extern "C" __global__ void attention(float *out, const float *qkv, int tokens, i
 template <int KIND> __device__ __forceinline__ unsigned pack2(float lo, float hi);
 // f16 saturates instead of overflowing to inf (inf - inf in the softmax would be NaN).
 __device__ __forceinline__ float f16_range(float x) { return fminf(fmaxf(x, -65504.0f), 65504.0f); }
+#ifdef DINOEDGE_EMU
+// The emulator's forms of the instructions below (emu.h), on the same fragments.
+template <> __device__ __forceinline__ unsigned pack2<0>(float lo, float hi) {
+    return emu_pack2(f16_range(lo), f16_range(hi), 0);
+}
+template <> __device__ __forceinline__ unsigned pack2<1>(float lo, float hi) { return emu_pack2(lo, hi, 1); }
+template <int KIND> __device__ __forceinline__ unsigned short to16(float x) {
+    return emu_to16(KIND == 0 ? f16_range(x) : x, KIND);
+}
+template <int KIND> __device__ __forceinline__ void mma16816(float *c, const unsigned *a, unsigned b0, unsigned b1) {
+    emu_mma16816(c, a, b0, b1, KIND);
+}
+#else
 template <> __device__ __forceinline__ unsigned pack2<0>(float lo, float hi) {
     lo = f16_range(lo);
     hi = f16_range(hi);
@@ -118,6 +142,7 @@ template <> __device__ __forceinline__ void mma16816<1>(float *c, const unsigned
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 __device__ __forceinline__ unsigned ld32(const unsigned short *p) { return *(const unsigned *)p; }
 
@@ -130,7 +155,7 @@ __device__ __forceinline__ void attention_mma(float *out, const float *qkv, int 
     constexpr int SB = MMA_KT / 8;         // 8-key score blocks per tile
     constexpr int LDK = HD + MMA_PAD;      // 16-bit elements per K row
     constexpr int LDV = MMA_KT + MMA_PAD;  // 16-bit elements per V^T row
-    extern __shared__ __align__(16) unsigned char att_smem[];
+    DYNAMIC_SHARED(unsigned char, att_smem);
     unsigned short *ks = (unsigned short *)att_smem;  // MMA_KT x LDK
     unsigned short *vt = ks + MMA_KT * LDK;           // HD x LDV
     int bh = blockIdx.y, b = bh / heads, h = bh % heads;
@@ -261,11 +286,150 @@ __device__ __forceinline__ void attention_mma(float *out, const float *qkv, int 
         NAME(float *out, const float *qkv, int tokens, int dim, int heads, float scale_log2) {         \
         ATTENTION_MMA_BODY(HD, KIND);                                                                  \
     }
-ATTENTION_MMA(attention_mma_f16_hd16, 16, 0)
-ATTENTION_MMA(attention_mma_f16_hd32, 32, 0)
-ATTENTION_MMA(attention_mma_f16_hd64, 64, 0)
-ATTENTION_MMA(attention_mma_f16_hd128, 128, 0)
-ATTENTION_MMA(attention_mma_bf16_hd16, 16, 1)
-ATTENTION_MMA(attention_mma_bf16_hd32, 32, 1)
-ATTENTION_MMA(attention_mma_bf16_hd64, 64, 1)
-ATTENTION_MMA(attention_mma_bf16_hd128, 128, 1)
+ATTENTION_MMA(attention_forward_mma_f16_hd16, 16, 0)
+ATTENTION_MMA(attention_forward_mma_f16_hd32, 32, 0)
+ATTENTION_MMA(attention_forward_mma_f16_hd64, 64, 0)
+ATTENTION_MMA(attention_forward_mma_f16_hd128, 128, 0)
+ATTENTION_MMA(attention_forward_mma_bf16_hd16, 16, 1)
+ATTENTION_MMA(attention_forward_mma_bf16_hd32, 32, 1)
+ATTENTION_MMA(attention_forward_mma_bf16_hd64, 64, 1)
+ATTENTION_MMA(attention_forward_mma_bf16_hd128, 128, 1)
+
+// ---- the backward (training): one thread per query (dq) or key (dk, dv), K/V (or Q) tiles of
+// ATT_TILE tokens in shared memory, from the forward's saved lse. Block = 64 queries or keys of
+// one head; grid (batch * heads, tiles) (grid.y is limited to 65535, so the larger count goes
+// on x).
+#define ATT_Q 64
+
+// Keys k0 .. k0 + ATT_TILE of one head (K and V rows of qkv from `base`) into shared tiles,
+// zeros past the last key.
+template <int HD>
+__device__ __forceinline__ void load_kv_tile(float (*ks)[HD], float (*vs)[HD], const float *base,
+                                             int k0, int n, int dim) {
+    for (int e = threadIdx.x; e < ATT_TILE * HD; e += blockDim.x) {
+        int kk = e / HD, t = e % HD, key = k0 + kk;
+        ks[kk][t] = key < n ? base[(long long)key * 3 * dim + dim + t] : 0.0f;
+        vs[kk][t] = key < n ? base[(long long)key * 3 * dim + 2 * dim + t] : 0.0f;
+    }
+}
+
+// delta[(b*H + h)*N + i] = dout_i . out_i (per head).
+extern "C" __global__ void attention_backward_delta(float *delta, const float *dout, const float *out,
+                                                    int batch, int n, int heads, int hd) {
+    int dim = heads * hd;
+    GRID_STRIDE(e, (long long)batch * heads * n) {
+        int i = (int)(e % n), bh = (int)(e / n), b = bh / heads, h = bh % heads;
+        long long o = ((long long)b * n + i) * dim + h * hd;
+        float s = 0.0f;
+        for (int t = 0; t < hd; t++) s += dout[o + t] * out[o + t];
+        delta[e] = s;
+    }
+}
+
+// dq (=): one thread per query, looping over K/V tiles.
+//   dS_ij = P_ij (dout_i . v_j - delta_i), dq_i = scale * sum_j dS_ij k_j.
+template <int HD>
+__device__ void attention_backward_dq_t(float *dqkv, const float *dout, const float *qkv,
+                                        const float *lse, const float *delta, int n, int heads) {
+    __shared__ float ks[ATT_TILE][HD], vs[ATT_TILE][HD];
+    int dim = heads * HD, bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    int i = blockIdx.y * ATT_Q + threadIdx.x;
+    bool live = i < n;
+    const float *base = qkv + (long long)b * n * 3 * dim + h * HD;
+    float scale = rsqrtf((float)HD), q[HD], dy[HD], dq[HD];
+    long long orow = ((long long)b * n + i) * dim + h * HD;
+    for (int t = 0; t < HD; t++) {
+        q[t] = live ? base[(long long)i * 3 * dim + t] * scale : 0.0f;
+        dy[t] = live ? dout[orow + t] : 0.0f;
+        dq[t] = 0.0f;
+    }
+    float li = live ? lse[(long long)bh * n + i] : 0.0f, di = live ? delta[(long long)bh * n + i] : 0.0f;
+    for (int k0 = 0; k0 < n; k0 += ATT_TILE) {
+        __syncthreads();
+        load_kv_tile<HD>(ks, vs, base, k0, n, dim);
+        __syncthreads();
+        int kn = min(ATT_TILE, n - k0);
+        for (int kk = 0; kk < kn; kk++) {
+            float s = 0.0f, dp = 0.0f;
+            for (int t = 0; t < HD; t++) {
+                s += q[t] * ks[kk][t];
+                dp += dy[t] * vs[kk][t];
+            }
+            float ds = expf(s - li) * (dp - di);
+            for (int t = 0; t < HD; t++) dq[t] += ds * ks[kk][t];
+        }
+    }
+    if (live) {
+        float *o = dqkv + ((long long)b * n + i) * 3 * dim + h * HD;
+        for (int t = 0; t < HD; t++) o[t] = dq[t] * scale;
+    }
+}
+
+// dk, dv (=): one thread per key, looping over tiles of queries (q, dout, lse, delta).
+//   dv_j = sum_i P_ij dout_i, dk_j = scale * sum_i dS_ij q_i.
+template <int HD>
+__device__ void attention_backward_dkv_t(float *dqkv, const float *dout, const float *qkv,
+                                         const float *lse, const float *delta, int n, int heads) {
+    __shared__ float qs[ATT_TILE][HD], ys[ATT_TILE][HD], ls[ATT_TILE], ds_[ATT_TILE];
+    int dim = heads * HD, bh = blockIdx.x, b = bh / heads, h = bh % heads;
+    int j = blockIdx.y * ATT_Q + threadIdx.x;
+    bool live = j < n;
+    const float *base = qkv + (long long)b * n * 3 * dim + h * HD;
+    float scale = rsqrtf((float)HD), k[HD], v[HD], dk[HD], dv[HD];
+    for (int t = 0; t < HD; t++) {
+        k[t] = live ? base[(long long)j * 3 * dim + dim + t] * scale : 0.0f;
+        v[t] = live ? base[(long long)j * 3 * dim + 2 * dim + t] : 0.0f;
+        dk[t] = 0.0f;
+        dv[t] = 0.0f;
+    }
+    for (int q0 = 0; q0 < n; q0 += ATT_TILE) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < ATT_TILE * HD; e += blockDim.x) {
+            int qq = e / HD, t = e % HD, qi = q0 + qq;
+            qs[qq][t] = qi < n ? base[(long long)qi * 3 * dim + t] : 0.0f;
+            ys[qq][t] = qi < n ? dout[((long long)b * n + qi) * dim + h * HD + t] : 0.0f;
+        }
+        for (int e = threadIdx.x; e < ATT_TILE; e += blockDim.x) {
+            int qi = q0 + e;
+            ls[e] = qi < n ? lse[(long long)bh * n + qi] : 0.0f;
+            ds_[e] = qi < n ? delta[(long long)bh * n + qi] : 0.0f;
+        }
+        __syncthreads();
+        int qn = min(ATT_TILE, n - q0);
+        for (int qq = 0; qq < qn; qq++) {
+            float s = 0.0f, dp = 0.0f;
+            for (int t = 0; t < HD; t++) {
+                s += qs[qq][t] * k[t];
+                dp += ys[qq][t] * v[t];
+            }
+            float p = expf(s - ls[qq]), ds = p * (dp - ds_[qq]);
+            for (int t = 0; t < HD; t++) {
+                dv[t] += p * ys[qq][t];
+                dk[t] += ds * qs[qq][t];
+            }
+        }
+    }
+    if (live) {
+        float *o = dqkv + ((long long)b * n + j) * 3 * dim + h * HD;
+        for (int t = 0; t < HD; t++) {
+            o[dim + t] = dk[t] * scale;
+            o[2 * dim + t] = dv[t];
+        }
+    }
+}
+
+#define ATTENTION_KERNELS(HD)                                                                          \
+    extern "C" __global__ void attention_backward_dq_hd##HD(float *dqkv, const float *dout,            \
+                                                            const float *qkv, const float *lse,        \
+                                                            const float *delta, int n, int heads) {    \
+        attention_backward_dq_t<HD>(dqkv, dout, qkv, lse, delta, n, heads);                            \
+    }                                                                                                  \
+    extern "C" __global__ void attention_backward_dkv_hd##HD(float *dqkv, const float *dout,           \
+                                                             const float *qkv, const float *lse,       \
+                                                             const float *delta, int n, int heads) {   \
+        attention_backward_dkv_t<HD>(dqkv, dout, qkv, lse, delta, n, heads);                           \
+    }
+ATTENTION_KERNELS(16)
+ATTENTION_KERNELS(32)
+ATTENTION_KERNELS(64)
+ATTENTION_KERNELS(128)

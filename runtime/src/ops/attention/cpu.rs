@@ -6,7 +6,8 @@ use rayon::prelude::*;
 use super::MAX_HEAD_DIM;
 use crate::ops::Dims;
 
-/// Attention of one query vector against the keys and values of one head.
+/// Attention of one query vector against the keys and values of one head; returns the log
+/// of its softmax normaliser (max + ln sum exp), which the backward needs.
 /// `kv` is the batch's qkv block (N rows of 3D); `k_off`, `v_off` locate the head in a row.
 #[inline]
 fn attend_one(
@@ -17,7 +18,7 @@ fn attend_one(
     k_off: usize,
     v_off: usize,
     scale: f32,
-) {
+) -> f32 {
     let hd = q.len();
     let mut acc = [0.0f32; MAX_HEAD_DIM];
     let acc = &mut acc[..hd];
@@ -50,68 +51,63 @@ fn attend_one(
     for (o, a) in out.iter_mut().zip(acc.iter()) {
         *o = a * inv;
     }
+    m + l.ln()
+}
+
+/// Every head of token `row`: out row (D) and, when given, `lse(h)` per head.
+fn attend_row(o: &mut [f32], row: usize, qkv: &[f32], d: &Dims, mut lse: impl FnMut(usize, f32)) {
+    let (dim, hd, n) = (d.dim, d.head_dim(), d.tokens());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let b = row / n;
+    let batch_qkv = &qkv[b * n * 3 * dim..(b + 1) * n * 3 * dim];
+    let q_row = &qkv[row * 3 * dim..row * 3 * dim + dim];
+    for h in 0..d.heads {
+        let l = attend_one(
+            &mut o[h * hd..(h + 1) * hd],
+            &q_row[h * hd..(h + 1) * hd],
+            batch_qkv,
+            3 * dim,
+            dim + h * hd,
+            2 * dim + h * hd,
+            scale,
+        );
+        lse(h, l);
+    }
 }
 
 /// out (B, N, D) = attention(qkv (B, N, 3D)).
 pub fn attention_forward(out: &mut [f32], qkv: &[f32], d: &Dims) {
-    let dim = d.dim;
     let hd = d.head_dim();
     assert!(hd <= MAX_HEAD_DIM, "head dim {hd} > {MAX_HEAD_DIM}");
-    let n = d.tokens();
-    let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(dim)
+    out.par_chunks_mut(d.dim)
         .enumerate()
         .with_min_len(4)
-        .for_each(|(row, o)| {
-            let b = row / n;
-            let batch_qkv = &qkv[b * n * 3 * dim..(b + 1) * n * 3 * dim];
-            let q_row = &qkv[row * 3 * dim..row * 3 * dim + dim];
-            for h in 0..d.heads {
-                attend_one(
-                    &mut o[h * hd..(h + 1) * hd],
-                    &q_row[h * hd..(h + 1) * hd],
-                    batch_qkv,
-                    3 * dim,
-                    dim + h * hd,
-                    2 * dim + h * hd,
-                    scale,
-                );
-            }
-        });
+        .for_each(|(row, o)| attend_row(o, row, qkv, d, |_, _| {}));
 }
 
-/// Training forward: as [`attention_forward`], also saving `lse[(b*heads + h)*N + i]`, the
-/// log of the softmax normaliser of query i (max + ln sum exp), for the backward.
-pub fn attention_forward_train(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
-    let (dim, hd, n, heads) = (d.dim, d.head_dim(), d.tokens(), d.heads);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let rows: Vec<(usize, usize)> = (0..d.batch * heads)
-        .flat_map(|bh| (0..n).map(move |i| (bh, i)))
-        .collect();
-    let res: Vec<(Vec<f32>, f32)> = rows
-        .par_iter()
-        .map(|&(bh, i)| {
-            let (b, h) = (bh / heads, bh % heads);
-            let at =
-                |t: usize, part: usize| &qkv[(b * n + t) * 3 * dim + part * dim + h * hd..][..hd];
-            let q = at(i, 0);
-            let s: Vec<f32> = (0..n)
-                .map(|j| q.iter().zip(at(j, 1)).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let z: f32 = s.iter().map(|v| (v - m).exp()).sum();
-            let mut o = vec![0.0f32; hd];
-            for (j, sj) in s.iter().enumerate() {
-                let p = (sj - m).exp() / z;
-                o.iter_mut().zip(at(j, 2)).for_each(|(a, v)| *a += p * v);
-            }
-            (o, m + z.ln())
+/// Training forward: [`attention_forward`], also saving `lse[(b*heads + h)*N + i]`, the log
+/// of the softmax normaliser of query i, for the backward.
+pub fn attention_forward_lse(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: &Dims) {
+    let hd = d.head_dim();
+    assert!(hd <= MAX_HEAD_DIM, "head dim {hd} > {MAX_HEAD_DIM}");
+    let (n, heads) = (d.tokens(), d.heads);
+    // Rows are computed in parallel; their lse values are scattered afterwards (per row,
+    // heads apart in `lse`).
+    let per_row: Vec<Vec<f32>> = out
+        .par_chunks_mut(d.dim)
+        .enumerate()
+        .with_min_len(4)
+        .map(|(row, o)| {
+            let mut l = vec![0.0f32; heads];
+            attend_row(o, row, qkv, d, |h, v| l[h] = v);
+            l
         })
         .collect();
-    for (&(bh, i), (o, l)) in rows.iter().zip(res) {
-        let (b, h) = (bh / heads, bh % heads);
-        out[(b * n + i) * dim + h * hd..][..hd].copy_from_slice(&o);
-        lse[bh * n + i] = l;
+    for (row, l) in per_row.iter().enumerate() {
+        let (b, i) = (row / n, row % n);
+        for (h, &v) in l.iter().enumerate() {
+            lse[(b * heads + h) * n + i] = v;
+        }
     }
 }
 

@@ -247,7 +247,7 @@ unsafe fn pack_portable(dst: &mut [f32], qkv: &[f32], d: &Dims, b: usize, h: usi
 
 /// out (B, N, D) = attention(qkv (B, N, 3D)) with the kernels of `isa`;
 /// `scratch` holds [`scratch_len`] floats.
-pub fn attention_fast(
+pub fn attention_forward(
     pool: &Pool,
     isa: Isa,
     out: &mut [f32],
@@ -369,8 +369,8 @@ thread_local! {
 }
 
 /// Training forward: out (B, N, D) and `lse` (B * heads * N), as
-/// [`super::cpu::attention_forward_train`].
-pub fn attention_forward_train_fast(
+/// [`super::cpu::attention_forward_lse`].
+pub fn attention_forward_lse(
     pool: &Pool,
     isa: Isa,
     out: &mut [f32],
@@ -430,7 +430,7 @@ pub fn attention_forward_train_fast(
 
 /// Backward of attention, as [`super::cpu::attention_backward`]: dqkv (=).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward_fast(
+pub fn attention_backward(
     pool: &Pool,
     isa: Isa,
     dqkv: &mut [f32],

@@ -9,7 +9,6 @@
 //! No N x N matrix is formed: each query streams over the keys with an online softmax.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]

@@ -1,7 +1,7 @@
 //! wgpu launcher of `attention` (`attention.wgsl`): 64 queries of one head per workgroup,
 //! keys and values through workgroup memory in tiles of up to 64 keys (2048 / hd).
 
-use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuBackend};
+use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuDevice};
 use crate::error::{Result, RuntimeError};
 use crate::ops::Dims;
 
@@ -12,11 +12,12 @@ pub const ATTENTION: Kernel = Kernel {
     name: "attention",
     source: include_str!("attention.wgsl"),
     f16: false,
+    prelude: &[],
     defines: &[],
 };
 
 pub fn attention_forward(
-    be: &WgpuBackend,
+    be: &WgpuDevice,
     out: &GpuBuffer,
     qkv: &GpuBuffer,
     d: &Dims,

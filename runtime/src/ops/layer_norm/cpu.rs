@@ -1,10 +1,17 @@
-//! CPU reference of `layer_norm`: two passes per row (mean, then centred variance).
+//! CPU reference of `layer_norm`: two passes per row (mean, then centred variance). The
+//! training forward is the same function keeping each row's mean and rstd.
 
 use rayon::prelude::*;
 
-/// One row.
+/// One row; returns its mean and 1/sqrt(var + eps).
 #[inline]
-pub fn layer_norm_row(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+pub fn layer_norm_row(
+    out: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = sum8(x.iter().copied()) / n;
     let var = sum8(x.iter().map(|&v| (v - mean) * (v - mean))) / n;
@@ -12,6 +19,7 @@ pub fn layer_norm_row(out: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], 
     for i in 0..x.len() {
         out[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
     }
+    (mean, rstd)
 }
 
 /// Sum with 8 independent partial sums (vectorisable, and more accurate than a serial sum).
@@ -24,9 +32,10 @@ fn sum8(it: impl Iterator<Item = f32>) -> f32 {
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// out (R, C) = layer_norm(inp (R, C)).
+/// out (R, C) = layer_norm(inp (R, C)); `cache` (training) receives each row's mean and rstd.
 pub fn layer_norm_forward(
     out: &mut [f32],
+    cache: Option<&mut LayerNormCache>,
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -35,10 +44,21 @@ pub fn layer_norm_forward(
 ) {
     debug_assert_eq!(out.len(), inp.len());
     debug_assert_eq!(weight.len(), cols);
-    out.par_chunks_mut(cols)
+    let rows = out
+        .par_chunks_mut(cols)
         .zip(inp.par_chunks(cols))
-        .with_min_len(8)
-        .for_each(|(o, x)| layer_norm_row(o, x, weight, bias, eps));
+        .with_min_len(8);
+    match cache {
+        None => rows.for_each(|(o, x)| {
+            layer_norm_row(o, x, weight, bias, eps);
+        }),
+        Some(c) => {
+            c.mean.resize(inp.len() / cols, 0.0);
+            c.rstd.resize(inp.len() / cols, 0.0);
+            rows.zip(c.mean.par_iter_mut().zip(c.rstd.par_iter_mut()))
+                .for_each(|((o, x), (m, r))| (*m, *r) = layer_norm_row(o, x, weight, bias, eps));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -51,7 +71,7 @@ mod tests {
         let w = [1.0f32, 2.0, 1.0, 1.0];
         let b = [0.0f32, 0.0, 0.0, 0.5];
         let mut out = [0.0f32; 8];
-        layer_norm_forward(&mut out, &x, &w, &b, 4, 1e-5);
+        layer_norm_forward(&mut out, None, &x, &w, &b, 4, 1e-5);
         // row 0: mean 2.5, var 1.25
         let r = 1.0 / (1.25f32 + 1e-5).sqrt();
         let want = [-1.5 * r, -0.5 * r * 2.0, 0.5 * r, 1.5 * r + 0.5];
@@ -68,36 +88,6 @@ mod tests {
 pub struct LayerNormCache {
     pub mean: Vec<f32>,
     pub rstd: Vec<f32>,
-}
-
-/// Training forward: as [`layer_norm_forward`], also keeping mean and rstd per row.
-pub fn layer_norm_forward_train(
-    out: &mut [f32],
-    cache: &mut LayerNormCache,
-    inp: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    cols: usize,
-    eps: f32,
-) {
-    let rows = inp.len() / cols;
-    cache.mean.resize(rows, 0.0);
-    cache.rstd.resize(rows, 0.0);
-    out.par_chunks_mut(cols)
-        .zip(inp.par_chunks(cols))
-        .zip(cache.mean.par_iter_mut().zip(cache.rstd.par_iter_mut()))
-        .with_min_len(8)
-        .for_each(|((o, x), (m, r))| {
-            let n = x.len() as f32;
-            let mean = sum8(x.iter().copied()) / n;
-            let var = sum8(x.iter().map(|&v| (v - mean) * (v - mean))) / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for i in 0..x.len() {
-                o[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
-            }
-            *m = mean;
-            *r = rstd;
-        });
 }
 
 /// Backward of `layer_norm` (llm.c's derivation). `dinp` is written (`=`); `dweight` and

@@ -22,25 +22,32 @@ fn sum16(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 multiversion! {
-    fn rows(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
+    fn rows(out: &mut [f32], stats: Option<(&mut [f32], &mut [f32])>, inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
         let n = cols as f32;
-        for (o, x) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)) {
+        let mut stats = stats;
+        for (r, (o, x)) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)).enumerate() {
             let mean = sum16(x, |v| v) / n;
             let var = sum16(x, |v| (v - mean) * (v - mean)) / n;
             let rstd = 1.0 / (var + eps).sqrt();
             for i in 0..cols {
                 o[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
             }
+            if let Some((m, s)) = stats.as_mut() {
+                m[r] = mean;
+                s[r] = rstd;
+            }
         }
     }
 }
 
-/// out (R, C) = layer_norm(inp (R, C)).
+/// out (R, C) = layer_norm(inp (R, C)), as [`super::cpu::layer_norm_forward`]; `cache`
+/// (training) receives each row's mean and rstd.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_fast(
+pub fn layer_norm_forward(
     pool: &Pool,
     isa: Isa,
     out: &mut [f32],
+    cache: Option<&mut LayerNormCache>,
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -49,65 +56,21 @@ pub fn layer_norm_fast(
     eps: f32,
 ) {
     let out = RowsMut::new(&mut out[..rows_n * cols], cols);
-    pool.run_rows(rows_n, 8, |r0, r1| {
-        // SAFETY: run_rows hands out disjoint row ranges.
-        rows(
-            isa,
-            unsafe { out.rows(r0, r1) },
-            &inp[r0 * cols..r1 * cols],
-            weight,
-            bias,
-            cols,
-            eps,
-        )
+    let stats = cache.map(|c| {
+        c.mean.resize(rows_n, 0.0);
+        c.rstd.resize(rows_n, 0.0);
+        (RowsMut::new(&mut c.mean, 1), RowsMut::new(&mut c.rstd, 1))
     });
-}
-
-multiversion! {
-    fn rows_train(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) {
-        let n = cols as f32;
-        for (((o, x), m), r) in out.chunks_exact_mut(cols).zip(inp.chunks_exact(cols)).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
-            let mu = sum16(x, |v| v) / n;
-            let var = sum16(x, |v| (v - mu) * (v - mu)) / n;
-            let rs = 1.0 / (var + eps).sqrt();
-            for i in 0..cols {
-                o[i] = (x[i] - mu) * rs * weight[i] + bias[i];
-            }
-            *m = mu;
-            *r = rs;
-        }
-    }
-}
-
-/// Training forward, as [`super::cpu::layer_norm_forward_train`]: also keeps mean and rstd.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm_forward_train_fast(
-    pool: &Pool,
-    isa: Isa,
-    out: &mut [f32],
-    cache: &mut LayerNormCache,
-    inp: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    cols: usize,
-    eps: f32,
-) {
-    let rows_n = inp.len() / cols;
-    cache.mean.resize(rows_n, 0.0);
-    cache.rstd.resize(rows_n, 0.0);
-    let (o, m, r) = (
-        RowsMut::new(&mut out[..rows_n * cols], cols),
-        RowsMut::new(&mut cache.mean, 1),
-        RowsMut::new(&mut cache.rstd, 1),
-    );
     pool.run_rows(rows_n, 8, |r0, r1| {
         // SAFETY: run_rows hands out disjoint row ranges.
         unsafe {
-            rows_train(
+            let s = stats
+                .as_ref()
+                .map(|(m, r)| (m.rows(r0, r1), r.rows(r0, r1)));
+            rows(
                 isa,
-                o.rows(r0, r1),
-                m.rows(r0, r1),
-                r.rows(r0, r1),
+                out.rows(r0, r1),
+                s,
                 &inp[r0 * cols..r1 * cols],
                 weight,
                 bias,
@@ -152,7 +115,7 @@ multiversion! {
 /// `dbias` accumulated (`+=`) from per-chunk partial sums (`partials` is scratch) added in
 /// chunk order.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_backward_fast(
+pub fn layer_norm_backward(
     pool: &Pool,
     isa: Isa,
     dinp: &mut [f32],

@@ -4,7 +4,6 @@
 //! Shapes: inp (R, C), weight (C), bias (C), out (R, C).
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]

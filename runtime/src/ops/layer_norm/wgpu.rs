@@ -1,17 +1,18 @@
 //! wgpu launcher of `layer_norm` (`layer_norm.wgsl`): one workgroup per row.
 
-use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuBackend, linear_groups};
+use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuDevice, linear_groups};
 use crate::error::Result;
 
 pub const LAYER_NORM: Kernel = Kernel {
     name: "layer_norm",
     source: include_str!("layer_norm.wgsl"),
     f16: false,
+    prelude: &[],
     defines: &[],
 };
 
 pub fn layer_norm_forward(
-    be: &WgpuBackend,
+    be: &WgpuDevice,
     out: &GpuBuffer,
     inp: &GpuBuffer,
     weight: &GpuBuffer,

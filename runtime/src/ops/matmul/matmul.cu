@@ -1,12 +1,10 @@
-// matmul epilogues cuBLASLt cannot fuse, and input conversion (the product is cuBLASLt).
+// matmul: the product runs on the device's GEMM (cuBLASLt); these kernels do what it cannot.
 
-// out (R, O) = act(out + bias)   (mode 0)
-// out (R, O) += gamma * (acc + bias)   (mode 1: LayerScale + residual)
-// A null bias means cuBLASLt added it already (or the layer has none).
-extern "C" __global__ void matmul_epilogue(float *out, const float *acc, const float *bias, const float *gamma,
-                                           int rows, int cols, int mode, int act) {
-    long long n = (long long)rows * cols;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+// Epilogues cuBLASLt cannot fuse: mode 0 out (=) act(out + bias); mode 1 (LayerScale +
+// residual) out += gamma * (acc + bias). A null bias: cuBLASLt added it (or there is none).
+extern "C" __global__ void matmul_forward_epilogue(float *out, const float *acc, const float *bias,
+                                                   const float *gamma, int rows, int cols, int mode, int act) {
+    GRID_STRIDE(i, (long long)rows * cols) {
         int c = (int)(i % cols);
         float b = bias ? bias[c] : 0.0f;
         if (mode == 0) {
@@ -17,9 +15,13 @@ extern "C" __global__ void matmul_epilogue(float *out, const float *acc, const f
     }
 }
 
-// Activations to the GEMM's 16-bit input type: kind 0 f16, 1 bf16.
-extern "C" __global__ void to_half(unsigned short *dst, const float *src, long long n, int kind) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        dst[i] = kind == 0 ? f32_to_f16_bits(src[i]) : f32_to_bf16_bits(src[i]);
-    }
+// GEMM inputs to 16 bits (kind 0 f16, 1 bf16), round to nearest even: the forward's and the
+// backward's products both take their f32 operands through it.
+extern "C" __global__ void matmul_forward_convert(unsigned short *dst, const float *src, long long n, int kind) {
+    GRID_STRIDE(i, n) dst[i] = kind == 0 ? f32_to_f16_bits(src[i]) : f32_to_bf16_bits(src[i]);
+}
+
+// Rows of out (R, O; ldo) (=) bias, before a product that accumulates into them.
+extern "C" __global__ void matmul_forward_bias_rows(float *out, int ldo, const float *bias, int rows, int o) {
+    GRID_STRIDE(i, (long long)rows * o) out[(i / o) * ldo + i % o] = bias[i % o];
 }

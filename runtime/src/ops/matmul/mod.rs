@@ -9,7 +9,6 @@
 //! register tiles.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]

@@ -90,7 +90,7 @@ pub fn patch_embed_forward(
 /// embeddings (rows of `demb`, (B*HW, D), written `=`) from dx (B, N, D). dcls and
 /// dregisters are accumulated (`+=`). The conv weight and bias gradients are then a matmul
 /// backward over `demb` and the im2col columns. (No gradient flows to the pixels.)
-pub fn assemble_backward(
+pub fn patch_embed_backward(
     demb: &mut [f32],
     dcls: &mut [f32],
     dregisters: &mut [f32],

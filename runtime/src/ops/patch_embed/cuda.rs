@@ -1,66 +1,107 @@
 //! CUDA form of `patch_embed` (`patch_embed.cu`): im2col, the conv as a `matmul` product
-//! with its bias, then token assembly.
+//! with its bias, then token assembly; and the backward of the assembly (training).
 
-use cudarc::driver::PushKernelArg;
-
-use crate::backend::cuda::{CudaBackend, CudaBuffer, CudaLinear, err};
+use crate::backend::cuda::device::{Arg, DevPtr, Device, LaunchCfg};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::cuda::{Fused, epilogue, product, remaining_bias};
+use crate::ops::matmul::cuda::{CudaLinear, GemmScratch, matmul_forward};
 
+pub const SOURCE: (&str, &str) = ("patch_embed.cu", include_str!("patch_embed.cu"));
+pub const KERNELS: &[&str] = &[
+    "patch_embed_forward_im2col",
+    "patch_embed_forward",
+    "patch_embed_backward",
+];
+
+/// cols (B*HW, C*P*P) (=) the patches of pixels (B, C, H, W).
+pub fn im2col(dev: &dyn Device, cols: DevPtr, pixels: DevPtr, d: &Dims) -> Result<()> {
+    let mut args = vec![Arg::Ptr(cols), Arg::Ptr(pixels)];
+    args.extend(
+        [
+            d.batch, d.channels, d.height, d.width, d.patch, d.grid_h, d.grid_w,
+        ]
+        .map(|v| Arg::I32(v as i32)),
+    );
+    dev.launch(
+        "patch_embed_forward_im2col",
+        LaunchCfg::elements(d.batch * d.patches() * d.patch_len()),
+        &args,
+    )
+}
+
+/// x (B, N, D) (=) [cls (+pos[0]), registers, emb (+pos[1 + p])].
 #[allow(clippy::too_many_arguments)]
-pub fn patch_embed(
-    be: &CudaBackend,
-    x: &mut CudaBuffer,
-    scratch: &mut CudaBuffer,
-    pixels: &CudaBuffer,
-    w: &CudaLinear,
-    cls: &CudaBuffer,
-    registers: Option<&CudaBuffer>,
-    pos: Option<&CudaBuffer>,
+pub fn assemble(
+    dev: &dyn Device,
+    x: DevPtr,
+    emb: DevPtr,
+    cls: DevPtr,
+    registers: Option<DevPtr>,
+    pos: Option<DevPtr>,
     d: &Dims,
 ) -> Result<()> {
-    let (hw, pl) = (d.patches(), d.patch_len());
-    let rows = d.batch * hw;
-    // scratch = [cols (rows, pl) | emb (rows, D)]
-    let cols = be.ptr_mut(scratch) as u64;
-    // Embedding rows on a 256-byte boundary (cuBLASLt's fastest kernels want it).
-    let emb = cols + ((rows * pl * 4) as u64).next_multiple_of(256);
-    let cfg = be.grid(rows * pl);
-    let a = [
-        d.batch, d.channels, d.height, d.width, d.patch, d.grid_h, d.grid_w,
-    ]
-    .map(|v| v as i32);
-    let px = be.ptr(pixels) as u64;
-    let mut b = be.stream.launch_builder(be.function("im2col"));
-    b.arg(&cols).arg(&px);
-    for v in &a {
-        b.arg(v);
-    }
-    // SAFETY: arguments match the kernel's signature.
-    unsafe { b.launch(cfg) }.map_err(|e| err("im2col", e))?;
-    let fused = product(be, emb, cols, w, rows, Fused::Bias)?;
-    let bias = remaining_bias(be, w, fused);
-    if bias != 0 {
-        epilogue(be, emb, emb, bias, 0, rows, d.dim, 0, 0)?;
-    }
-    let regs = registers.map_or(0u64, |r| be.ptr(r) as u64);
-    let posp = pos.map_or(0u64, |p| be.ptr(p) as u64);
-    let (xp, clsp) = (be.ptr_mut(x) as u64, be.ptr(cls) as u64);
-    let (batch, prefix, patches, dim) = (d.batch as i32, d.prefix as i32, hw as i32, d.dim as i32);
-    let cfg = be.grid(d.rows() * d.dim);
-    let mut b = be.stream.launch_builder(be.function("assemble"));
-    b.arg(&xp)
-        .arg(&emb)
-        .arg(&clsp)
-        .arg(&regs)
-        .arg(&posp)
-        .arg(&batch)
-        .arg(&prefix)
-        .arg(&patches)
-        .arg(&dim);
-    // SAFETY: arguments match the kernel's signature; a null `pos` (0) is checked in the kernel.
-    unsafe { b.launch(cfg) }
-        .map_err(|e| err("assemble", e))
-        .map(|_| ())
+    dev.launch(
+        "patch_embed_forward",
+        LaunchCfg::elements(d.rows() * d.dim),
+        &[
+            Arg::Ptr(x),
+            Arg::Ptr(emb),
+            Arg::Ptr(cls),
+            Arg::opt(registers),
+            Arg::opt(pos),
+            Arg::I32(d.batch as i32),
+            Arg::I32(d.prefix as i32),
+            Arg::I32(d.patches() as i32),
+            Arg::I32(d.dim as i32),
+        ],
+    )
+}
+
+/// The whole forward: `tmp` holds [`super::scratch_len`] floats (im2col rows, then the
+/// embedding rows on a 256-byte boundary, as GEMM libraries prefer).
+#[allow(clippy::too_many_arguments)]
+pub fn patch_embed_forward(
+    dev: &dyn Device,
+    scratch: &mut GemmScratch,
+    x: DevPtr,
+    tmp: DevPtr,
+    pixels: DevPtr,
+    w: &CudaLinear,
+    cls: DevPtr,
+    registers: Option<DevPtr>,
+    pos: Option<DevPtr>,
+    d: &Dims,
+) -> Result<()> {
+    let rows = d.batch * d.patches();
+    let cols = tmp;
+    let emb = cols + ((rows * d.patch_len() * 4) as u64).next_multiple_of(256);
+    im2col(dev, cols, pixels, d)?;
+    matmul_forward(dev, scratch, emb, cols, w, rows, None, None)?;
+    assemble(dev, x, emb, cls, registers, pos, d)
+}
+
+/// demb (B*HW, D) (=) the patch rows of dx; dcls, dregs (+=) summed over the images.
+pub fn patch_embed_backward(
+    dev: &dyn Device,
+    demb: DevPtr,
+    dcls: DevPtr,
+    dregs: DevPtr,
+    dx: DevPtr,
+    d: &Dims,
+) -> Result<()> {
+    let n = (d.batch * d.patches() + d.prefix) * d.dim;
+    dev.launch(
+        "patch_embed_backward",
+        LaunchCfg::elements(n),
+        &[
+            Arg::Ptr(demb),
+            Arg::Ptr(dcls),
+            Arg::Ptr(dregs),
+            Arg::Ptr(dx),
+            Arg::I32(d.batch as i32),
+            Arg::I32(d.prefix as i32),
+            Arg::I32(d.patches() as i32),
+            Arg::I32(d.dim as i32),
+        ],
+    )
 }

@@ -11,7 +11,6 @@
 //! x (B, N, D). `scratch` holds B*HW*(C*P*P + D) floats.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

@@ -1,11 +1,10 @@
-// patch_embed: im2col of the pixels, then (after the cuBLASLt product) token assembly.
+// patch_embed: im2col of the pixels, the product (matmul), then token assembly.
 
-// cols (B*HW, C*P*P) <- pixels (B, C, H, W), (c, ky, kx) order as the conv weight.
-extern "C" __global__ void im2col(float *cols, const float *pixels, int batch, int channels, int height, int width,
-                                  int patch, int grid_h, int grid_w) {
+// cols (B*HW, C*P*P) (=) pixels (B, C, H, W), (c, ky, kx) order as the conv weight.
+extern "C" __global__ void patch_embed_forward_im2col(float *cols, const float *pixels, int batch, int channels,
+                                                      int height, int width, int patch, int grid_h, int grid_w) {
     int pl = channels * patch * patch, hw = grid_h * grid_w;
-    long long n = (long long)batch * hw * pl;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, (long long)batch * hw * pl) {
         int e = (int)(i % pl);
         long long row = i / pl;
         int b = (int)(row / hw), pi = (int)(row % hw);
@@ -15,12 +14,12 @@ extern "C" __global__ void im2col(float *cols, const float *pixels, int batch, i
     }
 }
 
-// x (B, N, D) <- [cls (+pos[0]), registers, emb (+pos[1 + p])]; `pos` may be null.
-extern "C" __global__ void assemble(float *x, const float *emb, const float *cls, const float *registers,
-                                    const float *pos, int batch, int prefix, int patches, int dim) {
+// x (B, N, D) (=) [cls (+pos[0]), registers, emb (+pos[1 + p])]; `pos` may be null.
+extern "C" __global__ void patch_embed_forward(float *x, const float *emb, const float *cls,
+                                               const float *registers, const float *pos, int batch, int prefix,
+                                               int patches, int dim) {
     int tokens = prefix + patches;
-    long long n = (long long)batch * tokens * dim;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, (long long)batch * tokens * dim) {
         int d = (int)(i % dim);
         long long r = i / dim;
         int t = (int)(r % tokens), b = (int)(r / tokens);
@@ -34,5 +33,24 @@ extern "C" __global__ void assemble(float *x, const float *emb, const float *cls
             v = emb[((long long)b * patches + p) * dim + d] + (pos ? pos[(long long)(1 + p) * dim + d] : 0.0f);
         }
         x[i] = v;
+    }
+}
+
+// demb (=) the patch rows of dx; dcls, dregs (+=) summed over images in order.
+extern "C" __global__ void patch_embed_backward(float *demb, float *dcls, float *dregs, const float *dx,
+                                                int batch, int prefix, int patches, int dim) {
+    int n = prefix + patches;
+    long long pe = (long long)batch * patches * dim, total = pe + (long long)prefix * dim;
+    GRID_STRIDE(i, total) {
+        if (i < pe) {
+            long long row = i / dim;
+            int j = (int)(i % dim), b = (int)(row / patches), p = (int)(row % patches);
+            demb[i] = dx[((long long)b * n + prefix + p) * dim + j];
+        } else {
+            int e = (int)(i - pe), t = e / dim, j = e % dim;
+            float s = 0.0f;
+            for (int b = 0; b < batch; b++) s += dx[((long long)b * n + t) * dim + j];
+            if (t == 0) dcls[j] += s; else dregs[(long long)(t - 1) * dim + j] += s;
+        }
     }
 }

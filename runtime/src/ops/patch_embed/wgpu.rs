@@ -1,26 +1,28 @@
 //! wgpu launcher of `patch_embed`: `im2col.wgsl`, the matmul kernel, `assemble.wgsl`.
 
-use crate::backend::Epilogue;
-use crate::backend::wgpu::{GpuBuffer, GpuLinear, Kernel, WgpuBackend, linear_groups};
+use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuDevice, linear_groups};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::wgpu::matmul_forward;
+use crate::ops::matmul::Epilogue;
+use crate::ops::matmul::wgpu::{GpuLinear, matmul_forward};
 
 pub const IM2COL: Kernel = Kernel {
     name: "im2col",
     source: include_str!("im2col.wgsl"),
     f16: false,
+    prelude: &[],
     defines: &[],
 };
 pub const ASSEMBLE: Kernel = Kernel {
     name: "assemble",
     source: include_str!("assemble.wgsl"),
     f16: false,
+    prelude: &[],
     defines: &[],
 };
 
 pub fn patch_embed_forward(
-    be: &WgpuBackend,
+    be: &WgpuDevice,
     x: &GpuBuffer,
     cols: &GpuBuffer,
     emb: &GpuBuffer,

@@ -11,7 +11,6 @@
 //! Shapes: qkv (B, N, 3, heads, hd); cos, sin (HW, hd).
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

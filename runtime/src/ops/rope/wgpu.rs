@@ -1,6 +1,6 @@
 //! wgpu launcher of `rope` (`rope.wgsl`): one thread per rotated pair.
 
-use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuBackend, linear_groups};
+use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuDevice, linear_groups};
 use crate::error::Result;
 use crate::ops::Dims;
 
@@ -8,11 +8,12 @@ pub const ROPE: Kernel = Kernel {
     name: "rope",
     source: include_str!("rope.wgsl"),
     f16: false,
+    prelude: &[],
     defines: &[],
 };
 
 pub fn rope_forward(
-    be: &WgpuBackend,
+    be: &WgpuDevice,
     qkv: &GpuBuffer,
     cos: &GpuBuffer,
     sin: &GpuBuffer,

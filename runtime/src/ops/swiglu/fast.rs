@@ -19,7 +19,7 @@ multiversion! {
 }
 
 /// out (R, I) = act(gate_up[:, :I]) * gate_up[:, I:].
-pub fn swiglu_fast(
+pub fn swiglu_forward(
     pool: &Pool,
     isa: Isa,
     out: &mut [f32],
@@ -56,7 +56,7 @@ multiversion! {
 
 /// Backward, as [`super::cpu::swiglu_backward`]: d gate_up (R, 2I) written (`=`).
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_backward_fast(
+pub fn swiglu_backward(
     pool: &Pool,
     isa: Isa,
     dgate_up: &mut [f32],

@@ -5,7 +5,6 @@
 //! The model fuses the gate and up projections into one matmul producing `gate_up`.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fast;
 #[cfg(feature = "wgpu")]

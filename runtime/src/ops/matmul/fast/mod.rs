@@ -18,6 +18,7 @@ pub mod gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod portable;
+pub mod train;
 
 use crate::backend::cpu::isa::{Isa, multiversion};
 use crate::backend::cpu::pool::Pool;
@@ -723,7 +724,7 @@ unsafe fn task_neon<F: Family>(job: &Job, t: usize) {
 
 /// `out (rows, O) = epilogue(inp (rows, K) · Wᵀ + b)` with the fast kernels of `w.isa`.
 /// `scratch` holds at least [`PackedLinear::scratch_bytes`] bytes (int8 only).
-pub fn matmul_fast(
+pub fn matmul_forward(
     pool: &Pool,
     out: &mut [f32],
     inp: &[f32],
@@ -734,7 +735,7 @@ pub fn matmul_fast(
 ) {
     assert!(
         inp.len() >= rows * w.in_features && out.len() >= rows * w.out_features,
-        "matmul_fast: buffers too small"
+        "matmul_forward: buffers too small"
     );
     if let Epi::Residual(g) = epi {
         assert_eq!(g.len(), w.out_features, "LayerScale length");

@@ -10,7 +10,6 @@
 
 use crate::backend::Precision;
 use crate::config::{MlpKind, ModelConfig, Positions};
-use crate::error::RuntimeError;
 use crate::forward::dims;
 use crate::ops::Dims;
 
@@ -104,20 +103,4 @@ pub fn memory_plan(
     }
 }
 
-fn gib(b: u64) -> f64 {
-    b as f64 / 1073741824.0
-}
-
-/// The error for an allocation that does not fit: what, needed, free and total, in bytes and
-/// GiB, and what to change.
-pub fn out_of_memory(what: &str, needed: u64, free: u64, total: u64) -> RuntimeError {
-    RuntimeError::Device {
-        backend: "cuda".into(),
-        reason: format!(
-            "out of GPU memory for {what}: {needed} bytes ({:.2} GiB) needed, {free} bytes ({:.2} GiB) free of {:.2} GiB (use a smaller batch or resolution, or f16/bf16)",
-            gib(needed),
-            gib(free),
-            gib(total)
-        ),
-    }
-}
+pub use crate::backend::cuda::device::out_of_memory;

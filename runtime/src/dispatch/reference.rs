@@ -4,7 +4,8 @@
 //! Ops run on the backend's own rayon pool (`threads` workers), so `--threads N` is exact
 //! and nothing oversubscribes the global pool. Buffers are plain `Vec<f32>`.
 
-use crate::backend::{Backend, BackendInfo, BackendKind, Epilogue, HostLinear, Op, Precision};
+use super::{Backend, Epilogue, HostLinear, Op};
+use crate::backend::{BackendInfo, BackendKind, Precision};
 use crate::config::{Activation, ModelConfig};
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::Epi;
@@ -67,7 +68,7 @@ impl Backend for ReferenceBackend {
     }
 
     fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        crate::backend::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
+        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
@@ -150,6 +151,7 @@ impl Backend for ReferenceBackend {
         self.pool.install(|| {
             ops::layer_norm::cpu::layer_norm_forward(
                 &mut out[..n],
+                None,
                 &inp[..n],
                 weight,
                 bias,
