@@ -176,3 +176,132 @@ fn attention_backward_matches_finite_differences_and_the_fast_forms() {
         }
     }
 }
+
+#[test]
+fn matmul_backward_matches_finite_differences() {
+    use dinoedge_runtime::ops::matmul::fast::train::{matmul_backward, matmul_forward_train};
+    let mut rng = Rng(5);
+    let pool = Pool::new(2).unwrap();
+    let (rows, k, o) = (7, 13, 5);
+    let (x, w, b, r) = (
+        rng.vec(rows * k),
+        rng.vec(o * k),
+        rng.vec(o),
+        rng.vec(rows * o),
+    );
+    for isa in Isa::all_supported() {
+        let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
+            let mut out = vec![0.0; rows * o];
+            matmul_forward_train(
+                &pool,
+                isa,
+                &mut Vec::new(),
+                &mut out,
+                o,
+                x,
+                w,
+                Some(b),
+                rows,
+                k,
+            );
+            dot(&out, &r)
+        };
+        let (mut dx, mut dw, mut db) = (vec![0.0; rows * k], vec![0.0; o * k], vec![0.0; o]);
+        let dinp = Some((&mut dx[..], false));
+        matmul_backward(
+            &pool,
+            isa,
+            &mut Vec::new(),
+            dinp,
+            &mut dw,
+            Some(&mut db),
+            &r,
+            o,
+            &x,
+            &w,
+            rows,
+            k,
+        );
+        check(
+            &format!("matmul dinp {isa}"),
+            &x,
+            &dx,
+            |x| fwd(x, &w, &b),
+            &mut rng,
+        );
+        check(
+            &format!("matmul dweight {isa}"),
+            &w,
+            &dw,
+            |w| fwd(&x, w, &b),
+            &mut rng,
+        );
+        check(
+            &format!("matmul dbias {isa}"),
+            &b,
+            &db,
+            |b| fwd(&x, &w, b),
+            &mut rng,
+        );
+    }
+}
+
+#[test]
+fn residual_and_patch_embed_backward_match_finite_differences() {
+    use dinoedge_runtime::ops::{patch_embed, residual};
+    let mut rng = Rng(6);
+    let pool = Pool::new(2).unwrap();
+    // residual: x_out = x + gamma * y.
+    let (rows, dim) = (9, 11);
+    let (x, y, g, r) = (
+        rng.vec(rows * dim),
+        rng.vec(rows * dim),
+        rng.vec(dim),
+        rng.vec(rows * dim),
+    );
+    let fwd = |y: &[f32], g: &[f32]| {
+        let mut out = x.clone();
+        residual::cpu::residual_forward(&pool, &mut out, y, Some(g), dim);
+        dot(&out, &r)
+    };
+    let (mut dy, mut dg) = (vec![0.0; rows * dim], vec![0.0; dim]);
+    residual::cpu::residual_backward(&pool, &mut dy, &mut dg, &r, &y, &g);
+    check("residual dy", &y, &dy, |y| fwd(y, &g), &mut rng);
+    check("residual dgamma", &g, &dg, |g| fwd(&y, g), &mut rng);
+    // patch_embed's assembly: x = [cls, registers, emb].
+    let d = dims(2, 3, 4, 5, 8, 1);
+    let (emb, cls, regs) = (
+        rng.vec(d.batch * d.patches() * d.dim),
+        rng.vec(d.dim),
+        rng.vec(4 * d.dim),
+    );
+    let r = rng.vec(d.rows() * d.dim);
+    let fwd = |emb: &[f32], cls: &[f32], regs: &[f32]| {
+        let mut x = vec![0.0; d.rows() * d.dim];
+        patch_embed::cpu::assemble_rows(&mut x, 0, emb, cls, regs, None, &d);
+        dot(&x, &r)
+    };
+    let (mut de, mut dc, mut dr) = (vec![0.0; emb.len()], vec![0.0; d.dim], vec![0.0; 4 * d.dim]);
+    patch_embed::cpu::patch_embed_backward(&mut de, &mut dc, &mut dr, &r, &d);
+    check(
+        "patch_embed demb",
+        &emb,
+        &de,
+        |e| fwd(e, &cls, &regs),
+        &mut rng,
+    );
+    check(
+        "patch_embed dcls",
+        &cls,
+        &dc,
+        |c| fwd(&emb, c, &regs),
+        &mut rng,
+    );
+    check(
+        "patch_embed dregisters",
+        &regs,
+        &dr,
+        |g| fwd(&emb, &cls, g),
+        &mut rng,
+    );
+}

@@ -193,6 +193,11 @@ fn embed_on_cuda_emulated_matches_hf_on_every_fixture() {
     ]);
     let v: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
     assert_eq!(v["backend"].as_str(), Some("cuda-emulated"), "{last}");
+    let info = ok(&["info", "--backend", "cuda-emulated"]);
+    assert!(
+        info.contains("emulated") && info.contains("kernels"),
+        "{info}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use dinoedge_runtime::ops::layer_norm::cuda::{
 use dinoedge_runtime::ops::matmul::cuda::{
     GemmScratch, Input, Weight, matmul_backward, matmul_forward_train, product,
 };
-use dinoedge_runtime::ops::patch_embed::cuda::{assemble, im2col, patch_embed_backward};
+use dinoedge_runtime::ops::patch_embed::cuda::{patch_embed_backward, patch_embed_forward_train};
 use dinoedge_runtime::ops::residual::cuda::{residual_backward, residual_forward};
 use dinoedge_runtime::ops::rope::cuda::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::rope::tables;
@@ -146,7 +146,7 @@ struct BlockActs {
 pub struct Ops {
     pub dev: Arc<dyn Device>,
     pub ty: Elem,
-    gemm: RefCell<GemmScratch>,
+    pub gemm: RefCell<GemmScratch>,
     /// Column sums' partials, for rows up to `partial_cols` wide.
     partial: DevPtr,
     partial_cols: usize,
@@ -281,13 +281,9 @@ impl Ops {
         )?)
     }
 
-    pub fn add_into(&self, acc: DevPtr, x: DevPtr, rows: usize, dim: usize) -> Result<()> {
-        Ok(residual_forward(self.d(), acc, x, None, rows * dim, dim)?)
-    }
-
     /// dy (=) dx * gamma; dgamma += sum_rows(dx * y).
     #[allow(clippy::too_many_arguments)]
-    fn layer_scale_backward(
+    fn residual_backward(
         &self,
         dy: DevPtr,
         dgamma: DevPtr,
@@ -461,20 +457,25 @@ impl DevGraph {
         let d = self.dims;
         let (dim, eps) = (d.dim, self.cfg.layer_norm_eps as f32);
         let o = &self.ops;
-        im2col(self.dev(), self.cols, self.pixels, &d)?;
-        let pl = d.patch_len();
-        o.matmul_forward_train(
-            self.emb,
-            dim,
-            self.cols,
+        let conv = (
             p.w(ParamId::Model(Param::PatchWeight)),
-            Some(p.get(Param::PatchBias)),
-            d.batch * d.patches(),
-            pl,
-            dim,
-        )?;
+            p.get(Param::PatchBias),
+        );
         let (cls, regs) = (p.get(Param::ClsToken), p.opt(Param::RegisterTokens));
-        assemble(self.dev(), self.xs[0], self.emb, cls, regs, None, &d)?;
+        let bufs = (self.xs[0], self.cols, self.emb);
+        let mut s = o.gemm.borrow_mut();
+        patch_embed_forward_train(
+            self.dev(),
+            &mut s,
+            o.ty,
+            bufs,
+            self.pixels,
+            conv,
+            cls,
+            regs,
+            &d,
+        )?;
+        drop(s);
         for l in 0..self.cfg.num_layers {
             let b = &self.blocks[if self.recompute { 0 } else { l }];
             self.block_forward(p, l, self.xs[l], self.xs[l + 1], b)?;
@@ -573,7 +574,7 @@ impl DevGraph {
             {
                 let (c, x) = (self.inter_caches[k], self.xs[l + 1]);
                 o.layer_norm_backward(self.dtmp, gnw, gnb, dinter[k], x, nw, c, r, dim)?;
-                o.add_into(self.dx, self.dtmp, r, dim)?;
+                residual_forward(self.dev(), self.dx, self.dtmp, None, r * dim, dim)?;
             }
             let b = &self.blocks[if self.recompute { 0 } else { l }];
             if self.recompute {
@@ -608,7 +609,7 @@ impl DevGraph {
         let (o, dev) = (&self.ops, self.dev());
         let ml = |lp| ParamId::Model(Param::Layer(l, lp));
         let ls2 = p.l(l, L::LayerScale2);
-        o.layer_scale_backward(self.dy, g.l(l, L::LayerScale2), self.dx, b.y2, ls2, r, dim)?;
+        o.residual_backward(self.dy, g.l(l, L::LayerScale2), self.dx, b.y2, ls2, r, dim)?;
         let (gw, gb) = (g.l(l, L::DownWeight), g.lo(l, L::DownBias));
         let wd = p.w(ml(L::DownWeight));
         o.matmul_backward(
@@ -654,7 +655,7 @@ impl DevGraph {
         let (gw, gb) = (g.l(l, L::Norm2Weight), g.l(l, L::Norm2Bias));
         let w2 = p.l(l, L::Norm2Weight);
         o.layer_norm_backward(self.dy, gw, gb, self.dtmp, b.x_mid, w2, b.ln2_cache, r, dim)?;
-        o.add_into(self.dx, self.dy, r, dim)
+        Ok(residual_forward(dev, self.dx, self.dy, None, r * dim, dim)?)
     }
 
     /// The attention branch `x_mid = x + ls1 * y1`: dx (+=) its input gradient.
@@ -670,7 +671,7 @@ impl DevGraph {
         let (o, dev) = (&self.ops, self.dev());
         let ml = |lp| ParamId::Model(Param::Layer(l, lp));
         let ls1 = p.l(l, L::LayerScale1);
-        o.layer_scale_backward(self.dy, g.l(l, L::LayerScale1), self.dx, b.y1, ls1, r, dim)?;
+        o.residual_backward(self.dy, g.l(l, L::LayerScale1), self.dx, b.y1, ls1, r, dim)?;
         let (gw, gb) = (g.l(l, L::OWeight), g.lo(l, L::OBias));
         let wo = p.w(ml(L::OWeight));
         o.matmul_backward(
@@ -712,6 +713,6 @@ impl DevGraph {
             r,
             dim,
         )?;
-        o.add_into(self.dx, self.dy, r, dim)
+        Ok(residual_forward(dev, self.dx, self.dy, None, r * dim, dim)?)
     }
 }

@@ -92,7 +92,13 @@ impl DeviceStudent {
         let p = b.f32(total, what)?;
         let half = match ty {
             Elem::F32 => None,
-            _ => Some(b.bytes(2 * total, "bf16 weights")?),
+            Elem::BF16 => Some(b.bytes(2 * total, "bf16 weights")?),
+            // optim.cu writes the 16-bit copy as bf16.
+            Elem::F16 => {
+                return Err(crate::error::DistillError::Config(
+                    "the CUDA trainer's GEMMs are f32 or bf16 (f16 has too little range for gradients)".into(),
+                ));
+            }
         };
         let (g, m, v, ema) = (
             b.f32(total, what)?,

@@ -100,6 +100,22 @@ fn backend_info(b: BackendKind, json: bool, model_dir: Option<&std::path::Path>)
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => cuda_info(json, model_dir),
+        BackendKind::CudaEmulated => {
+            // Opening builds (or finds cached) the emulated kernels: this checks the C++
+            // compiler too.
+            let program = dinoedge::runtime::ops::cuda_program();
+            let dev = dinoedge::runtime::backend::cuda::open(&program, true, None)?;
+            let kernels = program.kernels.len();
+            if json {
+                println!(
+                    "{}",
+                    json!({"backend": b.to_string(), "device": dev.name(), "sm": dev.sm(), "kernels": kernels})
+                );
+            } else {
+                println!("backend      {b}: {} ({kernels} kernels)", dev.name());
+            }
+            Ok(())
+        }
         #[allow(unreachable_patterns)]
         other => Err(dinoedge::runtime::RuntimeError::BackendUnavailable {
             backend: other.to_string(),

@@ -1,7 +1,8 @@
 // attention: out (B, N, D) (=) softmax(q k^T / sqrt(hd)) v per head, from qkv (B, N, 3D).
 // Two forward forms and the backward:
-// - `attention_forward`: CUDA cores, any head dim up to 256 (f32 sessions, and training,
-//   where it also saves each query's log-sum-exp);
+// - `attention_forward`: CUDA cores, head dims up to 128 (the launcher's bound: the tiles'
+//   shared memory), for f32 sessions and for training, where it also saves each query's
+//   log-sum-exp;
 // - `attention_forward_mma_{f16,bf16}_hd*`: tensor cores (inference, 16-bit sessions, sm_80+);
 // - `attention_backward_{delta,dq,dkv}`: flash-style backward from the saved log-sum-exp.
 // No form builds the N x N matrix.

@@ -19,7 +19,7 @@ extern "C" __global__ void layer_norm_forward(float *out, float *mean, float *rs
     }
 }
 
-// dinp (=) = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)), dnorm = dout * w.
+// dinp (=) rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat)), dnorm = dout * w.
 // (dweight, dbias come from column sums of dout * xhat and dout.)
 extern "C" __global__ void layer_norm_backward(float *dinp, const float *dout, const float *inp,
                                                const float *w, const float *mean, const float *rstd,

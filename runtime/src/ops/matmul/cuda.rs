@@ -106,7 +106,7 @@ pub fn product(
             _ => {
                 let len = x.op.extent(rows, cols);
                 let dst = scratch.half(which, len)?;
-                convert(dev, dst, x.op.ptr, len, ty)?;
+                matmul_forward_convert(dev, dst, x.op.ptr, len, ty)?;
                 Ok(Operand { ptr: dst, ..x.op })
             }
         }
@@ -128,7 +128,13 @@ pub fn product(
 }
 
 /// `dst` (16 bits, `ty`) (=) `src` (f32), `n` elements.
-pub fn convert(dev: &dyn Device, dst: DevPtr, src: DevPtr, n: usize, ty: Elem) -> Result<()> {
+pub fn matmul_forward_convert(
+    dev: &dyn Device,
+    dst: DevPtr,
+    src: DevPtr,
+    n: usize,
+    ty: Elem,
+) -> Result<()> {
     let kind = (ty == Elem::BF16) as i32;
     dev.launch(
         "matmul_forward_convert",
@@ -143,7 +149,7 @@ pub fn convert(dev: &dyn Device, dst: DevPtr, src: DevPtr, n: usize, ty: Elem) -
 }
 
 /// Rows of `out` (rows, o; ldo) (=) `bias`, before a product accumulates into them.
-pub fn bias_rows(
+pub fn matmul_forward_bias_rows(
     dev: &dyn Device,
     out: DevPtr,
     ldo: usize,
@@ -307,7 +313,7 @@ pub fn matmul_forward_train(
     (rows, k, o): (usize, usize, usize),
 ) -> Result<()> {
     if let Some(b) = bias {
-        bias_rows(dev, out, ldo, b, rows, o)?;
+        matmul_forward_bias_rows(dev, out, ldo, b, rows, o)?;
     }
     let a = Input::f32(Operand::rows(inp, k));
     let none = (Fused::None, 0);

@@ -1,20 +1,27 @@
 //! CUDA form of `patch_embed` (`patch_embed.cu`): im2col, the conv as a `matmul` product
 //! with its bias, then token assembly; and the backward of the assembly (training).
 
-use crate::backend::cuda::device::{Arg, DevPtr, Device, LaunchCfg};
+use crate::backend::cuda::device::{Arg, DevPtr, Device, Elem, LaunchCfg};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::cuda::{CudaLinear, GemmScratch, matmul_forward};
+use crate::ops::matmul::cuda::{
+    CudaLinear, GemmScratch, Weight, matmul_forward, matmul_forward_train,
+};
 
 pub const SOURCE: (&str, &str) = ("patch_embed.cu", include_str!("patch_embed.cu"));
 pub const KERNELS: &[&str] = &[
     "patch_embed_forward_im2col",
-    "patch_embed_forward",
+    "patch_embed_forward_assemble",
     "patch_embed_backward",
 ];
 
 /// cols (B*HW, C*P*P) (=) the patches of pixels (B, C, H, W).
-pub fn im2col(dev: &dyn Device, cols: DevPtr, pixels: DevPtr, d: &Dims) -> Result<()> {
+pub fn patch_embed_forward_im2col(
+    dev: &dyn Device,
+    cols: DevPtr,
+    pixels: DevPtr,
+    d: &Dims,
+) -> Result<()> {
     let mut args = vec![Arg::Ptr(cols), Arg::Ptr(pixels)];
     args.extend(
         [
@@ -31,7 +38,7 @@ pub fn im2col(dev: &dyn Device, cols: DevPtr, pixels: DevPtr, d: &Dims) -> Resul
 
 /// x (B, N, D) (=) [cls (+pos[0]), registers, emb (+pos[1 + p])].
 #[allow(clippy::too_many_arguments)]
-pub fn assemble(
+pub fn patch_embed_forward_assemble(
     dev: &dyn Device,
     x: DevPtr,
     emb: DevPtr,
@@ -41,7 +48,7 @@ pub fn assemble(
     d: &Dims,
 ) -> Result<()> {
     dev.launch(
-        "patch_embed_forward",
+        "patch_embed_forward_assemble",
         LaunchCfg::elements(d.rows() * d.dim),
         &[
             Arg::Ptr(x),
@@ -75,9 +82,9 @@ pub fn patch_embed_forward(
     let rows = d.batch * d.patches();
     let cols = tmp;
     let emb = cols + ((rows * d.patch_len() * 4) as u64).next_multiple_of(256);
-    im2col(dev, cols, pixels, d)?;
+    patch_embed_forward_im2col(dev, cols, pixels, d)?;
     matmul_forward(dev, scratch, emb, cols, w, rows, None, None)?;
-    assemble(dev, x, emb, cls, registers, pos, d)
+    patch_embed_forward_assemble(dev, x, emb, cls, registers, pos, d)
 }
 
 /// demb (B*HW, D) (=) the patch rows of dx; dcls, dregs (+=) summed over the images.
@@ -104,4 +111,35 @@ pub fn patch_embed_backward(
             Arg::I32(d.dim as i32),
         ],
     )
+}
+
+/// Training forward: x (=) as [`patch_embed_forward`] without learned positions, from f32
+/// master weights (and their 16-bit copy) with products in `ty`; keeps `cols` (the im2col
+/// rows, B*HW x C*P*P) and `emb` (B*HW x D), whose matmul backward is the conv's.
+#[allow(clippy::too_many_arguments)]
+pub fn patch_embed_forward_train(
+    dev: &dyn Device,
+    scratch: &mut GemmScratch,
+    ty: Elem,
+    (x, cols, emb): (DevPtr, DevPtr, DevPtr),
+    pixels: DevPtr,
+    (w, bias): (Weight, DevPtr),
+    cls: DevPtr,
+    registers: Option<DevPtr>,
+    d: &Dims,
+) -> Result<()> {
+    let (rows, pl) = (d.batch * d.patches(), d.patch_len());
+    patch_embed_forward_im2col(dev, cols, pixels, d)?;
+    matmul_forward_train(
+        dev,
+        scratch,
+        ty,
+        emb,
+        d.dim,
+        cols,
+        w,
+        Some(bias),
+        (rows, pl, d.dim),
+    )?;
+    patch_embed_forward_assemble(dev, x, emb, cls, registers, None, d)
 }

@@ -15,7 +15,7 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-/// Floats of scratch the CPU form needs.
+/// Floats of scratch the CPU and CUDA forms need (im2col rows, then the embedding rows).
 pub fn scratch_len(d: &super::Dims) -> usize {
     // + 64 floats: the CUDA form starts the embedding rows on a 256-byte boundary.
     d.batch * d.patches() * (d.patch_len() + d.dim) + 64

@@ -15,7 +15,7 @@ extern "C" __global__ void patch_embed_forward_im2col(float *cols, const float *
 }
 
 // x (B, N, D) (=) [cls (+pos[0]), registers, emb (+pos[1 + p])]; `pos` may be null.
-extern "C" __global__ void patch_embed_forward(float *x, const float *emb, const float *cls,
+extern "C" __global__ void patch_embed_forward_assemble(float *x, const float *emb, const float *cls,
                                                const float *registers, const float *pos, int batch, int prefix,
                                                int patches, int dim) {
     int tokens = prefix + patches;

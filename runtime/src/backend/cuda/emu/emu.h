@@ -224,7 +224,12 @@ extern "C" int emu_launch(const char *name, unsigned gx, unsigned gy, unsigned b
         snprintf(err, errlen, "%s: grid (%u, %u) outside the device limits", name, gx, gy);
         return 1;
     }
-    if (shared > 227u * 1024u) { snprintf(err, errlen, "%s: %u bytes of shared memory", name, shared); return 1; }
+    // A launch gets 48 KiB of dynamic shared memory unless the kernel opts in to more
+    // (cuFuncSetAttribute), which the GPU device never does: refuse what a GPU would.
+    if (shared > 48u * 1024u) {
+        snprintf(err, errlen, "%s: %u bytes of dynamic shared memory (48 KiB without opting in)", name, shared);
+        return 1;
+    }
     emu::dyn_shared.assign(shared + 16, 0);
     emu::trapped = false;
     gridDim = {gx, gy, 1};
