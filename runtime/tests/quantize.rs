@@ -295,4 +295,29 @@ fn quantising_twice_and_mismatched_configs_are_refused() {
         e.contains("q_proj.weight_scale") && e.contains("[32]") && e.contains("[3]"),
         "{e}"
     );
+
+    // An int8 weight of -128 (outside the symmetric range every kernel assumes).
+    let st = TensorStore::open_dir(dir.path()).unwrap();
+    let entries: Vec<_> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = st.get(n).unwrap();
+            let mut bytes = t.bytes.to_vec();
+            if n == "layer.1.mlp.up_proj.weight" {
+                bytes[5] = 0x80;
+            }
+            (n.to_string(), t.shape.to_vec(), t.dtype, bytes)
+        })
+        .collect();
+    drop(st);
+    let d = dir.path().join("minus_128");
+    std::fs::create_dir_all(&d).unwrap();
+    write_safetensors(&d.join("model.safetensors"), &entries, None).unwrap();
+    std::fs::write(d.join("config.json"), &cfg_text).unwrap();
+    let e = Model::load(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("layer.1.mlp.up_proj.weight") && e.contains("-128") && e.contains("index 5"),
+        "{e}"
+    );
 }

@@ -402,6 +402,7 @@ pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
                 });
             }
             check_scales(&st)?;
+            check_symmetric(&t)?;
             used.insert(sk.clone());
             scale = Some(sk);
             if cfg
@@ -473,6 +474,21 @@ fn check_scales(t: &StoredTensor) -> Result<()> {
             path: t.path.to_path_buf(),
             reason: format!(
                 "tensor {:?}: scale {s} at index {i} is not finite and positive",
+                t.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// int8 weights are symmetric, in [-127, 127]: -128 has no negation in i8, which the AVX2
+/// kernel (`vpsignb`) relies on, and no exporter of this scheme writes it.
+fn check_symmetric(t: &StoredTensor) -> Result<()> {
+    if let Some(i) = t.bytes.iter().position(|&b| b == 0x80) {
+        return Err(RuntimeError::QuantizationMismatch {
+            path: t.path.to_path_buf(),
+            reason: format!(
+                "tensor {:?}: int8 weight -128 at index {i}; weights must lie in [-127, 127]",
                 t.name
             ),
         });

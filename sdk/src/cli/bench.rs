@@ -112,6 +112,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "mean_ms": s.mean_ms,
             "iters": s.iters,
             "backend": info.kind.to_string(),
+            "device": info.device,
             "precision": info.precision.to_string(),
             "threads": info.threads,
             "size": size,

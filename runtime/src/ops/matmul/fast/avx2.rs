@@ -1,5 +1,6 @@
-//! x86_64 AVX2 + FMA microkernels: a 6 x 16 register tile (12 ymm accumulators), and an
-//! AVX-VNNI (256-bit `vpdpbusd`) int8 tile.
+//! x86_64 AVX2 + FMA microkernels: a 6 x 16 register tile (12 ymm accumulators), an
+//! AVX-VNNI (256-bit `vpdpbusd`) int8 tile, and an exact int8 tile for CPUs without VNNI
+//! (`vpsignb` + `vpmaddubsw` + `vpmaddwd`).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -71,5 +72,76 @@ pub unsafe fn i8_tile<const M: usize>(
             _mm256_storeu_si256(c.add(i * ldc) as *mut __m256i, r[0]);
             _mm256_storeu_si256(c.add(i * ldc + 8) as *mut __m256i, r[1]);
         }
+    }
+}
+
+/// int8 tile without VNNI (AVX2 only, e.g. Zen 2/3, Skylake to Comet Lake): signed
+/// activations (`a` holds i8 bits) and packed weights [k4][N][4]. `vpmaddubsw` multiplies
+/// u8 by i8, so `|a|` is multiplied by `b` carrying the sign of `a` (`vpsignb`). Both are
+/// within [-127, 127], so each pair sum is at most 2 * 127² < 2^15 and never saturates;
+/// `vpmaddwd` by ones then adds the pairs into i32 lanes, 4 products each as `vpdpbusd`
+/// does, so the result is exact. `N` is 16 (AVX2 panels) or 32 (AVX-512 without VNNI).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)] // chunk and row index several arrays at once
+pub unsafe fn i8_tile_sign<const M: usize, const N: usize>(
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); 4]; M];
+        let ones = _mm256_set1_epi16(1);
+        for g in 0..k4 {
+            let bp = b.add(g * 4 * N);
+            let mut av = [_mm256_setzero_si256(); M];
+            let mut aa = [_mm256_setzero_si256(); M];
+            for i in 0..M {
+                av[i] = _mm256_set1_epi32((a.add(i * lda + g * 4) as *const i32).read_unaligned());
+                aa[i] = _mm256_abs_epi8(av[i]);
+            }
+            for ch in 0..N / 8 {
+                let bv = _mm256_loadu_si256(bp.add(ch * 32) as *const __m256i);
+                for i in 0..M {
+                    let p = _mm256_maddubs_epi16(aa[i], _mm256_sign_epi8(bv, av[i]));
+                    acc[i][ch] = _mm256_add_epi32(acc[i][ch], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+        for (i, r) in acc.iter().enumerate() {
+            for (ch, v) in r.iter().take(N / 8).enumerate() {
+                _mm256_storeu_si256(c.add(i * ldc + ch * 8) as *mut __m256i, *v);
+            }
+        }
+    }
+}
+
+/// [`i8_tile_sign`] over `m` rows, in passes of at most `64 / N` rows so the accumulators
+/// (8 ymm) and the per-row operands stay in the 16 registers.
+#[target_feature(enable = "avx2")]
+pub unsafe fn i8_rows_sign<const N: usize>(
+    m: usize,
+    k4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
+    let pass = 64 / N;
+    let mut r = 0;
+    while r < m {
+        let (ar, cr) = unsafe { (a.add(r * lda), c.add(r * ldc)) };
+        unsafe {
+            match (m - r).min(pass) {
+                1 => i8_tile_sign::<1, N>(k4, ar, lda, b, cr, ldc),
+                2 => i8_tile_sign::<2, N>(k4, ar, lda, b, cr, ldc),
+                3 => i8_tile_sign::<3, N>(k4, ar, lda, b, cr, ldc),
+                _ => i8_tile_sign::<4, N>(k4, ar, lda, b, cr, ldc),
+            }
+        }
+        r += pass;
     }
 }

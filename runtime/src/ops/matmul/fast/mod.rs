@@ -342,7 +342,7 @@ impl<const VNNI: bool> Family for Avx512<VNNI> {
             if VNNI {
                 by_rows!(m, |M| avx512::i8_tile::<M>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6 7 8 9 10 11 12)
             } else {
-                by_rows!(m, |M| portable::i8_tile::<M, 32>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6 7 8 9 10 11 12)
+                avx2::i8_rows_sign::<32>(m, k4, a, lda, b, c, ldc)
             }
         }
     }
@@ -390,7 +390,7 @@ impl<const VNNI: bool> Family for Avx2<VNNI> {
             if VNNI {
                 by_rows!(m, |M| avx2::i8_tile::<M>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6)
             } else {
-                by_rows!(m, |M| portable::i8_tile::<M, 16>(k4, a, lda, b, c, ldc), 1 2 3 4 5 6)
+                avx2::i8_rows_sign::<16>(m, k4, a, lda, b, c, ldc)
             }
         }
     }

@@ -1,6 +1,5 @@
 //! Portable microkernels (any CPU): plain loops over small fixed-size arrays, which the
-//! compiler vectorises for the build's baseline. Also the int8 fallback of the SIMD families
-//! without a dot-product instruction.
+//! compiler vectorises for the build's baseline. Also the int8 fallback of NEON without SDOT.
 
 #![allow(clippy::missing_safety_doc)]
 
