@@ -34,7 +34,17 @@ PY="$DINOEDGE_PEERS_VENV/bin/python"
 field() { "$PY" -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
 ratio() { "$PY" -c "print(f'{$1 / $2:.2f}')"; }
 peer() { "$PY" tools/bench_peers.py --assets "$DINOEDGE_ASSETS" --peer "$1" --size "$2" --threads "$THREADS" --iters "$ITERS"; }
-ours() { DINOEDGE_CPU_ISA=$1 "$BIN" bench "$MODEL" --size "$2" --threads "$THREADS" --iters "$ITERS" --precision "$3" 2>/dev/null; }
+ERR=$(mktemp)
+trap 'rm -f "$ERR"' EXIT
+ours() {
+  DINOEDGE_CPU_ISA=$1 "$BIN" bench "$MODEL" --size "$2" --threads "$THREADS" --iters "${4:-$ITERS}" \
+    --precision "$3" 2>"$ERR" || { echo "dinoedge bench failed ($1, $2, $3):" >&2; cat "$ERR" >&2; return 1; }
+}
+# The families this CPU runs: an unsupported one falls back to the best (one quick probe).
+SUPPORTED=""
+for fam in $FAMILIES; do
+  ours "$fam" 56 f32 1 | field device | grep -q "($fam kernels)" && SUPPORTED="$SUPPORTED $fam"
+done
 
 echo "machine: $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "flags:   $(grep -m1 -o -w -E 'avx2|avx_vnni|avx512f|avx512_vnni|avx512_bf16|amx_bf16|amx_int8|asimddp' /proc/cpuinfo | sort -u | xargs)"
@@ -51,11 +61,8 @@ for size in $SIZES; do
   ovd=$(echo "$ovd_json" | field median_ms)
   ovp=$(echo "$ovd_json" | field precision)
   best=$("$PY" -c "print(min($ort, $ovf))")
-  for fam in $FAMILIES; do
-    f32_json=$(ours "$fam" "$size" f32)
-    # An unsupported family falls back to the best one: skip it.
-    echo "$f32_json" | field device | grep -q "($fam kernels)" || continue
-    f=$(echo "$f32_json" | field median_ms)
+  for fam in $SUPPORTED; do
+    f=$(ours "$fam" "$size" f32 | field median_ms)
     i=$(ours "$fam" "$size" int8 | field median_ms)
     printf '| %s | %s | %.1f | %.1f | %.1f (%s) | %.1f | %.1f | %.1f | %s | %s | %s | %s |\n' \
       "$size" "$fam" "$ort" "$ovf" "$ovd" "$ovp" "$ort8" "$f" "$i" \

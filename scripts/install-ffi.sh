@@ -20,11 +20,13 @@ while [ $# -gt 0 ]; do
 done
 args=(--locked -p dinoedge-ffi)
 # The test scripts build the whole workspace with one feature set; building with the same
-# selection here reuses that build (a `-p` build resolves features anew and rebuilds).
+# selection here reuses that build (a `-p` build resolves features anew and rebuilds). The
+# test and example targets are part of the selection: without them cargo leaves the
+# dev-dependencies out of feature unification, and every shared crate is built again.
 if [ -n "${DINOEDGE_WORKSPACE_FEATURES:-}" ] && [ "$PROFILE" = debug ] && [ -z "$TARGET" ]; then
   extra=""
   for f in ${FEATURES//,/ }; do extra="$extra,dinoedge-ffi/$f"; done
-  args=(--locked --workspace --lib --bins --features "$DINOEDGE_WORKSPACE_FEATURES$extra")
+  args=(--locked --workspace --lib --bins --tests --examples --features "$DINOEDGE_WORKSPACE_FEATURES$extra")
   FEATURES=""
 fi
 [ "$PROFILE" = release ] && args+=(--release)

@@ -22,7 +22,7 @@ PREFIX=$WORK/prefix
 scripts/install-ffi.sh "$PREFIX" --debug ${FEATURES:+--features "$FEATURES"} 2>&1 | tail -n 1
 if [ -n "${DINOEDGE_WORKSPACE_FEATURES:-}" ]; then
   # Built by install-ffi.sh with the workspace (see there).
-  cargo build --locked --workspace --lib --bins --features "$DINOEDGE_WORKSPACE_FEATURES" >/dev/null 2>&1
+  cargo build --locked --workspace --lib --bins --tests --examples --features "$DINOEDGE_WORKSPACE_FEATURES" >/dev/null 2>&1
 else
   cargo build --locked -p dinoedge --bin dinoedge ${FEATURES:+--features "dinoedge/$FEATURES"} >/dev/null 2>&1
 fi

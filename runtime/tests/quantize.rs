@@ -296,7 +296,7 @@ fn quantising_twice_and_mismatched_configs_are_refused() {
         "{e}"
     );
 
-    // An int8 weight of -128 (outside the symmetric range every kernel assumes).
+    // An int8 weight of -128 (outside the symmetric range; the AVX2 kernel cannot negate it).
     let st = TensorStore::open_dir(dir.path()).unwrap();
     let entries: Vec<_> = st
         .names()

@@ -482,9 +482,11 @@ fn check_scales(t: &StoredTensor) -> Result<()> {
 }
 
 /// int8 weights are symmetric, in [-127, 127]: -128 has no negation in i8, which the AVX2
-/// kernel (`vpsignb`) relies on, and no exporter of this scheme writes it.
+/// kernel without VNNI (`vpsignb`) relies on, and no exporter of this scheme writes it.
 fn check_symmetric(t: &StoredTensor) -> Result<()> {
-    if let Some(i) = t.bytes.iter().position(|&b| b == 0x80) {
+    // `contains` is a memchr; the index is only looked for on the error path.
+    if t.bytes.contains(&0x80) {
+        let i = t.bytes.iter().position(|&b| b == 0x80).unwrap_or(0);
         return Err(RuntimeError::QuantizationMismatch {
             path: t.path.to_path_buf(),
             reason: format!(

@@ -77,10 +77,12 @@ pub unsafe fn i8_tile<const M: usize>(
 
 /// int8 tile without VNNI (AVX2 only, e.g. Zen 2/3, Skylake to Comet Lake): signed
 /// activations (`a` holds i8 bits) and packed weights [k4][N][4]. `vpmaddubsw` multiplies
-/// u8 by i8, so `|a|` is multiplied by `b` carrying the sign of `a` (`vpsignb`). Both are
-/// within [-127, 127], so each pair sum is at most 2 * 127² < 2^15 and never saturates;
-/// `vpmaddwd` by ones then adds the pairs into i32 lanes, 4 products each as `vpdpbusd`
-/// does, so the result is exact. `N` is 16 (AVX2 panels) or 32 (AVX-512 without VNNI).
+/// u8 by i8, so `|a|` is multiplied by `b` carrying the sign of `a` (`vpsignb`). A pair sum
+/// of `|a| <= 128` and `b` in [-128, 127] stays within i16, so it never saturates; `vpmaddwd`
+/// by ones then adds the pairs into i32 lanes, 4 products each as `vpdpbusd` does. The one
+/// hazard is a weight of -128, which `vpsignb` cannot negate: the loader refuses those
+/// (`weights::layout`), and our quantisers clamp to ±127, so the result is exact.
+/// `N` is 16 (AVX2 panels) or 32 (AVX-512 without VNNI).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)] // chunk and row index several arrays at once
 pub unsafe fn i8_tile_sign<const M: usize, const N: usize>(
@@ -118,8 +120,8 @@ pub unsafe fn i8_tile_sign<const M: usize, const N: usize>(
     }
 }
 
-/// [`i8_tile_sign`] over `m` rows, in passes of at most `64 / N` rows so the accumulators
-/// (8 ymm) and the per-row operands stay in the 16 registers.
+/// [`i8_tile_sign`] over `m` rows, in passes of at most `64 / N` rows (8 ymm accumulators
+/// per pass; the generated loop keeps everything in registers).
 #[target_feature(enable = "avx2")]
 pub unsafe fn i8_rows_sign<const N: usize>(
     m: usize,
