@@ -45,6 +45,24 @@ pub(crate) fn attention_head_dims_up_to(
     }
 }
 
+/// [`Backend::write`] for the backends whose buffers are host vectors (cpu, cpu-ref).
+pub(crate) fn host_write(dst: &mut [f32], data: &[f32]) -> crate::error::Result<()> {
+    if dst.len() != data.len() {
+        return Err(crate::error::RuntimeError::input(
+            "buffer",
+            format!("write of {} values into {}", data.len(), dst.len()),
+        ));
+    }
+    dst.copy_from_slice(data);
+    Ok(())
+}
+
+/// [`Backend::read`] for the backends whose buffers are host vectors (cpu, cpu-ref).
+pub(crate) fn host_read(src: &[f32], dst: &mut [f32]) -> crate::error::Result<()> {
+    dst.copy_from_slice(&src[..dst.len()]);
+    Ok(())
+}
+
 /// A Linear layer's weights on the host, as HF stores them.
 #[derive(Clone, Debug)]
 pub struct HostLinear {

@@ -80,19 +80,11 @@ impl Backend for ReferenceBackend {
     }
 
     fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
-        if dst.len() != data.len() {
-            return Err(RuntimeError::input(
-                "buffer",
-                format!("write of {} values into {}", data.len(), dst.len()),
-            ));
-        }
-        dst.copy_from_slice(data);
-        Ok(())
+        super::host_write(dst, data)
     }
 
     fn read(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
-        dst.copy_from_slice(&src[..dst.len()]);
-        Ok(())
+        super::host_read(src, dst)
     }
 
     fn linear(&self, w: HostLinear) -> Result<RefLinear> {
