@@ -3,7 +3,6 @@
 //! targets, on the CPU or a device, for comparison with a PyTorch step of the same model
 //! (`tools/torch_train_bench.py`, run in the same session on the same machine).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use dinoedge_runtime::ModelConfig;
@@ -11,15 +10,14 @@ use serde::Serialize;
 
 use crate::checkpoint::TrainState;
 use crate::cuda::Elem;
-use crate::cuda::step::DeviceStudent;
-use crate::error::Result;
-use crate::graph::{Graph, Params};
-use crate::loss::{LossWeights, Objective, Targets};
-use crate::ops::Ctx;
-use crate::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
+use crate::error::{DistillError, Result};
+use crate::loss::{LossWeights, Targets};
+use crate::optim::{AdamW, OptimConfig};
 use crate::params::ParamLayout;
 use crate::rng::{Stream, normal, rng};
 use crate::train::TrainDevice;
+use crate::trainer::cpu::Ctx;
+use crate::trainer::{On, Shape, StepConfig, Stepped, Trainer};
 
 /// What to time.
 #[derive(Clone, Debug)]
@@ -76,90 +74,52 @@ pub fn bench_step(
     };
     let (w, opt) = (LossWeights::default(), OptimConfig::default());
     let total = b.warmup + b.iters;
-    let mut state = TrainState {
+    let state = TrainState {
         step: 0,
         ema: params.clone(),
         params,
         adam: AdamW::new(layout.total),
     };
-    let mut times = Vec::new();
-    let mut losses = Vec::new();
-    let trainer;
-    match b.device {
-        TrainDevice::Cpu => {
-            let ctx = Ctx::new(b.threads)?;
-            trainer = format!("cpu, {} threads", ctx.pool.threads());
-            let mut graph = Graph::with_recompute(&cfg, b.batch, b.size, b.size, &[], b.recompute);
-            let mut obj = Objective::default();
-            let (mut g, mut dout) = (vec![0.0f32; layout.total], vec![0.0f32; graph.out.len()]);
-            for step in 0..total {
-                let t0 = Instant::now();
-                let p = Params {
-                    layout: &layout,
-                    v: &state.params,
-                };
-                graph.forward(&ctx, p, &pixels);
-                g.fill(0.0);
-                let parts = obj.compute(
-                    &ctx,
-                    p,
-                    &mut g,
-                    &graph.dims,
-                    &graph.out,
-                    &graph.inter,
-                    &targets,
-                    &w,
-                    &mut dout,
-                    &mut [],
-                );
-                graph.backward(&ctx, p, &mut g, &dout, &[]);
-                let gn = global_norm(&g);
-                if gn > opt.clip as f64 {
-                    let s = (opt.clip as f64 / gn) as f32;
-                    g.iter_mut().for_each(|v| *v *= s);
-                }
-                let lr = lr_at(&opt, step, total);
-                state
-                    .adam
-                    .step(&opt, &layout, &mut state.params, &g, lr, step + 1);
-                ema_update(&mut state.ema, &state.params, opt.ema, step + 1);
-                times.push(t0.elapsed().as_secs_f64());
-                losses.push(parts.total);
-                on(step);
-            }
-        }
+    let backend = match b.device {
+        TrainDevice::Cpu => On::Cpu(Ctx::new(b.threads)?),
         dev => {
             let device = crate::train::open_device(dev)?.expect("a device");
-            trainer = format!("{} ({:?} GEMMs)", device.name(), b.gemm).to_lowercase();
-            let mut s = DeviceStudent::new(
-                Arc::clone(&device),
-                b.gemm,
-                &cfg,
-                &layout,
-                &state,
-                b.batch,
-                (b.size, b.size),
-                &[],
-                b.recompute,
-                b.teacher_dim,
-            )?;
-            for step in 0..total {
-                let t0 = Instant::now();
-                // The host copies of pixels and targets are part of a step, as in training.
-                let parts = s.gradients_of(&pixels, &targets, &w, false)?;
-                let gn = s.grad_norm()?;
-                let gscale = if gn > opt.clip as f64 {
-                    (opt.clip as f64 / gn) as f32
-                } else {
-                    1.0
-                };
-                s.update(&opt, lr_at(&opt, step, total), step + 1, gscale, 0)?;
-                times.push(t0.elapsed().as_secs_f64());
-                losses.push(parts.total);
-                on(step);
+            On::Device(device, b.gemm)
+        }
+    };
+    let shape = Shape {
+        batch: b.batch,
+        height: b.size,
+        width: b.size,
+        inter_layers: Vec::new(),
+        recompute: b.recompute,
+        teacher_dim: b.teacher_dim,
+    };
+    let t = Trainer::new(backend, &cfg, &layout, &state, &shape)?;
+    let c = StepConfig {
+        loss: &w,
+        optim: &opt,
+        heads_only: false,
+        steps: total,
+    };
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    for step in 0..total {
+        let t0 = Instant::now();
+        // The copies of pixels and targets to the backend are part of a step, as in training.
+        match t.step(&c, step, &pixels, &targets, None, 1)? {
+            Stepped::Done(parts, _, _) => losses.push(parts.total),
+            Stepped::Diverged(what) => {
+                return Err(DistillError::Diverged {
+                    step: step + 1,
+                    value: what,
+                    last_good: "none (a benchmark)".into(),
+                });
             }
         }
+        times.push(t0.elapsed().as_secs_f64());
+        on(step);
     }
+    let trainer = t.describe();
     let mut t: Vec<f64> = times[b.warmup.min(times.len() - 1)..].to_vec();
     t.sort_by(f64::total_cmp);
     let median = t[t.len() / 2];

@@ -25,12 +25,35 @@ pub struct TrainState {
     pub adam: AdamW,
 }
 
+/// A training state borrowed from wherever it lives (the trainer's arena on the CPU): what a
+/// checkpoint writes.
+#[derive(Clone, Copy, Debug)]
+pub struct StateRef<'a> {
+    pub step: usize,
+    pub params: &'a [f32],
+    pub ema: &'a [f32],
+    pub m: &'a [f32],
+    pub v: &'a [f32],
+}
+
+impl TrainState {
+    pub fn as_ref(&self) -> StateRef<'_> {
+        StateRef {
+            step: self.step,
+            params: &self.params,
+            ema: &self.ema,
+            m: &self.adam.m,
+            v: &self.adam.v,
+        }
+    }
+}
+
 fn name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
 /// Writes a checkpoint under `root` and returns its directory.
-pub fn save(root: &Path, state: &TrainState, run_json: &str, keep: usize) -> Result<PathBuf> {
+pub fn save(root: &Path, state: StateRef, run_json: &str, keep: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| DistillError::io(root, e))?;
     let final_dir = root.join(name(state.step));
     let tmp = root.join(format!(".{}.tmp-{}", name(state.step), std::process::id()));
@@ -41,10 +64,10 @@ pub fn save(root: &Path, state: &TrainState, run_json: &str, keep: usize) -> Res
         std::fs::create_dir_all(&tmp).map_err(|e| DistillError::io(&tmp, e))?;
         let n = state.params.len();
         let tensors = vec![
-            f32_entry("params", vec![n], &state.params),
-            f32_entry("ema", vec![n], &state.ema),
-            f32_entry("adam_m", vec![n], &state.adam.m),
-            f32_entry("adam_v", vec![n], &state.adam.v),
+            f32_entry("params", vec![n], state.params),
+            f32_entry("ema", vec![n], state.ema),
+            f32_entry("adam_m", vec![n], state.m),
+            f32_entry("adam_v", vec![n], state.v),
         ];
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -223,11 +246,11 @@ mod tests {
     fn latest_stays_inside_the_run_and_a_corrupt_newest_falls_back() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("checkpoints");
-        save(&root, &state(10, 1.0), "{}", 3).unwrap();
-        save(&root, &state(20, 2.0), "{}", 3).unwrap();
+        save(&root, state(10, 1.0).as_ref(), "{}", 3).unwrap();
+        save(&root, state(20, 2.0).as_ref(), "{}", 3).unwrap();
         // Another run's checkpoint, named by an absolute path or a relative escape.
         let other = dir.path().join("other");
-        save(&other, &state(99, 9.0), "{}", 3).unwrap();
+        save(&other, state(99, 9.0).as_ref(), "{}", 3).unwrap();
         for name in [
             other.join("step-00000099").display().to_string(),
             "../other/step-00000099".to_string(),
@@ -260,7 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("checkpoints");
         for s in [10, 20, 30] {
-            save(&root, &state(s, s as f32), "{\"a\":1}", 2).unwrap();
+            save(&root, state(s, s as f32).as_ref(), "{\"a\":1}", 2).unwrap();
         }
         let l = latest(&root).unwrap().unwrap();
         assert!(l.ends_with("step-00000030"));

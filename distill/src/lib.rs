@@ -8,16 +8,15 @@
 //! | [`student`] | named student sizes and configs |
 //! | [`parallel`] | data-parallel ranks: rendezvous, gradient sums (NCCL or TCP) |
 //! | [`params`] | all trainable values in one flat vector, with names |
-//! | [`ops`] | training op helpers (linear, LayerScale) over the runtime's op kernels |
-//! | [`graph`] | the student's forward that keeps activations, and its backward |
-//! | [`loss`] | projection heads and the distillation objective |
+//! | [`trainer`] | one trainer over a device seam: graph, objective, step; the CPU backend |
+//! | [`loss`] | the objective's terms, and the CPU forms of its kernels |
 //! | [`optim`] | AdamW, schedule, clipping, EMA |
 //! | [`data`] | image folder scan, held-out split, augmentation, sample order |
 //! | [`loader`] | worker threads and the prefetch queue |
 //! | [`teacher`] | grid alignment and the online teacher |
 //! | [`cache`] | teacher features cached to sharded f16 safetensors |
 //! | [`checkpoint`] | atomic checkpoints and resume |
-//! | [`cuda`] | the same trainer on a GPU (NVRTC kernels, cuBLASLt), or emulated for tests |
+//! | [`cuda`] | the CUDA backend of the trainer (a GPU, or emulated for tests) |
 //! | [`eval`] | held-out agreement with the teacher through the heads |
 //! | [`bench`] | the time of one training step (vs a PyTorch step of the same model) |
 //! | [`train`] | the run: steps, logs, checkpoints, export |
@@ -29,10 +28,8 @@ pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod eval;
-pub mod graph;
 pub mod loader;
 pub mod loss;
-pub mod ops;
 pub mod optim;
 pub mod parallel;
 pub mod params;
@@ -41,5 +38,6 @@ pub mod rng;
 pub mod student;
 pub mod teacher;
 pub mod train;
+pub mod trainer;
 
 pub use error::{DistillError, Result};

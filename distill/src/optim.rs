@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::ParamLayout;
+use crate::trainer::backend::AdamwEma;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
@@ -50,15 +50,15 @@ pub fn lr_at(c: &OptimConfig, step: usize, total: usize) -> f32 {
         as f32
 }
 
-/// L2 norm of `g`, summed in fixed chunks (reproducible).
-pub fn global_norm(g: &[f32]) -> f64 {
+/// The sum of squares of `g` in f64, over fixed chunks in order (reproducible). The CPU
+/// form of `optim.cu`'s `sum_squares`.
+pub fn sum_squares(g: &[f32]) -> f64 {
     g.chunks(4096)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+        .sum()
 }
 
-/// Adam moments.
+/// Adam moments (of a checkpoint).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     pub m: Vec<f32>,
@@ -72,55 +72,58 @@ impl AdamW {
             v: vec![0.0; n],
         }
     }
+}
 
-    /// One update of `params` with gradients `g` at 1-based step `t`; parameters whose
-    /// layout entry has `decay` are shrunk by `lr * weight_decay` first.
-    pub fn step(
-        &mut self,
-        c: &OptimConfig,
-        layout: &ParamLayout,
-        params: &mut [f32],
-        g: &[f32],
-        lr: f32,
-        t: usize,
-    ) {
-        let bc1 = 1.0 - (c.beta1 as f64).powi(t as i32);
-        let bc2 = 1.0 - (c.beta2 as f64).powi(t as i32);
-        let step = (lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        for e in &layout.entries {
-            let shrink = if e.decay {
-                1.0 - lr * c.weight_decay
-            } else {
-                1.0
-            };
-            let r = e.range.clone();
-            let (p, m, v, g) = (
-                &mut params[r.clone()],
-                &mut self.m[r.clone()],
-                &mut self.v[r.clone()],
-                &g[r],
-            );
-            for i in 0..p.len() {
-                m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
-                v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
-                p[i] = p[i] * shrink - step * m[i] / (v[i].sqrt() / bc2_sqrt + c.eps);
-            }
-        }
+/// The arguments of one update at 1-based step `t` with learning rate `lr`: gradients
+/// scaled by `gscale` first; values before `frozen` keep their weights.
+pub fn adamw_ema_args(c: &OptimConfig, lr: f32, t: usize, gscale: f32, frozen: usize) -> AdamwEma {
+    let bc1 = 1.0 - (c.beta1 as f64).powi(t as i32);
+    let bc2 = 1.0 - (c.beta2 as f64).powi(t as i32);
+    AdamwEma {
+        frozen,
+        gscale,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        shrink: 1.0 - lr * c.weight_decay,
+        step: (lr as f64 / bc1) as f32,
+        bc2_sqrt: bc2.sqrt() as f32,
+        ema_decay: c.ema.min((1.0 + t as f32) / (10.0 + t as f32)),
     }
 }
 
-/// `ema = d ema + (1 - d) params`, with `d = min(decay, (1 + t) / (10 + t))` at 1-based step t.
-pub fn ema_update(ema: &mut [f32], params: &[f32], decay: f32, t: usize) {
-    let d = decay.min((1.0 + t as f32) / (10.0 + t as f32));
-    ema.iter_mut()
-        .zip(params)
-        .for_each(|(e, p)| *e = d * *e + (1.0 - d) * p);
+/// Clip + AdamW with decoupled weight decay (as `torch.optim.AdamW`) + EMA, elementwise: the
+/// CPU form of `optim.cu`'s `adamw_ema`. Values with `decay[i]` are shrunk by
+/// `1 - lr * weight_decay` first; `ema = d ema + (1 - d) params`. Returns false when a
+/// weight became non-finite.
+pub fn adamw_ema(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    ema: &mut [f32],
+    g: &[f32],
+    decay: &[bool],
+    a: &AdamwEma,
+) -> bool {
+    let mut finite = true;
+    for i in 0..p.len() {
+        let gi = if i < a.frozen { 0.0 } else { g[i] * a.gscale };
+        m[i] = a.beta1 * m[i] + (1.0 - a.beta1) * gi;
+        v[i] = a.beta2 * v[i] + (1.0 - a.beta2) * gi * gi;
+        if i >= a.frozen {
+            let shrink = if decay[i] { a.shrink } else { 1.0 };
+            p[i] = p[i] * shrink - a.step * m[i] / (v[i].sqrt() / a.bc2_sqrt + a.eps);
+        }
+        ema[i] = a.ema_decay * ema[i] + (1.0 - a.ema_decay) * p[i];
+        finite &= p[i].is_finite();
+    }
+    finite
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::ParamLayout;
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
@@ -154,11 +157,13 @@ mod tests {
             ..Default::default()
         };
         let mut p = vec![1.0f32; n];
-        let mut opt = AdamW::new(n);
-        let g1 = vec![0.5f32; n];
-        let g2 = vec![-0.25f32; n];
-        opt.step(&c, &layout, &mut p, &g1, 0.1, 1);
-        opt.step(&c, &layout, &mut p, &g2, 0.1, 2);
+        let (mut m, mut v, mut ema) = (vec![0.0f32; n], vec![0.0f32; n], vec![1.0f32; n]);
+        let decay = layout.decay_flags();
+        for (t, g) in [(1, 0.5f32), (2, -0.25)] {
+            let a = adamw_ema_args(&c, 0.1, t, 1.0, 0);
+            let g = vec![g; n];
+            assert!(adamw_ema(&mut p, &mut m, &mut v, &mut ema, &g, &decay, &a));
+        }
         for e in &layout.entries {
             let wd = if e.decay { 0.5 } else { 0.0 };
             let (mut x, mut m, mut v) = (1.0f64, 0.0f64, 0.0f64);

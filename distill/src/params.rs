@@ -115,6 +115,15 @@ impl ParamLayout {
     }
 
     /// The model part of the vector (student parameters, no heads).
+    /// Per value: weight decay applies (what the optimizer reads).
+    pub fn decay_flags(&self) -> Vec<bool> {
+        let mut flags = vec![false; self.total];
+        for e in &self.entries {
+            flags[e.range.clone()].fill(e.decay);
+        }
+        flags
+    }
+
     pub fn model_len(&self) -> usize {
         self.entries
             .iter()

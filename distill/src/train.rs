@@ -15,19 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self, TrainState};
-use crate::cuda::step::DeviceStudent;
 use crate::cuda::{Device, Elem};
 use crate::data::{AugConfig, Dataset, Sampler};
 use crate::error::{DistillError, Result};
 use crate::eval::{Agreement, AgreementSum, HEADS_FILE, Heads};
-use crate::graph::{Graph, Params};
 use crate::loader::{Key, Loader, LoaderSpec, RenderSpec};
-use crate::loss::{LossParts, LossWeights, Objective, Targets};
-use crate::ops::Ctx;
-use crate::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
+use crate::loss::{LossParts, LossWeights, Targets};
+use crate::optim::{AdamW, OptimConfig};
 use crate::parallel::{Collective, World};
 use crate::params::ParamLayout;
 use crate::teacher::{Alignment, OnlineTeacher, TeacherId, teacher_render};
+use crate::trainer::cpu::Ctx;
+use crate::trainer::graph::Graph;
+use crate::trainer::{On, Shape, StepConfig, Stepped, Trainer};
 
 pub const RUN_FORMAT: &str = "dinoedge-distill-run-1";
 
@@ -409,6 +409,11 @@ pub fn train_many(
         )?),
         None => None,
     };
+    let ctx = Ctx::new(o.threads)?;
+    let backend = match &device {
+        None => On::Cpu(ctx.clone()),
+        Some(d) => On::Device(d.clone(), o.gemm),
+    };
     let mut runs = Vec::new();
     for (spec, cfg) in students.iter().zip(configs) {
         runs.push(StudentRun::open(
@@ -424,31 +429,31 @@ pub fn train_many(
             ),
             &student_layers,
             (students.len() > 1).then(|| label(spec)),
-            device.clone(),
+            backend.clone(),
             (per, writer),
         )?);
     }
-    let first_step = runs.iter().map(|r| r.state.step).min().unwrap_or(0);
-    if let Some(ahead) = runs.iter().find(|r| r.state.step != first_step) {
+    let first_step = runs.iter().map(|r| r.step).min().unwrap_or(0);
+    if let Some(ahead) = runs.iter().find(|r| r.step != first_step) {
         // A stop between two students' checkpoints: bring the others level first.
         let behind: Vec<String> = runs
             .iter()
-            .filter(|r| r.state.step == first_step)
+            .filter(|r| r.step == first_step)
             .map(|r| {
                 format!(
                     "{}: --out {} --resume --stop-after {}",
                     r.name,
                     r.out.display(),
-                    ahead.state.step - first_step
+                    ahead.step - first_step
                 )
             })
             .collect();
         return Err(DistillError::Config(format!(
             "cannot resume together: {:?} is at step {}, {:?} at step {first_step}; bring the students behind level alone, each with its own --student and otherwise the same options ({}), then resume the group",
             ahead.name,
-            ahead.state.step,
+            ahead.step,
             runs.iter()
-                .find(|r| r.state.step == first_step)
+                .find(|r| r.step == first_step)
                 .map_or("", |r| &r.name),
             behind.join("; ")
         )));
@@ -457,8 +462,9 @@ pub fn train_many(
         .stop_after
         .map_or(o.steps, |n| (first_step + n).min(o.steps));
     for (i, r) in runs.iter().enumerate() {
-        let plan =
-            |re: bool| Graph::activation_bytes(&r.cfg, o.batch, o.size, o.size, o.inter.len(), re);
+        let plan = |re: bool| {
+            Graph::activation_bytes(&r.cfg, o.batch, (o.size, o.size), o.inter.len(), re)
+        };
         let info = StartInfo {
             first_step,
             steps: o.steps,
@@ -471,20 +477,17 @@ pub fn train_many(
             cached: cached.is_some(),
             resumed_from: r.resumed_from.clone(),
             skipped_checkpoints: r.skipped_checkpoints.clone(),
-            activation_bytes: plan(o.recompute),
-            activation_bytes_other: plan(!o.recompute),
+            activation_bytes: plan(o.recompute)?,
+            activation_bytes_other: plan(!o.recompute)?,
             recompute: o.recompute,
-            trainer: match &device {
-                None => "cpu".into(),
-                Some(d) => format!("{} ({:?} GEMMs)", d.name(), o.gemm).to_lowercase(),
-            } + &collective.as_ref().map_or(String::new(), |c| {
-                format!("; data parallel, {per} images per rank ({})", c.describe())
-            }),
+            trainer: r.trainer.describe()
+                + &collective.as_ref().map_or(String::new(), |c| {
+                    format!("; data parallel, {per} images per rank ({})", c.describe())
+                }),
         };
         on(i, Event::Started(&info));
     }
 
-    let ctx = Ctx::new(o.threads)?;
     let student_render = RenderSpec {
         size: o.size,
         mean: dinoedge_runtime::preprocess::IMAGENET_MEAN,
@@ -515,7 +518,7 @@ pub fn train_many(
         && first_step == 0
     {
         for (i, r) in runs.iter_mut().enumerate() {
-            let l = r.holdout(h, &ctx, 0)?;
+            let l = r.holdout(h, 0)?;
             on(i, Event::Holdout(&l));
             r.holdout_start = Some(l);
         }
@@ -580,14 +583,7 @@ pub fn train_many(
         };
         let mut parts = Vec::with_capacity(runs.len());
         for r in runs.iter_mut() {
-            parts.push(r.step(
-                o,
-                &ctx,
-                step,
-                &b.pixels[0],
-                &targets,
-                collective.as_deref_mut(),
-            )?);
+            parts.push(r.step(o, step, &b.pixels[0], &targets, collective.as_deref_mut())?);
         }
         if fault_exit == Some(step + 1) {
             eprintln!(
@@ -626,14 +622,16 @@ pub fn train_many(
             && done != o.steps
         {
             for (i, r) in runs.iter_mut().enumerate() {
-                let l = r.holdout(h, &ctx, done)?;
+                let l = r.holdout(h, done)?;
                 on(i, Event::Holdout(&l));
             }
         }
         if writer && (done.is_multiple_of(o.checkpoint_every.max(1)) || done == end_step) {
             for (i, r) in runs.iter_mut().enumerate() {
-                r.sync()?;
-                let dir = checkpoint::save(&r.ckpt_root, &r.state, &r.run_json, o.keep)?;
+                let (root, run_json) = (&r.ckpt_root, &r.run_json);
+                let dir = r
+                    .trainer
+                    .with_state(r.step, |s| checkpoint::save(root, s, run_json, o.keep))?;
                 on(
                     i,
                     Event::Checkpoint {
@@ -648,14 +646,15 @@ pub fn train_many(
     drop(loader);
     let mut reports = Vec::new();
     for (i, mut r) in runs.into_iter().enumerate() {
-        let finished = r.state.step == o.steps;
+        let finished = r.step == o.steps;
         let mut holdout_end = None;
-        r.sync()?;
         if finished && writer {
-            export(&r.out, &r.cfg, &r.layout, &r.state.ema, &r.run, o)?;
+            let (out, cfg, layout, run) = (&r.out, &r.cfg, &r.layout, &r.run);
+            r.trainer
+                .with_state(r.step, |s| export(out, cfg, layout, s.ema, run, o))?;
             on(i, Event::Exported { path: &r.out });
             if let Some(h) = &holdout_set {
-                let l = r.holdout(h, &ctx, r.state.step)?;
+                let l = r.holdout(h, r.step)?;
                 on(i, Event::Holdout(&l));
                 holdout_end = Some(l);
             }
@@ -663,7 +662,7 @@ pub fn train_many(
         reports.push(TrainReport {
             out: r.out.clone(),
             first_step,
-            last_step: r.state.step,
+            last_step: r.step,
             steps: o.steps,
             finished,
             last: r.last_log.take(),
@@ -686,17 +685,12 @@ struct StudentRun {
     run: RunConfig,
     run_json: String,
     layout: ParamLayout,
-    state: TrainState,
-    /// The CPU trainer's graph, or the student on a device (state kept there; `state` is
-    /// brought up to date by [`StudentRun::sync`]).
-    graph: Option<Graph>,
-    dev: Option<DeviceStudent>,
+    /// Completed steps.
+    step: usize,
+    /// The student on its backend, which holds its training state.
+    trainer: Trainer,
     /// Data-parallel ranks (1: a single process).
     world_size: usize,
-    obj: Objective,
-    g: Vec<f32>,
-    dout: Vec<f32>,
-    dinter: Vec<Vec<f32>>,
     ckpt_root: PathBuf,
     metrics_path: PathBuf,
     /// None on ranks other than 0.
@@ -721,7 +715,7 @@ impl StudentRun {
         (cache_views, teacher_compute): (Option<usize>, Option<String>),
         student_layers: &[usize],
         label: Option<String>,
-        device: Option<Arc<dyn Device>>,
+        on: On,
         (batch, writer): (usize, bool),
     ) -> Result<StudentRun> {
         let tcfg = teacher.config();
@@ -848,40 +842,19 @@ impl StudentRun {
         } else {
             None
         };
-        let (graph, dev, g, dout, dinter) = match device {
-            None => {
-                let graph =
-                    Graph::with_recompute(&cfg, batch, o.size, o.size, student_layers, o.recompute);
-                let outs = graph.out.len();
-                let dinter = student_layers.iter().map(|_| vec![0.0f32; outs]).collect();
-                (
-                    Some(graph),
-                    None,
-                    vec![0.0f32; layout.total],
-                    vec![0.0; outs],
-                    dinter,
-                )
-            }
-            Some(d) => {
-                let s = DeviceStudent::new(
-                    d,
-                    o.gemm,
-                    &cfg,
-                    &layout,
-                    &state,
-                    batch,
-                    (o.size, o.size),
-                    student_layers,
-                    o.recompute,
-                    tcfg.hidden_size,
-                )
-                .map_err(|e| match (&label, e) {
-                    (Some(l), DistillError::Config(m)) => DistillError::Config(format!("{l}: {m}")),
-                    (_, e) => e,
-                })?;
-                (None, Some(s), Vec::new(), Vec::new(), Vec::new())
-            }
+        let shape = Shape {
+            batch,
+            height: o.size,
+            width: o.size,
+            inter_layers: student_layers.to_vec(),
+            recompute: o.recompute,
+            teacher_dim: tcfg.hidden_size,
         };
+        let trainer =
+            Trainer::new(on, &cfg, &layout, &state, &shape).map_err(|e| match (&label, e) {
+                (Some(l), DistillError::Config(m)) => DistillError::Config(format!("{l}: {m}")),
+                (_, e) => e,
+            })?;
         Ok(StudentRun {
             label,
             name: spec.name.clone(),
@@ -890,14 +863,9 @@ impl StudentRun {
             run,
             run_json,
             layout,
-            state,
-            graph,
-            dev,
+            step: state.step,
+            trainer,
             world_size: o.batch / batch,
-            obj: Objective::default(),
-            g,
-            dout,
-            dinter,
             ckpt_root,
             metrics_path,
             metrics,
@@ -919,30 +887,14 @@ impl StudentRun {
     }
 
     /// Held-out agreement of the EMA weights, logged.
-    /// Brings `state` up to date with the device (no-op on the CPU).
-    fn sync(&mut self) -> Result<()> {
-        match &self.dev {
-            Some(d) => d.download(&mut self.state),
-            None => Ok(()),
-        }
-    }
-
-    fn holdout(&mut self, h: &HoldoutSet, ctx: &Ctx, step: usize) -> Result<HoldoutLog> {
-        self.sync()?;
-        let (layout, ema) = (&self.layout, &self.state.ema);
-        let a = match (&mut self.graph, &self.dev) {
-            (Some(g), _) => {
-                let dims = g.dims;
-                h.evaluate(&dims, layout, ema, &self.cfg, &mut |px| {
-                    g.forward(ctx, Params { layout, v: ema }, px);
-                    Ok(g.out.clone())
-                })?
-            }
-            (None, Some(d)) => h.evaluate(&d.graph.dims, layout, ema, &self.cfg, &mut |px| {
-                d.forward_ema(px)
-            })?,
-            (None, None) => unreachable!("a student trains on the CPU or a device"),
-        };
+    fn holdout(&mut self, h: &HoldoutSet, step: usize) -> Result<HoldoutLog> {
+        let (layout, dim) = (&self.layout, self.cfg.hidden_size);
+        let t = &self.trainer;
+        let heads = t.with_state(self.step, |s| Ok(Heads::from_params(layout, s.ema, dim)))?;
+        let a = h.evaluate(&t.graph.dims, &heads, &mut |px| {
+            t.forward(px, true)?;
+            t.outputs()
+        })?;
         let l = HoldoutLog {
             step,
             holdout_cls_cos: a.cls_cos,
@@ -958,84 +910,25 @@ impl StudentRun {
     fn step(
         &mut self,
         o: &TrainOptions,
-        ctx: &Ctx,
         step: usize,
         pixels: &[f32],
         targets: &Targets,
-        mut coll: Option<&mut (dyn Collective + 'static)>,
+        coll: Option<&mut (dyn Collective + 'static)>,
     ) -> Result<(LossParts, f64, f32)> {
-        if self.dev.is_some() {
-            return self.step_device(o, step, pixels, targets, coll);
-        }
-        let p = Params {
-            layout: &self.layout,
-            v: &self.state.params,
+        let c = StepConfig {
+            loss: &o.loss,
+            optim: &o.optim,
+            heads_only: o.heads_only,
+            steps: o.steps,
         };
-        let graph = self.graph.as_mut().expect("a CPU student has a graph");
-        graph.forward(ctx, p, pixels);
-        self.g.fill(0.0);
-        let parts: LossParts = self.obj.compute(
-            ctx,
-            p,
-            &mut self.g,
-            &graph.dims,
-            &graph.out,
-            &graph.inter,
-            targets,
-            &o.loss,
-            &mut self.dout,
-            &mut self.dinter,
-        );
-        let parts = reduce_parts(parts, coll.as_deref_mut())?;
-        if !parts.total.is_finite() {
-            return Err(self.diverged(step, format!("{}", parts.total)));
+        let ranks = self.world_size;
+        match self.trainer.step(&c, step, pixels, targets, coll, ranks)? {
+            Stepped::Done(parts, gn, lr) => {
+                self.step = step + 1;
+                Ok((parts, gn, lr))
+            }
+            Stepped::Diverged(what) => Err(self.diverged(step, what)),
         }
-        if !o.heads_only {
-            graph.backward(ctx, p, &mut self.g, &self.dout, &self.dinter);
-        }
-        ctx.check()?;
-        if let Some(c) = coll {
-            // The mean of the ranks' gradients: the gradient of the whole batch's loss.
-            c.sum_f32(&mut self.g)?;
-            let inv = 1.0 / self.world_size as f32;
-            self.g.iter_mut().for_each(|v| *v *= inv);
-        }
-        let gn = global_norm(&self.g);
-        if !gn.is_finite() {
-            return Err(self.diverged(step, format!("finite but its gradient norm is {gn}")));
-        }
-        if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
-            let s = (o.optim.clip as f64 / gn) as f32;
-            self.g.iter_mut().for_each(|v| *v *= s);
-        }
-        let lr = lr_at(&o.optim, step, o.steps);
-        let model_len = self.layout.model_len();
-        let st = &mut self.state;
-        // Heads only: the model's weights go through the step unchanged (weight decay too).
-        let frozen = o.heads_only.then(|| {
-            self.g[..model_len].fill(0.0);
-            st.params[..model_len].to_vec()
-        });
-        st.adam.step(
-            &o.optim,
-            &self.layout,
-            &mut st.params,
-            &self.g,
-            lr,
-            step + 1,
-        );
-        if let Some(frozen) = frozen {
-            st.params[..model_len].copy_from_slice(&frozen);
-        }
-        ema_update(&mut st.ema, &st.params, o.optim.ema, step + 1);
-        if st.params.iter().any(|v| !v.is_finite()) {
-            return Err(self.diverged(
-                step,
-                "finite but the update made a weight non-finite".into(),
-            ));
-        }
-        st.step = step + 1;
-        Ok((parts, gn, lr))
     }
 
     /// The training stopped at 0-based `step`: the loss was `value`.
@@ -1051,53 +944,6 @@ impl StudentRun {
                 .as_ref()
                 .map_or("none written yet".into(), |d| d.display().to_string()),
         }
-    }
-
-    /// [`StudentRun::step`] on the device: the same objective, clipping and update.
-    fn step_device(
-        &mut self,
-        o: &TrainOptions,
-        step: usize,
-        pixels: &[f32],
-        targets: &Targets,
-        mut coll: Option<&mut (dyn Collective + 'static)>,
-    ) -> Result<(LossParts, f64, f32)> {
-        let d = self.dev.as_mut().expect("a device student");
-        let parts = d.gradients_of(pixels, targets, &o.loss, o.heads_only)?;
-        let parts = reduce_parts(parts, coll.as_deref_mut())?;
-        if !parts.total.is_finite() {
-            return Err(self.diverged(step, format!("{}", parts.total)));
-        }
-        let d = self.dev.as_mut().expect("a device student");
-        let n = self.world_size as f64;
-        if let Some(c) = coll {
-            d.sum_gradients(c)?;
-        }
-        // Gradients hold the ranks' sum: their mean is 1/n of it.
-        let gn = d.grad_norm()? / n;
-        if !gn.is_finite() {
-            return Err(self.diverged(step, format!("finite but its gradient norm is {gn}")));
-        }
-        let clip = if o.optim.clip > 0.0 && gn > o.optim.clip as f64 {
-            o.optim.clip as f64 / gn
-        } else {
-            1.0
-        };
-        let gscale = (clip / n) as f32;
-        let lr = lr_at(&o.optim, step, o.steps);
-        let frozen = if o.heads_only {
-            self.layout.model_len()
-        } else {
-            0
-        };
-        if !d.update(&o.optim, lr, step + 1, gscale, frozen)? {
-            return Err(self.diverged(
-                step,
-                "finite but the update made a weight non-finite".into(),
-            ));
-        }
-        self.state.step = step + 1;
-        Ok((parts, gn, lr))
     }
 }
 
@@ -1251,17 +1097,14 @@ impl HoldoutSet {
         Ok(HoldoutSet { chunks })
     }
 
-    /// Agreement of the weights `v` with the teacher; `forward` runs the student (with
-    /// `v`) on a batch of pixels and returns its normed outputs (B*N, D).
+    /// Agreement of a student with the teacher through `heads`; `forward` runs the student
+    /// on a batch of pixels and returns its normed outputs (B*N, D).
     fn evaluate(
         &self,
         d: &dinoedge_runtime::ops::Dims,
-        layout: &ParamLayout,
-        v: &[f32],
-        cfg: &ModelConfig,
+        heads: &Heads,
         forward: &mut dyn FnMut(&[f32]) -> Result<Vec<f32>>,
     ) -> Result<Agreement> {
-        let heads = Heads::from_params(layout, v, cfg.hidden_size);
         let (n, hw, dim) = (d.tokens(), d.patches(), d.dim);
         let mut sum = AgreementSum::default();
         for (pixels, t, real) in &self.chunks {
@@ -1295,21 +1138,6 @@ pub(crate) fn open_device(d: TrainDevice) -> Result<Option<Arc<dyn Device>>> {
         TrainDevice::Emulated => Ok(Some(crate::cuda::open(true, None)?)),
         TrainDevice::Cuda => Ok(Some(crate::cuda::open(false, None)?)),
     }
-}
-
-/// Loss parts averaged over the data-parallel ranks (each the mean over its share).
-fn reduce_parts(p: LossParts, coll: Option<&mut (dyn Collective + 'static)>) -> Result<LossParts> {
-    let Some(c) = coll else { return Ok(p) };
-    let mut v = [p.total, p.cls, p.patch, p.gram, p.inter, 1.0];
-    c.sum_f64(&mut v)?;
-    let n = v[5];
-    Ok(LossParts {
-        total: v[0] / n,
-        cls: v[1] / n,
-        patch: v[2] / n,
-        gram: v[3] / n,
-        inter: v[4] / n,
-    })
 }
 
 /// The collective of a data-parallel rank: NCCL for the CUDA trainer, TCP otherwise.

@@ -13,15 +13,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Case, load, reference_grad, t, targets, weights};
+use common::{Case, load, reference_grad, state, t, targets, trainer, weights};
 
-use dinoedge_distill::checkpoint::TrainState;
-use dinoedge_distill::cuda::step::DeviceStudent;
 use dinoedge_distill::cuda::{Device, Elem};
-use dinoedge_distill::graph::{Graph, Params};
-use dinoedge_distill::loss::Objective;
-use dinoedge_distill::ops::Ctx;
-use dinoedge_distill::optim::{AdamW, OptimConfig, ema_update, global_norm, lr_at};
+use dinoedge_distill::loss::LossParts;
+use dinoedge_distill::optim::OptimConfig;
+use dinoedge_distill::trainer::cpu::Ctx;
+use dinoedge_distill::trainer::{On, StepConfig, Stepped, Trainer};
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -29,31 +27,8 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     num.sqrt() / den.sqrt().max(1e-20)
 }
 
-fn state(params: &[f32]) -> TrainState {
-    TrainState {
-        step: 0,
-        params: params.to_vec(),
-        ema: params.to_vec(),
-        adam: AdamW::new(params.len()),
-    }
-}
-
-fn student(dev: &Arc<dyn Device>, c: &Case, ty: Elem, recompute: bool) -> DeviceStudent {
-    let [b, _, h, w] = c.shape;
-    let dt = c.refs.get("head.0.weight").unwrap().shape[0];
-    DeviceStudent::new(
-        dev.clone(),
-        ty,
-        &c.cfg,
-        &c.layout,
-        &state(&c.params),
-        b,
-        (h, w),
-        &[0],
-        recompute,
-        dt,
-    )
-    .unwrap()
+fn student(dev: &Arc<dyn Device>, c: &Case, ty: Elem, recompute: bool) -> Trainer {
+    trainer(c, On::Device(dev.clone(), ty), &c.params, recompute, true)
 }
 
 /// The devices to check: `DINOEDGE_TRAINER_DEVICES` (default "emu,cuda").
@@ -92,7 +67,7 @@ fn gradients_match_pytorch_autograd() {
                 (Elem::F32, true, 1e-4),
                 (Elem::BF16, false, 5e-2),
             ] {
-                let mut s = student(&dev, &c, ty, recompute);
+                let s = student(&dev, &c, ty, recompute);
                 let parts = s
                     .gradients_of(&t(&c.refs, "pixel_values"), &targets(&c), &weights(), false)
                     .unwrap();
@@ -137,7 +112,6 @@ fn training_tracks_the_cpu_trainer_for_20_steps() {
 
 fn track_20_steps(dn: &str, dev: &Arc<dyn Device>) {
     let c = load("dinov3_gated");
-    let [b, _, h, w] = c.shape;
     let opt = OptimConfig {
         lr: 2e-3,
         warmup: 3,
@@ -145,55 +119,37 @@ fn track_20_steps(dn: &str, dev: &Arc<dyn Device>) {
         ..Default::default()
     };
     let (steps, pixels, tg) = (20, t(&c.refs, "pixel_values"), targets(&c));
-    // CPU.
-    let ctx = Ctx::new(Some(2)).unwrap();
-    let mut graph = Graph::new(&c.cfg, b, h, w, &[0]);
+    let w = weights();
+    let sc = StepConfig {
+        loss: &w,
+        optim: &opt,
+        heads_only: false,
+        steps,
+    };
+    let run = |tr: &Trainer| -> Vec<(LossParts, f64)> {
+        (0..steps)
+            .map(
+                |step| match tr.step(&sc, step, &pixels, &tg, None, 1).unwrap() {
+                    Stepped::Done(parts, gn, _) => (parts, gn),
+                    Stepped::Diverged(what) => panic!("step {step} diverged: {what}"),
+                },
+            )
+            .collect()
+    };
+    let cpu = trainer(
+        &c,
+        On::Cpu(Ctx::new(Some(2)).unwrap()),
+        &c.params,
+        false,
+        true,
+    );
+    let cpu_losses = run(&cpu);
     let mut st = state(&c.params);
-    let mut cpu_losses = Vec::new();
-    for step in 0..steps {
-        let p = Params {
-            layout: &c.layout,
-            v: &st.params,
-        };
-        graph.forward(&ctx, p, &pixels);
-        let mut g = vec![0.0f32; c.layout.total];
-        let (mut dout, mut dinter) = (vec![0.0; graph.out.len()], vec![vec![0.0; graph.out.len()]]);
-        let parts = Objective::default().compute(
-            &ctx,
-            p,
-            &mut g,
-            &graph.dims,
-            &graph.out,
-            &graph.inter,
-            &tg,
-            &weights(),
-            &mut dout,
-            &mut dinter,
-        );
-        graph.backward(&ctx, p, &mut g, &dout, &dinter);
-        let gn = global_norm(&g);
-        if gn > opt.clip as f64 {
-            let s = (opt.clip as f64 / gn) as f32;
-            g.iter_mut().for_each(|v| *v *= s);
-        }
-        let lr = lr_at(&opt, step, steps);
-        st.adam
-            .step(&opt, &c.layout, &mut st.params, &g, lr, step + 1);
-        ema_update(&mut st.ema, &st.params, opt.ema, step + 1);
-        cpu_losses.push((parts.total, gn));
-    }
-    // Emulated CUDA, f32 GEMMs.
-    let mut s = student(dev, &c, Elem::F32, false);
-    for (step, &(cpu_loss, cpu_gn)) in cpu_losses.iter().enumerate() {
-        let parts = s.gradients_of(&pixels, &tg, &weights(), false).unwrap();
-        let gn = s.grad_norm().unwrap();
-        let gscale = if gn > opt.clip as f64 {
-            (opt.clip as f64 / gn) as f32
-        } else {
-            1.0
-        };
-        let lr = lr_at(&opt, step, steps);
-        assert!(s.update(&opt, lr, step + 1, gscale, 0).unwrap());
+    cpu.save(&mut st).unwrap();
+    // The device, f32 GEMMs.
+    let s = student(dev, &c, Elem::F32, false);
+    for (step, ((parts, gn), (cpu_parts, cpu_gn))) in run(&s).iter().zip(&cpu_losses).enumerate() {
+        let cpu_loss = cpu_parts.total;
         let (dl, dg) = (
             (parts.total - cpu_loss).abs() / cpu_loss,
             (gn - cpu_gn).abs() / cpu_gn,
@@ -205,20 +161,20 @@ fn track_20_steps(dn: &str, dev: &Arc<dyn Device>) {
         );
     }
     let mut dev_state = state(&c.params);
-    s.download(&mut dev_state).unwrap();
+    s.save(&mut dev_state).unwrap();
     let (rp, re) = (
         rel(&dev_state.params, &st.params),
         rel(&dev_state.ema, &st.ema),
     );
     eprintln!(
         "{dn}, 20 steps: loss {:.6} -> {:.6}; weights off by {rp:.2e}, EMA by {re:.2e}, moments by {:.2e}",
-        cpu_losses[0].0,
-        cpu_losses[steps - 1].0,
+        cpu_losses[0].0.total,
+        cpu_losses[steps - 1].0.total,
         rel(&dev_state.adam.v, &st.adam.v)
     );
     assert!(rp < 1e-4 && re < 1e-4, "{dn}: weights {rp:e}, EMA {re:e}");
     assert!(
-        cpu_losses[steps - 1].0 < cpu_losses[0].0,
+        cpu_losses[steps - 1].0.total < cpu_losses[0].0.total,
         "the loss goes down"
     );
 }

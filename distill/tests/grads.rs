@@ -4,10 +4,12 @@
 
 mod common;
 
-use common::{Case, load, reference_grad, t, targets, weights};
-use dinoedge_distill::graph::{Graph, Params};
-use dinoedge_distill::loss::Objective;
-use dinoedge_distill::ops::Ctx;
+use std::rc::Rc;
+
+use common::{Case, load, reference_grad, t, targets, trainer, weights};
+use dinoedge_distill::trainer::On;
+use dinoedge_distill::trainer::cpu::Ctx;
+use dinoedge_distill::trainer::graph::Graph;
 
 fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
     let mut worst = (0.0f64, String::new());
@@ -46,40 +48,22 @@ fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
 }
 
 /// Runs forward + objective + backward; returns (loss, gradients, last_hidden_state).
-fn objective_grads(c: &Case, ctx: &Ctx, params: &[f32]) -> (f64, Vec<f32>, Vec<f32>) {
+fn objective_grads(c: &Case, ctx: &Rc<Ctx>, params: &[f32]) -> (f64, Vec<f32>, Vec<f32>) {
     objective_grads_with(c, ctx, params, false)
 }
 
 fn objective_grads_with(
     c: &Case,
-    ctx: &Ctx,
+    ctx: &Rc<Ctx>,
     params: &[f32],
     recompute: bool,
 ) -> (f64, Vec<f32>, Vec<f32>) {
-    let [b, _, h, w] = c.shape;
-    let mut graph = Graph::with_recompute(&c.cfg, b, h, w, &[0], recompute);
-    let p = Params {
-        layout: &c.layout,
-        v: params,
-    };
-    graph.forward(ctx, p, &t(&c.refs, "pixel_values"));
-    let mut g = vec![0.0f32; c.layout.total];
-    let mut dout = vec![0.0f32; graph.out.len()];
-    let mut dinter = vec![vec![0.0f32; graph.out.len()]];
-    let parts = Objective::default().compute(
-        ctx,
-        p,
-        &mut g,
-        &graph.dims,
-        &graph.out,
-        &graph.inter,
-        &targets(c),
-        &weights(),
-        &mut dout,
-        &mut dinter,
-    );
-    graph.backward(ctx, p, &mut g, &dout, &dinter);
-    (parts.total, g, graph.out.clone())
+    let tr = trainer(c, On::Cpu(ctx.clone()), params, recompute, true);
+    let pixels = t(&c.refs, "pixel_values");
+    let parts = tr
+        .gradients_of(&pixels, &targets(c), &weights(), false)
+        .unwrap();
+    (parts.total, tr.gradients().unwrap(), tr.outputs().unwrap())
 }
 
 #[test]
@@ -94,20 +78,16 @@ fn gradients_match_pytorch_autograd() {
     }
 }
 
-fn check_against_torch(ctx: &Ctx) {
+fn check_against_torch(ctx: &Rc<Ctx>) {
     for name in ["dinov3_mlp", "dinov3_gated"] {
         let c = load(name);
-        let [b, _, h, w] = c.shape;
         // 1. forward, then the gradient of sum(last_hidden_state * R).
-        let mut graph = Graph::new(&c.cfg, b, h, w, &[]);
-        let p = Params {
-            layout: &c.layout,
-            v: &c.params,
-        };
-        graph.forward(ctx, p, &t(&c.refs, "pixel_values"));
+        let tr = trainer(&c, On::Cpu(ctx.clone()), &c.params, false, false);
+        tr.forward(&t(&c.refs, "pixel_values"), false).unwrap();
         let want = t(&c.refs, "lin.last_hidden_state");
-        let err = graph
-            .out
+        let err = tr
+            .outputs()
+            .unwrap()
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
@@ -116,9 +96,8 @@ fn check_against_torch(ctx: &Ctx) {
             err < 2e-5,
             "{name}: training forward differs from transformers by {err}"
         );
-        let mut g = vec![0.0f32; c.layout.total];
-        graph.backward(ctx, p, &mut g, &t(&c.refs, "lin.R"), &[]);
-        compare_grads(&c, "lin", &g, 1e-5);
+        tr.backward_from(&t(&c.refs, "lin.R")).unwrap();
+        compare_grads(&c, "lin", &tr.gradients().unwrap(), 1e-5);
 
         // 2. the full objective, heads included.
         let (loss, g, _) = objective_grads(&c, ctx, &c.params);
@@ -160,8 +139,8 @@ fn recomputing_activations_changes_no_bit() {
     }
     let vits = dinoedge_distill::student::resolve("vit-s16").unwrap();
     let (all, re) = (
-        Graph::activation_bytes(&vits, 128, 224, 224, 0, false),
-        Graph::activation_bytes(&vits, 128, 224, 224, 0, true),
+        Graph::activation_bytes(&vits, 128, (224, 224), 0, false).unwrap(),
+        Graph::activation_bytes(&vits, 128, (224, 224), 0, true).unwrap(),
     );
     eprintln!(
         "vit-s16 batch 128 at 224: activations {:.2} GiB, recomputing {:.2} GiB",

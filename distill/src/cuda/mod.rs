@@ -1,22 +1,18 @@
-//! The student trainer on CUDA: the same forward, objective, backward and AdamW + EMA step as
-//! the CPU trainer ([`crate::graph`], [`crate::loss`], [`crate::optim`]). The ops are the
-//! runtime's (`runtime/src/ops/<op>/cuda.rs`: their forward and backward kernels and
-//! launchers); every product is a GEMM in bf16 with f32 accumulation against f32 master
-//! weights (or in f32, for parity checks). Only the objective's and the optimizer's kernels
-//! live here.
+//! The trainer's CUDA backend ([`backend::Cuda`], one [`crate::trainer::backend::TrainBackend`]):
+//! the runtime's op kernels (`runtime/src/ops/<op>/cuda.rs`), every product a GEMM in bf16
+//! with f32 accumulation against f32 master weights (or in f32, for parity checks), and the
+//! objective's and optimizer's kernels, which live here.
 //!
-//! The trainer runs on the runtime's CUDA device layer ([`Device`]): a GPU (feature `cuda`)
-//! or the emulator, which runs the same kernels on the CPU, so the trainer's host code and
-//! kernels are checked against the CPU trainer on machines without a GPU.
+//! It runs on the runtime's CUDA device layer ([`Device`]): a GPU (feature `cuda`) or the
+//! emulator, which runs the same kernels on the CPU, so the kernels are checked against the
+//! CPU trainer on machines without a GPU.
 //!
 //! | file | job |
 //! |---|---|
 //! | `loss.cu`, `optim.cu` | objective and optimizer kernels, named as their CPU forms |
-//! | [`graph`] | forward that keeps activations, backward (mirrors [`crate::graph`]) |
-//! | [`step`] | objective, gradient norm, fused clip + AdamW + EMA, state up / download |
+//! | [`backend`] | the training op set over one device allocation |
 
-pub mod graph;
-pub mod step;
+pub mod backend;
 
 use std::sync::Arc;
 

@@ -5,8 +5,11 @@
 
 use std::path::PathBuf;
 
+use dinoedge_distill::checkpoint::TrainState;
 use dinoedge_distill::loss::{LossWeights, Targets};
+use dinoedge_distill::optim::AdamW;
 use dinoedge_distill::params::{ParamId, ParamLayout};
+use dinoedge_distill::trainer::{On, Shape, Trainer};
 use dinoedge_runtime::Model;
 use dinoedge_runtime::config::ModelConfig;
 use dinoedge_runtime::weights::layout::{aliases, hub_location};
@@ -96,4 +99,29 @@ pub fn targets(c: &Case) -> Targets {
         patches: t(&c.refs, "target.patches"),
         inter: vec![t(&c.refs, "target.inter")],
     }
+}
+
+/// A training state starting from `params` (EMA equal, moments zero).
+pub fn state(params: &[f32]) -> TrainState {
+    TrainState {
+        step: 0,
+        params: params.to_vec(),
+        ema: params.to_vec(),
+        adam: AdamW::new(params.len()),
+    }
+}
+
+/// A trainer of the case's student on `on`, with the fixtures' intermediate output (block 0)
+/// when `inter`.
+pub fn trainer(c: &Case, on: On, params: &[f32], recompute: bool, inter: bool) -> Trainer {
+    let [b, _, h, w] = c.shape;
+    let shape = Shape {
+        batch: b,
+        height: h,
+        width: w,
+        inter_layers: if inter { vec![0] } else { Vec::new() },
+        recompute,
+        teacher_dim: c.refs.get("head.0.weight").unwrap().shape[0],
+    };
+    Trainer::new(on, &c.cfg, &c.layout, &state(params), &shape).unwrap()
 }

@@ -35,7 +35,7 @@ fn sum8(it: impl Iterator<Item = f32>) -> f32 {
 /// out (R, C) = layer_norm(inp (R, C)); `cache` (training) receives each row's mean and rstd.
 pub fn layer_norm_forward(
     out: &mut [f32],
-    cache: Option<&mut LayerNormCache>,
+    cache: Option<LayerNormCache<'_>>,
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -53,8 +53,7 @@ pub fn layer_norm_forward(
             layer_norm_row(o, x, weight, bias, eps);
         }),
         Some(c) => {
-            c.mean.resize(inp.len() / cols, 0.0);
-            c.rstd.resize(inp.len() / cols, 0.0);
+            debug_assert!(c.mean.len() == inp.len() / cols && c.rstd.len() == c.mean.len());
             rows.zip(c.mean.par_iter_mut().zip(c.rstd.par_iter_mut()))
                 .for_each(|((o, x), (m, r))| (*m, *r) = layer_norm_row(o, x, weight, bias, eps));
         }
@@ -83,11 +82,12 @@ mod tests {
     }
 }
 
-/// Per-row statistics saved by the training forward: mean and 1/sqrt(var + eps).
-#[derive(Clone, Debug, Default)]
-pub struct LayerNormCache {
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
+/// Per-row statistics saved by the training forward: mean and 1/sqrt(var + eps), one per
+/// row, in memory the caller owns (the trainer keeps them in its arena).
+#[derive(Debug)]
+pub struct LayerNormCache<'a> {
+    pub mean: &'a mut [f32],
+    pub rstd: &'a mut [f32],
 }
 
 /// Backward of `layer_norm` (llm.c's derivation). `dinp` is written (`=`); `dweight` and
@@ -104,7 +104,7 @@ pub fn layer_norm_backward(
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
-    cache: &LayerNormCache,
+    cache: &LayerNormCache<'_>,
     cols: usize,
 ) {
     const CHUNK: usize = 32;

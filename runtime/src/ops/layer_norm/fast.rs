@@ -47,7 +47,7 @@ pub fn layer_norm_forward(
     pool: &Pool,
     isa: Isa,
     out: &mut [f32],
-    cache: Option<&mut LayerNormCache>,
+    cache: Option<LayerNormCache<'_>>,
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -57,9 +57,8 @@ pub fn layer_norm_forward(
 ) {
     let out = RowsMut::new(&mut out[..rows_n * cols], cols);
     let stats = cache.map(|c| {
-        c.mean.resize(rows_n, 0.0);
-        c.rstd.resize(rows_n, 0.0);
-        (RowsMut::new(&mut c.mean, 1), RowsMut::new(&mut c.rstd, 1))
+        let (mean, rstd) = (c.mean.split_at_mut(rows_n).0, c.rstd.split_at_mut(rows_n).0);
+        (RowsMut::new(mean, 1), RowsMut::new(rstd, 1))
     });
     pool.run_rows(rows_n, 8, |r0, r1| {
         // SAFETY: run_rows hands out disjoint row ranges.
@@ -124,7 +123,7 @@ pub fn layer_norm_backward(
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
-    cache: &LayerNormCache,
+    cache: &LayerNormCache<'_>,
     cols: usize,
     partials: &mut Vec<f32>,
 ) {

@@ -76,12 +76,32 @@ pub fn patch_embed_forward(
     let pl = d.patch_len();
     let (cols, emb) = scratch.split_at_mut(d.batch * d.patches() * pl);
     let emb = &mut emb[..d.batch * d.patches() * dim];
-    cols.par_chunks_mut(pl * 16)
+    patch_embed_forward_im2col(cols, pixels, d);
+    matmul_forward(emb, cols, weight, Some(bias), pl, dim, Epi::Store);
+    patch_embed_forward_assemble(x, emb, cls, registers, pos, d);
+}
+
+/// The first step of [`patch_embed_forward`]: cols (B*HW, C*P*P) <- pixels (B, C, H, W).
+pub fn patch_embed_forward_im2col(cols: &mut [f32], pixels: &[f32], d: &Dims) {
+    let pl = d.patch_len();
+    cols[..d.batch * d.patches() * pl]
+        .par_chunks_mut(pl * 16)
         .enumerate()
         .for_each(|(i, c)| im2col_rows(c, i * 16, pixels, d));
-    matmul_forward(emb, cols, weight, Some(bias), pl, dim, Epi::Store);
-    let emb = &*emb;
-    x.par_chunks_mut(dim * 16)
+}
+
+/// The last step of [`patch_embed_forward`]: x (B*N, D) <- [cls, registers, emb] (+ pos).
+pub fn patch_embed_forward_assemble(
+    x: &mut [f32],
+    emb: &[f32],
+    cls: &[f32],
+    registers: &[f32],
+    pos: Option<&[f32]>,
+    d: &Dims,
+) {
+    let dim = d.dim;
+    x[..d.rows() * dim]
+        .par_chunks_mut(dim * 16)
         .enumerate()
         .for_each(|(i, xr)| assemble_rows(xr, i * 16, emb, cls, registers, pos, d));
 }

@@ -1,0 +1,621 @@
+//! The training op set on a CUDA [`Device`] (a GPU, or the emulator): [`TrainBackend`] over
+//! one device allocation. Each op is the runtime's CUDA form (`ops/<op>/cuda.rs`), every
+//! product a GEMM in bf16 with f32 accumulation against f32 master weights (or in f32, for
+//! parity checks); the objective's and optimizer's ops are `loss.cu` and `optim.cu`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use dinoedge_runtime::backend::cuda::device::{DeviceBuffer, Fused};
+use dinoedge_runtime::config::Activation;
+use dinoedge_runtime::ops::Dims;
+use dinoedge_runtime::ops::activation::cuda as act;
+use dinoedge_runtime::ops::attention::cuda::{
+    AttentionSaved, HEAD_DIMS, attention_backward, attention_forward_lse,
+};
+use dinoedge_runtime::ops::column_sum::cuda::partial_len;
+use dinoedge_runtime::ops::layer_norm::cuda::{
+    LayerNormCache, layer_norm_backward, layer_norm_forward,
+};
+use dinoedge_runtime::ops::matmul::cuda::{
+    GemmScratch, Input, Weight, matmul_backward, matmul_forward_train, product,
+};
+use dinoedge_runtime::ops::patch_embed::cuda as pe;
+use dinoedge_runtime::ops::residual::cuda::{residual_backward, residual_forward};
+use dinoedge_runtime::ops::rope::cuda::{rope_backward, rope_forward};
+use dinoedge_runtime::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
+
+use super::{
+    Arg, DevPtr, Device, Elem, LaunchCfg, Operand, PARTIALS, bytes, bytes_mut, device_error,
+    reduce_cfg, rows_cfg,
+};
+use crate::error::{DistillError, Result};
+use crate::parallel::Collective;
+use crate::trainer::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
+
+/// The CUDA backend: the device, the arena and the kernels' own scratch.
+pub struct Cuda {
+    dev: Arc<dyn Device>,
+    ty: Elem,
+    arena: DeviceBuffer,
+    /// In bf16 training: the bf16 copy of the parameters span (written by every update).
+    half: Option<(DeviceBuffer, Buf)>,
+    decay: DeviceBuffer,
+    gemm: RefCell<GemmScratch>,
+    /// Column sums' partials, for rows up to `partial_cols` wide.
+    partial: DeviceBuffer,
+    partial_cols: usize,
+    /// Block sums of the reductions read back by the host.
+    partials: DeviceBuffer,
+    bad: DeviceBuffer,
+}
+
+impl Cuda {
+    /// An arena of `len` f32 on `dev`; `params` is the span the optimizer updates (with a
+    /// bf16 copy when `ty` is bf16), `decay` its weight-decay flags, and `widest` the widest
+    /// row any column sum will see.
+    pub fn new(
+        dev: Arc<dyn Device>,
+        ty: Elem,
+        len: usize,
+        params: Buf,
+        decay: &[bool],
+        widest: usize,
+    ) -> Result<Cuda> {
+        let half = match ty {
+            Elem::F32 => None,
+            Elem::BF16 => Some((
+                DeviceBuffer::new(&dev, params.len, 2, "bf16 weights")?,
+                params,
+            )),
+            // optim.cu writes the 16-bit copy as bf16.
+            Elem::F16 => {
+                return Err(DistillError::Config(
+                    "the CUDA trainer's GEMMs are f32 or bf16 (f16 has too little range for gradients)".into(),
+                ));
+            }
+        };
+        let arena = DeviceBuffer::new(&dev, len, 4, "the trainer's arena")?;
+        dev.zero(arena.ptr, 4 * len)?;
+        let flags = DeviceBuffer::new(&dev, decay.len(), 1, "weight-decay flags")?;
+        let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
+        dev.upload(flags.ptr, &mask)?;
+        Ok(Cuda {
+            ty,
+            arena,
+            half,
+            decay: flags,
+            gemm: RefCell::new(GemmScratch::new(&dev)),
+            partial: DeviceBuffer::new(&dev, partial_len(widest), 4, "column partial sums")?,
+            partial_cols: widest,
+            partials: DeviceBuffer::new(&dev, PARTIALS, 4, "reduction scratch")?,
+            bad: DeviceBuffer::new(&dev, 1, 4, "flags")?,
+            dev,
+        })
+    }
+
+    /// The attention kernels' head dims, checked before anything is allocated.
+    pub fn check_head_dim(head_dim: usize) -> Result<()> {
+        if HEAD_DIMS.contains(&head_dim) {
+            return Ok(());
+        }
+        Err(DistillError::Config(format!(
+            "the CUDA trainer has attention kernels for head dims {HEAD_DIMS:?}; this student's is {head_dim}"
+        )))
+    }
+
+    fn d(&self) -> &dyn Device {
+        &*self.dev
+    }
+
+    fn p(&self, b: Buf) -> DevPtr {
+        self.arena.at(b.off)
+    }
+
+    fn opt(&self, b: Option<Buf>) -> Option<DevPtr> {
+        b.map(|b| self.p(b))
+    }
+
+    /// A weight with its bf16 copy, when it lies in the parameters span (the EMA has none:
+    /// its products convert as the GEMM type says).
+    fn w(&self, b: Buf) -> Weight {
+        let half = self.half.as_ref().and_then(|(h, params)| {
+            (b.off >= params.off && b.end() <= params.end())
+                .then(|| h.ptr + 2 * (b.off - params.off) as u64)
+        });
+        Weight {
+            ptr: self.p(b),
+            half,
+        }
+    }
+
+    /// The column sums' scratch for rows `cols` wide.
+    fn partial(&self, cols: usize) -> Result<DevPtr> {
+        if cols > self.partial_cols {
+            let e = format!("{cols} columns, scratch for {}", self.partial_cols);
+            return Err(device_error("column sums", e).into());
+        }
+        Ok(self.partial.ptr)
+    }
+
+    /// The sum in f64 of the first `n` block partials.
+    fn read_partials(&self, n: usize) -> Result<f64> {
+        let mut host = vec![0.0f32; n];
+        self.dev.download(self.partials.ptr, bytes_mut(&mut host))?;
+        Ok(host.iter().map(|&v| v as f64).sum())
+    }
+
+    fn rows_args(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> [Arg; 7] {
+        [
+            Arg::Ptr(self.p(dst)),
+            Arg::Ptr(self.p(src)),
+            Arg::I32(sel.count() as i32),
+            Arg::I32(dim as i32),
+            Arg::I32(sel.n as i32),
+            Arg::I32(sel.prefix as i32),
+            Arg::I32(sel.per as i32),
+        ]
+    }
+}
+
+impl TrainBackend for Cuda {
+    fn describe(&self) -> String {
+        format!("{} ({:?} GEMMs)", self.dev.name(), self.ty).to_lowercase()
+    }
+
+    fn upload(&self, dst: Buf, src: &[f32]) -> Result<()> {
+        assert_eq!(dst.len, src.len(), "upload size");
+        self.dev.upload(self.p(dst), bytes(src))?;
+        if let Some(h) = self.w(dst).half {
+            let bits: Vec<u8> = src
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect();
+            self.dev.upload(h, &bits)?;
+        }
+        Ok(())
+    }
+
+    fn download(&self, src: Buf, dst: &mut [f32]) -> Result<()> {
+        assert_eq!(src.len, dst.len(), "download size");
+        Ok(self.dev.download(self.p(src), bytes_mut(dst))?)
+    }
+
+    fn with_host(&self, bufs: &[Buf], f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
+        let mut host = Vec::with_capacity(bufs.len());
+        for &b in bufs {
+            let mut v = vec![0.0f32; b.len];
+            self.download(b, &mut v)?;
+            host.push(v);
+        }
+        let views: Vec<&[f32]> = host.iter().map(|v| &v[..]).collect();
+        f(&views)
+    }
+
+    fn zero(&self, b: Buf) -> Result<()> {
+        Ok(self.dev.zero(self.p(b), 4 * b.len)?)
+    }
+
+    fn copy(&self, dst: Buf, src: Buf) -> Result<()> {
+        Ok(self.dev.copy(self.p(dst), self.p(src), 4 * src.len)?)
+    }
+
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn patch_embed_forward_im2col(&self, cols: Buf, pixels: Buf, d: &Dims) -> Result<()> {
+        Ok(pe::patch_embed_forward_im2col(
+            self.d(),
+            self.p(cols),
+            self.p(pixels),
+            d,
+        )?)
+    }
+
+    fn patch_embed_forward_assemble(
+        &self,
+        x: Buf,
+        emb: Buf,
+        cls: Buf,
+        regs: Option<Buf>,
+        d: &Dims,
+    ) -> Result<()> {
+        let (x, emb, cls) = (self.p(x), self.p(emb), self.p(cls));
+        let regs = self.opt(regs);
+        Ok(pe::patch_embed_forward_assemble(
+            self.d(),
+            x,
+            emb,
+            cls,
+            regs,
+            None,
+            d,
+        )?)
+    }
+
+    fn patch_embed_backward(
+        &self,
+        demb: Buf,
+        dcls: Buf,
+        dregs: Option<Buf>,
+        dx: Buf,
+        d: &Dims,
+    ) -> Result<()> {
+        let (demb, dcls, dx) = (self.p(demb), self.p(dcls), self.p(dx));
+        let dregs = self.opt(dregs).unwrap_or(0);
+        Ok(pe::patch_embed_backward(
+            self.d(),
+            demb,
+            dcls,
+            dregs,
+            dx,
+            d,
+        )?)
+    }
+
+    fn matmul_forward_train(
+        &self,
+        out: Buf,
+        ldo: usize,
+        inp: Buf,
+        w: Buf,
+        b: Option<Buf>,
+        rko: (usize, usize, usize),
+    ) -> Result<()> {
+        let s = &mut self.gemm.borrow_mut();
+        let (out, inp, w, b) = (self.p(out), self.p(inp), self.w(w), self.opt(b));
+        matmul_forward_train(self.d(), s, self.ty, out, ldo, inp, w, b, rko)?;
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &self,
+        dinp: Option<(Buf, bool)>,
+        dw: Buf,
+        db: Option<Buf>,
+        dout: Buf,
+        ld: usize,
+        inp: Buf,
+        w: Buf,
+        rko: (usize, usize, usize),
+    ) -> Result<()> {
+        let partial = self.partial(rko.2)?;
+        let s = &mut self.gemm.borrow_mut();
+        let dinp = dinp.map(|(b, acc)| (self.p(b), acc));
+        let (dw, db, dout) = (self.p(dw), self.opt(db), self.p(dout));
+        let (inp, w) = (self.p(inp), self.w(w));
+        matmul_backward(
+            self.d(),
+            s,
+            partial,
+            self.ty,
+            dinp,
+            dw,
+            db,
+            dout,
+            ld,
+            inp,
+            w,
+            rko,
+        )?;
+        Ok(())
+    }
+
+    fn product(
+        &self,
+        mnk: (usize, usize, usize),
+        a: Mat,
+        b: Mat,
+        c: Buf,
+        ldc: usize,
+    ) -> Result<()> {
+        let op = |m: Mat| {
+            let p = self.p(m.buf);
+            Input::f32(if m.transposed {
+                Operand::transposed(p, m.ld)
+            } else {
+                Operand::rows(p, m.ld)
+            })
+        };
+        let s = &mut self.gemm.borrow_mut();
+        let none = (Fused::None, 0);
+        let (a, b, c) = (op(a), op(b), self.p(c));
+        product(self.d(), s, mnk, a, b, c, ldc, false, self.ty, none)?;
+        Ok(())
+    }
+
+    fn layer_norm_forward(
+        &self,
+        out: Buf,
+        stats: Stats,
+        inp: Buf,
+        w: Buf,
+        b: Buf,
+        (rows, cols): (usize, usize),
+        eps: f32,
+    ) -> Result<()> {
+        let cache = LayerNormCache {
+            mean: self.p(stats.mean()),
+            rstd: self.p(stats.rstd()),
+        };
+        let (out, inp, w, b) = (self.p(out), self.p(inp), self.p(w), self.p(b));
+        Ok(layer_norm_forward(
+            self.d(),
+            out,
+            Some(cache),
+            inp,
+            w,
+            b,
+            rows,
+            cols,
+            eps,
+        )?)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        dinp: Buf,
+        dw: Buf,
+        db: Buf,
+        dout: Buf,
+        inp: Buf,
+        w: Buf,
+        stats: Stats,
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        let partial = self.partial(cols)?;
+        let cache = LayerNormCache {
+            mean: self.p(stats.mean()),
+            rstd: self.p(stats.rstd()),
+        };
+        let (dinp, dw, db, dout) = (self.p(dinp), self.p(dw), self.p(db), self.p(dout));
+        let (inp, w) = (self.p(inp), self.p(w));
+        Ok(layer_norm_backward(
+            self.d(),
+            partial,
+            dinp,
+            dw,
+            db,
+            dout,
+            inp,
+            w,
+            cache,
+            rows,
+            cols,
+        )?)
+    }
+
+    fn rope_forward(&self, qkv: Buf, cos: Buf, sin: Buf, d: &Dims) -> Result<()> {
+        let (q, c, s) = (self.p(qkv), self.p(cos), self.p(sin));
+        Ok(rope_forward(self.d(), q, c, s, d)?)
+    }
+
+    fn rope_backward(&self, dqkv: Buf, cos: Buf, sin: Buf, d: &Dims) -> Result<()> {
+        let (q, c, s) = (self.p(dqkv), self.p(cos), self.p(sin));
+        Ok(rope_backward(self.d(), q, c, s, d)?)
+    }
+
+    fn attention_forward(&self, out: Buf, lse: Buf, qkv: Buf, d: &Dims) -> Result<()> {
+        let (o, l, q) = (self.p(out), self.p(lse), self.p(qkv));
+        Ok(attention_forward_lse(self.d(), o, l, q, d)?)
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: Buf,
+        dout: Buf,
+        (qkv, out, lse): (Buf, Buf, Buf),
+        delta: Buf,
+        d: &Dims,
+    ) -> Result<()> {
+        let saved = AttentionSaved {
+            qkv: self.p(qkv),
+            out: self.p(out),
+            lse: self.p(lse),
+            delta: self.p(delta),
+        };
+        Ok(attention_backward(
+            self.d(),
+            self.p(dqkv),
+            self.p(dout),
+            saved,
+            d,
+        )?)
+    }
+
+    fn swiglu_forward(
+        &self,
+        out: Buf,
+        gate_up: Buf,
+        (rows, hidden): (usize, usize),
+        a: Activation,
+    ) -> Result<()> {
+        let (o, gu) = (self.p(out), self.p(gate_up));
+        Ok(swiglu_forward(self.d(), o, gu, rows, hidden, a)?)
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate_up: Buf,
+        dout: Buf,
+        gate_up: Buf,
+        (rows, hidden): (usize, usize),
+        a: Activation,
+    ) -> Result<()> {
+        let (dgu, dy, gu) = (self.p(dgate_up), self.p(dout), self.p(gate_up));
+        Ok(swiglu_backward(self.d(), dgu, dy, gu, rows, hidden, a)?)
+    }
+
+    fn activation_forward(&self, out: Buf, inp: Buf, a: Activation) -> Result<()> {
+        let (o, x) = (self.p(out), self.p(inp));
+        Ok(act::activation_forward(self.d(), o, x, out.len, a)?)
+    }
+
+    fn activation_backward(&self, dinp: Buf, dout: Buf, pre: Buf, a: Activation) -> Result<()> {
+        let (dx, dy, h) = (self.p(dinp), self.p(dout), self.p(pre));
+        Ok(act::activation_backward(self.d(), dx, dy, h, dinp.len, a)?)
+    }
+
+    fn residual_forward(&self, x: Buf, y: Buf, gamma: Option<Buf>, dim: usize) -> Result<()> {
+        let (n, x, y, g) = (x.len, self.p(x), self.p(y), self.opt(gamma));
+        Ok(residual_forward(self.d(), x, y, g, n, dim)?)
+    }
+
+    fn residual_backward(
+        &self,
+        dy: Buf,
+        dgamma: Buf,
+        dx: Buf,
+        y: Buf,
+        gamma: Buf,
+        dim: usize,
+    ) -> Result<()> {
+        let (partial, rows) = (self.partial(dim)?, dx.len / dim);
+        let (dy, dg, dx) = (self.p(dy), self.p(dgamma), self.p(dx));
+        let (y, g) = (self.p(y), self.p(gamma));
+        Ok(residual_backward(
+            self.d(),
+            partial,
+            dy,
+            dg,
+            dx,
+            y,
+            g,
+            rows,
+            dim,
+        )?)
+    }
+
+    fn gather_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
+        let cfg = LaunchCfg::elements(sel.count() * dim);
+        Ok(self
+            .dev
+            .launch("gather_rows", cfg, &self.rows_args(dst, src, sel, dim))?)
+    }
+
+    fn scatter_add_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
+        let cfg = LaunchCfg::elements(sel.count() * dim);
+        Ok(self
+            .dev
+            .launch("scatter_add_rows", cfg, &self.rows_args(dst, src, sel, dim))?)
+    }
+
+    fn cos_smooth_l1(
+        &self,
+        dp: Buf,
+        parts: Buf,
+        p: Buf,
+        t: Buf,
+        dim: usize,
+        weight: f32,
+    ) -> Result<f64> {
+        let nr = p.len / dim;
+        let (wc, wl) = (weight / nr as f32, weight / (nr * dim) as f32);
+        let args = [
+            Arg::Ptr(self.p(dp)),
+            Arg::Ptr(self.p(parts)),
+            Arg::Ptr(self.p(p)),
+            Arg::Ptr(self.p(t)),
+            Arg::I32(dim as i32),
+            Arg::F32(wc),
+            Arg::F32(wl),
+        ];
+        self.dev.launch("cos_smooth_l1", rows_cfg(nr), &args)?;
+        let mut host = vec![0.0f32; 2 * nr];
+        self.download(parts.part(0, 2 * nr), &mut host)?;
+        let (cos, l1) = host.chunks_exact(2).fold((0.0f64, 0.0f64), |(c, l), x| {
+            (c + x[0] as f64, l + x[1] as f64)
+        });
+        Ok(weight as f64 * (cos / nr as f64 + l1 / (nr * dim) as f64))
+    }
+
+    fn normalize_rows(&self, u: Buf, norms: Buf, x: Buf, dim: usize) -> Result<()> {
+        let args = [
+            Arg::Ptr(self.p(u)),
+            Arg::Ptr(self.p(norms)),
+            Arg::Ptr(self.p(x)),
+            Arg::I32(dim as i32),
+        ];
+        Ok(self
+            .dev
+            .launch("normalize_rows", rows_cfg(x.len / dim), &args)?)
+    }
+
+    fn gram_difference(&self, gs: Buf, gt: Buf, coef: f32) -> Result<f64> {
+        let cfg = reduce_cfg(gs.len);
+        let args = [
+            Arg::Ptr(self.p(gs)),
+            Arg::Ptr(self.p(gt)),
+            Arg::I64(gs.len as i64),
+            Arg::F32(coef),
+            Arg::Ptr(self.partials.ptr),
+        ];
+        self.dev.launch("gram_difference", cfg, &args)?;
+        self.read_partials(cfg.grid.0 as usize)
+    }
+
+    fn normalize_rows_backward(
+        &self,
+        dp: Buf,
+        u: Buf,
+        du: Buf,
+        norms: Buf,
+        dim: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::Ptr(self.p(dp)),
+            Arg::Ptr(self.p(u)),
+            Arg::Ptr(self.p(du)),
+            Arg::Ptr(self.p(norms)),
+            Arg::I32(dim as i32),
+        ];
+        let cfg = rows_cfg(u.len / dim);
+        Ok(self.dev.launch("normalize_rows_backward", cfg, &args)?)
+    }
+
+    fn sum_squares(&self, g: Buf) -> Result<f64> {
+        let cfg = reduce_cfg(g.len);
+        let args = [
+            Arg::Ptr(self.partials.ptr),
+            Arg::Ptr(self.p(g)),
+            Arg::I64(g.len as i64),
+        ];
+        self.dev.launch("sum_squares", cfg, &args)?;
+        self.read_partials(cfg.grid.0 as usize)
+    }
+
+    fn adamw_ema(&self, s: &StateBufs, a: &AdamwEma) -> Result<bool> {
+        self.dev.zero(self.bad.ptr, 4)?;
+        let half = self.half.as_ref().map_or(0, |(h, _)| h.ptr);
+        let args = [
+            Arg::Ptr(self.p(s.params)),
+            Arg::Ptr(self.p(s.m)),
+            Arg::Ptr(self.p(s.v)),
+            Arg::Ptr(self.p(s.ema)),
+            Arg::Ptr(half),
+            Arg::Ptr(self.p(s.g)),
+            Arg::Ptr(self.decay.ptr),
+            Arg::I64(s.params.len as i64),
+            Arg::I64(a.frozen as i64),
+            Arg::F32(a.gscale),
+            Arg::F32(a.beta1),
+            Arg::F32(a.beta2),
+            Arg::F32(a.eps),
+            Arg::F32(a.shrink),
+            Arg::F32(a.step),
+            Arg::F32(a.bc2_sqrt),
+            Arg::F32(a.ema_decay),
+            Arg::Ptr(self.bad.ptr),
+        ];
+        self.dev
+            .launch("adamw_ema", reduce_cfg(s.params.len), &args)?;
+        let mut flag = [0u8; 4];
+        self.dev.download(self.bad.ptr, &mut flag)?;
+        Ok(i32::from_le_bytes(flag) == 0)
+    }
+
+    fn sum_over_ranks(&self, c: &mut dyn Collective, b: Buf) -> Result<()> {
+        c.sum_device(self.d(), self.p(b), b.len)
+    }
+}

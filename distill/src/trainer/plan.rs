@@ -1,0 +1,62 @@
+//! The trainer's memory plan: every buffer of a step as a named span of one arena, listed
+//! once. A backend allocates the arena in one piece, and the memory a run reports (the
+//! activations, with and without `--recompute`) is summed from the same list.
+
+use super::backend::Buf;
+
+/// Spans start on multiples of this many f32 (256 bytes: what GEMM libraries and SIMD loads
+/// like best).
+const ALIGN: usize = 64;
+
+/// Named spans laid end to end.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub spans: Vec<(&'static str, Buf)>,
+    pub len: usize,
+}
+
+impl Plan {
+    /// The next `n` f32, for `what` (named in out-of-memory errors and reports).
+    pub fn take(&mut self, what: &'static str, n: usize) -> Buf {
+        let b = Buf {
+            off: self.len,
+            len: n,
+        };
+        self.len += n.div_ceil(ALIGN) * ALIGN;
+        self.spans.push((what, b));
+        b
+    }
+
+    /// Bytes of the arena so far.
+    pub fn bytes(&self) -> u64 {
+        4 * self.len as u64
+    }
+
+    /// Bytes planned for `what`.
+    pub fn bytes_of(&self, what: &str) -> u64 {
+        let n: usize = self
+            .spans
+            .iter()
+            .filter(|(w, _)| *w == what)
+            .map(|(_, b)| b.len.div_ceil(ALIGN) * ALIGN)
+            .sum();
+        4 * n as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_aligned_and_disjoint() {
+        let mut p = Plan::default();
+        let a = p.take("a", 3);
+        let b = p.take("b", 65);
+        let c = p.take("a", 0);
+        assert_eq!((a.off, b.off, c.off), (0, 64, 192));
+        assert_eq!(p.len, 192);
+        assert_eq!(p.bytes_of("a"), 4 * 64);
+        assert_eq!(p.bytes(), 4 * 192);
+    }
+}
