@@ -83,7 +83,7 @@ pub fn bench_step(
     let backend = match b.device {
         TrainDevice::Cpu => On::Cpu(Ctx::new(b.threads)?),
         dev => {
-            let device = crate::train::open_device(dev)?.expect("a device");
+            let device = crate::train::open_device(dev, None)?.expect("a device");
             On::Device(device, b.gemm)
         }
     };

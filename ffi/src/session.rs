@@ -348,6 +348,7 @@ pub extern "C" fn dinoedge_session_create(
                 threads,
                 adapter: adapter.clone(),
                 limits: o.limits(),
+                ..Default::default()
             };
             match Embedder::from_model(
                 m.model.clone(),

@@ -40,6 +40,7 @@ pub mod quant;
 pub mod resample;
 pub mod session;
 pub mod tensor;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod weights;
 

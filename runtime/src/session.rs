@@ -36,6 +36,11 @@ pub struct SessionOptions {
     /// Largest input a run accepts (tokens per image; pixels are checked by the callers that
     /// decode images).
     pub limits: InputLimits,
+    /// cuda: record each forward shape as a CUDA graph and replay it (default on).
+    pub cuda_graphs: bool,
+    /// cuda: tensor-core attention for f16 / bf16 on sm_80+ (default on; off runs the
+    /// CUDA-core kernel).
+    pub cuda_tensor_core_attention: bool,
 }
 
 impl Default for SessionOptions {
@@ -46,6 +51,8 @@ impl Default for SessionOptions {
             threads: None,
             adapter: None,
             limits: InputLimits::default(),
+            cuda_graphs: true,
+            cuda_tensor_core_attention: true,
         }
     }
 }
@@ -294,6 +301,8 @@ fn cuda_session(
         precision,
         ordinal,
         emulated: opts.backend == BackendKind::CudaEmulated,
+        graphs: opts.cuda_graphs,
+        tensor_core_attention: opts.cuda_tensor_core_attention,
     })?;
     let params = model.num_parameters() as u64;
     let weights = plan::memory_plan(model.config(), params, precision, 1, 224, 224).weights;

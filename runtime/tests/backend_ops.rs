@@ -483,11 +483,7 @@ fn cuda_emulated_and_gpu_every_precision() {
             continue;
         }
         for p in [Precision::F32, Precision::F16, Precision::BF16] {
-            let opts = CudaOptions {
-                precision: p,
-                ordinal: None,
-                emulated,
-            };
+            let opts = CudaOptions::new(p, None, emulated);
             match CudaBackend::new(&opts) {
                 Ok(be) => {
                     let label = format!("{} ({}) {p}", be.info().kind, be.device().name());

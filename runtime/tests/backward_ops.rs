@@ -61,15 +61,15 @@ fn layer_norm_backward_matches_finite_differences() {
     };
     let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
     let mut out = vec![0.0; rows * cols];
-    let mut cache = layer_norm::cpu::LayerNormCache {
+    let c = layer_norm::cpu::LayerNormCache {
         mean: &mut mean,
         rstd: &mut rstd,
     };
-    let c = layer_norm::cpu::LayerNormCache {
-        mean: &mut *cache.mean,
-        rstd: &mut *cache.rstd,
-    };
     layer_norm::cpu::layer_norm_forward(&mut out, Some(c), &x, &w, &b, cols, 1e-5);
+    let cache = layer_norm::cpu::LayerNormCache {
+        mean: &mut mean,
+        rstd: &mut rstd,
+    };
     let (mut dx, mut dw, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
     layer_norm::cpu::layer_norm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, &cache, cols);
     check("ln dx", &x, &dx, |x| fwd(x, &w, &b), &mut rng);

@@ -172,11 +172,7 @@ fn devices(precision: Precision) -> Vec<(String, CudaBackend)> {
         if !want.split(',').any(|w| w == tag) || !(emulated || cfg!(feature = "cuda")) {
             continue;
         }
-        let opts = CudaOptions {
-            precision,
-            ordinal: None,
-            emulated,
-        };
+        let opts = CudaOptions::new(precision, None, emulated);
         match CudaBackend::new(&opts) {
             Ok(b) => {
                 let label = format!("{} ({})", b.info().kind, b.device().name());
@@ -309,11 +305,7 @@ fn tensor_core_attention_matches_at_real_sizes() {
         for &precision in precisions {
             let mut sessions = Vec::new();
             for tc in [true, false] {
-                let opts = CudaOptions {
-                    precision,
-                    ordinal: None,
-                    emulated: false,
-                };
+                let opts = CudaOptions::new(precision, None, false);
                 let Ok(mut be) = CudaBackend::new(&opts) else {
                     assert!(
                         std::env::var("DINOEDGE_REQUIRE_CUDA").as_deref() != Ok("1"),
@@ -498,11 +490,7 @@ fn unsupported_precision_and_bad_gpu_index_are_clear_errors() {
         .to_string();
     assert!(msg.contains("GPU index"), "{msg}");
     {
-        let opts = CudaOptions {
-            precision: Precision::Int8,
-            ordinal: None,
-            emulated: true,
-        };
+        let opts = CudaOptions::new(Precision::Int8, None, true);
         let e = CudaBackend::new(&opts).err().expect("int8 is CPU-only");
         assert!(e.to_string().contains("int8"), "{e}");
     }

@@ -131,15 +131,15 @@ fn layer_norm_forward_with_cache_and_backward() {
             );
             let mut out = vec![0.0; rows * cols];
             let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-            let mut cache = layer_norm::cpu::LayerNormCache {
+            let c = layer_norm::cpu::LayerNormCache {
                 mean: &mut mean,
                 rstd: &mut rstd,
             };
-            let c = layer_norm::cpu::LayerNormCache {
-                mean: &mut *cache.mean,
-                rstd: &mut *cache.rstd,
-            };
             layer_norm::cpu::layer_norm_forward(&mut out, Some(c), &x, &w, &b, cols, 1e-6);
+            let cache = layer_norm::cpu::LayerNormCache {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
             let (mut dx, mut dw, mut db) =
                 (vec![0.0; rows * cols], vec![0.5; cols], vec![0.5; cols]);
             layer_norm::cpu::layer_norm_backward(

@@ -13,6 +13,7 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
 
     /// Distillation failed.
+    #[cfg(feature = "distill")]
     #[error(transparent)]
     Distill(#[from] dinoedge_distill::DistillError),
 

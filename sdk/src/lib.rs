@@ -17,6 +17,7 @@ pub mod bench;
 pub mod compare;
 pub mod davis;
 pub mod dense;
+#[cfg(feature = "distill")]
 pub mod distill;
 pub mod draw;
 pub mod embed;

@@ -45,8 +45,8 @@ pub fn program() -> Program {
     })
 }
 
-/// Opens the device to train on with [`program`] loaded: GPU `ordinal` (default
-/// `DINOEDGE_CUDA_DEVICE`, else 0), or the emulator.
+/// Opens the device to train on with [`program`] loaded: GPU `ordinal` (default 0), or the
+/// emulator.
 pub fn open(emulated: bool, ordinal: Option<usize>) -> Result<Arc<dyn Device>> {
     Ok(dinoedge_runtime::backend::cuda::open(
         &program(),

@@ -12,6 +12,7 @@ use dinoedge_distill::cache::{self, BuildOptions};
 use dinoedge_distill::data::{AugConfig, Dataset};
 use dinoedge_distill::loss::LossWeights;
 use dinoedge_distill::optim::OptimConfig;
+use dinoedge_distill::parallel::launch::Ranks;
 use dinoedge_distill::teacher::{Alignment, OnlineTeacher};
 use dinoedge_distill::train::{self, Event, TrainOptions};
 use serde_json::json;
@@ -92,6 +93,10 @@ struct SetupArgs {
     /// Image-decoding worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// The GPU of --backend cuda and --teacher-backend cuda (default: a data-parallel
+    /// rank's index on its machine, else 0).
+    #[arg(long)]
+    gpu: Option<usize>,
 }
 
 impl SetupArgs {
@@ -101,6 +106,8 @@ impl SetupArgs {
             backend: self.teacher_backend,
             precision: self.teacher_precision,
             threads: self.threads,
+            adapter: (self.teacher_backend == dinoedge::BackendKind::Cuda)
+                .then(|| self.gpu.unwrap_or(0).to_string()),
             ..Default::default()
         }
     }
@@ -277,23 +284,9 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--nproc N`: this command N times, as ranks 0..N of one data-parallel run. Rank 0 keeps
-/// the terminal; the others log to OUT/.rendezvous/rank-K.log. A rank that fails stops the
-/// others, and the error names it.
+/// `--nproc N`: this command N times, as ranks 0..N of one data-parallel run
+/// ([`dinoedge_distill::parallel::launch::launch_ranks`]).
 fn launch_ranks(a: &TrainArgs) -> Result<()> {
-    let n = a.nproc;
-    if !a.batch.is_multiple_of(n) {
-        return Err(Error::InvalidArgument(format!(
-            "--batch {} does not split over --nproc {n}: give a multiple of {n}",
-            a.batch
-        )));
-    }
-    let out = a.out.clone().expect("required by clap");
-    let rdv = out.join(".rendezvous");
-    // A private directory (0700) with a fresh secret (0600): only these ranks can join.
-    let _ = std::fs::remove_dir_all(&rdv);
-    dinoedge_distill::rendezvous::prepare_dir(&rdv)?;
-    dinoedge_distill::rendezvous::write_secret(&rdv)?;
     let exe = std::env::current_exe()
         .map_err(|e| Error::resource("ranks (cannot find this program)", e))?;
     // The same arguments without --nproc.
@@ -306,113 +299,15 @@ fn launch_ranks(a: &TrainArgs) -> Result<()> {
             args.push(x);
         }
     }
-    let gpu = a.backend == "cuda" && std::env::var_os("DINOEDGE_CUDA_DEVICE").is_none();
-    let mut children = Vec::new();
-    for r in 0..n {
-        let mut c = std::process::Command::new(&exe);
-        c.args(&args)
-            .env("DINOEDGE_RANK", r.to_string())
-            .env("DINOEDGE_WORLD_SIZE", n.to_string())
-            .env("DINOEDGE_RENDEZVOUS", &rdv);
-        if gpu {
-            c.env("DINOEDGE_CUDA_DEVICE", r.to_string());
-        }
-        if r > 0 {
-            let log = rdv.join(format!("rank-{r}.log"));
-            let f = std::fs::File::create(&log).map_err(|e| Error::Io {
-                path: log,
-                source: e,
-            })?;
-            c.stdout(std::process::Stdio::null()).stderr(f);
-        }
-        children.push(
-            c.spawn()
-                .map_err(|e| Error::resource(format!("rank {r}"), e))?,
-        );
-    }
-    // Poll the ranks; after the first failure give the others 2 s to stop on their own
-    // (a rank that lost a peer fails too), then stop the rest and name every failed rank.
-    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
-    let mut failed_at: Option<std::time::Instant> = None;
-    loop {
-        for r in 0..n {
-            if status[r].is_none() {
-                status[r] = children[r]
-                    .try_wait()
-                    .map_err(|e| Error::resource(format!("rank {r}"), e))?;
-            }
-        }
-        if failed_at.is_none() && status.iter().flatten().any(|s| !s.success()) {
-            failed_at = Some(std::time::Instant::now());
-        }
-        let all = status.iter().all(Option::is_some);
-        if all && failed_at.is_none() {
-            let _ = std::fs::remove_dir_all(&rdv);
-            return Ok(());
-        }
-        if all || failed_at.is_some_and(|t| t.elapsed().as_secs() >= 2) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    for (r, c) in children.iter_mut().enumerate() {
-        if status[r].is_none() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    // Rank 0 is every other rank's peer: list the others first.
-    let mut failed: Vec<(usize, std::process::ExitStatus)> = status
-        .iter()
-        .enumerate()
-        .filter_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
-        .collect();
-    failed.sort_by_key(|&(r, _)| (r == 0, r));
-    let what: Vec<String> = failed
-        .iter()
-        .map(|&(r, st)| {
-            let tail = if r == 0 {
-                "its error is above".to_string()
-            } else {
-                let log = rdv.join(format!("rank-{r}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let mut lines: Vec<&str> = text.lines().rev().take(3).collect();
-                lines.reverse();
-                format!("{} (log: {})", lines.join(" | "), log.display())
-            };
-            format!("rank {r} of {n} stopped ({st}): {tail}")
-        })
-        .collect();
-    let last = checkpoints_under(&out).map_or("no checkpoint was written yet".to_string(), |p| {
-        format!(
-            "the last checkpoint, {}, is intact: rerun with --resume",
-            p.display()
-        )
-    });
-    Err(dinoedge_distill::DistillError::RankFailed(format!(
-        "{}; the other ranks were stopped; {last}",
-        what.join("; ")
-    ))
-    .into())
-}
-
-/// The newest checkpoint of a run directory (or of its students' directories).
-fn checkpoints_under(out: &std::path::Path) -> Option<PathBuf> {
-    let latest = |d: &std::path::Path| {
-        dinoedge_distill::checkpoint::latest(&d.join("checkpoints"))
-            .ok()
-            .flatten()
+    let out = a.out.clone().expect("required by clap");
+    let ranks = Ranks {
+        n: a.nproc,
+        batch: a.batch,
+        exe,
+        args,
+        out,
     };
-    latest(out).or_else(|| {
-        let mut subs: Vec<PathBuf> = std::fs::read_dir(out)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        subs.sort();
-        subs.iter().find_map(|d| latest(d))
-    })
+    Ok(dinoedge_distill::parallel::launch::launch_ranks(&ranks)?)
 }
 
 fn device_of(backend: &str) -> train::TrainDevice {
@@ -512,20 +407,6 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.nproc == 0 {
         return Err(Error::InvalidArgument("--nproc must be at least 1".into()));
     }
-    // A rank started by a cluster launcher: one GPU per rank on its machine (LOCAL_RANK, as
-    // torchrun and SLURM wrappers set it, else the rank), for the teacher and the students.
-    if let Ok(rank) = std::env::var("DINOEDGE_RANK")
-        && std::env::var_os("DINOEDGE_CUDA_DEVICE").is_none()
-        && (a.backend == "cuda" || a.setup.teacher_backend == dinoedge::BackendKind::Cuda)
-    {
-        let local = ["DINOEDGE_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok())
-            .unwrap_or(rank);
-        // SAFETY: set before this process starts any thread (the trainer, loader and
-        // progress threads come later).
-        unsafe { std::env::set_var("DINOEDGE_CUDA_DEVICE", local) };
-    }
     let s = &a.setup;
     let out = a.out.clone().expect("required by clap");
     let many = a.student.len() > 1;
@@ -563,6 +444,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     o.teacher_precision = s.teacher_precision;
     o.device = device_of(&a.backend);
     o.gemm = gemm_of(&a.precision);
+    o.gpu = s.gpu;
     o.cache = a.cache.clone();
     o.size = s.size;
     o.teacher_size = s.teacher_size;

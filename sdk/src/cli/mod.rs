@@ -1,9 +1,11 @@
 //! Subcommands of the `dinoedge` CLI. Results go to stdout, progress and notes to stderr.
 
 mod bench;
+#[cfg(feature = "distill")]
 mod distill;
 mod embed;
 mod eval_quant;
+#[cfg(feature = "onnx")]
 mod import;
 mod info;
 mod live;
@@ -34,12 +36,14 @@ enum Cmd {
     /// Time forward passes and print median / p90 latency (last line: one JSON object).
     Bench(bench::BenchArgs),
     /// Convert an HF-exported DINOv2 / DINOv3 ONNX backbone to an HF safetensors directory.
+    #[cfg(feature = "onnx")]
     ImportOnnx(import::ImportArgs),
     /// Write an f16, bf16 or int8 (W8A8, calibrated) copy of a float model.
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised model with its float original: per-layer cosines, size, stereo score.
     EvalQuant(eval_quant::EvalQuantArgs),
     /// Distil a small DINOv3 student from a teacher's features (subcommands: cache-teacher, eval, plot).
+    #[cfg(feature = "distill")]
     Distill(Box<distill::DistillArgs>),
     /// Propagate first-frame object masks through a video (DINO label propagation).
     Track(Box<track::TrackArgs>),
@@ -67,9 +71,16 @@ pub struct BackendArgs {
     pub threads: Option<usize>,
     /// wgpu adapter: a name substring or an index from `dinoedge info --backend wgpu`
     /// (default: `DINOEDGE_WGPU_ADAPTER`, else the best GPU); cuda: a GPU index (default:
-    /// `DINOEDGE_CUDA_DEVICE`, else 0).
+    /// 0).
     #[arg(long)]
     pub adapter: Option<String>,
+    /// cuda: record each forward shape as a CUDA graph and replay it.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub cuda_graphs: String,
+    /// cuda: the attention kernel of f16 / bf16 sessions on sm_80+: mma (tensor cores) or
+    /// simt (CUDA cores, as f32 sessions and older GPUs run).
+    #[arg(long, default_value = "mma", value_parser = ["mma", "simt"])]
+    pub cuda_attention: String,
     /// Largest image or frame accepted, in pixels (checked from the file header before
     /// decoding).
     #[arg(long, default_value_t = InputLimits::DEFAULT_MAX_PIXELS)]
@@ -88,6 +99,8 @@ impl BackendArgs {
             threads: self.threads,
             adapter: self.adapter.clone(),
             limits: self.limits(),
+            cuda_graphs: self.cuda_graphs == "on",
+            cuda_tensor_core_attention: self.cuda_attention == "mma",
         }
     }
 
@@ -137,11 +150,13 @@ pub fn positive(s: &str) -> std::result::Result<f32, String> {
 }
 
 /// A probability in [0, 1].
+#[cfg_attr(not(feature = "distill"), allow(dead_code))]
 pub fn probability(s: &str) -> std::result::Result<f32, String> {
     float_in(s, |v| (0.0..=1.0).contains(&v), "a number in [0, 1]").map(|v| v as f32)
 }
 
 /// A fraction in [0, 1) (f64).
+#[cfg_attr(not(feature = "distill"), allow(dead_code))]
 pub fn fraction(s: &str) -> std::result::Result<f64, String> {
     float_in(s, |v| (0.0..1.0).contains(&v), "a number in [0, 1)")
 }
@@ -201,6 +216,7 @@ pub fn note(pb: &indicatif::ProgressBar, msg: impl AsRef<str>) {
 
 /// When the bar is hidden (logs, nohup), prints `line` to stderr at most every 30 s so long
 /// jobs still show progress.
+#[cfg_attr(not(feature = "distill"), allow(dead_code))]
 pub fn heartbeat(
     pb: &indicatif::ProgressBar,
     last: &mut std::time::Instant,
@@ -218,9 +234,11 @@ pub fn main() -> Result<()> {
         Cmd::Info(a) => info::run(a),
         Cmd::Embed(a) => embed::run(a),
         Cmd::Bench(a) => bench::run(a),
+        #[cfg(feature = "onnx")]
         Cmd::ImportOnnx(a) => import::run(a),
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::EvalQuant(a) => eval_quant::run(a),
+        #[cfg(feature = "distill")]
         Cmd::Distill(a) => distill::run(*a),
         Cmd::Track(a) => track::track(*a),
         Cmd::EvalDavis(a) => track::eval_davis(a),

@@ -22,7 +22,7 @@ pub mod gpu;
 pub const COMMON: (&str, &str) = ("common.cuh", include_str!("common.cuh"));
 
 /// Opens the CUDA device a session or trainer asks for, with `program` loaded: GPU `ordinal`
-/// (default: `DINOEDGE_CUDA_DEVICE`, else 0) with feature `cuda`, or the emulator
+/// (default 0) with feature `cuda`, or the emulator
 /// (`emulated`, any build).
 pub fn open(
     program: &device::Program,
@@ -32,9 +32,7 @@ pub fn open(
     if emulated {
         return Ok(std::sync::Arc::new(emu::EmuDevice::new(program, 80)?));
     }
-    let ordinal = ordinal
-        .or_else(|| std::env::var("DINOEDGE_CUDA_DEVICE").ok()?.parse().ok())
-        .unwrap_or(0);
+    let ordinal = ordinal.unwrap_or(0);
     #[cfg(feature = "cuda")]
     {
         Ok(std::sync::Arc::new(gpu::CudaDevice::new(program, ordinal)?))

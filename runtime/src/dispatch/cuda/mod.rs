@@ -43,17 +43,34 @@ const MAX_GRAPHS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct CudaOptions {
     pub precision: Precision,
-    /// GPU index (default: `DINOEDGE_CUDA_DEVICE`, else 0).
+    /// GPU index (default 0).
     pub ordinal: Option<usize>,
     /// Run on the emulator instead of a GPU.
     pub emulated: bool,
+    /// Record each forward shape as a CUDA graph and replay it.
+    pub graphs: bool,
+    /// Tensor-core attention where the kernel exists (f16 / bf16 on sm_80+).
+    pub tensor_core_attention: bool,
+}
+
+impl CudaOptions {
+    /// A GPU (or the emulator) at `precision` with graphs and tensor-core attention on.
+    pub fn new(precision: Precision, ordinal: Option<usize>, emulated: bool) -> CudaOptions {
+        CudaOptions {
+            precision,
+            ordinal,
+            emulated,
+            graphs: true,
+            tensor_core_attention: true,
+        }
+    }
 }
 
 pub struct CudaBackend {
     dev: Arc<dyn Device>,
     kind: BackendKind,
     precision: Precision,
-    /// Tensor-core attention where the kernel exists (`DINOEDGE_CUDA_ATTENTION=simt`: off).
+    /// Tensor-core attention where the kernel exists.
     tensor_core_attention: bool,
     scratch: RefCell<GemmScratch>,
     graphs: RefCell<Graphs>,
@@ -73,11 +90,12 @@ impl CudaBackend {
             });
         }
         let dev = crate::backend::cuda::open(&ops::cuda_program(), o.emulated, o.ordinal)?;
-        Ok(Self::on(dev, o.precision, o.emulated))
+        Ok(Self::on(dev, o))
     }
 
     /// A backend on an opened device (which must have `ops::cuda_program()` loaded).
-    pub fn on(dev: Arc<dyn Device>, precision: Precision, emulated: bool) -> Self {
+    pub fn on(dev: Arc<dyn Device>, o: &CudaOptions) -> Self {
+        let (precision, emulated) = (o.precision, o.emulated);
         CudaBackend {
             scratch: RefCell::new(GemmScratch::new(&dev)),
             dev,
@@ -87,10 +105,9 @@ impl CudaBackend {
                 BackendKind::Cuda
             },
             precision,
-            tensor_core_attention: std::env::var("DINOEDGE_CUDA_ATTENTION")
-                .map_or(true, |v| v != "simt"),
+            tensor_core_attention: o.tensor_core_attention,
             graphs: RefCell::new(Graphs {
-                enabled: std::env::var("DINOEDGE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+                enabled: o.graphs,
                 ..Default::default()
             }),
         }

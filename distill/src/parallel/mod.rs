@@ -19,6 +19,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod launch;
+
 use crate::cuda::{DevPtr, Device, bytes, bytes_mut};
 use crate::error::{DistillError, Result};
 use crate::rendezvous;
@@ -29,6 +31,9 @@ pub struct World {
     pub rank: usize,
     pub size: usize,
     pub rendezvous: PathBuf,
+    /// This rank's index on its machine (`DINOEDGE_LOCAL_RANK`, `LOCAL_RANK` as torchrun
+    /// sets it, `SLURM_LOCALID`, else the rank): its GPU by default.
+    pub local_rank: usize,
 }
 
 /// How long a rank waits for the others to appear, and for one step's sums.
@@ -70,10 +75,18 @@ impl World {
                 "DINOEDGE_RANK={rank} with DINOEDGE_WORLD_SIZE={size}: ranks are 0..{size}"
             )));
         }
+        let local_rank = match ["DINOEDGE_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID"]
+            .iter()
+            .find_map(|k| Some((*k, get(k)?)))
+        {
+            Some((k, v)) => num(k, &v)?,
+            None => rank,
+        };
         Ok(Some(World {
             rank,
             size,
             rendezvous: PathBuf::from(dir),
+            local_rank,
         }))
     }
 }
@@ -398,6 +411,7 @@ pub mod nccl {
             rank: 0,
             size: 1,
             rendezvous: PathBuf::new(),
+            local_rank: 0,
         };
         let mut v: c_int = 0;
         // SAFETY: `v` receives the version code.
@@ -570,6 +584,7 @@ mod tests {
             rank,
             size: 2,
             rendezvous: rdv.clone(),
+            local_rank: rank,
         };
         let w0 = world(0);
         let rank0 = std::thread::spawn(move || Tcp::join(&w0));
