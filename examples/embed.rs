@@ -4,7 +4,8 @@
 //! cargo run --release -p dinoedge-examples --example embed -- MODEL_DIR IMAGE [PCA.png]
 //! ```
 
-use dinoedge::pca::{PcaBasis, upsample};
+use dinoedge::dense::resize_rgb;
+use dinoedge::pca::PcaBasis;
 use dinoedge::{Embedder, EmbedderOptions, InputMode, image_io};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cls[:8] = {:?}", &f.last.cls.data[..8.min(f.dim())]);
     if let Some(out) = rest.first() {
         let basis = PcaBasis::fit(&f.last.patches.data, f.dim())?;
-        let pic = upsample(
+        let pic = resize_rgb(
             &basis.render(&f.last.patches.data, f.grid),
             img.width,
             img.height,

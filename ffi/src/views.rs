@@ -1,7 +1,8 @@
 //! Dense views: PCA picture, similarity map, TokenCut discovery.
 
+use dinoedge::dense::resize_rgb;
 use dinoedge::dense::{patch_at, similarity_map};
-use dinoedge::pca::{PcaBasis, upsample};
+use dinoedge::pca::PcaBasis;
 use dinoedge::tokencut::{TokenCutConfig, tokencut};
 
 use crate::dinoedge_status::{self, *};
@@ -72,7 +73,7 @@ pub extern "C" fn dinoedge_pca_render(
         if width == 0 || height == 0 {
             return Err(Fail::arg("width and height must be at least 1"));
         }
-        let img = upsample(&b.basis.render(p, grid), width as usize, height as usize);
+        let img = resize_rgb(&b.basis.render(p, grid), width as usize, height as usize);
         copy_out(&img.data, rgb, capacity, std::ptr::null_mut(), "rgb")
     })
 }

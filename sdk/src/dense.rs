@@ -124,7 +124,8 @@ pub fn blend(img: &RgbImage, over: &RgbImage, alpha: f32) -> RgbImage {
     }
 }
 
-/// Resizes an RGB image to (w, h), bilinear with antialiasing.
+/// Resizes an RGB image to (w, h), bilinear (align_corners = False) with antialiasing when
+/// shrinking: the one resize of 8-bit pictures (PCA maps up to the frame, frames down to a view).
 pub fn resize_rgb(img: &RgbImage, w: usize, h: usize) -> RgbImage {
     let (iw, ih) = (img.width, img.height);
     let mut planar = vec![0.0f32; 3 * iw * ih];

@@ -7,7 +7,6 @@
 //! fixed basis, so colours stay stable across frames of a video.
 
 use dinoedge_runtime::RgbImage;
-use dinoedge_runtime::resample::{Filter, resize_aa};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use crate::error::{Error, Result};
@@ -126,31 +125,6 @@ impl PcaBasis {
             height: grid.0,
             data,
         }
-    }
-}
-
-/// Bilinear upsampling of an RGB image (align_corners = False), e.g. a patch map to the
-/// input image size.
-pub fn upsample(img: &RgbImage, width: usize, height: usize) -> RgbImage {
-    let (w, h) = (img.width, img.height);
-    let mut planar = vec![0.0f32; 3 * w * h];
-    for (i, px) in img.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            planar[c * w * h + i] = px[c] as f32;
-        }
-    }
-    let up = resize_aa(&planar, 3, h, w, height, width, Filter::Bilinear);
-    let n = width * height;
-    let mut data = vec![0u8; 3 * n];
-    for i in 0..n {
-        for c in 0..3 {
-            data[3 * i + c] = up[c * n + i].round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    RgbImage {
-        width,
-        height,
-        data,
     }
 }
 

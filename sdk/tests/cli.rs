@@ -1,54 +1,16 @@
 //! The `dinoedge` CLI contract (other checks rely on exactly this), and its bad-input paths:
 //! each bad input gives a clear message, exit status 1, no panic, and no output file.
 
+mod common;
+
+use common::{fails, fixtures, ok, run, s};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use dinoedge::runtime::testing::compare;
 use dinoedge::runtime::weights::TensorStore;
 use dinoedge::runtime::weights::store::{f32_entry, write_safetensors};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn dinoedge(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
-        .args(args)
-        .output()
-        .expect("run dinoedge");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "panic: {stderr}"
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = dinoedge(args);
-    assert!(
-        out.status.success(),
-        "dinoedge {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = dinoedge(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "dinoedge {args:?} should fail with status 1"
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A writable copy of a fixture model.
 fn copy_model(name: &str, to: &Path) -> PathBuf {
@@ -700,7 +662,7 @@ fn wgpu_backend_from_the_cli() {
     );
     assert!(!out.exists());
     // With the adapter this machine has (lavapipe in CI).
-    let info = dinoedge(&["info", "--backend", "wgpu"]);
+    let info = run(&["info", "--backend", "wgpu"]);
     if !info.status.success() {
         let e = String::from_utf8_lossy(&info.stderr);
         assert!(

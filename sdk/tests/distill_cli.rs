@@ -3,53 +3,15 @@
 //! every bad input of the issue (empty data, unalignable grids, NaN, full disk, resuming
 //! with another config).
 
+mod common;
+
+use common::{bin, fails, fixtures, ok, run};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dinoedge::runtime::weights::TensorStore;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dinoedge")
-}
-
-fn run(args: &[String]) -> Output {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run dinoedge");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "panic: {stderr}"
-    );
-    out
-}
-
-fn ok(args: &[String]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "dinoedge {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[String]) -> String {
-    let out = run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "dinoedge {args:?} should fail:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
 
 /// Synthetic photos-like images: smooth colour fields with a few rectangles.
 fn make_images(dir: &Path, n: usize) {
@@ -215,10 +177,10 @@ fn a_run_writes_the_student_metrics_plot_and_checkpoints() {
     ck.sort();
     assert_eq!(ck, vec!["latest", "step-00000010", "step-00000012"]);
     // The exported student is a runtime model.
-    let info = ok(&["info".into(), out.to_str().unwrap().into()]);
+    let info = ok(&["info", out.to_str().unwrap()]);
     assert!(info.contains("dinov3_vit"), "{info}");
     // eval reads it back with its heads.
-    let e = ok(&[
+    let e = ok::<String>(&[
         "distill".into(),
         "eval".into(),
         "--teacher".into(),
@@ -234,7 +196,7 @@ fn a_run_writes_the_student_metrics_plot_and_checkpoints() {
         "{e}"
     );
     // --holdout-of evaluates on exactly the images the run held out (the same split).
-    let e = ok(&[
+    let e = ok::<String>(&[
         "distill".into(),
         "eval".into(),
         "--teacher".into(),

@@ -10,21 +10,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{bin, fixtures, s};
+
 use dinoedge::runtime::config::ModelConfig;
 use dinoedge::runtime::weights::layout::hub_tensors;
 use dinoedge::runtime::weights::store::write_safetensors;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dinoedge")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
-}
 
 /// Runs the CLI under `ulimit -v 2500000` with a 60 s watchdog.
 fn bounded(args: &[&str]) -> Output {

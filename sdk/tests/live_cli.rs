@@ -4,52 +4,16 @@
 //! a failure under DINOEDGE_REQUIRE_CHROMIUM=1 as in CI).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
+
+use common::{bin, fails, ok};
 
 use dinoedge::davis::{Mask, read_mask, write_mask};
 
 fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf/dinov2")
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dinoedge")
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run dinoedge");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("internal error"),
-        "panic: {stderr}"
-    );
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "dinoedge {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "dinoedge {args:?} should fail:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
 }
 
 fn s(p: &Path) -> &str {

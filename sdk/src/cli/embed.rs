@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use dinoedge::dense::resize_rgb;
 use dinoedge::features_io::{concat, read_pixels, write_features};
-use dinoedge::pca::{PcaBasis, upsample};
+use dinoedge::pca::PcaBasis;
 use dinoedge::{Embedder, EmbedderOptions, Error, Features, InputMode, Result, image_io};
 
 use super::{BackendArgs, progress};
@@ -224,7 +225,7 @@ fn pca_pictures(
         for b in 0..f.batch() {
             let patches = &f.last.patches.data[b * per..(b + 1) * per];
             let basis = PcaBasis::fit(patches, dim)?;
-            let img = upsample(&basis.render(patches, f.grid), *w, *h);
+            let img = resize_rgb(&basis.render(patches, f.grid), *w, *h);
             let file = if total == 1 {
                 path.to_path_buf()
             } else {

@@ -20,7 +20,7 @@ use crate::draw::Canvas;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::frames::{Frame, LatestFrame};
-use crate::pca::{PcaBasis, upsample};
+use crate::pca::PcaBasis;
 use crate::track::{LabelPropagator, PointTracker, PropagationConfig};
 
 /// What a click asks for.
@@ -346,7 +346,7 @@ impl Pipeline {
                 Some(b) => b,
                 None => self.basis.insert(PcaBasis::fit(patches, dim)?),
             };
-            let pca = upsample(&basis.render(patches, grid), dw, dh);
+            let pca = resize_rgb(&basis.render(patches, grid), dw, dh);
             let mut view = input.clone();
             if let Some(q) = &self.query {
                 let sims: Vec<f32> = normalized(patches, dim)

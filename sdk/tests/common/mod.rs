@@ -1,8 +1,10 @@
 //! Helpers shared by the CLI test binaries (each includes this module with `mod common;`).
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use dinoedge::davis::{Mask, write_mask};
@@ -63,4 +65,63 @@ pub fn mask_file(path: &Path, w: usize, h: usize, every: usize) {
         },
     )
     .unwrap();
+}
+
+/// `fixtures/` at the repository root.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// The `dinoedge` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dinoedge")
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs the CLI; a panic or an internal error in its stderr fails the test.
+pub fn run<A: AsRef<OsStr>>(args: &[A]) -> Output {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run dinoedge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "panic: {stderr}"
+    );
+    out
+}
+
+fn shown<A: AsRef<OsStr>>(args: &[A]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok<A: AsRef<OsStr>>(args: &[A]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "dinoedge {:?} failed:\n{}",
+        shown(args),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with status 1; returns stderr.
+pub fn fails<A: AsRef<OsStr>>(args: &[A]) -> String {
+    let out = run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "dinoedge {:?} should fail:\n{}",
+        shown(args),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr).unwrap()
 }

@@ -1,0 +1,166 @@
+//! [`LatestFrame`]: a source on its own thread, keeping only its newest frame.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+use super::*;
+
+/// Shared state of [`LatestFrame`].
+struct Slot {
+    frame: Option<Frame>,
+    /// Frames replaced before anyone took them.
+    dropped: u64,
+    ended: bool,
+    error: Option<String>,
+    stop: bool,
+}
+
+/// Runs a source on its own thread and keeps only its newest frame. `reopen` (for cameras)
+/// is called with backoff when the source fails, so a camera that disappears and comes back
+/// resumes instead of ending the stream.
+pub struct LatestFrame {
+    shared: Arc<(Mutex<Slot>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The source's description, for errors.
+    name: String,
+}
+
+/// How to get a source again after a failure (None: failures end the stream).
+pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
+
+impl LatestFrame {
+    pub fn start(mut source: Box<dyn FrameSource>, mut reopen: Option<Reopen>) -> Self {
+        let name = source.describe();
+        let shared = Arc::new((
+            Mutex::new(Slot {
+                frame: None,
+                dropped: 0,
+                ended: false,
+                error: None,
+                stop: false,
+            }),
+            Condvar::new(),
+        ));
+        let s = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if s.0.lock().unwrap_or_else(|e| e.into_inner()).stop {
+                    return;
+                }
+                match source.next_frame() {
+                    Ok(Some(f)) => {
+                        backoff = Duration::from_millis(200);
+                        let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
+                        if slot.frame.is_some() {
+                            slot.dropped += 1;
+                        }
+                        slot.frame = Some(f);
+                        s.1.notify_all();
+                    }
+                    Ok(None) => {
+                        let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
+                        slot.ended = true;
+                        s.1.notify_all();
+                        return;
+                    }
+                    Err(e) => {
+                        let Some(r) = reopen.as_mut() else {
+                            let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
+                            slot.error = Some(e.to_string());
+                            slot.ended = true;
+                            s.1.notify_all();
+                            return;
+                        };
+                        s.0.lock().unwrap_or_else(|e| e.into_inner()).error =
+                            Some(format!("{e}; retrying in {:.1} s", backoff.as_secs_f64()));
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if let Ok(src) = r() {
+                            source = src;
+                            s.0.lock().unwrap_or_else(|e| e.into_inner()).error = None;
+                        }
+                    }
+                }
+            }
+        });
+        LatestFrame {
+            shared,
+            thread: Some(thread),
+            name,
+        }
+    }
+
+    /// Waits (up to `timeout`) for a frame newer than the last one taken. `Ok(None)` when
+    /// the stream ended; an error when it failed for good.
+    pub fn take(&self, timeout: Duration) -> Result<Option<Frame>> {
+        let (m, cv) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut slot = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(f) = slot.frame.take() {
+                return Ok(Some(f));
+            }
+            if slot.ended {
+                return match &slot.error {
+                    Some(e) => Err(Error::Source {
+                        name: self.name.clone(),
+                        reason: format!("failed: {e}"),
+                    }),
+                    None => Ok(None),
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Source {
+                    name: self.name.clone(),
+                    reason: format!(
+                        "no frame for {:.1} s{}",
+                        timeout.as_secs_f64(),
+                        slot.error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            slot = cv
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Frames dropped so far because the consumer was slower than the source.
+    pub fn dropped(&self) -> u64 {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped
+    }
+
+    /// The current transient error (a camera being retried), if any.
+    pub fn status(&self) -> Option<String> {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .clone()
+    }
+}
+
+impl Drop for LatestFrame {
+    fn drop(&mut self) {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        if let Some(t) = self.thread.take() {
+            // A blocked camera read may not return promptly; do not wait for it.
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
