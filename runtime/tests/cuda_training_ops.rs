@@ -164,8 +164,8 @@ fn layer_norm_forward_with_cache_and_backward() {
             )
             .unwrap();
             dev.check(&format!("layer_norm_forward {rows}x{cols}"), og, &out, cols);
-            dev.check("layer_norm mean", c.mean, &cache.mean, 1);
-            dev.check("layer_norm rstd", c.rstd, &cache.rstd, 1);
+            dev.check("layer_norm mean", c.mean, cache.mean, 1);
+            dev.check("layer_norm rstd", c.rstd, cache.rstd, 1);
             let partial = dev.zeros(column_sum::cuda::partial_len(cols));
             let (dxg, dwg, dbg) = (
                 dev.zeros(rows * cols),

@@ -265,9 +265,43 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         .ok_or_else(|| err(path, "the model has no graph"))?;
     let graph = Graph::new(path, g);
     let mut notes = Vec::new();
+    let b = backbone(&graph)?;
+    notes.push(format!(
+        "backbone prefix {:?}, family {}",
+        b.prefix,
+        b.family.model_type()
+    ));
+    let mut linears = linears(&graph, &b)?;
+    let (config, mut tensors) = infer_config(&graph, &b, &linears, &mut notes)?;
+    config
+        .validate()
+        .map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
+    gather_params(&graph, &config, &b.prefix, &mut linears, &mut tensors)?;
+    Ok(OnnxImport {
+        config,
+        tensors,
+        prefix: b.prefix,
+        notes,
+    })
+}
 
-    // Prefix and family from the embedding initializers.
-    let prefix = g
+/// Where the backbone sits in the graph and what it is.
+struct Backbone {
+    /// Initializer name prefix (`backbone.`), and the node name prefix (`/backbone`).
+    prefix: String,
+    node_prefix: String,
+    family: Family,
+    /// The patch embedding: width, input channels, patch size.
+    dim: usize,
+    channels: usize,
+    patch: usize,
+}
+
+/// Phase 1: the prefix and family from the embedding initializers, and the patch geometry.
+fn backbone(graph: &Graph) -> Result<Backbone> {
+    let path = graph.path;
+    let prefix = graph
+        .g
         .initializer
         .iter()
         .find_map(|t| t.name.strip_suffix("embeddings.cls_token"))
@@ -288,20 +322,15 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             format!("no {prefix}embeddings.patch_embeddings weight: unknown backbone layout"),
         ));
     };
-    notes.push(format!(
-        "backbone prefix {prefix:?}, family {}",
-        family.model_type()
-    ));
-
     let node_prefix = format!("/{}", prefix.replace('.', "/"));
+    let projection = if family == Family::Dinov3 {
+        ""
+    } else {
+        "projection."
+    };
     let (patch_shape, _) = graph
         .init_f32(&format!(
-            "{prefix}embeddings.patch_embeddings.{}weight",
-            if family == Family::Dinov3 {
-                ""
-            } else {
-                "projection."
-            }
+            "{prefix}embeddings.patch_embeddings.{projection}weight"
         ))?
         .expect("checked above");
     if patch_shape.len() != 4 || patch_shape[2] != patch_shape[3] || patch_shape.contains(&0) {
@@ -310,24 +339,43 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             format!("patch embedding weight has shape {patch_shape:?}, expected (D, C, P, P)"),
         ));
     }
-    let (dim, channels, patch) = (patch_shape[0], patch_shape[1], patch_shape[2]);
+    Ok(Backbone {
+        prefix,
+        node_prefix,
+        family,
+        dim: patch_shape[0],
+        channels: patch_shape[1],
+        patch: patch_shape[2],
+    })
+}
 
-    // Linear weights: named initializers first, then anonymous MatMul / Gemm operands.
-    let mut linear: BTreeMap<(usize, L), Vec<f32>> = BTreeMap::new();
-    let mut linear_shapes: BTreeMap<(usize, L), (usize, usize)> = BTreeMap::new();
+/// The blocks' Linear weights found as MatMul / Gemm operands, in HF's (out, in) layout.
+struct Linears {
+    weights: BTreeMap<(usize, L), Vec<f32>>,
+    shapes: BTreeMap<(usize, L), (usize, usize)>,
+    num_layers: usize,
+}
+
+/// Phase 2: the Linear weights of anonymous MatMul / Gemm operands, and the number of
+/// blocks (from those nodes and from named initializers).
+fn linears(graph: &Graph, b: &Backbone) -> Result<Linears> {
+    let path = graph.path;
+    let mut weights: BTreeMap<(usize, L), Vec<f32>> = BTreeMap::new();
+    let mut shapes: BTreeMap<(usize, L), (usize, usize)> = BTreeMap::new();
     let mut num_layers = 0usize;
-    for node in g
+    for node in graph
+        .g
         .node
         .iter()
         .filter(|n| n.op_type == "MatMul" || n.op_type == "Gemm")
     {
-        if !node.name.starts_with(&node_prefix) {
+        if !node.name.starts_with(&b.node_prefix) {
             continue;
         }
         let Some((layer, module)) = linear_site(&node.name) else {
             continue;
         };
-        let Some((wp, _)) = module_params(family, &module) else {
+        let Some((wp, _)) = module_params(b.family, &module) else {
             continue;
         };
         let Some(t) = node.input.get(1).and_then(|i| graph.inits.get(i.as_str())) else {
@@ -351,12 +399,16 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             (shape[1], shape[0], transpose(&data, shape[0], shape[1]))
         };
         num_layers = num_layers.max(layer + 1);
-        linear_shapes.insert((layer, wp), (out_f, in_f));
-        linear.insert((layer, wp), w);
+        shapes.insert((layer, wp), (out_f, in_f));
+        weights.insert((layer, wp), w);
     }
     // Layers may also be counted from named initializers (LayerNorms keep their names).
-    for t in &g.initializer {
-        if let Some(layer) = t.name.strip_prefix(prefix.as_str()).and_then(layer_of_name) {
+    for t in &graph.g.initializer {
+        if let Some(layer) = t
+            .name
+            .strip_prefix(b.prefix.as_str())
+            .and_then(layer_of_name)
+        {
             num_layers = num_layers.max(layer + 1);
         }
     }
@@ -366,15 +418,31 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
             "found no transformer layers (no nodes named like .../layer.N/...)",
         ));
     }
+    Ok(Linears {
+        weights,
+        shapes,
+        num_layers,
+    })
+}
 
-    // MLP width and kind.
-    let gated = family_gated(&graph, family, &prefix, &linear);
+/// Phase 3: the config (MLP width and kind, heads, epsilon, registers, biases, positions),
+/// and the learned position table where the family has one.
+fn infer_config(
+    graph: &Graph,
+    b: &Backbone,
+    lin: &Linears,
+    notes: &mut Vec<String>,
+) -> Result<(ModelConfig, HashMap<Param, Vec<f32>>)> {
+    let path = graph.path;
+    let (family, prefix, node_prefix) = (b.family, &b.prefix, &b.node_prefix);
+    let (dim, num_layers) = (b.dim, lin.num_layers);
+    let gated = family_gated(graph, family, prefix, &lin.weights);
     let packed_gate_up = gated
-        && !linear_shapes.contains_key(&(0, L::UpWeight))
-        && linear_shapes.contains_key(&(0, L::GateWeight));
+        && !lin.shapes.contains_key(&(0, L::UpWeight))
+        && lin.shapes.contains_key(&(0, L::GateWeight));
     let hidden = match (
-        linear_shapes.get(&(0, L::UpWeight)),
-        linear_shapes.get(&(0, L::GateWeight)),
+        lin.shapes.get(&(0, L::UpWeight)),
+        lin.shapes.get(&(0, L::GateWeight)),
     ) {
         (Some(&(o, _)), _) => o,
         (None, Some(&(o, _))) => {
@@ -384,11 +452,11 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
                 o
             }
         }
-        (None, None) => named_mlp_width(&graph, &prefix, family)
+        (None, None) => named_mlp_width(graph, prefix, family)
             .ok_or_else(|| err(path, "cannot find the first layer's MLP input projection"))?,
     };
-    let act = mlp_activation(&graph, &node_prefix, gated)?;
-    let heads = attention_heads(&graph, &node_prefix, dim).ok_or_else(|| {
+    let act = mlp_activation(graph, node_prefix, gated)?;
+    let heads = attention_heads(graph, node_prefix, dim).ok_or_else(|| {
         err(
             path,
             "cannot infer the number of attention heads from the attention reshape",
@@ -398,14 +466,13 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         "{num_layers} layers, {heads} heads, dim {dim}, MLP {hidden} ({})",
         if gated { "gated" } else { "plain" }
     ));
-    let eps = layer_norm_eps(&graph, &node_prefix).unwrap_or_else(|| {
+    let eps = layer_norm_eps(graph, node_prefix).unwrap_or_else(|| {
         let e = if family == Family::Dinov3 { 1e-5 } else { 1e-6 };
         notes.push(format!(
             "LayerNorm epsilon not found in the graph; using the family default {e}"
         ));
         e
     });
-
     let registers = match graph
         .inits
         .get(format!("{prefix}embeddings.register_tokens").as_str())
@@ -415,21 +482,61 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         None => 0,
     };
     let bias_present = |lp: L| -> bool {
-        let hub = layout_name(family, &prefix, 0, lp);
+        let hub = layout_name(family, prefix, 0, lp);
         hub.iter().any(|n| graph.inits.contains_key(n.as_str()))
     };
-
     let mut tensors: HashMap<Param, Vec<f32>> = HashMap::new();
-    let positions = match family {
+    let positions = positions(graph, b, heads, notes, &mut tensors)?;
+    let image_size = match positions {
+        Positions::Learned { grid, .. } => grid * b.patch,
+        Positions::Rope { .. } => 224,
+    };
+    let config = ModelConfig {
+        family,
+        hidden_size: dim,
+        num_layers,
+        num_heads: heads,
+        intermediate_size: hidden,
+        mlp: if gated {
+            MlpKind::Gated(act)
+        } else {
+            MlpKind::Plain(act)
+        },
+        patch_size: b.patch,
+        num_channels: b.channels,
+        num_register_tokens: registers,
+        layer_norm_eps: eps,
+        query_bias: bias_present(L::QBias),
+        key_bias: bias_present(L::KBias),
+        value_bias: bias_present(L::VBias),
+        proj_bias: bias_present(L::OBias),
+        mlp_bias: bias_present(L::DownBias),
+        positions,
+        image_size,
+        quantization: None,
+    };
+    Ok((config, tensors))
+}
+
+/// RoPE's theta (DINOv3), or the learned position table (DINOv2, into `tensors`).
+fn positions(
+    graph: &Graph,
+    b: &Backbone,
+    heads: usize,
+    notes: &mut Vec<String>,
+    tensors: &mut HashMap<Param, Vec<f32>>,
+) -> Result<Positions> {
+    let (path, dim) = (graph.path, b.dim);
+    match b.family {
         Family::Dinov3 => {
-            let theta = rope_theta(&graph, &node_prefix, dim / heads).unwrap_or_else(|| {
+            let theta = rope_theta(graph, &b.node_prefix, dim / heads).unwrap_or_else(|| {
                 notes.push("RoPE frequencies not found in the graph; using rope_theta 100".into());
                 100.0
             });
-            Positions::Rope { theta }
+            Ok(Positions::Rope { theta })
         }
         Family::Dinov2 | Family::Dinov2Registers => {
-            let table = position_table(&graph, &prefix, &node_prefix, dim)?;
+            let table = position_table(graph, &b.prefix, &b.node_prefix, dim)?;
             let n = (table.len() / dim).checked_sub(1).ok_or_else(|| {
                 err(
                     path,
@@ -447,46 +554,29 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
                 ));
             }
             tensors.insert(Param::PosEmbed, table);
-            Positions::Learned {
+            Ok(Positions::Learned {
                 grid,
-                antialias: family == Family::Dinov2Registers,
-            }
+                antialias: b.family == Family::Dinov2Registers,
+            })
         }
-    };
-    let image_size = match positions {
-        Positions::Learned { grid, .. } => grid * patch,
-        Positions::Rope { .. } => 224,
-    };
-    let config = ModelConfig {
-        family,
-        hidden_size: dim,
-        num_layers,
-        num_heads: heads,
-        intermediate_size: hidden,
-        mlp: if gated {
-            MlpKind::Gated(act)
-        } else {
-            MlpKind::Plain(act)
-        },
-        patch_size: patch,
-        num_channels: channels,
-        num_register_tokens: registers,
-        layer_norm_eps: eps,
-        query_bias: bias_present(L::QBias),
-        key_bias: bias_present(L::KBias),
-        value_bias: bias_present(L::VBias),
-        proj_bias: bias_present(L::OBias),
-        mlp_bias: bias_present(L::DownBias),
-        positions,
-        image_size,
-        quantization: None,
-    };
-    config
-        .validate()
-        .map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
+    }
+}
 
-    // Every parameter of the architecture, from a named initializer or a MatMul operand.
-    for p in layout::params(&config) {
+/// Phase 4: every parameter of the architecture, from a named initializer or a MatMul
+/// operand, checked against its shape.
+fn gather_params(
+    graph: &Graph,
+    config: &ModelConfig,
+    prefix: &str,
+    lin: &mut Linears,
+    tensors: &mut HashMap<Param, Vec<f32>>,
+) -> Result<()> {
+    let path = graph.path;
+    let (gated, hidden) = (
+        matches!(config.mlp, MlpKind::Gated(_)),
+        config.intermediate_size,
+    );
+    for p in layout::params(config) {
         if tensors.contains_key(&p) {
             continue;
         }
@@ -503,49 +593,44 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
                         | L::GateWeight
                 ) =>
             {
-                match named_param(&graph, &config, &prefix, p)? {
+                match named_param(graph, config, prefix, p)? {
                     Some(v) => v,
-                    None => {
-                        anonymous_linear(&mut linear, l, lp, gated, hidden).ok_or_else(|| {
+                    None => anonymous_linear(&mut lin.weights, l, lp, gated, hidden).ok_or_else(
+                        || {
                             err(
                                 path,
                                 format!(
                                     "layer {l}: no weight for {lp:?} (named or as a MatMul operand)"
                                 ),
                             )
-                        })?
-                    }
+                        },
+                    )?,
                 }
             }
-            _ => named_param(&graph, &config, &prefix, p)?.ok_or_else(|| {
+            _ => named_param(graph, config, prefix, p)?.ok_or_else(|| {
                 err(
                     path,
                     format!(
                         "missing initializer {:?}",
-                        format!("{prefix}{}", layout::hub_location(&config, p).key)
+                        format!("{prefix}{}", layout::hub_location(config, p).key)
                     ),
                 )
             })?,
         };
-        let want: usize = layout::shape(&config, p).iter().product();
+        let want: usize = layout::shape(config, p).iter().product();
         if data.len() != want {
             return Err(err(
                 path,
                 format!(
                     "{p:?} has {} values, expected shape {:?}",
                     data.len(),
-                    layout::shape(&config, p)
+                    layout::shape(config, p)
                 ),
             ));
         }
         tensors.insert(p, data);
     }
-    Ok(OnnxImport {
-        config,
-        tensors,
-        prefix,
-        notes,
-    })
+    Ok(())
 }
 
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -12,6 +12,7 @@
 //!   applied per Linear only where it lowers the int8 error on the calibration sample, with
 //!   `a` chosen from a small grid.
 
+pub mod config;
 pub mod observer;
 
 use std::collections::{BTreeMap, HashMap};
