@@ -258,6 +258,41 @@ pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: u
     out
 }
 
+/// Every buffer of one forward at `d` with `captures` captured blocks: (name, f32 elements),
+/// in allocation order. [`Plan::new`] allocates exactly these, and the CUDA memory plan
+/// (`dispatch::cuda::plan`) sums them, so the two cannot drift apart.
+pub fn buffer_table(
+    cfg: &ModelConfig,
+    d: &Dims,
+    captures: usize,
+    patch_embed_scratch: usize,
+) -> Vec<(&'static str, usize)> {
+    let (rows, dim, i) = (d.rows(), d.dim, d.hidden);
+    let gated = matches!(cfg.mlp, MlpKind::Gated(_));
+    let mut t = vec![
+        ("pixels", d.batch * d.channels * d.height * d.width),
+        ("patch_embed scratch", patch_embed_scratch),
+        ("x", rows * dim),
+        ("h", rows * dim),
+        ("qkv", rows * 3 * dim),
+        ("attn", rows * dim),
+        ("mlp", rows * if gated { 2 * i } else { i }),
+    ];
+    if gated {
+        t.push(("mlp_act", rows * i));
+    }
+    t.push(("out", rows * dim));
+    t.extend((0..captures).map(|_| ("captured", rows * dim)));
+    match cfg.positions {
+        Positions::Rope { .. } => {
+            let n = d.patches() * d.head_dim();
+            t.extend([("rope cos", n), ("rope sin", n)]);
+        }
+        Positions::Learned { .. } => t.push(("positions", (1 + d.patches()) * dim)),
+    }
+    t
+}
+
 /// Every buffer of one forward for fixed dims.
 pub struct Plan<B: Backend> {
     /// Unique per plan (backends key recorded forwards by it).
@@ -292,42 +327,64 @@ impl<B: Backend> Plan<B> {
             ));
         }
         backend.reserve(&dims)?;
-        let rows = dims.rows();
-        let (d, i) = (dims.dim, dims.hidden);
+        let scratch = backend.patch_embed_scratch(&dims);
+        let mut table = buffer_table(cfg, &dims, capture.len(), scratch).into_iter();
+        // The table's entries in order: allocated, or uploaded (tables), each checked
+        // against its planned size.
+        let mut next = |name: &str, data: Option<&[f32]>| -> Result<B::Buffer> {
+            let (n, len) = table.next().expect("the plan lists every buffer");
+            debug_assert_eq!(n, name, "buffer order");
+            match data {
+                Some(v) => {
+                    debug_assert_eq!(v.len(), len, "{name}: planned size");
+                    backend.upload(v)
+                }
+                None => backend.alloc(len),
+            }
+        };
         let gated = matches!(cfg.mlp, MlpKind::Gated(_));
-        let rope = match cfg.positions {
+        let pixels = next("pixels", None)?;
+        let scratch = next("patch_embed scratch", None)?;
+        let (x, h) = (next("x", None)?, next("h", None)?);
+        let (qkv, attn, mlp) = (next("qkv", None)?, next("attn", None)?, next("mlp", None)?);
+        let mlp_act = if gated {
+            Some(next("mlp_act", None)?)
+        } else {
+            None
+        };
+        let out = next("out", None)?;
+        let captured = capture
+            .iter()
+            .map(|_| next("captured", None))
+            .collect::<Result<_>>()?;
+        let (mut rope, mut pos) = (None, None);
+        match cfg.positions {
             Positions::Rope { theta } => {
                 let (c, s) = ops::rope::tables(dims.grid_h, dims.grid_w, dims.head_dim(), theta);
-                Some((backend.upload(&c)?, backend.upload(&s)?))
+                rope = Some((next("rope cos", Some(&c))?, next("rope sin", Some(&s))?));
             }
-            Positions::Learned { .. } => None,
-        };
-        let pos = match &m.pos_table {
-            Some(t) => Some(backend.upload(&position_table(cfg, t, dims.grid_h, dims.grid_w))?),
-            None => None,
-        };
+            Positions::Learned { .. } => {
+                if let Some(t) = &m.pos_table {
+                    let table = position_table(cfg, t, dims.grid_h, dims.grid_w);
+                    pos = Some(next("positions", Some(&table))?);
+                }
+            }
+        }
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Plan {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dims,
             capture: capture.to_vec(),
-            pixels: backend.alloc(dims.batch * dims.channels * dims.height * dims.width)?,
-            scratch: backend.alloc(backend.patch_embed_scratch(&dims))?,
-            x: backend.alloc(rows * d)?,
-            h: backend.alloc(rows * d)?,
-            qkv: backend.alloc(rows * 3 * d)?,
-            attn: backend.alloc(rows * d)?,
-            mlp: backend.alloc(rows * if gated { 2 * i } else { i })?,
-            mlp_act: if gated {
-                Some(backend.alloc(rows * i)?)
-            } else {
-                None
-            },
-            out: backend.alloc(rows * d)?,
-            captured: capture
-                .iter()
-                .map(|_| backend.alloc(rows * d))
-                .collect::<Result<_>>()?,
+            pixels,
+            scratch,
+            x,
+            h,
+            qkv,
+            attn,
+            mlp,
+            mlp_act,
+            out,
+            captured,
             rope,
             pos,
         })

@@ -2,15 +2,14 @@
 //! on the CUDA backend. `dinoedge info --backend cuda MODEL` prints it, and the backend checks
 //! each allocation against free memory with [`out_of_memory`]'s message before making it.
 //!
-//! Mirrors what the backend allocates: Linear weights in the session precision (biases,
-//! norms, tokens and position tables stay f32), the forward's f32 buffers ([`Plan::new`]),
-//! and the GEMM scratch ([`gemm_scratch_bytes`]).
-//!
-//! [`Plan::new`]: crate::forward::Plan::new
+//! What the backend allocates: Linear weights in the session precision (biases, norms, tokens
+//! and position tables stay f32), the forward's f32 buffers (the table
+//! [`buffer_table`] that `Plan::new` allocates from), and the GEMM scratch
+//! ([`gemm_scratch_bytes`]).
 
 use crate::backend::Precision;
-use crate::config::{MlpKind, ModelConfig, Positions};
-use crate::forward::dims;
+use crate::config::{MlpKind, ModelConfig};
+use crate::forward::{buffer_table, dims};
 use crate::ops::Dims;
 
 /// Bytes one model + input shape needs on the GPU.
@@ -80,19 +79,8 @@ pub fn memory_plan(
         _ => 4,
     };
     let d = dims(cfg, batch, height, width);
-    let (rows, dim, hidden) = (d.rows(), d.dim, d.hidden);
-    let gated = matches!(cfg.mlp, MlpKind::Gated(_));
-    // Plan::new: pixels, patch-embedding scratch, x, h, attn, out, qkv, MLP (+ gate product),
-    // RoPE tables or the resampled position table.
-    let mut act = d.batch * d.channels * d.height * d.width
-        + crate::ops::patch_embed::scratch_len(&d)
-        + 4 * rows * dim
-        + 3 * rows * dim
-        + rows * if gated { 3 * hidden } else { hidden };
-    act += match cfg.positions {
-        Positions::Rope { .. } => 2 * d.patches() * d.head_dim(),
-        Positions::Learned { .. } => (1 + d.patches()) * dim,
-    };
+    let scratch = crate::ops::patch_embed::scratch_len(&d);
+    let act: usize = buffer_table(cfg, &d, 0, scratch).iter().map(|e| e.1).sum();
     MemoryPlan {
         batch,
         height,
