@@ -32,6 +32,7 @@ use super::{
 use crate::error::{DistillError, Result};
 use crate::parallel::Collective;
 use crate::trainer::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
+use crate::trainer::plan::Plan;
 
 /// The CUDA backend: the device, the arena and the kernels' own scratch.
 pub struct Cuda {
@@ -51,13 +52,13 @@ pub struct Cuda {
 }
 
 impl Cuda {
-    /// An arena of `len` f32 on `dev`; `params` is the span the optimizer updates (with a
-    /// bf16 copy when `ty` is bf16), `decay` its weight-decay flags, and `widest` the widest
+    /// The arena `plan` lays out, on `dev`; `params` is the span the optimizer updates (with
+    /// a bf16 copy when `ty` is bf16), `decay` its weight-decay flags, and `widest` the widest
     /// row any column sum will see.
     pub fn new(
         dev: Arc<dyn Device>,
         ty: Elem,
-        len: usize,
+        plan: &Plan,
         params: Buf,
         decay: &[bool],
         widest: usize,
@@ -75,7 +76,9 @@ impl Cuda {
                 ));
             }
         };
-        let arena = DeviceBuffer::new(&dev, len, 4, "the trainer's arena")?;
+        let len = plan.len;
+        let what = format!("the trainer's arena ({})", plan.summary());
+        let arena = DeviceBuffer::new(&dev, len, 4, &what)?;
         dev.zero(arena.ptr, 4 * len)?;
         let flags = DeviceBuffer::new(&dev, decay.len(), 1, "weight-decay flags")?;
         let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();

@@ -118,8 +118,7 @@ impl Trainer {
                 crate::cuda::backend::Cuda::check_head_dim(graph.dims.head_dim())?;
                 let d = graph.dims;
                 let widest = shape.teacher_dim.max(3 * d.dim).max(2 * d.hidden);
-                let c =
-                    crate::cuda::backend::Cuda::new(dev, ty, plan.len, st.params, &decay, widest)?;
+                let c = crate::cuda::backend::Cuda::new(dev, ty, &plan, st.params, &decay, widest)?;
                 Box::new(c)
             }
         };

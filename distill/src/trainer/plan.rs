@@ -32,6 +32,23 @@ impl Plan {
         4 * self.len as u64
     }
 
+    /// What the arena holds, largest first ("block activations 1.20 GiB, objective 0.10 GiB,
+    /// ..."): named in out-of-memory errors.
+    pub fn summary(&self) -> String {
+        let mut by: Vec<(&str, u64)> = Vec::new();
+        for (what, _) in &self.spans {
+            if !by.iter().any(|(w, _)| w == what) {
+                by.push((what, self.bytes_of(what)));
+            }
+        }
+        by.sort_by(|a, b| b.1.cmp(&a.1));
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        by.iter()
+            .map(|(w, b)| format!("{w} {:.2} GiB", gib(*b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Bytes planned for `what`.
     pub fn bytes_of(&self, what: &str) -> u64 {
         let n: usize = self
@@ -58,5 +75,6 @@ mod tests {
         assert_eq!(p.len, 192);
         assert_eq!(p.bytes_of("a"), 4 * 64);
         assert_eq!(p.bytes(), 4 * 192);
+        assert_eq!(p.summary(), "b 0.00 GiB, a 0.00 GiB");
     }
 }
