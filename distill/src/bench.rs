@@ -32,6 +32,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub recompute: bool,
     pub threads: Option<usize>,
+    /// The GPU of a CUDA trainer (default 0).
+    pub gpu: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,7 +85,7 @@ pub fn bench_step(
     let backend = match b.device {
         TrainDevice::Cpu => On::Cpu(Ctx::new(b.threads)?),
         dev => {
-            let device = crate::train::open_device(dev, None)?.expect("a device");
+            let device = crate::train::open_device(dev, b.gpu)?.expect("a device");
             On::Device(device, b.gemm)
         }
     };

@@ -114,7 +114,6 @@ impl ParamLayout {
         &mut v[self.range(id)]
     }
 
-    /// The model part of the vector (student parameters, no heads).
     /// Per value: weight decay applies (what the optimizer reads).
     pub fn decay_flags(&self) -> Vec<bool> {
         let mut flags = vec![false; self.total];
@@ -124,6 +123,7 @@ impl ParamLayout {
         flags
     }
 
+    /// The model part of the vector (student parameters, no heads).
     pub fn model_len(&self) -> usize {
         self.entries
             .iter()

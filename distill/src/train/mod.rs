@@ -92,6 +92,11 @@ pub fn train_many(
     // Data parallel: this rank trains on `per` images of every batch; rank 0 reports.
     let world = World::from_env()?;
     let (rank, ranks) = world.as_ref().map_or((0, 1), |w| (w.rank, w.size));
+    if o.gpu.is_some() && ranks > 1 {
+        return Err(DistillError::Config(
+            "--gpu picks the GPU of a single process; data-parallel ranks each take their own (their index on the machine)".into(),
+        ));
+    }
     let gpu = o.gpu.or(world.as_ref().map(|w| w.local_rank));
     if !o.batch.is_multiple_of(ranks) {
         return Err(DistillError::Config(format!(

@@ -25,22 +25,27 @@ impl Buf {
     pub fn at(self, k: usize) -> Buf {
         assert!(k <= self.len, "offset {k} past a span of {}", self.len);
         Buf {
-            off: self.off + k,
+            off: self.off.checked_add(k).expect("span offset overflows"),
             len: self.len - k,
         }
     }
 
     /// `n` elements from element `k`.
     pub fn part(self, k: usize, n: usize) -> Buf {
-        assert!(k + n <= self.len, "{k}+{n} past a span of {}", self.len);
+        assert!(
+            k.checked_add(n).is_some_and(|e| e <= self.len),
+            "{k}+{n} past a span of {}",
+            self.len
+        );
         Buf {
-            off: self.off + k,
+            off: self.off.checked_add(k).expect("span offset overflows"),
             len: n,
         }
     }
 
+    /// One past the last element (saturating: a span past `usize::MAX` ends there).
     pub fn end(self) -> usize {
-        self.off + self.len
+        self.off.saturating_add(self.len)
     }
 }
 

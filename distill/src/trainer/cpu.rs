@@ -23,6 +23,7 @@ use dinoedge_runtime::ops::rope::cpu::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
 
 use super::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
+use super::plan::Plan;
 use crate::error::{DistillError, Result};
 use crate::loss;
 use crate::optim;
@@ -80,12 +81,14 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    pub fn new(ctx: Rc<Ctx>, len: usize, decay: Vec<bool>) -> Result<Cpu> {
+    pub fn new(ctx: Rc<Ctx>, plan: &Plan, decay: Vec<bool>) -> Result<Cpu> {
+        let len = plan.len;
         let mut arena = Vec::new();
         arena.try_reserve_exact(len).map_err(|_| {
             DistillError::Config(format!(
-                "cannot allocate the trainer's {:.2} GiB of host memory",
-                len as f64 * 4.0 / (1u64 << 30) as f64
+                "cannot allocate the trainer's {:.2} GiB of host memory ({}): use a smaller --batch or --size, or --recompute",
+                len as f64 * 4.0 / (1u64 << 30) as f64,
+                plan.summary()
             ))
         })?;
         arena.resize(len, 0.0);
@@ -120,17 +123,18 @@ fn views<const W: usize, const R: usize>(
     w: [Buf; W],
     r: [Buf; R],
 ) -> ([&mut [f32]; W], [&[f32]; R]) {
+    let inside = |b: &Buf| b.off.checked_add(b.len).is_some_and(|e| e <= a.len());
+    for b in w.iter().chain(&r) {
+        assert!(inside(b), "span {b:?} past the arena of {}", a.len());
+    }
     for (i, x) in w.iter().enumerate() {
-        assert!(x.end() <= a.len(), "span {x:?} past the arena");
         for y in w[i + 1..].iter().chain(&r) {
             assert!(disjoint(*x, *y), "spans {x:?} and {y:?} overlap");
         }
     }
-    for y in &r {
-        assert!(y.end() <= a.len(), "span {y:?} past the arena");
-    }
     let p = a.as_mut_ptr();
-    // SAFETY: every span lies in `a` (checked); mutable spans overlap nothing else (checked),
+    // SAFETY: every span lies in `a` (checked without overflow, so `end()` is exact below);
+    // mutable spans overlap nothing else (checked),
     // and all views live no longer than the one borrow of `a`.
     unsafe {
         (

@@ -126,6 +126,12 @@ impl Graph {
         inter_layers: &[usize],
         recompute: bool,
     ) -> Result<Graph> {
+        if let Some(&l) = inter_layers.iter().find(|&&l| l >= cfg.num_layers) {
+            return Err(DistillError::Config(format!(
+                "intermediate output of block {l}: the student has blocks 0..{}",
+                cfg.num_layers
+            )));
+        }
         let d = dims(cfg, batch, height, width);
         let Positions::Rope { theta } = cfg.positions else {
             return Err(DistillError::Config(

@@ -113,7 +113,7 @@ impl Trainer {
         let obj = Objective::new(&mut plan, &graph, shape.teacher_dim);
         let decay = layout.decay_flags();
         let be: Box<dyn TrainBackend> = match on {
-            On::Cpu(ctx) => Box::new(cpu::Cpu::new(ctx, plan.len, decay)?),
+            On::Cpu(ctx) => Box::new(cpu::Cpu::new(ctx, &plan, decay)?),
             On::Device(dev, ty) => {
                 crate::cuda::backend::Cuda::check_head_dim(graph.dims.head_dim())?;
                 let d = graph.dims;
@@ -198,6 +198,19 @@ impl Trainer {
 
     /// Copies parameters, EMA and AdamW moments back into `st`.
     pub fn save(&self, st: &mut TrainState) -> Result<()> {
+        let n = self.layout.total;
+        if [
+            st.params.len(),
+            st.ema.len(),
+            st.adam.m.len(),
+            st.adam.v.len(),
+        ] != [n; 4]
+        {
+            return Err(DistillError::Config(format!(
+                "a training state of {} values for a layout of {n}",
+                st.params.len()
+            )));
+        }
         self.with_state(st.step, |s| {
             st.params.copy_from_slice(s.params);
             st.ema.copy_from_slice(s.ema);
@@ -249,6 +262,13 @@ impl Trainer {
     /// Gradients (=) of every parameter given the gradient of the outputs `dout` (and none of
     /// the intermediate ones). Call after [`Trainer::forward`].
     pub fn backward_from(&self, dout: &[f32]) -> Result<()> {
+        if dout.len() != self.obj.dout.len {
+            return Err(DistillError::Config(format!(
+                "output gradient of {} values for outputs of {}",
+                dout.len(),
+                self.obj.dout.len
+            )));
+        }
         self.be.zero(self.st.g)?;
         self.be.upload(self.obj.dout, dout)?;
         for &d in &self.obj.dinter {

@@ -17,7 +17,7 @@ pub struct Objective {
     dp: Buf,
     ds: Buf,
     parts: Buf,
-    /// Gram: normalised rows, norms, both Gram matrices, dU.
+    /// Gram, one image at a time: normalised rows, norms, both Gram matrices, dU.
     u: Buf,
     ut: Buf,
     norms: Buf,
@@ -47,10 +47,10 @@ impl Objective {
             dp: t(rows * dt),
             ds: t(rows * dim),
             parts: t(2 * rows),
-            u: t(rows * dt),
-            ut: t(rows * dt),
-            norms: t(rows),
-            norms_t: t(rows),
+            u: t(per * dt),
+            ut: t(per * dt),
+            norms: t(per),
+            norms_t: t(per),
             gs: t(per * per),
             gt: t(per * per),
             du: t(per * dt),
@@ -186,13 +186,13 @@ impl Objective {
         let scale = weight / (images * per * per) as f32;
         let (gs, gt, du) = (self.gs, self.gt, self.du);
         let mut loss = 0.0f64;
+        // One image at a time: the normalised rows, norms and Gram matrices are per image.
+        let (u, ut, norms) = (self.u, self.ut, self.norms);
         for b in 0..images {
             let rows = |x: Buf| x.part(b * per * dt, per * dt);
-            let (u, p, dp) = (rows(self.u), rows(self.p), rows(self.dp));
-            let norms = self.norms.part(0, per);
+            let (p, dp) = (rows(self.p), rows(self.dp));
             be.normalize_rows(u, norms, p, dt)?;
-            let ut = rows(self.ut);
-            be.normalize_rows(ut, self.norms_t.part(0, per), rows(t), dt)?;
+            be.normalize_rows(ut, self.norms_t, rows(t), dt)?;
             // dG = 2 w (Gs - Gt) / (B G^2), symmetric; dU = 2 dG U.
             for (mat, x) in [(gs, u), (gt, ut)] {
                 be.product(

@@ -41,7 +41,7 @@ impl Plan {
                 by.push((what, self.bytes_of(what)));
             }
         }
-        by.sort_by(|a, b| b.1.cmp(&a.1));
+        by.sort_by_key(|e| std::cmp::Reverse(e.1));
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         by.iter()
             .map(|(w, b)| format!("{w} {:.2} GiB", gib(*b)))

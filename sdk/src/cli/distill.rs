@@ -249,6 +249,9 @@ struct BenchStepArgs {
     recompute: bool,
     #[arg(long)]
     threads: Option<usize>,
+    /// The GPU of --backend cuda (default 0).
+    #[arg(long)]
+    gpu: Option<usize>,
 }
 
 fn bench_step(a: BenchStepArgs) -> Result<()> {
@@ -269,6 +272,7 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
         warmup: a.warmup,
         recompute: a.recompute,
         threads: a.threads,
+        gpu: a.gpu,
     };
     let pb = progress((a.iters + a.warmup) as u64, "bench-step");
     let r = bench_step(&cfg, &o, |_| pb.inc(1))?;

@@ -53,7 +53,10 @@ pub fn layer_norm_forward(
             layer_norm_row(o, x, weight, bias, eps);
         }),
         Some(c) => {
-            debug_assert!(c.mean.len() == inp.len() / cols && c.rstd.len() == c.mean.len());
+            assert!(
+                c.mean.len() == inp.len() / cols && c.rstd.len() == c.mean.len(),
+                "layer_norm cache: one mean and rstd per row"
+            );
             rows.zip(c.mean.par_iter_mut().zip(c.rstd.par_iter_mut()))
                 .for_each(|((o, x), (m, r))| (*m, *r) = layer_norm_row(o, x, weight, bias, eps));
         }
