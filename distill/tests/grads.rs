@@ -193,3 +193,23 @@ fn objective_gradient_matches_finite_differences() {
         );
     }
 }
+
+/// Wrong sizes given to a trainer are errors that say what was expected, not panics.
+#[test]
+fn wrong_sizes_are_errors() {
+    let c = load("dinov3_mlp");
+    let tr = trainer(
+        &c,
+        On::Cpu(Ctx::new(Some(1)).unwrap()),
+        &c.params,
+        false,
+        false,
+    );
+    let e = tr.forward(&[0.0; 7], false).unwrap_err().to_string();
+    assert!(e.contains("7 pixel values"), "{e}");
+    let e = tr.backward_from(&[0.0; 3]).unwrap_err().to_string();
+    assert!(e.contains("output gradient of 3 values"), "{e}");
+    let mut st = common::state(&c.params[1..]);
+    let e = tr.save(&mut st).unwrap_err().to_string();
+    assert!(e.contains("for a layout of"), "{e}");
+}

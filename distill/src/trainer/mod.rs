@@ -154,21 +154,26 @@ impl Trainer {
         }
     }
 
-    /// Copies parameters, EMA and AdamW moments to the backend.
-    pub fn load(&self, st: &TrainState) -> Result<()> {
+    /// `st` holds one value per parameter of this trainer's layout in each of its vectors.
+    fn check_state(&self, st: &TrainState) -> Result<()> {
         let n = self.layout.total;
-        if [
+        let lens = [
             st.params.len(),
             st.ema.len(),
             st.adam.m.len(),
             st.adam.v.len(),
-        ] != [n; 4]
-        {
-            return Err(DistillError::Config(format!(
-                "a training state of {} values for a layout of {n}",
-                st.params.len()
-            )));
+        ];
+        if lens == [n; 4] {
+            return Ok(());
         }
+        Err(DistillError::Config(format!(
+            "a training state of {lens:?} values (params, ema, m, v) for a layout of {n}"
+        )))
+    }
+
+    /// Copies parameters, EMA and AdamW moments to the backend.
+    pub fn load(&self, st: &TrainState) -> Result<()> {
+        self.check_state(st)?;
         self.be.upload(self.st.params, &st.params)?;
         self.be.upload(self.st.ema, &st.ema)?;
         self.be.upload(self.st.m, &st.adam.m)?;
@@ -198,19 +203,7 @@ impl Trainer {
 
     /// Copies parameters, EMA and AdamW moments back into `st`.
     pub fn save(&self, st: &mut TrainState) -> Result<()> {
-        let n = self.layout.total;
-        if [
-            st.params.len(),
-            st.ema.len(),
-            st.adam.m.len(),
-            st.adam.v.len(),
-        ] != [n; 4]
-        {
-            return Err(DistillError::Config(format!(
-                "a training state of {} values for a layout of {n}",
-                st.params.len()
-            )));
-        }
+        self.check_state(st)?;
         self.with_state(st.step, |s| {
             st.params.copy_from_slice(s.params);
             st.ema.copy_from_slice(s.ema);
