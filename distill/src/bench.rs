@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use dinoedge_runtime::ModelConfig;
+use dinoedge_runtime::VitConfig;
 use serde::Serialize;
 
 use crate::checkpoint::TrainState;
@@ -56,7 +56,7 @@ pub struct StepBench {
 
 /// Times `warmup + iters` steps; `on` is called after each.
 pub fn bench_step(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     b: &BenchOptions,
     mut on: impl FnMut(usize),
 ) -> Result<StepBench> {
@@ -67,7 +67,7 @@ pub fn bench_step(
     let params = layout.init(0, 0.1);
     let mut r = rng(1, Stream::Init, u64::MAX, 0);
     let mut randn = |n: usize| (0..n).map(|_| normal(&mut r)).collect::<Vec<f32>>();
-    let d = dinoedge_runtime::forward::dims(&cfg, b.batch, b.size, b.size);
+    let d = dinoedge_runtime::models::vit::forward::dims(&cfg, b.batch, b.size, b.size);
     let pixels = randn(b.batch * 3 * b.size * b.size);
     let targets = Targets {
         cls: randn(b.batch * b.teacher_dim),

@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn adamw_matches_the_torch_formula() {
         // One parameter, two steps, against torch.optim.AdamW's update written out in f64.
-        let cfg = dinoedge_runtime::config::ModelConfig::from_json_str(
+        let cfg = dinoedge_runtime::config::VitConfig::from_json_str(
             r#"{"model_type":"dinov3_vit","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":8,"patch_size":2,"num_register_tokens":0}"#,
             std::path::Path::new("test"),
         )

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use dinoedge_runtime::config::ModelConfig;
-use dinoedge_runtime::weights::layout::{self, HubTensor, LayerParam as L, Param};
+use dinoedge_runtime::config::VitConfig;
+use dinoedge_runtime::models::vit::layout::{self, HubTensor, LayerParam as L, Param};
 
 use crate::error::Result;
 use crate::rng::{Stream, rng, trunc_normal};
@@ -40,7 +40,7 @@ pub struct ParamLayout {
 impl ParamLayout {
     /// The student's parameters (HF order; no mask token) and heads mapping its width to the
     /// teacher's: `heads[h] = (in, out)`.
-    pub fn new(cfg: &ModelConfig, heads: &[(usize, usize)]) -> Self {
+    pub fn new(cfg: &VitConfig, heads: &[(usize, usize)]) -> Self {
         let mut entries = Vec::new();
         let mut total = 0;
         let mut push = |id: ParamId, name: String, shape: Vec<usize>, decay: bool| {
@@ -189,7 +189,7 @@ impl ParamLayout {
     }
 
     /// The student's tensors in HF `dinov3_vit` layout (mask token written as zeros).
-    pub fn hub_tensors(&self, cfg: &ModelConfig, v: &[f32]) -> Result<Vec<HubTensor>> {
+    pub fn hub_tensors(&self, cfg: &VitConfig, v: &[f32]) -> Result<Vec<HubTensor>> {
         Ok(layout::hub_tensors(cfg, |p| {
             let id = ParamId::Model(p);
             if self.has(id) {

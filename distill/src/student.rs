@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dinoedge_runtime::config::{Activation, Family, MlpKind, ModelConfig, Positions};
+use dinoedge_runtime::config::{Activation, Family, MlpKind, Positions, VitConfig};
 
 use crate::error::{DistillError, Result};
 
@@ -23,8 +23,8 @@ pub fn dinov3_student(
     heads: usize,
     mlp: usize,
     gated: bool,
-) -> ModelConfig {
-    ModelConfig {
+) -> VitConfig {
+    VitConfig {
         family: Family::Dinov3,
         hidden_size: hidden,
         num_layers: layers,
@@ -68,7 +68,7 @@ pub fn name(arg: &str) -> String {
 }
 
 /// `vit-ti16`, `vit-s16`, `vit-s16plus`, `vit-b16`, or the path of a `dinov3_vit` config.json.
-pub fn resolve(arg: &str) -> Result<ModelConfig> {
+pub fn resolve(arg: &str) -> Result<VitConfig> {
     if let Some(&(_, d, l, h, i, g)) = NAMED.iter().find(|n| n.0 == arg) {
         return Ok(dinov3_student(d, l, h, i, g));
     }
@@ -80,7 +80,7 @@ pub fn resolve(arg: &str) -> Result<ModelConfig> {
             names.join(", ")
         )));
     }
-    let cfg = ModelConfig::from_file(path)?;
+    let cfg = VitConfig::from_file(path)?;
     if cfg.family != Family::Dinov3 {
         return Err(DistillError::Config(format!(
             "{}: students are DINOv3 ViTs (model_type dinov3_vit), not {}",

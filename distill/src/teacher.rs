@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dinoedge_runtime::resample::{Filter, resize_aa};
 use dinoedge_runtime::{
     Features, InferenceSession, Model, ModelConfig, Preprocessor, RunOptions, SessionOptions,
-    Tensor, create_session,
+    Tensor, VitConfig, create_session,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +50,10 @@ impl TeacherId {
         }
         eat(&store.data_bytes().to_le_bytes());
         TeacherId {
-            model_type: cfg.family.model_type().to_string(),
-            hidden_size: cfg.hidden_size,
-            num_layers: cfg.num_layers,
-            patch_size: cfg.patch_size,
+            model_type: cfg.model_type().to_string(),
+            hidden_size: cfg.hidden_size(),
+            num_layers: cfg.num_layers(),
+            patch_size: cfg.patch_size(),
             fingerprint: format!("{h:016x}"),
         }
     }
@@ -74,16 +74,17 @@ impl Alignment {
     /// Checks sizes against both patch sizes. Without `teacher_size`, the teacher gets the
     /// size that gives the student's grid.
     pub fn new(
-        student: &ModelConfig,
+        student: &VitConfig,
         student_size: usize,
         teacher: &ModelConfig,
         teacher_size: Option<usize>,
     ) -> Result<Self> {
-        let (ps, pt) = (student.patch_size, teacher.patch_size);
-        if student.num_channels != teacher.num_channels {
+        let (ps, pt) = (student.patch_size, teacher.patch_size());
+        if student.num_channels != teacher.num_channels() {
             return Err(DistillError::Config(format!(
                 "the student reads {} channels, the teacher {}",
-                student.num_channels, teacher.num_channels
+                student.num_channels,
+                teacher.num_channels()
             )));
         }
         if student_size < ps || !student_size.is_multiple_of(ps) {
@@ -196,7 +197,7 @@ impl OnlineTeacher {
         layers: &[usize],
         opts: &SessionOptions,
     ) -> Result<Self> {
-        let nl = model.config().num_layers;
+        let nl = model.config().num_layers();
         if let Some(&bad) = layers.iter().find(|&&l| l >= nl) {
             return Err(DistillError::Config(format!(
                 "teacher layer {bad} does not exist (the teacher has {nl} blocks, 0..{})",
@@ -216,7 +217,7 @@ impl OnlineTeacher {
     }
 
     pub fn dim(&self) -> usize {
-        self.model.config().hidden_size
+        self.model.config().hidden_size()
     }
 
     /// Where the teacher computes, when a backend or precision other than the CPU default

@@ -126,11 +126,11 @@ pub extern "C" fn dinoedge_model_get_info(
         let c = m.model.config();
         *i = dinoedge_model_info {
             struct_size: i.struct_size,
-            hidden_size: c.hidden_size as u32,
-            num_layers: c.num_layers as u32,
-            num_heads: c.num_heads as u32,
-            patch_size: c.patch_size as u32,
-            num_register_tokens: c.num_register_tokens as u32,
+            hidden_size: c.hidden_size() as u32,
+            num_layers: c.num_layers() as u32,
+            num_heads: c.as_vit().map_or(0, |v| v.num_heads) as u32,
+            patch_size: c.patch_size() as u32,
+            num_register_tokens: c.num_register_tokens() as u32,
             num_parameters: m.model.num_parameters() as u64,
         };
         Ok(DINOEDGE_OK)
@@ -522,7 +522,7 @@ fn embed(
     let px = s.emb.preprocess(img)?;
     let input_size = (px.shape[3], px.shape[2]);
     let f = s.emb.embed_pixels(&px)?;
-    let patch = s.emb.model().config().patch_size;
+    let patch = s.emb.model().config().patch_size();
     let to_image = s.emb.preprocessor().input_to_image(img.height, img.width);
     put(
         out,
@@ -619,7 +619,7 @@ pub extern "C" fn dinoedge_session_embed_tensor(
         // SAFETY: `data` holds batch * channels * height * width floats (caller contract).
         let v = unsafe { std::slice::from_raw_parts(data, n) }.to_vec();
         let f = s.emb.embed_pixels(&Tensor::new(shape, v)?)?;
-        let patch = s.emb.model().config().patch_size;
+        let patch = s.emb.model().config().patch_size();
         put(
             out,
             dinoedge_features {

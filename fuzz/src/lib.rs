@@ -69,7 +69,9 @@ pub fn config(data: &[u8]) {
     };
     // Everything sized from a valid config must be computable.
     let _ = c.num_parameters();
-    let _ = dinoedge::runtime::weights::layout::params(&c).len();
+    if let Some(v) = c.as_vit() {
+        let _ = dinoedge::runtime::models::vit::layout::params(v).len();
+    }
     let dir = scratch();
     write(&dir, "preprocessor_config.json", pre);
     if let Ok(p) = Preprocessor::dense(&c, Some(&dir), 224) {
@@ -89,8 +91,10 @@ pub fn safetensors(data: &[u8]) {
         cfg
     };
     write(&dir, "config.json", cfg);
-    if let Ok(m) = Model::load(&dir) {
-        for p in dinoedge::runtime::weights::layout::params(m.config()) {
+    if let Ok(m) = Model::load(&dir)
+        && let Some(v) = m.config().as_vit()
+    {
+        for p in dinoedge::runtime::models::vit::layout::params(v) {
             let _ = m.tensor_f32(p);
             let _ = m.int8(p);
         }

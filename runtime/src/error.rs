@@ -28,10 +28,12 @@ pub enum RuntimeError {
     InvalidConfig { path: PathBuf, reason: String },
 
     /// `model_type` is not one we implement.
-    #[error(
-        "{path}: unknown model_type {model_type:?} (supported: dinov3_vit, dinov2, dinov2_with_registers)"
-    )]
-    UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{path}: unknown model_type {model_type:?} (supported: {supported})")]
+    UnknownModelType {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
 
     /// No weights file in the model directory.
     #[error("{dir}: no weights (expected model.safetensors or model.safetensors.index.json)")]

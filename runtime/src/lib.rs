@@ -28,12 +28,12 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod features;
-pub mod forward;
 pub mod fsutil;
 #[cfg(feature = "onnx")]
 pub mod import;
 pub mod limits;
 pub mod model;
+pub mod models;
 pub mod ops;
 pub mod preprocess;
 pub mod quant;
@@ -46,7 +46,7 @@ pub mod weights;
 
 pub use backend::{BackendInfo, BackendKind, Precision};
 pub use config::{
-    Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig,
+    Activation, ActivationScheme, Family, MlpKind, ModelConfig, Positions, QuantConfig, VitConfig,
 };
 pub use dispatch::Backend;
 pub use error::{Result, RuntimeError};

@@ -6,9 +6,9 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, VitConfig};
 use crate::error::{Result, RuntimeError};
-use crate::weights::layout::{self, Param, WeightLayout};
+use crate::models::vit::layout::{self, Param, WeightLayout};
 use crate::weights::store::{StoredTensor, TensorStore};
 
 /// A quantised Linear weight as stored: `w[o][k] = q[o][k] * scales[o]`.
@@ -55,7 +55,9 @@ impl Model {
 
     /// Builds a model from an already opened store (validates names and shapes).
     pub fn from_parts(dir: PathBuf, config: ModelConfig, store: TensorStore) -> Result<Self> {
-        let layout = layout::resolve(&config, &store)?;
+        let layout = match &config {
+            ModelConfig::Vit(c) => layout::resolve(c, &store)?,
+        };
         Ok(Model {
             dir,
             config,
@@ -83,11 +85,18 @@ impl Model {
         Some((t, r.rows.clone()))
     }
 
+    /// The config the parameter layout was resolved against.
+    fn vit(&self) -> &VitConfig {
+        match &self.config {
+            ModelConfig::Vit(c) => c,
+        }
+    }
+
     fn missing(&self, p: Param) -> RuntimeError {
         RuntimeError::MissingTensor {
             path: self.store.main_path().to_path_buf(),
-            tensor: layout::hub_location(&self.config, p).key,
-            expected: layout::shape(&self.config, p),
+            tensor: layout::hub_location(self.vit(), p).key,
+            expected: layout::shape(self.vit(), p),
         }
     }
 
@@ -117,7 +126,7 @@ impl Model {
 
     /// Whether the model stores int8 Linear weights (config `quantization` section).
     pub fn is_quantized(&self) -> bool {
-        self.config.quantization.is_some()
+        self.config.quantization().is_some()
     }
 
     /// The int8 form of a quantised Linear weight; `None` for float parameters.

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::config::{Family, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::resample::{Filter, resize_aa, resize_aa_u8};
 use crate::tensor::Tensor;
@@ -83,6 +83,15 @@ pub enum Resize {
     },
 }
 
+/// Which HF image processor a model comes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessorKind {
+    /// DINOv3's: an exact resize, bilinear.
+    Dinov3,
+    /// DINOv2's (`BitImageProcessor`): shortest edge, centre crop, bicubic.
+    Dinov2,
+}
+
 /// A complete preprocessing recipe.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocessor {
@@ -95,19 +104,19 @@ impl Preprocessor {
     /// The HF processor of the model's family at input size `size` (224 for the released
     /// checkpoints), with mean and std from `preprocessor_config.json` when `dir` has one.
     pub fn for_model(cfg: &ModelConfig, dir: Option<&Path>, size: usize) -> Result<Self> {
-        if size < cfg.patch_size {
+        if size < cfg.patch_size() {
             return Err(RuntimeError::ImageTooSmall {
                 height: size,
                 width: size,
-                patch: cfg.patch_size,
+                patch: cfg.patch_size(),
             });
         }
-        let resize = match cfg.family {
-            Family::Dinov3 => Resize::Exact {
+        let resize = match cfg.processor() {
+            ProcessorKind::Dinov3 => Resize::Exact {
                 height: size,
                 width: size,
             },
-            Family::Dinov2 | Family::Dinov2Registers => Resize::ShortestEdgeCrop {
+            ProcessorKind::Dinov2 => Resize::ShortestEdgeCrop {
                 shortest: (size as f64 * 256.0 / 224.0).round() as usize,
                 crop_height: size,
                 crop_width: size,
@@ -119,15 +128,15 @@ impl Preprocessor {
 
     /// Dense mode: aspect-preserving, short side about `size`, sides multiples of the patch.
     pub fn dense(cfg: &ModelConfig, dir: Option<&Path>, size: usize) -> Result<Self> {
-        let filter = match cfg.family {
-            Family::Dinov3 => Filter::Bilinear,
-            Family::Dinov2 | Family::Dinov2Registers => Filter::Bicubic,
+        let filter = match cfg.processor() {
+            ProcessorKind::Dinov3 => Filter::Bilinear,
+            ProcessorKind::Dinov2 => Filter::Bicubic,
         };
         let (mean, std) = mean_std(dir)?;
         Ok(Preprocessor {
             resize: Resize::Dense {
-                short_side: size.max(cfg.patch_size),
-                patch: cfg.patch_size,
+                short_side: size.max(cfg.patch_size()),
+                patch: cfg.patch_size(),
                 filter,
             },
             mean,

@@ -6,14 +6,16 @@
 use std::sync::Arc;
 
 use crate::backend::{BackendInfo, BackendKind, Precision};
+use crate::config::ModelConfig;
 use crate::dispatch::Backend;
 use crate::dispatch::cpu::CpuBackend;
 use crate::dispatch::reference::ReferenceBackend;
 use crate::error::{Result, RuntimeError};
-use crate::features::{Features, split_tokens};
-use crate::forward::{self, Plan, PreparedModel};
+use crate::features::Features;
 use crate::limits::InputLimits;
 use crate::model::Model;
+use crate::models::Architecture;
+use crate::models::vit::Vit;
 use crate::tensor::Tensor;
 
 /// Per-run options.
@@ -68,29 +70,36 @@ pub trait InferenceSession: Send {
 /// Plans kept per session (one per recent input shape).
 const MAX_PLANS: usize = 4;
 
-/// A model prepared on backend `B`.
-pub struct Session<B: Backend> {
+/// A plan with the key it was built for.
+struct Keyed<P, S> {
+    shape: S,
+    capture: Vec<usize>,
+    plan: P,
+}
+
+/// A model of architecture `A` prepared on backend `B`.
+pub struct Session<B: Backend, A: Architecture = Vit> {
     backend: B,
     model: Arc<Model>,
-    prepared: PreparedModel<B>,
+    prepared: A::Prepared<B>,
     /// Most recently used last.
-    plans: Vec<Plan<B>>,
+    plans: Vec<Keyed<A::Plan<B>, A::Shape>>,
     limits: InputLimits,
 }
 
-impl<B: Backend> Session<B> {
+impl<B: Backend, A: Architecture> Session<B, A> {
     /// Prepares `model` on `backend`, after asking the backend whether it can run every op
     /// the model uses (a head dim beyond its attention kernel is refused here, by name).
     pub fn new(backend: B, model: Arc<Model>) -> Result<Self> {
-        for op in forward::ops_used(model.config()) {
+        for op in A::ops_used(&model)? {
             backend
-                .supports(op, model.config())
+                .supports(op)
                 .map_err(|reason| RuntimeError::Unsupported {
                     backend: backend.info().kind.to_string(),
                     reason: format!("{} ({})", reason, model.config().describe()),
                 })?;
         }
-        let prepared = PreparedModel::new(&backend, &model)?;
+        let prepared = A::prepare(&backend, &model)?;
         Ok(Session {
             backend,
             model,
@@ -110,25 +119,15 @@ impl<B: Backend> Session<B> {
         &self.backend
     }
 
-    /// Validates `pixel_values` and returns the forward's dims.
-    fn check_input(&self, pixels: &Tensor) -> Result<crate::ops::Dims> {
-        let cfg = self.model.config();
+    /// Validates `pixel_values` and returns the forward's shape.
+    fn check_input(&self, pixels: &Tensor) -> Result<A::Shape> {
+        let channels = self.model.config().num_channels();
         let s = &pixels.shape;
-        if s.len() != 4 || s[1] != cfg.num_channels || s[0] == 0 {
+        if s.len() != 4 || s[1] != channels || s[0] == 0 {
             return Err(RuntimeError::input(
                 "pixel_values",
-                format!(
-                    "expected shape (B, {}, H, W) with B >= 1, got {s:?}",
-                    cfg.num_channels
-                ),
+                format!("expected shape (B, {channels}, H, W) with B >= 1, got {s:?}"),
             ));
-        }
-        if s[2] < cfg.patch_size || s[3] < cfg.patch_size {
-            return Err(RuntimeError::ImageTooSmall {
-                height: s[2],
-                width: s[3],
-                patch: cfg.patch_size,
-            });
         }
         if s.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) != Some(pixels.data.len()) {
             return Err(RuntimeError::input(
@@ -136,9 +135,7 @@ impl<B: Backend> Session<B> {
                 format!("{} values for shape {s:?}", pixels.data.len()),
             ));
         }
-        let grid = cfg.grid(s[2], s[3]);
-        self.limits
-            .check_tokens("pixel_values", cfg.num_tokens(s[2], s[3]), grid)?;
+        let shape = A::shape(&self.prepared, s[0], s[2], s[3], &self.limits)?;
         if let Some(i) = pixels.data.iter().position(|v| !v.is_finite()) {
             return Err(RuntimeError::input(
                 "pixel_values",
@@ -148,15 +145,15 @@ impl<B: Backend> Session<B> {
                 ),
             ));
         }
-        Ok(forward::dims(cfg, s[0], s[2], s[3]))
+        Ok(shape)
     }
 
-    /// Index of the plan for these dims, building it if needed.
-    fn plan_for(&mut self, dims: crate::ops::Dims, capture: &[usize]) -> Result<usize> {
+    /// Index of the plan for this shape, building it if needed.
+    fn plan_for(&mut self, shape: A::Shape, capture: &[usize]) -> Result<usize> {
         if let Some(i) = self
             .plans
             .iter()
-            .position(|p| p.dims == dims && p.capture == capture)
+            .position(|p| p.shape == shape && p.capture == capture)
         {
             let plan = self.plans.remove(i);
             self.plans.push(plan);
@@ -164,62 +161,28 @@ impl<B: Backend> Session<B> {
             if self.plans.len() == MAX_PLANS {
                 self.plans.remove(0);
             }
-            let plan = Plan::new(&self.backend, &self.prepared, dims, capture)?;
-            self.plans.push(plan);
+            let plan = A::plan(&self.backend, &self.prepared, shape, capture)?;
+            self.plans.push(Keyed {
+                shape,
+                capture: capture.to_vec(),
+                plan,
+            });
         }
         Ok(self.plans.len() - 1)
     }
 
     /// Runs one forward and returns the features.
     pub fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
-        let dims = self.check_input(pixels)?;
-        let idx = self.plan_for(dims, &opts.capture_layers)?;
-        let plan = &mut self.plans[idx];
-        self.backend.write(&mut plan.pixels, &pixels.data)?;
-        forward::forward(&self.backend, &self.prepared, plan)?;
-        let rows = dims.rows() * dims.dim;
-        let grid = (dims.grid_h, dims.grid_w);
-        let regs = self.model.config().num_register_tokens;
-        // Every output in one read (one mapped copy on GPU backends).
-        let mut hosts: Vec<Vec<f32>> = (0..1 + plan.captured.len())
-            .map(|_| vec![0.0f32; rows])
-            .collect();
-        {
-            let mut reads: Vec<(&B::Buffer, &mut [f32])> = std::iter::once(&plan.out)
-                .chain(plan.captured.iter())
-                .zip(hosts.iter_mut())
-                .map(|(b, h)| (b, h.as_mut_slice()))
-                .collect();
-            self.backend.read_many(&mut reads)?;
-        }
-        let mut hosts = hosts.into_iter();
-        let last = split_tokens(
-            self.model.config().num_layers - 1,
-            &hosts.next().expect("output"),
-            dims.batch,
-            regs,
-            grid,
-            dims.dim,
-        );
-        let intermediate = plan
-            .capture
-            .iter()
-            .zip(hosts)
-            .map(|(&l, h)| split_tokens(l, &h, dims.batch, regs, grid, dims.dim))
-            .collect();
-        Ok(Features {
-            grid,
-            last,
-            intermediate,
-        })
+        let shape = self.check_input(pixels)?;
+        let idx = self.plan_for(shape, &opts.capture_layers)?;
+        let plan = &mut self.plans[idx].plan;
+        self.backend.write(A::pixels(plan), &pixels.data)?;
+        A::forward(&self.backend, &self.prepared, plan)?;
+        A::outputs(&self.backend, &self.prepared, plan)
     }
 }
 
-impl<B: Backend + 'static> InferenceSession for Session<B>
-where
-    B::Buffer: Send,
-    B::Linear: Send,
-{
+impl<B: Backend + 'static, A: Architecture> InferenceSession for Session<B, A> {
     fn info(&self) -> BackendInfo {
         self.backend.info()
     }
@@ -231,8 +194,18 @@ where
     }
 }
 
-/// Builds a session on the requested backend.
+/// Builds a session on the requested backend, for the model's architecture.
 pub fn create_session(
+    model: Arc<Model>,
+    opts: &SessionOptions,
+) -> Result<Box<dyn InferenceSession>> {
+    match model.config() {
+        ModelConfig::Vit(_) => session_of::<Vit>(model, opts),
+    }
+}
+
+/// [`create_session`] for architecture `A`.
+fn session_of<A: Architecture>(
     model: Arc<Model>,
     opts: &SessionOptions,
 ) -> Result<Box<dyn InferenceSession>> {
@@ -245,7 +218,7 @@ pub fn create_session(
     );
     match opts.backend {
         BackendKind::Cpu => Ok(Box::new(
-            Session::new(CpuBackend::new(opts.threads, precision)?, model)?
+            Session::<_, A>::new(CpuBackend::new(opts.threads, precision)?, model)?
                 .with_limits(opts.limits),
         )),
         BackendKind::CpuReference => {
@@ -256,18 +229,19 @@ pub fn create_session(
                 });
             }
             Ok(Box::new(
-                Session::new(ReferenceBackend::new(opts.threads)?, model)?.with_limits(opts.limits),
+                Session::<_, A>::new(ReferenceBackend::new(opts.threads)?, model)?
+                    .with_limits(opts.limits),
             ))
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(Box::new(
-            Session::new(
+            Session::<_, A>::new(
                 crate::dispatch::wgpu::WgpuBackend::new(precision, opts.adapter.as_deref())?,
                 model,
             )?
             .with_limits(opts.limits),
         )),
-        BackendKind::Cuda | BackendKind::CudaEmulated => cuda_session(model, opts, precision),
+        BackendKind::Cuda | BackendKind::CudaEmulated => cuda_session::<A>(model, opts, precision),
         #[allow(unreachable_patterns)]
         other => Err(RuntimeError::BackendUnavailable {
             backend: other.to_string(),
@@ -281,7 +255,7 @@ pub fn create_session(
 
 /// A session on the CUDA backend (a GPU, or the emulator for `cuda-emulated`), after checking
 /// that the whole model fits before any weight is uploaded.
-fn cuda_session(
+fn cuda_session<A: Architecture>(
     model: Arc<Model>,
     opts: &SessionOptions,
     precision: Precision,
@@ -305,7 +279,9 @@ fn cuda_session(
         tensor_core_attention: opts.cuda_tensor_core_attention,
     })?;
     let params = model.num_parameters() as u64;
-    let weights = plan::memory_plan(model.config(), params, precision, 1, 224, 224).weights;
+    let weights = match model.config() {
+        ModelConfig::Vit(cfg) => plan::memory_plan(cfg, params, precision, 1, 224, 224).weights,
+    };
     let (free, total) = backend.memory()?;
     if weights > free as u64 {
         return Err(plan::out_of_memory(
@@ -319,7 +295,7 @@ fn cuda_session(
         ));
     }
     Ok(Box::new(
-        Session::new(backend, model)?.with_limits(opts.limits),
+        Session::<_, A>::new(backend, model)?.with_limits(opts.limits),
     ))
 }
 

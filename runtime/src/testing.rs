@@ -158,7 +158,7 @@ pub fn check_against_transformers(
     );
     let inputs: serde_json::Value = serde_json::from_str(&meta["inputs"]).unwrap();
     let opts = crate::RunOptions {
-        capture_layers: (0..cfg.num_layers).collect(),
+        capture_layers: (0..cfg.num_layers()).collect(),
     };
     let mut worst = 0.0f32;
     for key in inputs.as_object().unwrap().keys() {
@@ -169,8 +169,12 @@ pub fn check_against_transformers(
             let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
             assert_eq!((f.batch(), f.dim()), (b, d), "{name}/{key}");
             let hw = f.grid.0 * f.grid.1;
-            assert_eq!(cfg.num_prefix_tokens() + hw, n, "{name}/{key}: token count");
-            let r = cfg.num_register_tokens;
+            assert_eq!(
+                1 + cfg.num_register_tokens() + hw,
+                n,
+                "{name}/{key}: token count"
+            );
+            let r = cfg.num_register_tokens();
             let join = |lf: &crate::LayerFeatures| -> Vec<f32> {
                 let mut v = Vec::with_capacity(b * n * d);
                 for i in 0..b {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use dinoedge_runtime::dispatch::Backend;
 use dinoedge_runtime::dispatch::cuda::{CudaBackend, CudaOptions};
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
+use dinoedge_runtime::models::vit::Vit;
 use dinoedge_runtime::testing::{
     FIXTURE_FAMILIES, check_against_transformers, fixture_dir, fixture_inputs,
 };
@@ -203,7 +204,7 @@ fn f32_matches_transformers_on_every_fixture() {
     for name in FIXTURE_FAMILIES {
         each_device(Precision::F32, |label, be| {
             let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-            let mut s = Session::new(be, model).unwrap();
+            let mut s = Session::<_, Vit>::new(be, model).unwrap();
             // Runs 1 (direct), 2 (recorded into a graph) and 3 (replayed) must all agree.
             let worst = check_against_transformers(name, label, &mut s, 1e-3, 3);
             let graphs = s.backend().recorded_graphs();
@@ -218,9 +219,10 @@ fn half_precisions_keep_patch_cosine_above_0999() {
     for precision in [Precision::F16, Precision::BF16] {
         for name in FIXTURE_FAMILIES {
             let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-            let hd = model.config().hidden_size / model.config().num_heads;
+            let hd = model.config().as_vit().unwrap().head_dim();
             let mut c =
-                Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
+                Session::<_, Vit>::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone())
+                    .unwrap();
             for tensor_cores in [true, false] {
                 each_device(precision, |label, mut be| {
                     be.set_tensor_core_attention(tensor_cores);
@@ -229,7 +231,7 @@ fn half_precisions_keep_patch_cosine_above_0999() {
                     if tensor_cores && be.sm() >= 80 {
                         assert!(kernel.contains("_mma_"), "{label} {name}: {kernel}");
                     }
-                    let mut g = Session::new(be, model.clone()).unwrap();
+                    let mut g = Session::<_, Vit>::new(be, model.clone()).unwrap();
                     for x in fixture_inputs(&fixture_dir(name)).unwrap() {
                         let (a, b) = (
                             g.run(&x, &RunOptions::default()).unwrap(),
@@ -289,7 +291,7 @@ fn tensor_core_attention_matches_at_real_sizes() {
     for dir in dirs.split(':').filter(|d| !d.is_empty()) {
         let model = Arc::new(Model::load(dir).unwrap());
         let big = model.num_parameters() > 1_000_000_000;
-        let hd = model.config().hidden_size / model.config().num_heads;
+        let hd = model.config().as_vit().unwrap().head_dim();
         let sizes: &[(usize, usize)] = if big {
             &[(224, 224)]
         } else {
@@ -316,7 +318,7 @@ fn tensor_core_attention_matches_at_real_sizes() {
                 };
                 be.set_tensor_core_attention(tc);
                 let kernel = be.attention_kernel(hd);
-                sessions.push((kernel, Session::new(be, model.clone()).unwrap()));
+                sessions.push((kernel, Session::<_, Vit>::new(be, model.clone()).unwrap()));
             }
             for &(h, w) in sizes {
                 let n = 3 * h * w;
@@ -362,9 +364,9 @@ fn tensor_core_attention_matches_at_real_sizes() {
     }
 }
 
-fn vit7b() -> dinoedge_runtime::ModelConfig {
+fn vit7b() -> dinoedge_runtime::VitConfig {
     // The released ViT-7B/16 (HF dinov3_vit layout).
-    dinoedge_runtime::ModelConfig::from_json_str(
+    dinoedge_runtime::VitConfig::from_json_str(
         r#"{"model_type": "dinov3_vit", "hidden_size": 4096, "intermediate_size": 8192, "num_hidden_layers": 40,
             "num_attention_heads": 32, "use_gated_mlp": true, "hidden_act": "silu", "num_register_tokens": 4,
             "query_bias": false, "value_bias": false, "patch_size": 16, "layerscale_value": 1.0, "rope_theta": 100.0}"#,
@@ -425,7 +427,7 @@ fn memory_plan_matches_the_fixture_checkpoints() {
     for name in FIXTURE_FAMILIES {
         let model = Model::load(fixture_dir(name)).unwrap();
         let params = model.num_parameters() as u64;
-        let cfg = model.config();
+        let cfg = model.config().as_vit().unwrap();
         let linear = linear_weight_count(cfg);
         // Everything else (norms, biases, tokens, LayerScale, positions) is small.
         assert!(
@@ -463,13 +465,13 @@ fn out_of_memory_names_what_needed_and_free() {
 
 #[test]
 fn each_input_shape_gets_its_own_graph_key() {
-    use dinoedge_runtime::forward::{Plan, PreparedModel, dims};
+    use dinoedge_runtime::models::vit::forward::{Plan, PreparedModel, dims};
     // Recorded CUDA graphs are keyed by plan id: two shapes (or two plans of one shape) must
     // never share a key, or a replay would run the wrong shape.
     let model = Model::load(fixture_dir("dinov3_mlp")).unwrap();
     let be = ReferenceBackend::new(Some(1)).unwrap();
     let pm = PreparedModel::new(&be, &model).unwrap();
-    let cfg = model.config();
+    let cfg = model.config().as_vit().unwrap();
     let a = Plan::new(&be, &pm, dims(cfg, 1, 64, 64), &[]).unwrap();
     let b = Plan::new(&be, &pm, dims(cfg, 1, 64, 48), &[]).unwrap();
     let c = Plan::new(&be, &pm, dims(cfg, 1, 64, 64), &[]).unwrap();

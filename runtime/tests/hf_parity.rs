@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dinoedge_runtime::backend::cpu::isa::Isa;
 use dinoedge_runtime::dispatch::cpu::CpuBackend;
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
+use dinoedge_runtime::models::vit::Vit;
 use dinoedge_runtime::testing::{check_against_transformers, fixture_dir};
 use dinoedge_runtime::{InferenceSession, Model, Precision, Session};
 
@@ -21,14 +22,15 @@ fn sessions(model: &Arc<Model>, threads: usize) -> Vec<(String, Box<dyn Inferenc
     let mut v: Vec<(String, Box<dyn InferenceSession>)> = vec![(
         "cpu-ref".into(),
         Box::new(
-            Session::new(ReferenceBackend::new(Some(threads)).unwrap(), model.clone()).unwrap(),
+            Session::<_, Vit>::new(ReferenceBackend::new(Some(threads)).unwrap(), model.clone())
+                .unwrap(),
         ),
     )];
     for isa in Isa::all_supported() {
         let be = CpuBackend::with_isa(Some(threads), Precision::F32, isa).unwrap();
         v.push((
             format!("cpu/{isa}"),
-            Box::new(Session::new(be, model.clone()).unwrap()),
+            Box::new(Session::<_, Vit>::new(be, model.clone()).unwrap()),
         ));
     }
     v

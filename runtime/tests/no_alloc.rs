@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dinoedge_runtime::dispatch::Backend;
 use dinoedge_runtime::dispatch::cpu::CpuBackend;
-use dinoedge_runtime::forward::{Plan, PreparedModel, dims, forward};
+use dinoedge_runtime::models::vit::forward::{Plan, PreparedModel, dims, forward};
 use dinoedge_runtime::{Model, Precision};
 
 struct Counting;
@@ -45,7 +45,7 @@ fn forward_after_warm_up_allocates_nothing() {
         for precision in [Precision::F32, Precision::F16, Precision::Int8] {
             let be = CpuBackend::new(Some(2), precision).unwrap();
             let prepared = PreparedModel::new(&be, &model).unwrap();
-            let d = dims(model.config(), 2, 64, 48);
+            let d = dims(model.config().as_vit().unwrap(), 2, 64, 48);
             // The counter itself works: building a plan allocates.
             ALLOCS.store(0, Ordering::SeqCst);
             COUNTING.store(true, Ordering::SeqCst);

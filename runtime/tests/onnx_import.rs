@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dinoedge_runtime::import::{import_onnx, write_model_dir};
 use dinoedge_runtime::testing::compare;
 use dinoedge_runtime::weights::TensorStore;
-use dinoedge_runtime::{Model, ModelConfig, RunOptions, SessionOptions, Tensor, create_session};
+use dinoedge_runtime::{Model, RunOptions, SessionOptions, Tensor, VitConfig, create_session};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -17,7 +17,8 @@ fn roundtrip(name: &str) {
     let onnx = fixtures().join("onnx").join(format!("{name}.onnx"));
     let imp = import_onnx(&onnx).unwrap();
     println!("{name}: {:?}", imp.notes);
-    let original = ModelConfig::from_dir(&fixtures().join("hf").join(name)).unwrap();
+    let original =
+        VitConfig::from_file(&fixtures().join("hf").join(name).join("config.json")).unwrap();
     assert_eq!(
         imp.config, original,
         "inferred config differs from the exported model's"

@@ -20,7 +20,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn inputs(model: &Model, n: usize) -> Vec<Tensor> {
     let cfg = model.config();
-    let (h, w) = (4 * cfg.patch_size, 3 * cfg.patch_size);
+    let (h, w) = (4 * cfg.patch_size(), 3 * cfg.patch_size());
     (0..n)
         .map(|i| {
             let data = (0..3 * h * w)
@@ -59,7 +59,7 @@ fn cosine(a: &[f32], b: &[f32], d: usize) -> f64 {
 fn int8_models_load_and_run_on_every_cpu_backend() {
     for name in ["dinov3_mlp", "dinov3_gated", "dinov2_swiglu", "dinov2_reg"] {
         let float = Arc::new(Model::load(fixture(name)).unwrap());
-        let d = float.config().hidden_size;
+        let d = float.config().hidden_size();
         let calib =
             quant::calibrate(&float, &inputs(&float, 4), Some(2), "synthetic", |_| {}).unwrap();
         for activations in [

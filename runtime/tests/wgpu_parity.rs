@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
 use dinoedge_runtime::dispatch::wgpu::WgpuBackend;
 use dinoedge_runtime::dispatch::{Backend, Epilogue, HostLinear};
+use dinoedge_runtime::models::vit::Vit;
 use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
 use dinoedge_runtime::{Activation, InputLimits, Model, Precision, RunOptions, Session, Tensor};
 
@@ -34,16 +35,17 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
     };
     for name in FIXTURE_FAMILIES {
         let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-        let layers: Vec<usize> = (0..model.config().num_layers).collect();
+        let layers: Vec<usize> = (0..model.config().num_layers()).collect();
         let opts = RunOptions {
             capture_layers: layers,
         };
-        let mut gpu = Session::new(
+        let mut gpu = Session::<_, Vit>::new(
             WgpuBackend::new(Precision::F32, None).unwrap(),
             model.clone(),
         )
         .unwrap();
-        let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
+        let mut cpu =
+            Session::<_, Vit>::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
         for x in fixture_inputs(&fixture_dir(name)).unwrap() {
             let (g, c) = (gpu.run(&x, &opts).unwrap(), cpu.run(&x, &opts).unwrap());
             let d = c.dim();
@@ -86,12 +88,13 @@ fn f16_weights_keep_patch_cosine_above_0999() {
     drop(be);
     for name in FIXTURE_FAMILIES {
         let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
-        let mut gpu = Session::new(
+        let mut gpu = Session::<_, Vit>::new(
             WgpuBackend::new(Precision::F16, None).unwrap(),
             model.clone(),
         )
         .unwrap();
-        let mut cpu = Session::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
+        let mut cpu =
+            Session::<_, Vit>::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
         for x in fixture_inputs(&fixture_dir(name)).unwrap() {
             let (g, c) = (
                 gpu.run(&x, &RunOptions::default()).unwrap(),
@@ -185,10 +188,12 @@ fn inputs_beyond_the_device_limits_are_a_clear_error() {
     let limit = be.adapter_limits().max_storage_buffer_binding_size as usize;
     let model = Arc::new(Model::load(fixture_dir("dinov3_mlp")).unwrap());
     // The device's limit, not the session's token limit, is what this checks.
-    let mut s = Session::new(be, model).unwrap().with_limits(InputLimits {
-        max_tokens: usize::MAX,
-        ..Default::default()
-    });
+    let mut s = Session::<_, Vit>::new(be, model)
+        .unwrap()
+        .with_limits(InputLimits {
+            max_tokens: usize::MAX,
+            ..Default::default()
+        });
     // A pixel buffer just over the binding limit.
     let side = (((limit / 4 / 3) as f64).sqrt() as usize + 16) / 16 * 16;
     let x = Tensor::zeros(vec![1, 3, side, side]);

@@ -131,20 +131,21 @@ pub fn evaluate(
     let heads = Heads::load(student_dir)?;
     let student = Arc::new(Model::load(student_dir)?);
     let teacher = Arc::new(Model::load(teacher_dir)?);
-    if heads.student_dim != student.config().hidden_size
-        || heads.teacher_dim != teacher.config().hidden_size
+    if heads.student_dim != student.config().hidden_size()
+        || heads.teacher_dim != teacher.config().hidden_size()
     {
         return Err(Error::InvalidArgument(format!(
             "the heads of {} map {} -> {} dims, but the student has {} and the teacher {}: wrong teacher?",
             student_dir.display(),
             heads.student_dim,
             heads.teacher_dim,
-            student.config().hidden_size,
-            teacher.config().hidden_size
+            student.config().hidden_size(),
+            teacher.config().hidden_size()
         )));
     }
-    let size = o.size.unwrap_or(student.config().image_size);
-    let align = Alignment::new(student.config(), size, teacher.config(), o.teacher_size)?;
+    let size = o.size.unwrap_or(student.config().image_size());
+    let student_cfg = student.config().vit_for("distill eval (the student)")?;
+    let align = Alignment::new(student_cfg, size, teacher.config(), o.teacher_size)?;
     let session_opts = SessionOptions {
         threads: o.threads,
         ..Default::default()
@@ -185,9 +186,9 @@ pub fn evaluate(
     let mut stereo_scores = Vec::new();
     let mut stereo_sizes = None;
     if let Some(ss) = o.stereo_size {
-        let grid = ss / student.config().patch_size;
-        let ts = grid * teacher.config().patch_size;
-        stereo_sizes = Some((grid * student.config().patch_size, ts));
+        let grid = ss / student.config().patch_size();
+        let ts = grid * teacher.config().patch_size();
+        stereo_sizes = Some((grid * student.config().patch_size(), ts));
         let pairs = stereo::available_pairs()?;
         let mk = |m: &Arc<Model>, sz: usize| -> Result<Embedder> {
             Embedder::from_model(
@@ -200,7 +201,7 @@ pub fn evaluate(
             )
         };
         let (mut se, mut te) = (
-            mk(&student, grid * student.config().patch_size)?,
+            mk(&student, grid * student.config().patch_size())?,
             mk(&teacher, ts)?,
         );
         for pair in &pairs {

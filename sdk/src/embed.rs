@@ -97,7 +97,7 @@ impl Embedder {
     /// Checks an image of `width x height` against the patch size and the limits.
     pub fn check_input(&self, width: usize, height: usize) -> Result<()> {
         let cfg = self.model.config();
-        let p = cfg.patch_size;
+        let p = cfg.patch_size();
         if width < p || height < p {
             return Err(RuntimeError::ImageTooSmall {
                 height,
@@ -109,12 +109,7 @@ impl Embedder {
         self.limits
             .check_pixels("image", width as u64, height as u64)?;
         let (h, w) = self.pre.output_size(height, width);
-        let grid = cfg.grid(h, w);
-        let tokens = grid
-            .0
-            .checked_mul(grid.1)
-            .and_then(|n| n.checked_add(cfg.num_prefix_tokens()))
-            .unwrap_or(usize::MAX);
+        let (grid, tokens) = (cfg.grid(h, w), cfg.num_tokens(h, w));
         self.limits
             .check_tokens(&format!("a {width}x{height} image"), tokens, grid)?;
         Ok(())

@@ -264,5 +264,5 @@ pub fn score(pair: &StereoPair, left: &Features, right: &Features, patch: usize)
 pub fn evaluate(embedder: &mut Embedder, pair: &StereoPair) -> Result<StereoScore> {
     let l = embedder.embed(&pair.left)?;
     let r = embedder.embed(&pair.right)?;
-    Ok(score(pair, &l, &r, embedder.model().config().patch_size))
+    Ok(score(pair, &l, &r, embedder.model().config().patch_size()))
 }

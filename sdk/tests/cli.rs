@@ -76,7 +76,7 @@ fn embed_fixture(
     let want = reference.get(&format!("{case}.last_hidden_state")).unwrap();
     let (b, n, d) = (want.shape[0], want.shape[1], want.shape[2]);
     let cfg = dinoedge::Model::load(&dir).unwrap().config().clone();
-    let r = cfg.num_register_tokens;
+    let r = cfg.num_register_tokens();
     let (h, w) = cfg.grid(px.shape[2], px.shape[3]);
     assert_eq!(feats.get("cls").unwrap().shape, &[b, d]);
     assert_eq!(feats.get("registers").unwrap().shape, &[b, r, d]);

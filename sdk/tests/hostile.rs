@@ -12,8 +12,8 @@ mod common;
 
 use common::{bin, fixtures, s};
 
-use dinoedge::runtime::config::ModelConfig;
-use dinoedge::runtime::weights::layout::hub_tensors;
+use dinoedge::runtime::config::VitConfig;
+use dinoedge::runtime::models::vit::layout::hub_tensors;
 use dinoedge::runtime::weights::store::write_safetensors;
 
 /// Runs the CLI under `ulimit -v 2500000` with a 60 s watchdog.
@@ -69,10 +69,10 @@ fn refused(args: &[&str], expect: &[&str]) -> String {
 fn model_dir(dir: &Path, config: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config).unwrap();
-    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let cfg = VitConfig::from_file(&dir.join("config.json")).unwrap();
     let mut k = 0u32;
     let tensors = hub_tensors(&cfg, |p| {
-        let n: usize = dinoedge::runtime::weights::layout::shape(&cfg, p)
+        let n: usize = dinoedge::runtime::models::vit::layout::shape(&cfg, p)
             .iter()
             .product();
         Ok((0..n)
@@ -550,7 +550,7 @@ fn import_onnx_reads_external_data_next_to_the_model() {
     assert!(r.status.success());
     let a = dinoedge::Model::load(&out).unwrap();
     let b = dinoedge::Model::load(&inline).unwrap();
-    for p in dinoedge::runtime::weights::layout::params(a.config()) {
+    for p in dinoedge::runtime::models::vit::layout::params(a.config().as_vit().unwrap()) {
         assert_eq!(a.tensor_f32(p).unwrap(), b.tensor_f32(p).unwrap(), "{p:?}");
     }
     // Without its data file: an error naming the file, nothing written.

@@ -51,7 +51,7 @@ fn real_teacher_quantisation_meets_its_targets() {
         .collect();
     let calib = quant::calibrate(&float, &pixels, Some(2), "scikit-image photos", |_| {}).unwrap();
 
-    let layers: Vec<usize> = (0..float.config().num_layers).collect();
+    let layers: Vec<usize> = (0..float.config().num_layers()).collect();
     let embedder = |m: &Arc<Model>, precision, mode| {
         Embedder::from_model(
             m.clone(),

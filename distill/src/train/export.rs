@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use dinoedge_runtime::ModelConfig;
+use dinoedge_runtime::VitConfig;
 use dinoedge_runtime::fsutil::write_atomic;
 use dinoedge_runtime::weights::store::write_safetensors;
 
@@ -18,7 +18,7 @@ use super::options::{RunConfig, TrainOptions};
 /// and its heads (`distill_heads.safetensors`).
 pub(super) fn export(
     out: &Path,
-    student: &ModelConfig,
+    student: &VitConfig,
     layout: &ParamLayout,
     ema: &[f32],
     run: &RunConfig,

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dinoedge_runtime::{Model, ModelConfig, SessionOptions};
+use dinoedge_runtime::{Model, SessionOptions, VitConfig};
 
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self};
@@ -135,7 +135,7 @@ pub fn train_many(
     };
     let teacher_model = Arc::new(Model::load(&o.teacher)?);
     let tcfg = teacher_model.config().clone();
-    let configs: Vec<ModelConfig> = students
+    let configs: Vec<VitConfig> = students
         .iter()
         .map(|s| {
             let mut c = s.config.clone();
@@ -156,12 +156,12 @@ pub fn train_many(
     }
     for (s, c) in students.iter().zip(&configs) {
         for [sb, tb] in &o.inter {
-            if *sb >= c.num_layers || *tb >= tcfg.num_layers {
+            if *sb >= c.num_layers || *tb >= tcfg.num_layers() {
                 return Err(DistillError::Config(format!(
                     "intermediate pair {sb}:{tb} is out of range for {} (student blocks 0..{}, teacher blocks 0..{})",
                     label(s),
                     c.num_layers - 1,
-                    tcfg.num_layers - 1
+                    tcfg.num_layers() - 1
                 )));
             }
         }
@@ -169,7 +169,7 @@ pub fn train_many(
     let data = Dataset::scan(
         &o.data,
         o.holdout,
-        configs[0].patch_size.max(tcfg.patch_size) as u32,
+        configs[0].patch_size.max(tcfg.patch_size()) as u32,
     )?;
     let teacher_layers: Vec<usize> = o.inter.iter().map(|p| p[1]).collect();
     let student_layers: Vec<usize> = o.inter.iter().map(|p| p[0]).collect();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dinoedge_runtime::ModelConfig;
+use dinoedge_runtime::VitConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::cuda::Elem;
@@ -51,7 +51,7 @@ pub struct TrainOptions {
     /// CUDA backend in bf16 for a large teacher. Default: the CPU in f32.
     pub teacher_backend: dinoedge_runtime::BackendKind,
     pub teacher_precision: Option<dinoedge_runtime::Precision>,
-    pub student: ModelConfig,
+    pub student: VitConfig,
     pub data: PathBuf,
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
@@ -106,7 +106,7 @@ pub enum TrainDevice {
 
 impl TrainOptions {
     /// Defaults for everything but the paths, student and size.
-    pub fn new(teacher: PathBuf, student: ModelConfig, data: PathBuf, out: PathBuf) -> Self {
+    pub fn new(teacher: PathBuf, student: VitConfig, data: PathBuf, out: PathBuf) -> Self {
         TrainOptions {
             teacher,
             teacher_backend: dinoedge_runtime::BackendKind::Cpu,
@@ -229,7 +229,7 @@ pub fn default_inter(student_layers: usize, teacher_layers: usize) -> [usize; 2]
 pub struct StudentSpec {
     /// Names the student in messages (`--student` argument: `vit-ti16`, or a config's stem).
     pub name: String,
-    pub config: ModelConfig,
+    pub config: VitConfig,
     /// The student's run directory (run.json, metrics.jsonl, checkpoints/, the export).
     pub out: PathBuf,
 }

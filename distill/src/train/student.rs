@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dinoedge_runtime::fsutil::write_atomic;
-use dinoedge_runtime::{Model, ModelConfig};
+use dinoedge_runtime::{Model, VitConfig};
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::Dataset;
@@ -30,7 +30,7 @@ pub(super) struct StudentRun {
     pub(super) label: Option<String>,
     pub(super) name: String,
     pub(super) out: PathBuf,
-    pub(super) cfg: ModelConfig,
+    pub(super) cfg: VitConfig,
     pub(super) run: RunConfig,
     pub(super) run_json: String,
     pub(super) layout: ParamLayout,
@@ -57,7 +57,7 @@ impl StudentRun {
     pub(super) fn open(
         o: &TrainOptions,
         spec: &StudentSpec,
-        cfg: ModelConfig,
+        cfg: VitConfig,
         teacher: &Model,
         align: &Alignment,
         data: &Dataset,
@@ -91,7 +91,7 @@ impl StudentRun {
         let run_json =
             serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;
         let heads: Vec<(usize, usize)> =
-            std::iter::repeat_n((cfg.hidden_size, tcfg.hidden_size), 2 + o.inter.len()).collect();
+            std::iter::repeat_n((cfg.hidden_size, tcfg.hidden_size()), 2 + o.inter.len()).collect();
         let layout = ParamLayout::new(&cfg, &heads);
         let out = &spec.out;
         std::fs::create_dir_all(out).map_err(|e| DistillError::io(out, e))?;
@@ -152,7 +152,7 @@ impl StudentRun {
                 if let Some(dir) = &o.init_from {
                     let m = Model::load(dir)?;
                     if m.config().to_hf_json()["hidden_size"] != cfg.to_hf_json()["hidden_size"]
-                        || m.config().num_layers != cfg.num_layers
+                        || m.config().num_layers() != cfg.num_layers
                     {
                         return Err(DistillError::Mismatch {
                             path: dir.clone(),
@@ -197,7 +197,7 @@ impl StudentRun {
             width: o.size,
             inter_layers: student_layers.to_vec(),
             recompute: o.recompute,
-            teacher_dim: tcfg.hidden_size,
+            teacher_dim: tcfg.hidden_size(),
         };
         let trainer =
             Trainer::new(on, &cfg, &layout, &state, &shape).map_err(|e| match (&label, e) {

@@ -8,11 +8,11 @@
 //!   x_out = x_mid + ls2 * mlp(norm2(x_mid))
 //! and the outputs are `norm(x_L)` plus `norm(x_j)` for requested intermediate blocks.
 
-use dinoedge_runtime::config::{Activation, MlpKind, ModelConfig, Positions};
-use dinoedge_runtime::forward::dims;
+use dinoedge_runtime::config::{Activation, MlpKind, Positions, VitConfig};
+use dinoedge_runtime::models::vit::forward::dims;
+use dinoedge_runtime::models::vit::layout::{LayerParam as L, Param};
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::rope::tables;
-use dinoedge_runtime::weights::layout::{LayerParam as L, Param};
 
 use super::backend::{Buf, Stats, TrainBackend};
 use super::plan::Plan;
@@ -78,7 +78,7 @@ struct BlockActs {
 
 /// A student's forward and backward at one input shape: its buffers, planned once.
 pub struct Graph {
-    pub cfg: ModelConfig,
+    pub cfg: VitConfig,
     pub dims: Dims,
     /// RoPE tables, uploaded by [`Graph::init`].
     tables: (Vec<f32>, Vec<f32>),
@@ -120,7 +120,7 @@ impl Graph {
     /// outputs of the blocks in `inter_layers` as well.
     pub fn new(
         plan: &mut Plan,
-        cfg: &ModelConfig,
+        cfg: &VitConfig,
         batch: usize,
         (height, width): (usize, usize),
         inter_layers: &[usize],
@@ -216,7 +216,7 @@ impl Graph {
     /// stream; outputs), its inputs and the backward's scratch. Parameters, gradients,
     /// optimizer state and the objective are not included.
     pub fn activation_bytes(
-        cfg: &ModelConfig,
+        cfg: &VitConfig,
         batch: usize,
         hw: (usize, usize),
         inter: usize,

@@ -21,7 +21,7 @@ pub mod plan;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use dinoedge_runtime::ModelConfig;
+use dinoedge_runtime::VitConfig;
 
 use crate::checkpoint::{StateRef, TrainState};
 use crate::cuda::{Device, Elem};
@@ -91,7 +91,7 @@ impl Trainer {
     /// `state`.
     pub fn new(
         on: On,
-        cfg: &ModelConfig,
+        cfg: &VitConfig,
         layout: &ParamLayout,
         state: &TrainState,
         shape: &Shape,

@@ -11,8 +11,8 @@ use dinoedge_distill::optim::AdamW;
 use dinoedge_distill::params::{ParamId, ParamLayout};
 use dinoedge_distill::trainer::{On, Shape, Trainer};
 use dinoedge_runtime::Model;
-use dinoedge_runtime::config::ModelConfig;
-use dinoedge_runtime::weights::layout::{aliases, hub_location};
+use dinoedge_runtime::config::VitConfig;
+use dinoedge_runtime::models::vit::layout::{aliases, hub_location};
 use dinoedge_runtime::weights::store::TensorStore;
 
 /// `fixtures/grads/NAME` (`DINOEDGE_FIXTURES` points at `fixtures/` away from the source tree).
@@ -25,7 +25,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub struct Case {
-    pub cfg: ModelConfig,
+    pub cfg: VitConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub refs: TensorStore,
@@ -43,7 +43,7 @@ pub fn t(store: &TensorStore, name: &str) -> Vec<f32> {
 pub fn load(name: &str) -> Case {
     let dir = fixture(name);
     let model = Model::load(&dir).unwrap();
-    let cfg = model.config().clone();
+    let cfg = model.config().as_vit().expect("a ViT fixture").clone();
     let refs = TensorStore::open_files(&[dir.join("grads.safetensors")]).unwrap();
     let hd: Vec<usize> = refs.get("head.0.weight").unwrap().shape.to_vec();
     let layout = ParamLayout::new(&cfg, &[(hd[1], hd[0]); 3]);

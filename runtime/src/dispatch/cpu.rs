@@ -13,7 +13,7 @@ use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::pool::{Pool, RowsMut};
 use crate::backend::{BackendInfo, BackendKind, Precision};
-use crate::config::{Activation, ModelConfig};
+use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::Epi;
 use crate::ops::matmul::fast::{PackedLinear, matmul_forward};
@@ -103,8 +103,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
+    fn supports(&self, op: Op) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, crate::ops::attention::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {

@@ -1,5 +1,5 @@
 //! The backend seam: the op set of [`crate::ops`] on one device. The model's forward pass
-//! ([`crate::forward`]) is written once against [`Backend`]; a backend supplies buffers,
+//! ([`crate::models::vit::forward`]) is written once against [`Backend`]; a backend supplies buffers,
 //! weight preparation and one method per op, and reports what it cannot run
 //! ([`Backend::supports`]). Arguments follow llm.c: outputs first, then inputs, then sizes.
 //!
@@ -16,7 +16,7 @@ pub mod reference;
 pub mod wgpu;
 
 use crate::backend::BackendInfo;
-use crate::config::{Activation, ModelConfig};
+use crate::config::Activation;
 use crate::error::Result;
 use crate::ops::Dims;
 pub use crate::ops::matmul::Epilogue;
@@ -28,19 +28,21 @@ pub enum Op {
     LayerNorm,
     Matmul,
     Rope,
-    Attention,
+    /// Attention at this head width (kernels bound it).
+    Attention {
+        head_dim: usize,
+        heads: usize,
+    },
     Swiglu,
 }
 
 /// [`Backend::supports`] for a backend whose only model-dependent limit is its attention
 /// kernel's head dim.
-pub(crate) fn attention_head_dims_up_to(
-    op: Op,
-    cfg: &ModelConfig,
-    max: usize,
-) -> std::result::Result<(), String> {
+pub(crate) fn attention_head_dims_up_to(op: Op, max: usize) -> std::result::Result<(), String> {
     match op {
-        Op::Attention => crate::ops::attention::check_head_dim(cfg, max),
+        Op::Attention { head_dim, heads } => {
+            crate::ops::attention::check_head_dim(head_dim, heads, max)
+        }
         _ => Ok(()),
     }
 }
@@ -89,10 +91,10 @@ pub trait Backend: Send {
 
     fn info(&self) -> BackendInfo;
 
-    /// Whether this backend runs `op` for `cfg` natively (no silent fallback elsewhere);
+    /// Whether this backend runs `op` natively (no silent fallback elsewhere);
     /// `Err` says why not. [`crate::session::Session::new`] asks for every op a model uses,
     /// so a model beyond a kernel's limits fails at creation with the reason, not mid-run.
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String>;
+    fn supports(&self, op: Op) -> std::result::Result<(), String>;
 
     /// A zeroed buffer of `len` f32 values.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;

@@ -6,7 +6,7 @@
 
 use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::{BackendInfo, BackendKind, Precision};
-use crate::config::{Activation, ModelConfig};
+use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::Epi;
 use crate::ops::{self, Dims};
@@ -67,8 +67,8 @@ impl Backend for ReferenceBackend {
         }
     }
 
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::MAX_HEAD_DIM)
+    fn supports(&self, op: Op) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, crate::ops::attention::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::wgpu::{GpuBuffer, WgpuDevice};
 use crate::backend::{BackendInfo, BackendKind, Precision};
-use crate::config::{Activation, ModelConfig};
+use crate::config::Activation;
 use crate::error::Result;
 use crate::ops::matmul::wgpu::GpuLinear;
 use crate::ops::{self, Dims};
@@ -64,8 +64,8 @@ impl Backend for WgpuBackend {
         }
     }
 
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        super::attention_head_dims_up_to(op, cfg, crate::ops::attention::wgpu::MAX_HEAD_DIM)
+    fn supports(&self, op: Op) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, crate::ops::attention::wgpu::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<GpuBuffer> {

@@ -19,14 +19,14 @@ use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 use tract_onnx::prelude::{Framework, Tensor as TractTensor};
 
-use crate::config::{Activation, Family, MlpKind, ModelConfig, Positions};
+use crate::config::{Activation, Family, MlpKind, Positions, VitConfig};
 use crate::error::{Result, RuntimeError};
-use crate::weights::layout::{self, LayerParam as L, Param};
+use crate::models::vit::layout::{self, LayerParam as L, Param};
 
 /// A backbone read out of an ONNX graph.
 #[derive(Debug)]
 pub struct OnnxImport {
-    pub config: ModelConfig,
+    pub config: VitConfig,
     /// Every parameter of the architecture, f32, HF shapes.
     pub tensors: HashMap<Param, Vec<f32>>,
     /// Name prefix of the backbone in the graph (e.g. `backbone.`).
@@ -432,7 +432,7 @@ fn infer_config(
     b: &Backbone,
     lin: &Linears,
     notes: &mut Vec<String>,
-) -> Result<(ModelConfig, HashMap<Param, Vec<f32>>)> {
+) -> Result<(VitConfig, HashMap<Param, Vec<f32>>)> {
     let path = graph.path;
     let (family, prefix, node_prefix) = (b.family, &b.prefix, &b.node_prefix);
     let (dim, num_layers) = (b.dim, lin.num_layers);
@@ -491,7 +491,7 @@ fn infer_config(
         Positions::Learned { grid, .. } => grid * b.patch,
         Positions::Rope { .. } => 224,
     };
-    let config = ModelConfig {
+    let config = VitConfig {
         family,
         hidden_size: dim,
         num_layers,
@@ -566,7 +566,7 @@ fn positions(
 /// operand, checked against its shape.
 fn gather_params(
     graph: &Graph,
-    config: &ModelConfig,
+    config: &VitConfig,
     prefix: &str,
     lin: &mut Linears,
     tensors: &mut HashMap<Param, Vec<f32>>,
@@ -658,21 +658,16 @@ fn layout_name(family: Family, prefix: &str, layer: usize, lp: L) -> Vec<String>
     v
 }
 
-fn name_config(family: Family, gated: bool) -> ModelConfig {
+fn name_config(family: Family, gated: bool) -> VitConfig {
     let json = format!(
         r#"{{"model_type":"{}","hidden_size":8,"num_attention_heads":2,"num_hidden_layers":1,"use_swiglu_ffn":{gated},"use_gated_mlp":{gated}}}"#,
         family.model_type()
     );
-    ModelConfig::from_json_str(&json, Path::new("<names>")).expect("static config")
+    VitConfig::from_json_str(&json, Path::new("<names>")).expect("static config")
 }
 
 /// A parameter stored under its HF name (or a transformers-5 alias).
-fn named_param(
-    graph: &Graph,
-    cfg: &ModelConfig,
-    prefix: &str,
-    p: Param,
-) -> Result<Option<Vec<f32>>> {
+fn named_param(graph: &Graph, cfg: &VitConfig, prefix: &str, p: Param) -> Result<Option<Vec<f32>>> {
     let mut names = vec![layout::hub_location(cfg, p)];
     names.extend(layout::aliases(cfg, p));
     for loc in names {

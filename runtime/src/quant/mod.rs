@@ -25,16 +25,17 @@ use crate::backend::Precision;
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::pool::Pool;
 use crate::config::{
-    ActivationScheme, Calibration, MlpKind, ModelConfig, QuantConfig, SmoothQuant,
+    ActivationScheme, Calibration, MlpKind, ModelConfig, QuantConfig, SmoothQuant, VitConfig,
 };
 use crate::dispatch::cpu::CpuBackend;
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
+use crate::models::vit::Vit;
+use crate::models::vit::layout::{self, LayerParam as L, Param, ParamData};
 use crate::ops::matmul::Epi;
 use crate::ops::matmul::fast::{PackedLinear, matmul_forward, quantize_rows, round_even};
 use crate::session::{RunOptions, Session};
 use crate::tensor::Tensor;
-use crate::weights::layout::{self, LayerParam as L, Param, ParamData};
 use observer::{InputStats, Observer, SAMPLE_ROWS};
 
 /// How to choose SmoothQuant.
@@ -89,7 +90,7 @@ pub fn calibrate(
         CpuBackend::new(threads, Precision::F32)?,
         tokens.div_ceil(SAMPLE_ROWS),
     );
-    let mut session = Session::new(backend, model.clone())?;
+    let mut session = Session::<_, Vit>::new(backend, model.clone())?;
     for (i, pixels) in inputs.iter().enumerate() {
         session.run(pixels, &RunOptions::default())?;
         progress(i + 1);
@@ -127,7 +128,7 @@ pub struct Quantized {
 type Site = (String, Vec<L>, Option<(L, L)>);
 
 /// The Linear input sites of layer `l`.
-fn sites(cfg: &ModelConfig, l: usize) -> Vec<Site> {
+fn sites(cfg: &VitConfig, l: usize) -> Vec<Site> {
     let mlp_in = match cfg.mlp {
         MlpKind::Plain(_) => vec![L::UpWeight],
         MlpKind::Gated(_) => vec![L::GateWeight, L::UpWeight],
@@ -261,7 +262,7 @@ pub fn quantize(
     opts: &QuantizeOptions,
     calib: Option<&CalibrationStats>,
 ) -> Result<Quantized> {
-    let cfg = model.config();
+    let cfg = model.config().vit_for("quantize")?;
     let path = model.dir().join("config.json");
     if cfg.quantization.is_some() {
         return Err(RuntimeError::input(
@@ -297,7 +298,7 @@ pub fn quantize(
             .map(|(k, shp, _, bytes)| (k, shp, dtype, convert_f32_bytes(&bytes, dtype)))
             .collect();
             Ok(Quantized {
-                config: cfg.clone(),
+                config: cfg.clone().into(),
                 tensors,
                 sites: Vec::new(),
             })
@@ -326,7 +327,7 @@ fn convert_f32_bytes(bytes: &[u8], dtype: Dtype) -> Vec<u8> {
 }
 
 fn quantize_int8(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     mut values: HashMap<Param, Vec<f32>>,
     opts: &QuantizeOptions,
     calib: Option<&CalibrationStats>,
@@ -480,7 +481,7 @@ fn quantize_int8(
         }
     })?;
     Ok(Quantized {
-        config,
+        config: config.into(),
         tensors,
         sites: reports,
     })

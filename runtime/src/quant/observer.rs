@@ -82,12 +82,8 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
     fn info(&self) -> BackendInfo {
         self.inner.info()
     }
-    fn supports(
-        &self,
-        op: Op,
-        cfg: &crate::config::ModelConfig,
-    ) -> std::result::Result<(), String> {
-        self.inner.supports(op, cfg)
+    fn supports(&self, op: Op) -> std::result::Result<(), String> {
+        self.inner.supports(op)
     }
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         self.inner.alloc(len)

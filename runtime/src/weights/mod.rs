@@ -1,7 +1,6 @@
-//! Weights: memory-mapped safetensors ([`store`]) and the architecture's tensor names ([`layout`]).
+//! Weights: memory-mapped safetensors ([`store`]). Each architecture names its own tensors
+//! (`models::<name>::layout`).
 
-pub mod layout;
 pub mod store;
 
-pub use layout::{LayerParam, Param, WeightLayout};
 pub use store::{StoredTensor, TensorStore};

@@ -440,7 +440,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let t = Model::load(s.teacher())?;
         inter.push(train::default_inter(
             student.num_layers,
-            t.config().num_layers,
+            t.config().num_layers(),
         ));
     }
     let mut o = TrainOptions::new(s.teacher(), student, s.data(), out.clone());
@@ -663,7 +663,7 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
     let data = Dataset::scan(
         &s.data(),
         s.holdout,
-        student.patch_size.max(teacher.config().patch_size) as u32,
+        student.patch_size.max(teacher.config().patch_size()) as u32,
     )?;
     for (p, why) in &data.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());

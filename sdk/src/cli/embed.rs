@@ -90,7 +90,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?;
         // Features are stacked along the batch: every image must give the same grid.
-        let patch = emb.model().config().patch_size;
+        let patch = emb.model().config().patch_size();
         let grids: Vec<_> = sizes
             .iter()
             .map(|&(ih, iw)| {
@@ -171,7 +171,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         info.device,
         elapsed.as_secs_f64(),
         features.dim(),
-        cfg.num_register_tokens,
+        cfg.num_register_tokens(),
     );
     let d = features.dim();
     for (i, name) in inputs.iter().enumerate() {

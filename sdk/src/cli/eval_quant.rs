@@ -49,8 +49,8 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
     let reference = Arc::new(Model::load(&a.reference)?);
     let quantized = Arc::new(Model::load(&a.quantized)?);
     let (rc, qc) = (reference.config(), quantized.config());
-    if (rc.hidden_size, rc.num_layers, rc.patch_size)
-        != (qc.hidden_size, qc.num_layers, qc.patch_size)
+    if (rc.hidden_size(), rc.num_layers(), rc.patch_size())
+        != (qc.hidden_size(), qc.num_layers(), qc.patch_size())
     {
         return Err(Error::InvalidArgument(format!(
             "{} and {} are different architectures",
@@ -68,7 +68,7 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
             "no images: pass IMAGES or run scripts/fetch-assets.sh for the default photos".into(),
         ));
     }
-    let all_layers: Vec<usize> = (0..rc.num_layers).collect();
+    let all_layers: Vec<usize> = (0..rc.num_layers()).collect();
     let session = |precision: Option<Precision>| SessionOptions {
         precision,
         threads: a.threads,
@@ -126,7 +126,7 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
 
     println!("{:<8} {:>12} {:>12}", "layer", "CLS cos", "patch cos");
     for c in &cos {
-        let label = if c.layer + 1 == rc.num_layers {
+        let label = if c.layer + 1 == rc.num_layers() {
             format!("{} (out)", c.layer)
         } else {
             c.layer.to_string()

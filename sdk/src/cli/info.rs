@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dinoedge::runtime::{Model, Positions};
+use dinoedge::runtime::{Model, ModelConfig, Positions};
 use dinoedge::{BackendKind, Result};
 use serde_json::json;
 
@@ -130,7 +130,8 @@ fn backend_info(b: BackendKind, json: bool, model_dir: Option<&std::path::Path>)
 
 fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
     let model = Model::load(model_dir)?;
-    let cfg = model.config();
+    // One section per architecture (the compiler lists this match when one is added).
+    let ModelConfig::Vit(cfg) = model.config();
     let store = model.store();
     let dtypes = store.dtype_counts();
     let (gh, gw) = cfg.grid(224, 224);
@@ -210,13 +211,14 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
     if let Some(dir) = model_dir {
         use dinoedge::runtime::dispatch::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
-        head_dim = Some(model.config().hidden_size / model.config().num_heads);
+        head_dim = model.config().as_vit().map(|c| c.head_dim());
         let params = model.num_parameters() as u64;
         for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
             let mut totals = serde_json::Map::new();
             let mut row = json!({"batch": batch, "size": size});
             for p in [dinoedge::Precision::F32, dinoedge::Precision::F16] {
-                let m = memory_plan(model.config(), params, p, batch, size, size);
+                let ModelConfig::Vit(cfg) = model.config();
+                let m = memory_plan(cfg, params, p, batch, size, size);
                 let key = if p == dinoedge::Precision::F32 {
                     "f32"
                 } else {

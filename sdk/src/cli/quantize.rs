@@ -58,8 +58,8 @@ fn calibration_inputs(
     for f in files {
         match image_io::load_rgb(f) {
             Ok(img)
-                if img.width >= model.config().patch_size
-                    && img.height >= model.config().patch_size =>
+                if img.width >= model.config().patch_size()
+                    && img.height >= model.config().patch_size() =>
             {
                 out.push(pre.run(&img)?)
             }

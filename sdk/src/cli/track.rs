@@ -242,7 +242,7 @@ pub fn discover(a: DiscoverArgs) -> Result<()> {
     let f = emb.embed_pixels(&px)?;
     let fwd = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let patch = emb.model().config().patch_size;
+    let patch = emb.model().config().patch_size();
     let d = tokencut(
         &f.last.patches.data,
         f.dim(),

@@ -18,7 +18,7 @@ use half::{bf16, f16};
 use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::cuda::device::{DevPtr, Device, DeviceBuffer, Elem, GraphId, bytes, bytes_mut};
 use crate::backend::{BackendInfo, BackendKind, Precision};
-use crate::config::{Activation, ModelConfig};
+use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
 use crate::ops::matmul::cuda::{CudaLinear, GemmScratch};
 use crate::ops::{self, Dims};
@@ -194,8 +194,8 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn supports(&self, op: Op, cfg: &ModelConfig) -> std::result::Result<(), String> {
-        super::attention_head_dims_up_to(op, cfg, ops::attention::cuda::MAX_HEAD_DIM)
+    fn supports(&self, op: Op) -> std::result::Result<(), String> {
+        super::attention_head_dims_up_to(op, ops::attention::cuda::MAX_HEAD_DIM)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuffer> {

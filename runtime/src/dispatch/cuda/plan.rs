@@ -8,8 +8,8 @@
 //! ([`gemm_scratch_bytes`]).
 
 use crate::backend::Precision;
-use crate::config::{MlpKind, ModelConfig};
-use crate::forward::{buffer_table, dims};
+use crate::config::{MlpKind, VitConfig};
+use crate::models::vit::forward::{buffer_table, dims};
 use crate::ops::Dims;
 
 /// Bytes one model + input shape needs on the GPU.
@@ -54,7 +54,7 @@ pub fn gemm_scratch_bytes(d: &Dims, precision: Precision) -> usize {
 
 /// Weights of all Linear layers (patch embedding, qkv, projection, MLP), which the backend
 /// stores in the session precision.
-pub fn linear_weight_count(cfg: &ModelConfig) -> u64 {
+pub fn linear_weight_count(cfg: &VitConfig) -> u64 {
     let (d, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     let mlp = match cfg.mlp {
         MlpKind::Gated(_) => 3 * d * i,
@@ -66,7 +66,7 @@ pub fn linear_weight_count(cfg: &ModelConfig) -> u64 {
 
 /// The plan for `num_params` parameters (from the checkpoint) at `batch` x `height` x `width`.
 pub fn memory_plan(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     num_params: u64,
     precision: Precision,
     batch: usize,

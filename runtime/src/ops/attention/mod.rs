@@ -18,12 +18,11 @@ pub mod wgpu;
 pub const MAX_HEAD_DIM: usize = 256;
 
 /// `Err` naming the limit when `cfg`'s head dim exceeds `max` (each backend's kernel limit).
-pub fn check_head_dim(cfg: &crate::config::ModelConfig, max: usize) -> Result<(), String> {
-    let hd = cfg.head_dim();
-    if hd > max {
+pub fn check_head_dim(head_dim: usize, heads: usize, max: usize) -> Result<(), String> {
+    if head_dim > max {
         return Err(format!(
-            "head dim {hd} (hidden_size {} / {} heads) exceeds its attention kernel's limit of {max}",
-            cfg.hidden_size, cfg.num_heads
+            "head dim {head_dim} (hidden_size {} / {heads} heads) exceeds its attention kernel's limit of {max}",
+            head_dim * heads
         ));
     }
     Ok(())

@@ -81,7 +81,7 @@ pub unsafe fn i8_tile<const M: usize>(
 /// of `|a| <= 128` and `b` in [-128, 127] stays within i16, so it never saturates; `vpmaddwd`
 /// by ones then adds the pairs into i32 lanes, 4 products each as `vpdpbusd` does. The one
 /// hazard is a weight of -128, which `vpsignb` cannot negate: the loader refuses those
-/// (`weights::layout`), and our quantisers clamp to ±127, so the result is exact.
+/// (`models::vit::layout`), and our quantisers clamp to ±127, so the result is exact.
 /// `N` is 16 (AVX2 panels) or 32 (AVX-512 without VNNI).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)] // chunk and row index several arrays at once

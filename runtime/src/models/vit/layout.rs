@@ -11,9 +11,9 @@ use std::ops::Range;
 
 use safetensors::tensor::Dtype;
 
-use super::store::{StoredTensor, TensorStore};
-use crate::config::{Family, MlpKind, ModelConfig, Positions};
+use crate::config::{Family, MlpKind, Positions, VitConfig};
 use crate::error::{Result, RuntimeError};
+use crate::weights::store::{self, StoredTensor, TensorStore};
 
 /// A parameter of one transformer block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,7 +71,7 @@ impl Location {
 
 /// Every parameter the architecture needs, in a stable order. The mask token is not listed
 /// (it is optional); biases appear only when the config enables them.
-pub fn params(cfg: &ModelConfig) -> Vec<Param> {
+pub fn params(cfg: &VitConfig) -> Vec<Param> {
     use LayerParam::*;
     let mut v = vec![Param::PatchWeight, Param::PatchBias, Param::ClsToken];
     // HF's DINOv3 always holds `register_tokens`, shape (1, 0, D) when there are none.
@@ -121,7 +121,7 @@ pub fn params(cfg: &ModelConfig) -> Vec<Param> {
 }
 
 /// The HF shape of a parameter.
-pub fn shape(cfg: &ModelConfig, p: Param) -> Vec<usize> {
+pub fn shape(cfg: &VitConfig, p: Param) -> Vec<usize> {
     use LayerParam::*;
     let d = cfg.hidden_size;
     let i = cfg.intermediate_size;
@@ -150,7 +150,7 @@ pub fn shape(cfg: &ModelConfig, p: Param) -> Vec<usize> {
 }
 
 /// The hub (save_pretrained) name of a parameter.
-pub fn hub_location(cfg: &ModelConfig, p: Param) -> Location {
+pub fn hub_location(cfg: &VitConfig, p: Param) -> Location {
     match cfg.family {
         Family::Dinov3 => Location::whole(dinov3_name(p, "layer")),
         Family::Dinov2 | Family::Dinov2Registers => dinov2_location(cfg, p),
@@ -158,7 +158,7 @@ pub fn hub_location(cfg: &ModelConfig, p: Param) -> Location {
 }
 
 /// Other names of a parameter: transformers 5 in-memory names.
-pub fn aliases(cfg: &ModelConfig, p: Param) -> Vec<Location> {
+pub fn aliases(cfg: &VitConfig, p: Param) -> Vec<Location> {
     match (cfg.family, p) {
         (Family::Dinov3, Param::Layer(..)) => vec![Location::whole(dinov3_name(p, "model.layer"))],
         (Family::Dinov2 | Family::Dinov2Registers, Param::Layer(l, lp)) => {
@@ -226,7 +226,7 @@ fn dinov3_name(p: Param, layer_prefix: &str) -> String {
     }
 }
 
-fn dinov2_location(cfg: &ModelConfig, p: Param) -> Location {
+fn dinov2_location(cfg: &VitConfig, p: Param) -> Location {
     use LayerParam::*;
     let gated = matches!(cfg.mlp, MlpKind::Gated(_));
     let i = cfg.intermediate_size;
@@ -348,7 +348,7 @@ fn detect_prefix(store: &TensorStore) -> String {
 }
 
 /// Matches the store against the architecture.
-pub fn resolve(cfg: &ModelConfig, store: &TensorStore) -> Result<WeightLayout> {
+pub fn resolve(cfg: &VitConfig, store: &TensorStore) -> Result<WeightLayout> {
     let prefix = detect_prefix(store);
     let mut out = WeightLayout {
         prefix: prefix.clone(),
@@ -581,7 +581,7 @@ pub enum ParamData {
 /// Builds the hub-layout tensors of a model from per-parameter f32 values (packing DINOv2's
 /// SwiGLU `weights_in`). The mask token is written as zeros when `get` has none.
 pub fn hub_tensors(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     mut get: impl FnMut(Param) -> Result<Vec<f32>>,
 ) -> Result<Vec<HubTensor>> {
     hub_tensors_with(cfg, |p| get(p).map(ParamData::F32))
@@ -594,7 +594,7 @@ fn i8_entry(name: String, shape: Vec<usize>, q: &[i8]) -> HubTensor {
 /// As [`hub_tensors`], with int8 Linear weights written as I8 plus their `_scale` (and
 /// `input_scale`) tensors.
 pub fn hub_tensors_with(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     mut get: impl FnMut(Param) -> Result<ParamData>,
 ) -> Result<Vec<HubTensor>> {
     // Packed tensor name -> its parts: (rows, data, shape of the part).
@@ -605,23 +605,15 @@ pub fn hub_tensors_with(
     all.push(Param::MaskToken);
     let emit = |out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData| match data
     {
-        ParamData::F32(v) => out.push(super::store::f32_entry(key, shp, v)),
+        ParamData::F32(v) => out.push(store::f32_entry(key, shp, v)),
         ParamData::Int8 {
             q,
             scales,
             input_scale,
         } => {
-            out.push(super::store::f32_entry(
-                scale_key(&key),
-                vec![shp[0]],
-                scales,
-            ));
+            out.push(store::f32_entry(scale_key(&key), vec![shp[0]], scales));
             if let Some(s) = input_scale {
-                out.push(super::store::f32_entry(
-                    input_scale_key(&key),
-                    vec![],
-                    &[*s],
-                ));
+                out.push(store::f32_entry(input_scale_key(&key), vec![], &[*s]));
             }
             out.push(i8_entry(key, shp, q));
         }

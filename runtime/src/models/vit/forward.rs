@@ -15,18 +15,22 @@
 //! [`PreparedModel`] holds the weights converted once for a backend; [`Plan`] holds every
 //! buffer for one input shape, so a forward allocates nothing.
 
-use crate::config::{MlpKind, ModelConfig, Positions};
+use crate::config::{MlpKind, Positions, VitConfig};
 use crate::dispatch::{Backend, Epilogue, HostLinear};
 use crate::error::{Result, RuntimeError};
 use crate::model::{Int8Weight, Model};
+use crate::models::vit::layout::{LayerParam as L, Param};
 use crate::ops::{self, Dims};
 use crate::resample;
-use crate::weights::{LayerParam as L, Param};
 
 /// The ops a forward of `cfg` issues, for [`Backend::supports`].
-pub fn ops_used(cfg: &ModelConfig) -> Vec<crate::dispatch::Op> {
+pub fn ops_used(cfg: &VitConfig) -> Vec<crate::dispatch::Op> {
     use crate::dispatch::Op;
-    let mut ops = vec![Op::PatchEmbed, Op::LayerNorm, Op::Matmul, Op::Attention];
+    let attention = Op::Attention {
+        head_dim: cfg.head_dim(),
+        heads: cfg.num_heads,
+    };
+    let mut ops = vec![Op::PatchEmbed, Op::LayerNorm, Op::Matmul, attention];
     if matches!(cfg.positions, Positions::Rope { .. }) {
         ops.push(Op::Rope);
     }
@@ -52,7 +56,7 @@ pub struct PreparedLayer<B: Backend> {
 
 /// All weights of a model, converted once into a backend's layout.
 pub struct PreparedModel<B: Backend> {
-    pub config: ModelConfig,
+    pub config: VitConfig,
     pub patch: B::Linear,
     pub cls: B::Buffer,
     pub registers: Option<B::Buffer>,
@@ -114,7 +118,7 @@ fn stacked_linear(
 impl<B: Backend> PreparedModel<B> {
     /// Converts every parameter of `model` for `backend`.
     pub fn new(backend: &B, model: &Model) -> Result<Self> {
-        let cfg = model.config().clone();
+        let cfg = model.config().vit_for("the ViT forward")?.clone();
         let d = cfg.hidden_size;
         let i = cfg.intermediate_size;
         let bias = |flag: bool, p: Param| flag.then_some(p);
@@ -202,7 +206,7 @@ impl<B: Backend> PreparedModel<B> {
 }
 
 /// Sizes of a forward for `batch` images of `height x width` pixels.
-pub fn dims(cfg: &ModelConfig, batch: usize, height: usize, width: usize) -> Dims {
+pub fn dims(cfg: &VitConfig, batch: usize, height: usize, width: usize) -> Dims {
     let (grid_h, grid_w) = cfg.grid(height, width);
     Dims {
         batch,
@@ -220,7 +224,7 @@ pub fn dims(cfg: &ModelConfig, batch: usize, height: usize, width: usize) -> Dim
 }
 
 /// The DINOv2 position table (1 + gh*gw, D) for a grid, resampled as HF does.
-pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: usize) -> Vec<f32> {
+pub fn position_table(cfg: &VitConfig, table: &[f32], grid_h: usize, grid_w: usize) -> Vec<f32> {
     let Positions::Learned { grid, antialias } = cfg.positions else {
         return Vec::new();
     };
@@ -262,7 +266,7 @@ pub fn position_table(cfg: &ModelConfig, table: &[f32], grid_h: usize, grid_w: u
 /// in allocation order. [`Plan::new`] allocates exactly these, and the CUDA memory plan
 /// (`dispatch::cuda::plan`) sums them, so the two cannot drift apart.
 pub fn buffer_table(
-    cfg: &ModelConfig,
+    cfg: &VitConfig,
     d: &Dims,
     captures: usize,
     patch_embed_scratch: usize,

@@ -1,0 +1,68 @@
+//! Architectures, one folder each: its config, its parameter layout and its forward.
+//!
+//! A new architecture adds `models/<name>/` with those three files, implements
+//! [`Architecture`], adds a [`ModelConfig`](crate::config::ModelConfig) variant with its
+//! `model_type` values, and brings any op it needs as a new `ops/<op>/` folder. The session,
+//! the backends and the device layers stay as they are.
+
+pub mod vit;
+
+use crate::dispatch::{Backend, Op};
+use crate::error::Result;
+use crate::features::Features;
+use crate::limits::InputLimits;
+use crate::model::Model;
+
+/// What a session needs from an architecture. The session owns the backend, the model and
+/// a few plans; the architecture says what those plans hold and which ops fill them.
+pub trait Architecture: 'static {
+    /// The model's weights, converted once into backend `B`'s layout.
+    type Prepared<B: Backend>: Send;
+    /// Every buffer of one forward at one input shape, so that a forward allocates nothing.
+    type Plan<B: Backend>: Send;
+    /// The sizes of one forward, the key a session keeps its plans by.
+    type Shape: Copy + Eq + Send + std::fmt::Debug;
+
+    /// The ops a forward of `model` issues, asked of the backend before anything is converted.
+    fn ops_used(model: &Model) -> Result<Vec<Op>>;
+
+    /// Converts `model`'s weights for `backend`.
+    fn prepare<B: Backend>(backend: &B, model: &Model) -> Result<Self::Prepared<B>>;
+
+    /// The shape of a forward on `batch` images of `height x width` pixels, checked against
+    /// the model (smallest input) and `limits` (largest). The session has already checked
+    /// the tensor's rank, channels and values.
+    fn shape<B: Backend>(
+        m: &Self::Prepared<B>,
+        batch: usize,
+        height: usize,
+        width: usize,
+        limits: &InputLimits,
+    ) -> Result<Self::Shape>;
+
+    /// Allocates every buffer of one forward (see the architecture's buffer table), with
+    /// the outputs of the blocks in `capture` kept as well.
+    fn plan<B: Backend>(
+        backend: &B,
+        m: &Self::Prepared<B>,
+        shape: Self::Shape,
+        capture: &[usize],
+    ) -> Result<Self::Plan<B>>;
+
+    /// The plan's input buffer, `(B, C, H, W)`.
+    fn pixels<B: Backend>(plan: &mut Self::Plan<B>) -> &mut B::Buffer;
+
+    /// One forward from the plan's pixels to its outputs.
+    fn forward<B: Backend>(
+        backend: &B,
+        m: &Self::Prepared<B>,
+        plan: &mut Self::Plan<B>,
+    ) -> Result<()>;
+
+    /// Reads the outputs of the last forward back to the host.
+    fn outputs<B: Backend>(
+        backend: &B,
+        m: &Self::Prepared<B>,
+        plan: &Self::Plan<B>,
+    ) -> Result<Features>;
+}
