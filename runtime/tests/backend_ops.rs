@@ -275,11 +275,16 @@ fn run<B: Backend>(be: &B, case: &Case, seed: u64) -> Result<Vec<f32>> {
             let cls = be.upload(&r.vec(d.dim, 1.0))?;
             let regs = be.upload(&r.vec((d.prefix - 1).max(1) * d.dim, 1.0))?;
             let pos_b = be.upload(&r.vec((1 + d.patches()) * d.dim, 0.5))?;
-            let mut scratch = be.alloc(be.patch_embed_scratch(&d).max(1))?;
+            let n_patches = d.batch * d.patches();
+            let mut cols = be.alloc(n_patches * d.patch_len())?;
+            let mut emb = be.alloc(n_patches * d.dim)?;
             let mut x = be.alloc(d.rows() * d.dim)?;
             let regs = registers.then_some(&regs);
             let pos = pos.then_some(&pos_b);
-            be.patch_embed(&mut x, &mut scratch, &pixels, &w, &cls, regs, pos, &d)?;
+            // The model's three steps: im2col, the conv as a matmul, token assembly.
+            be.patch_embed_im2col(&mut cols, &pixels, &d)?;
+            be.matmul(&mut emb, &cols, &w, n_patches, Epilogue::Store)?;
+            be.patch_embed_assemble(&mut x, &emb, &cls, regs, pos, &d)?;
             (x, d.rows() * d.dim)
         }
         Case::LayerNorm { rows, cols } => {

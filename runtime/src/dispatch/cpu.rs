@@ -142,10 +142,6 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn patch_embed_scratch(&self, d: &Dims) -> usize {
-        ops::patch_embed::scratch_len(d)
-    }
-
     fn reserve(&self, d: &Dims) -> Result<()> {
         let need = self.scratch_floats(d);
         let mut s = self.scratch.borrow_mut();
@@ -155,28 +151,27 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn patch_embed(
+    fn patch_embed_im2col(&self, cols: &mut Vec<f32>, pixels: &Vec<f32>, d: &Dims) -> Result<()> {
+        let (pl, n_patches) = (d.patch_len(), d.batch * d.patches());
+        let cols_rows = RowsMut::new(&mut cols[..n_patches * pl], pl);
+        self.pool.run_rows(n_patches, 4, |r0, r1| {
+            im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d)
+        });
+        pool_status(&self.pool)
+    }
+
+    fn patch_embed_assemble(
         &self,
         x: &mut Vec<f32>,
-        scratch: &mut Vec<f32>,
-        pixels: &Vec<f32>,
-        w: &PackedLinear,
+        emb: &Vec<f32>,
         cls: &Vec<f32>,
         registers: Option<&Vec<f32>>,
         pos: Option<&Vec<f32>>,
         d: &Dims,
     ) -> Result<()> {
-        let (pl, dim, n_patches) = (d.patch_len(), d.dim, d.batch * d.patches());
-        let (cols, emb) = scratch.split_at_mut(n_patches * pl);
-        let emb = &mut emb[..n_patches * dim];
-        let cols_rows = RowsMut::new(cols, pl);
-        self.pool.run_rows(n_patches, 4, |r0, r1| {
-            im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d)
-        });
-        self.matmul_slices(emb, cols, w, n_patches, Epi::Store)?;
+        let dim = d.dim;
         let regs: &[f32] = registers.map(|r| r.as_slice()).unwrap_or(&[]);
         let x_rows = RowsMut::new(&mut x[..d.rows() * dim], dim);
-        let emb = &*emb;
         self.pool.run_rows(d.rows(), 8, |r0, r1| {
             assemble_rows(
                 unsafe { x_rows.rows(r0, r1) },

@@ -113,17 +113,22 @@ pub trait Backend: Send {
     }
     /// Converts a Linear layer once, at session creation.
     fn linear(&self, w: HostLinear) -> Result<Self::Linear>;
-    /// Floats of scratch `patch_embed` needs for these dims.
-    fn patch_embed_scratch(&self, d: &Dims) -> usize;
 
-    /// x (B, N, D) = [cls (+pos[0]), registers, conv(pixels) (+pos[1..])].
-    #[allow(clippy::too_many_arguments)]
-    fn patch_embed(
+    /// patch_embed, step 1: cols (B*HW, C*P*P) = the patches of pixels (B, C, H, W). Step 2,
+    /// the convolution, is a [`Backend::matmul`] of cols by the patch weights.
+    fn patch_embed_im2col(
+        &self,
+        cols: &mut Self::Buffer,
+        pixels: &Self::Buffer,
+        d: &Dims,
+    ) -> Result<()>;
+
+    /// patch_embed, step 3: x (B, N, D) = [cls (+pos[0]), registers, emb (+pos[1..])], from
+    /// the embedded patches emb (B*HW, D).
+    fn patch_embed_assemble(
         &self,
         x: &mut Self::Buffer,
-        scratch: &mut Self::Buffer,
-        pixels: &Self::Buffer,
-        w: &Self::Linear,
+        emb: &Self::Buffer,
         cls: &Self::Buffer,
         registers: Option<&Self::Buffer>,
         pos: Option<&Self::Buffer>,

@@ -97,16 +97,16 @@ impl Backend for ReferenceBackend {
         })
     }
 
-    fn patch_embed_scratch(&self, d: &Dims) -> usize {
-        ops::patch_embed::scratch_len(d)
+    fn patch_embed_im2col(&self, cols: &mut Vec<f32>, pixels: &Vec<f32>, d: &Dims) -> Result<()> {
+        self.pool
+            .install(|| ops::patch_embed::cpu::patch_embed_forward_im2col(cols, pixels, d));
+        Ok(())
     }
 
-    fn patch_embed(
+    fn patch_embed_assemble(
         &self,
         x: &mut Vec<f32>,
-        scratch: &mut Vec<f32>,
-        pixels: &Vec<f32>,
-        w: &RefLinear,
+        emb: &Vec<f32>,
         cls: &Vec<f32>,
         registers: Option<&Vec<f32>>,
         pos: Option<&Vec<f32>>,
@@ -114,12 +114,9 @@ impl Backend for ReferenceBackend {
     ) -> Result<()> {
         let regs: &[f32] = registers.map(|r| r.as_slice()).unwrap_or(&[]);
         self.pool.install(|| {
-            ops::patch_embed::cpu::patch_embed_forward(
+            ops::patch_embed::cpu::patch_embed_forward_assemble(
                 x,
-                scratch,
-                pixels,
-                &w.weight,
-                &w.bias,
+                emb,
                 cls,
                 regs,
                 pos.map(|p| p.as_slice()),

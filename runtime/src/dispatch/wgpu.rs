@@ -1,8 +1,6 @@
 //! The wgpu backend: the op set's WGSL forms (`ops/<op>/wgpu.rs`) on a [`WgpuDevice`].
 //! f32, or f16 weights with f32 arithmetic (SHADER_F16).
 
-use std::cell::RefCell;
-
 use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::wgpu::{GpuBuffer, WgpuDevice};
 use crate::backend::{BackendInfo, BackendKind, Precision};
@@ -14,8 +12,6 @@ use crate::ops::{self, Dims};
 pub struct WgpuBackend {
     dev: WgpuDevice,
     precision: Precision,
-    /// patch_embed scratch: im2col columns and projected patches, sized by `reserve`.
-    patch_scratch: RefCell<Option<(GpuBuffer, GpuBuffer)>>,
 }
 
 impl WgpuBackend {
@@ -30,7 +26,6 @@ impl WgpuBackend {
         Ok(WgpuBackend {
             dev: WgpuDevice::new(precision == Precision::F16, adapter)?,
             precision,
-            patch_scratch: RefCell::new(None),
         })
     }
 
@@ -119,42 +114,26 @@ impl Backend for WgpuBackend {
         })
     }
 
-    fn patch_embed_scratch(&self, _d: &Dims) -> usize {
-        1
-    }
-
-    fn reserve(&self, d: &Dims) -> Result<()> {
-        let (cols, emb) = (
-            d.batch * d.patches() * d.patch_len(),
-            d.batch * d.patches() * d.dim,
-        );
-        let mut s = self.patch_scratch.borrow_mut();
-        if s.as_ref().is_none_or(|(c, e)| c.len < cols || e.len < emb) {
-            *s = Some((
-                self.dev.zeros(cols, "im2col")?,
-                self.dev.zeros(emb, "patch embeddings")?,
-            ));
-        }
+    fn reserve(&self, _d: &Dims) -> Result<()> {
         self.dev.trim_caches();
         Ok(())
     }
 
-    fn patch_embed(
+    fn patch_embed_im2col(&self, cols: &mut GpuBuffer, pixels: &GpuBuffer, d: &Dims) -> Result<()> {
+        ops::patch_embed::wgpu::patch_embed_forward_im2col(&self.dev, cols, pixels, d)
+    }
+
+    fn patch_embed_assemble(
         &self,
         x: &mut GpuBuffer,
-        _scratch: &mut GpuBuffer,
-        pixels: &GpuBuffer,
-        w: &GpuLinear,
+        emb: &GpuBuffer,
         cls: &GpuBuffer,
         registers: Option<&GpuBuffer>,
         pos: Option<&GpuBuffer>,
         d: &Dims,
     ) -> Result<()> {
-        self.reserve(d)?;
-        let s = self.patch_scratch.borrow();
-        let (cols, emb) = s.as_ref().expect("reserved");
-        ops::patch_embed::wgpu::patch_embed_forward(
-            &self.dev, x, cols, emb, pixels, w, cls, registers, pos, d,
+        ops::patch_embed::wgpu::patch_embed_forward_assemble(
+            &self.dev, x, emb, cls, registers, pos, d,
         )
     }
 

@@ -105,25 +105,23 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
             inner: self.inner.linear(w)?,
         })
     }
-    fn patch_embed_scratch(&self, d: &Dims) -> usize {
-        self.inner.patch_embed_scratch(d)
-    }
     fn reserve(&self, d: &Dims) -> Result<()> {
         self.inner.reserve(d)
     }
-    fn patch_embed(
+    fn patch_embed_im2col(&self, cols: &mut Vec<f32>, pixels: &Vec<f32>, d: &Dims) -> Result<()> {
+        self.inner.patch_embed_im2col(cols, pixels, d)
+    }
+    fn patch_embed_assemble(
         &self,
         x: &mut Vec<f32>,
-        scratch: &mut Vec<f32>,
-        pixels: &Vec<f32>,
-        w: &Self::Linear,
+        emb: &Vec<f32>,
         cls: &Vec<f32>,
         registers: Option<&Vec<f32>>,
         pos: Option<&Vec<f32>>,
         d: &Dims,
     ) -> Result<()> {
         self.inner
-            .patch_embed(x, scratch, pixels, &w.inner, cls, registers, pos, d)
+            .patch_embed_assemble(x, emb, cls, registers, pos, d)
     }
     fn layer_norm(
         &self,

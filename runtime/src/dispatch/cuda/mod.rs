@@ -266,10 +266,6 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn patch_embed_scratch(&self, d: &Dims) -> usize {
-        ops::patch_embed::scratch_len(d)
-    }
-
     fn reserve(&self, d: &Dims) -> Result<()> {
         self.check_memory(
             plan::gemm_scratch_bytes(d, self.precision),
@@ -283,24 +279,28 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn patch_embed(
+    fn patch_embed_im2col(
+        &self,
+        cols: &mut CudaBuffer,
+        pixels: &CudaBuffer,
+        d: &Dims,
+    ) -> Result<()> {
+        ops::patch_embed::cuda::patch_embed_forward_im2col(&*self.dev, cols.ptr, pixels.ptr, d)
+    }
+
+    fn patch_embed_assemble(
         &self,
         x: &mut CudaBuffer,
-        scratch: &mut CudaBuffer,
-        pixels: &CudaBuffer,
-        w: &CudaLinear,
+        emb: &CudaBuffer,
         cls: &CudaBuffer,
         registers: Option<&CudaBuffer>,
         pos: Option<&CudaBuffer>,
         d: &Dims,
     ) -> Result<()> {
-        ops::patch_embed::cuda::patch_embed_forward(
+        ops::patch_embed::cuda::patch_embed_forward_assemble(
             &*self.dev,
-            &mut self.scratch.borrow_mut(),
             x.ptr,
-            scratch.ptr,
-            pixels.ptr,
-            w,
+            emb.ptr,
             cls.ptr,
             registers.map(|r| r.ptr),
             pos.map(|p| p.ptr),

@@ -79,8 +79,7 @@ pub fn memory_plan(
         _ => 4,
     };
     let d = dims(cfg, batch, height, width);
-    let scratch = crate::ops::patch_embed::scratch_len(&d);
-    let act: usize = buffer_table(cfg, &d, 0, scratch).iter().map(|e| e.1).sum();
+    let act: usize = buffer_table(cfg, &d, 0).iter().map(|e| e.1).sum();
     MemoryPlan {
         batch,
         height,

@@ -1,7 +1,8 @@
 //! The model definition: one DINOv3 / DINOv2 forward pass, written once against [`Backend`].
 //!
 //! ```text
-//! x = patch_embed(pixels)                       [CLS, registers, patches] (+ pos, DINOv2)
+//! x = patch_embed(pixels)                       im2col, matmul, then [CLS, registers, patches]
+//!                                               (+ pos, DINOv2)
 //! for each block:
 //!     h   = layer_norm(x; norm1)
 //!     qkv = matmul(h; [Wq; Wk; Wv])              fused q, k, v projections
@@ -265,17 +266,13 @@ pub fn position_table(cfg: &VitConfig, table: &[f32], grid_h: usize, grid_w: usi
 /// Every buffer of one forward at `d` with `captures` captured blocks: (name, f32 elements),
 /// in allocation order. [`Plan::new`] allocates exactly these, and the CUDA memory plan
 /// (`dispatch::cuda::plan`) sums them, so the two cannot drift apart.
-pub fn buffer_table(
-    cfg: &VitConfig,
-    d: &Dims,
-    captures: usize,
-    patch_embed_scratch: usize,
-) -> Vec<(&'static str, usize)> {
+pub fn buffer_table(cfg: &VitConfig, d: &Dims, captures: usize) -> Vec<(&'static str, usize)> {
     let (rows, dim, i) = (d.rows(), d.dim, d.hidden);
     let gated = matches!(cfg.mlp, MlpKind::Gated(_));
     let mut t = vec![
         ("pixels", d.batch * d.channels * d.height * d.width),
-        ("patch_embed scratch", patch_embed_scratch),
+        ("patch cols", d.batch * d.patches() * d.patch_len()),
+        ("patch emb", d.batch * d.patches() * dim),
         ("x", rows * dim),
         ("h", rows * dim),
         ("qkv", rows * 3 * dim),
@@ -305,7 +302,8 @@ pub struct Plan<B: Backend> {
     /// Block indices whose (final-normed) output is kept, in request order.
     pub capture: Vec<usize>,
     pub pixels: B::Buffer,
-    scratch: B::Buffer,
+    cols: B::Buffer,
+    emb: B::Buffer,
     x: B::Buffer,
     h: B::Buffer,
     qkv: B::Buffer,
@@ -331,8 +329,7 @@ impl<B: Backend> Plan<B> {
             ));
         }
         backend.reserve(&dims)?;
-        let scratch = backend.patch_embed_scratch(&dims);
-        let mut table = buffer_table(cfg, &dims, capture.len(), scratch).into_iter();
+        let mut table = buffer_table(cfg, &dims, capture.len()).into_iter();
         // The table's entries in order: allocated, or uploaded (tables), each checked
         // against its planned size.
         let mut next = |name: &str, data: Option<&[f32]>| -> Result<B::Buffer> {
@@ -348,7 +345,7 @@ impl<B: Backend> Plan<B> {
         };
         let gated = matches!(cfg.mlp, MlpKind::Gated(_));
         let pixels = next("pixels", None)?;
-        let scratch = next("patch_embed scratch", None)?;
+        let (cols, emb) = (next("patch cols", None)?, next("patch emb", None)?);
         let (x, h) = (next("x", None)?, next("h", None)?);
         let (qkv, attn, mlp) = (next("qkv", None)?, next("attn", None)?, next("mlp", None)?);
         let mlp_act = if gated {
@@ -380,7 +377,8 @@ impl<B: Backend> Plan<B> {
             dims,
             capture: capture.to_vec(),
             pixels,
-            scratch,
+            cols,
+            emb,
             x,
             h,
             qkv,
@@ -415,11 +413,13 @@ fn forward_ops<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Res
     let rows = d.rows();
     let dim = d.dim;
     let eps = cfg.layer_norm_eps as f32;
-    be.patch_embed(
+    // patch_embed: im2col, the convolution as a matmul, then [CLS, registers, patches].
+    be.patch_embed_im2col(&mut p.cols, &p.pixels, &d)?;
+    let patches = d.batch * d.patches();
+    be.matmul(&mut p.emb, &p.cols, &m.patch, patches, Epilogue::Store)?;
+    be.patch_embed_assemble(
         &mut p.x,
-        &mut p.scratch,
-        &p.pixels,
-        &m.patch,
+        &p.emb,
         &m.cls,
         m.registers.as_ref(),
         p.pos.as_ref(),

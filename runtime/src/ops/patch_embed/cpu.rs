@@ -1,11 +1,10 @@
-//! CPU reference of `patch_embed`: im2col, then the `matmul` reference, then token assembly.
+//! CPU reference of `patch_embed`: im2col and token assembly (the convolution between them is
+//! the `matmul` reference).
 //! The row helpers (`im2col_rows`, `assemble_rows`) are shared with the fast form.
 
 use rayon::prelude::*;
 
 use crate::ops::Dims;
-use crate::ops::matmul::Epi;
-use crate::ops::matmul::cpu::matmul_forward;
 
 /// Patch rows `row0..` of cols (B*HW, C*P*P) <- pixels (B, C, H, W).
 pub fn im2col_rows(cols: &mut [f32], row0: usize, pixels: &[f32], d: &Dims) {
@@ -59,29 +58,7 @@ pub fn assemble_rows(
     }
 }
 
-/// x (B, N, D) <- [cls, registers, conv(pixels)] (+ pos).
-#[allow(clippy::too_many_arguments)]
-pub fn patch_embed_forward(
-    x: &mut [f32],
-    scratch: &mut [f32],
-    pixels: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    cls: &[f32],
-    registers: &[f32],
-    pos: Option<&[f32]>,
-    d: &Dims,
-) {
-    let dim = d.dim;
-    let pl = d.patch_len();
-    let (cols, emb) = scratch.split_at_mut(d.batch * d.patches() * pl);
-    let emb = &mut emb[..d.batch * d.patches() * dim];
-    patch_embed_forward_im2col(cols, pixels, d);
-    matmul_forward(emb, cols, weight, Some(bias), pl, dim, Epi::Store);
-    patch_embed_forward_assemble(x, emb, cls, registers, pos, d);
-}
-
-/// The first step of [`patch_embed_forward`]: cols (B*HW, C*P*P) <- pixels (B, C, H, W).
+/// Step 1 (step 2 is the `matmul` reference): cols (B*HW, C*P*P) <- pixels (B, C, H, W).
 pub fn patch_embed_forward_im2col(cols: &mut [f32], pixels: &[f32], d: &Dims) {
     let pl = d.patch_len();
     cols[..d.batch * d.patches() * pl]
@@ -90,7 +67,7 @@ pub fn patch_embed_forward_im2col(cols: &mut [f32], pixels: &[f32], d: &Dims) {
         .for_each(|(i, c)| im2col_rows(c, i * 16, pixels, d));
 }
 
-/// The last step of [`patch_embed_forward`]: x (B*N, D) <- [cls, registers, emb] (+ pos).
+/// Step 3: x (B*N, D) <- [cls, registers, emb] (+ pos).
 pub fn patch_embed_forward_assemble(
     x: &mut [f32],
     emb: &[f32],

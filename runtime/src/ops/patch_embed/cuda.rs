@@ -1,12 +1,9 @@
-//! CUDA form of `patch_embed` (`patch_embed.cu`): im2col, the conv as a `matmul` product
-//! with its bias, then token assembly; and the backward of the assembly (training).
+//! CUDA form of `patch_embed` (`patch_embed.cu`): im2col and token assembly (the conv between
+//! them is a `matmul`), and the backward of the assembly (training).
 
-use crate::backend::cuda::device::{Arg, DevPtr, Device, Elem, LaunchCfg};
+use crate::backend::cuda::device::{Arg, DevPtr, Device, LaunchCfg};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::cuda::{
-    CudaLinear, GemmScratch, Weight, matmul_forward, matmul_forward_train,
-};
 
 pub const SOURCE: (&str, &str) = ("patch_embed.cu", include_str!("patch_embed.cu"));
 pub const KERNELS: &[&str] = &[
@@ -64,29 +61,6 @@ pub fn patch_embed_forward_assemble(
     )
 }
 
-/// The whole forward: `tmp` holds [`super::scratch_len`] floats (im2col rows, then the
-/// embedding rows on a 256-byte boundary, as GEMM libraries prefer).
-#[allow(clippy::too_many_arguments)]
-pub fn patch_embed_forward(
-    dev: &dyn Device,
-    scratch: &mut GemmScratch,
-    x: DevPtr,
-    tmp: DevPtr,
-    pixels: DevPtr,
-    w: &CudaLinear,
-    cls: DevPtr,
-    registers: Option<DevPtr>,
-    pos: Option<DevPtr>,
-    d: &Dims,
-) -> Result<()> {
-    let rows = d.batch * d.patches();
-    let cols = tmp;
-    let emb = cols + ((rows * d.patch_len() * 4) as u64).next_multiple_of(256);
-    patch_embed_forward_im2col(dev, cols, pixels, d)?;
-    matmul_forward(dev, scratch, emb, cols, w, rows, None, None)?;
-    patch_embed_forward_assemble(dev, x, emb, cls, registers, pos, d)
-}
-
 /// demb (B*HW, D) (=) the patch rows of dx; dcls, dregs (+=) summed over the images.
 pub fn patch_embed_backward(
     dev: &dyn Device,
@@ -111,35 +85,4 @@ pub fn patch_embed_backward(
             Arg::I32(d.dim as i32),
         ],
     )
-}
-
-/// Training forward: x (=) as [`patch_embed_forward`] without learned positions, from f32
-/// master weights (and their 16-bit copy) with products in `ty`; keeps `cols` (the im2col
-/// rows, B*HW x C*P*P) and `emb` (B*HW x D), whose matmul backward is the conv's.
-#[allow(clippy::too_many_arguments)]
-pub fn patch_embed_forward_train(
-    dev: &dyn Device,
-    scratch: &mut GemmScratch,
-    ty: Elem,
-    (x, cols, emb): (DevPtr, DevPtr, DevPtr),
-    pixels: DevPtr,
-    (w, bias): (Weight, DevPtr),
-    cls: DevPtr,
-    registers: Option<DevPtr>,
-    d: &Dims,
-) -> Result<()> {
-    let (rows, pl) = (d.batch * d.patches(), d.patch_len());
-    patch_embed_forward_im2col(dev, cols, pixels, d)?;
-    matmul_forward_train(
-        dev,
-        scratch,
-        ty,
-        emb,
-        d.dim,
-        cols,
-        w,
-        Some(bias),
-        (rows, pl, d.dim),
-    )?;
-    patch_embed_forward_assemble(dev, x, emb, cls, registers, None, d)
 }

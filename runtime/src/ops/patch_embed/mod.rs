@@ -8,15 +8,12 @@
 //!    patch p += pos[1 + p]; registers get none (HF inserts them after the add).
 //!
 //! Shapes: pixels (B, C, H, W); weight (D, C*P*P); bias (D); cls (D); registers (R, D);
-//! x (B, N, D). `scratch` holds B*HW*(C*P*P + D) floats.
+//! x (B, N, D).
+//!
+//! Every form has the three steps as separate calls (`patch_embed_forward_im2col`, the
+//! `matmul`, `patch_embed_forward_assemble`); the model makes them one after another.
 
 pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-
-/// Floats of scratch the CPU and CUDA forms need (im2col rows, then the embedding rows).
-pub fn scratch_len(d: &super::Dims) -> usize {
-    // + 64 floats: the CUDA form starts the embedding rows on a 256-byte boundary.
-    d.batch * d.patches() * (d.patch_len() + d.dim) + 64
-}

@@ -1,10 +1,9 @@
-//! wgpu launcher of `patch_embed`: `im2col.wgsl`, the matmul kernel, `assemble.wgsl`.
+//! wgpu launchers of `patch_embed`: `im2col.wgsl` and `assemble.wgsl` (the conv between them
+//! is the matmul kernel).
 
 use crate::backend::wgpu::{GpuBuffer, Kernel, WgpuDevice, linear_groups};
 use crate::error::Result;
 use crate::ops::Dims;
-use crate::ops::matmul::Epilogue;
-use crate::ops::matmul::wgpu::{GpuLinear, matmul_forward};
 
 pub const IM2COL: Kernel = Kernel {
     name: "im2col",
@@ -21,19 +20,9 @@ pub const ASSEMBLE: Kernel = Kernel {
     defines: &[],
 };
 
-pub fn patch_embed_forward(
-    be: &WgpuDevice,
-    x: &GpuBuffer,
-    cols: &GpuBuffer,
-    emb: &GpuBuffer,
-    pixels: &GpuBuffer,
-    w: &GpuLinear,
-    cls: &GpuBuffer,
-    registers: Option<&GpuBuffer>,
-    pos: Option<&GpuBuffer>,
-    d: &Dims,
-) -> Result<()> {
-    let params = [
+/// The uniform parameters both kernels read.
+fn params(d: &Dims, pos: bool) -> [u32; 12] {
+    [
         d.batch as u32,
         d.channels as u32,
         d.height as u32,
@@ -43,25 +32,50 @@ pub fn patch_embed_forward(
         d.grid_w as u32,
         d.prefix as u32,
         d.dim as u32,
-        pos.is_some() as u32,
+        pos as u32,
         0,
         0,
-    ];
-    let (dummy, n_patches) = (be.dummy(), d.batch * d.patches());
+    ]
+}
+
+/// cols (B*HW, C*P*P) = the patches of pixels (B, C, H, W).
+pub fn patch_embed_forward_im2col(
+    be: &WgpuDevice,
+    cols: &GpuBuffer,
+    pixels: &GpuBuffer,
+    d: &Dims,
+) -> Result<()> {
     be.dispatch(
         &IM2COL,
         "main",
         &[pixels, cols],
-        &params,
-        linear_groups(n_patches * d.patch_len(), 64),
-    )?;
-    matmul_forward(be, emb, cols, w, n_patches, Epilogue::Store)?;
-    let regs = registers.unwrap_or(dummy);
+        &params(d, false),
+        linear_groups(d.batch * d.patches() * d.patch_len(), 64),
+    )
+}
+
+/// x (B, N, D) = [cls (+pos[0]), registers, emb (+pos[1 + p])].
+pub fn patch_embed_forward_assemble(
+    be: &WgpuDevice,
+    x: &GpuBuffer,
+    emb: &GpuBuffer,
+    cls: &GpuBuffer,
+    registers: Option<&GpuBuffer>,
+    pos: Option<&GpuBuffer>,
+    d: &Dims,
+) -> Result<()> {
+    let dummy = be.dummy();
     be.dispatch(
         &ASSEMBLE,
         "main",
-        &[emb, x, cls, regs, pos.unwrap_or(dummy)],
-        &params,
+        &[
+            emb,
+            x,
+            cls,
+            registers.unwrap_or(dummy),
+            pos.unwrap_or(dummy),
+        ],
+        &params(d, pos.is_some()),
         linear_groups(d.rows() * d.dim, 64),
     )
 }
