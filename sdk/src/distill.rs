@@ -12,10 +12,9 @@ use dinoedge_runtime::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 use dinoedge_runtime::{Model, RunOptions, SessionOptions, Tensor, create_session};
 use serde::Serialize;
 
-use crate::draw::{Canvas, LinePlot, Series, WHITE};
 use crate::embed::{Embedder, EmbedderOptions, InputMode};
 use crate::error::{Error, Result};
-use crate::image_io::save_png;
+use crate::plot::{Chart, Series, write_charts};
 use crate::stereo::{self, StereoScore};
 
 pub use dinoedge_distill::{DistillError, cache, student, train};
@@ -30,7 +29,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// Draws the loss terms (log scale) and, when logged, the held-out cosines of a run's
-/// metrics.jsonl into a PNG.
+/// metrics.jsonl into `png` and into an SVG beside it (same name, `.svg`).
 pub fn loss_plot(metrics: &Path, png: &Path) -> Result<()> {
     let rows = read_metrics(metrics)?;
     let series = |key: &str, name: &str| -> Option<Series> {
@@ -60,26 +59,23 @@ pub fn loss_plot(metrics: &Path, png: &Path) -> Result<()> {
     .iter()
     .filter_map(|(k, n)| series(k, n))
     .collect();
-    let (w, panel) = (1000, 420);
-    let h = if holdout.is_empty() { panel } else { 2 * panel };
-    let mut cv = Canvas::new(w, h as usize, WHITE);
-    LinePlot {
+    let mut charts = vec![Chart {
         title: "training loss".into(),
         x_label: "step".into(),
+        y_label: "loss (log scale)".into(),
         log_y: true,
         series: losses,
-    }
-    .draw(&mut cv, 0, 0, w as i64, panel);
+    }];
     if !holdout.is_empty() {
-        LinePlot {
+        charts.push(Chart {
             title: "held-out cosine to the teacher (EMA student)".into(),
             x_label: "step".into(),
+            y_label: "cosine".into(),
             log_y: false,
             series: holdout,
-        }
-        .draw(&mut cv, 0, panel, w as i64, panel);
+        });
     }
-    save_png(png, &cv.into_image())
+    write_charts(&charts, 1000, 420, png, &png.with_extension("svg"))
 }
 
 /// Options of [`evaluate`].

@@ -19,7 +19,6 @@ pub mod davis;
 pub mod dense;
 #[cfg(feature = "distill")]
 pub mod distill;
-pub mod draw;
 pub mod embed;
 pub mod error;
 pub mod features_io;
@@ -27,6 +26,7 @@ pub mod frames;
 pub mod image_io;
 pub mod live;
 pub mod pca;
+pub mod plot;
 pub mod stereo;
 pub mod synth;
 pub mod tokencut;

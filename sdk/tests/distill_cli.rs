@@ -153,6 +153,7 @@ fn a_run_writes_the_student_metrics_plot_and_checkpoints() {
         "distill_heads.safetensors",
         "metrics.jsonl",
         "loss.png",
+        "loss.svg",
         "run.json",
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
@@ -562,6 +563,7 @@ fn two_students_from_one_teacher_equal_their_single_runs() {
         assert_eq!(losses(&dir), losses(&alone), "{name}: losses differ");
         assert_eq!(losses(&dir).len(), 12);
         assert!(dir.join("loss.png").is_file() && dir.join("checkpoints").is_dir());
+        assert!(dir.join("loss.svg").is_file());
     }
 
     // Stopped after 7 steps, resumed: the same two students.

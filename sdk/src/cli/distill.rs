@@ -40,7 +40,7 @@ enum DistillCmd {
     /// on random data, on the CPU or the GPU; prints one JSON line (compare with
     /// tools/torch_train_bench.py on the same machine).
     BenchStep(BenchStepArgs),
-    /// Redraw DIR/loss.png from DIR/metrics.jsonl.
+    /// Redraw DIR/loss.png and DIR/loss.svg from DIR/metrics.jsonl.
     Plot {
         /// A distillation --out directory.
         dir: PathBuf,
@@ -397,7 +397,11 @@ pub fn run(a: DistillArgs) -> Result<()> {
         Some(DistillCmd::Plot { dir }) => {
             let png = dir.join("loss.png");
             sdk_distill::loss_plot(&dir.join("metrics.jsonl"), &png)?;
-            eprintln!("wrote {}", png.display());
+            eprintln!(
+                "wrote {} and {}",
+                png.display(),
+                png.with_extension("svg").display()
+            );
             Ok(())
         }
         None => train_cmd(a.train),

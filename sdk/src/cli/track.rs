@@ -8,7 +8,7 @@ use clap::Args;
 use dinoedge::bench::Stats;
 use dinoedge::davis::{self, Mask, read_mask_limited, write_mask};
 use dinoedge::dense::{blend, resize_rgb};
-use dinoedge::draw::Canvas;
+use dinoedge::plot::draw_box;
 use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::tokencut::{TokenCutConfig, tokencut};
 use dinoedge::track::{LabelPropagator, PropagationConfig};
@@ -292,19 +292,9 @@ pub fn discover(a: DiscoverArgs) -> Result<()> {
                 .flat_map(|&l| if l == 1 { [255u8, 60, 60] } else { [0, 0, 0] })
                 .collect(),
         };
-        let over = blend(&img, &tint, 0.35);
-        let mut cv = Canvas::new(img.width, img.height, [0, 0, 0]);
-        cv.blit(&resize_rgb(&over, img.width, img.height), 0, 0);
-        let [x0, y0, x1, y1] = bbox.map(|v| v as i64);
-        let thick = (img.width.max(img.height) / 200).max(2) as i64;
-        for (p, q) in [
-            ((x0, y0), (x1 - 1, y0)),
-            ((x1 - 1, y0), (x1 - 1, y1 - 1)),
-            ((x1 - 1, y1 - 1), (x0, y1 - 1)),
-            ((x0, y1 - 1), (x0, y0)),
-        ] {
-            cv.line(p, q, [255, 220, 0], thick);
-        }
+        let mut over = resize_rgb(&blend(&img, &tint, 0.35), img.width, img.height);
+        let thick = (img.width.max(img.height) / 200).max(2) as u32;
+        draw_box(&mut over, bbox, [255, 220, 0], thick);
         let stem = a
             .out
             .file_stem()
@@ -312,7 +302,7 @@ pub fn discover(a: DiscoverArgs) -> Result<()> {
             .to_string_lossy()
             .into_owned();
         let path = a.out.with_file_name(format!("{stem}-box.png"));
-        image_io::save_png(&path, &cv.into_image())?;
+        image_io::save_png(&path, &over)?;
         eprintln!("wrote {}", path.display());
     }
     let fg = d.mask.iter().filter(|&&m| m).count();

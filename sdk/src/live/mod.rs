@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use crate::davis::{Mask, palette};
 use crate::dense::{blend, colormap, normalized, patch_at, render_map, resize_rgb};
-use crate::draw::Canvas;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::frames::{Frame, LatestFrame};
 use crate::pca::PcaBasis;
+use crate::plot::{Marker, draw_markers};
 use crate::track::{LabelPropagator, PointTracker, PropagationConfig};
 
 /// What a click asks for.
@@ -378,24 +378,24 @@ impl Pipeline {
                         }
                     });
             }
-            let mut cv = Canvas::new(dw, dh, [0, 0, 0]);
-            cv.blit(&view, 0, 0);
             if let Some(pt) = &self.points {
-                for (k, (x, y, lost)) in pt.pixels((dw, dh)).into_iter().enumerate() {
-                    let c = if lost {
-                        [128, 128, 128]
-                    } else {
-                        colormap((k as f32 * 0.27) % 1.0)
-                    };
-                    let (x, y) = (x as i64, y as i64);
-                    cv.rect(x - 4, y - 4, 9, 9, [255, 255, 255]);
-                    cv.rect(x - 3, y - 3, 7, 7, c);
-                    if lost {
-                        cv.line((x - 6, y - 6), (x + 6, y + 6), [255, 0, 0], 2);
-                    }
-                }
+                let markers: Vec<Marker> = pt
+                    .pixels((dw, dh))
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (x, y, lost))| Marker {
+                        x: x as i32,
+                        y: y as i32,
+                        color: if lost {
+                            [128, 128, 128]
+                        } else {
+                            colormap((k as f32 * 0.27) % 1.0)
+                        },
+                        lost,
+                    })
+                    .collect();
+                draw_markers(&mut view, &markers);
             }
-            let view = cv.into_image();
             let q = self.o.jpeg_quality;
             shared.publish_frame(jpeg(&input, q), jpeg(&pca, q), jpeg(&view, q));
         }
