@@ -194,7 +194,7 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("nvrtc: SKIPPED (libnvrtc not found)");
         return;
     }
-    let program = dinoedge_distill::cuda::program();
+    let program = dinoedge_runtime::ops::cuda_training_program();
     for arch in ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90"] {
         let t0 = std::time::Instant::now();
         let ptx = compile(&program, arch).unwrap_or_else(|e| panic!("{arch}: {e}"));

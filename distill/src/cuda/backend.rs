@@ -1,7 +1,7 @@
 //! The training op set on a CUDA [`Device`] (a GPU, or the emulator): [`TrainBackend`] over
 //! one device allocation. Each op is the runtime's CUDA form (`ops/<op>/cuda.rs`), every
 //! product a GEMM in bf16 with f32 accumulation against f32 master weights (or in f32, for
-//! parity checks); the objective's and optimizer's ops are `loss.cu` and `optim.cu`.
+//! parity checks), the objective's and optimizer's included (`ops/loss`, `ops/adamw`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -25,10 +25,10 @@ use dinoedge_runtime::ops::residual::cuda::{residual_backward, residual_forward}
 use dinoedge_runtime::ops::rope::cuda::{rope_backward, rope_forward};
 use dinoedge_runtime::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 
-use super::{
-    Arg, DevPtr, Device, Elem, LaunchCfg, Operand, PARTIALS, bytes, bytes_mut, device_error,
-    reduce_cfg, rows_cfg,
-};
+use dinoedge_runtime::backend::cuda::device::PARTIALS;
+use dinoedge_runtime::ops::{adamw::cuda as adamw, loss::cuda as loss};
+
+use super::{DevPtr, Device, Elem, Operand, bytes, bytes_mut, device_error};
 use crate::error::{DistillError, Result};
 use crate::parallel::Collective;
 use crate::trainer::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
@@ -139,25 +139,6 @@ impl Cuda {
             return Err(device_error("column sums", e).into());
         }
         Ok(self.partial.ptr)
-    }
-
-    /// The sum in f64 of the first `n` block partials.
-    fn read_partials(&self, n: usize) -> Result<f64> {
-        let mut host = vec![0.0f32; n];
-        self.dev.download(self.partials.ptr, bytes_mut(&mut host))?;
-        Ok(host.iter().map(|&v| v as f64).sum())
-    }
-
-    fn rows_args(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> [Arg; 7] {
-        [
-            Arg::Ptr(self.p(dst)),
-            Arg::Ptr(self.p(src)),
-            Arg::I32(sel.count() as i32),
-            Arg::I32(dim as i32),
-            Arg::I32(sel.n as i32),
-            Arg::I32(sel.prefix as i32),
-            Arg::I32(sel.per as i32),
-        ]
     }
 }
 
@@ -491,17 +472,23 @@ impl TrainBackend for Cuda {
     }
 
     fn gather_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
-        let cfg = LaunchCfg::elements(sel.count() * dim);
-        Ok(self
-            .dev
-            .launch("gather_rows", cfg, &self.rows_args(dst, src, sel, dim))?)
+        Ok(loss::gather_rows(
+            self.d(),
+            self.p(dst),
+            self.p(src),
+            sel,
+            dim,
+        )?)
     }
 
     fn scatter_add_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
-        let cfg = LaunchCfg::elements(sel.count() * dim);
-        Ok(self
-            .dev
-            .launch("scatter_add_rows", cfg, &self.rows_args(dst, src, sel, dim))?)
+        Ok(loss::scatter_add_rows(
+            self.d(),
+            self.p(dst),
+            self.p(src),
+            sel,
+            dim,
+        )?)
     }
 
     fn cos_smooth_l1(
@@ -513,49 +500,43 @@ impl TrainBackend for Cuda {
         dim: usize,
         weight: f32,
     ) -> Result<f64> {
-        let nr = p.len / dim;
-        let (wc, wl) = (weight / nr as f32, weight / (nr * dim) as f32);
-        let args = [
-            Arg::Ptr(self.p(dp)),
-            Arg::Ptr(self.p(parts)),
-            Arg::Ptr(self.p(p)),
-            Arg::Ptr(self.p(t)),
-            Arg::I32(dim as i32),
-            Arg::F32(wc),
-            Arg::F32(wl),
-        ];
-        self.dev.launch("cos_smooth_l1", rows_cfg(nr), &args)?;
-        let mut host = vec![0.0f32; 2 * nr];
-        self.download(parts.part(0, 2 * nr), &mut host)?;
-        let (cos, l1) = host.chunks_exact(2).fold((0.0f64, 0.0f64), |(c, l), x| {
-            (c + x[0] as f64, l + x[1] as f64)
-        });
-        Ok(weight as f64 * (cos / nr as f64 + l1 / (nr * dim) as f64))
+        let rows = p.len / dim;
+        let parts = parts.part(0, 2 * rows);
+        let (dp, parts, p, t) = (self.p(dp), self.p(parts), self.p(p), self.p(t));
+        Ok(loss::cos_smooth_l1(
+            self.d(),
+            dp,
+            parts,
+            p,
+            t,
+            rows,
+            dim,
+            weight,
+        )?)
     }
 
     fn normalize_rows(&self, u: Buf, norms: Buf, x: Buf, dim: usize) -> Result<()> {
-        let args = [
-            Arg::Ptr(self.p(u)),
-            Arg::Ptr(self.p(norms)),
-            Arg::Ptr(self.p(x)),
-            Arg::I32(dim as i32),
-        ];
-        Ok(self
-            .dev
-            .launch("normalize_rows", rows_cfg(x.len / dim), &args)?)
+        let (u, norms, rows) = (self.p(u), self.p(norms), x.len / dim);
+        Ok(loss::normalize_rows(
+            self.d(),
+            u,
+            norms,
+            self.p(x),
+            rows,
+            dim,
+        )?)
     }
 
     fn gram_difference(&self, gs: Buf, gt: Buf, coef: f32) -> Result<f64> {
-        let cfg = reduce_cfg(gs.len);
-        let args = [
-            Arg::Ptr(self.p(gs)),
-            Arg::Ptr(self.p(gt)),
-            Arg::I64(gs.len as i64),
-            Arg::F32(coef),
-            Arg::Ptr(self.partials.ptr),
-        ];
-        self.dev.launch("gram_difference", cfg, &args)?;
-        self.read_partials(cfg.grid.0 as usize)
+        let (n, partials) = (gs.len, self.partials.ptr);
+        Ok(loss::gram_difference(
+            self.d(),
+            self.p(gs),
+            self.p(gt),
+            n,
+            coef,
+            partials,
+        )?)
     }
 
     fn normalize_rows_backward(
@@ -566,56 +547,40 @@ impl TrainBackend for Cuda {
         norms: Buf,
         dim: usize,
     ) -> Result<()> {
-        let args = [
-            Arg::Ptr(self.p(dp)),
-            Arg::Ptr(self.p(u)),
-            Arg::Ptr(self.p(du)),
-            Arg::Ptr(self.p(norms)),
-            Arg::I32(dim as i32),
-        ];
-        let cfg = rows_cfg(u.len / dim);
-        Ok(self.dev.launch("normalize_rows_backward", cfg, &args)?)
+        let rows = u.len / dim;
+        let (dp, u, du, norms) = (self.p(dp), self.p(u), self.p(du), self.p(norms));
+        Ok(loss::normalize_rows_backward(
+            self.d(),
+            dp,
+            u,
+            du,
+            norms,
+            rows,
+            dim,
+        )?)
     }
 
     fn sum_squares(&self, g: Buf) -> Result<f64> {
-        let cfg = reduce_cfg(g.len);
-        let args = [
-            Arg::Ptr(self.partials.ptr),
-            Arg::Ptr(self.p(g)),
-            Arg::I64(g.len as i64),
-        ];
-        self.dev.launch("sum_squares", cfg, &args)?;
-        self.read_partials(cfg.grid.0 as usize)
+        Ok(adamw::sum_squares(
+            self.d(),
+            self.partials.ptr,
+            self.p(g),
+            g.len,
+        )?)
     }
 
     fn adamw_ema(&self, s: &StateBufs, a: &AdamwEma) -> Result<bool> {
-        self.dev.zero(self.bad.ptr, 4)?;
-        let half = self.half.as_ref().map_or(0, |(h, _)| h.ptr);
-        let args = [
-            Arg::Ptr(self.p(s.params)),
-            Arg::Ptr(self.p(s.m)),
-            Arg::Ptr(self.p(s.v)),
-            Arg::Ptr(self.p(s.ema)),
-            Arg::Ptr(half),
-            Arg::Ptr(self.p(s.g)),
-            Arg::Ptr(self.decay.ptr),
-            Arg::I64(s.params.len as i64),
-            Arg::I64(a.frozen as i64),
-            Arg::F32(a.gscale),
-            Arg::F32(a.beta1),
-            Arg::F32(a.beta2),
-            Arg::F32(a.eps),
-            Arg::F32(a.shrink),
-            Arg::F32(a.step),
-            Arg::F32(a.bc2_sqrt),
-            Arg::F32(a.ema_decay),
-            Arg::Ptr(self.bad.ptr),
-        ];
-        self.dev
-            .launch("adamw_ema", reduce_cfg(s.params.len), &args)?;
-        let mut flag = [0u8; 4];
-        self.dev.download(self.bad.ptr, &mut flag)?;
-        Ok(i32::from_le_bytes(flag) == 0)
+        let state = adamw::AdamwState {
+            params: self.p(s.params),
+            m: self.p(s.m),
+            v: self.p(s.v),
+            ema: self.p(s.ema),
+            half: self.half.as_ref().map_or(0, |(h, _)| h.ptr),
+            g: self.p(s.g),
+            decay: self.decay.ptr,
+            n: s.params.len,
+        };
+        Ok(adamw::adamw_ema(self.d(), &state, a, self.bad.ptr)?)
     }
 
     fn sum_over_ranks(&self, c: &mut dyn Collective, b: Buf) -> Result<()> {

@@ -9,6 +9,8 @@
 
 use dinoedge_runtime::config::Activation;
 use dinoedge_runtime::ops::Dims;
+pub use dinoedge_runtime::ops::adamw::AdamwEma;
+pub use dinoedge_runtime::ops::loss::Rows;
 
 use crate::error::Result;
 use crate::parallel::Collective;
@@ -74,21 +76,6 @@ impl Mat {
     }
 }
 
-/// Rows of the outputs a loss term selects: image b's rows `b*n + prefix .. + per`.
-#[derive(Clone, Copy, Debug)]
-pub struct Rows {
-    pub n: usize,
-    pub prefix: usize,
-    pub per: usize,
-    pub images: usize,
-}
-
-impl Rows {
-    pub fn count(&self) -> usize {
-        self.images * self.per
-    }
-}
-
 /// Per-row LayerNorm statistics kept for the backward: `rows` means, then `rows` rstds.
 #[derive(Clone, Copy, Debug)]
 pub struct Stats(pub Buf);
@@ -110,25 +97,6 @@ pub struct StateBufs {
     pub m: Buf,
     pub v: Buf,
     pub g: Buf,
-}
-
-/// One fused clip + AdamW + EMA update (as `optim.cu`'s `adamw_ema`).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamwEma {
-    /// Values before this index keep their weights (heads-only runs); their moments update.
-    pub frozen: usize,
-    /// Applied to every gradient first (clipping and the mean over ranks).
-    pub gscale: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// `1 - lr * weight_decay`, for values whose decay flag is set.
-    pub shrink: f32,
-    /// `lr / (1 - beta1^t)`.
-    pub step: f32,
-    /// `sqrt(1 - beta2^t)`.
-    pub bc2_sqrt: f32,
-    pub ema_decay: f32,
 }
 
 /// The training op set on one device, over one arena of f32 (see the module docs).

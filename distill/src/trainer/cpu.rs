@@ -1,8 +1,8 @@
 //! The training op set on the CPU ([`TrainBackend`] over one host arena): each op dispatches
 //! to the runtime's op folders (`ops/<op>/cpu.rs` references, or the `fast.rs` kernels), and
-//! the objective's and optimizer's ops to their CPU forms in [`crate::loss`] and
-//! [`crate::optim`]. Every GEMM output tile and every reduction is computed by one task in a
-//! fixed order, so a training step is bitwise reproducible at any thread count.
+//! the objective's and optimizer's ops to their CPU forms in `ops/loss` and `ops/adamw`.
+//! Every GEMM output tile and every reduction is computed by one task in a fixed order, so a
+//! training step is bitwise reproducible at any thread count.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,9 +12,11 @@ use dinoedge_runtime::backend::cpu::pool::Pool;
 use dinoedge_runtime::config::Activation;
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::activation::{cpu as act_cpu, fast as act_fast};
+use dinoedge_runtime::ops::adamw::cpu as optim;
 use dinoedge_runtime::ops::attention::{cpu as att_cpu, fast as att_fast};
 use dinoedge_runtime::ops::layer_norm::cpu::LayerNormCache;
 use dinoedge_runtime::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
+use dinoedge_runtime::ops::loss::cpu as loss;
 use dinoedge_runtime::ops::matmul::fast::gemm::{Strided, gemm};
 use dinoedge_runtime::ops::matmul::fast::train as mm_train;
 use dinoedge_runtime::ops::patch_embed::cpu as pe;
@@ -25,8 +27,6 @@ use dinoedge_runtime::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
 use super::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
 use super::plan::Plan;
 use crate::error::{DistillError, Result};
-use crate::loss;
-use crate::optim;
 use crate::parallel::Collective;
 
 /// Threads and kernel choice of the CPU trainer, shared by the students of a run.

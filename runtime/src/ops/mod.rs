@@ -11,6 +11,8 @@
 //! | [`swiglu`] | `act(gate) * up` | (R,2I) -> (R,I) |
 //! | [`residual`] | `x += gamma * y` (LayerScale + residual; training) | (R,D) |
 //! | [`column_sum`] | `acc += sum over rows` in a fixed order (gradients of biases, norms, LayerScale) | (R,C) -> (C) |
+//! | [`loss`] | the distillation objective: row selection, cosine + smooth-L1, normalisation, Gram (training) | rows of (R,D) |
+//! | [`adamw`] | the optimizer: sum of squares, fused clip + AdamW + EMA (training) | (P) |
 //!
 //! Each op folder owns every form of its op, forward and backward, under one name per
 //! direction (`<op>_<forward|backward>[_variant]`) on every device: `mod.rs` (math, shapes,
@@ -19,9 +21,11 @@
 //! their launchers, for inference and training). N = 1 CLS + registers + patches.
 
 pub mod activation;
+pub mod adamw;
 pub mod attention;
 pub mod column_sum;
 pub mod layer_norm;
+pub mod loss;
 pub mod matmul;
 pub mod patch_embed;
 pub mod residual;
@@ -54,6 +58,15 @@ pub fn cuda_program() -> Program {
         p.kernels.extend_from_slice(kernels);
     }
     p
+}
+
+/// What the trainer loads: [`cuda_program`], then the objective's and the optimizer's
+/// kernels.
+pub fn cuda_training_program() -> Program {
+    cuda_program().with(&Program {
+        sources: vec![loss::cuda::SOURCE, adamw::cuda::SOURCE],
+        kernels: [loss::cuda::KERNELS, adamw::cuda::KERNELS].concat(),
+    })
 }
 
 /// Sizes of one forward pass.

@@ -47,6 +47,9 @@ pub struct LaunchCfg {
     pub shared: u32,
 }
 
+/// The most block partial sums a reduction writes (see [`LaunchCfg::partial_sums`]).
+pub const PARTIALS: usize = 4096;
+
 impl LaunchCfg {
     /// Blocks of 256 threads covering `n` elements with grid-stride loops.
     pub fn elements(n: usize) -> LaunchCfg {
@@ -56,6 +59,32 @@ impl LaunchCfg {
             shared: 0,
         }
     }
+
+    /// One block of 256 threads per row.
+    pub fn per_row(rows: usize) -> LaunchCfg {
+        LaunchCfg {
+            grid: (rows as u32, 1),
+            block: 256,
+            shared: 0,
+        }
+    }
+
+    /// Blocks of 256 threads for a reduction over `n` values that writes one partial sum per
+    /// block: at most [`PARTIALS`] blocks, so the host reads back a bounded number.
+    pub fn partial_sums(n: usize) -> LaunchCfg {
+        LaunchCfg {
+            grid: (n.div_ceil(256).clamp(1, PARTIALS) as u32, 1),
+            block: 256,
+            shared: 0,
+        }
+    }
+}
+
+/// The sum in f64, in order, of the `n` f32 partial sums at `p` (read back to the host).
+pub fn sum_partials(dev: &dyn Device, p: DevPtr, n: usize) -> Result<f64> {
+    let mut host = vec![0.0f32; n];
+    dev.download(p, bytes_mut(&mut host))?;
+    Ok(host.iter().map(|&v| v as f64).sum())
 }
 
 /// The kernels a device loads: CUDA C sources in order (`common.cuh` first) and the entry

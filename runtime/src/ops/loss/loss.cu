@@ -1,5 +1,5 @@
-// Kernels of the distillation objective (distill/src/loss.rs on the device): row selection,
-// cosine + smooth-L1 per row, and DINOv3's Gram term. `common.cuh` and the op kernels come
+// Kernels of the distillation objective (ops/loss; cpu.rs holds their CPU forms): row
+// selection, cosine + smooth-L1 per row, and DINOv3's Gram term. `common.cuh` and the op kernels come
 // first (ops::cuda_program()). Per-row sums are block sums in a fixed order; the host adds
 // the per-row and per-block parts in f64, so a step is reproducible run to run.
 

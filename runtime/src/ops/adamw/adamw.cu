@@ -1,5 +1,5 @@
-// Kernels of the optimizer (distill/src/optim.rs on the device): the gradient norm's partial
-// sums and the fused clip + AdamW + EMA update.
+// Kernels of the optimizer (ops/adamw; cpu.rs holds their CPU forms): the gradient norm's
+// partial sums and the fused clip + AdamW + EMA update.
 
 // partial[block] = sum of squares of this block's share of g (the host adds them in f64).
 extern "C" __global__ void sum_squares(float *partial, const float *g, long long n) {
