@@ -16,8 +16,8 @@ use crate::optim::{AdamW, OptimConfig};
 use crate::params::ParamLayout;
 use crate::rng::{Stream, normal, rng};
 use crate::train::TrainDevice;
-use crate::trainer::cpu::Ctx;
 use crate::trainer::{On, Shape, StepConfig, Stepped, Trainer};
+use dinoedge_runtime::dispatch::train::cpu::Ctx;
 
 /// What to time.
 #[derive(Clone, Debug)]

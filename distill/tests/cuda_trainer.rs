@@ -18,8 +18,8 @@ use common::{Case, load, reference_grad, state, t, targets, trainer, weights};
 use dinoedge_distill::cuda::{Device, Elem};
 use dinoedge_distill::loss::LossParts;
 use dinoedge_distill::optim::OptimConfig;
-use dinoedge_distill::trainer::cpu::Ctx;
 use dinoedge_distill::trainer::{On, StepConfig, Stepped, Trainer};
+use dinoedge_runtime::dispatch::train::cpu::Ctx;
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();

@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use common::{Case, load, reference_grad, t, targets, trainer, weights};
 use dinoedge_distill::trainer::On;
-use dinoedge_distill::trainer::cpu::Ctx;
 use dinoedge_distill::trainer::graph::Graph;
+use dinoedge_runtime::dispatch::train::cpu::Ctx;
 
 fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
     let mut worst = (0.0f64, String::new());

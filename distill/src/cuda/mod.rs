@@ -1,15 +1,7 @@
-//! The trainer's CUDA backend ([`backend::Cuda`], one [`crate::trainer::backend::TrainBackend`]):
-//! the runtime's op kernels (`runtime/src/ops/<op>/cuda.rs`, the objective's and optimizer's
-//! in `ops/loss` and `ops/adamw`), every product a GEMM in bf16 with f32 accumulation against
-//! f32 master weights (or in f32, for parity checks).
-//!
-//! It runs on the runtime's CUDA device layer ([`Device`]): a GPU (feature `cuda`) or the
-//! emulator, which runs the same kernels on the CPU, so the kernels are checked against the
-//! CPU trainer on machines without a GPU.
-//!
-//! [`backend`]: the training op set over one device allocation.
-
-pub mod backend;
+//! The trainer's CUDA device: the runtime's device layer ([`Device`]) with the training
+//! program loaded, on a GPU (feature `cuda`) or the emulator, which runs the same kernels on
+//! the CPU, so they are checked against the CPU trainer on machines without a GPU. The
+//! training ops on it are the runtime's `dispatch::train::cuda::Cuda`.
 
 use std::sync::Arc;
 

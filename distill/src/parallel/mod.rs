@@ -24,6 +24,7 @@ pub mod launch;
 use crate::cuda::{DevPtr, Device, bytes, bytes_mut};
 use crate::error::{DistillError, Result};
 use crate::rendezvous;
+use dinoedge_runtime::dispatch::train::AllReduce;
 
 /// This process's place among the data-parallel processes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +105,56 @@ pub trait Collective {
         Ok(dev.upload(p, bytes(&host))?)
     }
     fn describe(&self) -> String;
+}
+
+/// A [`Collective`] as the runtime's training seam takes it
+/// (`dinoedge_runtime::dispatch::train::AllReduce`), keeping the collective's own error
+/// (a peer gone, a timeout) to report instead of the runtime's summary of it.
+pub struct Ranks<'a> {
+    c: &'a mut dyn Collective,
+    err: Option<DistillError>,
+}
+
+impl<'a> Ranks<'a> {
+    pub fn new(c: &'a mut dyn Collective) -> Self {
+        Ranks { c, err: None }
+    }
+
+    /// The outcome of an op that summed through these ranks.
+    pub fn result(mut self, r: dinoedge_runtime::Result<()>) -> Result<()> {
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => Ok(r?),
+        }
+    }
+
+    fn keep(&mut self, r: Result<()>) -> dinoedge_runtime::Result<()> {
+        r.map_err(|e| {
+            let reason = e.to_string();
+            self.err = Some(e);
+            dinoedge_runtime::RuntimeError::Device {
+                backend: self.c.describe(),
+                reason,
+            }
+        })
+    }
+}
+
+impl AllReduce for Ranks<'_> {
+    fn sum_f32(&mut self, v: &mut [f32]) -> dinoedge_runtime::Result<()> {
+        let r = self.c.sum_f32(v);
+        self.keep(r)
+    }
+
+    fn sum_device(
+        &mut self,
+        dev: &dyn Device,
+        p: DevPtr,
+        n: usize,
+    ) -> dinoedge_runtime::Result<()> {
+        let r = self.c.sum_device(dev, p, n);
+        self.keep(r)
+    }
 }
 
 /// Writes `data` to `path` atomically (other ranks poll for it).

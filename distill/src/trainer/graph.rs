@@ -14,10 +14,10 @@ use dinoedge_runtime::models::vit::layout::{LayerParam as L, Param};
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::rope::tables;
 
-use super::backend::{Buf, Stats, TrainBackend};
 use super::plan::Plan;
 use crate::error::{DistillError, Result};
 use crate::params::{ParamId, ParamLayout};
+use dinoedge_runtime::dispatch::train::{Buf, Stats, TrainBackend};
 
 /// Parameter values (or their gradients) by name: one span of `total` values in layout order.
 #[derive(Clone, Copy)]
@@ -230,7 +230,7 @@ impl Graph {
     /// Uploads what the graph reads but never writes (the RoPE tables).
     pub fn init(&self, be: &dyn TrainBackend) -> Result<()> {
         be.upload(self.cos, &self.tables.0)?;
-        be.upload(self.sin, &self.tables.1)
+        Ok(be.upload(self.sin, &self.tables.1)?)
     }
 
     fn act(&self) -> (bool, Activation) {
@@ -302,7 +302,7 @@ impl Graph {
         let (wd, bd) = (p.l(l, L::DownWeight), p.lo(l, L::DownBias));
         be.matmul_forward_train(b.y2, dim, b.a, wd, bd, (r, i, dim))?;
         be.copy(x_out, b.x_mid)?;
-        be.residual_forward(x_out, b.y2, Some(p.l(l, L::LayerScale2)), dim)
+        Ok(be.residual_forward(x_out, b.y2, Some(p.l(l, L::LayerScale2)), dim)?)
     }
 
     /// Accumulates (`+=`) every parameter gradient into `g`, given the gradients of `out`
@@ -346,7 +346,7 @@ impl Graph {
         let (gw, gb) = (g.get(Param::PatchWeight), Some(g.get(Param::PatchBias)));
         let rko = (d.batch * d.patches(), d.patch_len(), dim);
         let w = p.get(Param::PatchWeight);
-        be.matmul_backward(None, gw, gb, self.emb, dim, self.cols, w, rko)
+        Ok(be.matmul_backward(None, gw, gb, self.emb, dim, self.cols, w, rko)?)
     }
 
     /// The MLP branch `x_out = x_mid + ls2 * y2`: dx (+=) its input gradient.
@@ -408,7 +408,7 @@ impl Graph {
             b.ln2_stats,
             (r, dim),
         )?;
-        be.residual_forward(self.dx, self.dy, None, dim)
+        Ok(be.residual_forward(self.dx, self.dy, None, dim)?)
     }
 
     /// The attention branch `x_mid = x + ls1 * y1`: dx (+=) its input gradient.
@@ -450,6 +450,6 @@ impl Graph {
             b.ln1_stats,
             (r, dim),
         )?;
-        be.residual_forward(self.dx, self.dy, None, dim)
+        Ok(be.residual_forward(self.dx, self.dy, None, dim)?)
     }
 }

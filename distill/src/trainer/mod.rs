@@ -1,19 +1,16 @@
 //! One trainer for every device. The student's graph ([`graph`]), the objective
 //! ([`objective`]) and the step (gradients, norm, clip, AdamW + EMA; [`Trainer`]) are
-//! written once over [`backend::TrainBackend`], whose implementations are the CPU
-//! ([`cpu::Cpu`]) and a CUDA device ([`crate::cuda::backend::Cuda`]: a GPU or the emulator).
-//! Every buffer of a step is a span of one arena, planned once ([`plan`]).
+//! written once over the runtime's training seam ([`TrainBackend`], in
+//! `dinoedge_runtime::dispatch::train`), whose dispatchers are the CPU ([`Cpu`]) and a CUDA
+//! device ([`Cuda`]: a GPU or the emulator). Every buffer of a step is a span of one arena,
+//! planned once ([`plan`]).
 //!
 //! | file | job |
 //! |---|---|
-//! | [`backend`] | the op set a device implements, and the span types |
 //! | [`plan`] | the arena's named spans, and the memory a run reports |
 //! | [`graph`] | forward that keeps activations, backward, `--recompute` |
 //! | [`objective`] | the distillation loss on the graph's outputs |
-//! | [`cpu`] | the CPU backend (runtime `cpu.rs` / `fast.rs` op forms) |
 
-pub mod backend;
-pub mod cpu;
 pub mod graph;
 pub mod objective;
 pub mod plan;
@@ -28,10 +25,11 @@ use crate::cuda::{Device, Elem};
 use crate::error::{DistillError, Result};
 use crate::loss::{LossParts, LossWeights, Targets};
 use crate::optim::{OptimConfig, adamw_ema_args};
-use crate::parallel::Collective;
+use crate::parallel::{Collective, Ranks};
 use crate::params::ParamLayout;
-use backend::{Buf, StateBufs, TrainBackend};
-use cpu::Ctx;
+use dinoedge_runtime::dispatch::train::cpu::{Cpu, Ctx};
+use dinoedge_runtime::dispatch::train::cuda::Cuda;
+use dinoedge_runtime::dispatch::train::{Buf, StateBufs, TrainBackend};
 use graph::{Graph, ParamBufs};
 use objective::Objective;
 use plan::Plan;
@@ -112,14 +110,14 @@ impl Trainer {
         let activation_bytes = plan.bytes() - before;
         let obj = Objective::new(&mut plan, &graph, shape.teacher_dim);
         let decay = layout.decay_flags();
+        let (len, parts) = (plan.len, plan.summary());
         let be: Box<dyn TrainBackend> = match on {
-            On::Cpu(ctx) => Box::new(cpu::Cpu::new(ctx, &plan, decay)?),
+            On::Cpu(ctx) => Box::new(Cpu::new(ctx, len, &parts, decay)?),
             On::Device(dev, ty) => {
-                crate::cuda::backend::Cuda::check_head_dim(graph.dims.head_dim())?;
+                Cuda::check_head_dim(graph.dims.head_dim())?;
                 let d = graph.dims;
                 let widest = shape.teacher_dim.max(3 * d.dim).max(2 * d.hidden);
-                let c = crate::cuda::backend::Cuda::new(dev, ty, &plan, st.params, &decay, widest)?;
-                Box::new(c)
+                Box::new(Cuda::new(dev, ty, len, &parts, st.params, &decay, widest)?)
             }
         };
         graph.init(&*be)?;
@@ -177,7 +175,7 @@ impl Trainer {
         self.be.upload(self.st.params, &st.params)?;
         self.be.upload(self.st.ema, &st.ema)?;
         self.be.upload(self.st.m, &st.adam.m)?;
-        self.be.upload(self.st.v, &st.adam.v)
+        Ok(self.be.upload(self.st.v, &st.adam.v)?)
     }
 
     /// Runs `f` on the training state at `step` where it lives (no copy on the CPU): for
@@ -185,6 +183,7 @@ impl Trainer {
     pub fn with_state<T>(&self, step: usize, f: impl FnOnce(StateRef) -> Result<T>) -> Result<T> {
         let (mut f, mut out) = (Some(f), None);
         let s = self.st;
+        // `f`'s own result is kept apart from the backend's (they are errors of two crates).
         self.be.with_host(&[s.params, s.ema, s.m, s.v], &mut |v| {
             if let Some(f) = f.take() {
                 let (params, ema, m, v) = (v[0], v[1], v[2], v[3]);
@@ -194,11 +193,11 @@ impl Trainer {
                     ema,
                     m,
                     v,
-                })?);
+                }));
             }
             Ok(())
         })?;
-        out.ok_or_else(|| DistillError::Config("the training state was not reachable".into()))
+        out.ok_or_else(|| DistillError::Config("the training state was not reachable".into()))?
     }
 
     /// Copies parameters, EMA and AdamW moments back into `st`.
@@ -223,7 +222,7 @@ impl Trainer {
             base,
         };
         self.graph.forward(&*self.be, p)?;
-        self.be.check()
+        Ok(self.be.check()?)
     }
 
     fn check_pixels(&self, pixels: &[f32]) -> Result<()> {
@@ -270,7 +269,7 @@ impl Trainer {
         let (p, g) = (self.params(), self.grads());
         let (dout, dinter) = (self.obj.dout, &self.obj.dinter);
         self.graph.backward(&*self.be, p, g, dout, dinter)?;
-        self.be.check()
+        Ok(self.be.check()?)
     }
 
     /// Forward, objective and backward on one batch: gradients (=) in the gradient buffer
@@ -308,7 +307,9 @@ impl Trainer {
 
     /// Sums the gradient buffer over the data-parallel ranks.
     pub fn sum_gradients(&self, c: &mut dyn Collective) -> Result<()> {
-        self.be.sum_over_ranks(c, self.st.g)
+        let mut ranks = Ranks::new(c);
+        let r = self.be.sum_over_ranks(&mut ranks, self.st.g);
+        ranks.result(r)
     }
 
     /// Clip (by `gscale`) + AdamW + EMA at 1-based step `t`; values before `frozen` keep their
@@ -322,7 +323,7 @@ impl Trainer {
         frozen: usize,
     ) -> Result<bool> {
         let a = adamw_ema_args(c, lr, t, gscale, frozen);
-        self.be.adamw_ema(&self.st, &a)
+        Ok(self.be.adamw_ema(&self.st, &a)?)
     }
 
     /// One training step at 0-based `step` over `ranks` data-parallel ranks (`coll` when

@@ -2,12 +2,12 @@
 //! terms are described in [`crate::loss`]): gathers the rows a head sees, projects them,
 //! compares with the teacher, and backpropagates into the head and the outputs.
 
-use super::backend::{Buf, Mat, Rows, TrainBackend};
 use super::graph::{Graph, ParamBufs};
 use super::plan::Plan;
 use crate::error::{DistillError, Result};
 use crate::loss::{LossParts, LossWeights, Targets};
 use crate::params::ParamId;
+use dinoedge_runtime::dispatch::train::{Buf, Mat, Rows, TrainBackend};
 
 /// The objective's buffers, sized for its widest term (patch rows × teacher width).
 pub struct Objective {

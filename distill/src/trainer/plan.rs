@@ -2,7 +2,7 @@
 //! once. A backend allocates the arena in one piece, and the memory a run reports (the
 //! activations, with and without `--recompute`) is summed from the same list.
 
-use super::backend::Buf;
+use dinoedge_runtime::dispatch::train::Buf;
 
 /// Spans start on multiples of this many f32 (256 bytes: what GEMM libraries and SIMD loads
 /// like best).

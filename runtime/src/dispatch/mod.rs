@@ -17,6 +17,8 @@ pub mod wgpu;
 
 use crate::backend::BackendInfo;
 use crate::config::Activation;
+pub mod train;
+
 use crate::error::Result;
 use crate::ops::Dims;
 pub use crate::ops::matmul::Epilogue;

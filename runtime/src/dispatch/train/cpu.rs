@@ -7,27 +7,25 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use dinoedge_runtime::backend::cpu::isa::Isa;
-use dinoedge_runtime::backend::cpu::pool::Pool;
-use dinoedge_runtime::config::Activation;
-use dinoedge_runtime::ops::Dims;
-use dinoedge_runtime::ops::activation::{cpu as act_cpu, fast as act_fast};
-use dinoedge_runtime::ops::adamw::cpu as optim;
-use dinoedge_runtime::ops::attention::{cpu as att_cpu, fast as att_fast};
-use dinoedge_runtime::ops::layer_norm::cpu::LayerNormCache;
-use dinoedge_runtime::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
-use dinoedge_runtime::ops::loss::cpu as loss;
-use dinoedge_runtime::ops::matmul::fast::gemm::{Strided, gemm};
-use dinoedge_runtime::ops::matmul::fast::train as mm_train;
-use dinoedge_runtime::ops::patch_embed::cpu as pe;
-use dinoedge_runtime::ops::residual::cpu::{residual_backward, residual_forward};
-use dinoedge_runtime::ops::rope::cpu::{rope_backward, rope_forward};
-use dinoedge_runtime::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
+use crate::backend::cpu::isa::Isa;
+use crate::backend::cpu::pool::Pool;
+use crate::config::Activation;
+use crate::ops::Dims;
+use crate::ops::activation::{cpu as act_cpu, fast as act_fast};
+use crate::ops::adamw::cpu as optim;
+use crate::ops::attention::{cpu as att_cpu, fast as att_fast};
+use crate::ops::layer_norm::cpu::LayerNormCache;
+use crate::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
+use crate::ops::loss::cpu as loss;
+use crate::ops::matmul::fast::gemm::{Strided, gemm};
+use crate::ops::matmul::fast::train as mm_train;
+use crate::ops::patch_embed::cpu as pe;
+use crate::ops::residual::cpu::{residual_backward, residual_forward};
+use crate::ops::rope::cpu::{rope_backward, rope_forward};
+use crate::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
 
-use super::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
-use super::plan::Plan;
-use crate::error::{DistillError, Result};
-use crate::parallel::Collective;
+use super::{AdamwEma, AllReduce, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
+use crate::error::{Result, RuntimeError};
 
 /// Threads and kernel choice of the CPU trainer, shared by the students of a run.
 ///
@@ -55,8 +53,10 @@ impl Ctx {
         let threads = threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let pool = Pool::new(threads)
-            .map_err(|e| DistillError::Config(format!("cannot start {threads} threads: {e}")))?;
+        let pool = Pool::new(threads).map_err(|e| RuntimeError::BackendUnavailable {
+            backend: "cpu trainer".into(),
+            reason: format!("cannot start {threads} threads: {e}"),
+        })?;
         let isa = if reference {
             Isa::Scalar
         } else {
@@ -81,15 +81,15 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    pub fn new(ctx: Rc<Ctx>, plan: &Plan, decay: Vec<bool>) -> Result<Cpu> {
-        let len = plan.len;
+    /// An arena of `len` f32; `parts` names what it holds, for the out-of-memory message.
+    pub fn new(ctx: Rc<Ctx>, len: usize, parts: &str, decay: Vec<bool>) -> Result<Cpu> {
         let mut arena = Vec::new();
-        arena.try_reserve_exact(len).map_err(|_| {
-            DistillError::Config(format!(
-                "cannot allocate the trainer's {:.2} GiB of host memory ({}): use a smaller --batch or --size, or --recompute",
+        arena.try_reserve_exact(len).map_err(|_| RuntimeError::Device {
+            backend: "cpu trainer".into(),
+            reason: format!(
+                "cannot allocate the trainer's {:.2} GiB of host memory ({parts}): use a smaller --batch or --size, or --recompute",
                 len as f64 * 4.0 / (1u64 << 30) as f64,
-                plan.summary()
-            ))
+            ),
         })?;
         arena.resize(len, 0.0);
         Ok(Cpu {
@@ -183,12 +183,10 @@ impl TrainBackend for Cpu {
     fn check(&self) -> Result<()> {
         match self.ctx.pool.take_panic() {
             None => Ok(()),
-            Some(reason) => Err(DistillError::Runtime(
-                dinoedge_runtime::RuntimeError::TaskPanicked {
-                    backend: "cpu trainer".into(),
-                    reason,
-                },
-            )),
+            Some(reason) => Err(RuntimeError::TaskPanicked {
+                backend: "cpu trainer".into(),
+                reason,
+            }),
         }
     }
 
@@ -535,7 +533,7 @@ impl TrainBackend for Cpu {
         }))
     }
 
-    fn sum_over_ranks(&self, c: &mut dyn Collective, b: Buf) -> Result<()> {
+    fn sum_over_ranks(&self, c: &mut dyn AllReduce, b: Buf) -> Result<()> {
         self.with([b], [], |[v], []| c.sum_f32(v))
     }
 }

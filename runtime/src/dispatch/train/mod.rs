@@ -1,19 +1,37 @@
-//! The seam between the trainer and a device: [`TrainBackend`], the training op set, named
-//! as the runtime's op folders name their forms (`ops/<op>/{cpu,fast,cuda}.rs`), over spans
-//! ([`Buf`]) of one arena the backend owns. The graph, the objective and the step are
-//! written once over it ([`super::graph`], [`super::objective`], [`super::Trainer`]).
+//! The training seam: [`TrainBackend`], the training op set, named as the op folders name
+//! their forms (`ops/<op>/{cpu,fast,cuda}.rs`), over spans ([`Buf`]) of one arena the
+//! backend owns; and one dispatcher per device, as for inference ([`super::Backend`]):
+//! [`cpu::Cpu`] (a host arena) and [`cuda::Cuda`] (one device allocation, on a GPU or the
+//! emulator). The trainer (`dinoedge-distill`'s `trainer/`: graph, objective, step) is
+//! written once over it.
 //!
 //! Conventions: outputs come first; `=` unless an op says `+=`; parameter gradients always
-//! accumulate (`+=`). A backend runs ops in call order (a device queues them on one stream),
-//! and reports its errors as [`crate::DistillError`]s.
+//! accumulate (`+=`). A backend runs ops in call order (a device queues them on one stream).
 
-use dinoedge_runtime::config::Activation;
-use dinoedge_runtime::ops::Dims;
-pub use dinoedge_runtime::ops::adamw::AdamwEma;
-pub use dinoedge_runtime::ops::loss::Rows;
+pub mod cpu;
+pub mod cuda;
 
+use crate::config::Activation;
+use crate::ops::Dims;
+pub use crate::ops::adamw::AdamwEma;
+pub use crate::ops::loss::Rows;
+
+use crate::backend::cuda::device::{DevPtr, Device, bytes, bytes_mut};
 use crate::error::Result;
-use crate::parallel::Collective;
+
+/// Sums buffers over the data-parallel ranks (the trainer's collective: TCP or NCCL).
+pub trait AllReduce {
+    /// `v` summed over every rank, in place (the same result on each).
+    fn sum_f32(&mut self, v: &mut [f32]) -> Result<()>;
+    /// A device buffer of `n` f32 summed in place (through the host unless the collective
+    /// reaches the device).
+    fn sum_device(&mut self, dev: &dyn Device, p: DevPtr, n: usize) -> Result<()> {
+        let mut host = vec![0.0f32; n];
+        dev.download(p, bytes_mut(&mut host))?;
+        self.sum_f32(&mut host)?;
+        dev.upload(p, bytes(&host))
+    }
+}
 
 /// `len` f32 at element `off` of a backend's arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,7 +107,7 @@ impl Stats {
     }
 }
 
-/// The training state's spans, each `total` long (parameters in [`crate::params`] order).
+/// The training state's spans, each `total` long (the trainer's parameter order).
 #[derive(Clone, Copy, Debug)]
 pub struct StateBufs {
     pub params: Buf,
@@ -266,5 +284,5 @@ pub trait TrainBackend {
     /// became non-finite.
     fn adamw_ema(&self, s: &StateBufs, a: &AdamwEma) -> Result<bool>;
     /// Sums `b` over the data-parallel ranks of `c`.
-    fn sum_over_ranks(&self, c: &mut dyn Collective, b: Buf) -> Result<()>;
+    fn sum_over_ranks(&self, c: &mut dyn AllReduce, b: Buf) -> Result<()>;
 }

@@ -6,33 +6,30 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use dinoedge_runtime::backend::cuda::device::{DeviceBuffer, Fused};
-use dinoedge_runtime::config::Activation;
-use dinoedge_runtime::ops::Dims;
-use dinoedge_runtime::ops::activation::cuda as act;
-use dinoedge_runtime::ops::attention::cuda::{
+use crate::backend::cuda::device::{DeviceBuffer, Fused};
+use crate::config::Activation;
+use crate::ops::Dims;
+use crate::ops::activation::cuda as act;
+use crate::ops::attention::cuda::{
     AttentionSaved, HEAD_DIMS, attention_backward, attention_forward_lse,
 };
-use dinoedge_runtime::ops::column_sum::cuda::partial_len;
-use dinoedge_runtime::ops::layer_norm::cuda::{
-    LayerNormCache, layer_norm_backward, layer_norm_forward,
-};
-use dinoedge_runtime::ops::matmul::cuda::{
+use crate::ops::column_sum::cuda::partial_len;
+use crate::ops::layer_norm::cuda::{LayerNormCache, layer_norm_backward, layer_norm_forward};
+use crate::ops::matmul::cuda::{
     GemmScratch, Input, Weight, matmul_backward, matmul_forward_train, product,
 };
-use dinoedge_runtime::ops::patch_embed::cuda as pe;
-use dinoedge_runtime::ops::residual::cuda::{residual_backward, residual_forward};
-use dinoedge_runtime::ops::rope::cuda::{rope_backward, rope_forward};
-use dinoedge_runtime::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
+use crate::ops::patch_embed::cuda as pe;
+use crate::ops::residual::cuda::{residual_backward, residual_forward};
+use crate::ops::rope::cuda::{rope_backward, rope_forward};
+use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 
-use dinoedge_runtime::backend::cuda::device::PARTIALS;
-use dinoedge_runtime::ops::{adamw::cuda as adamw, loss::cuda as loss};
+use crate::ops::{adamw::cuda as adamw, loss::cuda as loss};
 
-use super::{DevPtr, Device, Elem, Operand, bytes, bytes_mut, device_error};
-use crate::error::{DistillError, Result};
-use crate::parallel::Collective;
-use crate::trainer::backend::{AdamwEma, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
-use crate::trainer::plan::Plan;
+use super::{AdamwEma, AllReduce, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
+use crate::backend::cuda::device::{
+    DevPtr, Device, Elem, Operand, PARTIALS, bytes, bytes_mut, device_error,
+};
+use crate::error::{Result, RuntimeError};
 
 /// The CUDA backend: the device, the arena and the kernels' own scratch.
 pub struct Cuda {
@@ -52,13 +49,16 @@ pub struct Cuda {
 }
 
 impl Cuda {
-    /// The arena `plan` lays out, on `dev`; `params` is the span the optimizer updates (with
-    /// a bf16 copy when `ty` is bf16), `decay` its weight-decay flags, and `widest` the widest
-    /// row any column sum will see.
+    /// An arena of `len` f32 on `dev` (`parts` names what it holds, for out-of-memory
+    /// messages); `params` is the span the optimizer updates (with a bf16 copy when `ty` is
+    /// bf16), `decay` its weight-decay flags, and `widest` the widest row any column sum will
+    /// see.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dev: Arc<dyn Device>,
         ty: Elem,
-        plan: &Plan,
+        len: usize,
+        parts: &str,
         params: Buf,
         decay: &[bool],
         widest: usize,
@@ -69,15 +69,16 @@ impl Cuda {
                 DeviceBuffer::new(&dev, params.len, 2, "bf16 weights")?,
                 params,
             )),
-            // optim.cu writes the 16-bit copy as bf16.
+            // adamw.cu writes the 16-bit copy as bf16.
             Elem::F16 => {
-                return Err(DistillError::Config(
-                    "the CUDA trainer's GEMMs are f32 or bf16 (f16 has too little range for gradients)".into(),
-                ));
+                return Err(RuntimeError::Unsupported {
+                    backend: "cuda trainer".into(),
+                    reason: "its GEMMs are f32 or bf16 (f16 has too little range for gradients)"
+                        .into(),
+                });
             }
         };
-        let len = plan.len;
-        let what = format!("the trainer's arena ({})", plan.summary());
+        let what = format!("the trainer's arena ({parts})");
         let arena = DeviceBuffer::new(&dev, len, 4, &what)?;
         dev.zero(arena.ptr, 4 * len)?;
         let flags = DeviceBuffer::new(&dev, decay.len(), 1, "weight-decay flags")?;
@@ -102,9 +103,12 @@ impl Cuda {
         if HEAD_DIMS.contains(&head_dim) {
             return Ok(());
         }
-        Err(DistillError::Config(format!(
-            "the CUDA trainer has attention kernels for head dims {HEAD_DIMS:?}; this student's is {head_dim}"
-        )))
+        Err(RuntimeError::Unsupported {
+            backend: "cuda trainer".into(),
+            reason: format!(
+                "it has attention kernels for head dims {HEAD_DIMS:?}; this student's is {head_dim}"
+            ),
+        })
     }
 
     fn d(&self) -> &dyn Device {
@@ -136,7 +140,7 @@ impl Cuda {
     fn partial(&self, cols: usize) -> Result<DevPtr> {
         if cols > self.partial_cols {
             let e = format!("{cols} columns, scratch for {}", self.partial_cols);
-            return Err(device_error("column sums", e).into());
+            return Err(device_error("column sums", e));
         }
         Ok(self.partial.ptr)
     }
@@ -162,7 +166,7 @@ impl TrainBackend for Cuda {
 
     fn download(&self, src: Buf, dst: &mut [f32]) -> Result<()> {
         assert_eq!(src.len, dst.len(), "download size");
-        Ok(self.dev.download(self.p(src), bytes_mut(dst))?)
+        self.dev.download(self.p(src), bytes_mut(dst))
     }
 
     fn with_host(&self, bufs: &[Buf], f: &mut dyn FnMut(&[&[f32]]) -> Result<()>) -> Result<()> {
@@ -177,11 +181,11 @@ impl TrainBackend for Cuda {
     }
 
     fn zero(&self, b: Buf) -> Result<()> {
-        Ok(self.dev.zero(self.p(b), 4 * b.len)?)
+        self.dev.zero(self.p(b), 4 * b.len)
     }
 
     fn copy(&self, dst: Buf, src: Buf) -> Result<()> {
-        Ok(self.dev.copy(self.p(dst), self.p(src), 4 * src.len)?)
+        self.dev.copy(self.p(dst), self.p(src), 4 * src.len)
     }
 
     fn check(&self) -> Result<()> {
@@ -189,12 +193,7 @@ impl TrainBackend for Cuda {
     }
 
     fn patch_embed_forward_im2col(&self, cols: Buf, pixels: Buf, d: &Dims) -> Result<()> {
-        Ok(pe::patch_embed_forward_im2col(
-            self.d(),
-            self.p(cols),
-            self.p(pixels),
-            d,
-        )?)
+        pe::patch_embed_forward_im2col(self.d(), self.p(cols), self.p(pixels), d)
     }
 
     fn patch_embed_forward_assemble(
@@ -207,15 +206,7 @@ impl TrainBackend for Cuda {
     ) -> Result<()> {
         let (x, emb, cls) = (self.p(x), self.p(emb), self.p(cls));
         let regs = self.opt(regs);
-        Ok(pe::patch_embed_forward_assemble(
-            self.d(),
-            x,
-            emb,
-            cls,
-            regs,
-            None,
-            d,
-        )?)
+        pe::patch_embed_forward_assemble(self.d(), x, emb, cls, regs, None, d)
     }
 
     fn patch_embed_backward(
@@ -228,14 +219,7 @@ impl TrainBackend for Cuda {
     ) -> Result<()> {
         let (demb, dcls, dx) = (self.p(demb), self.p(dcls), self.p(dx));
         let dregs = self.opt(dregs).unwrap_or(0);
-        Ok(pe::patch_embed_backward(
-            self.d(),
-            demb,
-            dcls,
-            dregs,
-            dx,
-            d,
-        )?)
+        pe::patch_embed_backward(self.d(), demb, dcls, dregs, dx, d)
     }
 
     fn matmul_forward_train(
@@ -324,17 +308,7 @@ impl TrainBackend for Cuda {
             rstd: self.p(stats.rstd()),
         };
         let (out, inp, w, b) = (self.p(out), self.p(inp), self.p(w), self.p(b));
-        Ok(layer_norm_forward(
-            self.d(),
-            out,
-            Some(cache),
-            inp,
-            w,
-            b,
-            rows,
-            cols,
-            eps,
-        )?)
+        layer_norm_forward(self.d(), out, Some(cache), inp, w, b, rows, cols, eps)
     }
 
     fn layer_norm_backward(
@@ -355,7 +329,7 @@ impl TrainBackend for Cuda {
         };
         let (dinp, dw, db, dout) = (self.p(dinp), self.p(dw), self.p(db), self.p(dout));
         let (inp, w) = (self.p(inp), self.p(w));
-        Ok(layer_norm_backward(
+        layer_norm_backward(
             self.d(),
             partial,
             dinp,
@@ -367,22 +341,22 @@ impl TrainBackend for Cuda {
             cache,
             rows,
             cols,
-        )?)
+        )
     }
 
     fn rope_forward(&self, qkv: Buf, cos: Buf, sin: Buf, d: &Dims) -> Result<()> {
         let (q, c, s) = (self.p(qkv), self.p(cos), self.p(sin));
-        Ok(rope_forward(self.d(), q, c, s, d)?)
+        rope_forward(self.d(), q, c, s, d)
     }
 
     fn rope_backward(&self, dqkv: Buf, cos: Buf, sin: Buf, d: &Dims) -> Result<()> {
         let (q, c, s) = (self.p(dqkv), self.p(cos), self.p(sin));
-        Ok(rope_backward(self.d(), q, c, s, d)?)
+        rope_backward(self.d(), q, c, s, d)
     }
 
     fn attention_forward(&self, out: Buf, lse: Buf, qkv: Buf, d: &Dims) -> Result<()> {
         let (o, l, q) = (self.p(out), self.p(lse), self.p(qkv));
-        Ok(attention_forward_lse(self.d(), o, l, q, d)?)
+        attention_forward_lse(self.d(), o, l, q, d)
     }
 
     fn attention_backward(
@@ -399,13 +373,7 @@ impl TrainBackend for Cuda {
             lse: self.p(lse),
             delta: self.p(delta),
         };
-        Ok(attention_backward(
-            self.d(),
-            self.p(dqkv),
-            self.p(dout),
-            saved,
-            d,
-        )?)
+        attention_backward(self.d(), self.p(dqkv), self.p(dout), saved, d)
     }
 
     fn swiglu_forward(
@@ -416,7 +384,7 @@ impl TrainBackend for Cuda {
         a: Activation,
     ) -> Result<()> {
         let (o, gu) = (self.p(out), self.p(gate_up));
-        Ok(swiglu_forward(self.d(), o, gu, rows, hidden, a)?)
+        swiglu_forward(self.d(), o, gu, rows, hidden, a)
     }
 
     fn swiglu_backward(
@@ -428,22 +396,22 @@ impl TrainBackend for Cuda {
         a: Activation,
     ) -> Result<()> {
         let (dgu, dy, gu) = (self.p(dgate_up), self.p(dout), self.p(gate_up));
-        Ok(swiglu_backward(self.d(), dgu, dy, gu, rows, hidden, a)?)
+        swiglu_backward(self.d(), dgu, dy, gu, rows, hidden, a)
     }
 
     fn activation_forward(&self, out: Buf, inp: Buf, a: Activation) -> Result<()> {
         let (o, x) = (self.p(out), self.p(inp));
-        Ok(act::activation_forward(self.d(), o, x, out.len, a)?)
+        act::activation_forward(self.d(), o, x, out.len, a)
     }
 
     fn activation_backward(&self, dinp: Buf, dout: Buf, pre: Buf, a: Activation) -> Result<()> {
         let (dx, dy, h) = (self.p(dinp), self.p(dout), self.p(pre));
-        Ok(act::activation_backward(self.d(), dx, dy, h, dinp.len, a)?)
+        act::activation_backward(self.d(), dx, dy, h, dinp.len, a)
     }
 
     fn residual_forward(&self, x: Buf, y: Buf, gamma: Option<Buf>, dim: usize) -> Result<()> {
         let (n, x, y, g) = (x.len, self.p(x), self.p(y), self.opt(gamma));
-        Ok(residual_forward(self.d(), x, y, g, n, dim)?)
+        residual_forward(self.d(), x, y, g, n, dim)
     }
 
     fn residual_backward(
@@ -458,37 +426,15 @@ impl TrainBackend for Cuda {
         let (partial, rows) = (self.partial(dim)?, dx.len / dim);
         let (dy, dg, dx) = (self.p(dy), self.p(dgamma), self.p(dx));
         let (y, g) = (self.p(y), self.p(gamma));
-        Ok(residual_backward(
-            self.d(),
-            partial,
-            dy,
-            dg,
-            dx,
-            y,
-            g,
-            rows,
-            dim,
-        )?)
+        residual_backward(self.d(), partial, dy, dg, dx, y, g, rows, dim)
     }
 
     fn gather_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
-        Ok(loss::gather_rows(
-            self.d(),
-            self.p(dst),
-            self.p(src),
-            sel,
-            dim,
-        )?)
+        loss::gather_rows(self.d(), self.p(dst), self.p(src), sel, dim)
     }
 
     fn scatter_add_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()> {
-        Ok(loss::scatter_add_rows(
-            self.d(),
-            self.p(dst),
-            self.p(src),
-            sel,
-            dim,
-        )?)
+        loss::scatter_add_rows(self.d(), self.p(dst), self.p(src), sel, dim)
     }
 
     fn cos_smooth_l1(
@@ -503,40 +449,17 @@ impl TrainBackend for Cuda {
         let rows = p.len / dim;
         let parts = parts.part(0, 2 * rows);
         let (dp, parts, p, t) = (self.p(dp), self.p(parts), self.p(p), self.p(t));
-        Ok(loss::cos_smooth_l1(
-            self.d(),
-            dp,
-            parts,
-            p,
-            t,
-            rows,
-            dim,
-            weight,
-        )?)
+        loss::cos_smooth_l1(self.d(), dp, parts, p, t, rows, dim, weight)
     }
 
     fn normalize_rows(&self, u: Buf, norms: Buf, x: Buf, dim: usize) -> Result<()> {
         let (u, norms, rows) = (self.p(u), self.p(norms), x.len / dim);
-        Ok(loss::normalize_rows(
-            self.d(),
-            u,
-            norms,
-            self.p(x),
-            rows,
-            dim,
-        )?)
+        loss::normalize_rows(self.d(), u, norms, self.p(x), rows, dim)
     }
 
     fn gram_difference(&self, gs: Buf, gt: Buf, coef: f32) -> Result<f64> {
         let (n, partials) = (gs.len, self.partials.ptr);
-        Ok(loss::gram_difference(
-            self.d(),
-            self.p(gs),
-            self.p(gt),
-            n,
-            coef,
-            partials,
-        )?)
+        loss::gram_difference(self.d(), self.p(gs), self.p(gt), n, coef, partials)
     }
 
     fn normalize_rows_backward(
@@ -549,24 +472,11 @@ impl TrainBackend for Cuda {
     ) -> Result<()> {
         let rows = u.len / dim;
         let (dp, u, du, norms) = (self.p(dp), self.p(u), self.p(du), self.p(norms));
-        Ok(loss::normalize_rows_backward(
-            self.d(),
-            dp,
-            u,
-            du,
-            norms,
-            rows,
-            dim,
-        )?)
+        loss::normalize_rows_backward(self.d(), dp, u, du, norms, rows, dim)
     }
 
     fn sum_squares(&self, g: Buf) -> Result<f64> {
-        Ok(adamw::sum_squares(
-            self.d(),
-            self.partials.ptr,
-            self.p(g),
-            g.len,
-        )?)
+        adamw::sum_squares(self.d(), self.partials.ptr, self.p(g), g.len)
     }
 
     fn adamw_ema(&self, s: &StateBufs, a: &AdamwEma) -> Result<bool> {
@@ -580,10 +490,10 @@ impl TrainBackend for Cuda {
             decay: self.decay.ptr,
             n: s.params.len,
         };
-        Ok(adamw::adamw_ema(self.d(), &state, a, self.bad.ptr)?)
+        adamw::adamw_ema(self.d(), &state, a, self.bad.ptr)
     }
 
-    fn sum_over_ranks(&self, c: &mut dyn Collective, b: Buf) -> Result<()> {
+    fn sum_over_ranks(&self, c: &mut dyn AllReduce, b: Buf) -> Result<()> {
         c.sum_device(self.d(), self.p(b), b.len)
     }
 }
