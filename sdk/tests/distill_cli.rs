@@ -887,6 +887,13 @@ fn two_processes_train_like_one_and_a_lost_rank_keeps_the_checkpoint() {
         err.contains("--batch 4 does not split over --nproc 3"),
         "{err}"
     );
+    // Each rank takes the GPU of its index on the machine: one --gpu for all is refused.
+    let gpu = ["--steps", "2", "--nproc", "2", "--gpu", "1"];
+    let err = fails(&s.args(&s.root.join("gpu"), &gpu));
+    assert!(
+        err.contains("--gpu picks the GPU of a single process"),
+        "{err}"
+    );
 }
 
 /// Rewrites the `step` metadata of a checkpoint's state file in place (same length).

@@ -537,3 +537,52 @@ impl TrainBackend for Cpu {
         self.with([b], [], |[v], []| c.sum_f32(v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(off: usize, len: usize) -> Buf {
+        Buf { off, len }
+    }
+
+    #[test]
+    fn disjoint_spans_give_their_views() {
+        let mut a: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let ([w], [r1, r2]) = views(&mut a, [b(0, 3)], [b(3, 2), b(3, 4)]);
+        w.copy_from_slice(&r1[..1].repeat(3));
+        assert_eq!(
+            r2,
+            &[3.0, 4.0, 5.0, 6.0],
+            "shared views may overlap each other"
+        );
+        assert_eq!(&a[..3], &[3.0; 3]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn a_mutable_span_overlapping_another_panics() {
+        let mut a = vec![0.0f32; 10];
+        let _ = views(&mut a, [b(0, 4)], [b(3, 2)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the arena")]
+    fn a_span_past_the_arena_panics() {
+        let mut a = vec![0.0f32; 10];
+        let _ = views(&mut a, [b(8, 3)], []);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the arena")]
+    fn a_span_whose_end_overflows_panics_instead_of_wrapping() {
+        let mut a = vec![0.0f32; 10];
+        let _ = views(&mut a, [], [b(usize::MAX - 1, 4)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "past a span")]
+    fn a_part_past_its_span_panics() {
+        let _ = b(0, 4).part(2, 3);
+    }
+}
