@@ -1,7 +1,7 @@
 //! The student's training graph, written once for every backend: a forward that keeps what
 //! the backward needs, and the backward that turns gradients of the outputs into parameter
-//! gradients. The math is the runtime's forward (`runtime/src/forward.rs`) op by op, so an
-//! exported student computes in the runtime exactly what it computed here.
+//! gradients. The math is the runtime's forward (`runtime/src/models/vit/forward.rs`) op by
+//! op, so an exported student computes in the runtime exactly what it computed here.
 //!
 //! Per block, with x the residual stream:
 //!   x_mid = x + ls1 * o_proj(attention(rope(qkv(norm1(x)))))
