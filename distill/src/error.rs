@@ -43,6 +43,14 @@ pub enum DistillError {
     /// A checkpoint or cache that does not belong to this run.
     #[error("{path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },
+
+    /// An error of one student of a several-student run, named.
+    #[error("{name}: {source}")]
+    Student {
+        name: String,
+        #[source]
+        source: Box<DistillError>,
+    },
 }
 
 impl DistillError {

@@ -8,15 +8,15 @@
 //! | [`student`] | named student sizes and configs |
 //! | [`parallel`] | data-parallel ranks: rendezvous, gradient sums (NCCL or TCP) |
 //! | [`params`] | all trainable values in one flat vector, with names |
-//! | [`trainer`] | one trainer over a device seam: graph, objective, step; the CPU backend |
-//! | [`loss`] | the objective's terms, and the CPU forms of its kernels |
+//! | [`trainer`] | one trainer over the runtime's training seam: graph, objective, step |
+//! | [`loss`] | the objective's weights, targets and logged parts (kernels: runtime `ops/loss`) |
 //! | [`optim`] | AdamW, schedule, clipping, EMA |
 //! | [`data`] | image folder scan, held-out split, augmentation, sample order |
 //! | [`loader`] | worker threads and the prefetch queue |
 //! | [`teacher`] | grid alignment and the online teacher |
 //! | [`cache`] | teacher features cached to sharded f16 safetensors |
 //! | [`checkpoint`] | atomic checkpoints and resume |
-//! | [`cuda`] | the CUDA backend of the trainer (a GPU, or emulated for tests) |
+//! | [`cuda`] | the CUDA device the trainer opens (a GPU, or emulated for tests) |
 //! | [`eval`] | held-out agreement with the teacher through the heads |
 //! | [`bench`] | the time of one training step (vs a PyTorch step of the same model) |
 //! | [`train`] | the run: steps, logs, checkpoints, export |

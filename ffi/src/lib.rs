@@ -111,7 +111,9 @@ impl From<dinoedge::Error> for Fail {
                 R::Io { .. } | R::MissingConfig { .. } | R::MissingWeights { .. } => {
                     DINOEDGE_ERR_IO
                 }
-                R::BackendUnavailable { .. } | R::Unsupported { .. } => DINOEDGE_ERR_UNSUPPORTED,
+                R::BackendUnavailable { .. }
+                | R::Unsupported { .. }
+                | R::WrongArchitecture { .. } => DINOEDGE_ERR_UNSUPPORTED,
                 R::InvalidInput { .. } | R::ImageTooSmall { .. } | R::OutputRefused { .. } => {
                     DINOEDGE_ERR_INVALID_ARGUMENT
                 }

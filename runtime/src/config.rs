@@ -233,10 +233,12 @@ impl ModelConfig {
 
     /// [`ModelConfig::as_vit`], or an error naming what needs a ViT.
     pub fn vit_for(&self, what: &str) -> Result<&VitConfig> {
-        self.as_vit().ok_or_else(|| RuntimeError::Unsupported {
-            backend: what.to_string(),
-            reason: format!("{} is not a ViT", self.describe()),
-        })
+        self.as_vit()
+            .ok_or_else(|| RuntimeError::WrongArchitecture {
+                what: what.to_string(),
+                needs: "a ViT",
+                model: self.describe(),
+            })
     }
 
     /// The HF `model_type`.

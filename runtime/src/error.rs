@@ -35,6 +35,14 @@ pub enum RuntimeError {
         supported: String,
     },
 
+    /// A job that needs another architecture than the model's (ONNX import, say, reads ViTs).
+    #[error("{what} needs {needs}; this model is a {model}")]
+    WrongArchitecture {
+        what: String,
+        needs: &'static str,
+        model: String,
+    },
+
     /// No weights file in the model directory.
     #[error("{dir}: no weights (expected model.safetensors or model.safetensors.index.json)")]
     MissingWeights { dir: PathBuf },

@@ -95,17 +95,17 @@ mod charts {
     }
 
     /// Registers the embedded DejaVu Sans as plotters' sans-serif face, once.
-    fn fonts() -> Result<()> {
+    fn fonts(path: &Path) -> Result<()> {
         static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let ok = *REGISTERED.get_or_init(|| {
             register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
         });
         ok.then_some(())
-            .ok_or_else(|| Error::InvalidArgument("the embedded font did not load".into()))
+            .ok_or_else(|| chart_error(path, "the embedded font did not load"))
     }
 
     /// Draws `charts` stacked, `panel` pixels high each and `width` wide, into `png` and into
-    /// `svg` (both written atomically).
+    /// `svg` (both drawn before either is written, each written atomically).
     pub fn write_charts(
         charts: &[Chart],
         width: u32,
@@ -113,7 +113,7 @@ mod charts {
         png: &Path,
         svg: &Path,
     ) -> Result<()> {
-        fonts()?;
+        fonts(png)?;
         let height = panel * charts.len().max(1) as u32;
         let mut img = dinoedge_runtime::RgbImage {
             width: width as usize,
@@ -126,18 +126,21 @@ mod charts {
             draw_stacked(&root, charts).map_err(|e| chart_error(png, e))?;
             root.present().map_err(|e| chart_error(png, e))?;
         }
-        crate::image_io::save_png(png, &img)?;
         let mut text = String::new();
         {
             let root = SVGBackend::with_string(&mut text, (width, height)).into_drawing_area();
             draw_stacked(&root, charts).map_err(|e| chart_error(svg, e))?;
             root.present().map_err(|e| chart_error(svg, e))?;
         }
+        crate::image_io::save_png(png, &img)?;
         dinoedge_runtime::fsutil::write_atomic(svg, text.as_bytes()).map_err(Error::from)
     }
 
     fn chart_error(path: &Path, e: impl std::fmt::Display) -> Error {
-        Error::InvalidArgument(format!("{}: drawing the chart failed: {e}", path.display()))
+        Error::Image {
+            path: path.to_path_buf(),
+            reason: format!("drawing the chart failed: {e}"),
+        }
     }
 
     type DrawResult<DB> =
@@ -168,7 +171,9 @@ mod charts {
             x = (x.0.min(px), x.1.max(px));
             y = (y.0.min(py), y.1.max(py));
         }
-        if x.0 > x.1 {
+        // No points, or bounds whose span overflows (plotters' tick search needs a finite
+        // range): nothing to draw.
+        if x.0 > x.1 || !(x.1 - x.0).is_finite() || !(y.1 - y.0).is_finite() {
             return None;
         }
         // Some air around the lines, and a range even for a flat one.
@@ -179,12 +184,18 @@ mod charts {
             (y.0 - m, y.1 + m)
         };
         let x = if x.1 > x.0 { x } else { (x.0 - 1.0, x.1 + 1.0) };
-        Some((x, y))
+        [x.0, x.1, y.0, y.1, y.1 - y.0]
+            .iter()
+            .all(|v| v.is_finite())
+            .then_some((x, y))
     }
 
     fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Chart) -> DrawResult<DB> {
         let Some(((x0, x1), (y0, y1))) = ranges(c) else {
-            area.titled(&format!("{} (no data)", c.title), ("sans-serif", 20))?;
+            area.titled(
+                &format!("{} (nothing to draw)", c.title),
+                ("sans-serif", 20),
+            )?;
             return Ok(());
         };
         let mut b = ChartBuilder::on(area);
@@ -322,8 +333,28 @@ mod tests {
         let ink = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
         assert!(ink > 2000, "{ink} drawn pixels");
         let text = std::fs::read_to_string(&svg).unwrap();
-        for s in ["training loss", "step", "total", "empty (no data)"] {
+        for s in ["training loss", "step", "total", "empty (nothing to draw)"] {
             assert!(text.contains(s), "{s} missing from the SVG");
         }
+    }
+
+    #[cfg(feature = "plots")]
+    #[test]
+    fn values_at_the_edge_of_f64_give_an_empty_chart_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let (png, svg) = (dir.path().join("c.png"), dir.path().join("c.svg"));
+        let chart = Chart {
+            title: "cosine".into(),
+            x_label: "step".into(),
+            y_label: "cosine".into(),
+            log_y: false,
+            series: vec![Series {
+                name: "edited".into(),
+                points: vec![(1.0, -1e308), (2.0, 1e308), (3.0, f64::NAN)],
+            }],
+        };
+        write_charts(&[chart], 300, 200, &png, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("cosine (nothing to draw)"));
     }
 }

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-pub use dinoedge_runtime::backend::cuda::device::{
-    Arg, DevPtr, Device, Elem, LaunchCfg, Operand, Program, bytes, bytes_mut, device_error,
-};
+pub use dinoedge_runtime::backend::cuda::device::{DevPtr, Device, Elem, bytes, bytes_mut};
 
 use crate::error::Result;
 

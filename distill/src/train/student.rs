@@ -202,6 +202,10 @@ impl StudentRun {
         let trainer =
             Trainer::new(on, &cfg, &layout, &state, &shape).map_err(|e| match (&label, e) {
                 (Some(l), DistillError::Config(m)) => DistillError::Config(format!("{l}: {m}")),
+                (Some(l), e) => DistillError::Student {
+                    name: l.clone(),
+                    source: Box::new(e),
+                },
                 (_, e) => e,
             })?;
         Ok(StudentRun {

@@ -7,6 +7,7 @@
 
 pub mod vit;
 
+use crate::config::ModelConfig;
 use crate::dispatch::{Backend, Op};
 use crate::error::Result;
 use crate::features::Features;
@@ -16,6 +17,8 @@ use crate::model::Model;
 /// What a session needs from an architecture. The session owns the backend, the model and
 /// a few plans; the architecture says what those plans hold and which ops fill them.
 pub trait Architecture: 'static {
+    /// The architecture's own config: its [`ModelConfig`] variant.
+    type Config;
     /// The model's weights, converted once into backend `B`'s layout.
     type Prepared<B: Backend>: Send;
     /// Every buffer of one forward at one input shape, so that a forward allocates nothing.
@@ -23,15 +26,27 @@ pub trait Architecture: 'static {
     /// The sizes of one forward, the key a session keeps its plans by.
     type Shape: Copy + Eq + Send + std::fmt::Debug;
 
+    /// `cfg`'s variant for this architecture, or an error naming what the model is.
+    fn config(cfg: &ModelConfig) -> Result<&Self::Config>;
+
     /// The ops a forward of `model` issues, asked of the backend before anything is converted.
     fn ops_used(model: &Model) -> Result<Vec<Op>>;
+
+    /// Every f32 buffer of one forward at `shape` with `captures` captured blocks, as (name,
+    /// elements) in allocation order: [`Architecture::plan`] allocates exactly these, and
+    /// memory plans sum them.
+    fn buffer_table(
+        cfg: &Self::Config,
+        shape: &Self::Shape,
+        captures: usize,
+    ) -> Vec<(&'static str, usize)>;
 
     /// Converts `model`'s weights for `backend`.
     fn prepare<B: Backend>(backend: &B, model: &Model) -> Result<Self::Prepared<B>>;
 
     /// The shape of a forward on `batch` images of `height x width` pixels, checked against
     /// the model (smallest input) and `limits` (largest). The session has already checked
-    /// the tensor's rank, channels and values.
+    /// the tensor's rank, channels and value count (its values' finiteness comes after).
     fn shape<B: Backend>(
         m: &Self::Prepared<B>,
         batch: usize,

@@ -58,7 +58,8 @@ pub struct QuantizeOptions {
     pub threads: Option<usize>,
 }
 
-/// Calibration statistics: what entered each Linear on real images.
+/// Calibration statistics: what entered each Linear on real images (keyed by the Linear's
+/// name; the patch embedding's too, although only the blocks' Linears are quantised).
 #[derive(Clone, Debug, Default)]
 pub struct CalibrationStats {
     pub inputs: BTreeMap<String, InputStats>,

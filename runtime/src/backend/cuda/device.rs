@@ -5,7 +5,8 @@
 //! kernels run in CI without a GPU.
 //!
 //! The device knows no op: it loads a [`Program`] (kernel sources and entry points) that its
-//! user assembles from the op folders (`ops::cuda_program()`, plus the trainer's own kernels).
+//! user assembles from the op folders (`ops::cuda_program()`, or `ops::cuda_training_program()`
+//! with the trainer-only ops).
 //! Addresses are plain numbers ([`DevPtr`]), so a view into a buffer is an offset.
 
 use crate::error::{Result, RuntimeError};

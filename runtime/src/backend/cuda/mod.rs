@@ -1,5 +1,5 @@
 //! The CUDA device layer, shared by the inference backend ([`crate::dispatch::cuda`]) and the
-//! distill trainer, knowing no op:
+//! training one ([`crate::dispatch::train::cuda`]), knowing no op:
 //!
 //! | file | job |
 //! |---|---|

@@ -4,12 +4,14 @@
 //!
 //! What the backend allocates: Linear weights in the session precision (biases, norms, tokens
 //! and position tables stay f32), the forward's f32 buffers (the table
-//! [`buffer_table`] that `Plan::new` allocates from), and the GEMM scratch
+//! `Architecture::buffer_table` that `Plan::new` allocates from), and the GEMM scratch
 //! ([`gemm_scratch_bytes`]).
 
 use crate::backend::Precision;
 use crate::config::{MlpKind, VitConfig};
-use crate::models::vit::forward::{buffer_table, dims};
+use crate::models::Architecture;
+use crate::models::vit::Vit;
+use crate::models::vit::forward::dims;
 use crate::ops::Dims;
 
 /// Bytes one model + input shape needs on the GPU.
@@ -79,7 +81,7 @@ pub fn memory_plan(
         _ => 4,
     };
     let d = dims(cfg, batch, height, width);
-    let act: usize = buffer_table(cfg, &d, 0).iter().map(|e| e.1).sum();
+    let act: usize = Vit::buffer_table(cfg, &d, 0).iter().map(|e| e.1).sum();
     MemoryPlan {
         batch,
         height,

@@ -248,7 +248,7 @@ pub trait TrainBackend {
         dim: usize,
     ) -> Result<()>;
 
-    // The objective's kernels (`loss.cu`).
+    // The objective's kernels (`ops/loss`).
     fn gather_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()>;
     /// dst (+=) on the selected rows.
     fn scatter_add_rows(&self, dst: Buf, src: Buf, sel: Rows, dim: usize) -> Result<()>;
@@ -277,7 +277,7 @@ pub trait TrainBackend {
         dim: usize,
     ) -> Result<()>;
 
-    // The optimizer's kernels (`optim.cu`).
+    // The optimizer's kernels (`ops/adamw`).
     /// The sum of squares of `g`, in a fixed order.
     fn sum_squares(&self, g: Buf) -> Result<f64>;
     /// Clip + AdamW + EMA on `s` (decay flags as given at construction); false when a weight

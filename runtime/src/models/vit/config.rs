@@ -138,8 +138,12 @@ impl VitConfig {
     pub(crate) fn parse(f: &Fields, model_type: &str) -> Result<Self> {
         match model_type {
             "dinov3_vit" => Self::dinov3(f),
+            "dinov2" => Self::dinov2(f, Family::Dinov2),
             "dinov2_with_registers" => Self::dinov2(f, Family::Dinov2Registers),
-            _ => Self::dinov2(f, Family::Dinov2),
+            other => Err(f.err(format!(
+                "model_type {other:?} is not a ViT ({})",
+                MODEL_TYPES.join(", ")
+            ))),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::config::{MlpKind, Positions, VitConfig};
 use crate::dispatch::{Backend, Epilogue, HostLinear};
 use crate::error::{Result, RuntimeError};
 use crate::model::{Int8Weight, Model};
+use crate::models::Architecture;
 use crate::models::vit::layout::{LayerParam as L, Param};
 use crate::ops::{self, Dims};
 use crate::resample;
@@ -119,7 +120,7 @@ fn stacked_linear(
 impl<B: Backend> PreparedModel<B> {
     /// Converts every parameter of `model` for `backend`.
     pub fn new(backend: &B, model: &Model) -> Result<Self> {
-        let cfg = model.config().vit_for("the ViT forward")?.clone();
+        let cfg = <super::Vit as Architecture>::config(model.config())?.clone();
         let d = cfg.hidden_size;
         let i = cfg.intermediate_size;
         let bias = |flag: bool, p: Param| flag.then_some(p);
@@ -329,7 +330,8 @@ impl<B: Backend> Plan<B> {
             ));
         }
         backend.reserve(&dims)?;
-        let mut table = buffer_table(cfg, &dims, capture.len()).into_iter();
+        let mut table =
+            <super::Vit as Architecture>::buffer_table(cfg, &dims, capture.len()).into_iter();
         // The table's entries in order: allocated, or uploaded (tables), each checked
         // against its planned size.
         let mut next = |name: &str, data: Option<&[f32]>| -> Result<B::Buffer> {

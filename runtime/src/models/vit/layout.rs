@@ -564,7 +564,7 @@ fn check_tensor(
     Ok(())
 }
 
-/// One tensor in the hub layout, ready for [`super::store::write_safetensors`].
+/// One tensor in the hub layout, ready for [`crate::weights::store::write_safetensors`].
 pub type HubTensor = (String, Vec<usize>, Dtype, Vec<u8>);
 
 /// The stored form of one parameter, for [`hub_tensors_with`].

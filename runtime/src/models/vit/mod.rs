@@ -7,6 +7,7 @@ pub mod layout;
 
 pub use config::VitConfig;
 
+use crate::config::ModelConfig;
 use crate::dispatch::{Backend, Op};
 use crate::error::{Result, RuntimeError};
 use crate::features::{Features, split_tokens};
@@ -20,14 +21,21 @@ use forward::{Plan, PreparedModel};
 pub struct Vit;
 
 impl Architecture for Vit {
+    type Config = VitConfig;
     type Prepared<B: Backend> = PreparedModel<B>;
     type Plan<B: Backend> = Plan<B>;
     type Shape = Dims;
 
+    fn config(cfg: &ModelConfig) -> Result<&VitConfig> {
+        cfg.vit_for("the ViT forward")
+    }
+
     fn ops_used(model: &Model) -> Result<Vec<Op>> {
-        Ok(forward::ops_used(
-            model.config().vit_for("the ViT forward")?,
-        ))
+        Ok(forward::ops_used(Self::config(model.config())?))
+    }
+
+    fn buffer_table(cfg: &VitConfig, shape: &Dims, captures: usize) -> Vec<(&'static str, usize)> {
+        forward::buffer_table(cfg, shape, captures)
     }
 
     fn prepare<B: Backend>(backend: &B, model: &Model) -> Result<PreparedModel<B>> {

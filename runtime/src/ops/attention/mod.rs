@@ -17,7 +17,7 @@ pub mod wgpu;
 /// Largest head dim the CPU kernels keep on the stack (released models use 64 and 128).
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// `Err` naming the limit when `cfg`'s head dim exceeds `max` (each backend's kernel limit).
+/// `Err` naming the limit when a head dim exceeds `max` (each backend's kernel limit).
 pub fn check_head_dim(head_dim: usize, heads: usize, max: usize) -> Result<(), String> {
     if head_dim > max {
         return Err(format!(
