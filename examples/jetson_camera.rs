@@ -1,48 +1,84 @@
 //! Jetson camera demo: camera -> dense features -> PCA view + tracking -> live browser view.
 //!
-//! On a Jetson Orin (JetPack 6, USB or CSI camera exposed as /dev/video0):
+//! On a Jetson Orin (JetPack 6) with a CSI camera (IMX219/IMX477), through GStreamer:
 //!
-//!     sudo apt-get install libclang-dev
-//!     cargo run --release -p dinoedge-examples --features camera --example jetson_camera -- \
-//!         MODEL_DIR 0 0.0.0.0:8080
+//!     sudo apt-get install libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+//!     cargo run --release -p dinoedge-examples --features gstreamer --example jetson_camera -- \
+//!         MODEL_DIR --csi 0 0.0.0.0:8080
 //!
-//! An optional fourth argument picks the backend (`cpu`, the default; `cuda` with
-//! `--features camera,cuda`; `wgpu` with `--features camera,wgpu`).
+//! The source is one of:
+//! - `--csi N` (nvarguscamerasrc sensor N at 1280x720@30, with `--features gstreamer`);
+//! - `--rtsp rtsp://camera/stream` (an IP camera, with `--features gstreamer`);
+//! - `--gst "PIPELINE"` (any GStreamer pipeline, with `--features gstreamer`);
+//! - a V4L2 camera index (USB cameras, with `--features camera`; needs libclang-dev);
+//! - an image folder or video file.
 //!
-//! then open the URL it prints (http://<jetson-ip>:8080/?token=..., the token guards the
-//! stream on the LAN) and click the image to start a similarity map or a point track.
-//! Without `--features camera` the demo plays an image folder instead:
+//! An optional argument after the address picks the backend (`cpu`, the default; `cuda` with
+//! `--features cuda`; `wgpu` with `--features wgpu`). Open the URL it prints
+//! (http://<jetson-ip>:8080/?token=..., the token guards the stream on the LAN) and click the
+//! image to start a similarity map or a point track.
 //!
-//!     cargo run --release -p dinoedge-examples --example jetson_camera -- MODEL_DIR FRAMES_DIR
-//!
-//! The camera is reopened with backoff when it disappears (USB unplugged), and stale frames
-//! are dropped when the model is slower than the camera.
+//! Cameras and streams are reopened with backoff when they drop (USB unplugged, RTSP camera
+//! rebooting), and stale frames are dropped when the model is slower than the camera.
 
 use std::time::Duration;
 
-use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
+use dinoedge::frames::{self, CsiMode, FrameSource, GstOptions, GstSpec, LatestFrame, Reopen};
 use dinoedge::live::server::{ServerOptions, serve};
 use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, InputMode, SessionOptions};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+const USAGE: &str = "usage: jetson_camera MODEL_DIR (--csi N | --rtsp URL | --gst PIPELINE | CAMERA_INDEX | FRAMES) [ADDR] [cpu|cuda|wgpu]";
+
+type Error = Box<dyn std::error::Error>;
+/// A source, how to reopen it (cameras and streams), and the arguments after it.
+type Opened<'a> = (Box<dyn FrameSource>, Option<Reopen>, &'a [String]);
+
+/// The source named on the command line.
+fn source(args: &[String]) -> Result<Opened<'_>, Error> {
+    let (first, rest) = args.split_first().ok_or(USAGE)?;
+    let gst = |spec: GstSpec, rest| -> Result<_, Error> {
+        let src = frames::open_gst(&spec, &GstOptions::default())?;
+        if let Some(d) = src.details() {
+            eprintln!("{}: {d}", src.describe());
+        }
+        let reopen: Reopen = Box::new(move || frames::open_gst(&spec, &GstOptions::default()));
+        Ok((src, Some(reopen), rest))
+    };
+    match first.as_str() {
+        "--csi" | "--rtsp" | "--gst" => {
+            let (value, rest) = rest.split_first().ok_or(USAGE)?;
+            let spec = match first.as_str() {
+                "--csi" => GstSpec::Csi {
+                    sensor: value.parse()?,
+                    mode: CsiMode::default(),
+                },
+                "--rtsp" => GstSpec::Rtsp {
+                    url: value.clone(),
+                    latency_ms: frames::DEFAULT_RTSP_LATENCY_MS,
+                },
+                _ => GstSpec::Pipeline(value.clone()),
+            };
+            gst(spec, rest)
+        }
+        s => match s.parse::<u32>() {
+            Ok(index) => Ok((
+                frames::open_camera(index, 640, 480, 30)?,
+                Some(Box::new(move || frames::open_camera(index, 640, 480, 30))),
+                rest,
+            )),
+            Err(_) => Ok((frames::open(s.as_ref())?, None, rest)),
+        },
+    }
+}
+
+fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(model), Some(source)) = (args.get(1), args.get(2)) else {
-        return Err(
-            "usage: jetson_camera MODEL_DIR (CAMERA_INDEX | FRAMES_DIR) [ADDR] [cpu|cuda|wgpu]"
-                .into(),
-        );
-    };
-    let addr = args.get(3).map(String::as_str).unwrap_or("127.0.0.1:8080");
-    let backend = args.get(4).map(String::as_str).unwrap_or("cpu").parse()?;
-    let (src, reopen): (Box<dyn FrameSource>, Option<Reopen>) = match source.parse::<u32>() {
-        Ok(index) => (
-            frames::open_camera(index, 640, 480, 30)?,
-            Some(Box::new(move || frames::open_camera(index, 640, 480, 30))),
-        ),
-        Err(_) => (frames::open(source.as_ref())?, None),
-    };
+    let model = args.get(1).ok_or(USAGE)?;
+    let (src, reopen, rest) = source(&args[2..])?;
+    let addr = rest.first().map(String::as_str).unwrap_or("127.0.0.1:8080");
+    let backend = rest.get(1).map(String::as_str).unwrap_or("cpu").parse()?;
     let name = src.describe();
     let emb = Embedder::load(
         model,

@@ -18,6 +18,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# A library built with GStreamer carries its dependencies for static linking.
+REQUIRES_PRIVATE="" STATIC_EXTRA=""
+case ",$FEATURES,${DINOEDGE_WORKSPACE_FEATURES:-}," in
+  *gstreamer*)
+    REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0"
+    for l in $(pkg-config --libs-only-l $REQUIRES_PRIVATE); do STATIC_EXTRA="$STATIC_EXTRA;${l#-l}"; done ;;
+esac
 args=(--locked -p dinoedge-ffi)
 # The test scripts build the whole workspace with one feature set; building with the same
 # selection here reuses that build (a `-p` build resolves features anew and rebuilds). The
@@ -43,7 +50,10 @@ ln -sf "libdinoedge.so.$VERSION" "$PREFIX/lib/libdinoedge.so.$ABI"
 ln -sf "libdinoedge.so.$ABI" "$PREFIX/lib/libdinoedge.so"
 install -m 644 "$OUT/libdinoedge.a" "$PREFIX/lib/libdinoedge.a"
 install -m 644 ffi/include/dinoedge.h ffi/include/dinoedge.hpp "$PREFIX/include/"
-subst() { sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@ABI@|$ABI|g" "$1" >"$2"; }
+subst() {
+  sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@ABI@|$ABI|g" \
+    -e "s|@REQUIRES_PRIVATE@|$REQUIRES_PRIVATE|g" -e "s|@STATIC_EXTRA@|$STATIC_EXTRA|g" "$1" >"$2"
+}
 subst ffi/cmake/dinoedge.pc.in "$PREFIX/lib/pkgconfig/dinoedge.pc"
 subst ffi/cmake/dinoedgeConfig.cmake.in "$PREFIX/lib/cmake/dinoedge/dinoedgeConfig.cmake"
 subst ffi/cmake/dinoedgeConfigVersion.cmake.in "$PREFIX/lib/cmake/dinoedge/dinoedgeConfigVersion.cmake"

@@ -38,7 +38,8 @@ echo "[ffi] pkg-config build"
 export PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig
 gcc -Wall -Wextra -Werror examples/c/embed.c $(pkg-config --cflags --libs dinoedge) -o "$WORK/embed_pc"
 g++ -std=c++17 -Wall -Wextra -Werror examples/cpp/embed.cpp $(pkg-config --cflags --libs dinoedge) -o "$WORK/embed_cpp_pc"
-gcc -Wall -Wextra -Werror examples/c/embed.c $(pkg-config --cflags dinoedge) "$PREFIX/lib/libdinoedge.a" $(pkg-config --libs-only-other --static dinoedge) -lpthread -ldl -lm -o "$WORK/embed_static_pc"
+# Static: the archive, then what it needs (Libs.private, Requires.private), without -ldinoedge.
+gcc -Wall -Wextra -Werror examples/c/embed.c $(pkg-config --cflags dinoedge) "$PREFIX/lib/libdinoedge.a" $(pkg-config --libs --static dinoedge | sed -e 's/-ldinoedge\b//' -e 's/-L[^ ]*//') -o "$WORK/embed_static_pc"
 export LD_LIBRARY_PATH=$PREFIX/lib
 
 echo "[ffi] the examples on the real teacher and a real photo"
@@ -60,6 +61,17 @@ err = max(abs(a - b) for a, b in zip(c, r))
 print(f"[ffi] C API CLS vs Rust CLI: max abs difference {err:.2e} over {len(c)} values")
 assert err < 1e-5, (c, list(r))
 PY
+
+if [[ ",$FEATURES,${DINOEDGE_WORKSPACE_FEATURES:-}," == *gstreamer* ]]; then
+  echo "[ffi] dinoedge_frames_open_gst"
+  "$WORK/build/gst_frames" "$FIXTURE" "videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48" >"$WORK/gst.txt"
+  grep -q "^3 frames" "$WORK/gst.txt" && grep -q "^frame 2 at 0.067 s: 64x48" "$WORK/gst.txt" || { cat "$WORK/gst.txt"; exit 1; }
+  # A broken pipeline: a clean error naming the missing element, exit status 1.
+  if "$WORK/build/gst_frames" "$FIXTURE" "videotestsrc ! nosuchelement_dinoedge" 2>"$WORK/gst.err"; then
+    echo "a broken pipeline succeeded" >&2; exit 1
+  fi
+  grep -q "DINOEDGE_ERR_UNSUPPORTED.*nosuchelement_dinoedge" "$WORK/gst.err" || { cat "$WORK/gst.err"; exit 1; }
+fi
 
 echo "[ffi] error paths"
 "$WORK/build/errors" "$FIXTURE"

@@ -5,7 +5,8 @@
 #   3. cargo test --workspace (wgpu backend included), with missing assets treated as failures
 #      rather than skips,
 #   4. the C API checks (scripts/test-ffi.sh),
-#   5. the camera feature compile-checked (needs libclang-dev),
+#   5. the camera feature compile-checked (needs libclang-dev); the GStreamer sources are in
+#      the workspace build of 3 where its development files are installed,
 #   6. the CUDA backend and the CUDA student trainer: every NVRTC kernel compiled for sm_75 to
 #      sm_90 with the pip wheel's NVRTC (no GPU, no toolkit), the no-driver error path, and the
 #      sdk/ffi built with `cuda` (every kernel also runs, inference and training, on the CUDA
@@ -31,12 +32,24 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 # DINOEDGE_WORKSPACE_FEATURES), so they reuse this build instead of resolving features anew
 # and rebuilding most crates.
 export DINOEDGE_WORKSPACE_FEATURES=dinoedge/wgpu,dinoedge-tests/wgpu,dinoedge-ffi/wgpu
+# GStreamer frame sources, where its development files are installed (required in CI with
+# DINOEDGE_REQUIRE_GSTREAMER=1; the default build never needs them).
+FFI_FEATURES=wgpu
+if pkg-config --exists gstreamer-app-1.0 gstreamer-video-1.0 2>/dev/null; then
+  DINOEDGE_WORKSPACE_FEATURES=$DINOEDGE_WORKSPACE_FEATURES,dinoedge/gstreamer,dinoedge-tests/gstreamer,dinoedge-ffi/gstreamer,dinoedge-examples/gstreamer
+  FFI_FEATURES=wgpu,gstreamer
+elif [ "${DINOEDGE_REQUIRE_GSTREAMER:-0}" = 1 ]; then
+  echo "GStreamer development files missing (apt-get install libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev)" >&2
+  exit 1
+else
+  echo "SKIPPED: GStreamer frame sources (install libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev and GStreamer's plugins)" >&2
+fi
 cargo test --workspace --locked --features "$DINOEDGE_WORKSPACE_FEATURES" "$@"
 
 # The C API as C/C++ users get it: install, CMake + pkg-config builds, real-teacher run checked
 # against the CLI, error paths, valgrind, ASan, aarch64 under qemu (scripts/test-ffi.sh).
 if command -v cmake >/dev/null && command -v g++ >/dev/null && command -v pkg-config >/dev/null; then
-  DINOEDGE_FFI_FEATURES=wgpu scripts/test-ffi.sh
+  DINOEDGE_FFI_FEATURES=$FFI_FEATURES scripts/test-ffi.sh
 elif [ "${DINOEDGE_REQUIRE_FFI:-0}" = 1 ]; then
   echo "cmake, g++ or pkg-config missing for the C API checks (apt-get install cmake g++ pkg-config valgrind)" >&2
   exit 1

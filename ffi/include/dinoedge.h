@@ -435,6 +435,24 @@ dinoedge_status dinoedge_frames_open_camera(uint32_t index,
                                             struct dinoedge_frames **out);
 
 /**
+ * Opens a GStreamer pipeline in gst-launch syntax (library built with the `gstreamer`
+ * feature; otherwise DINOEDGE_ERR_UNSUPPORTED), e.g. "filesrc location=clip.mp4 ! decodebin"
+ * or, on a Jetson, "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,
+ * height=720,framerate=30/1". The conversion to RGB and an appsink are appended unless the
+ * pipeline has an appsink. Live sources (cameras, RTSP) keep only the newest frame, so a slow
+ * reader skips frames instead of falling behind; files give every frame in order. A live
+ * source that drops returns DINOEDGE_ERR_SOURCE from `dinoedge_frames_next`: destroy it and
+ * open it again to reconnect. A missing GStreamer element gives DINOEDGE_ERR_UNSUPPORTED, a
+ * pipeline that cannot start DINOEDGE_ERR_SOURCE, both with GStreamer's own message in
+ * `dinoedge_last_error()`. `timeout_ms`: the longest wait for the pipeline to start and then
+ * for each frame (0: 20 s). `pipeline`: borrowed. `out`: destroy with `dinoedge_frames_destroy`.
+ */
+DINOEDGE_MUST_USE
+dinoedge_status dinoedge_frames_open_gst(const char *pipeline,
+                                         uint32_t timeout_ms,
+                                         struct dinoedge_frames **out);
+
+/**
  * Reads the next frame into a new image (`*out`, destroy with `dinoedge_image_destroy`).
  * Returns DINOEDGE_END_OF_STREAM (with `*out` = NULL) after the last frame.
  * `timestamp_us` (may be NULL) receives the frame time in microseconds.

@@ -199,6 +199,12 @@ class Tracker {
 class Frames {
   public:
     explicit Frames(const std::string &path) { detail::check(dinoedge_frames_open(path.c_str(), h_.out()), "dinoedge_frames_open"); }
+    /// A GStreamer pipeline (library built with the `gstreamer` feature).
+    static Frames gst(const std::string &pipeline, uint32_t timeout_ms = 0) {
+        Frames f;
+        detail::check(dinoedge_frames_open_gst(pipeline.c_str(), timeout_ms, f.h_.out()), "dinoedge_frames_open_gst");
+        return f;
+    }
     /// Appends the next frame to `into`; false at the end of the stream.
     bool next(std::vector<Image> &into) {
         dinoedge_image *img = nullptr;
@@ -208,6 +214,7 @@ class Frames {
     }
 
   private:
+    Frames() = default;
     detail::Handle<dinoedge_frames, dinoedge_frames_destroy> h_;
 };
 

@@ -57,6 +57,42 @@ pub extern "C" fn dinoedge_frames_open_camera(
     })
 }
 
+/// Opens a GStreamer pipeline in gst-launch syntax (library built with the `gstreamer`
+/// feature; otherwise DINOEDGE_ERR_UNSUPPORTED), e.g. "filesrc location=clip.mp4 ! decodebin"
+/// or, on a Jetson, "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,
+/// height=720,framerate=30/1". The conversion to RGB and an appsink are appended unless the
+/// pipeline has an appsink. Live sources (cameras, RTSP) keep only the newest frame, so a slow
+/// reader skips frames instead of falling behind; files give every frame in order. A live
+/// source that drops returns DINOEDGE_ERR_SOURCE from `dinoedge_frames_next`: destroy it and
+/// open it again to reconnect. A missing GStreamer element gives DINOEDGE_ERR_UNSUPPORTED, a
+/// pipeline that cannot start DINOEDGE_ERR_SOURCE, both with GStreamer's own message in
+/// `dinoedge_last_error()`. `timeout_ms`: the longest wait for the pipeline to start and then
+/// for each frame (0: 20 s). `pipeline`: borrowed. `out`: destroy with `dinoedge_frames_destroy`.
+#[unsafe(no_mangle)]
+#[must_use]
+pub extern "C" fn dinoedge_frames_open_gst(
+    pipeline: *const c_char,
+    timeout_ms: u32,
+    out: *mut *mut dinoedge_frames,
+) -> dinoedge_status {
+    guard(|| {
+        let p = c_str(pipeline, "pipeline")?;
+        let opts = frames::GstOptions {
+            timeout: match timeout_ms {
+                0 => frames::GstOptions::default().timeout,
+                ms => std::time::Duration::from_millis(ms as u64),
+            },
+            ..Default::default()
+        };
+        put(
+            out,
+            dinoedge_frames {
+                src: frames::open_gst(&frames::GstSpec::Pipeline(p.into()), &opts)?,
+            },
+        )
+    })
+}
+
 /// Reads the next frame into a new image (`*out`, destroy with `dinoedge_image_destroy`).
 /// Returns DINOEDGE_END_OF_STREAM (with `*out` = NULL) after the last frame.
 /// `timestamp_us` (may be NULL) receives the frame time in microseconds.

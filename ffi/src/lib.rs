@@ -104,7 +104,7 @@ impl From<dinoedge::Error> for Fail {
             E::Io { .. } => DINOEDGE_ERR_IO,
             E::Image { .. } | E::InvalidFile { .. } => DINOEDGE_ERR_INVALID_DATA,
             E::Camera { .. } | E::Source { .. } => DINOEDGE_ERR_SOURCE,
-            E::Unsupported { .. } => DINOEDGE_ERR_UNSUPPORTED,
+            E::Unsupported { .. } | E::MissingPlugin { .. } => DINOEDGE_ERR_UNSUPPORTED,
             E::Resource { .. } | E::Network { .. } => DINOEDGE_ERR_RESOURCE,
             E::InvalidArgument(_) => DINOEDGE_ERR_INVALID_ARGUMENT,
             E::Runtime(r) => match r {

@@ -41,6 +41,10 @@ pub enum Error {
     #[error("frame source {name}: {reason}")]
     Source { name: String, reason: String },
 
+    /// A GStreamer pipeline names an element this machine does not have installed.
+    #[error("GStreamer element `{element}` is not installed (it ships in {package})")]
+    MissingPlugin { element: String, package: String },
+
     /// A feature this build or machine does not have (camera support not compiled in).
     #[error("{what} is not available: {reason}")]
     Unsupported { what: String, reason: String },

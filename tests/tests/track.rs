@@ -31,15 +31,12 @@ fn embedder(dir: &std::path::Path, size: usize) -> Embedder {
     .unwrap()
 }
 
-#[test]
-fn label_propagation_tracks_a_real_object_with_ground_truth() {
-    let Some(onnx) = asset(TEACHER_ONNX) else {
-        return;
-    };
-    let Some(alphamat) = asset("alphamat") else {
-        return;
-    };
-    let Some(ocv) = asset(OPENCV) else { return };
+/// The real teacher imported, and the real-object sequence (frames and ground-truth masks)
+/// under one temporary folder; `None` (skipped) without the assets.
+fn real_sequence() -> Option<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)> {
+    let onnx = asset(TEACHER_ONNX)?;
+    let alphamat = asset("alphamat")?;
+    let ocv = asset(OPENCV)?;
     let tmp = tempfile::tempdir().unwrap();
     let teacher = tmp.path().join("teacher");
     write_model_dir(&import_onnx(&onnx).unwrap(), &teacher, &onnx).unwrap();
@@ -53,37 +50,20 @@ fn label_propagation_tracks_a_real_object_with_ground_truth() {
         &Motion::default(),
     )
     .unwrap();
+    Some((tmp, teacher, gt))
+}
+
+#[test]
+fn label_propagation_tracks_a_real_object_with_ground_truth() {
+    let Some((tmp, teacher, gt)) = real_sequence() else {
+        return;
+    };
 
     let mut emb = embedder(&teacher, 224);
     let mut src = FolderSource::open(&gt.join("frames")).unwrap();
     let first_mask = read_mask(&gt.join("masks/00000.png")).unwrap();
     let (pred, copy) = (tmp.path().join("pred"), tmp.path().join("copy"));
-    std::fs::create_dir_all(&pred).unwrap();
-    std::fs::create_dir_all(&copy).unwrap();
-    let first = src.next_frame().unwrap().unwrap();
-    let f0 = emb.embed(&first.image).unwrap();
-    let mut lp = LabelPropagator::new(
-        PropagationConfig::default(),
-        &f0.last.patches.data,
-        f0.dim(),
-        f0.grid,
-        &first_mask,
-        Some(2),
-    )
-    .unwrap();
-    for dir in [&pred, &copy] {
-        write_mask(&dir.join("00000.png"), &first_mask).unwrap();
-    }
-    while let Some(frame) = src.next_frame().unwrap() {
-        let f = emb.embed(&frame.image).unwrap();
-        let soft = lp.step(&f.last.patches.data).unwrap();
-        write_mask(
-            &pred.join(format!("{}.png", frame.name)),
-            &lp.to_mask(&soft, frame.image.width, frame.image.height),
-        )
-        .unwrap();
-        write_mask(&copy.join(format!("{}.png", frame.name)), &first_mask).unwrap();
-    }
+    track_into(&mut emb, &mut src, &first_mask, &pred, Some(&copy));
     let tracked = davis::evaluate(&gt.join("masks"), &pred).unwrap();
     let baseline = davis::evaluate(&gt.join("masks"), &copy).unwrap();
     eprintln!(
@@ -97,6 +77,99 @@ fn label_propagation_tracks_a_real_object_with_ground_truth() {
         tracked.jf_mean,
         baseline.jf_mean
     );
+}
+
+/// Label propagation of `first_mask` through `src`, one mask per frame named after it under
+/// `pred` (and the first mask copied under `copy`, the baseline).
+fn track_into(
+    emb: &mut Embedder,
+    src: &mut dyn FrameSource,
+    first_mask: &davis::Mask,
+    pred: &std::path::Path,
+    copy: Option<&std::path::Path>,
+) {
+    std::fs::create_dir_all(pred).unwrap();
+    let first = src.next_frame().unwrap().unwrap();
+    let f0 = emb.embed(&first.image).unwrap();
+    let mut lp = LabelPropagator::new(
+        PropagationConfig::default(),
+        &f0.last.patches.data,
+        f0.dim(),
+        f0.grid,
+        first_mask,
+        Some(2),
+    )
+    .unwrap();
+    write_mask(&pred.join(format!("{}.png", first.name)), first_mask).unwrap();
+    if let Some(c) = copy {
+        std::fs::create_dir_all(c).unwrap();
+        write_mask(&c.join(format!("{}.png", first.name)), first_mask).unwrap();
+    }
+    while let Some(frame) = src.next_frame().unwrap() {
+        let f = emb.embed(&frame.image).unwrap();
+        let soft = lp.step(&f.last.patches.data).unwrap();
+        write_mask(
+            &pred.join(format!("{}.png", frame.name)),
+            &lp.to_mask(&soft, frame.image.width, frame.image.height),
+        )
+        .unwrap();
+        if let Some(c) = copy {
+            write_mask(&c.join(format!("{}.png", frame.name)), first_mask).unwrap();
+        }
+    }
+}
+
+/// The same real sequence re-encoded (H.264 in MP4, MJPEG in AVI) and read through GStreamer's
+/// decodebin tracks within 0.05 J&F of its JPEG folder, with masks named alike.
+#[cfg(feature = "gstreamer")]
+#[test]
+fn gstreamer_clips_track_as_their_jpeg_folder() {
+    use dinoedge::frames::{GstOptions, GstSpec, open_gst};
+    let Some((tmp, teacher, gt)) = real_sequence() else {
+        return;
+    };
+    let mut emb = embedder(&teacher, 224);
+    let first_mask = read_mask(&gt.join("masks/00000.png")).unwrap();
+    let folder = tmp.path().join("folder");
+    let mut src = FolderSource::open(&gt.join("frames")).unwrap();
+    track_into(&mut emb, &mut src, &first_mask, &folder, None);
+    let base = davis::evaluate(&gt.join("masks"), &folder).unwrap();
+    let n = std::fs::read_dir(gt.join("frames")).unwrap().count();
+    for (name, encoder) in [
+        ("clip.mp4", "jpegdec ! videoconvert ! x264enc ! mp4mux"),
+        ("clip.avi", "avimux"),
+    ] {
+        let clip = tmp.path().join(name);
+        let o = std::process::Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(
+                format!(
+                    "multifilesrc location={}/%05d.jpg index=0 stop-index={} caps=image/jpeg,framerate=10/1 ! {encoder} ! filesink location={}",
+                    gt.join("frames").display(),
+                    n - 1,
+                    clip.display()
+                )
+                .split(' '),
+            )
+            .output()
+            .expect("gst-launch-1.0 (gstreamer1.0-tools)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let pipeline = format!("filesrc location={} ! decodebin", clip.display());
+        let mut src = open_gst(&GstSpec::Pipeline(pipeline), &GstOptions::default()).unwrap();
+        let pred = tmp.path().join(name.replace('.', "-"));
+        track_into(&mut emb, src.as_mut(), &first_mask, &pred, None);
+        let s = davis::evaluate(&gt.join("masks"), &pred).unwrap();
+        eprintln!(
+            "J&F: JPEG folder {:.4}, {name} through GStreamer {:.4} ({} frames)",
+            base.jf_mean, s.jf_mean, n
+        );
+        assert!(
+            (s.jf_mean - base.jf_mean).abs() < 0.05,
+            "{name}: {} vs {}",
+            s.jf_mean,
+            base.jf_mean
+        );
+    }
 }
 
 #[test]

@@ -11,7 +11,9 @@ use dinoedge::features_io::{concat, read_pixels, write_features};
 use dinoedge::pca::PcaBasis;
 use dinoedge::{Embedder, EmbedderOptions, Error, Features, InputMode, Result, image_io};
 
+use super::source::{self, GstArgs};
 use super::{BackendArgs, progress};
+use dinoedge::frames::GstSpec;
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -38,14 +40,22 @@ pub struct EmbedArgs {
     /// Also write these blocks (0-based, comma separated), final norm applied.
     #[arg(long, value_delimiter = ',')]
     layers: Vec<usize>,
+    /// Or embed the frames of a GStreamer source, stacked along the batch.
+    #[command(flatten)]
+    gst: GstArgs,
+    /// With a GStreamer source: stop after this many frames (needed for cameras and streams).
+    #[arg(long)]
+    max_frames: Option<usize>,
     #[command(flatten)]
     backend: BackendArgs,
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
-    if a.images.is_empty() && a.pixels.is_none() {
+    let gst = a.gst.spec();
+    let given = [!a.images.is_empty(), a.pixels.is_some(), gst.is_some()];
+    if given.iter().filter(|&&g| g).count() != 1 {
         return Err(Error::InvalidArgument(
-            "give at least one IMAGE, or --pixels PIXELS.safetensors".into(),
+            "give IMAGE..., or --pixels PIXELS.safetensors, or a GStreamer source (--gst, --csi, --rtsp)".into(),
         ));
     }
     super::check_output_file(&a.out, "--out")?;
@@ -76,6 +86,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         let hw = (pixels.shape[2], pixels.shape[3]);
         inputs.push(px.display().to_string());
         parts.push((f, hw));
+    } else if let Some(spec) = &gst {
+        embed_frames(&a, spec, &mut emb, &mut parts, &mut inputs)?;
     } else {
         // Check every header first: a bad file or an image over the limits fails before any
         // compute and before any output; images are then decoded one at a time.
@@ -183,6 +195,54 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         );
     }
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Embeds the frames of a GStreamer source (all of a file's, or --max-frames).
+fn embed_frames(
+    a: &EmbedArgs,
+    spec: &GstSpec,
+    emb: &mut Embedder,
+    parts: &mut Vec<(Features, (usize, usize))>,
+    inputs: &mut Vec<String>,
+) -> Result<()> {
+    let (mut src, _) = source::open(spec, *emb.limits(), false, a.gst.verbose)?;
+    if src.is_live() && a.max_frames.is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is live: give --max-frames N",
+            src.describe()
+        )));
+    }
+    let max = a.max_frames.unwrap_or(usize::MAX);
+    let total = src.len_hint().map(|n| n.min(max));
+    let pb = progress(total.unwrap_or(0) as u64, "embed");
+    while parts.len() < max {
+        let Some(frame) = src.next_frame()? else {
+            break;
+        };
+        if let Some((_, hw)) = parts.first()
+            && *hw != (frame.image.height, frame.image.width)
+        {
+            return Err(Error::Source {
+                name: src.describe(),
+                reason: format!(
+                    "frame {} is {}x{}, the first frame {}x{}: features are stacked along the batch",
+                    frame.name, frame.image.width, frame.image.height, hw.1, hw.0
+                ),
+            });
+        }
+        let f = emb.embed(&frame.image)?;
+        parts.push((f, (frame.image.height, frame.image.width)));
+        inputs.push(format!("{} frame {}", src.describe(), frame.name));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if parts.is_empty() {
+        return Err(Error::Source {
+            name: src.describe(),
+            reason: "no frames".into(),
+        });
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! `dinoedge live (--camera N | --frames DIR | --video FILE) --model M [--mask FIRST.png]
-//! [--serve 127.0.0.1:8080] [--bench]`: the live pipeline with a browser view, or its
+//! `dinoedge live (--camera N | --frames DIR | --video FILE | --gst PIPELINE | --csi N |
+//! --rtsp URL) --model M [--mask FIRST.png] [--serve 127.0.0.1:8080] [--bench]`: the live pipeline with a browser view, or its
 //! per-stage benchmark.
 
 use std::path::PathBuf;
@@ -10,15 +10,15 @@ use clap::Args;
 use dinoedge::davis::read_mask_limited;
 use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
 use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
-use dinoedge::runtime::InputLimits;
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result};
 use serde_json::json;
 
 use super::BackendArgs;
+use super::source::{self, GstArgs};
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["camera", "frames", "video"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["camera", "frames", "video", "gst", "csi", "rtsp"])))]
 pub struct LiveArgs {
     /// HF model directory.
     #[arg(long)]
@@ -29,9 +29,12 @@ pub struct LiveArgs {
     /// An image-sequence folder.
     #[arg(long)]
     frames: Option<PathBuf>,
-    /// A video file (.y4m natively, other formats through ffmpeg).
+    /// A video file: .y4m natively; other formats through GStreamer's decodebin (hardware
+    /// decoders preferred) in builds with --features gstreamer, else through ffmpeg.
     #[arg(long)]
     video: Option<PathBuf>,
+    #[command(flatten)]
+    gst: GstArgs,
     /// First-frame mask to propagate (DAVIS indexed PNG, same size as the frames).
     #[arg(long)]
     mask: Option<PathBuf>,
@@ -76,10 +79,9 @@ pub struct LiveArgs {
 
 /// Replays a source from the start when it ends.
 struct Looping {
-    path: PathBuf,
+    open: Reopen,
     inner: Box<dyn FrameSource>,
     offset: u64,
-    limits: InputLimits,
 }
 
 impl FrameSource for Looping {
@@ -91,9 +93,9 @@ impl FrameSource for Looping {
             }
             None => {
                 self.offset += self.inner.len_hint().unwrap_or(0) as u64;
-                self.inner = frames::open_limited(&self.path, &self.limits)?;
+                self.inner = (self.open)()?;
                 let mut f = self.inner.next_frame()?.ok_or_else(|| Error::Source {
-                    name: self.path.display().to_string(),
+                    name: self.inner.describe(),
                     reason: "no frames".into(),
                 })?;
                 f.index += self.offset;
@@ -106,37 +108,53 @@ impl FrameSource for Looping {
     }
 }
 
-pub fn run(a: LiveArgs) -> Result<()> {
-    // The source first: a missing camera or an unreadable video fails before any model work.
-    let (source, reopen, pace): (Box<dyn FrameSource>, Option<Reopen>, bool) =
-        if let Some(i) = a.camera {
-            let (w, h, fps) = (a.width, a.height, a.fps);
-            let src = frames::open_camera(i, w, h, fps)?;
-            (
-                src,
-                Some(Box::new(move || frames::open_camera(i, w, h, fps))),
-                false,
-            )
-        } else {
+/// The source, how to reopen it when it fails (cameras and streams), and whether to pace it
+/// at --fps (folders and files outside GStreamer, which plays files at their own rate).
+fn open_source(a: &LiveArgs) -> Result<(Box<dyn FrameSource>, Option<Reopen>, bool)> {
+    let limits = a.backend.limits();
+    if let Some(i) = a.camera {
+        let (w, h, fps) = (a.width, a.height, a.fps);
+        let src = frames::open_camera(i, w, h, fps)?;
+        let reopen: Reopen = Box::new(move || frames::open_camera(i, w, h, fps));
+        return Ok((src, Some(reopen), false));
+    }
+    let gst = a
+        .gst
+        .spec()
+        .or_else(|| a.video.as_deref().and_then(source::video_spec));
+    let (src, reopen, pace, open): (_, _, _, Reopen) = match gst {
+        Some(spec) => {
+            let (src, reopen) = source::open(&spec, limits, !a.bench, a.gst.verbose)?;
+            let bench = a.bench;
+            let open: Reopen =
+                Box::new(move || source::open(&spec, limits, !bench, false).map(|(s, _)| s));
+            (src, reopen, false, open)
+        }
+        None => {
             let path = a
                 .frames
                 .clone()
                 .or(a.video.clone())
                 .expect("clap: one source");
-            let limits = a.backend.limits();
             let src = frames::open_limited(&path, &limits)?;
-            let src: Box<dyn FrameSource> = if a.looping {
-                Box::new(Looping {
-                    path,
-                    inner: src,
-                    offset: 0,
-                    limits,
-                })
-            } else {
-                src
-            };
-            (src, None, !a.bench)
-        };
+            let open: Reopen = Box::new(move || frames::open_limited(&path, &limits));
+            (src, None, !a.bench, open)
+        }
+    };
+    if a.looping && reopen.is_none() {
+        let src = Box::new(Looping {
+            open,
+            inner: src,
+            offset: 0,
+        });
+        return Ok((src, None, pace));
+    }
+    Ok((src, reopen, pace))
+}
+
+pub fn run(a: LiveArgs) -> Result<()> {
+    // The source first: a missing camera or an unreadable video fails before any model work.
+    let (source, reopen, pace) = open_source(&a)?;
     let source_name = source.describe();
     let limits = a.backend.limits();
     let mask = a

@@ -10,6 +10,7 @@ mod import;
 mod info;
 mod live;
 mod quantize;
+mod source;
 mod track;
 
 use clap::{Args, Parser, Subcommand};

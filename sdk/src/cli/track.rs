@@ -15,9 +15,11 @@ use dinoedge::track::{LabelPropagator, PropagationConfig};
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, frames, image_io};
 use serde_json::json;
 
+use super::source::{self, GstArgs};
 use super::{BackendArgs, note, progress};
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["frames", "gst", "csi", "rtsp"])))]
 pub struct TrackArgs {
     /// HF model directory.
     #[arg(long)]
@@ -25,7 +27,10 @@ pub struct TrackArgs {
     /// Frames: an image folder (natural order; DAVIS JPEGImages/480p/<seq>), a .y4m file, or
     /// any video ffmpeg reads.
     #[arg(long)]
-    frames: PathBuf,
+    frames: Option<PathBuf>,
+    /// Or frames from GStreamer (masks are named 00000.png, 00001.png, ... as in DAVIS).
+    #[command(flatten)]
+    gst: GstArgs,
     /// First-frame mask (DAVIS indexed PNG; 8-bit gray or palette RGB also read).
     #[arg(long)]
     mask: PathBuf,
@@ -69,7 +74,14 @@ pub fn track(a: TrackArgs) -> Result<()> {
             reason: "the mask has no objects (every pixel is 0, background)".into(),
         });
     }
-    let mut src = frames::open_limited(&a.frames, &limits)?;
+    let (mut src, input) = match (&a.frames, a.gst.spec()) {
+        (Some(path), _) => (frames::open_limited(path, &limits)?, path.clone()),
+        (None, Some(spec)) => {
+            let (src, _) = source::open(&spec, limits, false, a.gst.verbose)?;
+            (src, PathBuf::from(spec.describe()))
+        }
+        (None, None) => unreachable!("clap: one source"),
+    };
     let mut emb = Embedder::load(
         &a.model,
         &EmbedderOptions {
@@ -79,7 +91,7 @@ pub fn track(a: TrackArgs) -> Result<()> {
         },
     )?;
     let first = src.next_frame()?.ok_or_else(|| Error::InvalidFile {
-        path: a.frames.clone(),
+        path: input.clone(),
         reason: "no frames".into(),
     })?;
     if (first.image.width, first.image.height) != (first_mask.width, first_mask.height) {
@@ -93,7 +105,8 @@ pub fn track(a: TrackArgs) -> Result<()> {
     }
     // Masks go to a staging folder moved into --out at the end: a run that fails half way
     // leaves --out as it was.
-    let staged = OutputDir::create(&a.out, &[&a.frames], Replace::Merge, "--out")?;
+    let inputs: Vec<&std::path::Path> = a.frames.iter().map(|p| p.as_path()).collect();
+    let staged = OutputDir::create(&a.out, &inputs, Replace::Merge, "--out")?;
     let f0 = emb.embed(&first.image)?;
     let dim = f0.dim();
     let mut lp = LabelPropagator::new(
@@ -122,7 +135,7 @@ pub fn track(a: TrackArgs) -> Result<()> {
         };
         if (frame.image.width, frame.image.height) != (first.image.width, first.image.height) {
             return Err(Error::InvalidFile {
-                path: a.frames.clone(),
+                path: input.clone(),
                 reason: format!(
                     "frame {} is {}x{}, the first frame {}x{}",
                     frame.name,

@@ -127,6 +127,9 @@ impl FrameSource for CameraSource {
     fn describe(&self) -> String {
         self.describe.clone()
     }
+    fn is_live(&self) -> bool {
+        true
+    }
 }
 
 impl Drop for CameraSource {

@@ -12,6 +12,8 @@ struct Slot {
     frame: Option<Frame>,
     /// Frames replaced before anyone took them.
     dropped: u64,
+    /// Times the source was reopened after a failure.
+    reconnects: u64,
     ended: bool,
     error: Option<String>,
     stop: bool,
@@ -37,6 +39,7 @@ impl LatestFrame {
             Mutex::new(Slot {
                 frame: None,
                 dropped: 0,
+                reconnects: 0,
                 ended: false,
                 error: None,
                 stop: false,
@@ -80,7 +83,9 @@ impl LatestFrame {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         if let Ok(src) = r() {
                             source = src;
-                            s.0.lock().unwrap_or_else(|e| e.into_inner()).error = None;
+                            let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
+                            slot.error = None;
+                            slot.reconnects += 1;
                         }
                     }
                 }
@@ -140,6 +145,30 @@ impl LatestFrame {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .dropped
+    }
+
+    /// Times the source was reopened after failing (a camera unplugged, an RTSP drop).
+    pub fn reconnects(&self) -> u64 {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconnects
+    }
+
+    /// The source ended or failed for good.
+    pub fn ended(&self) -> bool {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ended
+    }
+
+    /// The source failed and is being reopened (with backoff) rather than ended.
+    pub fn retrying(&self) -> bool {
+        let slot = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.error.is_some() && !slot.ended
     }
 
     /// The current transient error (a camera being retried), if any.

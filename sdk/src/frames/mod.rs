@@ -5,7 +5,9 @@
 //! - [`Y4mSource`]: YUV4MPEG2 files, decoded natively;
 //! - [`FfmpegSource`]: any other video through an `ffmpeg` subprocess (`$DINOEDGE_FFMPEG` or
 //!   `ffmpeg` on the PATH) that streams Y4M to us;
-//! - `CameraSource` (feature `camera`): a V4L2 camera through nokhwa.
+//! - `CameraSource` (feature `camera`): a V4L2 camera through nokhwa;
+//! - `GstSource` (feature `gstreamer`): any GStreamer pipeline, and the presets of
+//!   [`GstSpec`] (Jetson CSI cameras, RTSP, hardware-decoded files), opened by [`open_gst`].
 //!
 //! [`open`] picks one from a path. [`LatestFrame`] runs any source on its own thread and keeps
 //! only the newest frame, so a slow consumer drops stale frames instead of falling behind.
@@ -14,6 +16,11 @@
 mod camera;
 mod ffmpeg;
 mod folder;
+#[cfg(feature = "gstreamer")]
+mod gst;
+mod gst_spec;
+#[cfg(all(test, feature = "gstreamer"))]
+mod gst_tests;
 mod latest;
 #[cfg(test)]
 mod tests;
@@ -23,6 +30,9 @@ mod y4m;
 pub use camera::CameraSource;
 pub use ffmpeg::{FfmpegSource, ffmpeg_binary};
 pub use folder::FolderSource;
+#[cfg(feature = "gstreamer")]
+pub use gst::{GstSource, package_for};
+pub use gst_spec::{CsiMode, DEFAULT_RTSP_LATENCY_MS, GstOptions, GstSpec};
 pub use latest::{LatestFrame, Reopen};
 pub use y4m::Y4mSource;
 
@@ -39,7 +49,7 @@ pub struct Frame {
     /// 0-based position in the source.
     pub index: u64,
     /// Time since the source was opened when the frame was captured (camera) or decoded;
-    /// for files, `index / fps` when the rate is known.
+    /// for files, `index / fps` when the rate is known; for GStreamer, the buffer's PTS.
     pub timestamp: Duration,
     /// A name for outputs: the file stem for folders (`00000`), else the zero-padded index.
     pub name: String,
@@ -56,6 +66,15 @@ pub trait FrameSource: Send {
     fn describe(&self) -> String;
     /// Number of frames when known.
     fn len_hint(&self) -> Option<usize> {
+        None
+    }
+    /// A camera or stream: it keeps capturing while we are slow (frames are dropped, not
+    /// queued) and is worth reopening when it fails.
+    fn is_live(&self) -> bool {
+        false
+    }
+    /// More than [`FrameSource::describe`], for `--verbose` (a GStreamer source's pipeline).
+    fn details(&self) -> Option<String> {
         None
     }
 }
@@ -116,6 +135,24 @@ pub fn open_limited(path: &Path, limits: &InputLimits) -> Result<Box<dyn FrameSo
     {
         Some("y4m") => Ok(Box::new(Y4mSource::open_limited(path, limits)?)),
         _ => Ok(Box::new(FfmpegSource::open(path, limits)?)),
+    }
+}
+
+/// Opens a GStreamer pipeline or preset (feature `gstreamer`), or explains how to get
+/// GStreamer support.
+pub fn open_gst(spec: &GstSpec, opts: &GstOptions) -> Result<Box<dyn FrameSource>> {
+    #[cfg(feature = "gstreamer")]
+    {
+        Ok(Box::new(GstSource::open(spec, opts)?))
+    }
+    #[cfg(not(feature = "gstreamer"))]
+    {
+        let _ = opts;
+        spec.validate()?;
+        Err(Error::Unsupported {
+            what: spec.describe(),
+            reason: "this build has no GStreamer support (rebuild with `--features gstreamer`; needs libgstreamer1.0-dev and libgstreamer-plugins-base1.0-dev)".into(),
+        })
     }
 }
 

@@ -182,3 +182,74 @@ fn a_camera_that_disappears_is_reopened_with_backoff() {
     let e = l.take(Duration::from_secs(5)).unwrap_err();
     assert!(e.to_string().contains("disappeared"), "{e}");
 }
+
+#[test]
+fn gst_presets_print_the_pipelines_jetson_users_run() {
+    assert_eq!(
+        "1920x1080@60".parse::<CsiMode>().unwrap(),
+        CsiMode {
+            width: 1920,
+            height: 1080,
+            fps: 60
+        }
+    );
+    for bad in [
+        "1920x1080",
+        "0x720@30",
+        "1280x720@0",
+        "axb@c",
+        "1280x720@30x",
+    ] {
+        let e = bad.parse::<CsiMode>().unwrap_err().to_string();
+        assert!(e.contains("--csi-mode") && e.contains(bad), "{e}");
+    }
+    let csi = GstSpec::Csi {
+        sensor: 1,
+        mode: CsiMode::default(),
+    };
+    assert_eq!(
+        csi.head(),
+        "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=(int)1280,height=(int)720,framerate=(fraction)30/1,format=(string)NV12"
+    );
+    let rtsp = GstSpec::Rtsp {
+        url: "rtsp://cam.local:554/stream".into(),
+        latency_ms: DEFAULT_RTSP_LATENCY_MS,
+    };
+    assert_eq!(
+        rtsp.head(),
+        "rtspsrc location=\"rtsp://cam.local:554/stream\" latency=2000 drop-on-latency=true ! application/x-rtp,media=video ! decodebin"
+    );
+    assert!(csi.is_camera_or_stream() && rtsp.is_camera_or_stream());
+    // Quotes and backslashes in a path stay inside the quoted value.
+    let v = GstSpec::Video(r#"/tmp/a "b"\c.mp4"#.into());
+    assert_eq!(
+        v.head(),
+        r#"filesrc location="/tmp/a \"b\"\\c.mp4" ! decodebin"#
+    );
+    assert_eq!(
+        GstSpec::Pipeline(" videotestsrc ! ".into()).head(),
+        "videotestsrc"
+    );
+    assert!(GstSpec::Pipeline("  ".into()).validate().is_err());
+    assert!(
+        GstSpec::Rtsp {
+            url: "http://x".into(),
+            latency_ms: 0
+        }
+        .validate()
+        .is_err()
+    );
+}
+
+#[cfg(not(feature = "gstreamer"))]
+#[test]
+fn gst_sources_explain_how_to_get_them() {
+    let e = open_gst(
+        &GstSpec::Pipeline("videotestsrc".into()),
+        &GstOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("--features gstreamer"), "{e}");
+}

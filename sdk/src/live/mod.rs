@@ -58,6 +58,8 @@ pub struct LiveStats {
     pub frames: u64,
     pub fps: f64,
     pub dropped: u64,
+    /// Times the source was reopened after failing (a camera unplugged, an RTSP drop).
+    pub reconnects: u64,
     pub stage_ms: StageMs,
     pub grid: (usize, usize),
     pub source: String,
@@ -410,9 +412,34 @@ impl Pipeline {
         source_name: &str,
         shared: &LiveShared,
     ) -> Result<LiveStats> {
+        // A source being reopened (an RTSP camera rebooting) keeps the run going: /stats
+        // shows its error until it is back.
+        let next = || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if shared.stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                match source.take(Duration::from_secs(1)) {
+                    Err(_) if source.retrying() => {
+                        let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                        s.status = source.status();
+                        s.reconnects = source.reconnects();
+                    }
+                    Err(_) if !source.ended() && Instant::now() < deadline => {}
+                    Err(_) if !source.ended() => {
+                        return Err(crate::Error::Source {
+                            name: source_name.to_string(),
+                            reason: "no frame for 30 s".into(),
+                        });
+                    }
+                    r => return r,
+                }
+            }
+        };
         self.run_with(
-            || source.take(Duration::from_secs(30)),
-            || (source.dropped(), source.status()),
+            next,
+            || (source.dropped(), source.reconnects(), source.status()),
             source_name,
             shared,
         )
@@ -425,13 +452,13 @@ impl Pipeline {
         shared: &LiveShared,
     ) -> Result<LiveStats> {
         let name = source.describe();
-        self.run_with(|| source.next_frame(), || (0, None), &name, shared)
+        self.run_with(|| source.next_frame(), || (0, 0, None), &name, shared)
     }
 
     fn run_with(
         &mut self,
         mut next: impl FnMut() -> Result<Option<Frame>>,
-        status: impl Fn() -> (u64, Option<String>),
+        status: impl Fn() -> (u64, u64, Option<String>),
         source_name: &str,
         shared: &LiveShared,
     ) -> Result<LiveStats> {
@@ -492,11 +519,13 @@ impl Pipeline {
                 .as_ref()
                 .map(|p| (p.points.len(), p.points.iter().filter(|q| q.lost).count()))
                 .unwrap_or((0, 0));
+            let (dropped, reconnects, source_status) = status();
             let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             *s = LiveStats {
                 frames: n,
                 fps,
-                dropped: status().0,
+                dropped,
+                reconnects,
                 stage_ms: StageMs {
                     capture: med(0),
                     preprocess: med(1),
@@ -511,7 +540,7 @@ impl Pipeline {
                 mode: self.mode(),
                 points: pts,
                 points_lost: lost,
-                status: status().1,
+                status: source_status,
                 ended: false,
             };
         }
