@@ -22,7 +22,7 @@ done
 REQUIRES_PRIVATE="" STATIC_EXTRA=""
 case ",$FEATURES,${DINOEDGE_WORKSPACE_FEATURES:-}," in
   *gstreamer*)
-    REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0"
+    REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0 gio-2.0"
     for l in $(pkg-config --libs-only-l $REQUIRES_PRIVATE); do STATIC_EXTRA="$STATIC_EXTRA;${l#-l}"; done ;;
 esac
 args=(--locked -p dinoedge-ffi)
