@@ -43,8 +43,10 @@ fn source(args: &[String]) -> Result<Opened<'_>, Error> {
         if let Some(d) = src.details() {
             eprintln!("{}: {d}", src.describe());
         }
-        let reopen: Reopen = Box::new(move || frames::open_gst(&spec, &GstOptions::default()));
-        Ok((src, Some(reopen), rest))
+        // Cameras and streams are reopened when they drop; a file that fails stays failed.
+        let reopen = (spec.is_camera_or_stream() || src.is_live())
+            .then(|| Box::new(move || frames::open_gst(&spec, &GstOptions::default())) as Reopen);
+        Ok((src, reopen, rest))
     };
     match first.as_str() {
         "--csi" | "--rtsp" | "--gst" => {

@@ -18,14 +18,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-# A library built with GStreamer carries its dependencies for static linking.
-REQUIRES_PRIVATE="" STATIC_EXTRA=""
-case ",$FEATURES,${DINOEDGE_WORKSPACE_FEATURES:-}," in
-  *gstreamer*)
-    REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0 gio-2.0"
-    for l in $(pkg-config --libs-only-l $REQUIRES_PRIVATE); do STATIC_EXTRA="$STATIC_EXTRA;${l#-l}"; done ;;
-esac
 args=(--locked -p dinoedge-ffi)
+BUILT_FEATURES=$FEATURES
 # The test scripts build the whole workspace with one feature set; building with the same
 # selection here reuses that build (a `-p` build resolves features anew and rebuilds). The
 # test and example targets are part of the selection: without them cargo leaves the
@@ -34,8 +28,17 @@ if [ -n "${DINOEDGE_WORKSPACE_FEATURES:-}" ] && [ "$PROFILE" = debug ] && [ -z "
   extra=""
   for f in ${FEATURES//,/ }; do extra="$extra,dinoedge-ffi/$f"; done
   args=(--locked --workspace --lib --bins --tests --examples --features "$DINOEDGE_WORKSPACE_FEATURES$extra")
+  BUILT_FEATURES=$DINOEDGE_WORKSPACE_FEATURES$extra
   FEATURES=""
 fi
+# A library built with GStreamer carries its dependencies for static linking (glib's object
+# code also calls gio).
+REQUIRES_PRIVATE="" STATIC_EXTRA=""
+case ",$BUILT_FEATURES," in
+  *gstreamer*)
+    REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0 gio-2.0"
+    for l in $(pkg-config --libs-only-l $REQUIRES_PRIVATE); do STATIC_EXTRA="$STATIC_EXTRA;${l#-l}"; done ;;
+esac
 [ "$PROFILE" = release ] && args+=(--release)
 [ -n "$TARGET" ] && args+=(--target "$TARGET")
 [ -n "$FEATURES" ] && args+=(--features "$FEATURES")

@@ -64,9 +64,10 @@ pub extern "C" fn dinoedge_frames_open_camera(
 /// pipeline has an appsink. Live sources (cameras, RTSP) keep only the newest frame, so a slow
 /// reader skips frames instead of falling behind; files give every frame in order. A live
 /// source that drops returns DINOEDGE_ERR_SOURCE from `dinoedge_frames_next`: destroy it and
-/// open it again to reconnect. A missing GStreamer element gives DINOEDGE_ERR_UNSUPPORTED, a
-/// pipeline that cannot start DINOEDGE_ERR_SOURCE, both with GStreamer's own message in
-/// `dinoedge_last_error()`. `timeout_ms`: the longest wait for the pipeline to start and then
+/// open it again to reconnect. An element of the pipeline that is not installed, or a codec
+/// decodebin finds no decoder for, gives DINOEDGE_ERR_UNSUPPORTED (`dinoedge_last_error()`
+/// names it and the package that ships it); a pipeline that cannot start gives
+/// DINOEDGE_ERR_SOURCE with GStreamer's error and debug text. `timeout_ms`: the longest wait for the pipeline to start and then
 /// for each frame (0: 20 s). `pipeline`: borrowed. `out`: destroy with `dinoedge_frames_destroy`.
 #[unsafe(no_mangle)]
 #[must_use]

@@ -139,6 +139,8 @@ fn track_reads_a_clip_as_it_reads_its_frames() {
     ok(&args(&["--frames", s(&frames)], &a));
     let pipeline = format!("filesrc location={} ! decodebin", s(&avi));
     ok(&args(&["--gst", &pipeline], &b));
+    let c = tmp.path().join("from-video");
+    ok(&args(&["--video", s(&avi), "--verbose"], &c));
     let names = |d: &Path| {
         let mut v: Vec<_> = std::fs::read_dir(d)
             .unwrap()
@@ -193,6 +195,42 @@ fn embed_stacks_the_frames_of_a_pipeline() {
         s(&out),
     ]);
     assert!(err.contains("--max-frames"), "{err}");
+    // One source only.
+    let o = common::run(&[
+        "embed",
+        s(&model()),
+        "--gst",
+        "videotestsrc",
+        "--csi",
+        "0",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn track_needs_a_frame_count_for_a_live_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, mask) = clip(tmp.path());
+    let err = fails(&[
+        "track",
+        "--model",
+        s(&model()),
+        "--gst",
+        "videotestsrc is-live=true ! video/x-raw,width=96,height=64",
+        "--mask",
+        s(&mask),
+        "--out",
+        s(&tmp.path().join("out")),
+    ]);
+    assert!(err.contains("--max-frames"), "{err}");
+    assert!(!tmp.path().join("out").exists());
 }
 
 #[test]

@@ -13,9 +13,9 @@ use dinoedge::{Embedder, EmbedderOptions, Error, Features, InputMode, Result, im
 
 use super::source::{self, GstArgs};
 use super::{BackendArgs, progress};
-use dinoedge::frames::GstSpec;
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("frame_source").args(["video", "gst", "csi", "rtsp"])))]
 pub struct EmbedArgs {
     /// HF model directory.
     model: PathBuf,
@@ -40,10 +40,11 @@ pub struct EmbedArgs {
     /// Also write these blocks (0-based, comma separated), final norm applied.
     #[arg(long, value_delimiter = ',')]
     layers: Vec<usize>,
-    /// Or embed the frames of a GStreamer source, stacked along the batch.
+    /// Or embed the frames of a video file or GStreamer source, stacked along the batch.
     #[command(flatten)]
     gst: GstArgs,
-    /// With a GStreamer source: stop after this many frames (needed for cameras and streams).
+    /// With a video or GStreamer source: stop after this many frames (needed for cameras and
+    /// streams).
     #[arg(long)]
     max_frames: Option<usize>,
     #[command(flatten)]
@@ -51,11 +52,11 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
-    let gst = a.gst.spec();
-    let given = [!a.images.is_empty(), a.pixels.is_some(), gst.is_some()];
+    let frames = a.gst.spec().is_some() || a.gst.video.is_some();
+    let given = [!a.images.is_empty(), a.pixels.is_some(), frames];
     if given.iter().filter(|&&g| g).count() != 1 {
         return Err(Error::InvalidArgument(
-            "give IMAGE..., or --pixels PIXELS.safetensors, or a GStreamer source (--gst, --csi, --rtsp)".into(),
+            "give IMAGE..., or --pixels PIXELS.safetensors, or --video FILE, or a GStreamer source (--gst, --csi, --rtsp)".into(),
         ));
     }
     super::check_output_file(&a.out, "--out")?;
@@ -86,8 +87,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         let hw = (pixels.shape[2], pixels.shape[3]);
         inputs.push(px.display().to_string());
         parts.push((f, hw));
-    } else if let Some(spec) = &gst {
-        embed_frames(&a, spec, &mut emb, &mut parts, &mut inputs)?;
+    } else if frames {
+        embed_frames(&a, &mut emb, &mut parts, &mut inputs)?;
     } else {
         // Check every header first: a bad file or an image over the limits fails before any
         // compute and before any output; images are then decoded one at a time.
@@ -198,15 +199,16 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-/// Embeds the frames of a GStreamer source (all of a file's, or --max-frames).
+/// Embeds the frames of a video or GStreamer source (all of a file's, or --max-frames).
 fn embed_frames(
     a: &EmbedArgs,
-    spec: &GstSpec,
     emb: &mut Embedder,
     parts: &mut Vec<(Features, (usize, usize))>,
     inputs: &mut Vec<String>,
 ) -> Result<()> {
-    let (mut src, _) = source::open(spec, *emb.limits(), false, a.gst.verbose)?;
+    let mut src = source::open_any(None, &a.gst, *emb.limits(), false)?
+        .ok_or_else(|| Error::InvalidArgument("no frame source".into()))?
+        .src;
     if src.is_live() && a.max_frames.is_none() {
         return Err(Error::InvalidArgument(format!(
             "{} is live: give --max-frames N",

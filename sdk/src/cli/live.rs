@@ -29,10 +29,7 @@ pub struct LiveArgs {
     /// An image-sequence folder.
     #[arg(long)]
     frames: Option<PathBuf>,
-    /// A video file: .y4m natively; other formats through GStreamer's decodebin (hardware
-    /// decoders preferred) in builds with --features gstreamer, else through ffmpeg.
-    #[arg(long)]
-    video: Option<PathBuf>,
+    /// Or a video file or GStreamer source.
     #[command(flatten)]
     gst: GstArgs,
     /// First-frame mask to propagate (DAVIS indexed PNG, same size as the frames).
@@ -55,7 +52,8 @@ pub struct LiveArgs {
     width: u32,
     #[arg(long, default_value_t = 480)]
     height: u32,
-    /// Camera rate, or the playback rate of folders and files.
+    /// Camera rate, or the playback rate of folders and files (GStreamer plays files at
+    /// their own rate).
     #[arg(long, default_value_t = 15)]
     fps: u32,
     /// Replay folders and files forever.
@@ -118,29 +116,11 @@ fn open_source(a: &LiveArgs) -> Result<(Box<dyn FrameSource>, Option<Reopen>, bo
         let reopen: Reopen = Box::new(move || frames::open_camera(i, w, h, fps));
         return Ok((src, Some(reopen), false));
     }
-    let gst = a
-        .gst
-        .spec()
-        .or_else(|| a.video.as_deref().and_then(source::video_spec));
-    let (src, reopen, pace, open): (_, _, _, Reopen) = match gst {
-        Some(spec) => {
-            let (src, reopen) = source::open(&spec, limits, !a.bench, a.gst.verbose)?;
-            let bench = a.bench;
-            let open: Reopen =
-                Box::new(move || source::open(&spec, limits, !bench, false).map(|(s, _)| s));
-            (src, reopen, false, open)
-        }
-        None => {
-            let path = a
-                .frames
-                .clone()
-                .or(a.video.clone())
-                .expect("clap: one source");
-            let src = frames::open_limited(&path, &limits)?;
-            let open: Reopen = Box::new(move || frames::open_limited(&path, &limits));
-            (src, None, !a.bench, open)
-        }
-    };
+    let o = source::open_any(a.frames.as_deref(), &a.gst, limits, !a.bench)?.ok_or_else(|| {
+        Error::InvalidArgument("give a source (--frames, --video, --gst, ...)".into())
+    })?;
+    let (src, reopen, open) = (o.src, o.reopen, o.again);
+    let pace = !a.bench && !o.gst;
     if a.looping && reopen.is_none() {
         let src = Box::new(Looping {
             open,

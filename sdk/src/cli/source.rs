@@ -1,7 +1,8 @@
-//! The GStreamer frame-source options shared by `track`, `live` and `embed`: a pipeline
-//! (`--gst`) or a preset (`--csi`, `--rtsp`), opened through `frames::open_gst`.
+//! The frame-source options shared by `track`, `live` and `embed`: a video file (`--video`),
+//! a GStreamer pipeline (`--gst`) or preset (`--csi`, `--rtsp`), opened through
+//! `frames::open_gst` (or ffmpeg, for videos in builds without GStreamer).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -11,6 +12,11 @@ use dinoedge::runtime::InputLimits;
 
 #[derive(Args, Clone, Debug)]
 pub struct GstArgs {
+    /// A video file: .y4m natively; other formats through GStreamer's decodebin (hardware
+    /// decoders preferred; played at the file's own rate by `live`) in builds with --features
+    /// gstreamer, else through ffmpeg.
+    #[arg(long, value_name = "FILE")]
+    pub video: Option<PathBuf>,
     /// A GStreamer pipeline (gst-launch syntax) as the frame source, e.g.
     /// "filesrc location=clip.mp4 ! decodebin". dinoedge appends the conversion to RGB and an
     /// appsink unless it has one (build with --features gstreamer).
@@ -58,9 +64,70 @@ impl GstArgs {
     }
 }
 
+/// A source as opened from the command line.
+pub struct Opened {
+    pub src: Box<dyn FrameSource>,
+    /// How to reopen it after a failure (cameras and streams).
+    pub reopen: Option<Reopen>,
+    /// How to open it again from its start (`live --loop`).
+    pub again: Reopen,
+    /// GStreamer paces files itself (`realtime`); other files need pacing by the caller.
+    pub gst: bool,
+}
+
+/// Opens `--frames PATH`, `--video FILE` or a GStreamer source, whichever was given (`None`:
+/// none was).
+pub fn open_any(
+    frames: Option<&Path>,
+    g: &GstArgs,
+    limits: InputLimits,
+    realtime: bool,
+) -> Result<Option<Opened>> {
+    let plain = |path: &Path| -> Result<Opened> {
+        let path = path.to_path_buf();
+        let src = frames::open_limited(&path, &limits)?;
+        let again: Reopen = Box::new(move || frames::open_limited(&path, &limits));
+        Ok(Opened {
+            src,
+            reopen: None,
+            again,
+            gst: false,
+        })
+    };
+    if let Some(path) = frames {
+        return plain(path).map(Some);
+    }
+    let (spec, video) = match (g.spec(), &g.video) {
+        (Some(spec), _) => (spec, None),
+        (None, Some(path)) => match video_spec(path) {
+            Some(spec) => (spec, Some(path)),
+            None => return plain(path).map(Some),
+        },
+        (None, None) => return Ok(None),
+    };
+    let (src, reopen) = match open(&spec, limits, realtime, g.verbose) {
+        Ok(opened) => opened,
+        // A video GStreamer cannot decode (a codec without its plugin) may still go through
+        // ffmpeg, as in builds without GStreamer.
+        Err(e) if video.is_some() && frames::ffmpeg_binary().is_some() => {
+            let path = video.expect("checked");
+            eprintln!("note: {e}; decoding {} with ffmpeg instead", path.display());
+            return plain(path).map(Some);
+        }
+        Err(e) => return Err(e),
+    };
+    let again: Reopen = Box::new(move || open(&spec, limits, realtime, false).map(|(s, _)| s));
+    Ok(Some(Opened {
+        src,
+        reopen,
+        again,
+        gst: true,
+    }))
+}
+
 /// A video file through GStreamer's decodebin in builds that have it (hardware decoders
 /// preferred); `.y4m` stays native, and other builds use ffmpeg.
-pub fn video_spec(path: &Path) -> Option<GstSpec> {
+fn video_spec(path: &Path) -> Option<GstSpec> {
     let y4m = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("y4m"));

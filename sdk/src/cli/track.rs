@@ -12,14 +12,14 @@ use dinoedge::plot::draw_box;
 use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::tokencut::{TokenCutConfig, tokencut};
 use dinoedge::track::{LabelPropagator, PropagationConfig};
-use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, frames, image_io};
+use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, image_io};
 use serde_json::json;
 
 use super::source::{self, GstArgs};
 use super::{BackendArgs, note, progress};
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["frames", "gst", "csi", "rtsp"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["frames", "video", "gst", "csi", "rtsp"])))]
 pub struct TrackArgs {
     /// HF model directory.
     #[arg(long)]
@@ -28,7 +28,8 @@ pub struct TrackArgs {
     /// any video ffmpeg reads.
     #[arg(long)]
     frames: Option<PathBuf>,
-    /// Or frames from GStreamer (masks are named 00000.png, 00001.png, ... as in DAVIS).
+    /// Or a video file or GStreamer source (masks are named 00000.png, 00001.png, ... as in
+    /// DAVIS). A camera or stream needs --max-frames.
     #[command(flatten)]
     gst: GstArgs,
     /// First-frame mask (DAVIS indexed PNG; 8-bit gray or palette RGB also read).
@@ -74,14 +75,19 @@ pub fn track(a: TrackArgs) -> Result<()> {
             reason: "the mask has no objects (every pixel is 0, background)".into(),
         });
     }
-    let (mut src, input) = match (&a.frames, a.gst.spec()) {
-        (Some(path), _) => (frames::open_limited(path, &limits)?, path.clone()),
-        (None, Some(spec)) => {
-            let (src, _) = source::open(&spec, limits, false, a.gst.verbose)?;
-            (src, PathBuf::from(spec.describe()))
-        }
-        (None, None) => unreachable!("clap: one source"),
-    };
+    let mut src = source::open_any(a.frames.as_deref(), &a.gst, limits, false)?
+        .ok_or_else(|| {
+            Error::InvalidArgument("give --frames, --video or a GStreamer source".into())
+        })?
+        .src;
+    let input = PathBuf::from(src.describe());
+    // Masks are committed at the end: a camera would never get there.
+    if src.is_live() && a.max_frames.is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is live: give --max-frames N",
+            src.describe()
+        )));
+    }
     let mut emb = Embedder::load(
         &a.model,
         &EmbedderOptions {
@@ -105,7 +111,12 @@ pub fn track(a: TrackArgs) -> Result<()> {
     }
     // Masks go to a staging folder moved into --out at the end: a run that fails half way
     // leaves --out as it was.
-    let inputs: Vec<&std::path::Path> = a.frames.iter().map(|p| p.as_path()).collect();
+    let inputs: Vec<&std::path::Path> = a
+        .frames
+        .iter()
+        .chain(&a.gst.video)
+        .map(|p| p.as_path())
+        .collect();
     let staged = OutputDir::create(&a.out, &inputs, Replace::Merge, "--out")?;
     let f0 = emb.embed(&first.image)?;
     let dim = f0.dim();

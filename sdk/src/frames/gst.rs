@@ -20,6 +20,14 @@ use crate::error::{Error, Result};
 
 /// The formats our appsink takes, in order of preference (copied out without conversion).
 const SINK_CAPS: &str = "video/x-raw,format=(string){ RGB, RGBx, RGBA, BGRx, BGRA, BGR }";
+const SINK_FORMATS: [VideoFormat; 6] = [
+    VideoFormat::Rgb,
+    VideoFormat::Rgbx,
+    VideoFormat::Rgba,
+    VideoFormat::Bgrx,
+    VideoFormat::Bgra,
+    VideoFormat::Bgr,
+];
 
 /// A GStreamer pipeline ending in an appsink.
 pub struct GstSource {
@@ -35,6 +43,8 @@ pub struct GstSource {
     count: u64,
     opened: Instant,
     frames_hint: Option<usize>,
+    /// Why the pipeline stopped (it was set to NULL): later reads return it at once.
+    failed: Option<String>,
     /// A file's first PTS (encoders with B-frames start later than 0).
     first_pts: Option<Duration>,
     info: Option<(gst::Caps, VideoInfo)>,
@@ -185,10 +195,15 @@ fn prefer_hardware_decoders() {
     });
 }
 
-/// Converts to a format our appsink takes: nvvidconv on Jetson (VIC hardware, and it reads the
-/// camera's and decoder's NVMM buffers), else videoconvert on the CPU.
-fn tail() -> String {
-    if gst::ElementFactory::find("nvvidconv").is_some() {
+/// Converts to a format our appsink takes: nvvidconv on a Jetson where the head may deliver
+/// NVMM buffers (the CSI camera, NVIDIA's decoders, decodebin choosing them; nvvidconv also
+/// runs on the VIC instead of the CPU), else videoconvert on the CPU (nvvidconv does not take
+/// packed RGB, which a free pipeline may end in).
+fn tail(head: &str) -> String {
+    let nvmm = ["memory:NVMM", "nvarguscamerasrc", "nvv4l2", "decodebin"]
+        .iter()
+        .any(|k| head.contains(k));
+    if nvmm && gst::ElementFactory::find("nvvidconv").is_some() {
         "nvvidconv ! video/x-raw,format=(string)RGBA ! appsink name=dinoedge_sink".into()
     } else {
         format!("videoconvert ! {SINK_CAPS} ! appsink name=dinoedge_sink")
@@ -252,14 +267,36 @@ fn describe_error(msg: &gst::message::Error, missing: &[String]) -> String {
     text
 }
 
-/// What a "missing-plugin" element message asks for (a decoder's caps, an element name).
-fn missing_plugin(msg: &gst::message::Element) -> Option<String> {
+/// What a "missing-plugin" element message asks for: a decoder's media type
+/// (`video/x-h265`), or an element's name.
+pub(crate) fn missing_plugin(msg: &gst::message::Element) -> Option<String> {
     let s = msg.structure()?;
     (s.name() == "missing-plugin").then(|| {
-        s.get::<String>("detail")
-            .or_else(|_| s.get::<gst::Caps>("detail").map(|c| c.to_string()))
-            .unwrap_or_else(|_| s.to_string())
+        let detail = s
+            .get::<gst::Caps>("detail")
+            .ok()
+            .and_then(|c| c.structure(0).map(|st| st.name().to_string()))
+            .or_else(|| s.get::<String>("detail").ok())
+            .unwrap_or_else(|| s.to_string());
+        detail
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     })
+}
+
+/// The package with a decoder for `media` (a missing-plugin message's media type).
+pub(crate) fn package_for_caps(media: &str) -> &'static str {
+    match media {
+        "video/x-h264" | "video/x-h265" | "video/mpeg" | "video/x-divx" | "video/x-msmpeg" => {
+            "gstreamer1.0-libav (avdec_*; NVIDIA's nvv4l2decoder on a Jetson: nvidia-l4t-gstreamer)"
+        }
+        "video/x-vp8" | "video/x-vp9" | "image/jpeg" | "image/png" => "gstreamer1.0-plugins-good",
+        "video/x-av1" => "gstreamer1.0-plugins-bad (dav1ddec) or gstreamer1.0-libav",
+        _ => "gstreamer1.0-libav, gstreamer1.0-plugins-good or gstreamer1.0-plugins-bad",
+    }
 }
 
 impl GstSource {
@@ -268,14 +305,14 @@ impl GstSource {
         spec.validate()?;
         init()?;
         let name = spec.describe();
-        if matches!(spec, GstSpec::Video(_) | GstSpec::Rtsp { .. }) {
+        let head = spec.head();
+        if head.contains("decodebin") {
             prefer_hardware_decoders();
         }
-        let head = spec.head();
         // A free pipeline may have its own appsink; everything else gets our tail.
         let launched = match spec {
             GstSpec::Pipeline(_) if has_appsink(&head) => head,
-            _ => format!("{head} ! {}", tail()),
+            _ => format!("{head} ! {}", tail(&head)),
         };
         let element = parse(&launched, &name)?;
         let pipeline = element
@@ -301,7 +338,9 @@ impl GstSource {
             name,
             live: false,
             limits: opts.limits,
-            timeout: opts.timeout,
+            // Bounded, so deadlines cannot overflow (a year is "no timeout").
+            timeout: opts.timeout.min(Duration::from_secs(365 * 86_400)),
+            failed: None,
             count: 0,
             opened: Instant::now(),
             frames_hint: None,
@@ -337,7 +376,7 @@ impl GstSource {
     /// Waits for PLAYING, returning GStreamer's own error when the pipeline fails first.
     fn wait_playing(&self) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
-        let mut missing = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(msg) = self
@@ -354,6 +393,17 @@ impl GstSource {
                 });
             };
             match msg.view() {
+                // decodebin found no decoder: name what it looked for and who ships one.
+                gst::MessageView::Error(_)
+                    if missing
+                        .first()
+                        .is_some_and(|m| m.starts_with("video/") || m.starts_with("image/")) =>
+                {
+                    return Err(Error::MissingPlugin {
+                        package: package_for_caps(&missing[0]).into(),
+                        element: format!("a decoder for {}", missing[0]),
+                    });
+                }
                 gst::MessageView::Error(e) => {
                     return Err(Error::Source {
                         name: self.name.clone(),
@@ -439,6 +489,12 @@ impl GstSource {
         let data = frame
             .plane_data(0)
             .map_err(|e| bad(format!("cannot read a frame: {e}")))?;
+        if !SINK_FORMATS.contains(&info.format()) {
+            return Err(bad(format!(
+                "the appsink delivers {:?}, not one of RGB, RGBx, RGBA, BGRx, BGRA, BGR (set its caps, e.g. `videoconvert ! video/x-raw,format=RGB ! appsink`)",
+                info.format()
+            )));
+        }
         let rgb = unpack_rgb(data, stride, w, h, info.format()).ok_or_else(|| {
             bad(format!(
                 "a {w}x{h} {:?} frame with a short buffer",
@@ -502,9 +558,15 @@ pub(crate) fn unpack_rgb(
 
 impl FrameSource for GstSource {
     fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::Source {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            });
+        }
         let started = Instant::now();
         let deadline = started + self.timeout;
-        loop {
+        let failure = loop {
             if let Some(sample) = self
                 .sink
                 .try_pull_sample(gst::ClockTime::from_mseconds(100))
@@ -512,33 +574,30 @@ impl FrameSource for GstSource {
                 return self.frame_from(&sample, started).map(Some);
             }
             if let Some(e) = self.bus_failure() {
-                return Err(Error::Source {
-                    name: self.name.clone(),
-                    reason: format!("stopped after {} frames: {e}", self.count),
-                });
+                break format!("stopped after {} frames: {e}", self.count);
             }
             if self.sink.is_eos() {
                 // A camera or stream that ends has dropped; LatestFrame reopens it.
-                return if self.live {
-                    Err(Error::Source {
-                        name: self.name.clone(),
-                        reason: format!("the live source ended after {} frames", self.count),
-                    })
-                } else {
-                    Ok(None)
-                };
+                if !self.live {
+                    return Ok(None);
+                }
+                break format!("the live source ended after {} frames", self.count);
             }
             if Instant::now() >= deadline {
-                return Err(Error::Source {
-                    name: self.name.clone(),
-                    reason: format!(
-                        "no frame for {:.0} s after {} frames",
-                        self.timeout.as_secs_f64(),
-                        self.count
-                    ),
-                });
+                break format!(
+                    "no frame for {:.0} s after {} frames",
+                    self.timeout.as_secs_f64(),
+                    self.count
+                );
             }
-        }
+        };
+        // Stop it now: a camera or an RTSP session is released for whoever reopens it.
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.failed = Some(failure.clone());
+        Err(Error::Source {
+            name: self.name.clone(),
+            reason: failure,
+        })
     }
     fn describe(&self) -> String {
         self.name.clone()

@@ -7,7 +7,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_video::VideoFormat;
 
-use super::gst::unpack_rgb;
+use super::gst::{missing_plugin, package_for_caps, unpack_rgb};
 use super::*;
 use crate::error::Error;
 
@@ -372,4 +372,51 @@ fn frames_over_the_limit_are_refused_before_they_are_copied() {
     .unwrap();
     let e = s.next_frame().err().unwrap().to_string();
     assert!(e.contains("--max-pixels"), "{e}");
+}
+
+#[test]
+fn a_missing_decoder_is_named_with_its_package() {
+    gst::init().unwrap();
+    let caps = gst::Caps::builder("video/x-h265")
+        .field("stream-format", "byte-stream")
+        .build();
+    let msg = gst::message::Element::new(
+        gst::Structure::builder("missing-plugin")
+            .field("type", "decoder")
+            .field("detail", &caps)
+            .build(),
+    );
+    let gst::MessageView::Element(e) = msg.view() else {
+        unreachable!()
+    };
+    assert_eq!(missing_plugin(e).as_deref(), Some("video/x-h265"));
+    assert!(package_for_caps("video/x-h265").contains("gstreamer1.0-libav"));
+    assert!(package_for_caps("video/x-vp9").contains("plugins-good"));
+    let other = gst::message::Element::new(gst::Structure::builder("other").build());
+    let gst::MessageView::Element(e) = other.view() else {
+        unreachable!()
+    };
+    assert_eq!(missing_plugin(e), None);
+}
+
+#[test]
+fn an_appsink_in_another_format_and_a_dropped_source_are_clean_errors() {
+    if !have(&["videotestsrc", "videoconvert", "appsink"]) {
+        return;
+    }
+    let mut s =
+        open("videotestsrc num-buffers=2 ! video/x-raw,width=16,height=16 ! appsink caps=video/x-raw,format=I420")
+            .unwrap();
+    let e = s.next_frame().err().unwrap().to_string();
+    assert!(e.contains("I420") && e.contains("not one of RGB"), "{e}");
+    // A live source that ends fails, and keeps failing at once (it was stopped).
+    let mut s = open(
+        "videotestsrc is-live=true num-buffers=2 ! video/x-raw,width=16,height=16,framerate=50/1",
+    )
+    .unwrap();
+    while s.next_frame().is_ok() {}
+    let t = std::time::Instant::now();
+    let e = s.next_frame().err().unwrap().to_string();
+    assert!(e.contains("ended after 2 frames"), "{e}");
+    assert!(t.elapsed() < Duration::from_millis(50));
 }

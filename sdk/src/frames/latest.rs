@@ -32,8 +32,70 @@ pub struct LatestFrame {
 /// How to get a source again after a failure (None: failures end the stream).
 pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn FrameSource>> + Send>;
 
+/// The capture thread: reads `source` into the slot until it ends, fails for good, or is stopped.
+fn capture(source: Box<dyn FrameSource>, mut reopen: Option<Reopen>, s: &(Mutex<Slot>, Condvar)) {
+    let lock = || s.0.lock().unwrap_or_else(|e| e.into_inner());
+    let mut backoff = Duration::from_millis(200);
+    // None while a failed source is being reopened: the old one is dropped first, so a
+    // camera or an RTSP session that allows one client is free for the new one.
+    let mut source = Some(source);
+    loop {
+        if lock().stop {
+            return;
+        }
+        let Some(src) = source.as_mut() else {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Only sources that can be reopened are dropped.
+            let Some(r) = reopen.as_mut() else { return };
+            match r() {
+                Ok(src) => {
+                    source = Some(src);
+                    let mut slot = lock();
+                    slot.error = None;
+                    slot.reconnects += 1;
+                }
+                Err(e) => {
+                    lock().error = Some(format!(
+                        "reopening failed: {e}; retrying in {:.1} s",
+                        backoff.as_secs_f64()
+                    ))
+                }
+            }
+            continue;
+        };
+        match src.next_frame() {
+            Ok(Some(f)) => {
+                backoff = Duration::from_millis(200);
+                let mut slot = lock();
+                if slot.frame.is_some() {
+                    slot.dropped += 1;
+                }
+                slot.frame = Some(f);
+                s.1.notify_all();
+            }
+            Ok(None) => {
+                lock().ended = true;
+                s.1.notify_all();
+                return;
+            }
+            Err(e) if reopen.is_some() => {
+                source = None;
+                lock().error = Some(format!("{e}; retrying in {:.1} s", backoff.as_secs_f64()));
+            }
+            Err(e) => {
+                let mut slot = lock();
+                slot.error = Some(e.to_string());
+                slot.ended = true;
+                s.1.notify_all();
+                return;
+            }
+        }
+    }
+}
+
 impl LatestFrame {
-    pub fn start(mut source: Box<dyn FrameSource>, mut reopen: Option<Reopen>) -> Self {
+    pub fn start(source: Box<dyn FrameSource>, reopen: Option<Reopen>) -> Self {
         let name = source.describe();
         let shared = Arc::new((
             Mutex::new(Slot {
@@ -47,50 +109,7 @@ impl LatestFrame {
             Condvar::new(),
         ));
         let s = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                if s.0.lock().unwrap_or_else(|e| e.into_inner()).stop {
-                    return;
-                }
-                match source.next_frame() {
-                    Ok(Some(f)) => {
-                        backoff = Duration::from_millis(200);
-                        let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
-                        if slot.frame.is_some() {
-                            slot.dropped += 1;
-                        }
-                        slot.frame = Some(f);
-                        s.1.notify_all();
-                    }
-                    Ok(None) => {
-                        let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.ended = true;
-                        s.1.notify_all();
-                        return;
-                    }
-                    Err(e) => {
-                        let Some(r) = reopen.as_mut() else {
-                            let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
-                            slot.error = Some(e.to_string());
-                            slot.ended = true;
-                            s.1.notify_all();
-                            return;
-                        };
-                        s.0.lock().unwrap_or_else(|e| e.into_inner()).error =
-                            Some(format!("{e}; retrying in {:.1} s", backoff.as_secs_f64()));
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if let Ok(src) = r() {
-                            source = src;
-                            let mut slot = s.0.lock().unwrap_or_else(|e| e.into_inner());
-                            slot.error = None;
-                            slot.reconnects += 1;
-                        }
-                    }
-                }
-            }
-        });
+        let thread = std::thread::spawn(move || capture(source, reopen, &s));
         LatestFrame {
             shared,
             thread: Some(thread),
@@ -186,7 +205,13 @@ impl Drop for LatestFrame {
     fn drop(&mut self) {
         self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         if let Some(t) = self.thread.take() {
-            // A blocked camera read may not return promptly; do not wait for it.
+            // The source is closed on its thread (a GStreamer pipeline set to NULL, which a
+            // CSI camera needs to be usable again); a blocked camera read may not return, so
+            // wait a little only.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             if t.is_finished() {
                 let _ = t.join();
             }

@@ -415,13 +415,15 @@ impl Pipeline {
         // A source being reopened (an RTSP camera rebooting) keeps the run going: /stats
         // shows its error until it is back.
         let next = || {
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if shared.stop.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
                 match source.take(Duration::from_secs(1)) {
                     Err(_) if source.retrying() => {
+                        // A reopened source gets the full wait again.
+                        deadline = Instant::now() + Duration::from_secs(30);
                         let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
                         s.status = source.status();
                         s.reconnects = source.reconnects();
