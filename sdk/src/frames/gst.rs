@@ -509,17 +509,13 @@ impl GstSource {
             Some(pts) => pts.saturating_sub(*self.first_pts.get_or_insert(pts)),
             None => self.opened.elapsed(),
         };
-        Ok(Frame {
-            index,
-            timestamp,
-            name: format!("{index:05}"),
-            image: RgbImage {
-                width: w,
-                height: h,
-                data: rgb,
-            },
-            capture_ms: started.elapsed().as_secs_f32() * 1e3,
-        })
+        let image = RgbImage {
+            width: w,
+            height: h,
+            data: rgb,
+        };
+        let capture_ms = started.elapsed().as_secs_f32() * 1e3;
+        Ok(Frame::numbered(index, timestamp, image, capture_ms))
     }
 }
 

@@ -58,6 +58,19 @@ pub struct Frame {
     pub capture_ms: f32,
 }
 
+impl Frame {
+    /// Frame `index` of a stream, named by its zero-padded index.
+    pub fn numbered(index: u64, timestamp: Duration, image: RgbImage, capture_ms: f32) -> Self {
+        Frame {
+            index,
+            timestamp,
+            name: format!("{index:05}"),
+            image,
+            capture_ms,
+        }
+    }
+}
+
 /// A stream of frames.
 pub trait FrameSource: Send {
     /// The next frame, `None` at the end of the stream.

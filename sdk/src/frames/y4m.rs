@@ -230,17 +230,18 @@ impl<R: Read + Send> FrameSource for Y4mSource<R> {
         }
         let index = self.index;
         self.index += 1;
-        Ok(Some(Frame {
+        let image = RgbImage {
+            width: w,
+            height: h,
+            data: rgb,
+        };
+        let timestamp = Duration::from_secs_f64(index as f64 / self.fps);
+        Ok(Some(Frame::numbered(
             index,
-            timestamp: Duration::from_secs_f64(index as f64 / self.fps),
-            name: format!("{index:05}"),
-            image: RgbImage {
-                width: w,
-                height: h,
-                data: rgb,
-            },
-            capture_ms: t.elapsed().as_secs_f32() * 1e3,
-        }))
+            timestamp,
+            image,
+            t.elapsed().as_secs_f32() * 1e3,
+        )))
     }
     fn describe(&self) -> String {
         format!(
