@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use dinoedge::frames::{self, CsiMode, FrameSource, GstOptions, GstSpec, LatestFrame, Reopen};
 use dinoedge::live::server::{ServerOptions, serve};
-use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
+use dinoedge::live::{LiveShared, Overlap, Pipeline, PipelineOptions, Render};
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, InputMode, SessionOptions};
 
@@ -100,7 +100,8 @@ fn main() -> Result<(), Error> {
         propagation: PropagationConfig::default(),
         threads: None,
         max_frames: None,
-        render: true,
+        render: Render::Watched,
+        overlap: Overlap::Auto,
     };
     let mut pipeline = Pipeline::new(emb, opts);
     let latest = LatestFrame::start(src, reopen);

@@ -3,7 +3,9 @@
 //! over a real background, propagates the first mask through it with label propagation, and
 //! scores the result with the DAVIS J&F metric, next to the "first mask copied" baseline.
 //!
-//!     cargo run --release -p dinoedge-examples --example track -- MODEL_DIR [OUT_DIR]
+//!     cargo run --release -p dinoedge-examples --example track -- MODEL_DIR [OUT_DIR [FRAMES]]
+//!
+//! FRAMES (default 12) sets the sequence's length (`scripts/bench-live.sh` uses 40).
 
 use std::path::PathBuf;
 
@@ -15,8 +17,16 @@ use dinoedge::{Embedder, EmbedderOptions, InputMode, assets};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let model = args.get(1).ok_or("usage: track MODEL_DIR [OUT_DIR]")?;
+    let model = args
+        .get(1)
+        .ok_or("usage: track MODEL_DIR [OUT_DIR [FRAMES]]")?;
     let out = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "track-out".into()));
+    let frames = match args.get(3) {
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("FRAMES must be a number, got {n}"))?,
+        None => Motion::default().frames,
+    };
     let a = assets::assets_dir();
     let ocv = assets::opencv_data_dir();
     paste_sequence(
@@ -25,7 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &ocv.join("building.jpg"),
         &ocv.join("fruits.jpg"),
         &out.join("gt"),
-        &Motion::default(),
+        &Motion {
+            frames,
+            ..Motion::default()
+        },
     )?;
     let mut emb = Embedder::load(
         model,

@@ -73,6 +73,13 @@ int main(int argc, char **argv) {
     size_t needed = 0;
     expect("buffer too small", dinoedge_features_copy(features, DINOEDGE_TOKENS_PATCHES, small, 3, &needed), DINOEDGE_ERR_BUFFER_TOO_SMALL, "needed");
     printf("  needed %zu floats\n", needed);
+    expect("embed into NULL features", dinoedge_session_embed_pixels_into(session, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, NULL), DINOEDGE_ERR_INVALID_ARGUMENT, "features is NULL");
+    expect("embed into a session handle", dinoedge_session_embed_pixels_into(session, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, (struct dinoedge_features *)session), DINOEDGE_ERR_INVALID_ARGUMENT, "features");
+    expect("embed into, bad stride", dinoedge_session_embed_pixels_into(session, px, 40, 30, 10, DINOEDGE_PIXEL_RGB8, features), DINOEDGE_ERR_INVALID_ARGUMENT, "stride");
+    if (dinoedge_session_embed_pixels_into(session, px, 40, 30, 40 * 3, DINOEDGE_PIXEL_RGB8, features) != DINOEDGE_OK) {
+        fprintf(stderr, "embed into failed: %s\n", dinoedge_last_error());
+        return 1;
+    }
     expect("invalid token kind", dinoedge_features_copy(features, 9, small, 3, NULL), DINOEDGE_ERR_INVALID_ARGUMENT, "tokens 9");
     unsigned char mask[40 * 30];
     memset(mask, 0, sizeof mask);

@@ -54,13 +54,13 @@ int main(int argc, char **argv) {
         CHECK(s);
         uint32_t w = 0, h = 0;
         CHECK(dinoedge_image_size(image, &w, &h));
-        CHECK(dinoedge_session_embed_image(session, image, &features));
+        /* One features object for the whole stream: its buffers are reused. */
+        if (!features) CHECK(dinoedge_session_embed_image(session, image, &features));
+        else CHECK(dinoedge_session_embed_image_into(session, image, features));
         struct dinoedge_features_shape shape;
         CHECK(dinoedge_features_get_shape(features, &shape));
         printf("frame %ld at %.3f s: %ux%u -> grid %ux%u, dim %u\n", n, t_us / 1e6, w, h,
                shape.grid_height, shape.grid_width, shape.dim);
-        dinoedge_features_destroy(features);
-        features = NULL;
         dinoedge_image_destroy(image);
         image = NULL;
     }

@@ -53,7 +53,9 @@ int main(int argc, char **argv) {
         if (s == DINOEDGE_END_OF_STREAM) break;
         CHECK(s);
         CHECK(dinoedge_image_size(image, &fw, &fh));
-        CHECK(dinoedge_session_embed_image(session, image, &features));
+        /* The first frame makes the features object; later frames reuse its buffers. */
+        if (!features) CHECK(dinoedge_session_embed_image(session, image, &features));
+        else CHECK(dinoedge_session_embed_image_into(session, image, features));
         if (n == 0) {
             CHECK(dinoedge_tracker_create(features, mask, w, h, w, NULL, &tracker));
             /* The PCA view of the first frame, and the object TokenCut finds in it. */
@@ -80,8 +82,6 @@ int main(int argc, char **argv) {
         long objects = 0;
         for (size_t i = 0; i < (size_t)w * h; i++) objects += mask[i] != 0;
         printf("frame %d (t = %.3f s): %ld object pixels\n", n, t_us / 1e6, objects);
-        dinoedge_features_destroy(features);
-        features = NULL;
         dinoedge_image_destroy(image);
         image = NULL;
     }

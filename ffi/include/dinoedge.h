@@ -587,6 +587,31 @@ dinoedge_status dinoedge_session_embed_image(struct dinoedge_session *session,
                                              struct dinoedge_features **out);
 
 /**
+ * Embeds a library image into `features`, a handle from an earlier embed call that is
+ * overwritten in place: once its buffers have grown to the frame size, a call allocates
+ * nothing (video). The preprocessing is the session's, fused for frames: values within 1e-5
+ * of `dinoedge_session_embed_image`'s model input. On failure `features` stays a valid
+ * handle (to destroy, or to embed into again) whose values are unspecified.
+ */
+DINOEDGE_MUST_USE
+dinoedge_status dinoedge_session_embed_image_into(struct dinoedge_session *session,
+                                                  const struct dinoedge_image *image,
+                                                  struct dinoedge_features *features);
+
+/**
+ * `dinoedge_session_embed_pixels` into an existing `features` handle, as
+ * `dinoedge_session_embed_image_into`.
+ */
+DINOEDGE_MUST_USE
+dinoedge_status dinoedge_session_embed_pixels_into(struct dinoedge_session *session,
+                                                   const uint8_t *pixels,
+                                                   uint32_t width,
+                                                   uint32_t height,
+                                                   size_t stride,
+                                                   int32_t format,
+                                                   struct dinoedge_features *features);
+
+/**
  * Embeds an already preprocessed float tensor `pixel_values` (batch, channels, height,
  * width), row-major, borrowed for the call.
  */

@@ -131,6 +131,7 @@ class Features {
         return d;
     }
     const dinoedge_features *get() const { return h_.get(); }
+    dinoedge_features *get_mut() { return h_.get(); }
 
   private:
     detail::Handle<dinoedge_features, dinoedge_features_destroy> h_;
@@ -158,6 +159,13 @@ class Session {
         dinoedge_features *f = nullptr;
         detail::check(dinoedge_session_embed_pixels(h_.get(), pixels, width, height, stride, format, &f), "dinoedge_session_embed_pixels");
         return Features(f);
+    }
+    /// Video: the next frame's features into `f`, reusing its buffers.
+    void embed_into(const Image &img, Features &f) {
+        detail::check(dinoedge_session_embed_image_into(h_.get(), img.get(), f.get_mut()), "dinoedge_session_embed_image_into");
+    }
+    void embed_into(const uint8_t *pixels, uint32_t width, uint32_t height, size_t stride, int32_t format, Features &f) {
+        detail::check(dinoedge_session_embed_pixels_into(h_.get(), pixels, width, height, stride, format, f.get_mut()), "dinoedge_session_embed_pixels_into");
     }
 
   private:

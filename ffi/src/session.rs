@@ -26,6 +26,8 @@ impl Handle for dinoedge_model {
 pub struct dinoedge_session {
     pub(crate) emb: Embedder,
     backend: CString,
+    /// The model input of the `_into` calls, reused between frames.
+    pixels: Tensor,
 }
 
 impl Handle for dinoedge_session {
@@ -363,7 +365,17 @@ pub extern "C" fn dinoedge_session_create(
                     let backend =
                         CString::new(format!("{} {} ({})", b.kind, b.precision, b.device))
                             .unwrap_or_default();
-                    return put(out, dinoedge_session { emb, backend });
+                    return put(
+                        out,
+                        dinoedge_session {
+                            emb,
+                            backend,
+                            pixels: Tensor {
+                                shape: vec![0],
+                                data: Vec::new(),
+                            },
+                        },
+                    );
                 }
                 Err(e) => last = Some(e),
             }
@@ -571,6 +583,64 @@ pub extern "C" fn dinoedge_session_embed_image(
         let s = obj_mut(session, "session")?;
         let i = obj(image, "image")?;
         embed(s, &i.image, out)
+    })
+}
+
+/// The video path: `img`'s features into `f`, reusing its buffers (the fused frame
+/// preprocessing and `run_into`).
+fn embed_into(
+    s: &mut dinoedge_session,
+    img: &RgbImage,
+    f: &mut dinoedge_features,
+) -> Result<dinoedge_status, Fail> {
+    s.emb.preprocess_frame_into(img, &mut s.pixels)?;
+    let input_size = (s.pixels.shape[3], s.pixels.shape[2]);
+    s.emb.embed_pixels_into(&s.pixels, &mut f.f)?;
+    f.image_size = (img.width, img.height);
+    f.input_size = input_size;
+    f.to_image = s.emb.preprocessor().input_to_image(img.height, img.width);
+    f.patch = s.emb.model().config().patch_size();
+    Ok(DINOEDGE_OK)
+}
+
+/// Embeds a library image into `features`, a handle from an earlier embed call that is
+/// overwritten in place: once its buffers have grown to the frame size, a call allocates
+/// nothing (video). The preprocessing is the session's, fused for frames: values within 1e-5
+/// of `dinoedge_session_embed_image`'s model input. On failure `features` stays a valid
+/// handle (to destroy, or to embed into again) whose values are unspecified.
+#[unsafe(no_mangle)]
+#[must_use]
+pub extern "C" fn dinoedge_session_embed_image_into(
+    session: *mut dinoedge_session,
+    image: *const dinoedge_image,
+    features: *mut dinoedge_features,
+) -> dinoedge_status {
+    guard(|| {
+        let s = obj_mut(session, "session")?;
+        let i = obj(image, "image")?;
+        let f = obj_mut(features, "features")?;
+        embed_into(s, &i.image, f)
+    })
+}
+
+/// `dinoedge_session_embed_pixels` into an existing `features` handle, as
+/// `dinoedge_session_embed_image_into`.
+#[unsafe(no_mangle)]
+#[must_use]
+pub extern "C" fn dinoedge_session_embed_pixels_into(
+    session: *mut dinoedge_session,
+    pixels: *const u8,
+    width: u32,
+    height: u32,
+    stride: usize,
+    format: i32,
+    features: *mut dinoedge_features,
+) -> dinoedge_status {
+    guard(|| {
+        let s = obj_mut(session, "session")?;
+        let f = obj_mut(features, "features")?;
+        let img = image_from(pixels, width, height, stride, format)?;
+        embed_into(s, &img, f)
     })
 }
 

@@ -38,7 +38,32 @@ pub struct FeatureShapes {
     pub registers: usize,
 }
 
+impl LayerFeatures {
+    /// No values yet: a buffer for [`split_tokens_into`].
+    pub fn empty() -> Self {
+        let t = || Tensor {
+            shape: vec![0],
+            data: Vec::new(),
+        };
+        LayerFeatures {
+            layer: 0,
+            cls: t(),
+            registers: t(),
+            patches: t(),
+        }
+    }
+}
+
 impl Features {
+    /// No values yet: a buffer for [`crate::InferenceSession::run_into`].
+    pub fn empty() -> Self {
+        Features {
+            grid: (0, 0),
+            last: LayerFeatures::empty(),
+            intermediate: Vec::new(),
+        }
+    }
+
     pub fn batch(&self) -> usize {
         self.last.cls.shape[0]
     }
@@ -66,30 +91,45 @@ pub fn split_tokens(
     grid: (usize, usize),
     dim: usize,
 ) -> LayerFeatures {
+    let mut out = LayerFeatures::empty();
+    split_tokens_into(layer, tokens, batch, registers, grid, dim, &mut out);
+    out
+}
+
+/// [`split_tokens`] into `out`, reusing its buffers (no allocation once they are large
+/// enough: the live pipeline's per-frame path).
+pub fn split_tokens_into(
+    layer: usize,
+    tokens: &[f32],
+    batch: usize,
+    registers: usize,
+    grid: (usize, usize),
+    dim: usize,
+    out: &mut LayerFeatures,
+) {
     let hw = grid.0 * grid.1;
     let n = 1 + registers + hw;
-    let mut cls = Vec::with_capacity(batch * dim);
-    let mut regs = Vec::with_capacity(batch * registers * dim);
-    let mut patches = Vec::with_capacity(batch * hw * dim);
+    out.layer = layer;
+    let (cls, regs, patches) = (
+        &mut out.cls.data,
+        &mut out.registers.data,
+        &mut out.patches.data,
+    );
+    cls.clear();
+    regs.clear();
+    patches.clear();
     for b in 0..batch {
         let t = &tokens[b * n * dim..(b + 1) * n * dim];
         cls.extend_from_slice(&t[..dim]);
         regs.extend_from_slice(&t[dim..(1 + registers) * dim]);
         patches.extend_from_slice(&t[(1 + registers) * dim..]);
     }
-    LayerFeatures {
-        layer,
-        cls: Tensor {
-            shape: vec![batch, dim],
-            data: cls,
-        },
-        registers: Tensor {
-            shape: vec![batch, registers, dim],
-            data: regs,
-        },
-        patches: Tensor {
-            shape: vec![batch, grid.0, grid.1, dim],
-            data: patches,
-        },
-    }
+    set_shape(&mut out.cls.shape, &[batch, dim]);
+    set_shape(&mut out.registers.shape, &[batch, registers, dim]);
+    set_shape(&mut out.patches.shape, &[batch, grid.0, grid.1, dim]);
+}
+
+fn set_shape(shape: &mut Vec<usize>, to: &[usize]) {
+    shape.clear();
+    shape.extend_from_slice(to);
 }

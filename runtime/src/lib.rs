@@ -2,7 +2,8 @@
 //!
 //! - [`config::ModelConfig`]: architecture from an HF `config.json`.
 //! - [`model::Model`]: memory-mapped safetensors weights, validated against the config.
-//! - [`preprocess`]: HF-exact image preprocessing and an aspect-preserving dense mode.
+//! - [`preprocess`]: HF-exact image preprocessing and an aspect-preserving dense mode;
+//!   [`frame_preprocess`]: the same, fused and with reused buffers, for video frames.
 //! - [`ops`]: the op set, one folder per op holding every form of it (CPU reference, SIMD,
 //!   WGSL, CUDA; forward and backward).
 //! - [`backend`]: device plumbing only (CPU pool and ISA, wgpu device, CUDA device layer and
@@ -28,6 +29,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod features;
+pub mod frame_preprocess;
 pub mod fsutil;
 #[cfg(feature = "onnx")]
 pub mod import;
@@ -51,6 +53,7 @@ pub use config::{
 pub use dispatch::Backend;
 pub use error::{Result, RuntimeError};
 pub use features::{Features, LayerFeatures};
+pub use frame_preprocess::FramePreprocessor;
 pub use limits::InputLimits;
 pub use model::Model;
 pub use preprocess::{Preprocessor, RgbImage};

@@ -94,6 +94,38 @@ fn aa_taps(in_size: usize, out_size: usize, filter: Filter) -> Taps {
     taps
 }
 
+/// [`resize_aa`]'s taps for one axis in f32, computed once and reused (video frames and
+/// masks at a repeating size): output `i` reads `len` inputs from `start`.
+pub struct AxisTaps {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    weights: Vec<f32>,
+    max_len: usize,
+}
+
+impl AxisTaps {
+    pub fn new(in_size: usize, out_size: usize, filter: Filter) -> Self {
+        let t = aa_taps(in_size, out_size, filter);
+        AxisTaps {
+            start: t.start,
+            len: t.len,
+            weights: t.weights.iter().map(|&w| w as f32).collect(),
+            max_len: t.max_len,
+        }
+    }
+
+    /// Outputs along this axis.
+    pub fn outputs(&self) -> usize {
+        self.start.len()
+    }
+
+    /// First input and weights of output `i`.
+    pub fn of(&self, i: usize) -> (usize, &[f32]) {
+        let w = &self.weights[i * self.max_len..i * self.max_len + self.len[i]];
+        (self.start[i], w)
+    }
+}
+
 /// One separable pass over float data: resamples the axis of length `n` (stride `stride`)
 /// for each of `outer` blocks.
 fn pass_f32(

@@ -64,7 +64,14 @@ pub trait InferenceSession: Send {
     fn info(&self) -> BackendInfo;
     fn model(&self) -> &Arc<Model>;
     /// Runs `pixel_values` (B, 3, H, W), already preprocessed.
-    fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features>;
+    fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
+        let mut out = Features::empty();
+        self.run_into(pixels, opts, &mut out)?;
+        Ok(out)
+    }
+    /// [`InferenceSession::run`] into `out`, reusing its buffers: once they have grown to
+    /// the input's size, a run allocates nothing (video and live use).
+    fn run_into(&mut self, pixels: &Tensor, opts: &RunOptions, out: &mut Features) -> Result<()>;
 }
 
 /// Plans kept per session (one per recent input shape).
@@ -85,6 +92,8 @@ pub struct Session<B: Backend, A: Architecture = Vit> {
     /// Most recently used last.
     plans: Vec<Keyed<A::Plan<B>, A::Shape>>,
     limits: InputLimits,
+    /// Host buffers the outputs are read into, kept between runs.
+    hosts: Vec<Vec<f32>>,
 }
 
 impl<B: Backend, A: Architecture> Session<B, A> {
@@ -105,6 +114,7 @@ impl<B: Backend, A: Architecture> Session<B, A> {
             model,
             prepared,
             plans: Vec::new(),
+            hosts: Vec::new(),
             limits: InputLimits::default(),
         })
     }
@@ -173,12 +183,24 @@ impl<B: Backend, A: Architecture> Session<B, A> {
 
     /// Runs one forward and returns the features.
     pub fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
+        let mut out = Features::empty();
+        self.run_into(pixels, opts, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs one forward into `out`, reusing its buffers.
+    pub fn run_into(
+        &mut self,
+        pixels: &Tensor,
+        opts: &RunOptions,
+        out: &mut Features,
+    ) -> Result<()> {
         let shape = self.check_input(pixels)?;
         let idx = self.plan_for(shape, &opts.capture_layers)?;
         let plan = &mut self.plans[idx].plan;
         self.backend.write(A::pixels(plan), &pixels.data)?;
         A::forward(&self.backend, &self.prepared, plan)?;
-        A::outputs(&self.backend, &self.prepared, plan)
+        A::outputs_into(&self.backend, &self.prepared, plan, &mut self.hosts, out)
     }
 }
 
@@ -189,8 +211,8 @@ impl<B: Backend + 'static, A: Architecture> InferenceSession for Session<B, A> {
     fn model(&self) -> &Arc<Model> {
         &self.model
     }
-    fn run(&mut self, pixels: &Tensor, opts: &RunOptions) -> Result<Features> {
-        Session::run(self, pixels, opts)
+    fn run_into(&mut self, pixels: &Tensor, opts: &RunOptions, out: &mut Features) -> Result<()> {
+        Session::run_into(self, pixels, opts, out)
     }
 }
 

@@ -37,8 +37,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn forward_after_warm_up_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf");
     for name in ["dinov3_mlp", "dinov3_gated", "dinov2_reg"] {
         let model = Model::load(fixtures.join(name)).unwrap();
@@ -73,4 +77,56 @@ fn forward_after_warm_up_allocates_nothing() {
             assert!(plan.out.iter().all(|v| v.is_finite()));
         }
     }
+}
+
+/// The video path end to end: frame preprocessing and `run_into` reuse every buffer, so a
+/// warmed-up session allocates nothing per frame, and `run_into` returns what `run` does.
+#[test]
+fn frames_through_run_into_allocate_nothing_after_warm_up() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use dinoedge_runtime::{
+        BackendKind, Features, FramePreprocessor, Preprocessor, RgbImage, RunOptions,
+        SessionOptions, Tensor, create_session,
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf");
+    let model = std::sync::Arc::new(Model::load(fixtures.join("dinov3_mlp")).unwrap());
+    let mut session = create_session(
+        model.clone(),
+        &SessionOptions {
+            backend: BackendKind::Cpu,
+            threads: Some(2),
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap();
+    let pre = Preprocessor::dense(model.config(), None, 48).unwrap();
+    let mut frames = FramePreprocessor::new(pre);
+    let img = |k: usize| {
+        let data = (0..80 * 60 * 3)
+            .map(|i| ((i * 31 + k * 7) % 251) as u8)
+            .collect();
+        RgbImage::new(80, 60, data).unwrap()
+    };
+    let imgs: Vec<RgbImage> = (0..4).map(img).collect();
+    // No captured layers: the live pipeline's case.
+    let opts = RunOptions::default();
+    let mut pixels = Tensor {
+        shape: vec![0],
+        data: Vec::new(),
+    };
+    let mut out = Features::empty();
+    for im in &imgs[..2] {
+        frames.run_into(im, &mut pixels).unwrap();
+        session.run_into(&pixels, &opts, &mut out).unwrap();
+    }
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for im in &imgs[2..] {
+        frames.run_into(im, &mut pixels).unwrap();
+        session.run_into(&pixels, &opts, &mut out).unwrap();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let n = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(n, 0, "{n} allocations in 2 frames after warm-up");
+    assert_eq!(out, session.run(&pixels, &opts).unwrap());
 }

@@ -2,7 +2,7 @@
 //! mask, and overlays on the input image.
 
 use dinoedge_runtime::RgbImage;
-use dinoedge_runtime::resample::{Filter, resize_aa};
+use dinoedge_runtime::resample::{AxisTaps, Filter, resize_aa};
 
 use crate::pca::PcaBasis;
 
@@ -149,6 +149,81 @@ pub fn resize_rgb(img: &RgbImage, w: usize, h: usize) -> RgbImage {
     }
 }
 
+/// (input w, h, output w, h) and the width and height taps.
+type SizeTaps = ((usize, usize, usize, usize), AxisTaps, AxisTaps);
+
+/// [`resize_rgb`] for pictures at repeating sizes (the live views): the taps are kept per
+/// size pair and the passes run on interleaved 8-bit RGB in f32, so a picture is within one
+/// level of [`resize_rgb`]'s (f32 taps where it uses f64, rounding included; tested).
+#[derive(Default)]
+pub struct RgbResizer {
+    /// Taps per size pair, most recent last.
+    taps: Vec<SizeTaps>,
+    /// Width pass: (ih, w, 3).
+    rows: Vec<f32>,
+}
+
+impl RgbResizer {
+    /// Size pairs kept (a live page resizes the frame and the PCA map).
+    const KEEP: usize = 4;
+
+    pub fn resize(&mut self, img: &RgbImage, w: usize, h: usize) -> RgbImage {
+        let (iw, ih) = (img.width, img.height);
+        let key = (iw, ih, w, h);
+        let i = match self.taps.iter().position(|t| t.0 == key) {
+            Some(i) => i,
+            None => {
+                if self.taps.len() == Self::KEEP {
+                    self.taps.remove(0);
+                }
+                let (tx, ty) = (
+                    AxisTaps::new(iw, w, Filter::Bilinear),
+                    AxisTaps::new(ih, h, Filter::Bilinear),
+                );
+                self.taps.push((key, tx, ty));
+                self.taps.len() - 1
+            }
+        };
+        let (_, tx, ty) = &self.taps[i];
+        self.rows.resize(ih * w * 3, 0.0);
+        for (src, dst) in img
+            .data
+            .chunks_exact(iw * 3)
+            .zip(self.rows.chunks_exact_mut(w * 3))
+        {
+            for (x, d) in dst.chunks_exact_mut(3).enumerate() {
+                let (start, wts) = tx.of(x);
+                let mut acc = [0.0f32; 3];
+                for (p, &wt) in src[start * 3..].chunks_exact(3).zip(wts) {
+                    acc[0] += wt * p[0] as f32;
+                    acc[1] += wt * p[1] as f32;
+                    acc[2] += wt * p[2] as f32;
+                }
+                d.copy_from_slice(&acc);
+            }
+        }
+        let mut data = vec![0u8; h * w * 3];
+        let mut acc = vec![0.0f32; w * 3];
+        for (y, out) in data.chunks_exact_mut(w * 3).enumerate() {
+            let (start, wts) = ty.of(y);
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for (j, &wt) in wts.iter().enumerate() {
+                let r = &self.rows[(start + j) * w * 3..][..w * 3];
+                acc.iter_mut().zip(r).for_each(|(a, &v)| *a += wt * v);
+            }
+            // Round half up on the clamped value: what `round` gives on these non-negatives.
+            out.iter_mut()
+                .zip(&acc)
+                .for_each(|(o, &v)| *o = (v.clamp(0.0, 255.0) + 0.5) as u8);
+        }
+        RgbImage {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +239,35 @@ mod tests {
         assert!(s.iter().all(|&v| v <= 1.0 + 1e-6));
         assert_eq!(patch_at(15.9, 0.0, (32, 16), (2, 4)), 1);
         assert_eq!(patch_at(31.0, 15.0, (32, 16), (2, 4)), 7);
+    }
+
+    #[test]
+    fn the_reusable_resizer_is_within_one_level_of_resize_rgb() {
+        let mut seed = 11u32;
+        let mut r = RgbResizer::default();
+        for (iw, ih, w, h) in [
+            (97, 61, 40, 25),
+            (14, 20, 160, 230),
+            (97, 61, 40, 25),
+            (8, 8, 8, 8),
+        ] {
+            let data = (0..iw * ih * 3)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (seed >> 24) as u8
+                })
+                .collect();
+            let img = RgbImage::new(iw, ih, data).unwrap();
+            let (want, got) = (resize_rgb(&img, w, h), r.resize(&img, w, h));
+            assert_eq!((got.width, got.height), (w, h));
+            let worst = want
+                .data
+                .iter()
+                .zip(&got.data)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max();
+            assert!(worst <= Some(1), "{iw}x{ih} -> {w}x{h}: {worst:?}");
+        }
     }
 
     #[test]

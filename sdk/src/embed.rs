@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dinoedge_runtime::{
-    BackendInfo, Features, InferenceSession, InputLimits, Model, Preprocessor, RgbImage,
-    RunOptions, RuntimeError, SessionOptions, Tensor, create_session,
+    BackendInfo, Features, FramePreprocessor, InferenceSession, InputLimits, Model, Preprocessor,
+    RgbImage, RunOptions, RuntimeError, SessionOptions, Tensor, create_session,
 };
 
 use crate::error::Result;
@@ -39,6 +39,8 @@ pub struct Embedder {
     model: Arc<Model>,
     session: Box<dyn InferenceSession>,
     pre: Preprocessor,
+    /// The fused preprocessing of video frames, made on first use.
+    frames: Option<FramePreprocessor>,
     run: RunOptions,
     limits: InputLimits,
 }
@@ -61,6 +63,7 @@ impl Embedder {
             model,
             session,
             pre,
+            frames: None,
             run: RunOptions {
                 capture_layers: opts.capture_layers.clone(),
             },
@@ -94,6 +97,19 @@ impl Embedder {
         Ok(self.pre.run(img)?)
     }
 
+    /// Preprocesses a video frame into `out`, reusing its buffer: the same recipe as
+    /// [`Embedder::preprocess`], fused, within
+    /// [`dinoedge_runtime::frame_preprocess::FRAME_PREPROCESS_TOLERANCE`] of it (the live
+    /// pipeline; `embed` keeps the exact path).
+    pub fn preprocess_frame_into(&mut self, img: &RgbImage, out: &mut Tensor) -> Result<()> {
+        self.check_input(img.width, img.height)?;
+        let pre = &self.pre;
+        let frames = self
+            .frames
+            .get_or_insert_with(|| FramePreprocessor::new(pre.clone()));
+        Ok(frames.run_into(img, out)?)
+    }
+
     /// Checks an image of `width x height` against the patch size and the limits.
     pub fn check_input(&self, width: usize, height: usize) -> Result<()> {
         let cfg = self.model.config();
@@ -124,5 +140,11 @@ impl Embedder {
     /// Features of already preprocessed `pixel_values` (B, 3, H, W).
     pub fn embed_pixels(&mut self, pixels: &Tensor) -> Result<Features> {
         Ok(self.session.run(pixels, &self.run)?)
+    }
+
+    /// [`Embedder::embed_pixels`] into `out`, reusing its buffers (no allocation per frame
+    /// once they have grown).
+    pub fn embed_pixels_into(&mut self, pixels: &Tensor, out: &mut Features) -> Result<()> {
+        Ok(self.session.run_into(pixels, &self.run, out)?)
     }
 }

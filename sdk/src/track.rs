@@ -12,11 +12,12 @@
 use std::collections::VecDeque;
 
 use dinoedge_runtime::backend::cpu::isa::Isa;
-use dinoedge_runtime::backend::cpu::pool::Pool;
+use dinoedge_runtime::backend::cpu::pool::{Pool, RowsMut};
 use dinoedge_runtime::ops::matmul::fast::gemm::{Strided, gemm};
+use dinoedge_runtime::resample::{AxisTaps, Filter};
 
 use crate::davis::Mask;
-use crate::dense::{normalized, upsample_planes};
+use crate::dense::normalized;
 use crate::error::{Error, Result};
 
 /// Label-propagation settings (DINO's defaults).
@@ -85,19 +86,32 @@ pub fn labels_on_grid(mask: &Mask, grid: (usize, usize)) -> (Vec<u8>, SoftLabels
     (ids, soft)
 }
 
-/// Label propagation state over a video.
+/// Label propagation state over a video. Every buffer is kept between frames: a step
+/// allocates nothing once they have grown.
 pub struct LabelPropagator {
     cfg: PropagationConfig,
     grid: (usize, usize),
     dim: usize,
     /// Object id of each label channel (0 first).
     pub ids: Vec<u8>,
-    first: (Vec<f32>, SoftLabels),
-    recent: VecDeque<(Vec<f32>, SoftLabels)>,
+    first: Context,
+    recent: VecDeque<Context>,
+    /// The next frame's buffers (the oldest context's, once the context is full); after a
+    /// step with `n_last` 0, the step's result.
+    spare: Context,
     pool: Pool,
     isa: Isa,
     sim: Vec<f32>,
     pack: Vec<f32>,
+    /// Votes per target patch `(hw, C)`, written by the pool, then transposed.
+    votes: Vec<f32>,
+}
+
+/// One context frame: normalised patch features `(hw, dim)` and soft labels `(C, hw)`.
+#[derive(Default)]
+struct Context {
+    feats: Vec<f32>,
+    soft: SoftLabels,
 }
 
 impl LabelPropagator {
@@ -122,19 +136,24 @@ impl LabelPropagator {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let pool = Pool::new(threads)
+        let pool = Pool::sleeping(threads)
             .map_err(|e| Error::resource(format!("{threads} worker threads"), e))?;
         Ok(LabelPropagator {
             cfg,
             grid,
             dim,
             ids,
-            first: (normalized(first_patches, dim), soft),
+            first: Context {
+                feats: normalized(first_patches, dim),
+                soft,
+            },
             recent: VecDeque::new(),
+            spare: Context::default(),
             pool,
             isa: Isa::detect(),
             sim: Vec::new(),
             pack: Vec::new(),
+            votes: Vec::new(),
         })
     }
 
@@ -144,6 +163,12 @@ impl LabelPropagator {
 
     /// Soft labels of the next frame from its patch features `(h*w, dim)` (same grid).
     pub fn step(&mut self, patches: &[f32]) -> Result<SoftLabels> {
+        self.advance(patches).map(<[f32]>::to_vec)
+    }
+
+    /// [`LabelPropagator::step`] without a copy: the soft labels `(C, h*w)` stay valid until
+    /// the next step.
+    pub fn advance(&mut self, patches: &[f32]) -> Result<&[f32]> {
         let (gh, gw) = self.grid;
         let hw = gh * gw;
         if patches.len() != hw * self.dim {
@@ -154,111 +179,259 @@ impl LabelPropagator {
                 hw * self.dim
             )));
         }
-        let f = normalized(patches, self.dim);
-        let ctx: Vec<&(Vec<f32>, SoftLabels)> = std::iter::once(&self.first)
-            .chain(self.recent.iter())
-            .collect();
-        let nctx = ctx.len();
-        // sim[k] (hw_tar x hw_src) = f_tar · f_kᵀ
-        self.sim.resize(nctx * hw * hw, 0.0);
-        for (k, (fk, _)) in ctx.iter().enumerate() {
-            gemm(
-                Some(&self.pool),
-                self.isa,
-                hw,
-                hw,
-                self.dim,
-                Strided::rows(&f, self.dim),
-                Strided::transposed(fk, self.dim),
-                &mut self.sim[k * hw * hw..(k + 1) * hw * hw],
-                hw,
-                false,
-                &mut self.pack,
-            );
-        }
+        let mut next = std::mem::take(&mut self.spare);
+        normalize_into(patches, self.dim, &mut next.feats);
+        let nctx = 1 + self.recent.len();
+        self.affinities(&next.feats, nctx);
         let c = self.ids.len();
-        let mut out = vec![0.0f32; c * hw];
-        let r = self
-            .cfg
-            .neighborhood
-            .map(|n| n as isize)
-            .unwrap_or(isize::MAX);
-        let k_top = self.cfg.topk;
-        let inv_t = 1.0 / self.cfg.temperature;
-        let mut best: Vec<(f32, usize, usize)> = Vec::with_capacity(k_top + 1);
-        for t in 0..hw {
-            let (tr, tc) = ((t / gw) as isize, (t % gw) as isize);
-            best.clear();
-            let (r0, r1) = (
-                (tr - r).max(0) as usize,
-                (tr.saturating_add(r)).min(gh as isize - 1) as usize,
-            );
-            let (c0, c1) = (
-                (tc - r).max(0) as usize,
-                (tc.saturating_add(r)).min(gw as isize - 1) as usize,
-            );
-            for k in 0..nctx {
-                let row = &self.sim[(k * hw + t) * hw..(k * hw + t + 1) * hw];
-                for sr in r0..=r1 {
-                    for sc in c0..=c1 {
-                        let s = sr * gw + sc;
-                        let v = row[s];
-                        if best.len() < k_top || v > best[best.len() - 1].0 {
-                            let pos = best.partition_point(|b| b.0 >= v);
-                            best.insert(pos, (v, k, s));
-                            best.truncate(k_top);
-                        }
-                    }
-                }
+        self.votes.clear();
+        self.votes.resize(hw * c, 0.0);
+        {
+            let ctx: Vec<&SoftLabels> = std::iter::once(&self.first.soft)
+                .chain(self.recent.iter().map(|x| &x.soft))
+                .collect();
+            let votes = RowsMut::new(&mut self.votes, c);
+            let (sim, cfg, grid) = (&self.sim, &self.cfg, self.grid);
+            self.pool.run_rows(hw, 16, |t0, t1| {
+                // SAFETY: run_rows hands out disjoint target ranges.
+                let out = unsafe { votes.rows(t0, t1) };
+                vote(sim, &ctx, cfg, grid, t0..t1, out);
+            });
+        }
+        next.soft.clear();
+        next.soft.resize(c * hw, 0.0);
+        for (t, v) in self.votes.chunks_exact(c).enumerate() {
+            for (ch, &x) in v.iter().enumerate() {
+                next.soft[ch * hw + t] = x;
             }
-            // Weights exp(cos / T), normalised (shifted by the max for range).
-            let m = best[0].0;
-            let ws: Vec<f32> = best.iter().map(|b| ((b.0 - m) * inv_t).exp()).collect();
-            let z: f32 = ws.iter().sum();
-            for ((_, k, s), w) in best.iter().zip(&ws) {
-                let seg = &ctx[*k].1;
-                for ch in 0..c {
-                    out[ch * hw + t] += w / z * seg[ch * hw + s];
-                }
-            }
+        }
+        if self.cfg.n_last == 0 {
+            self.spare = next;
+            return Ok(&self.spare.soft);
         }
         if self.recent.len() == self.cfg.n_last {
-            self.recent.pop_front();
+            self.spare = self.recent.pop_front().expect("full context");
         }
-        if self.cfg.n_last > 0 {
-            self.recent.push_back((f, out.clone()));
+        self.recent.push_back(next);
+        Ok(&self.recent.back().expect("pushed").soft)
+    }
+
+    /// `sim[k]` (hw_target x hw_source) = f_target · f_kᵀ for each context frame k, computed
+    /// only where the vote reads it: a band of target rows against the source rows within
+    /// the neighbourhood of any of them (the rest of `sim` is left stale). On grids taller
+    /// than twice the neighbourhood that skips a third of the products, though the smaller
+    /// products run slower (7-11% saved at 480, docs/perf.md); on smaller grids it is one
+    /// product per context.
+    fn affinities(&mut self, f: &[f32], nctx: usize) {
+        let (gh, gw) = self.grid;
+        let hw = gh * gw;
+        self.sim.resize(nctx * hw * hw, 0.0);
+        let r = self.cfg.neighborhood.unwrap_or(usize::MAX);
+        // About 256 target patches per band: a product still large enough to run at speed.
+        let band = if r.saturating_mul(2) >= gh {
+            gh
+        } else {
+            (256 / gw).clamp(1, gh)
+        };
+        let ctx = std::iter::once(&self.first).chain(self.recent.iter());
+        for (k, fk) in ctx.enumerate() {
+            for t0 in (0..gh).step_by(band) {
+                let t1 = (t0 + band).min(gh);
+                let (s0, s1) = (t0.saturating_sub(r), t1.saturating_add(r).min(gh));
+                let (m, n) = ((t1 - t0) * gw, (s1 - s0) * gw);
+                gemm(
+                    Some(&self.pool),
+                    self.isa,
+                    m,
+                    n,
+                    self.dim,
+                    Strided::rows(&f[t0 * gw * self.dim..], self.dim),
+                    Strided::transposed(&fk.feats[s0 * gw * self.dim..], self.dim),
+                    &mut self.sim[k * hw * hw + t0 * gw * hw + s0 * gw..],
+                    hw,
+                    false,
+                    &mut self.pack,
+                );
+            }
         }
-        Ok(out)
     }
 
     /// Hard labels at `(width, height)`: bilinear upsampling of the soft labels, per-channel
     /// min-max normalisation, argmax (as DINO's `norm_mask` + argmax).
     pub fn to_mask(&self, soft: &[f32], width: usize, height: usize) -> Mask {
-        let c = self.ids.len();
-        let mut up = upsample_planes(soft, c, self.grid, height, width);
-        let n = width * height;
-        for ch in up.chunks_exact_mut(n) {
-            let (lo, hi) = ch
+        let mut mask = Mask {
+            width,
+            height,
+            labels: Vec::new(),
+        };
+        let mut up = Upsampler::default();
+        up.mask_into(soft, &self.ids, self.grid, &mut mask, Some(&self.pool));
+        mask
+    }
+
+    /// [`LabelPropagator::to_mask`] into `mask` (its size is the target), reusing `up`'s
+    /// buffers and `mask`'s.
+    pub fn mask_into(&self, soft: &[f32], up: &mut Upsampler, mask: &mut Mask) {
+        up.mask_into(soft, &self.ids, self.grid, mask, Some(&self.pool));
+    }
+}
+
+/// The top-k vote of targets `ts` (rows of `out`, `C` values each): each target's `topk`
+/// most similar source patches among the context frames within the neighbourhood, weighted
+/// by `exp(cos / T)` normalised (shifted by the max for range).
+fn vote(
+    sim: &[f32],
+    ctx: &[&SoftLabels],
+    cfg: &PropagationConfig,
+    (gh, gw): (usize, usize),
+    ts: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let hw = gh * gw;
+    let c = out.len() / ts.len().max(1);
+    let r = cfg.neighborhood.map(|n| n as isize).unwrap_or(isize::MAX);
+    let (k_top, inv_t) = (cfg.topk, 1.0 / cfg.temperature);
+    let mut best: Vec<(f32, usize, usize)> = Vec::with_capacity(k_top + 1);
+    let mut ws: Vec<f32> = Vec::with_capacity(k_top);
+    for (t, o) in ts.zip(out.chunks_exact_mut(c)) {
+        let (tr, tc) = ((t / gw) as isize, (t % gw) as isize);
+        best.clear();
+        let (r0, r1) = (
+            (tr - r).max(0) as usize,
+            (tr.saturating_add(r)).min(gh as isize - 1) as usize,
+        );
+        let (c0, c1) = (
+            (tc - r).max(0) as usize,
+            (tc.saturating_add(r)).min(gw as isize - 1) as usize,
+        );
+        let mut floor = f32::NEG_INFINITY;
+        for k in 0..ctx.len() {
+            let row = &sim[(k * hw + t) * hw..(k * hw + t + 1) * hw];
+            for sr in r0..=r1 {
+                let base = sr * gw;
+                for (sc, &v) in row[base + c0..=base + c1].iter().enumerate() {
+                    // Most values fail this one comparison once `best` is full.
+                    if best.len() < k_top || v > floor {
+                        let pos = best.partition_point(|b| b.0 >= v);
+                        best.insert(pos, (v, k, base + c0 + sc));
+                        best.truncate(k_top);
+                        if best.len() == k_top {
+                            floor = best[k_top - 1].0;
+                        }
+                    }
+                }
+            }
+        }
+        let m = best[0].0;
+        ws.clear();
+        ws.extend(best.iter().map(|b| ((b.0 - m) * inv_t).exp()));
+        let z: f32 = ws.iter().sum();
+        o.iter_mut().for_each(|v| *v = 0.0);
+        for ((_, k, s), w) in best.iter().zip(&ws) {
+            let seg = ctx[*k];
+            for (ch, v) in o.iter_mut().enumerate() {
+                *v += w / z * seg[ch * hw + s];
+            }
+        }
+    }
+}
+
+/// Writes `patches` with each row L2-normalised into `out` (its buffer reused).
+fn normalize_into(patches: &[f32], dim: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(patches);
+    for r in out.chunks_exact_mut(dim) {
+        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        r.iter_mut().for_each(|v| *v /= n);
+    }
+}
+
+/// (grid h, grid w, out h, out w), and the width and height taps.
+type UpsampleTaps = ((usize, usize, usize, usize), AxisTaps, AxisTaps);
+
+/// Soft labels on the patch grid to a hard mask at any size, with the taps and buffers
+/// kept between frames of one size. The bilinear taps are [`dinoedge_runtime::resample`]'s
+/// antialiased ones in f32 (torch's in f64): the soft values differ by about 1e-7, which
+/// moves a label only at an exact tie.
+#[derive(Default)]
+pub struct Upsampler {
+    /// Taps for one grid and output size.
+    taps: Option<UpsampleTaps>,
+    /// Width pass: (C, gh, W).
+    rows: Vec<f32>,
+    /// Height pass: (C, H, W).
+    up: Vec<f32>,
+}
+
+impl Upsampler {
+    fn mask_into(
+        &mut self,
+        soft: &[f32],
+        ids: &[u8],
+        (gh, gw): (usize, usize),
+        mask: &mut Mask,
+        pool: Option<&Pool>,
+    ) {
+        let (w, h, c) = (mask.width, mask.height, ids.len());
+        let key = (gh, gw, h, w);
+        if self.taps.as_ref().is_none_or(|t| t.0 != key) {
+            let (tx, ty) = (
+                AxisTaps::new(gw, w, Filter::Bilinear),
+                AxisTaps::new(gh, h, Filter::Bilinear),
+            );
+            self.taps = Some((key, tx, ty));
+        }
+        let (_, tx, ty) = self.taps.as_ref().expect("set above");
+        self.rows.resize(c * gh * w, 0.0);
+        for (src, dst) in soft.chunks_exact(gw).zip(self.rows.chunks_exact_mut(w)) {
+            for (x, d) in dst.iter_mut().enumerate() {
+                let (start, wts) = tx.of(x);
+                *d = wts.iter().zip(&src[start..]).map(|(a, b)| a * b).sum();
+            }
+        }
+        self.up.resize(c * h * w, 0.0);
+        let rows = &self.rows;
+        let up = RowsMut::new(&mut self.up, w);
+        let height_pass = |y0: usize, y1: usize| {
+            for ch in 0..c {
+                // SAFETY: tasks own disjoint output rows y0..y1 of each plane.
+                let dst = unsafe { up.rows(ch * h + y0, ch * h + y1) };
+                for (y, d) in (y0..y1).zip(dst.chunks_exact_mut(w)) {
+                    let (start, wts) = ty.of(y);
+                    d.iter_mut().for_each(|v| *v = 0.0);
+                    for (j, &wt) in wts.iter().enumerate() {
+                        let r = &rows[(ch * gh + start + j) * w..][..w];
+                        d.iter_mut().zip(r).for_each(|(v, &x)| *v += wt * x);
+                    }
+                }
+            }
+        };
+        match pool {
+            Some(p) => p.run_rows(h, 8, height_pass),
+            None => height_pass(0, h),
+        }
+        let n = w * h;
+        let mut scale = vec![(0.0f32, 1.0f32); c];
+        for (ch, plane) in self.up.chunks_exact(n).enumerate() {
+            let (lo, hi) = plane
                 .iter()
                 .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             if hi > 0.0 {
-                ch.iter_mut()
-                    .for_each(|v| *v = (*v - lo) / (hi - lo).max(1e-12));
+                scale[ch] = (lo, (hi - lo).max(1e-12));
             }
         }
-        let labels = (0..n)
-            .map(|i| {
-                let k = (0..c)
-                    .max_by(|&a, &b| up[a * n + i].total_cmp(&up[b * n + i]))
-                    .unwrap_or(0);
-                self.ids[k]
-            })
-            .collect();
-        Mask {
-            width,
-            height,
-            labels,
-        }
+        mask.labels.clear();
+        mask.labels.extend((0..n).map(|i| {
+            let mut best = (f32::NEG_INFINITY, 0);
+            for (ch, &(lo, span)) in scale.iter().enumerate() {
+                let v = (self.up[ch * n + i] - lo) / span;
+                // Ties go to the later channel, as `max_by` does.
+                if v >= best.0 {
+                    best = (v, ch);
+                }
+            }
+            ids[best.1]
+        }));
     }
 }
 
@@ -429,6 +602,96 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// The DINO vote written the plain way: every similarity, sorted.
+    fn reference_vote(
+        target: &[f32],
+        ctx: &[(Vec<f32>, Vec<f32>)],
+        dim: usize,
+        (gh, gw): (usize, usize),
+        cfg: &PropagationConfig,
+        c: usize,
+    ) -> Vec<f32> {
+        let hw = gh * gw;
+        let r = cfg.neighborhood.map_or(isize::MAX, |n| n as isize);
+        let mut out = vec![0.0f32; c * hw];
+        for t in 0..hw {
+            let (tr, tc) = ((t / gw) as isize, (t % gw) as isize);
+            let mut cand: Vec<(f32, usize, usize)> = Vec::new();
+            for (k, (f, _)) in ctx.iter().enumerate() {
+                for s in 0..hw {
+                    let (sr, sc) = ((s / gw) as isize, (s % gw) as isize);
+                    if (sr - tr).abs() <= r && (sc - tc).abs() <= r {
+                        let d = (0..dim).map(|i| target[t * dim + i] * f[s * dim + i]).sum();
+                        cand.push((d, k, s));
+                    }
+                }
+            }
+            cand.sort_by(|a, b| b.0.total_cmp(&a.0));
+            cand.truncate(cfg.topk);
+            let ws: Vec<f32> = cand
+                .iter()
+                .map(|x| ((x.0 - cand[0].0) / cfg.temperature).exp())
+                .collect();
+            let z: f32 = ws.iter().sum();
+            for ((_, k, s), w) in cand.iter().zip(&ws) {
+                for ch in 0..c {
+                    out[ch * hw + t] += w / z * ctx[*k].1[ch * hw + s];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn banded_affinities_vote_as_the_full_matrix_does() {
+        // A grid far taller than the neighbourhood (bands of 256 / 3 = 85 rows: two), a
+        // short one (one band), and no neighbourhood at all.
+        for (grid, hood) in [((110, 3), Some(4)), ((6, 5), Some(1)), ((9, 4), None)] {
+            let (dim, hw) = (8, grid.0 * grid.1);
+            let mut seed = 7u32;
+            let mut frame = || -> Vec<f32> {
+                (0..hw * dim)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+                    })
+                    .collect()
+            };
+            let mask = Mask {
+                width: grid.1 * 4,
+                height: grid.0 * 4,
+                labels: (0..grid.0 * grid.1 * 16)
+                    .map(|i| u8::from((i / (grid.1 * 4)) % 7 < 3))
+                    .collect(),
+            };
+            let cfg = PropagationConfig {
+                topk: 5,
+                n_last: 2,
+                neighborhood: hood,
+                temperature: 0.1,
+            };
+            let first = frame();
+            let mut lp = LabelPropagator::new(cfg, &first, dim, grid, &mask, Some(2)).unwrap();
+            let mut ctx = vec![(normalized(&first, dim), lp.first.soft.clone())];
+            for _ in 0..4 {
+                let f = frame();
+                let got = lp.advance(&f).unwrap().to_vec();
+                let fnorm = normalized(&f, dim);
+                let want = reference_vote(&fnorm, &ctx, dim, grid, &cfg, 2);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-4, "{grid:?} {hood:?}: {worst}");
+                ctx.push((fnorm, got));
+                if ctx.len() > 1 + cfg.n_last {
+                    ctx.remove(1);
+                }
+            }
+        }
     }
 
     #[test]

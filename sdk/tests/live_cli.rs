@@ -261,6 +261,9 @@ fn live_bench_reports_every_stage() {
     let v: serde_json::Value = serde_json::from_str(j.lines().last().unwrap()).unwrap();
     assert_eq!(v["frames"], 6);
     assert_eq!(v["mode"], "masks");
+    // The CPU backend runs the stages in turn unless told otherwise (see `Overlap::Auto`).
+    assert_eq!(v["overlapped"], false);
+    assert_eq!(v["views"], false);
     for k in ["capture", "preprocess", "forward", "propagate", "post"] {
         assert!(v["stage_ms"][k].as_f64().unwrap() >= 0.0, "{k}");
     }
@@ -269,6 +272,35 @@ fn live_bench_reports_every_stage() {
     assert!(m["propagate"].as_f64().unwrap() > 0.0);
     assert!(m["propagate"].as_f64().unwrap() <= m["post"].as_f64().unwrap());
     assert!(v["fps"].as_f64().unwrap() > 0.0);
+    assert!(v["forward_fps"].as_f64().unwrap() > 0.0 && v["of_forward"].as_f64().unwrap() > 0.0);
+    // Overlapped, and drawing every view: the same frames pass every stage.
+    let j = ok(&[
+        "live",
+        "--model",
+        s(&model()),
+        "--frames",
+        s(&frames),
+        "--mask",
+        s(&masks.join("frame0.png")),
+        "--bench",
+        "--size",
+        "56",
+        "--overlap",
+        "on",
+        "--bench-views",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(j.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (v["frames"].as_u64(), v["overlapped"].as_bool()),
+        (Some(6), Some(true))
+    );
+    assert_eq!(v["views"], true);
+    for k in ["capture", "infer", "post"] {
+        let b = v["busy"][k].as_f64().unwrap();
+        assert!((0.0..=2.0).contains(&b), "busy {k} {b}");
+    }
+    assert!(v["busy"]["infer"].as_f64().unwrap() > 0.0);
+    assert!(v["stage_ms"]["post"].as_f64().unwrap() > v["stage_ms"]["propagate"].as_f64().unwrap());
 }
 
 fn chromium() -> Option<PathBuf> {

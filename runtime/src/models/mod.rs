@@ -74,10 +74,13 @@ pub trait Architecture: 'static {
         plan: &mut Self::Plan<B>,
     ) -> Result<()>;
 
-    /// Reads the outputs of the last forward back to the host.
-    fn outputs<B: Backend>(
+    /// Reads the outputs of the last forward back to the host, into `out` (its buffers
+    /// reused), through `hosts` (read buffers the session keeps between runs).
+    fn outputs_into<B: Backend>(
         backend: &B,
         m: &Self::Prepared<B>,
         plan: &Self::Plan<B>,
-    ) -> Result<Features>;
+        hosts: &mut Vec<Vec<f32>>,
+        out: &mut Features,
+    ) -> Result<()>;
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use dinoedge::davis::read_mask_limited;
 use dinoedge::frames::{self, FrameSource, LatestFrame, Reopen};
-use dinoedge::live::{LiveShared, Pipeline, PipelineOptions};
+use dinoedge::live::{LiveShared, Overlap, Pipeline, PipelineOptions, Render};
 use dinoedge::track::PropagationConfig;
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result};
 use serde_json::json;
@@ -71,8 +71,22 @@ pub struct LiveArgs {
     /// Frames to benchmark.
     #[arg(long, default_value_t = 40)]
     bench_frames: u64,
+    /// Draw and encode all three views in --bench too (the page's cost with every view
+    /// watched). Without it, --bench draws none; the server draws the watched ones.
+    #[arg(long)]
+    bench_views: bool,
+    /// Run preprocess + forward and post-processing on their own threads (auto: on).
+    #[arg(long, value_enum, default_value_t = OverlapArg::Auto)]
+    overlap: OverlapArg,
     #[command(flatten)]
     backend: BackendArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OverlapArg {
+    Auto,
+    On,
+    Off,
 }
 
 /// Replays a source from the start when it ends.
@@ -167,7 +181,16 @@ pub fn run(a: LiveArgs) -> Result<()> {
             propagation: PropagationConfig::default(),
             threads: a.backend.threads,
             max_frames: a.bench.then_some(a.bench_frames),
-            render: true,
+            render: match (a.bench, a.bench_views) {
+                (false, _) => Render::Watched,
+                (true, true) => Render::All,
+                (true, false) => Render::Never,
+            },
+            overlap: match a.overlap {
+                OverlapArg::Auto => Overlap::Auto,
+                OverlapArg::On => Overlap::On,
+                OverlapArg::Off => Overlap::Off,
+            },
         },
     );
     // Folders and files play at --fps (their timestamps are index / fps).
@@ -186,22 +209,36 @@ pub fn run(a: LiveArgs) -> Result<()> {
         let t0 = Instant::now();
         let s = pipeline.run_all(source.as_mut(), &shared)?;
         let m = s.stage_ms;
+        let outside = m.capture + m.preprocess + m.post;
         eprintln!(
-            "{} frames of {source_name} on {} in {:.1} s: {:.2} fps end to end; median ms: capture {:.1}, preprocess {:.1}, forward {:.1}, post-process {:.1} (propagation {:.1} = {:.0}% of the forward)",
+            "{} frames of {source_name} on {} in {:.1} s ({}, views: {}): {:.2} fps end to end = {:.2}x the forward-only rate ({:.2} fps); median ms: capture {:.1}, preprocess {:.1}, forward {:.1}, post-process {:.1} (propagation {:.1} = {:.0}% of the forward); outside the forward {:.1} ms = {:.0}% of it; busy: capture {:.0}%, infer {:.0}%, post {:.0}%",
             s.frames,
             s.backend,
             t0.elapsed().as_secs_f64(),
+            if s.overlapped {
+                "overlapped"
+            } else {
+                "one after another"
+            },
+            if a.bench_views { "all" } else { "none" },
             s.fps,
+            s.of_forward,
+            s.forward_fps,
             m.capture,
             m.preprocess,
             m.forward,
             m.post,
             m.propagate,
-            100.0 * m.propagate / m.forward.max(1e-9)
+            100.0 * m.propagate / m.forward.max(1e-9),
+            outside,
+            100.0 * outside / m.forward.max(1e-9),
+            100.0 * s.busy.capture,
+            100.0 * s.busy.infer,
+            100.0 * s.busy.post,
         );
         println!(
             "{}",
-            json!({"frames": s.frames, "fps": s.fps, "stage_ms": m, "source": source_name, "backend": s.backend, "mode": s.mode})
+            json!({"frames": s.frames, "grid": s.grid, "fps": s.fps, "forward_fps": s.forward_fps, "of_forward": s.of_forward, "outside_forward_ms": outside, "stage_ms": m, "busy": s.busy, "overlapped": s.overlapped, "views": a.bench_views, "source": source_name, "backend": s.backend, "mode": s.mode})
         );
         return Ok(());
     }

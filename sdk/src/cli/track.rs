@@ -11,7 +11,7 @@ use dinoedge::dense::{blend, resize_rgb};
 use dinoedge::plot::draw_box;
 use dinoedge::runtime::fsutil::{OutputDir, Replace};
 use dinoedge::tokencut::{TokenCutConfig, tokencut};
-use dinoedge::track::{LabelPropagator, PropagationConfig};
+use dinoedge::track::{LabelPropagator, PropagationConfig, Upsampler};
 use dinoedge::{Embedder, EmbedderOptions, Error, InputMode, Result, image_io};
 use serde_json::json;
 
@@ -138,6 +138,8 @@ pub fn track(a: TrackArgs) -> Result<()> {
     let pb = progress(total.unwrap_or(0) as u64, "track");
     pb.inc(1);
     let (mut t_pre, mut t_fwd, mut t_prop) = (Vec::new(), Vec::new(), Vec::new());
+    // The mask and the upsampling taps are kept between frames.
+    let (mut up, mut m) = (Upsampler::default(), first_mask.clone());
     let mut count = 1usize;
     let t0 = Instant::now();
     while a.max_frames.is_none_or(|m| count < m) {
@@ -164,8 +166,9 @@ pub fn track(a: TrackArgs) -> Result<()> {
         let f = emb.embed_pixels(&px)?;
         t_fwd.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        let soft = lp.step(&f.last.patches.data)?;
-        let m = lp.to_mask(&soft, frame.image.width, frame.image.height);
+        let soft = lp.advance(&f.last.patches.data)?.to_vec();
+        (m.width, m.height) = (frame.image.width, frame.image.height);
+        lp.mask_into(&soft, &mut up, &mut m);
         t_prop.push(t.elapsed().as_secs_f64() * 1e3);
         write_mask(&staged.path().join(format!("{}.png", frame.name)), &m)?;
         count += 1;

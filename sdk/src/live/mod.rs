@@ -2,26 +2,24 @@
 //! per-stage timings, shared with the HTTP server of [`server`] (cargo feature `server`),
 //! which streams the views as MJPEG to a browser page, takes clicks (similarity query or
 //! point track) and serves live statistics.
+//!
+//! - this file: the state the pipeline and the server share ([`LiveShared`]);
+//! - [`pipeline`]: the stages (capture, preprocess + forward, post-processing) and how they
+//!   run, one after another or overlapped on threads;
+//! - `render`: the views, drawn only while a client watches them.
 
+mod pipeline;
+mod render;
 #[cfg(feature = "server")]
 pub mod server;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use pipeline::{Overlap, Pipeline, PipelineOptions, Render};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dinoedge_runtime::RgbImage;
 use serde::Serialize;
-
-use crate::davis::{Mask, palette};
-use crate::dense::{blend, colormap, normalized, patch_at, render_map, resize_rgb};
-use crate::embed::Embedder;
-use crate::error::{Error, Result};
-use crate::frames::{Frame, LatestFrame};
-use crate::pca::PcaBasis;
-use crate::plot::{Marker, draw_markers};
-use crate::track::{LabelPropagator, PointTracker, PropagationConfig};
 
 /// What a click asks for.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,7 +47,20 @@ pub struct StageMs {
     pub propagate: f64,
     /// Everything after the forward: propagation, rendering, JPEG encoding.
     pub post: f64,
+    /// Capture to published views of the last frame.
     pub total: f64,
+}
+
+/// Fraction of the wall time each stage was busy over the recent frames. Overlapped, the
+/// busiest stage sets the rate; one after another, they add up.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Busy {
+    /// The source (decoding, copying out of the camera's buffer).
+    pub capture: f64,
+    /// Preprocess and forward.
+    pub infer: f64,
+    /// Propagation, point tracking, rendering and encoding.
+    pub post: f64,
 }
 
 /// Live statistics (`/stats`).
@@ -61,6 +72,15 @@ pub struct LiveStats {
     /// Times the source was reopened after failing (a camera unplugged, an RTSP drop).
     pub reconnects: u64,
     pub stage_ms: StageMs,
+    pub busy: Busy,
+    /// The rate the forward alone allows (1000 / median forward ms).
+    pub forward_fps: f64,
+    /// `fps / forward_fps`: how close the pipeline comes to the model's rate.
+    pub of_forward: f64,
+    /// Stages on their own threads (see [`Overlap`]).
+    pub overlapped: bool,
+    /// Views drawn at the last frame (`input`, `pca`, `view`; empty when none is watched).
+    pub rendered: Vec<&'static str>,
     pub grid: (usize, usize),
     pub source: String,
     pub backend: String,
@@ -69,6 +89,52 @@ pub struct LiveStats {
     pub points_lost: usize,
     pub status: Option<String>,
     pub ended: bool,
+}
+
+/// The three views, in the order of [`Views`]' fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Input = 0,
+    Pca = 1,
+    /// The overlays (similarity, masks, points) over the input.
+    Overlay = 2,
+}
+
+impl View {
+    pub const ALL: [View; 3] = [View::Input, View::Pca, View::Overlay];
+
+    pub fn name(self) -> &'static str {
+        ["input", "pca", "view"][self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<View> {
+        View::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// A single-frame request (`/input.jpg`) keeps its view drawn for this long.
+pub const POLL_WATCH: Duration = Duration::from_secs(3);
+
+/// Who is watching one view: open streams, and the last single-frame request.
+#[derive(Default)]
+struct Watchers {
+    streams: AtomicUsize,
+    /// Milliseconds after `LiveShared::born` (0: never), plus one.
+    polled: AtomicU64,
+}
+
+/// Held while a stream of a view is open: the pipeline draws the view until it is dropped.
+pub struct Watching {
+    shared: Arc<LiveShared>,
+    view: View,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.shared.watchers[self.view as usize]
+            .streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The JPEG of each view at one frame. `Arc`s, so a server hands them out without copies.
@@ -107,6 +173,8 @@ pub struct LiveShared {
     listeners: Mutex<Vec<Listener>>,
     stats: Mutex<LiveStats>,
     clicks: Mutex<Vec<Click>>,
+    watchers: [Watchers; 3],
+    born: Instant,
     pub stop: AtomicBool,
 }
 
@@ -117,7 +185,38 @@ impl LiveShared {
             listeners: Mutex::new(Vec::new()),
             stats: Mutex::new(LiveStats::default()),
             clicks: Mutex::new(Vec::new()),
+            watchers: Default::default(),
+            born: Instant::now(),
             stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks `view` watched until the guard is dropped (an open stream).
+    pub fn watch(self: &Arc<Self>, view: View) -> Watching {
+        self.watchers[view as usize]
+            .streams
+            .fetch_add(1, Ordering::Relaxed);
+        Watching {
+            shared: self.clone(),
+            view,
+        }
+    }
+
+    /// Marks `view` watched for [`POLL_WATCH`] (a single-frame request).
+    pub fn polled(&self, view: View) {
+        let ms = self.born.elapsed().as_millis() as u64 + 1;
+        self.watchers[view as usize]
+            .polled
+            .store(ms, Ordering::Relaxed);
+    }
+
+    /// Which views some client watches now, indexed by [`View`].
+    pub fn watched(&self) -> [bool; 3] {
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        self.watchers.each_ref().map(|w| {
+            let polled = w.polled.load(Ordering::Relaxed);
+            w.streams.load(Ordering::Relaxed) > 0
+                || (polled > 0 && now.saturating_sub(polled) <= POLL_WATCH.as_millis() as u64)
         })
     }
 
@@ -161,13 +260,40 @@ impl LiveShared {
 
     /// Publishes one frame's JPEGs (the pipeline does; so can a custom one) and wakes the streams.
     pub fn publish_frame(&self, input: Vec<u8>, pca: Vec<u8>, view: Vec<u8>) {
+        self.publish([Some(input), Some(pca), Some(view)]);
+    }
+
+    /// Publishes the views that were drawn (indexed by [`View`]); the others keep their last
+    /// frame. Nothing drawn, nothing published.
+    pub fn publish(&self, views: [Option<Vec<u8>>; 3]) {
+        if views.iter().all(Option::is_none) {
+            return;
+        }
         let version = {
-            let mut v = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            let v = &mut *guard;
             v.version += 1;
-            (v.input, v.pca, v.view) = (Arc::new(input), Arc::new(pca), Arc::new(view));
+            let [input, pca, view] = views;
+            for (slot, new) in [
+                (&mut v.input, input),
+                (&mut v.pca, pca),
+                (&mut v.view, view),
+            ] {
+                if let Some(new) = new {
+                    *slot = Arc::new(new);
+                }
+            }
             v.version
         };
         self.notify(Some(version));
+    }
+
+    fn set_stats(&self, s: LiveStats) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    fn take_clicks(&self) -> Vec<Click> {
+        std::mem::take(&mut *self.clicks.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Marks the stream ended (the source ran out, or the pipeline stopped): MJPEG streams
@@ -182,388 +308,37 @@ impl LiveShared {
     }
 }
 
-fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-    let _ = image::ImageEncoder::write_image(
-        enc,
-        &img.data,
-        img.width as u32,
-        img.height as u32,
-        image::ExtendedColorType::Rgb8,
-    );
-    out
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Options of the pipeline.
-pub struct PipelineOptions {
-    /// Width of the views (height follows the frame's aspect).
-    pub display_width: usize,
-    pub jpeg_quality: u8,
-    /// First-frame mask to propagate (label propagation), if any.
-    pub mask: Option<Mask>,
-    pub propagation: PropagationConfig,
-    pub threads: Option<usize>,
-    /// Stop after this many frames.
-    pub max_frames: Option<u64>,
-    /// Encode views (off for pure benchmarks of the model stages).
-    pub render: bool,
-}
-
-/// The per-frame work: features, views, tracking. Runs until the source ends or `stop`.
-pub struct Pipeline {
-    emb: Embedder,
-    o: PipelineOptions,
-    basis: Option<PcaBasis>,
-    labels: Option<LabelPropagator>,
-    points: Option<PointTracker>,
-    /// Normalised query feature of the similarity map.
-    query: Option<Vec<f32>>,
-    recent: VecDeque<[f64; 5]>,
-    times: VecDeque<Instant>,
-    grid: (usize, usize),
-}
-
-impl Pipeline {
-    pub fn new(emb: Embedder, o: PipelineOptions) -> Self {
-        Pipeline {
-            emb,
-            o,
-            basis: None,
-            labels: None,
-            points: None,
-            query: None,
-            recent: VecDeque::new(),
-            times: VecDeque::new(),
-            grid: (0, 0),
-        }
+    #[test]
+    fn views_are_watched_while_streamed_or_recently_polled() {
+        let shared = LiveShared::new();
+        assert_eq!(shared.watched(), [false; 3]);
+        let a = shared.watch(View::Pca);
+        let b = shared.watch(View::Pca);
+        assert_eq!(shared.watched(), [false, true, false]);
+        drop(a);
+        assert_eq!(shared.watched(), [false, true, false]);
+        drop(b);
+        assert_eq!(shared.watched(), [false; 3]);
+        shared.polled(View::Overlay);
+        assert_eq!(shared.watched(), [false, false, true]);
+        assert_eq!(View::from_name("view"), Some(View::Overlay));
+        assert_eq!(View::from_name("other"), None);
     }
 
-    fn mode(&self) -> String {
-        let mut m = Vec::new();
-        if self.labels.is_some() {
-            m.push("masks");
-        }
-        if self.points.is_some() {
-            m.push("points");
-        }
-        if self.query.is_some() {
-            m.push("similarity");
-        }
-        if m.is_empty() {
-            "pca".into()
-        } else {
-            m.join("+")
-        }
-    }
-
-    /// Processes one frame; returns the stage times (preprocess, forward, propagate, post) in
-    /// ms, where post includes propagate.
-    pub fn process(&mut self, frame: &Frame, shared: &LiveShared) -> Result<[f64; 4]> {
-        let t = Instant::now();
-        let px = self.emb.preprocess(&frame.image)?;
-        let pre = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        let f = self.emb.embed_pixels(&px)?;
-        let fwd = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        let (dim, grid) = (f.dim(), f.grid);
-        self.grid = grid;
-        let patches = &f.last.patches.data;
-        let (iw, ih) = (frame.image.width, frame.image.height);
-        let dw = self.o.display_width.min(iw).max(16);
-        let dh = (ih * dw / iw).max(1);
-        // Clicks (in display coordinates, scaled to the frame).
-        let clicks: Vec<Click> =
-            std::mem::take(&mut *shared.clicks.lock().unwrap_or_else(|e| e.into_inner()));
-        let new_points = clicks.iter().any(|c| matches!(c, Click::Point { .. }));
-        for c in clicks {
-            match c {
-                Click::Similarity { u, v } => {
-                    let p = patch_at(u * iw as f32, v * ih as f32, (iw, ih), grid);
-                    let n = normalized(&patches[p * dim..(p + 1) * dim], dim);
-                    self.query = Some(n);
-                }
-                Click::Point { u, v } => {
-                    let mut pts: Vec<(f32, f32)> = self
-                        .points
-                        .as_ref()
-                        .map(|t| {
-                            t.pixels((iw, ih))
-                                .into_iter()
-                                .filter(|p| !p.2)
-                                .map(|p| (p.0, p.1))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    pts.push((u * iw as f32, v * ih as f32));
-                    if pts.len() > MAX_POINTS {
-                        pts.drain(..pts.len() - MAX_POINTS);
-                    }
-                    self.points = Some(PointTracker::new(patches, dim, grid, (iw, ih), &pts));
-                }
-                Click::Reset => {
-                    self.query = None;
-                    self.points = None;
-                }
-            }
-        }
-        // Tracking.
-        let tp = Instant::now();
-        let mut mask = None;
-        if let Some(m) = &self.o.mask {
-            match &mut self.labels {
-                None => {
-                    if (m.width, m.height) != (iw, ih) {
-                        return Err(Error::InvalidArgument(format!(
-                            "the mask is {}x{} but the frames are {iw}x{ih}",
-                            m.width, m.height
-                        )));
-                    }
-                    self.labels = Some(LabelPropagator::new(
-                        self.o.propagation,
-                        patches,
-                        dim,
-                        grid,
-                        m,
-                        self.o.threads,
-                    )?);
-                    mask = Some(m.clone());
-                }
-                Some(lp) => {
-                    let soft = lp.step(patches)?;
-                    mask = Some(lp.to_mask(&soft, dw, dh));
-                }
-            }
-        }
-        if let Some(pt) = &mut self.points
-            && !new_points
-        {
-            pt.step(patches);
-        }
-        let prop = tp.elapsed().as_secs_f64() * 1e3;
-        if self.o.render {
-            let input = resize_rgb(&frame.image, dw, dh);
-            let basis = match &self.basis {
-                Some(b) => b,
-                None => self.basis.insert(PcaBasis::fit(patches, dim)?),
-            };
-            let pca = resize_rgb(&basis.render(patches, grid), dw, dh);
-            let mut view = input.clone();
-            if let Some(q) = &self.query {
-                let sims: Vec<f32> = normalized(patches, dim)
-                    .chunks_exact(dim)
-                    .map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum())
-                    .collect();
-                view = blend(&view, &render_map(&sims, grid, 0.0, 1.0, dw, dh), 0.6);
-            }
-            if let Some(m) = &mask {
-                let m = if (m.width, m.height) == (dw, dh) {
-                    m.clone()
-                } else {
-                    resize_mask(m, dw, dh)
-                };
-                let pal = palette();
-                let tint = RgbImage {
-                    width: dw,
-                    height: dh,
-                    data: m.labels.iter().flat_map(|&l| pal[l as usize]).collect(),
-                };
-                let alpha_img = blend(&view, &tint, 0.5);
-                view.data
-                    .iter_mut()
-                    .zip(&alpha_img.data)
-                    .zip(m.labels.iter().flat_map(|&l| [l; 3]))
-                    .for_each(|((v, a), l)| {
-                        if l != 0 {
-                            *v = *a;
-                        }
-                    });
-            }
-            if let Some(pt) = &self.points {
-                let markers: Vec<Marker> = pt
-                    .pixels((dw, dh))
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, (x, y, lost))| Marker {
-                        x: x as i32,
-                        y: y as i32,
-                        color: if lost {
-                            [128, 128, 128]
-                        } else {
-                            colormap((k as f32 * 0.27) % 1.0)
-                        },
-                        lost,
-                    })
-                    .collect();
-                draw_markers(&mut view, &markers);
-            }
-            let q = self.o.jpeg_quality;
-            shared.publish_frame(jpeg(&input, q), jpeg(&pca, q), jpeg(&view, q));
-        }
-        let post = t.elapsed().as_secs_f64() * 1e3;
-        Ok([pre, fwd, prop, post])
-    }
-
-    /// Runs on the newest frames of `source` until it ends, `max_frames`, or `shared.stop`.
-    pub fn run(
-        &mut self,
-        source: &LatestFrame,
-        source_name: &str,
-        shared: &LiveShared,
-    ) -> Result<LiveStats> {
-        // A source being reopened (an RTSP camera rebooting) keeps the run going: /stats
-        // shows its error until it is back.
-        let next = || {
-            let mut deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if shared.stop.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                match source.take(Duration::from_secs(1)) {
-                    Err(_) if source.retrying() => {
-                        // A reopened source gets the full wait again.
-                        deadline = Instant::now() + Duration::from_secs(30);
-                        let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-                        s.status = source.status();
-                        s.reconnects = source.reconnects();
-                    }
-                    Err(_) if !source.ended() && Instant::now() < deadline => {}
-                    Err(_) if !source.ended() => {
-                        return Err(crate::Error::Source {
-                            name: source_name.to_string(),
-                            reason: "no frame for 30 s".into(),
-                        });
-                    }
-                    r => return r,
-                }
-            }
-        };
-        self.run_with(
-            next,
-            || (source.dropped(), source.reconnects(), source.status()),
-            source_name,
-            shared,
-        )
-    }
-
-    /// Runs on every frame of `source`, in order (benchmarks).
-    pub fn run_all(
-        &mut self,
-        source: &mut dyn crate::frames::FrameSource,
-        shared: &LiveShared,
-    ) -> Result<LiveStats> {
-        let name = source.describe();
-        self.run_with(|| source.next_frame(), || (0, 0, None), &name, shared)
-    }
-
-    fn run_with(
-        &mut self,
-        mut next: impl FnMut() -> Result<Option<Frame>>,
-        status: impl Fn() -> (u64, u64, Option<String>),
-        source_name: &str,
-        shared: &LiveShared,
-    ) -> Result<LiveStats> {
-        // The stream ends with this call on every path, errors included.
-        struct EndOnDrop<'a>(&'a LiveShared);
-        impl Drop for EndOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.end();
-            }
-        }
-        let ending = EndOnDrop(shared);
-        let backend = {
-            let b = self.emb.backend();
-            format!("{} {} ({})", b.kind, b.precision, b.device)
-        };
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        loop {
-            if shared.stop.load(Ordering::Relaxed) || self.o.max_frames.is_some_and(|m| n >= m) {
-                break;
-            }
-            let frame = match next()? {
-                Some(f) => f,
-                None => break,
-            };
-            let t = Instant::now();
-            let [pre, fwd, prop, post] = self.process(&frame, shared)?;
-            let total = t.elapsed().as_secs_f64() * 1e3 + frame.capture_ms as f64;
-            n += 1;
-            self.recent
-                .push_back([frame.capture_ms as f64, pre, fwd, prop, post]);
-            self.times.push_back(Instant::now());
-            while self.recent.len() > 60 {
-                self.recent.pop_front();
-            }
-            while self.times.len() > 30 {
-                self.times.pop_front();
-            }
-            let med = |k: usize| {
-                let mut v: Vec<f64> = self.recent.iter().map(|r| r[k]).collect();
-                v.sort_by(|a, b| a.total_cmp(b));
-                v[v.len() / 2]
-            };
-            let fps = if self.times.len() > 1 {
-                (self.times.len() - 1) as f64
-                    / self
-                        .times
-                        .back()
-                        .expect("len")
-                        .duration_since(self.times[0])
-                        .as_secs_f64()
-                        .max(1e-9)
-            } else {
-                0.0
-            };
-            let (pts, lost) = self
-                .points
-                .as_ref()
-                .map(|p| (p.points.len(), p.points.iter().filter(|q| q.lost).count()))
-                .unwrap_or((0, 0));
-            let (dropped, reconnects, source_status) = status();
-            let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-            *s = LiveStats {
-                frames: n,
-                fps,
-                dropped,
-                reconnects,
-                stage_ms: StageMs {
-                    capture: med(0),
-                    preprocess: med(1),
-                    forward: med(2),
-                    propagate: med(3),
-                    post: med(4),
-                    total,
-                },
-                grid: self.grid,
-                source: source_name.to_string(),
-                backend: backend.clone(),
-                mode: self.mode(),
-                points: pts,
-                points_lost: lost,
-                status: source_status,
-                ended: false,
-            };
-        }
-        {
-            let mut s = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-            if n > 0 {
-                s.fps = n as f64 / t0.elapsed().as_secs_f64();
-            }
-        }
-        drop(ending);
-        Ok(shared.stats())
-    }
-}
-
-fn resize_mask(m: &Mask, w: usize, h: usize) -> Mask {
-    let labels = (0..w * h)
-        .map(|i| m.labels[((i / w) * m.height / h) * m.width + (i % w) * m.width / w])
-        .collect();
-    Mask {
-        width: w,
-        height: h,
-        labels,
+    #[test]
+    fn publishing_some_views_keeps_the_others() {
+        let shared = LiveShared::new();
+        shared.publish_frame(vec![1], vec![2], vec![3]);
+        shared.publish([None, Some(vec![20]), None]);
+        let v = shared.views();
+        assert_eq!(v.version, 2);
+        assert_eq!((v.input[0], v.pca[0], v.view[0]), (1, 20, 3));
+        // Nothing drawn: no new version, no wake-up.
+        shared.publish([None, None, None]);
+        assert_eq!(shared.views().version, 2);
     }
 }

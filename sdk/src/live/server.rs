@@ -38,7 +38,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Click, LiveShared};
+use super::{Click, LiveShared, View, Watching};
 use crate::error::{Error, Result};
 
 const PAGE: &str = include_str!("live.html");
@@ -412,6 +412,9 @@ async fn frame(State(app): State<Arc<App>>, Path(file): Path<String>) -> Respons
     let Some(which) = view_name(&file, ".jpg") else {
         return (StatusCode::NOT_FOUND, "unknown view").into_response();
     };
+    if let Some(v) = View::from_name(which) {
+        app.shared.polled(v);
+    }
     let views = app.shared.views();
     let data = views.get(which).cloned().unwrap_or_default();
     if data.is_empty() {
@@ -482,12 +485,11 @@ async fn stream(State(app): State<Arc<App>>, Path(file): Path<String>) -> Respon
         which: &'static str,
         done: bool,
         _permit: tokio::sync::OwnedSemaphorePermit,
+        /// The pipeline draws this view while the stream is open.
+        _watching: Watching,
     }
-    let which: &'static str = match which {
-        "input" => "input",
-        "pca" => "pca",
-        _ => "view",
-    };
+    let view = View::from_name(which).unwrap_or(View::Overlay);
+    let which = view.name();
     let mut rx = app.frames.clone();
     rx.mark_changed();
     let st = St {
@@ -496,6 +498,7 @@ async fn stream(State(app): State<Arc<App>>, Path(file): Path<String>) -> Respon
         which,
         done: false,
         _permit: permit,
+        _watching: app.shared.watch(view),
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {

@@ -39,11 +39,14 @@ struct Shared {
     done: Condvar,
     done_lock: Mutex<()>,
     shutdown: AtomicBool,
+    /// Spins before sleeping (see [`SPIN`]).
+    spin: usize,
     /// The first task panic since the last [`Pool::take_panic`].
     panic: Mutex<Option<String>>,
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The text of a caught panic (for errors that report one).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -60,7 +63,7 @@ impl Shared {
     fn wait_workers(&self) {
         let mut spins = 0;
         while self.busy.load(Ordering::Acquire) != 0 {
-            if spins < SPIN {
+            if spins < self.spin {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
@@ -99,6 +102,17 @@ const SPIN: usize = 20_000;
 impl Pool {
     /// A pool that runs jobs on `threads` threads in total (the caller included).
     pub fn new(threads: usize) -> std::io::Result<Self> {
+        Self::with_spin(threads, SPIN)
+    }
+
+    /// A pool whose idle workers sleep at once: for work that comes in bursts once per frame
+    /// (label propagation), where a spinning worker would only take CPU time from the
+    /// forward that runs next.
+    pub fn sleeping(threads: usize) -> std::io::Result<Self> {
+        Self::with_spin(threads, 0)
+    }
+
+    fn with_spin(threads: usize, spin: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
@@ -109,6 +123,7 @@ impl Pool {
             done: Condvar::new(),
             done_lock: Mutex::new(()),
             shutdown: AtomicBool::new(false),
+            spin,
             panic: Mutex::new(None),
         });
         let mut workers = Vec::with_capacity(threads - 1);
@@ -211,7 +226,7 @@ fn worker(s: &Shared) {
                 seen = e;
                 break;
             }
-            if spins < SPIN {
+            if spins < s.spin {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
@@ -302,8 +317,14 @@ mod tests {
 
     #[test]
     fn every_task_runs_once() {
-        for threads in [1, 2, 4] {
-            let pool = Pool::new(threads).unwrap();
+        // Spinning and sleeping pools (the sleeping one waits on the condition variables
+        // for every job).
+        for (threads, sleeping) in [(1, false), (2, false), (4, false), (2, true), (3, true)] {
+            let pool = if sleeping {
+                Pool::sleeping(threads).unwrap()
+            } else {
+                Pool::new(threads).unwrap()
+            };
             for n in [0, 1, 3, 100, 1000] {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 pool.run(n, |t| {

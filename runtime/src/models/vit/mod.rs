@@ -10,7 +10,7 @@ pub use config::VitConfig;
 use crate::config::ModelConfig;
 use crate::dispatch::{Backend, Op};
 use crate::error::{Result, RuntimeError};
-use crate::features::{Features, split_tokens};
+use crate::features::{Features, LayerFeatures, split_tokens_into};
 use crate::limits::InputLimits;
 use crate::model::Model;
 use crate::models::Architecture;
@@ -79,15 +79,24 @@ impl Architecture for Vit {
         forward::forward(backend, m, plan)
     }
 
-    fn outputs<B: Backend>(backend: &B, m: &PreparedModel<B>, plan: &Plan<B>) -> Result<Features> {
+    fn outputs_into<B: Backend>(
+        backend: &B,
+        m: &PreparedModel<B>,
+        plan: &Plan<B>,
+        hosts: &mut Vec<Vec<f32>>,
+        out: &mut Features,
+    ) -> Result<()> {
         let d = plan.dims;
         let rows = d.rows() * d.dim;
         let (grid, regs) = ((d.grid_h, d.grid_w), m.config.num_register_tokens);
-        // Every output in one read (one mapped copy on GPU backends).
-        let mut hosts: Vec<Vec<f32>> = (0..1 + plan.captured.len())
-            .map(|_| vec![0.0f32; rows])
-            .collect();
-        {
+        let outputs = 1 + plan.captured.len();
+        hosts.resize_with(outputs, Vec::new);
+        hosts.iter_mut().for_each(|h| h.resize(rows, 0.0));
+        // Every output in one read (one mapped copy on GPU backends); without captured
+        // layers (video), on the stack.
+        if let [h] = hosts.as_mut_slice() {
+            backend.read_many(&mut [(&plan.out, h.as_mut_slice())])?;
+        } else {
             let mut reads: Vec<(&B::Buffer, &mut [f32])> = std::iter::once(&plan.out)
                 .chain(plan.captured.iter())
                 .zip(hosts.iter_mut())
@@ -95,19 +104,21 @@ impl Architecture for Vit {
                 .collect();
             backend.read_many(&mut reads)?;
         }
-        let split = |layer: usize, h: &[f32]| split_tokens(layer, h, d.batch, regs, grid, d.dim);
-        let mut hosts = hosts.into_iter();
-        let last = split(m.config.num_layers - 1, &hosts.next().expect("output"));
-        let intermediate = plan
+        let split = |layer: usize, h: &[f32], o: &mut LayerFeatures| {
+            split_tokens_into(layer, h, d.batch, regs, grid, d.dim, o)
+        };
+        out.grid = grid;
+        split(m.config.num_layers - 1, &hosts[0], &mut out.last);
+        out.intermediate
+            .resize_with(plan.capture.len(), LayerFeatures::empty);
+        for ((&l, h), o) in plan
             .capture
             .iter()
-            .zip(hosts)
-            .map(|(&l, h)| split(l, &h))
-            .collect();
-        Ok(Features {
-            grid,
-            last,
-            intermediate,
-        })
+            .zip(&hosts[1..])
+            .zip(&mut out.intermediate)
+        {
+            split(l, h, o);
+        }
+        Ok(())
     }
 }
