@@ -588,9 +588,10 @@ dinoedge_status dinoedge_session_embed_image(struct dinoedge_session *session,
 
 /**
  * Embeds a library image into `features`, a handle from an earlier embed call that is
- * overwritten in place: once its buffers have grown to the frame size, a call allocates
- * nothing (video). The preprocessing is the session's, fused for frames: values within 1e-5
- * of `dinoedge_session_embed_image`'s model input. On failure `features` stays a valid
+ * overwritten in place (video): the features' buffers and the model input are reused, so
+ * with the dense input mode or a DINOv3 model a call allocates nothing once they have grown
+ * (DINOv2's fixed-size preprocessing still allocates). The preprocessing is the session's,
+ * fused for frames: values within 1e-5 of `dinoedge_session_embed_image`'s model input. On failure `features` stays a valid
  * handle (to destroy, or to embed into again) whose values are unspecified.
  */
 DINOEDGE_MUST_USE
@@ -600,7 +601,8 @@ dinoedge_status dinoedge_session_embed_image_into(struct dinoedge_session *sessi
 
 /**
  * `dinoedge_session_embed_pixels` into an existing `features` handle, as
- * `dinoedge_session_embed_image_into`.
+ * `dinoedge_session_embed_image_into` (the caller's frame is copied once, as by
+ * `dinoedge_session_embed_pixels`).
  */
 DINOEDGE_MUST_USE
 dinoedge_status dinoedge_session_embed_pixels_into(struct dinoedge_session *session,

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use dinoedge_runtime::RuntimeError;
 use dinoedge_runtime::backend::cpu::isa::Isa;
 use dinoedge_runtime::backend::cpu::pool::{Pool, RowsMut};
 use dinoedge_runtime::ops::matmul::fast::gemm::{Strided, gemm};
@@ -86,8 +87,8 @@ pub fn labels_on_grid(mask: &Mask, grid: (usize, usize)) -> (Vec<u8>, SoftLabels
     (ids, soft)
 }
 
-/// Label propagation state over a video. Every buffer is kept between frames: a step
-/// allocates nothing once they have grown.
+/// Label propagation state over a video. The large buffers (features, similarities, soft
+/// labels) are kept between frames; a step allocates only a few small vectors.
 pub struct LabelPropagator {
     cfg: PropagationConfig,
     grid: (usize, usize),
@@ -198,6 +199,14 @@ impl LabelPropagator {
                 vote(sim, &ctx, cfg, grid, t0..t1, out);
             });
         }
+        // A task that panicked (a bug) left its votes unwritten: an error, not a mask.
+        if let Some(reason) = self.pool.take_panic() {
+            return Err(RuntimeError::TaskPanicked {
+                backend: "label propagation".into(),
+                reason,
+            }
+            .into());
+        }
         next.soft.clear();
         next.soft.resize(c * hw, 0.0);
         for (t, v) in self.votes.chunks_exact(c).enumerate() {
@@ -265,14 +274,14 @@ impl LabelPropagator {
             labels: Vec::new(),
         };
         let mut up = Upsampler::default();
-        up.mask_into(soft, &self.ids, self.grid, &mut mask, Some(&self.pool));
+        up.mask_into(soft, &self.ids, self.grid, &mut mask);
         mask
     }
 
     /// [`LabelPropagator::to_mask`] into `mask` (its size is the target), reusing `up`'s
     /// buffers and `mask`'s.
     pub fn mask_into(&self, soft: &[f32], up: &mut Upsampler, mask: &mut Mask) {
-        up.mask_into(soft, &self.ids, self.grid, mask, Some(&self.pool));
+        up.mask_into(soft, &self.ids, self.grid, mask);
     }
 }
 
@@ -364,14 +373,7 @@ pub struct Upsampler {
 }
 
 impl Upsampler {
-    fn mask_into(
-        &mut self,
-        soft: &[f32],
-        ids: &[u8],
-        (gh, gw): (usize, usize),
-        mask: &mut Mask,
-        pool: Option<&Pool>,
-    ) {
+    fn mask_into(&mut self, soft: &[f32], ids: &[u8], (gh, gw): (usize, usize), mask: &mut Mask) {
         let (w, h, c) = (mask.width, mask.height, ids.len());
         let key = (gh, gw, h, w);
         if self.taps.as_ref().is_none_or(|t| t.0 != key) {
@@ -390,25 +392,15 @@ impl Upsampler {
             }
         }
         self.up.resize(c * h * w, 0.0);
-        let rows = &self.rows;
-        let up = RowsMut::new(&mut self.up, w);
-        let height_pass = |y0: usize, y1: usize| {
-            for ch in 0..c {
-                // SAFETY: tasks own disjoint output rows y0..y1 of each plane.
-                let dst = unsafe { up.rows(ch * h + y0, ch * h + y1) };
-                for (y, d) in (y0..y1).zip(dst.chunks_exact_mut(w)) {
-                    let (start, wts) = ty.of(y);
-                    d.iter_mut().for_each(|v| *v = 0.0);
-                    for (j, &wt) in wts.iter().enumerate() {
-                        let r = &rows[(ch * gh + start + j) * w..][..w];
-                        d.iter_mut().zip(r).for_each(|(v, &x)| *v += wt * x);
-                    }
+        for (ch, plane) in self.up.chunks_exact_mut(h * w).enumerate() {
+            for (y, d) in plane.chunks_exact_mut(w).enumerate() {
+                let (start, wts) = ty.of(y);
+                d.iter_mut().for_each(|v| *v = 0.0);
+                for (j, &wt) in wts.iter().enumerate() {
+                    let r = &self.rows[(ch * gh + start + j) * w..][..w];
+                    d.iter_mut().zip(r).for_each(|(v, &x)| *v += wt * x);
                 }
             }
-        };
-        match pool {
-            Some(p) => p.run_rows(h, 8, height_pass),
-            None => height_pass(0, h),
         }
         let n = w * h;
         let mut scale = vec![(0.0f32, 1.0f32); c];

@@ -75,7 +75,8 @@ pub struct LiveArgs {
     /// watched). Without it, --bench draws none; the server draws the watched ones.
     #[arg(long)]
     bench_views: bool,
-    /// Run preprocess + forward and post-processing on their own threads (auto: on).
+    /// Run preprocess + forward and post-processing on their own threads (auto: on for GPU
+    /// backends, off for the CPU backend).
     #[arg(long, value_enum, default_value_t = OverlapArg::Auto)]
     overlap: OverlapArg,
     #[command(flatten)]

@@ -47,7 +47,8 @@ pub struct StageMs {
     pub propagate: f64,
     /// Everything after the forward: propagation, rendering, JPEG encoding.
     pub post: f64,
-    /// Capture to published views of the last frame.
+    /// The last frame's capture, preprocess, forward and post-processing added up (time
+    /// waiting between overlapped stages not included).
     pub total: f64,
 }
 

@@ -534,7 +534,15 @@ fn post_loop(
     shared: &LiveShared,
 ) -> Result<()> {
     for (frame, f, [pre, fwd], status) in jobs {
-        let [prop, post_ms] = post.run(&frame, &f, shared)?;
+        let [prop, post_ms] = match post.run(&frame, &f, shared) {
+            Ok(t) => t,
+            Err(e) => {
+                // The infer stage may be waiting on the source (a reconnecting camera): stop
+                // it now rather than at its next frame.
+                shared.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         meter.push([frame.capture_ms as f64, pre, fwd, prop, post_ms]);
         shared.set_stats(report.stats(meter, post, status));
         let _ = free.send(f);

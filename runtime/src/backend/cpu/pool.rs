@@ -184,9 +184,14 @@ impl Pool {
         };
         s.next.store(0, Ordering::Relaxed);
         s.busy.store(self.threads - 1, Ordering::Relaxed);
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         let waiter = WaitForWorkers(s);
-        s.epoch.fetch_add(1, Ordering::Release);
+        {
+            // The new epoch is published under the lock a sleeping worker checks it under,
+            // so no worker can check the old one and then miss this wake-up.
+            let mut slot = s.job.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(job);
+            s.epoch.fetch_add(1, Ordering::Release);
+        }
         s.wake.notify_all();
         run_tasks(s, job);
         drop(waiter);
@@ -250,7 +255,10 @@ fn worker(s: &Shared) {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.shutdown.store(true, Ordering::Release);
+        }
         self.shared.wake.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
