@@ -370,10 +370,7 @@ pub extern "C" fn dinoedge_session_create(
                         dinoedge_session {
                             emb,
                             backend,
-                            pixels: Tensor {
-                                shape: vec![0],
-                                data: Vec::new(),
-                            },
+                            pixels: Tensor::empty(),
                         },
                     );
                 }

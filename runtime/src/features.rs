@@ -41,15 +41,11 @@ pub struct FeatureShapes {
 impl LayerFeatures {
     /// No values yet: a buffer for [`split_tokens_into`].
     pub fn empty() -> Self {
-        let t = || Tensor {
-            shape: vec![0],
-            data: Vec::new(),
-        };
         LayerFeatures {
             layer: 0,
-            cls: t(),
-            registers: t(),
-            patches: t(),
+            cls: Tensor::empty(),
+            registers: Tensor::empty(),
+            patches: Tensor::empty(),
         }
     }
 }

@@ -159,10 +159,7 @@ mod tests {
 
     fn max_diff(pre: Preprocessor, imgs: &[RgbImage]) -> f32 {
         let mut fast = FramePreprocessor::new(pre.clone());
-        let mut out = Tensor {
-            shape: vec![],
-            data: vec![],
-        };
+        let mut out = Tensor::empty();
         let mut worst = 0.0f32;
         for img in imgs {
             let exact = pre.run(img).expect("exact");
@@ -240,10 +237,7 @@ mod tests {
             height: 10,
             data: vec![0; 299],
         };
-        let mut out = Tensor {
-            shape: vec![],
-            data: vec![],
-        };
+        let mut out = Tensor::empty();
         assert!(
             FramePreprocessor::new(pre)
                 .run_into(&img, &mut out)

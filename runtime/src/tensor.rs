@@ -10,6 +10,14 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// No values yet: a buffer for the `_into` calls to fill.
+    pub fn empty() -> Self {
+        Tensor {
+            shape: vec![0],
+            data: Vec::new(),
+        }
+    }
+
     /// Wraps data, checking that it fills the shape.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let n: usize = shape.iter().product();

@@ -110,10 +110,7 @@ fn frames_through_run_into_allocate_nothing_after_warm_up() {
     let imgs: Vec<RgbImage> = (0..4).map(img).collect();
     // No captured layers: the live pipeline's case.
     let opts = RunOptions::default();
-    let mut pixels = Tensor {
-        shape: vec![0],
-        data: Vec::new(),
-    };
+    let mut pixels = Tensor::empty();
     let mut out = Features::empty();
     for im in &imgs[..2] {
         frames.run_into(im, &mut pixels).unwrap();

@@ -283,6 +283,17 @@ impl LabelPropagator {
     pub fn mask_into(&self, soft: &[f32], up: &mut Upsampler, mask: &mut Mask) {
         up.mask_into(soft, &self.ids, self.grid, mask);
     }
+
+    /// The mask of the last step's soft labels (the first frame's before any step), as
+    /// [`LabelPropagator::mask_into`] without copying them out of the propagator.
+    pub fn last_mask_into(&self, up: &mut Upsampler, mask: &mut Mask) {
+        let last = match self.recent.back() {
+            _ if self.cfg.n_last == 0 && !self.spare.soft.is_empty() => &self.spare.soft,
+            Some(c) => &c.soft,
+            None => &self.first.soft,
+        };
+        up.mask_into(last, &self.ids, self.grid, mask);
+    }
 }
 
 /// The top-k vote of targets `ts` (rows of `out`, `C` values each): each target's `topk`
@@ -640,7 +651,12 @@ mod tests {
     fn banded_affinities_vote_as_the_full_matrix_does() {
         // A grid far taller than the neighbourhood (bands of 256 / 3 = 85 rows: two), a
         // short one (one band), and no neighbourhood at all.
-        for (grid, hood) in [((110, 3), Some(4)), ((6, 5), Some(1)), ((9, 4), None)] {
+        for (grid, hood, n_last) in [
+            ((110, 3), Some(4), 2),
+            ((6, 5), Some(1), 2),
+            ((9, 4), None, 2),
+            ((9, 4), Some(2), 0),
+        ] {
             let (dim, hw) = (8, grid.0 * grid.1);
             let mut seed = 7u32;
             let mut frame = || -> Vec<f32> {
@@ -660,7 +676,7 @@ mod tests {
             };
             let cfg = PropagationConfig {
                 topk: 5,
-                n_last: 2,
+                n_last,
                 neighborhood: hood,
                 temperature: 0.1,
             };
@@ -678,6 +694,14 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 assert!(worst < 1e-4, "{grid:?} {hood:?}: {worst}");
+                // The last step's mask, read in place, is the mask of what the step returned.
+                let mut m = Mask {
+                    width: 13,
+                    height: 29,
+                    labels: Vec::new(),
+                };
+                lp.last_mask_into(&mut Upsampler::default(), &mut m);
+                assert_eq!(m, lp.to_mask(&got, 13, 29));
                 ctx.push((fnorm, got));
                 if ctx.len() > 1 + cfg.n_last {
                     ctx.remove(1);

@@ -31,10 +31,7 @@ fn check(name: &str, resize: Resize) {
     let got = pre.run(&img).unwrap();
     compare_to_hf(name, &got, 1e-5);
     let mut frames = FramePreprocessor::new(pre);
-    let mut fused = Tensor {
-        shape: vec![0],
-        data: Vec::new(),
-    };
+    let mut fused = Tensor::empty();
     frames.run_into(&img, &mut fused).unwrap();
     compare_to_hf(name, &fused, 2e-5);
 }
@@ -107,13 +104,7 @@ fn frames_give_the_features_of_the_exact_path() {
     )
     .unwrap();
     let exact = emb.embed(&img).unwrap();
-    let (mut px, mut f) = (
-        Tensor {
-            shape: vec![0],
-            data: Vec::new(),
-        },
-        Features::empty(),
-    );
+    let (mut px, mut f) = (Tensor::empty(), Features::empty());
     for _ in 0..2 {
         emb.preprocess_frame_into(&img, &mut px).unwrap();
         emb.embed_pixels_into(&px, &mut f).unwrap();

@@ -166,9 +166,9 @@ pub fn track(a: TrackArgs) -> Result<()> {
         let f = emb.embed_pixels(&px)?;
         t_fwd.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        let soft = lp.advance(&f.last.patches.data)?.to_vec();
+        lp.advance(&f.last.patches.data)?;
         (m.width, m.height) = (frame.image.width, frame.image.height);
-        lp.mask_into(&soft, &mut up, &mut m);
+        lp.last_mask_into(&mut up, &mut m);
         t_prop.push(t.elapsed().as_secs_f64() * 1e3);
         write_mask(&staged.path().join(format!("{}.png", frame.name)), &m)?;
         count += 1;

@@ -236,12 +236,10 @@ impl Post {
                 }
             }
             Some(lp) => {
-                let soft = lp.advance(patches)?;
+                lp.advance(patches)?;
                 if show {
                     (self.shown.width, self.shown.height) = (dw, dh);
-                    // `advance` borrows the propagator; the mask needs it again.
-                    let soft = soft.to_vec();
-                    lp.mask_into(&soft, &mut self.upsampler, &mut self.shown);
+                    lp.last_mask_into(&mut self.upsampler, &mut self.shown);
                 }
             }
         }
@@ -314,10 +312,7 @@ impl Pipeline {
         Pipeline {
             infer: Infer {
                 emb,
-                pixels: Tensor {
-                    shape: vec![0],
-                    data: Vec::new(),
-                },
+                pixels: Tensor::empty(),
             },
             post: Post {
                 display_width: o.display_width,
