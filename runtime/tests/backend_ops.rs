@@ -435,7 +435,12 @@ fn cpu_every_isa_and_precision() {
     use dinoedge_runtime::backend::cpu::isa::Isa;
     use dinoedge_runtime::dispatch::cpu::CpuBackend;
     for isa in Isa::all_supported() {
-        for p in [Precision::F32, Precision::F16, Precision::Int8] {
+        for p in [
+            Precision::F32,
+            Precision::F16,
+            Precision::BF16,
+            Precision::Int8,
+        ] {
             let be = CpuBackend::with_isa(Some(2), p, isa).unwrap();
             suite(&format!("cpu/{isa} {p}"), &be, p);
         }

@@ -4,8 +4,10 @@
 //! multiples of the tile, one row, batch > 1.
 //!
 //! Tolerances: f32 1e-5 relative to the output scale (different summation order only);
-//! f16 weights the same against a reference on f16-rounded weights; int8 exactly equal to an
-//! integer reference with the same quantisation.
+//! f16 weights the same against a reference on f16-rounded weights; bf16 the same against a
+//! reference on bf16-rounded weights (and activations, on the families with bf16 dot
+//! products: AMX tiles, `vdpbf16ps`); int8 exactly equal to an integer reference with the
+//! same quantisation (AMX-INT8 included).
 
 use dinoedge_runtime::backend::cpu::isa::Isa;
 use dinoedge_runtime::backend::cpu::pool::Pool;
@@ -53,7 +55,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn f32_and_f16_matmul_match_the_reference_on_every_isa_and_epilogue() {
+fn f32_f16_and_bf16_matmul_match_the_reference_on_every_isa_and_epilogue() {
     let pool = Pool::new(3).unwrap();
     let mut rng = Rng(0x1234_5678_9abc);
     for isa in Isa::all_supported() {
@@ -64,24 +66,50 @@ fn f32_and_f16_matmul_match_the_reference_on_every_isa_and_epilogue() {
             let gamma = rng.vec(o, 1.0);
             let resid = rng.vec(r * o, 1.0);
             let w16: Vec<f32> = w.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+            let brain = |x: &[f32]| -> Vec<f32> {
+                x.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            let wb = brain(&w);
+            // Families with bf16 dot products round the activations to bf16 too.
+            let inp_b = if isa.bf16_dot() {
+                brain(&inp)
+            } else {
+                inp.clone()
+            };
             for (epi_name, epi) in [
                 ("store", Epi::Store),
                 ("gelu", Epi::Act(Activation::Gelu)),
                 ("silu", Epi::Act(Activation::Silu)),
                 ("residual", Epi::Residual(&gamma)),
             ] {
-                for (prec, packed, wref) in [
-                    ("f32", PackedLinear::f32(isa, &w, Some(b.clone()), o, k), &w),
+                for (prec, packed, wref, iref) in [
+                    (
+                        "f32",
+                        PackedLinear::f32(isa, &w, Some(b.clone()), o, k),
+                        &w,
+                        &inp,
+                    ),
                     (
                         "f16",
                         PackedLinear::f16(isa, &w, Some(b.clone()), o, k),
                         &w16,
+                        &inp,
+                    ),
+                    (
+                        "bf16",
+                        PackedLinear::bf16(isa, &w, Some(b.clone()), o, k),
+                        &wb,
+                        &inp_b,
                     ),
                 ] {
                     let mut want = resid.clone();
-                    reference(&inp, wref, &b, k, o, epi, &mut want);
+                    reference(iref, wref, &b, k, o, epi, &mut want);
                     let mut got = resid.clone();
-                    matmul_forward(&pool, &mut got, &inp, &packed, r, epi, &mut []);
+                    // Stale scratch must not leak into the result (K padding is zeroed).
+                    let mut scratch = vec![0xffu8; packed.scratch_bytes(r)];
+                    matmul_forward(&pool, &mut got, &inp, &packed, r, epi, &mut scratch);
                     let e = max_rel(&got, &want);
                     assert!(
                         e < 1e-5,
@@ -222,5 +250,58 @@ fn fast_attention_matches_the_reference() {
             let e = max_rel(&got, &want);
             assert!(e < 1e-5, "{isa} attention {d:?}: rel err {e:e}");
         }
+    }
+}
+
+/// bf16 attention on the AMX tiles (where this CPU has them) against the f32 reference on
+/// bf16-rounded q, k, v: what is left is the rounding of the probabilities to bf16 (8 bits)
+/// before `P V`, so 1e-2 of the output scale. Token counts cross the 32-query block and the
+/// 256-key block; head dims 32, 64 and 128; batch 2.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bf16_attention_on_the_tiles_matches_the_reference() {
+    use dinoedge_runtime::ops::attention::amx;
+    if !Isa::all_supported().contains(&Isa::Amx) {
+        eprintln!("SKIPPED: this CPU has no AMX tiles (or the OS refused them)");
+        return;
+    }
+    let pool = Pool::new(3).unwrap();
+    let mut rng = Rng(4242);
+    // (batch, grid_h, grid_w, prefix, dim, heads)
+    let cases = [
+        (1, 1, 1, 1, 64, 2),
+        (2, 5, 7, 5, 128, 2),
+        (1, 16, 16, 1, 384, 6),
+        (1, 20, 23, 5, 256, 2),
+        (2, 3, 4, 1, 128, 4),
+    ];
+    let brain = |x: &[f32]| -> Vec<f32> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
+    };
+    for (batch, gh, gw, prefix, dim, heads) in cases {
+        let d = Dims {
+            batch,
+            channels: 3,
+            height: gh,
+            width: gw,
+            patch: 1,
+            grid_h: gh,
+            grid_w: gw,
+            prefix,
+            dim,
+            heads,
+            hidden: dim,
+        };
+        assert!(amx::supported(&d));
+        let qkv = rng.vec(d.rows() * 3 * dim, 2.0);
+        let want = attention_reference(&brain(&qkv), &d);
+        let mut scratch = vec![f32::NAN; amx::scratch_len(&d, pool.threads())];
+        let mut got = vec![f32::NAN; d.rows() * dim];
+        amx::attention_forward(&pool, &mut got, &qkv, &d, &mut scratch);
+        let e = max_rel(&got, &want);
+        assert!(e < 1e-2, "amx attention {d:?}: rel err {e:e}");
+        println!("amx attention {d:?}: rel err {e:e}");
     }
 }

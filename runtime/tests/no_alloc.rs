@@ -46,7 +46,12 @@ fn forward_after_warm_up_allocates_nothing() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf");
     for name in ["dinov3_mlp", "dinov3_gated", "dinov2_reg"] {
         let model = Model::load(fixtures.join(name)).unwrap();
-        for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+        for precision in [
+            Precision::F32,
+            Precision::F16,
+            Precision::BF16,
+            Precision::Int8,
+        ] {
             let be = CpuBackend::new(Some(2), precision).unwrap();
             let prepared = PreparedModel::new(&be, &model).unwrap();
             let d = dims(model.config().as_vit().unwrap(), 2, 64, 48);
@@ -126,4 +131,48 @@ fn frames_through_run_into_allocate_nothing_after_warm_up() {
     let n = ALLOCS.load(Ordering::SeqCst);
     assert_eq!(n, 0, "{n} allocations in 2 frames after warm-up");
     assert_eq!(out, session.run(&pixels, &opts).unwrap());
+}
+
+/// The fixtures' head dim (16) stays off the AMX attention; at a ViT's head dim (64) it runs
+/// there, and its per-thread buffers come from the scratch: repeated calls allocate nothing.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn attention_on_the_tiles_allocates_nothing() {
+    use dinoedge_runtime::backend::cpu::isa::Isa;
+    use dinoedge_runtime::backend::cpu::pool::Pool;
+    use dinoedge_runtime::ops::Dims;
+    use dinoedge_runtime::ops::attention::amx;
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Isa::all_supported().contains(&Isa::Amx) {
+        eprintln!("SKIPPED: no AMX tiles on this CPU");
+        return;
+    }
+    let d = Dims {
+        batch: 1,
+        channels: 3,
+        height: 20,
+        width: 20,
+        patch: 1,
+        grid_h: 20,
+        grid_w: 20,
+        prefix: 5,
+        dim: 128,
+        heads: 2,
+        hidden: 128,
+    };
+    let pool = Pool::new(2).unwrap();
+    let qkv: Vec<f32> = (0..d.rows() * 3 * d.dim)
+        .map(|i| ((i * 31) % 17) as f32 / 9.0 - 1.0)
+        .collect();
+    let mut out = vec![0.0; d.rows() * d.dim];
+    let mut scratch = vec![0.0; amx::scratch_len(&d, pool.threads())];
+    amx::attention_forward(&pool, &mut out, &qkv, &d, &mut scratch);
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        amx::attention_forward(&pool, &mut out, &qkv, &d, &mut scratch);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "AMX attention allocated");
+    assert!(out.iter().all(|v| v.is_finite()));
 }

@@ -797,6 +797,25 @@ fn cuda_trainer_checkpoints_resume_on_the_cpu_and_back() {
         );
     }
     eprintln!("losses cpu {want:?}\nbf16 {got:?}");
+
+    // bf16 GEMMs on the CPU trainer (AMX tiles or AVX512_BF16) train close to f32 too; a CPU
+    // without them refuses, naming the way out.
+    let cb = s.root.join("cpu-bf16");
+    let out = run(&s.args(&cb, &["--steps", "6", "--precision", "bf16"]));
+    if out.status.success() {
+        let got = losses(&cb);
+        assert_eq!(got.len(), want.len());
+        for ((step, a), (_, b)) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() < 2e-2 * b.abs(),
+                "cpu bf16 step {step}: {a} vs cpu f32 {b}"
+            );
+        }
+        eprintln!("cpu bf16 {got:?}");
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--precision f32"), "{err}");
+    }
 }
 
 /// `--nproc 2`: two processes with half of every batch each, gradients summed over TCP,

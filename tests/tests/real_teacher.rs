@@ -41,6 +41,8 @@ fn imported_teacher_matches_onnx_runtime_on_real_photos() {
         (BackendKind::CpuReference, Precision::F32, 2e-3, 0.99999),
         (BackendKind::Cpu, Precision::F32, 2e-3, 0.99999),
         (BackendKind::Cpu, Precision::F16, f32::INFINITY, 0.999),
+        // bf16 on this CPU's best family (AMX tiles, `vdpbf16ps`, or bf16 weights).
+        (BackendKind::Cpu, Precision::BF16, f32::INFINITY, 0.999),
         (BackendKind::Cpu, Precision::Int8, f32::INFINITY, 0.99),
     ];
     let mut runs = runs.to_vec();

@@ -19,6 +19,7 @@ pub use options::*;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +27,7 @@ use dinoedge_runtime::{Model, SessionOptions, VitConfig};
 
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self};
-use crate::cuda::Device;
+use crate::cuda::{Device, Elem};
 use crate::data::{Dataset, Sampler};
 use crate::error::{DistillError, Result};
 use crate::loader::{Key, Loader, LoaderSpec, RenderSpec};
@@ -211,10 +212,11 @@ pub fn train_many(
         )?),
         None => None,
     };
-    let ctx = Ctx::new(o.threads)?;
+    // The CPU context only where the students train on the CPU: a GPU run's bf16 does
+    // not depend on this host's CPU.
     let backend = match &device {
-        None => On::Cpu(ctx.clone()),
-        Some(d) => On::Device(d.clone(), o.gemm),
+        None => On::Cpu(cpu_context(o.threads, o.gemm)?),
+        Some(d) => On::Device(d.clone(), o.gemm.unwrap_or(Elem::BF16)),
     };
     let mut runs = Vec::new();
     for (spec, cfg) in students.iter().zip(configs) {
@@ -475,6 +477,19 @@ pub fn train_many(
         });
     }
     Ok(reports)
+}
+
+/// The CPU trainer's context: f32 GEMMs unless bf16 was asked for.
+pub(crate) fn cpu_context(threads: Option<usize>, gemm: Option<Elem>) -> Result<Rc<Ctx>> {
+    Ok(match gemm {
+        Some(Elem::BF16) => Ctx::bf16(threads)?,
+        Some(Elem::F16) => {
+            return Err(DistillError::Config(
+                "f16 GEMMs: the trainers take bf16 or f32".into(),
+            ));
+        }
+        _ => Ctx::new(threads)?,
+    })
 }
 
 /// The device students train on (`None`: the CPU), shared by every student of the run.

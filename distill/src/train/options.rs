@@ -86,9 +86,9 @@ pub struct TrainOptions {
     /// Where the students train: the CPU (default), or a GPU through the CUDA trainer
     /// ([`crate::cuda`]). Checkpoints are the same either way, so a run resumes on the other.
     pub device: TrainDevice,
-    /// GEMM inputs of a device trainer: bf16 (default; f32 master weights and accumulation)
-    /// or f32.
-    pub gemm: Elem,
+    /// GEMM inputs: bf16 (f32 master weights and accumulation) or f32. `None`: bf16 on a
+    /// GPU, f32 on the CPU (bit-reproducible; bf16 there needs AMX or AVX512_BF16).
+    pub gemm: Option<Elem>,
     /// The GPU of this process, for the students and a CUDA teacher (default: its local
     /// rank in a data-parallel run, else 0).
     pub gpu: Option<usize>,
@@ -140,7 +140,7 @@ impl TrainOptions {
             stop_after: None,
             recompute: false,
             device: TrainDevice::Cpu,
-            gemm: Elem::BF16,
+            gemm: None,
             gpu: None,
         }
     }

@@ -214,9 +214,11 @@ struct TrainArgs {
     /// CUDA trainer's kernels on the CPU: for tests, tiny students only.)
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-emulated"])]
     backend: String,
-    /// GEMM inputs of the CUDA trainer: bf16 (f32 master weights and accumulation) or f32.
-    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
-    precision: String,
+    /// GEMM inputs: bf16 (f32 master weights and accumulation) or f32. Default: bf16 on
+    /// cuda, f32 on the CPU (bit-reproducible); bf16 on the CPU runs the linears on the AMX
+    /// tiles or AVX512_BF16 and is refused on CPUs without them.
+    #[arg(long, value_parser = ["bf16", "f32"])]
+    precision: Option<String>,
     /// Data parallel: N processes, each with --batch / N images of every batch and (with
     /// --backend cuda) its own GPU, gradients summed with NCCL (TCP on the CPU). Cluster
     /// launchers set DINOEDGE_RANK, DINOEDGE_WORLD_SIZE and DINOEDGE_RENDEZVOUS instead.
@@ -231,9 +233,9 @@ struct BenchStepArgs {
     student: String,
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-emulated"])]
     backend: String,
-    /// GEMM inputs on the GPU: bf16 or f32.
-    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
-    precision: String,
+    /// GEMM inputs: bf16 or f32 (default: bf16 on cuda, f32 on the CPU).
+    #[arg(long, value_parser = ["bf16", "f32"])]
+    precision: Option<String>,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     #[arg(long, default_value_t = 224)]
@@ -264,7 +266,7 @@ fn bench_step(a: BenchStepArgs) -> Result<()> {
     let cfg = dinoedge_distill::student::resolve(&a.student)?;
     let o = BenchOptions {
         device: device_of(&a.backend),
-        gemm: gemm_of(&a.precision),
+        gemm: gemm_of(a.precision.as_deref()),
         batch: a.batch,
         size: a.size,
         teacher_dim: a.teacher_dim,
@@ -322,11 +324,12 @@ fn device_of(backend: &str) -> train::TrainDevice {
     }
 }
 
-fn gemm_of(precision: &str) -> dinoedge_distill::cuda::Elem {
-    match precision {
+/// `None`: the device's default (bf16 on a GPU, f32 on the CPU).
+fn gemm_of(precision: Option<&str>) -> Option<dinoedge_distill::cuda::Elem> {
+    precision.map(|p| match p {
         "f32" => dinoedge_distill::cuda::Elem::F32,
         _ => dinoedge_distill::cuda::Elem::BF16,
-    }
+    })
 }
 
 fn parse_pair(s: &str) -> std::result::Result<[usize; 2], String> {
@@ -451,7 +454,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     o.teacher_backend = s.teacher_backend;
     o.teacher_precision = s.teacher_precision;
     o.device = device_of(&a.backend);
-    o.gemm = gemm_of(&a.precision);
+    o.gemm = gemm_of(a.precision.as_deref());
     o.gpu = s.gpu;
     o.cache = a.cache.clone();
     o.size = s.size;

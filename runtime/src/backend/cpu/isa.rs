@@ -7,6 +7,10 @@ use std::sync::OnceLock;
 /// Kernel families of the fast CPU backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// x86_64 AVX-512 with VNNI and BF16 plus the AMX matrix tiles (AMX-BF16, AMX-INT8),
+    /// the tile state granted by the kernel ([`super::amx::tiles_granted`]). f32 runs the
+    /// AVX-512 kernels; bf16 (and int8 where K allows) run on the tiles.
+    Amx,
     /// x86_64 AVX-512F (f32 and f16 weights), with AVX-512 VNNI + BW for int8 when `vnni`.
     Avx512 { vnni: bool },
     /// x86_64 AVX2 + FMA + F16C, with AVX-VNNI (256-bit) for int8 when `vnni`.
@@ -46,6 +50,9 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c");
             if avx2 && has!("avx512f") {
+                if Self::amx_usable() {
+                    v.push(Isa::Amx);
+                }
                 if has!("avx512vnni") && has!("avx512bw") {
                     v.push(Isa::Avx512 { vnni: true });
                 }
@@ -73,7 +80,9 @@ impl Isa {
     fn detect_best() -> Isa {
         use std::arch::is_x86_feature_detected as has;
         let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-        if avx2 && has!("avx512f") {
+        if avx2 && has!("avx512f") && Self::amx_usable() {
+            Isa::Amx
+        } else if avx2 && has!("avx512f") {
             Isa::Avx512 {
                 vnni: has!("avx512vnni") && has!("avx512bw"),
             }
@@ -83,6 +92,29 @@ impl Isa {
             }
         } else {
             Isa::Scalar
+        }
+    }
+
+    /// AVX-512 (F, BW, VNNI, BF16), AMX-BF16 and AMX-INT8, and the OS lets us use the tiles.
+    #[cfg(target_arch = "x86_64")]
+    fn amx_usable() -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vnni")
+            && has!("avx512bf16")
+            && super::amx::cpu_has_amx()
+            && super::amx::tiles_granted()
+    }
+
+    /// Whether this family has bf16 dot products (AMX tiles or AVX-512 `vdpbf16ps`); the
+    /// others run bf16 weights through f32 arithmetic.
+    pub fn bf16_dot(self) -> bool {
+        match self {
+            Isa::Amx => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 { .. } => std::arch::is_x86_feature_detected!("avx512bf16"),
+            _ => false,
         }
     }
 
@@ -101,6 +133,7 @@ impl Isa {
     /// Short name, as `DINOEDGE_CPU_ISA` takes it.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "avx512-amx",
             Isa::Avx512 { vnni: true } => "avx512-vnni",
             Isa::Avx512 { vnni: false } => "avx512",
             Isa::Avx2 { vnni: true } => "avx2-vnni",
@@ -141,7 +174,7 @@ macro_rules! multiversion {
             unsafe {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 { .. } => avx512($($arg),*),
+                    Isa::Avx512 { .. } | Isa::Amx => avx512($($arg),*),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 { .. } => avx2($($arg),*),
                     #[cfg(target_arch = "aarch64")]

@@ -17,7 +17,7 @@ use crate::ops::attention::{cpu as att_cpu, fast as att_fast};
 use crate::ops::layer_norm::cpu::LayerNormCache;
 use crate::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
 use crate::ops::loss::cpu as loss;
-use crate::ops::matmul::fast::gemm::{Strided, gemm};
+use crate::ops::matmul::fast::gemm::{Kernels, Strided, gemm};
 use crate::ops::matmul::fast::train as mm_train;
 use crate::ops::patch_embed::cpu as pe;
 use crate::ops::residual::cpu::{residual_backward, residual_forward};
@@ -31,11 +31,15 @@ use crate::error::{Result, RuntimeError};
 ///
 /// [`Ctx::new`] runs the fast kernels (SIMD GEMM and attention, vectorised LayerNorm and
 /// activations on the pool); [`Ctx::reference`] runs the readable `cpu.rs` references and the
-/// portable GEMM. Both are checked against PyTorch autograd.
+/// portable GEMM. Both are checked against PyTorch autograd. [`Ctx::bf16`] runs the linears'
+/// GEMMs (forward and backward) in bf16 with f32 accumulation, on the AMX tiles or
+/// `vdpbf16ps`; master weights, optimizer state and every other op stay f32.
 pub struct Ctx {
     pub pool: Pool,
     pub isa: Isa,
     pub reference: bool,
+    /// The linears' GEMMs in bf16.
+    pub bf16: bool,
     pack: RefCell<Vec<f32>>,
     partials: RefCell<Vec<f32>>,
 }
@@ -43,6 +47,32 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(threads: Option<usize>) -> Result<Rc<Self>> {
         Self::with(threads, false)
+    }
+
+    /// The fast kernels with the linears in bf16; an error where this CPU has no bf16 dot
+    /// products (AMX or AVX512_BF16).
+    pub fn bf16(threads: Option<usize>) -> Result<Rc<Self>> {
+        let isa = Isa::detect();
+        if !isa.bf16_dot() {
+            return Err(RuntimeError::BackendUnavailable {
+                backend: "cpu trainer".into(),
+                reason: format!(
+                    "bf16 training needs bf16 dot products (AMX or AVX512_BF16); this CPU runs {isa} kernels: use --precision f32"
+                ),
+            });
+        }
+        let mut ctx = Rc::try_unwrap(Self::with(threads, false)?)
+            .unwrap_or_else(|_| unreachable!("a new context has one owner"));
+        ctx.bf16 = true;
+        Ok(Rc::new(ctx))
+    }
+
+    /// The GEMM kernels of the linears.
+    fn kernels(&self) -> Kernels {
+        Kernels {
+            isa: self.isa,
+            bf16: self.bf16,
+        }
     }
 
     pub fn reference(threads: Option<usize>) -> Result<Rc<Self>> {
@@ -66,6 +96,7 @@ impl Ctx {
             pool,
             isa,
             reference,
+            bf16: false,
             pack: RefCell::new(Vec::new()),
             partials: RefCell::new(Vec::new()),
         }))
@@ -151,7 +182,8 @@ fn or_empty(b: Option<Buf>) -> Buf {
 
 impl TrainBackend for Cpu {
     fn describe(&self) -> String {
-        format!("cpu, {} threads", self.ctx.pool.threads())
+        let gemms = if self.ctx.bf16 { ", bf16 GEMMs" } else { "" };
+        format!("cpu, {} threads{gemms}", self.ctx.pool.threads())
     }
 
     fn upload(&self, dst: Buf, src: &[f32]) -> Result<()> {
@@ -239,7 +271,7 @@ impl TrainBackend for Cpu {
         self.with([out], [inp, w, or_empty(b)], |[o], [x, w, bias]| {
             let bias = b.map(|_| bias);
             let pack = &mut c.pack.borrow_mut();
-            mm_train::matmul_forward_train(&c.pool, c.isa, pack, o, ldo, x, w, bias, rows, k)
+            mm_train::matmul_forward_train(&c.pool, c.kernels(), pack, o, ldo, x, w, bias, rows, k)
         });
         Ok(())
     }
@@ -261,7 +293,20 @@ impl TrainBackend for Cpu {
             let dx = dinp.map(|(_, acc)| (dx, acc));
             let dbias = db.map(|_| dbias);
             let pack = &mut c.pack.borrow_mut();
-            mm_train::matmul_backward(&c.pool, c.isa, pack, dx, dw, dbias, dy, ld, x, w, rows, k)
+            mm_train::matmul_backward(
+                &c.pool,
+                c.kernels(),
+                pack,
+                dx,
+                dw,
+                dbias,
+                dy,
+                ld,
+                x,
+                w,
+                rows,
+                k,
+            )
         });
         Ok(())
     }
@@ -285,6 +330,8 @@ impl TrainBackend for Cpu {
         self.with([c], [a.buf, b.buf], |[c], [x, y]| {
             let (x, y) = (strided(x, a), strided(y, b));
             let pack = &mut ctx.pack.borrow_mut();
+            // f32 even in bf16 runs: these are the objective's products (Gram matrices,
+            // whose difference loses most to rounding), not the linears'.
             gemm(Some(&ctx.pool), ctx.isa, m, n, k, x, y, c, ldc, false, pack)
         });
         Ok(())

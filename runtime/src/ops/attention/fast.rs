@@ -75,7 +75,7 @@ fn pack_head(dst: &mut [f32], qkv: &[f32], d: &Dims, b: usize, h: usize, nr: usi
 
 /// Max over a slice with 16 independent lanes (vectorisable).
 #[inline(always)]
-fn lane_max(x: &[f32]) -> f32 {
+pub(super) fn lane_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 16];
     let body = x.len() / 16 * 16;
     for c in x[..body].chunks_exact(16) {
@@ -92,7 +92,7 @@ fn lane_max(x: &[f32]) -> f32 {
 
 /// Sum over a slice with 16 independent lanes (vectorisable).
 #[inline(always)]
-fn lane_sum(x: &[f32]) -> f32 {
+pub(super) fn lane_sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let body = x.len() / 16 * 16;
     for c in x[..body].chunks_exact(16) {
@@ -275,7 +275,7 @@ pub fn attention_forward(
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 { .. } => {
+            Isa::Avx512 { .. } | Isa::Amx => {
                 type F = mf::Avx512<false>;
                 run::<F>(pool, &job, task_avx512::<F>, pack_avx512::<F>)
             }

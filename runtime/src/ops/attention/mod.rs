@@ -8,6 +8,8 @@
 //! Shapes: qkv (B, N, 3, heads, hd) = (B, N, 3D); out (B, N, D).
 //! No N x N matrix is formed: each query streams over the keys with an online softmax.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod cpu;
 pub mod cuda;
 pub mod fast;

@@ -79,3 +79,56 @@ pub unsafe fn i8_tile<const M: usize>(
         }
     }
 }
+
+/// bf16 tile of `M` rows with AVX512_BF16 (`vdpbf16ps`: a pair of bf16 products added to
+/// each f32 lane). `a` holds bf16 rows (row stride `lda` elements), `b` the packed pairs
+/// `[k2][32][2]`, `c` f32 results (overwritten).
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn bf16_tile<const M: usize>(
+    k2: usize,
+    a: *const u16,
+    lda: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; M];
+        for g in 0..k2 {
+            let bp = b.add(g * 2 * NR);
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const __m512i));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(bp.add(NR) as *const __m512i));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let pair = (a.add(i * lda + g * 2) as *const i32).read_unaligned();
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                r[0] = _mm512_dpbf16_ps(r[0], av, b0);
+                r[1] = _mm512_dpbf16_ps(r[1], av, b1);
+            }
+        }
+        for (i, r) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * ldc), r[0]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), r[1]);
+        }
+    }
+}
+
+/// Rounds `x` to bf16 (nearest, ties to even; `vcvtneps2bf16` flushes denormals to zero, the
+/// scalar tail keeps them) into `dst`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn to_bf16(x: &[f32], dst: &mut [u16]) {
+    let n = x.len().min(dst.len());
+    let body = n / 16 * 16;
+    unsafe {
+        for i in (0..body).step_by(16) {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i)));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+        }
+    }
+    for i in body..n {
+        dst[i] = half::bf16::from_f32(x[i]).to_bits();
+    }
+}

@@ -3,9 +3,23 @@
 //! into NR-wide panels. Output tiles are computed whole (full K) by one task each, so the
 //! result does not depend on how tasks land on threads.
 
-use super::{Family, MR_MAX, NR_MAX, Portable, STRIPS};
+use super::{Family, MR_MAX, NR_MAX, Portable, STRIPS, SendPtr};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::pool::Pool;
+
+/// The kernels a GEMM runs: a family, and whether products are in bf16 (operands rounded
+/// to bf16, f32 accumulation; only on families with [`Isa::bf16_dot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernels {
+    pub isa: Isa,
+    pub bf16: bool,
+}
+
+impl From<Isa> for Kernels {
+    fn from(isa: Isa) -> Self {
+        Kernels { isa, bf16: false }
+    }
+}
 
 /// A strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -38,24 +52,13 @@ impl<'a> Strided<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint tiles.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 struct Job<'a> {
     m: usize,
     n: usize,
     k: usize,
     a: Strided<'a>,
     packed: &'a [f32],
-    c: Out,
+    c: SendPtr<f32>,
     ldc: usize,
     accumulate: bool,
     row_block: usize,
@@ -106,18 +109,11 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                     false,
                 )
             };
-            for i in 0..m {
-                // SAFETY: rows r..r+m, columns col0..col0+ncols belong to this task.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(job.c.get().add((r + i) * job.ldc + col0), ncols)
-                };
-                let src = &tile[i * nr..i * nr + ncols];
-                if job.accumulate {
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                } else {
-                    dst.copy_from_slice(src);
-                }
-            }
+            // SAFETY: rows r..r+m, columns col0..col0+ncols belong to this task.
+            unsafe {
+                let (c, acc) = (job.c.get(), job.accumulate);
+                super::store_tile(c, job.ldc, (r, m), (col0, ncols), &tile, nr, acc)
+            };
             r += m;
         }
     }
@@ -151,7 +147,7 @@ fn family(isa: Isa) -> (usize, usize, TaskFn) {
     use super as mf;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 { .. } => (
+        Isa::Avx512 { .. } | Isa::Amx => (
             mf::avx512::MR,
             mf::avx512::NR,
             task_avx512::<mf::Avx512<false>>,
@@ -166,11 +162,11 @@ fn family(isa: Isa) -> (usize, usize, TaskFn) {
 
 /// `c (m, n; row stride ldc) = a (m, k) · b (k, n)`, or `+=` with `accumulate`.
 /// `pool`: `Some` to spread tiles over it; `None` runs on the calling thread (use that
-/// inside pool tasks). `pack` is reusable scratch for the packed `b`.
+/// inside pool tasks). `pack` is reusable scratch for the packed operands.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     pool: Option<&Pool>,
-    isa: Isa,
+    kernels: impl Into<Kernels>,
     m: usize,
     n: usize,
     k: usize,
@@ -201,6 +197,13 @@ pub fn gemm(
         b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs,
         "gemm: b too small"
     );
+    let Kernels { isa, bf16 } = kernels.into();
+    #[cfg(target_arch = "x86_64")]
+    if bf16 {
+        let (mnk, out) = ((m, n, k), c);
+        return super::gemm_bf16::gemm_bf16(pool, isa, mnk, a, b, out, ldc, accumulate, pack);
+    }
+    assert!(!bf16, "bf16 GEMM on {isa}, which has no bf16 dot products");
     let (mr, nr, f) = family(isa);
     pack_b(pack, b, k, n, nr);
     let panels = n.div_ceil(nr);
@@ -210,7 +213,7 @@ pub fn gemm(
         k,
         a,
         packed: pack,
-        c: Out(c.as_mut_ptr()),
+        c: SendPtr(c.as_mut_ptr()),
         ldc,
         accumulate,
         row_block: mr * STRIPS,
@@ -236,10 +239,27 @@ mod tests {
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
         let pool = Pool::new(2).unwrap();
-        for isa in Isa::all_supported() {
-            for (m, n, k) in [(1, 1, 1), (5, 3, 7), (49, 33, 17), (13, 70, 129)] {
-                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
-                let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+        // f32 on every family; bf16 (operands rounded, f32 sums) where the family has bf16
+        // dot products, against the reference on rounded operands.
+        let brain = |x: f32| half::bf16::from_f32(x).to_f32();
+        let kinds = Isa::all_supported().into_iter().flat_map(|isa| {
+            let bf16 = [false, true]
+                .into_iter()
+                .filter(move |&b| !b || isa.bf16_dot());
+            bf16.map(move |bf16| Kernels { isa, bf16 })
+        });
+        for kernels in kinds.collect::<Vec<_>>() {
+            let isa = kernels;
+            for (m, n, k) in [
+                (1, 1, 1),
+                (5, 3, 7),
+                (49, 33, 17),
+                (13, 70, 129),
+                (70, 65, 64),
+            ] {
+                let round = |x: f32| if kernels.bf16 { brain(x) } else { x };
+                let a: Vec<f32> = (0..m * k).map(|_| round(rnd())).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| round(rnd())).collect();
                 let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     // a stored (m, k) or (k, m); b stored (k, n) or (n, k).
@@ -277,7 +297,7 @@ mod tests {
                                 let got = c[i * n + j] as f64;
                                 assert!(
                                     (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                                    "{isa} ({m},{n},{k}) ta {ta} tb {tb} acc {acc}: {got} vs {want}"
+                                    "{isa:?} ({m},{n},{k}) ta {ta} tb {tb} acc {acc}: {got} vs {want}"
                                 );
                             }
                         }

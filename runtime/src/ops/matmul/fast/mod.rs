@@ -4,6 +4,10 @@
 //!
 //! Layouts (NR = the family's tile width, K = in_features):
 //! - f32 / f16 weights: `[panel][k][NR]`, last panel zero-padded.
+//! - bf16 weights for the bf16 dot products (AMX tiles, AVX-512 `vdpbf16ps`):
+//!   `[panel][k / 2][NR][2]`, K padded to a multiple of 32; activations are rounded to bf16
+//!   rows in scratch first. Families without bf16 dot products keep `[panel][k][NR]` and
+//!   convert to f32 like f16.
 //! - int8 weights: `[panel][k / 4][NR][4]`, K padded to a multiple of 4, per-output-channel
 //!   f32 scales, and per-column sums for the u8-shifted activation format.
 //!
@@ -11,10 +15,14 @@
 //! valid rows and columns of the destination, so edge tiles need no special kernels.
 
 #[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_bf16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod portable;
@@ -28,6 +36,11 @@ use crate::ops::matmul::Epi;
 /// Largest tile any family uses (for stack buffers).
 pub const MR_MAX: usize = 12;
 pub const NR_MAX: usize = 32;
+/// Floats of a task's tile buffer: the f16 path's strips, or one 32 x 32 AMX block.
+const TILE_MAX: usize = {
+    let strips = STRIPS * MR_MAX * NR_MAX;
+    if strips > 1024 { strips } else { 1024 }
+};
 /// Rows of f16 weights converted at a time (into an L1-resident f32 chunk).
 const F16_CHUNK: usize = 64;
 /// MR-row strips per task (the row block is STRIPS x MR rows).
@@ -47,7 +60,7 @@ pub enum QuantFormat {
 pub fn tile(isa: Isa) -> (usize, usize) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 { .. } => (avx512::MR, avx512::NR),
+        Isa::Avx512 { .. } | Isa::Amx => (avx512::MR, avx512::NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 { .. } => (avx2::MR, avx2::NR),
         #[cfg(target_arch = "aarch64")]
@@ -59,7 +72,7 @@ pub fn tile(isa: Isa) -> (usize, usize) {
 /// The activation format the family's int8 kernel takes.
 pub fn quant_format(isa: Isa) -> QuantFormat {
     match isa {
-        Isa::Avx512 { vnni: true } | Isa::Avx2 { vnni: true } => QuantFormat::U8Shifted,
+        Isa::Amx | Isa::Avx512 { vnni: true } | Isa::Avx2 { vnni: true } => QuantFormat::U8Shifted,
         _ => QuantFormat::S8,
     }
 }
@@ -69,6 +82,12 @@ pub enum PackedWeights {
     F32(Vec<f32>),
     /// IEEE half bits, converted to f32 in the kernel's inner chunks.
     F16(Vec<u16>),
+    /// bf16 bits: in the dot layout when `dot` (bf16 activations, f32 accumulation), else
+    /// converted to f32 like `F16`.
+    Bf16 {
+        data: Vec<u16>,
+        dot: bool,
+    },
     I8 {
         data: Vec<i8>,
         /// Per output channel: `w ~ q * scale`.
@@ -94,6 +113,21 @@ pub struct PackedLinear {
 
 fn panels(out: usize, nr: usize) -> usize {
     out.div_ceil(nr)
+}
+
+/// K of a bf16 dot-layout panel: a multiple of the AMX tile step.
+pub fn bf16_k_pad(k: usize) -> usize {
+    k.div_ceil(BF16_K_STEP) * BF16_K_STEP
+}
+const BF16_K_STEP: usize = 32;
+/// Rows the bf16 / int8 activation scratch is padded to (the AMX block reads 32 rows).
+const ROW_PAD: usize = 32;
+
+/// Whether an int8 layer runs on the AMX tiles (K a whole number of 64-byte tile rows).
+fn int8_on_tiles(w: &PackedLinear) -> bool {
+    w.isa == Isa::Amx
+        && w.in_features.is_multiple_of(64)
+        && matches!(w.weights, PackedWeights::I8 { .. })
 }
 
 /// Round to nearest, ties to even, for |x| <= 2^22: adding and subtracting 1.5 * 2^23 leaves
@@ -169,6 +203,35 @@ impl PackedLinear {
         Self::empty(isa, out, k, bias, PackedWeights::F16(data))
     }
 
+    /// bf16 weights: on families with bf16 dot products ([`Isa::bf16_dot`]) activations are
+    /// rounded to bf16 too, with f32 accumulation; elsewhere bf16 weights, f32 arithmetic.
+    pub fn bf16(isa: Isa, w: &[f32], bias: Option<Vec<f32>>, out: usize, k: usize) -> Self {
+        let nr = tile(isa).1;
+        let bits = |v: f32| half::bf16::from_f32(v).to_bits();
+        let data = if isa.bf16_dot() {
+            let k_pad = bf16_k_pad(k);
+            let mut data = vec![0u16; panels(out, nr) * k_pad * nr];
+            for (o, row) in w.chunks_exact(k).enumerate() {
+                let (p, j) = (o / nr, o % nr);
+                for (kk, &v) in row.iter().enumerate() {
+                    data[((p * k_pad + kk) / 2 * nr + j) * 2 + kk % 2] = bits(v);
+                }
+            }
+            data
+        } else {
+            let mut data = vec![0u16; panels(out, nr) * k * nr];
+            for (o, row) in w.chunks_exact(k).enumerate() {
+                let (p, j) = (o / nr, o % nr);
+                for (kk, &v) in row.iter().enumerate() {
+                    data[(p * k + kk) * nr + j] = bits(v);
+                }
+            }
+            data
+        };
+        let dot = isa.bf16_dot();
+        Self::empty(isa, out, k, bias, PackedWeights::Bf16 { data, dot })
+    }
+
     /// int8 weights `q` (out, k) with per-output-channel scales.
     pub fn int8(
         isa: Isa,
@@ -217,25 +280,68 @@ impl PackedLinear {
         Self::int8(isa, &q, s, bias, out, k, None)
     }
 
-    /// Bytes of scratch an int8 matmul over `rows` rows needs (quantised rows + scales).
+    /// Bytes of scratch a matmul over `rows` rows needs: quantised rows + scales (int8) or
+    /// bf16 rows (bf16 dot products), rows padded for the AMX blocks.
     pub fn scratch_bytes(&self, rows: usize) -> usize {
         match self.weights {
-            PackedWeights::I8 { .. } => rows * self.in_features.div_ceil(4) * 4 + rows * 4 + 64,
+            PackedWeights::I8 { .. } => Self::int8_scratch_bytes(rows, self.in_features),
+            PackedWeights::Bf16 { dot: true, .. } => {
+                Self::bf16_scratch_bytes(rows, self.in_features)
+            }
             _ => 0,
         }
     }
+
+    /// Scratch bytes of an int8 matmul over `rows` rows of `k` inputs.
+    pub fn int8_scratch_bytes(rows: usize, k: usize) -> usize {
+        rows.div_ceil(ROW_PAD) * ROW_PAD * k.div_ceil(4) * 4 + rows * 4 + 64
+    }
+
+    /// Scratch bytes of a bf16 dot-product matmul over `rows` rows of `k` inputs.
+    pub fn bf16_scratch_bytes(rows: usize, k: usize) -> usize {
+        rows.div_ceil(ROW_PAD) * ROW_PAD * bf16_k_pad(k) * 2 + 64
+    }
 }
 
+/// A raw pointer pool tasks share, each writing its own disjoint part.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tasks write disjoint tiles of the destination.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: tasks write disjoint regions (each user's contract).
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// Through a method, so closures capture the `Sync` wrapper, not the raw field.
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
+    }
+}
+
+/// Writes (or adds, with `accumulate`) rows `0..m`, columns `0..ncols` of an f32 tile of row
+/// stride `nr` to `c` at row `r`, column `col0` (row stride `ldc`).
+///
+/// # Safety
+/// That part of `c` is in bounds and written by the calling task alone.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn store_tile(
+    c: *mut f32,
+    ldc: usize,
+    (r, m): (usize, usize),
+    (col0, ncols): (usize, usize),
+    tile: &[f32],
+    nr: usize,
+    accumulate: bool,
+) {
+    for i in 0..m {
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add((r + i) * ldc + col0), ncols) };
+        let src = &tile[i * nr..i * nr + ncols];
+        if accumulate {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
     }
 }
 
@@ -249,6 +355,10 @@ struct Job<'a> {
     /// int8: quantised activations (rows x k_pad bytes) and per-row scales.
     qa: &'a [u8],
     qscale: &'a [f32],
+    /// bf16 dot products: activations as bf16 rows of `bf16_k_pad(k)`.
+    a16: &'a [u16],
+    /// On the AMX tiles (rows in blocks of [`ROW_PAD`]).
+    tiled: bool,
     row_block: usize,
     panel_group: usize,
 }
@@ -288,6 +398,20 @@ pub(crate) trait Family {
         c: *mut i32,
         ldc: usize,
     );
+    /// bf16 dot-product tile of `m <= MR` rows (bf16 rows of stride `lda` elements, packed
+    /// pairs), overwriting `c`. Only families with [`Isa::bf16_dot`] get dot-layout
+    /// weights, so the others never reach this.
+    unsafe fn bf16(
+        _m: usize,
+        _k2: usize,
+        _a: *const u16,
+        _lda: usize,
+        _b: *const u16,
+        _c: *mut f32,
+        _ldc: usize,
+    ) {
+        unreachable!("bf16 dot-layout weights on a family without bf16 dot products")
+    }
 }
 
 /// Dispatches a runtime row count `$m` (one of the listed literals) to a const-generic kernel.
@@ -344,6 +468,20 @@ impl<const VNNI: bool> Family for Avx512<VNNI> {
             } else {
                 avx2::i8_rows_sign::<32>(m, k4, a, lda, b, c, ldc)
             }
+        }
+    }
+    #[inline(always)]
+    unsafe fn bf16(
+        m: usize,
+        k2: usize,
+        a: *const u16,
+        lda: usize,
+        b: *const u16,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        unsafe {
+            by_rows!(m, |M| avx512::bf16_tile::<M>(k2, a, lda, b, c, ldc), 1 2 3 4 5 6 7 8 9 10 11 12)
         }
     }
 }
@@ -517,6 +655,19 @@ multiversion! {
     }
 }
 
+/// f16 (`brain` false) or bf16 bits to f32.
+#[inline(always)]
+fn half_to_f32(bits: &[u16], brain: bool, dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    if brain {
+        bits.reinterpret_cast::<half::bf16>()
+            .convert_to_f32_slice(dst);
+    } else {
+        bits.reinterpret_cast::<half::f16>()
+            .convert_to_f32_slice(dst);
+    }
+}
+
 /// One task: a block of rows times a group of panels.
 #[inline(always)]
 unsafe fn task<F: Family>(job: &Job, t: usize) {
@@ -528,8 +679,8 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
     let nr = F::NR;
     debug_assert_eq!(nr, w.nr);
     // One f32 tile per MR-row strip of the block (the f16 path fills them all per chunk).
-    let mut tiles = [0.0f32; STRIPS * MR_MAX * NR_MAX];
-    let mut itile = [0i32; MR_MAX * NR_MAX];
+    let mut tiles = [0.0f32; TILE_MAX];
+    let mut itile = [0i32; TILE_MAX];
     let strips: usize = (r1 - r0).div_ceil(F::MR);
     let strip = |s: usize| (r0 + s * F::MR, F::MR.min(r1 - r0 - s * F::MR));
     for p in pg * job.panel_group..((pg + 1) * job.panel_group).min(w.panels) {
@@ -557,17 +708,19 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                     finish(job, r, m, col0, ncols, nr, tile);
                 }
             }
-            PackedWeights::F16(d) => {
+            PackedWeights::F16(d)
+            | PackedWeights::Bf16 {
+                data: d,
+                dot: false,
+            } => {
                 // Convert each chunk of the panel once and run every strip over it.
                 let mut chunk = [0.0f32; F16_CHUNK * NR_MAX];
                 let base = p * k * nr;
+                let brain = matches!(w.weights, PackedWeights::Bf16 { .. });
                 for k0 in (0..k).step_by(F16_CHUNK) {
                     let kc = F16_CHUNK.min(k - k0);
                     let bits = &d[base + k0 * nr..base + (k0 + kc) * nr];
-                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                        half::slice::HalfBitsSliceExt::reinterpret_cast::<half::f16>(bits),
-                        &mut chunk[..kc * nr],
-                    );
+                    half_to_f32(bits, brain, &mut chunk[..kc * nr]);
                     for s in 0..strips {
                         let (r, m) = strip(s);
                         let tile = tiles[s * MR_MAX * NR_MAX..].as_mut_ptr();
@@ -600,6 +753,27 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                     );
                 }
             }
+            PackedWeights::Bf16 { data, dot: true } => {
+                let k_pad = bf16_k_pad(k);
+                let b = data[p * k_pad * nr..].as_ptr();
+                #[cfg(target_arch = "x86_64")]
+                if job.tiled {
+                    for r in (r0..r1).step_by(amx::ROWS) {
+                        let m = amx::ROWS.min(r1 - r);
+                        let a = job.a16[r * k_pad..].as_ptr();
+                        unsafe { amx::bf16_block(k_pad, a, k_pad * 2, b, tiles.as_mut_ptr(), nr) };
+                        finish(job, r, m, col0, ncols, nr, &mut tiles);
+                    }
+                    continue;
+                }
+                for s in 0..strips {
+                    let (r, m) = strip(s);
+                    let a = job.a16[r * k_pad..].as_ptr();
+                    let tile = &mut tiles[..MR_MAX * NR_MAX];
+                    unsafe { F::bf16(m, k_pad / 2, a, k_pad, b, tile.as_mut_ptr(), nr) };
+                    finish(job, r, m, col0, ncols, nr, tile);
+                }
+            }
             PackedWeights::I8 {
                 data,
                 scales,
@@ -612,22 +786,25 @@ unsafe fn task<F: Family>(job: &Job, t: usize) {
                     0
                 };
                 let (sw, cs) = (&scales[col0..col0 + ncols], &colsum[col0..col0 + ncols]);
-                for s in 0..strips {
-                    let (r, m) = strip(s);
+                let b = data[p * k4 * nr * 4..].as_ptr();
+                let tiled = job.tiled;
+                let (step, blocks) = if tiled {
+                    (ROW_PAD, (r1 - r0).div_ceil(ROW_PAD))
+                } else {
+                    (F::MR, strips)
+                };
+                for s in 0..blocks {
+                    let (r, m) = (r0 + s * step, step.min(r1 - r0 - s * step));
                     let qa = job.qa[r * k4 * 4..].as_ptr();
-                    unsafe {
-                        F::i8(
-                            m,
-                            k4,
-                            qa,
-                            k4 * 4,
-                            data.as_ptr().add(p * k4 * nr * 4),
-                            itile.as_mut_ptr(),
-                            nr,
-                        )
-                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if tiled {
+                        unsafe { amx::i8_block(k4 * 4, qa, k4 * 4, b, itile.as_mut_ptr()) };
+                    }
+                    if !tiled {
+                        unsafe { F::i8(m, k4, qa, k4 * 4, b, itile.as_mut_ptr(), nr) };
+                    }
                     // Dequantise: (acc - zp * colsum) * sa * sw.
-                    let tile = &mut tiles[..MR_MAX * NR_MAX];
+                    let tile = &mut tiles[..];
                     for i in 0..m {
                         let sa = job.qscale[r + i];
                         let (src, acc) = (
@@ -689,6 +866,15 @@ unsafe fn task_entry<F: Family>(job: &Job, t: usize) {
     unsafe {
         match job.w.isa {
             #[cfg(target_arch = "x86_64")]
+            Isa::Amx if job.tiled => {
+                // The tiles are configured per task: pool threads carry no tile state
+                // between jobs, so a context switch saves none.
+                let _tiles = amx::Tiles::configure();
+                task_amx::<F>(job, t);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => task_amx::<F>(job, t),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 { .. } => task_avx512::<F>(job, t),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 { vnni: true } => task_avx2_vnni::<F>(job, t),
@@ -707,6 +893,11 @@ unsafe fn task_avx512<F: Family>(job: &Job, t: usize) {
     unsafe { task::<F>(job, t) }
 }
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512bf16,avx2,fma,f16c")]
+unsafe fn task_amx<F: Family>(job: &Job, t: usize) {
+    unsafe { task::<F>(job, t) }
+}
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn task_avx2_vnni<F: Family>(job: &Job, t: usize) {
     unsafe { task::<F>(job, t) }
@@ -722,8 +913,89 @@ unsafe fn task_neon<F: Family>(job: &Job, t: usize) {
     unsafe { task::<F>(job, t) }
 }
 
+/// Splits `rows` into chunks over the pool and runs `f(first, end)` on each.
+fn by_row_chunks(pool: &Pool, rows: usize, f: impl Fn(usize, usize) + Sync) {
+    let chunk_rows = rows.div_ceil(pool.threads() * 4).max(1);
+    pool.run(rows.div_ceil(chunk_rows), |c| {
+        f(c * chunk_rows, ((c + 1) * chunk_rows).min(rows))
+    });
+}
+
+/// int8: quantises the activations into `scratch` (rows padded to [`ROW_PAD`]) and returns
+/// them with their per-row scales.
+fn quantize_into<'s>(
+    pool: &Pool,
+    inp: &[f32],
+    w: &PackedLinear,
+    rows: usize,
+    scratch: &'s mut [u8],
+) -> (&'s mut [u8], &'s mut [f32]) {
+    let (k, k_pad) = (w.in_features, w.in_features.div_ceil(4) * 4);
+    let (qa, rest) = scratch.split_at_mut(rows.div_ceil(ROW_PAD) * ROW_PAD * k_pad);
+    // Align the scale area to 4 bytes.
+    let off = rest.as_ptr().align_offset(4);
+    let rest = &mut rest[off..off + rows * 4];
+    // SAFETY: aligned, in bounds, f32 has no invalid bit patterns.
+    let qs = unsafe { std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, rows) };
+    let format = quant_format(w.isa);
+    let (qa_ptr, qs_ptr) = (SendPtr(qa.as_mut_ptr()), SendPtr(qs.as_mut_ptr()));
+    by_row_chunks(pool, rows, |a, b| {
+        // SAFETY: disjoint row ranges per task.
+        let (q, s) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(qa_ptr.get().add(a * k_pad), (b - a) * k_pad),
+                std::slice::from_raw_parts_mut(qs_ptr.get().add(a), b - a),
+            )
+        };
+        let x = &inp[a * k..b * k];
+        quantize_activations(w.isa, x, k, k_pad, format, w.act_scale, q, s);
+    });
+    (qa, qs)
+}
+
+/// bf16 dot products: rounds the activations to bf16 rows of `bf16_k_pad(k)` in `scratch`
+/// (K padding zeroed, rows padded to [`ROW_PAD`]).
+fn bf16_into<'s>(
+    pool: &Pool,
+    inp: &[f32],
+    w: &PackedLinear,
+    rows: usize,
+    scratch: &'s mut [u8],
+) -> &'s mut [u16] {
+    let (k, k_pad) = (w.in_features, bf16_k_pad(w.in_features));
+    let off = scratch.as_ptr().align_offset(2);
+    let len = rows.div_ceil(ROW_PAD) * ROW_PAD * k_pad;
+    let bytes = &mut scratch[off..off + 2 * len];
+    // SAFETY: aligned for u16, in bounds, any bits are a valid u16.
+    let a16 = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut u16, len) };
+    let ptr = SendPtr(a16.as_mut_ptr());
+    by_row_chunks(pool, rows, |a, b| {
+        for r in a..b {
+            // SAFETY: disjoint rows per task.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * k_pad), k_pad) };
+            to_bf16(w.isa, &inp[r * k..(r + 1) * k], &mut dst[..k]);
+            dst[k..].fill(0);
+        }
+    });
+    a16
+}
+
+/// f32 -> bf16 bits, rounding to nearest even.
+fn to_bf16(isa: Isa, x: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.bf16_dot() {
+        // SAFETY: `bf16_dot` checked AVX512_BF16 on this CPU.
+        return unsafe { avx512::to_bf16(x, dst) };
+    }
+    let _ = isa;
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d = half::bf16::from_f32(v).to_bits();
+    }
+}
+
 /// `out (rows, O) = epilogue(inp (rows, K) · Wᵀ + b)` with the fast kernels of `w.isa`.
-/// `scratch` holds at least [`PackedLinear::scratch_bytes`] bytes (int8 only).
+/// `scratch` holds at least [`PackedLinear::scratch_bytes`] bytes (int8 and bf16 dot
+/// products).
 pub fn matmul_forward(
     pool: &Pool,
     out: &mut [f32],
@@ -741,50 +1013,24 @@ pub fn matmul_forward(
         assert_eq!(g.len(), w.out_features, "LayerScale length");
     }
     let (mr, _) = tile(w.isa);
+    let tiled = w.isa == Isa::Amx
+        && (matches!(w.weights, PackedWeights::Bf16 { dot: true, .. }) || int8_on_tiles(w));
     // Enough tasks for load balance across the pool, tiles big enough to amortise the call.
-    let row_block = mr * STRIPS;
+    assert!(
+        !tiled || crate::backend::cpu::amx::tiles_granted(),
+        "AMX kernels without the tile state (an Isa::Amx not from detection)"
+    );
+    // On the tiles: 64-row blocks (two AMX blocks share each weight tile); blocks of 128
+    // rows, or one panel per task, measured within noise of this at 224 and 448.
+    let row_block = if tiled { 2 * ROW_PAD } else { mr * STRIPS };
     let panel_group = if w.panels >= 8 { 4 } else { 2.min(w.panels) };
-    let (qa, qscale): (&mut [u8], &mut [f32]) = match w.weights {
-        PackedWeights::I8 { .. } => {
-            let k_pad = w.in_features.div_ceil(4) * 4;
-            let (qa, rest) = scratch.split_at_mut(rows * k_pad);
-            // Align the scale area to 4 bytes.
-            let off = rest.as_ptr().align_offset(4);
-            let rest = &mut rest[off..off + rows * 4];
-            // SAFETY: aligned, in bounds, f32 has no invalid bit patterns.
-            let qs = unsafe { std::slice::from_raw_parts_mut(rest.as_mut_ptr() as *mut f32, rows) };
-            let format = quant_format(w.isa);
-            let k = w.in_features;
-            let chunk_rows = rows.div_ceil(pool.threads() * 4).max(1);
-            let qa_ptr = SendPtr(qa.as_mut_ptr());
-            let qs_ptr = SendPtr(qs.as_mut_ptr());
-            pool.run(rows.div_ceil(chunk_rows), |c| {
-                let (a, b) = (c * chunk_rows, ((c + 1) * chunk_rows).min(rows));
-                // SAFETY: disjoint row ranges per task.
-                let (q, s) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(
-                            qa_ptr.get().add(a * k_pad),
-                            (b - a) * k_pad,
-                        ),
-                        std::slice::from_raw_parts_mut(qs_ptr.get().add(a), b - a),
-                    )
-                };
-                quantize_activations(
-                    w.isa,
-                    &inp[a * k..b * k],
-                    k,
-                    k_pad,
-                    format,
-                    w.act_scale,
-                    q,
-                    s,
-                );
-            });
-            (qa, qs)
-        }
-        _ => (&mut [], &mut []),
-    };
+    let (mut qa, mut qscale, mut a16): (&mut [u8], &mut [f32], &mut [u16]) =
+        (&mut [], &mut [], &mut []);
+    match w.weights {
+        PackedWeights::I8 { .. } => (qa, qscale) = quantize_into(pool, inp, w, rows, scratch),
+        PackedWeights::Bf16 { dot: true, .. } => a16 = bf16_into(pool, inp, w, rows, scratch),
+        _ => {}
+    }
     let job = Job {
         out: SendPtr(out.as_mut_ptr()),
         inp,
@@ -793,13 +1039,15 @@ pub fn matmul_forward(
         epi,
         qa,
         qscale,
+        a16,
+        tiled,
         row_block,
         panel_group,
     };
     unsafe {
         match w.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 { vnni: true } => run_family::<Avx512<true>>(pool, &job),
+            Isa::Amx | Isa::Avx512 { vnni: true } => run_family::<Avx512<true>>(pool, &job),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 { vnni: false } => run_family::<Avx512<false>>(pool, &job),
             #[cfg(target_arch = "x86_64")]

@@ -1,11 +1,11 @@
-//! The training forms of `matmul` on the CPU, f32 through the strided GEMM ([`super::gemm`]):
+//! The training forms of `matmul` on the CPU, f32 or bf16 through the strided GEMM
+//! ([`super::gemm`]):
 //! every output tile is one task summing in a fixed order, so a training step is bitwise
 //! reproducible at any thread count. `pack` is the GEMM's reusable scratch.
 
 use rayon::prelude::*;
 
-use super::gemm::{Strided, gemm};
-use crate::backend::cpu::isa::Isa;
+use super::gemm::{Kernels, Strided, gemm};
 use crate::backend::cpu::pool::Pool;
 use crate::ops::column_sum::cpu::column_sum_forward;
 
@@ -14,7 +14,7 @@ use crate::ops::column_sum::cpu::column_sum_forward;
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_train(
     pool: &Pool,
-    isa: Isa,
+    isa: impl Into<Kernels> + Copy,
     pack: &mut Vec<f32>,
     out: &mut [f32],
     ldo: usize,
@@ -52,7 +52,7 @@ pub fn matmul_forward_train(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     pool: &Pool,
-    isa: Isa,
+    isa: impl Into<Kernels> + Copy,
     pack: &mut Vec<f32>,
     dinp: Option<(&mut [f32], bool)>,
     dw: &mut [f32],
