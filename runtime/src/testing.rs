@@ -213,3 +213,25 @@ pub fn check_against_transformers(
     }
     worst
 }
+
+/// Whether tests of the AMX kernels run here: true where the fast backend picks the tiles.
+/// Elsewhere they are skipped with the reason printed; a CPU whose tiles the OS refused
+/// fails instead when `DINOEDGE_REQUIRE_AMX=1` (a refusal costs users the fast path).
+pub fn amx_here() -> bool {
+    use crate::backend::cpu::amx::{cpu_has_amx, tiles_granted};
+    use crate::backend::cpu::isa::Isa;
+    if Isa::all_supported().contains(&Isa::Amx) {
+        return true;
+    }
+    let why = if cpu_has_amx() && !tiles_granted() {
+        "the CPU has AMX tiles but the OS refused the tile state"
+    } else {
+        "no AMX tiles (with AVX-512 VNNI and BF16) on this CPU"
+    };
+    assert!(
+        std::env::var("DINOEDGE_REQUIRE_AMX").as_deref() != Ok("1"),
+        "AMX required: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}

@@ -138,13 +138,11 @@ fn frames_through_run_into_allocate_nothing_after_warm_up() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn attention_on_the_tiles_allocates_nothing() {
-    use dinoedge_runtime::backend::cpu::isa::Isa;
     use dinoedge_runtime::backend::cpu::pool::Pool;
     use dinoedge_runtime::ops::Dims;
     use dinoedge_runtime::ops::attention::amx;
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Isa::all_supported().contains(&Isa::Amx) {
-        eprintln!("SKIPPED: no AMX tiles on this CPU");
+    if !dinoedge_runtime::testing::amx_here() {
         return;
     }
     let d = Dims {

@@ -58,8 +58,9 @@ struct SetupArgs {
     /// ViT-7B in bf16) where this build has it.
     #[arg(long, default_value = "cpu", value_parser = super::parse_backend)]
     teacher_backend: dinoedge::BackendKind,
-    /// Precision of the teacher's forward (default f32; bf16 / f16 on cuda, f16 / int8 on
-    /// cpu). Recorded in run.json and the cache index.
+    /// Precision of the teacher's forward (default f32; bf16 / f16 on cuda; f16 / bf16 /
+    /// int8 on cpu, bf16 fast where the CPU has AMX tiles). Recorded in run.json and the
+    /// cache index.
     #[arg(long, value_parser = super::parse_precision)]
     teacher_precision: Option<dinoedge::Precision>,
     /// Image folder, scanned recursively (jpg, png, pgm, ppm).
