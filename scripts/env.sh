@@ -4,6 +4,7 @@ CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/dinoedge"
 export DINOEDGE_ASSETS="${DINOEDGE_ASSETS:-$CACHE_ROOT/assets}"
 DINOEDGE_VENV="${DINOEDGE_VENV:-$CACHE_ROOT/venv}"
 DINOEDGE_PEERS_VENV="${DINOEDGE_PEERS_VENV:-$CACHE_ROOT/venv-peers}"
+DINOEDGE_TORCH_VENV="${DINOEDGE_TORCH_VENV:-$CACHE_ROOT/venv-torch}"
 # The static ffmpeg from scripts/fetch-assets.sh reads video files when none is installed
 # (call again after fetching: on a fresh machine it is not there yet when this is sourced).
 use_fetched_ffmpeg() {
@@ -28,6 +29,9 @@ venv_with() {
 ensure_venv() { venv_with "$DINOEDGE_VENV" "$REPO_ROOT/tools/requirements-ref.txt"; }
 # ensure_peers_venv: tools/requirements-peers.txt (ORT and OpenVINO for bench-vs-peers.sh).
 ensure_peers_venv() { venv_with "$DINOEDGE_PEERS_VENV" "$REPO_ROOT/tools/requirements-peers.txt"; }
+# ensure_torch_venv: tools/requirements-fixtures.txt (PyTorch + transformers: fixtures, the
+# ConvNeXt peer model of bench-convnext.sh).
+ensure_torch_venv() { venv_with "$DINOEDGE_TORCH_VENV" "$REPO_ROOT/tools/requirements-fixtures.txt"; }
 
 # ensure_reference: the ONNX Runtime outputs of the real teacher, rebuilt when the script changes.
 ensure_reference() {

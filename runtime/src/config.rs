@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Result, RuntimeError};
-use crate::models::vit;
+pub use crate::models::convnext::ConvNextConfig;
+use crate::models::{convnext, vit};
 
 /// Elementwise activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,13 +64,20 @@ impl Activation {
 pub enum ModelConfig {
     /// A DINOv3 / DINOv2 ViT (`dinov3_vit`, `dinov2`, `dinov2_with_registers`).
     Vit(VitConfig),
+    /// A DINOv3 ConvNeXt (`dinov3_convnext`).
+    ConvNext(ConvNextConfig),
 }
 
 /// Every architecture: the `model_type` values it reads, and its parser.
 type Parser = fn(&Fields, &str) -> Result<ModelConfig>;
-const ARCHITECTURES: &[(&[&str], Parser)] = &[(vit::config::MODEL_TYPES, |f, t| {
-    VitConfig::parse(f, t).map(ModelConfig::Vit)
-})];
+const ARCHITECTURES: &[(&[&str], Parser)] = &[
+    (vit::config::MODEL_TYPES, |f, t| {
+        VitConfig::parse(f, t).map(ModelConfig::Vit)
+    }),
+    (convnext::config::MODEL_TYPES, |f, t| {
+        ConvNextConfig::parse(f, t).map(ModelConfig::ConvNext)
+    }),
+];
 
 /// Every `model_type` this build reads, for messages.
 pub fn supported_model_types() -> Vec<&'static str> {
@@ -137,6 +145,19 @@ impl Fields<'_> {
             Some(v) => v
                 .as_f64()
                 .ok_or_else(|| self.err(format!("field {key:?} must be a number, found {v}"))),
+        }
+    }
+
+    /// A list of non-negative integers (ConvNeXt's `hidden_sizes`, `depths`), at most 64 long.
+    pub(crate) fn usize_list_or(&self, key: &str, default: &[usize]) -> Result<Vec<usize>> {
+        match self.get(key) {
+            None => Ok(default.to_vec()),
+            Some(Value::Array(a)) if a.len() <= 64 => {
+                a.iter().map(|v| self.as_usize(key, v)).collect()
+            }
+            Some(v) => Err(self.err(format!(
+                "field {key:?} must be a list of at most 64 non-negative integers, found {v}"
+            ))),
         }
     }
 
@@ -214,11 +235,18 @@ impl ModelConfig {
                 supported: supported_model_types().join(", "),
             })?;
         let mut cfg = parse(&f, model_type)?;
+        if let (Some(_), ModelConfig::ConvNext(_)) = (f.get("quantization"), &cfg) {
+            return Err(f.err(
+                "a quantization section on a ConvNeXt: dinoedge writes int8 models for ViTs only; use the float model (the CPU backend quantises it with --precision int8)".into(),
+            ));
+        }
         if let Some(q) = f.get("quantization") {
             let q: QuantConfig = serde_json::from_value(q.clone())
                 .map_err(|e| f.err(format!("quantization section: {e}")))?;
             q.check().map_err(|r| f.err(r))?;
-            cfg.set_quantization(Some(q));
+            if let ModelConfig::Vit(c) = &mut cfg {
+                c.quantization = Some(q);
+            }
         }
         cfg.validate().map_err(|reason| f.err(reason))?;
         Ok(cfg)
@@ -228,6 +256,7 @@ impl ModelConfig {
     pub fn as_vit(&self) -> Option<&VitConfig> {
         match self {
             ModelConfig::Vit(c) => Some(c),
+            ModelConfig::ConvNext(_) => None,
         }
     }
 
@@ -245,6 +274,7 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             ModelConfig::Vit(c) => c.family.model_type(),
+            ModelConfig::ConvNext(_) => "dinov3_convnext",
         }
     }
 
@@ -256,6 +286,8 @@ impl ModelConfig {
                 Family::Dinov3 => P::Dinov3,
                 Family::Dinov2 | Family::Dinov2Registers => P::Dinov2,
             },
+            // facebook/dinov3-convnext-*: the same DINOv3ViTImageProcessorFast.
+            ModelConfig::ConvNext(_) => P::Dinov3,
         }
     }
 
@@ -263,6 +295,7 @@ impl ModelConfig {
     pub fn patch_size(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.patch_size,
+            ModelConfig::ConvNext(c) => c.stride(),
         }
     }
 
@@ -270,6 +303,7 @@ impl ModelConfig {
     pub fn hidden_size(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.hidden_size,
+            ModelConfig::ConvNext(c) => c.hidden_size(),
         }
     }
 
@@ -277,12 +311,14 @@ impl ModelConfig {
     pub fn num_layers(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.num_layers,
+            ModelConfig::ConvNext(c) => c.num_stages(),
         }
     }
 
     pub fn num_channels(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.num_channels,
+            ModelConfig::ConvNext(c) => c.num_channels,
         }
     }
 
@@ -290,6 +326,7 @@ impl ModelConfig {
     pub fn num_register_tokens(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.num_register_tokens,
+            ModelConfig::ConvNext(_) => 0,
         }
     }
 
@@ -297,6 +334,7 @@ impl ModelConfig {
     pub fn image_size(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.image_size,
+            ModelConfig::ConvNext(c) => c.image_size,
         }
     }
 
@@ -304,6 +342,7 @@ impl ModelConfig {
     pub fn grid(&self, height: usize, width: usize) -> (usize, usize) {
         match self {
             ModelConfig::Vit(c) => c.grid(height, width),
+            ModelConfig::ConvNext(c) => c.grid(height, width),
         }
     }
 
@@ -311,6 +350,7 @@ impl ModelConfig {
     pub fn num_tokens(&self, height: usize, width: usize) -> usize {
         match self {
             ModelConfig::Vit(c) => c.num_tokens(height, width),
+            ModelConfig::ConvNext(c) => c.num_tokens(height, width),
         }
     }
 
@@ -318,12 +358,7 @@ impl ModelConfig {
     pub fn quantization(&self) -> Option<&QuantConfig> {
         match self {
             ModelConfig::Vit(c) => c.quantization.as_ref(),
-        }
-    }
-
-    pub fn set_quantization(&mut self, q: Option<QuantConfig>) {
-        match self {
-            ModelConfig::Vit(c) => c.quantization = q,
+            ModelConfig::ConvNext(_) => None,
         }
     }
 
@@ -331,6 +366,7 @@ impl ModelConfig {
     pub fn describe(&self) -> String {
         match self {
             ModelConfig::Vit(c) => c.describe(),
+            ModelConfig::ConvNext(c) => c.describe(),
         }
     }
 
@@ -338,6 +374,7 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> Value {
         match self {
             ModelConfig::Vit(c) => c.to_hf_json(),
+            ModelConfig::ConvNext(c) => c.to_hf_json(),
         }
     }
 
@@ -345,6 +382,7 @@ impl ModelConfig {
     pub fn num_parameters(&self) -> usize {
         match self {
             ModelConfig::Vit(c) => c.num_parameters(),
+            ModelConfig::ConvNext(c) => c.num_parameters(),
         }
     }
 
@@ -352,6 +390,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             ModelConfig::Vit(c) => c.validate(),
+            ModelConfig::ConvNext(c) => c.validate(),
         }
     }
 }

@@ -6,9 +6,10 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ModelConfig, VitConfig};
+use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
-use crate::models::vit::layout::{self, Param, WeightLayout};
+use crate::models::convnext::layout::{self as convnext_layout, ConvNextLayout};
+use crate::models::vit::layout::{self, Param, Resolved, WeightLayout};
 use crate::weights::store::{StoredTensor, TensorStore};
 
 /// A quantised Linear weight as stored: `w[o][k] = q[o][k] * scales[o]`.
@@ -25,7 +26,71 @@ pub struct Model {
     dir: PathBuf,
     config: ModelConfig,
     store: TensorStore,
-    layout: WeightLayout,
+    layout: Layout,
+}
+
+/// Where each parameter lives, per architecture.
+enum Layout {
+    Vit(WeightLayout),
+    ConvNext(ConvNextLayout),
+}
+
+/// An architecture's parameter names ([`Param`] for ViTs, [`convnext_layout::Param`]):
+/// what [`Model::tensor_f32`] and friends take.
+pub trait ParamKey: Copy {
+    /// Where `self` lives in `m`; `None` when `m` is another architecture or the
+    /// parameter is absent.
+    fn resolved(self, m: &Model) -> Option<&Resolved>;
+    /// The error for a missing `self` (its hub name and shape).
+    fn missing(self, m: &Model) -> RuntimeError;
+}
+
+impl ParamKey for Param {
+    fn resolved(self, m: &Model) -> Option<&Resolved> {
+        match &m.layout {
+            Layout::Vit(l) => l.params.get(&self),
+            Layout::ConvNext(_) => None,
+        }
+    }
+
+    fn missing(self, m: &Model) -> RuntimeError {
+        match &m.config {
+            ModelConfig::Vit(c) => RuntimeError::MissingTensor {
+                path: m.store.main_path().to_path_buf(),
+                tensor: layout::hub_location(c, self).key,
+                expected: layout::shape(c, self),
+            },
+            other => RuntimeError::WrongArchitecture {
+                what: format!("ViT parameter {self:?}"),
+                needs: "a ViT",
+                model: other.describe(),
+            },
+        }
+    }
+}
+
+impl ParamKey for convnext_layout::Param {
+    fn resolved(self, m: &Model) -> Option<&Resolved> {
+        match &m.layout {
+            Layout::ConvNext(l) => l.params.get(&self),
+            Layout::Vit(_) => None,
+        }
+    }
+
+    fn missing(self, m: &Model) -> RuntimeError {
+        match &m.config {
+            ModelConfig::ConvNext(c) => RuntimeError::MissingTensor {
+                path: m.store.main_path().to_path_buf(),
+                tensor: convnext_layout::hub_name(self),
+                expected: convnext_layout::shape(c, self),
+            },
+            other => RuntimeError::WrongArchitecture {
+                what: format!("ConvNeXt parameter {self:?}"),
+                needs: "a ConvNeXt",
+                model: other.describe(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -56,7 +121,8 @@ impl Model {
     /// Builds a model from an already opened store (validates names and shapes).
     pub fn from_parts(dir: PathBuf, config: ModelConfig, store: TensorStore) -> Result<Self> {
         let layout = match &config {
-            ModelConfig::Vit(c) => layout::resolve(c, &store)?,
+            ModelConfig::Vit(c) => Layout::Vit(layout::resolve(c, &store)?),
+            ModelConfig::ConvNext(c) => Layout::ConvNext(convnext_layout::resolve(c, &store)?),
         };
         Ok(Model {
             dir,
@@ -79,30 +145,15 @@ impl Model {
     }
 
     /// Where a parameter is stored; `None` for an absent optional one (the mask token).
-    pub fn stored(&self, p: Param) -> Option<(StoredTensor<'_>, Option<Range<usize>>)> {
-        let r = self.layout.params.get(&p)?;
+    pub fn stored<K: ParamKey>(&self, p: K) -> Option<(StoredTensor<'_>, Option<Range<usize>>)> {
+        let r = p.resolved(self)?;
         let t = self.store.get(&r.key)?;
         Some((t, r.rows.clone()))
     }
 
-    /// The config the parameter layout was resolved against.
-    fn vit(&self) -> &VitConfig {
-        match &self.config {
-            ModelConfig::Vit(c) => c,
-        }
-    }
-
-    fn missing(&self, p: Param) -> RuntimeError {
-        RuntimeError::MissingTensor {
-            path: self.store.main_path().to_path_buf(),
-            tensor: layout::hub_location(self.vit(), p).key,
-            expected: layout::shape(self.vit(), p),
-        }
-    }
-
     /// A parameter converted to f32 in its HF layout (int8 weights are dequantised,
     /// `w = q * scale` per output channel).
-    pub fn tensor_f32(&self, p: Param) -> Result<Vec<f32>> {
+    pub fn tensor_f32<K: ParamKey>(&self, p: K) -> Result<Vec<f32>> {
         if let Some(q) = self.int8(p)? {
             let cols = q.q.len() / q.scales.len();
             return Ok(q
@@ -112,7 +163,7 @@ impl Model {
                 .map(|(i, &v)| v as f32 * q.scales[i / cols])
                 .collect());
         }
-        let (t, rows) = self.stored(p).ok_or_else(|| self.missing(p))?;
+        let (t, rows) = self.stored(p).ok_or_else(|| p.missing(self))?;
         match rows {
             None => t.to_f32(),
             Some(r) => {
@@ -130,15 +181,15 @@ impl Model {
     }
 
     /// The int8 form of a quantised Linear weight; `None` for float parameters.
-    pub fn int8(&self, p: Param) -> Result<Option<Int8Weight>> {
-        let Some(r) = self.layout.params.get(&p) else {
+    pub fn int8<K: ParamKey>(&self, p: K) -> Result<Option<Int8Weight>> {
+        let Some(r) = p.resolved(self) else {
             return Ok(None);
         };
         let Some(scale_key) = &r.scale_key else {
             return Ok(None);
         };
-        let t = self.store.get(&r.key).ok_or_else(|| self.missing(p))?;
-        let st = self.store.get(scale_key).ok_or_else(|| self.missing(p))?;
+        let t = self.store.get(&r.key).ok_or_else(|| p.missing(self))?;
+        let st = self.store.get(scale_key).ok_or_else(|| p.missing(self))?;
         let (mut q, mut scales) = (t.to_i8()?, st.to_f32()?);
         if let Some(rows) = &r.rows {
             let cols: usize = t.shape[1..].iter().product();
@@ -146,7 +197,7 @@ impl Model {
             scales = scales[rows.clone()].to_vec();
         }
         let input_scale = match &r.input_scale_key {
-            Some(k) => Some(self.store.get(k).ok_or_else(|| self.missing(p))?.to_f32()?[0]),
+            Some(k) => Some(self.store.get(k).ok_or_else(|| p.missing(self))?.to_f32()?[0]),
             None => None,
         };
         Ok(Some(Int8Weight {
@@ -158,10 +209,10 @@ impl Model {
 
     /// Number of parameters actually stored for this architecture.
     pub fn num_parameters(&self) -> usize {
-        self.layout
-            .params
-            .values()
-            .map(|r| r.shape.iter().product::<usize>())
-            .sum()
+        let shapes: Box<dyn Iterator<Item = &Resolved>> = match &self.layout {
+            Layout::Vit(l) => Box::new(l.params.values()),
+            Layout::ConvNext(l) => Box::new(l.params.values()),
+        };
+        shapes.map(|r| r.shape.iter().product::<usize>()).sum()
     }
 }

@@ -15,6 +15,7 @@ use crate::features::Features;
 use crate::limits::InputLimits;
 use crate::model::Model;
 use crate::models::Architecture;
+use crate::models::convnext::ConvNext;
 use crate::models::vit::Vit;
 use crate::tensor::Tensor;
 
@@ -223,6 +224,7 @@ pub fn create_session(
 ) -> Result<Box<dyn InferenceSession>> {
     match model.config() {
         ModelConfig::Vit(_) => session_of::<Vit>(model, opts),
+        ModelConfig::ConvNext(_) => session_of::<ConvNext>(model, opts),
     }
 }
 
@@ -303,6 +305,15 @@ fn cuda_session<A: Architecture>(
     let params = model.num_parameters() as u64;
     let weights = match model.config() {
         ModelConfig::Vit(cfg) => plan::memory_plan(cfg, params, precision, 1, 224, 224).weights,
+        ModelConfig::ConvNext(c) => {
+            let linear = (c.linear_weight_count() as u64).min(params);
+            let wbytes = if matches!(precision, Precision::F16 | Precision::BF16) {
+                2
+            } else {
+                4
+            };
+            linear * wbytes + (params - linear) * 4
+        }
     };
     let (free, total) = backend.memory()?;
     if weights > free as u64 {

@@ -91,6 +91,10 @@ pub const FIXTURE_FAMILIES: [&str; 6] = [
     "dinov2_reg",
 ];
 
+/// The DINOv3 ConvNeXt fixtures (`tools/make_fixtures.py hf-convnext`): every backend's
+/// parity suite runs them too, against transformers' float64 outputs.
+pub const CONVNEXT_FIXTURES: [&str; 2] = ["dinov3_convnext", "dinov3_convnext_f16"];
+
 /// `fixtures/hf/<name>`; `DINOEDGE_FIXTURES` overrides the folder when a test binary runs away
 /// from its source tree (the GPU machine).
 pub fn fixture_dir(name: &str) -> std::path::PathBuf {
@@ -175,8 +179,10 @@ pub fn check_against_transformers(
                 "{name}/{key}: token count"
             );
             let r = cfg.num_register_tokens();
+            // Each layer at its own width and grid (a ConvNeXt's stages differ).
             let join = |lf: &crate::LayerFeatures| -> Vec<f32> {
-                let mut v = Vec::with_capacity(b * n * d);
+                let (d, hw) = (lf.cls.shape[1], lf.patches.shape[1] * lf.patches.shape[2]);
+                let mut v = Vec::with_capacity(b * (1 + r + hw) * d);
                 for i in 0..b {
                     v.extend_from_slice(&lf.cls.data[i * d..(i + 1) * d]);
                     v.extend_from_slice(&lf.registers.data[i * r * d..(i + 1) * r * d]);
@@ -189,29 +195,82 @@ pub fn check_against_transformers(
             } else {
                 String::new()
             };
-            let layers = std::iter::once((
-                format!("{key}.last_hidden_state"),
-                "last".to_string(),
-                &f.last,
-            ))
-            .chain(f.intermediate.iter().map(|lf| {
-                (
-                    format!("{key}.layer{}", lf.layer),
-                    format!("layer{}", lf.layer),
-                    lf,
-                )
-            }));
-            for (tensor, tag, lf) in layers {
-                let want = reference_tensor(&reference, &tensor);
-                let what = format!("{label} {name}/{key}/{tag}{run_tag}");
-                let c = compare(&what, &join(lf), &want.data, d, tol);
+            let mut check = |what: String, got: &[f32], want: &[f32], d: usize| {
+                let c = compare(
+                    &format!("{label} {name}/{key}/{what}{run_tag}"),
+                    got,
+                    want,
+                    d,
+                    tol,
+                );
                 println!("{c}");
                 c.assert_ok();
                 worst = worst.max(c.rel);
+            };
+            let last = reference_tensor(&reference, &format!("{key}.last_hidden_state"));
+            check("last".into(), &join(&f.last), &last.data, d);
+            if let Some(pooled) = reference.get(&format!("{key}.pooler_output")) {
+                check(
+                    "pooler".into(),
+                    &f.last.cls.data,
+                    &pooled.to_f32().unwrap(),
+                    d,
+                );
+            }
+            for lf in &f.intermediate {
+                let d = lf.cls.shape[1];
+                let want = match reference.get(&format!("{key}.layer{}", lf.layer)) {
+                    Some(t) => t.to_f32().unwrap(),
+                    // A ConvNeXt stage: HF's raw map (B, h, w, C); ours leads with its mean.
+                    None => {
+                        let t = reference_tensor(&reference, &format!("{key}.stage{}", lf.layer));
+                        with_mean_token(&t.data, b, d)
+                    }
+                };
+                check(format!("layer{}", lf.layer), &join(lf), &want, d);
             }
         }
     }
     worst
+}
+
+/// Mean patch cosine of `g` against the reference `c` on each input of fixture `name`: at
+/// least 0.999 (the bar of 16-bit weights and GEMMs); `what` labels the printed lines.
+pub fn assert_patch_cosines(
+    what: &str,
+    name: &str,
+    g: &mut dyn crate::InferenceSession,
+    c: &mut dyn crate::InferenceSession,
+) {
+    for x in fixture_inputs(&fixture_dir(name)).unwrap() {
+        let (a, b) = (
+            g.run(&x, &crate::RunOptions::default()).unwrap(),
+            c.run(&x, &crate::RunOptions::default()).unwrap(),
+        );
+        let cos =
+            crate::tensor::mean_row_cosine(&a.last.patches.data, &b.last.patches.data, b.dim());
+        println!("{what} {:?}: mean patch cosine {cos:.6}", x.shape);
+        assert!(cos >= 0.999, "{what} {:?}: {cos}", x.shape);
+    }
+}
+
+/// `[mean of the cells, cells]` per image of `batch` maps (B, N, C), the mean in f64.
+fn with_mean_token(cells: &[f32], batch: usize, channels: usize) -> Vec<f32> {
+    let per = cells.len() / batch;
+    let mut out = Vec::with_capacity(cells.len() + batch * channels);
+    for img in cells.chunks_exact(per) {
+        let n = (per / channels) as f64;
+        out.extend((0..channels).map(|c| {
+            (img.iter()
+                .skip(c)
+                .step_by(channels)
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / n) as f32
+        }));
+        out.extend_from_slice(img);
+    }
+    out
 }
 
 /// Whether tests of the AMX kernels run here: true where the fast backend picks the tiles.

@@ -21,6 +21,7 @@
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
 use dinoedge_runtime::dispatch::{Backend, Epilogue, HostLinear, Op};
 use dinoedge_runtime::ops::Dims;
+use dinoedge_runtime::ops::dwconv::{DwDims, TAPS};
 use dinoedge_runtime::ops::rope::tables;
 use dinoedge_runtime::testing::compare;
 use dinoedge_runtime::{Activation, Precision, Result};
@@ -62,6 +63,18 @@ enum Case {
         hidden: usize,
         act: Activation,
     },
+    /// The channels-last im2col of a ConvNeXt's downsampling (map (B, H, W, C)).
+    Im2colNhwc {
+        d: Dims,
+    },
+    Dwconv {
+        d: DwDims,
+    },
+    TokenPool {
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    },
 }
 
 impl Case {
@@ -76,6 +89,9 @@ impl Case {
                 heads: d.heads,
             },
             Case::Swiglu { .. } => Op::Swiglu,
+            Case::Im2colNhwc { .. } => Op::PatchEmbed,
+            Case::Dwconv { .. } => Op::Dwconv,
+            Case::TokenPool { .. } => Op::TokenPool,
         }
     }
 
@@ -101,6 +117,13 @@ impl Case {
             Case::Swiglu {
                 rows: r, hidden, ..
             } => rows(r, 2 * hidden),
+            Case::Im2colNhwc { d } => d,
+            Case::Dwconv { d } => rows(d.batch * d.height * d.width, d.channels),
+            Case::TokenPool {
+                batch,
+                cells,
+                channels,
+            } => rows(batch * (1 + cells), channels),
         }
     }
 }
@@ -145,6 +168,13 @@ impl std::fmt::Display for Case {
             Case::Rope { d } => write!(f, "rope {}", dims(d)),
             Case::Attention { d } => write!(f, "attention {}", dims(d)),
             Case::Swiglu { rows, hidden, act } => write!(f, "swiglu {rows}x{hidden} {act:?}"),
+            Case::Im2colNhwc { d } => write!(f, "im2col_nhwc {}", dims(d)),
+            Case::Dwconv { d } => write!(f, "dwconv {d:?}"),
+            Case::TokenPool {
+                batch,
+                cells,
+                channels,
+            } => write!(f, "token_pool B{batch} {cells} cells x {channels}"),
         }
     }
 }
@@ -233,6 +263,35 @@ fn cases() -> Vec<Case> {
         for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
             v.push(Case::Swiglu { rows, hidden, act });
         }
+    }
+    // A 2x2 stride-2 conv's im2col on maps with a row and a column past the last patch.
+    for (batch, channels, grid, extra) in [(1, 16, (2, 2), 0), (2, 5, (3, 4), 1)] {
+        let mut d = image_dims(batch, 2, grid, extra, 0, 8, 1);
+        d.channels = channels;
+        v.push(Case::Im2colNhwc { d });
+    }
+    // Maps narrower than the 7x7 kernel, channels with and without a 16-lane tail.
+    for (batch, height, width, channels) in [
+        (1, 5, 9, 3),
+        (2, 1, 4, 40),
+        (1, 9, 2, 16),
+        (2, 8, 11, 24),
+        (1, 14, 14, 96),
+    ] {
+        let d = DwDims {
+            batch,
+            height,
+            width,
+            channels,
+        };
+        v.push(Case::Dwconv { d });
+    }
+    for (batch, cells, channels) in [(1, 1, 3), (2, 6, 40), (3, 49, 17)] {
+        v.push(Case::TokenPool {
+            batch,
+            cells,
+            channels,
+        });
     }
     v
 }
@@ -334,6 +393,32 @@ fn run<B: Backend>(be: &B, case: &Case, seed: u64) -> Result<Vec<f32>> {
             be.swiglu(&mut out, &gu, rows, hidden, act)?;
             (out, rows * hidden)
         }
+        Case::Im2colNhwc { d } => {
+            let x = be.upload(&r.vec(d.batch * d.height * d.width * d.channels, 2.0))?;
+            let n = d.batch * d.patches() * d.patch_len();
+            let mut cols = be.alloc(n)?;
+            be.patch_embed_im2col_nhwc(&mut cols, &x, &d)?;
+            (cols, n)
+        }
+        Case::Dwconv { d } => {
+            let x = be.upload(&r.vec(d.len(), 2.0))?;
+            let w = be.upload(&r.vec(TAPS * d.channels, 0.3))?;
+            let b = be.upload(&r.vec(d.channels, 0.5))?;
+            let mut out = be.alloc(d.len())?;
+            be.dwconv(&mut out, &x, &w, &b, &d)?;
+            (out, d.len())
+        }
+        Case::TokenPool {
+            batch,
+            cells,
+            channels,
+        } => {
+            let x = be.upload(&r.vec(batch * cells * channels, 2.0))?;
+            let n = batch * (1 + cells) * channels;
+            let mut out = be.alloc(n)?;
+            be.token_pool(&mut out, &x, batch, cells, channels)?;
+            (out, n)
+        }
     };
     be.synchronize()?;
     let mut host = vec![0.0f32; len];
@@ -387,6 +472,9 @@ fn suite<B: Backend>(label: &str, be: &B, precision: Precision) {
             Case::Swiglu { hidden, .. } => *hidden,
             Case::PatchEmbed { d, .. } | Case::Attention { d } => d.dim,
             Case::Rope { d } => 3 * d.dim,
+            Case::Im2colNhwc { d } => d.patch_len(),
+            Case::Dwconv { d } => d.channels,
+            Case::TokenPool { channels, .. } => *channels,
         };
         let c = compare(&format!("{label} {case}"), &got, &want, row, t.max_error);
         let ok = c.rel <= t.max_error && c.mean_cosine >= t.min_cosine && c.max_abs.is_finite();

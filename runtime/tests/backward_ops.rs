@@ -313,3 +313,65 @@ fn residual_and_patch_embed_backward_match_finite_differences() {
         &mut rng,
     );
 }
+
+/// The ConvNeXt ops: dwconv (din, dweight, dbias), token_pool and the channels-last im2col,
+/// on maps narrower than the kernel and with rows past the last full patch.
+#[test]
+fn convnext_ops_backward_match_finite_differences() {
+    use dinoedge_runtime::ops::dwconv::{DwDims, TAPS, cpu as dw};
+    use dinoedge_runtime::ops::{patch_embed, token_pool};
+    let mut rng = Rng(8);
+    for (batch, height, width, channels) in [(2, 5, 9, 3), (1, 3, 2, 17)] {
+        let d = DwDims {
+            batch,
+            height,
+            width,
+            channels,
+        };
+        let (x, w, b, r) = (
+            rng.vec(d.len()),
+            rng.vec(TAPS * channels),
+            rng.vec(channels),
+            rng.vec(d.len()),
+        );
+        let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
+            let mut out = vec![0.0; d.len()];
+            dw::dwconv_forward(&mut out, x, w, b, &d);
+            dot(&out, &r)
+        };
+        let (mut dx, mut dw_, mut db) = (
+            vec![f32::NAN; d.len()],
+            vec![0.0; w.len()],
+            vec![0.0; channels],
+        );
+        dw::dwconv_backward(&mut dx, &mut dw_, &mut db, &r, &x, &w, &d);
+        check("dwconv din", &x, &dx, |x| fwd(x, &w, &b), &mut rng);
+        check("dwconv dweight", &w, &dw_, |w| fwd(&x, w, &b), &mut rng);
+        check("dwconv dbias", &b, &db, |b| fwd(&x, &w, b), &mut rng);
+    }
+    let (batch, cells, channels) = (2, 5, 7);
+    let (x, r) = (
+        rng.vec(batch * cells * channels),
+        rng.vec(batch * (1 + cells) * channels),
+    );
+    let fwd = |x: &[f32]| {
+        let mut out = vec![0.0; r.len()];
+        token_pool::cpu::token_pool_forward(&mut out, x, batch, cells, channels);
+        dot(&out, &r)
+    };
+    let mut dx = vec![f32::NAN; x.len()];
+    token_pool::cpu::token_pool_backward(&mut dx, &r, batch, cells, channels);
+    check("token_pool dinp", &x, &dx, fwd, &mut rng);
+    let mut d = dims(2, 2, 3, 0, 8, 1);
+    (d.channels, d.patch, d.height, d.width) = (5, 2, 5, 7);
+    let x = rng.vec(d.batch * d.height * d.width * d.channels);
+    let r = rng.vec(d.batch * d.patches() * d.patch_len());
+    let fwd = |x: &[f32]| {
+        let mut cols = vec![0.0; r.len()];
+        patch_embed::cpu::patch_embed_forward_im2col_nhwc(&mut cols, x, &d);
+        dot(&cols, &r)
+    };
+    let mut dx = vec![f32::NAN; x.len()];
+    patch_embed::cpu::patch_embed_backward_im2col_nhwc(&mut dx, &r, &d);
+    check("im2col_nhwc dx", &x, &dx, fwd, &mut rng);
+}

@@ -24,9 +24,11 @@ use std::sync::Arc;
 use dinoedge_runtime::dispatch::Backend;
 use dinoedge_runtime::dispatch::cuda::{CudaBackend, CudaOptions};
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
+use dinoedge_runtime::models::convnext::ConvNext;
 use dinoedge_runtime::models::vit::Vit;
 use dinoedge_runtime::testing::{
-    FIXTURE_FAMILIES, check_against_transformers, fixture_dir, fixture_inputs,
+    CONVNEXT_FIXTURES, FIXTURE_FAMILIES, assert_patch_cosines, check_against_transformers,
+    fixture_dir, fixture_inputs,
 };
 use dinoedge_runtime::{
     BackendKind, Model, Precision, RunOptions, RuntimeError, Session, SessionOptions,
@@ -214,6 +216,31 @@ fn f32_matches_transformers_on_every_fixture() {
     }
 }
 
+/// ConvNeXt (dwconv, the channels-last im2col and token_pool kernels) against transformers at
+/// every stage, direct, recorded and replayed; f16 and bf16 at mean patch cosine >= 0.999.
+#[test]
+fn convnext_matches_transformers_at_every_stage() {
+    for name in CONVNEXT_FIXTURES {
+        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
+        each_device(Precision::F32, |label, be| {
+            let mut s = Session::<_, ConvNext>::new(be, model.clone()).unwrap();
+            let worst = check_against_transformers(name, label, &mut s, 1e-3, 3);
+            let graphs = s.backend().recorded_graphs();
+            println!("{label} f32 {name}: worst relative error {worst:.2e}, {graphs} graphs");
+            assert!(graphs > 0, "{label} {name}: no forward was recorded");
+        });
+        let mut c =
+            Session::<_, ConvNext>::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone())
+                .unwrap();
+        for precision in [Precision::F16, Precision::BF16] {
+            each_device(precision, |label, be| {
+                let mut g = Session::<_, ConvNext>::new(be, model.clone()).unwrap();
+                assert_patch_cosines(&format!("{label} {precision} {name}"), name, &mut g, &mut c);
+            });
+        }
+    }
+}
+
 #[test]
 fn half_precisions_keep_patch_cosine_above_0999() {
     for precision in [Precision::F16, Precision::BF16] {
@@ -232,22 +259,8 @@ fn half_precisions_keep_patch_cosine_above_0999() {
                         assert!(kernel.contains("_mma_"), "{label} {name}: {kernel}");
                     }
                     let mut g = Session::<_, Vit>::new(be, model.clone()).unwrap();
-                    for x in fixture_inputs(&fixture_dir(name)).unwrap() {
-                        let (a, b) = (
-                            g.run(&x, &RunOptions::default()).unwrap(),
-                            c.run(&x, &RunOptions::default()).unwrap(),
-                        );
-                        let cos = dinoedge_runtime::tensor::mean_row_cosine(
-                            &a.last.patches.data,
-                            &b.last.patches.data,
-                            b.dim(),
-                        );
-                        println!(
-                            "{label} {precision} {name} {:?} {kernel}: mean patch cosine {cos:.6}",
-                            x.shape
-                        );
-                        assert!(cos >= 0.999, "{label} {precision} {name} {kernel}: {cos}");
-                    }
+                    let what = format!("{label} {precision} {name} {kernel}");
+                    assert_patch_cosines(&what, name, &mut g, &mut c);
                 });
             }
         }

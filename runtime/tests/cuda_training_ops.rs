@@ -445,3 +445,57 @@ fn rope_swiglu_activation_and_patch_embed_backward() {
         dev.check("patch_embed_backward dregisters (+=)", rg, &dregs, d.dim);
     }
 }
+
+/// The ConvNeXt ops' CUDA backward (dwconv's din, dweight, dbias; token_pool; the
+/// channels-last im2col) against the CPU references, dweight and dbias accumulating.
+#[test]
+fn convnext_ops_backward() {
+    use dinoedge_runtime::ops::dwconv::{self, DwDims, TAPS};
+    use dinoedge_runtime::ops::token_pool;
+    for dev in devices() {
+        for (batch, height, width, channels) in [(1, 1, 1, 3), (2, 9, 6, 40)] {
+            let d = DwDims {
+                batch,
+                height,
+                width,
+                channels,
+            };
+            let mut r = Rng(11 + channels as u64);
+            let (x, w, g) = (
+                r.vec(d.len(), 1.0),
+                r.vec(TAPS * channels, 0.3),
+                r.vec(d.len(), 1.0),
+            );
+            let (mut dx, mut dw, mut db) =
+                (vec![0.0; d.len()], vec![0.5; w.len()], vec![0.5; channels]);
+            dwconv::cpu::dwconv_backward(&mut dx, &mut dw, &mut db, &g, &x, &w, &d);
+            let (dxg, dwg, dbg) = (
+                dev.zeros(d.len()),
+                dev.up(&vec![0.5; w.len()]),
+                dev.up(&vec![0.5; channels]),
+            );
+            let (gg, xg, wg) = (dev.up(&g), dev.up(&x), dev.up(&w));
+            dwconv::cuda::dwconv_backward(dev.d(), dxg, dwg, dbg, gg, xg, wg, &d).unwrap();
+            dev.check(&format!("dwconv_backward din {d:?}"), dxg, &dx, channels);
+            dev.check("dwconv_backward dweight (+=)", dwg, &dw, channels);
+            dev.check("dwconv_backward dbias (+=)", dbg, &db, channels);
+        }
+        let (batch, cells, channels) = (3, 7, 5);
+        let g = Rng(3).vec(batch * (1 + cells) * channels, 1.0);
+        let mut want = vec![0.0; batch * cells * channels];
+        token_pool::cpu::token_pool_backward(&mut want, &g, batch, cells, channels);
+        let dg = dev.zeros(want.len());
+        token_pool::cuda::token_pool_backward(dev.d(), dg, dev.up(&g), batch, cells, channels)
+            .unwrap();
+        dev.check("token_pool_backward", dg, &want, channels);
+        let mut d = dims(2, (2, 3), 0, 8, 1);
+        (d.channels, d.patch, d.height, d.width) = (5, 2, 5, 7);
+        let dcols = Rng(4).vec(d.batch * d.patches() * d.patch_len(), 1.0);
+        let mut want = vec![0.0; d.batch * d.height * d.width * d.channels];
+        patch_embed::cpu::patch_embed_backward_im2col_nhwc(&mut want, &dcols, &d);
+        let dxg = dev.up(&vec![f32::NAN; want.len()]);
+        patch_embed::cuda::patch_embed_backward_im2col_nhwc(dev.d(), dxg, dev.up(&dcols), &d)
+            .unwrap();
+        dev.check("patch_embed_backward_im2col_nhwc", dxg, &want, d.channels);
+    }
+}

@@ -88,3 +88,31 @@ fn unknown_graph_is_a_clear_error() {
         .to_string();
     assert!(e.contains("missing.onnx"), "{e}");
 }
+
+/// A DINOv3 ConvNeXt export (named convs and norms, anonymous pointwise MatMuls) imports to
+/// the exported model's config, and the written directory matches transformers at every
+/// stage.
+#[test]
+fn convnext_export_round_trips() {
+    use dinoedge_runtime::import::{Import, import_model, write_import};
+    let name = "dinov3_convnext";
+    let onnx = fixtures().join("onnx").join(format!("{name}.onnx"));
+    let imp = import_model(&onnx).unwrap();
+    println!("{name}: {:?}", imp.notes());
+    let Import::ConvNext(c) = &imp else {
+        panic!("not read as a ConvNeXt: {imp:?}")
+    };
+    let original = dinoedge_runtime::config::ModelConfig::from_file(
+        &fixtures().join("hf").join(name).join("config.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        dinoedge_runtime::config::ModelConfig::ConvNext(c.config.clone()),
+        original
+    );
+    let out = tempfile::tempdir().unwrap();
+    write_import(&imp, out.path(), &onnx).unwrap();
+    let model = Arc::new(Model::load(out.path()).unwrap());
+    let mut s = create_session(model, &SessionOptions::default()).unwrap();
+    dinoedge_runtime::testing::check_against_transformers(name, "imported", &mut *s, 1e-4, 1);
+}

@@ -11,8 +11,12 @@ use std::sync::Arc;
 use dinoedge_runtime::dispatch::reference::ReferenceBackend;
 use dinoedge_runtime::dispatch::wgpu::WgpuBackend;
 use dinoedge_runtime::dispatch::{Backend, Epilogue, HostLinear};
+use dinoedge_runtime::models::convnext::ConvNext;
 use dinoedge_runtime::models::vit::Vit;
-use dinoedge_runtime::testing::{FIXTURE_FAMILIES, compare, fixture_dir, fixture_inputs};
+use dinoedge_runtime::testing::{
+    CONVNEXT_FIXTURES, FIXTURE_FAMILIES, assert_patch_cosines, check_against_transformers, compare,
+    fixture_dir, fixture_inputs,
+};
 use dinoedge_runtime::{Activation, InputLimits, Model, Precision, RunOptions, Session, Tensor};
 
 fn backend(precision: Precision) -> Option<WgpuBackend> {
@@ -72,6 +76,30 @@ fn f32_matches_the_cpu_reference_on_every_fixture() {
     }
 }
 
+/// ConvNeXt (dwconv, the channels-last im2col and token_pool in WGSL) against transformers'
+/// float64 outputs: f32 at every stage within 1e-3; f16 weights at mean patch cosine >= 0.999
+/// against the CPU reference.
+#[test]
+fn convnext_matches_transformers_at_every_stage() {
+    let Some(_probe) = backend(Precision::F32) else {
+        return;
+    };
+    for name in CONVNEXT_FIXTURES {
+        let model = Arc::new(Model::load(fixture_dir(name)).unwrap());
+        let be = WgpuBackend::new(Precision::F32, None).unwrap();
+        let mut gpu = Session::<_, ConvNext>::new(be, model.clone()).unwrap();
+        let worst = check_against_transformers(name, "wgpu", &mut gpu, 1e-3, 2);
+        println!("wgpu f32 {name}: worst relative error {worst:.2e}");
+        let Ok(be) = WgpuBackend::new(Precision::F16, None) else {
+            continue;
+        };
+        let mut half = Session::<_, ConvNext>::new(be, model.clone()).unwrap();
+        let mut cpu =
+            Session::<_, ConvNext>::new(ReferenceBackend::new(Some(2)).unwrap(), model).unwrap();
+        assert_patch_cosines(&format!("wgpu f16 {name}"), name, &mut half, &mut cpu);
+    }
+}
+
 #[test]
 fn f16_weights_keep_patch_cosine_above_0999() {
     let Some(probe) = backend(Precision::F32) else {
@@ -95,19 +123,7 @@ fn f16_weights_keep_patch_cosine_above_0999() {
         .unwrap();
         let mut cpu =
             Session::<_, Vit>::new(ReferenceBackend::new(Some(2)).unwrap(), model.clone()).unwrap();
-        for x in fixture_inputs(&fixture_dir(name)).unwrap() {
-            let (g, c) = (
-                gpu.run(&x, &RunOptions::default()).unwrap(),
-                cpu.run(&x, &RunOptions::default()).unwrap(),
-            );
-            let cos = dinoedge_runtime::tensor::mean_row_cosine(
-                &g.last.patches.data,
-                &c.last.patches.data,
-                c.dim(),
-            );
-            println!("{name} {:?} f16: mean patch cosine {cos:.6}", x.shape);
-            assert!(cos >= 0.999, "{name}: {cos}");
-        }
+        assert_patch_cosines(&format!("wgpu f16 {name}"), name, &mut gpu, &mut cpu);
     }
 }
 

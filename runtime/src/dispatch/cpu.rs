@@ -17,9 +17,11 @@ use crate::backend::cpu::pool::{Pool, RowsMut};
 use crate::backend::{BackendInfo, BackendKind, Precision};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
+use crate::ops::dwconv::DwDims;
 use crate::ops::matmul::Epi;
 use crate::ops::matmul::fast::{PackedLinear, matmul_forward};
-use crate::ops::patch_embed::cpu::{assemble_rows, im2col_rows};
+use crate::ops::patch_embed::cpu::{assemble_rows, im2col_nhwc_rows, im2col_rows};
+use crate::ops::token_pool::cpu::token_pool_image;
 use crate::ops::{self, Dims};
 
 pub struct CpuBackend {
@@ -77,6 +79,9 @@ impl CpuBackend {
     }
 
     fn attention_scratch(&self, d: &Dims) -> usize {
+        if d.heads == 0 {
+            return 0;
+        }
         #[cfg(target_arch = "x86_64")]
         if self.attention_on_tiles(d) {
             return ops::attention::amx::scratch_len(d, self.pool.threads());
@@ -174,6 +179,47 @@ impl Backend for CpuBackend {
         let cols_rows = RowsMut::new(&mut cols[..n_patches * pl], pl);
         self.pool.run_rows(n_patches, 4, |r0, r1| {
             im2col_rows(unsafe { cols_rows.rows(r0, r1) }, r0, pixels, d)
+        });
+        pool_status(&self.pool)
+    }
+
+    fn patch_embed_im2col_nhwc(&self, cols: &mut Vec<f32>, x: &Vec<f32>, d: &Dims) -> Result<()> {
+        let (pl, n_patches) = (d.patch_len(), d.batch * d.patches());
+        let cols_rows = RowsMut::new(&mut cols[..n_patches * pl], pl);
+        self.pool.run_rows(n_patches, 4, |r0, r1| {
+            im2col_nhwc_rows(unsafe { cols_rows.rows(r0, r1) }, r0, x, d)
+        });
+        pool_status(&self.pool)
+    }
+
+    fn dwconv(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        d: &DwDims,
+    ) -> Result<()> {
+        ops::dwconv::fast::dwconv_forward(&self.pool, self.isa, out, inp, weight, bias, d);
+        pool_status(&self.pool)
+    }
+
+    fn token_pool(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let (n_out, n_in) = ((1 + cells) * channels, cells * channels);
+        let images = RowsMut::new(&mut out[..batch * n_out], n_out);
+        self.pool.run_rows(batch, 1, |b0, b1| {
+            let outs = unsafe { images.rows(b0, b1) };
+            for (i, o) in outs.chunks_exact_mut(n_out).enumerate() {
+                let b = b0 + i;
+                token_pool_image(o, &inp[b * n_in..(b + 1) * n_in], channels);
+            }
         });
         pool_status(&self.pool)
     }

@@ -21,6 +21,7 @@ pub mod train;
 
 use crate::error::Result;
 use crate::ops::Dims;
+use crate::ops::dwconv::DwDims;
 pub use crate::ops::matmul::Epilogue;
 
 /// The ops of [`crate::ops`], for [`Backend::supports`].
@@ -36,6 +37,10 @@ pub enum Op {
         heads: usize,
     },
     Swiglu,
+    /// The depthwise 7x7 convolution (ConvNeXt).
+    Dwconv,
+    /// The pooled token (ConvNeXt).
+    TokenPool,
 }
 
 /// [`Backend::supports`] for a backend whose only model-dependent limit is its attention
@@ -135,6 +140,37 @@ pub trait Backend: Send {
         registers: Option<&Self::Buffer>,
         pos: Option<&Self::Buffer>,
         d: &Dims,
+    ) -> Result<()>;
+
+    /// patch_embed, step 1 on a channels-last map x (B, H, W, C): cols (B*HW, P*P*C) in
+    /// (ky, kx, c) order (a ConvNeXt's downsampling conv, whose weight is permuted to match).
+    fn patch_embed_im2col_nhwc(
+        &self,
+        cols: &mut Self::Buffer,
+        x: &Self::Buffer,
+        d: &Dims,
+    ) -> Result<()>;
+
+    /// out (B, H, W, C) = dwconv(inp) with weight (49, C) and bias (C): see
+    /// [`crate::ops::dwconv`].
+    fn dwconv(
+        &self,
+        out: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: &Self::Buffer,
+        d: &DwDims,
+    ) -> Result<()>;
+
+    /// out (B, 1 + N, C) = [mean of inp's N cells, the cells] per image: see
+    /// [`crate::ops::token_pool`].
+    fn token_pool(
+        &self,
+        out: &mut Self::Buffer,
+        inp: &Self::Buffer,
+        batch: usize,
+        cells: usize,
+        channels: usize,
     ) -> Result<()>;
 
     /// out (R, C) = layer_norm(inp (R, C)) with weight, bias (C).

@@ -8,6 +8,7 @@ use super::{Backend, Epilogue, HostLinear, Op};
 use crate::backend::{BackendInfo, BackendKind, Precision};
 use crate::config::Activation;
 use crate::error::{Result, RuntimeError};
+use crate::ops::dwconv::DwDims;
 use crate::ops::matmul::Epi;
 use crate::ops::{self, Dims};
 
@@ -123,6 +124,38 @@ impl Backend for ReferenceBackend {
                 d,
             )
         });
+        Ok(())
+    }
+
+    fn patch_embed_im2col_nhwc(&self, cols: &mut Vec<f32>, x: &Vec<f32>, d: &Dims) -> Result<()> {
+        self.pool
+            .install(|| ops::patch_embed::cpu::patch_embed_forward_im2col_nhwc(cols, x, d));
+        Ok(())
+    }
+
+    fn dwconv(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        d: &DwDims,
+    ) -> Result<()> {
+        self.pool
+            .install(|| ops::dwconv::cpu::dwconv_forward(out, inp, weight, bias, d));
+        Ok(())
+    }
+
+    fn token_pool(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    ) -> Result<()> {
+        self.pool
+            .install(|| ops::token_pool::cpu::token_pool_forward(out, inp, batch, cells, channels));
         Ok(())
     }
 

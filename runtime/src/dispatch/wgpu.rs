@@ -123,6 +123,32 @@ impl Backend for WgpuBackend {
         ops::patch_embed::wgpu::patch_embed_forward_im2col(&self.dev, cols, pixels, d)
     }
 
+    fn patch_embed_im2col_nhwc(&self, cols: &mut GpuBuffer, x: &GpuBuffer, d: &Dims) -> Result<()> {
+        ops::patch_embed::wgpu::patch_embed_forward_im2col_nhwc(&self.dev, cols, x, d)
+    }
+
+    fn dwconv(
+        &self,
+        out: &mut GpuBuffer,
+        inp: &GpuBuffer,
+        weight: &GpuBuffer,
+        bias: &GpuBuffer,
+        d: &ops::dwconv::DwDims,
+    ) -> Result<()> {
+        ops::dwconv::wgpu::dwconv_forward(&self.dev, out, inp, weight, bias, d)
+    }
+
+    fn token_pool(
+        &self,
+        out: &mut GpuBuffer,
+        inp: &GpuBuffer,
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    ) -> Result<()> {
+        ops::token_pool::wgpu::token_pool_forward(&self.dev, out, inp, batch, cells, channels)
+    }
+
     fn patch_embed_assemble(
         &self,
         x: &mut GpuBuffer,

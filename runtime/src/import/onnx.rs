@@ -1,4 +1,5 @@
-//! Import of HF-exported DINOv2 / DINOv3 backbones from ONNX into the HF safetensors layout.
+//! Import of HF-exported DINOv2 / DINOv3 backbones from ONNX into the HF safetensors layout
+//! (a DINOv3 ConvNeXt is recognised here and read by `onnx_convnext.rs`).
 //!
 //! The protobuf is read by tract-onnx. Named initializers keep their HF names (under a
 //! prefix such as `backbone.`); Linear weights that the exporter folded into anonymous
@@ -35,17 +36,17 @@ pub struct OnnxImport {
     pub notes: Vec<String>,
 }
 
-fn err(path: &Path, reason: impl Into<String>) -> RuntimeError {
+pub(super) fn err(path: &Path, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::OnnxImport {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-struct Graph<'a> {
-    path: &'a Path,
-    g: &'a GraphProto,
-    inits: HashMap<&'a str, &'a TensorProto>,
+pub(super) struct Graph<'a> {
+    pub(super) path: &'a Path,
+    pub(super) g: &'a GraphProto,
+    pub(super) inits: HashMap<&'a str, &'a TensorProto>,
     consts: HashMap<&'a str, &'a TensorProto>,
 }
 
@@ -82,7 +83,7 @@ impl<'a> Graph<'a> {
             .map_err(|e| err(self.path, format!("cannot read tensor {:?}: {e}", t.name)))
     }
 
-    fn f32s(&self, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
+    pub(super) fn f32s(&self, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
         let tt = self.load(t)?;
         let shape = tt.shape().to_vec();
         let c = tt
@@ -106,7 +107,7 @@ impl<'a> Graph<'a> {
         Some(v)
     }
 
-    fn init_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    pub(super) fn init_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         match self.inits.get(name) {
             Some(t) => Ok(Some(self.f32s(t)?)),
             None => Ok(None),
@@ -254,8 +255,40 @@ fn module_params(family: Family, module: &str) -> Option<(L, L)> {
     Some(m)
 }
 
-/// Reads an HF-exported DINOv2 / DINOv3 backbone from an ONNX file.
+/// What an ONNX file held: a ViT, or a DINOv3 ConvNeXt.
+#[derive(Debug)]
+pub enum Import {
+    Vit(OnnxImport),
+    ConvNext(super::onnx_convnext::ConvNextImport),
+}
+
+impl Import {
+    /// How each inferred setting was found, for the user.
+    pub fn notes(&self) -> &[String] {
+        match self {
+            Import::Vit(i) => &i.notes,
+            Import::ConvNext(i) => &i.notes,
+        }
+    }
+}
+
+/// Reads an HF-exported DINOv2 / DINOv3 ViT or DINOv3 ConvNeXt backbone from an ONNX file.
+pub fn import_model(path: &Path) -> Result<Import> {
+    with_graph(path, |graph| {
+        if super::onnx_convnext::is_convnext(graph) {
+            super::onnx_convnext::import(graph).map(Import::ConvNext)
+        } else {
+            import_vit(graph).map(Import::Vit)
+        }
+    })
+}
+
+/// Reads an HF-exported DINOv2 / DINOv3 ViT backbone from an ONNX file.
 pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
+    with_graph(path, import_vit)
+}
+
+fn with_graph<T>(path: &Path, f: impl FnOnce(&Graph) -> Result<T>) -> Result<T> {
     let proto = tract_onnx::onnx()
         .proto_model_for_path(path)
         .map_err(|e| err(path, format!("not a readable ONNX model: {e}")))?;
@@ -263,20 +296,24 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
         .graph
         .as_ref()
         .ok_or_else(|| err(path, "the model has no graph"))?;
-    let graph = Graph::new(path, g);
+    f(&Graph::new(path, g))
+}
+
+fn import_vit(graph: &Graph) -> Result<OnnxImport> {
+    let path = graph.path;
     let mut notes = Vec::new();
-    let b = backbone(&graph)?;
+    let b = backbone(graph)?;
     notes.push(format!(
         "backbone prefix {:?}, family {}",
         b.prefix,
         b.family.model_type()
     ));
-    let mut linears = linears(&graph, &b)?;
-    let (config, mut tensors) = infer_config(&graph, &b, &linears, &mut notes)?;
+    let mut linears = linears(graph, &b)?;
+    let (config, mut tensors) = infer_config(graph, &b, &linears, &mut notes)?;
     config
         .validate()
         .map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
-    gather_params(&graph, &config, &b.prefix, &mut linears, &mut tensors)?;
+    gather_params(graph, &config, &b.prefix, &mut linears, &mut tensors)?;
     Ok(OnnxImport {
         config,
         tensors,
@@ -633,7 +670,7 @@ fn gather_params(
     Ok(())
 }
 
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(super) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -812,7 +849,7 @@ fn attention_heads(graph: &Graph, node_prefix: &str, dim: usize) -> Option<usize
 }
 
 /// The f64 with the same shortest decimal form as an f32 (1e-5f32 -> 1e-5, not 9.99e-6).
-fn shortest_f64(v: f32) -> f64 {
+pub(super) fn shortest_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
@@ -915,23 +952,53 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
     }
 }
 
-/// Writes an import as an HF model directory: `config.json` and `model.safetensors`.
+/// Writes a ViT import as an HF model directory: `config.json` and `model.safetensors`.
 pub fn write_model_dir(imp: &OnnxImport, out_dir: &Path, source: &Path) -> Result<()> {
-    std::fs::create_dir_all(out_dir).map_err(|e| RuntimeError::io(out_dir, e))?;
     let tensors = layout::hub_tensors(&imp.config, |p| {
         imp.tensors
             .get(&p)
             .cloned()
             .ok_or_else(|| RuntimeError::input(format!("{p:?}"), "not imported"))
     })?;
+    write_dir(out_dir, &tensors, &imp.config.to_hf_json(), source)
+}
+
+/// Writes any import as an HF model directory.
+pub fn write_import(imp: &Import, out_dir: &Path, source: &Path) -> Result<()> {
+    match imp {
+        Import::Vit(i) => write_model_dir(i, out_dir, source),
+        Import::ConvNext(i) => {
+            use crate::models::convnext::layout as cl;
+            let tensors: Vec<_> = cl::params(&i.config)
+                .into_iter()
+                .map(|p| {
+                    crate::weights::store::f32_entry(
+                        cl::hub_name(p),
+                        cl::shape(&i.config, p),
+                        &i.tensors[&p],
+                    )
+                })
+                .collect();
+            write_dir(out_dir, &tensors, &i.config.to_hf_json(), source)
+        }
+    }
+}
+
+fn write_dir(
+    out_dir: &Path,
+    tensors: &[layout::HubTensor],
+    config: &serde_json::Value,
+    source: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|e| RuntimeError::io(out_dir, e))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("dinoedge_source".to_string(), source.display().to_string());
     crate::weights::store::write_safetensors(
         &out_dir.join("model.safetensors"),
-        &tensors,
+        tensors,
         Some(meta),
     )?;
-    let cfg = serde_json::to_string_pretty(&imp.config.to_hf_json()).expect("json");
+    let cfg = serde_json::to_string_pretty(config).expect("json");
     crate::fsutil::write_atomic(&out_dir.join("config.json"), cfg.as_bytes())
 }

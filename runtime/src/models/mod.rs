@@ -5,6 +5,7 @@
 //! `model_type` values, and brings any op it needs as a new `ops/<op>/` folder. The session,
 //! the backends and the device layers stay as they are.
 
+pub mod convnext;
 pub mod vit;
 
 use crate::config::ModelConfig;
@@ -13,6 +14,29 @@ use crate::error::Result;
 use crate::features::Features;
 use crate::limits::InputLimits;
 use crate::model::Model;
+
+/// A unique id for a new plan (backends key recorded forwards by it).
+pub(crate) fn next_plan_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs a forward's `ops` for plan `id`, or lets the backend replay a recording of them
+/// (CUDA graphs); a recording that failed is dropped and the ops run directly.
+pub(crate) fn run_recorded<B: Backend>(
+    be: &B,
+    id: u64,
+    mut ops: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    if be.begin_forward(id)? {
+        return be.end_forward(id, true).map(|_| ());
+    }
+    let r = ops();
+    if be.end_forward(id, r.is_ok())? {
+        return r;
+    }
+    ops()
+}
 
 /// What a session needs from an architecture. The session owns the backend, the model and
 /// a few plans; the architecture says what those plans hold and which ops fill them.

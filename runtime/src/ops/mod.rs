@@ -7,6 +7,8 @@
 //! | [`matmul`] | `x Wᵀ + b` then an epilogue: store, `act(.)`, or LayerScale + residual `out += gamma * (.)` | (R,K) -> (R,O) |
 //! | [`rope`] | rotary embedding of q and k of patch tokens, in place | qkv (B,N,3D) |
 //! | [`attention`] | softmax(q kᵀ / sqrt(hd)) v per head, no mask | qkv (B,N,3D) -> (B,N,D) |
+//! | [`dwconv`] | depthwise 7x7 conv, padding 3, + bias (ConvNeXt) | (B,H,W,C) -> (B,H,W,C) |
+//! | [`token_pool`] | `[mean of the cells, cells]` per image (ConvNeXt's pooled token) | (B,N,C) -> (B,1+N,C) |
 //! | [`activation`] | gelu / gelu_tanh / silu | (R,I) -> (R,I) |
 //! | [`swiglu`] | `act(gate) * up` | (R,2I) -> (R,I) |
 //! | [`residual`] | `x += gamma * y` (LayerScale + residual; training) | (R,D) |
@@ -24,6 +26,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 pub mod column_sum;
+pub mod dwconv;
 pub mod layer_norm;
 pub mod loss;
 pub mod matmul;
@@ -31,6 +34,7 @@ pub mod patch_embed;
 pub mod residual;
 pub mod rope;
 pub mod swiglu;
+pub mod token_pool;
 
 use crate::backend::cuda::device::Program;
 
@@ -38,7 +42,7 @@ use crate::backend::cuda::device::Program;
 /// `activation.cu` (whose `activate` other kernels call), then each op, each exporting its
 /// source and kernel list (no list is kept by hand here).
 pub fn cuda_program() -> Program {
-    let ops: [((&'static str, &'static str), &'static [&'static str]); 9] = [
+    let ops: [((&'static str, &'static str), &'static [&'static str]); 11] = [
         (activation::cuda::SOURCE, activation::cuda::KERNELS),
         (matmul::cuda::SOURCE, matmul::cuda::KERNELS),
         (column_sum::cuda::SOURCE, column_sum::cuda::KERNELS),
@@ -48,6 +52,8 @@ pub fn cuda_program() -> Program {
         (patch_embed::cuda::SOURCE, patch_embed::cuda::KERNELS),
         (swiglu::cuda::SOURCE, swiglu::cuda::KERNELS),
         (residual::cuda::SOURCE, residual::cuda::KERNELS),
+        (dwconv::cuda::SOURCE, dwconv::cuda::KERNELS),
+        (token_pool::cuda::SOURCE, token_pool::cuda::KERNELS),
     ];
     let mut p = Program {
         sources: vec![crate::backend::cuda::COMMON],
@@ -83,6 +89,7 @@ pub struct Dims {
     /// CLS + register tokens.
     pub prefix: usize,
     pub dim: usize,
+    /// Attention heads; 0 for a model without attention (a ConvNeXt's stages).
     pub heads: usize,
     /// MLP hidden width.
     pub hidden: usize,

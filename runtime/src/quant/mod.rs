@@ -263,6 +263,9 @@ pub fn quantize(
     opts: &QuantizeOptions,
     calib: Option<&CalibrationStats>,
 ) -> Result<Quantized> {
+    if let crate::config::ModelConfig::ConvNext(c) = model.config() {
+        return quantize_convnext(model, c, opts.precision);
+    }
     let cfg = model.config().vit_for("quantize")?;
     let path = model.dir().join("config.json");
     if cfg.quantization.is_some() {
@@ -312,11 +315,51 @@ pub fn quantize(
     }
 }
 
+/// A ConvNeXt in f16 or bf16: every tensor converted, under its hub name. int8 files are
+/// written for ViTs only; a ConvNeXt runs int8 from its float weights (`--precision int8`).
+fn quantize_convnext(
+    model: &Model,
+    cfg: &crate::config::ConvNextConfig,
+    precision: Precision,
+) -> Result<Quantized> {
+    use crate::models::convnext::layout as cl;
+    let dtype = match precision {
+        Precision::F16 => Dtype::F16,
+        Precision::BF16 => Dtype::BF16,
+        other => {
+            return Err(RuntimeError::input(
+                "precision",
+                format!(
+                    "{other}: a ConvNeXt is written in f16 or bf16; for int8, run the float model with --precision int8 (per-channel int8 weights and per-token int8 activations at load time)"
+                ),
+            ));
+        }
+    };
+    let tensors = cl::params(cfg)
+        .into_iter()
+        .map(|p| {
+            let bytes = half_bytes(model.tensor_f32(p)?.into_iter(), dtype);
+            Ok((cl::hub_name(p), cl::shape(cfg, p), dtype, bytes))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Quantized {
+        config: model.config().clone(),
+        tensors,
+        sites: Vec::new(),
+    })
+}
+
 fn convert_f32_bytes(bytes: &[u8], dtype: Dtype) -> Vec<u8> {
-    bytes
+    let values = bytes
         .chunks_exact(4)
-        .flat_map(|b| {
-            let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    half_bytes(values, dtype)
+}
+
+/// f32 values as little-endian f16 or bf16 bytes (round to nearest even).
+fn half_bytes(values: impl Iterator<Item = f32>, dtype: Dtype) -> Vec<u8> {
+    values
+        .flat_map(|v| {
             let bits = if dtype == Dtype::F16 {
                 half::f16::from_f32(v).to_bits()
             } else {

@@ -111,6 +111,29 @@ impl<B: Backend<Buffer = Vec<f32>>> Backend for Observer<B> {
     fn patch_embed_im2col(&self, cols: &mut Vec<f32>, pixels: &Vec<f32>, d: &Dims) -> Result<()> {
         self.inner.patch_embed_im2col(cols, pixels, d)
     }
+    fn patch_embed_im2col_nhwc(&self, cols: &mut Vec<f32>, x: &Vec<f32>, d: &Dims) -> Result<()> {
+        self.inner.patch_embed_im2col_nhwc(cols, x, d)
+    }
+    fn dwconv(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        d: &crate::ops::dwconv::DwDims,
+    ) -> Result<()> {
+        self.inner.dwconv(out, inp, weight, bias, d)
+    }
+    fn token_pool(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    ) -> Result<()> {
+        self.inner.token_pool(out, inp, batch, cells, channels)
+    }
     fn patch_embed_assemble(
         &self,
         x: &mut Vec<f32>,

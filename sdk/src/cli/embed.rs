@@ -37,7 +37,8 @@ pub struct EmbedArgs {
     /// images, one file each: NAME-0.png, NAME-1.png, ...
     #[arg(long)]
     pca: Option<PathBuf>,
-    /// Also write these blocks (0-based, comma separated), final norm applied.
+    /// Also write these blocks (0-based, comma separated), final norm applied; for a ConvNeXt,
+    /// its stages (0 to 3, stride 4 to 32), raw as HF's hidden_states.
     #[arg(long, value_delimiter = ',')]
     layers: Vec<usize>,
     /// Or embed the frames of a video file or GStreamer source, stacked along the batch.

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use clap::Args;
 use dinoedge::runtime::fsutil::{OutputDir, Replace};
-use dinoedge::runtime::import::{import_onnx, write_model_dir};
+use dinoedge::runtime::import::{import_model, write_import};
 use dinoedge::{Model, Result};
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// An HF DINOv2 / DINOv3 backbone exported to ONNX (a task head around it is ignored).
+    /// An HF DINOv2 / DINOv3 ViT or DINOv3 ConvNeXt backbone exported to ONNX (a task head
+    /// around it is ignored).
     onnx: PathBuf,
     /// Output directory: config.json + model.safetensors in HF layout (written to a staging
     /// directory, renamed into place at the end).
@@ -31,13 +32,13 @@ pub fn run(a: ImportArgs) -> Result<()> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("reading {}", a.onnx.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let imp = import_onnx(&a.onnx);
+    let imp = import_model(&a.onnx);
     spinner.finish_and_clear();
     let imp = imp?;
-    for n in &imp.notes {
+    for n in imp.notes() {
         eprintln!("note: {n}");
     }
-    write_model_dir(&imp, staged.path(), &a.onnx)?;
+    write_import(&imp, staged.path(), &a.onnx)?;
     // Load what was written, as any user of the directory would, before it replaces --out.
     Model::load(staged.path())?;
     staged.commit(replace)?;

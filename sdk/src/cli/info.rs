@@ -130,38 +130,29 @@ fn backend_info(b: BackendKind, json: bool, model_dir: Option<&std::path::Path>)
 
 fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
     let model = Model::load(model_dir)?;
-    // One section per architecture (the compiler lists this match when one is added).
-    let ModelConfig::Vit(cfg) = model.config();
+    let cfg = model.config();
     let store = model.store();
     let dtypes = store.dtype_counts();
     let (gh, gw) = cfg.grid(224, 224);
-    let positions = match cfg.positions {
-        Positions::Rope { theta } => format!("RoPE on patch q/k, theta {theta}"),
-        Positions::Learned { grid, antialias } => format!(
-            "learned {grid}x{grid} table ({} px native), bicubic{} resampling",
-            grid * cfg.patch_size,
-            if antialias { " antialiased" } else { "" }
-        ),
+    // One section per architecture: JSON fields, and the lines the text form prints.
+    let (fields, lines) = match cfg {
+        ModelConfig::Vit(c) => vit_section(c),
+        ModelConfig::ConvNext(c) => convnext_section(c),
     };
-    let v = json!({
+    let mut v = json!({
         "model_dir": model_dir.display().to_string(),
-        "model_type": cfg.family.model_type(),
+        "model_type": cfg.model_type(),
         "architecture": cfg.describe(),
         "parameters": model.num_parameters(),
         "dtypes": dtypes.iter().map(|(d, n)| json!({"dtype": d, "tensors": n})).collect::<Vec<_>>(),
         "weights_bytes": store.data_bytes(),
-        "hidden_size": cfg.hidden_size,
-        "layers": cfg.num_layers,
-        "heads": cfg.num_heads,
-        "head_dim": cfg.head_dim(),
-        "mlp_hidden": cfg.intermediate_size,
-        "patch_size": cfg.patch_size,
-        "register_tokens": cfg.num_register_tokens,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "positions": positions,
+        "hidden_size": cfg.hidden_size(),
         "grid_at_224": [gh, gw],
         "tokens_at_224": cfg.num_tokens(224, 224),
     });
+    if let (Some(o), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
+        o.extend(extra);
+    }
     if json_out {
         println!("{v}");
         return Ok(());
@@ -172,7 +163,7 @@ fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
         .collect();
     println!("model        {}", model_dir.display());
     println!("architecture {}", cfg.describe());
-    println!("model_type   {}", cfg.family.model_type());
+    println!("model_type   {}", cfg.model_type());
     println!(
         "parameters   {} ({:.1}M)",
         model.num_parameters(),
@@ -183,19 +174,83 @@ fn model_info(model_dir: &std::path::Path, json_out: bool) -> Result<()> {
         "weights      {:.1} MiB",
         store.data_bytes() as f64 / (1 << 20) as f64
     );
-    println!(
-        "heads        {} x {} dims, MLP {}",
-        cfg.num_heads,
-        cfg.head_dim(),
-        cfg.intermediate_size
-    );
-    println!("positions    {positions}");
-    println!(
-        "tokens @224  {} (1 CLS + {} registers + {gh}x{gw} patches)",
-        cfg.num_tokens(224, 224),
-        cfg.num_register_tokens
-    );
+    for l in lines {
+        println!("{l}");
+    }
     Ok(())
+}
+
+fn vit_section(cfg: &dinoedge::runtime::config::VitConfig) -> (serde_json::Value, Vec<String>) {
+    let (gh, gw) = cfg.grid(224, 224);
+    let positions = match cfg.positions {
+        Positions::Rope { theta } => format!("RoPE on patch q/k, theta {theta}"),
+        Positions::Learned { grid, antialias } => format!(
+            "learned {grid}x{grid} table ({} px native), bicubic{} resampling",
+            grid * cfg.patch_size,
+            if antialias { " antialiased" } else { "" }
+        ),
+    };
+    let v = json!({
+        "layers": cfg.num_layers,
+        "heads": cfg.num_heads,
+        "head_dim": cfg.head_dim(),
+        "mlp_hidden": cfg.intermediate_size,
+        "patch_size": cfg.patch_size,
+        "register_tokens": cfg.num_register_tokens,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "positions": positions,
+    });
+    let lines = vec![
+        format!(
+            "heads        {} x {} dims, MLP {}",
+            cfg.num_heads,
+            cfg.head_dim(),
+            cfg.intermediate_size
+        ),
+        format!("positions    {positions}"),
+        format!(
+            "tokens @224  {} (1 CLS + {} registers + {gh}x{gw} patches)",
+            cfg.num_tokens(224, 224),
+            cfg.num_register_tokens
+        ),
+    ];
+    (v, lines)
+}
+
+fn convnext_section(
+    cfg: &dinoedge::runtime::config::ConvNextConfig,
+) -> (serde_json::Value, Vec<String>) {
+    let grids = cfg.stage_grids(224, 224);
+    let v = json!({
+        "hidden_sizes": cfg.hidden_sizes,
+        "depths": cfg.depths,
+        "stride": cfg.stride(),
+        "stage_grids_at_224": grids,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "register_tokens": 0,
+    });
+    let stages: Vec<String> = cfg
+        .hidden_sizes
+        .iter()
+        .zip(&cfg.depths)
+        .zip(&grids)
+        .enumerate()
+        .map(|(s, ((c, d), g))| format!("{s}: {d} x {c}-d @ {}x{}", g.0, g.1))
+        .collect();
+    let (gh, gw) = cfg.grid(224, 224);
+    let lines = vec![
+        format!(
+            "stages @224  {} (--layers 0 to {})",
+            stages.join(", "),
+            grids.len() - 1
+        ),
+        format!(
+            "tokens @224  {} (1 pooled + {gh}x{gw} cells, stride {})",
+            cfg.num_tokens(224, 224),
+            cfg.stride()
+        ),
+    ];
+    (v, lines)
 }
 
 /// GPU memory a model needs on cuda: weights per precision, activations per input shape.
@@ -211,13 +266,14 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
     if let Some(dir) = model_dir {
         use dinoedge::runtime::dispatch::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
-        head_dim = model.config().as_vit().map(|c| c.head_dim());
+        // The memory plan is the ViT's (the CUDA plan module); other models get none.
+        let cfg = model.config().vit_for("the CUDA memory plan")?;
+        head_dim = Some(cfg.head_dim());
         let params = model.num_parameters() as u64;
         for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
             let mut totals = serde_json::Map::new();
             let mut row = json!({"batch": batch, "size": size});
             for p in [dinoedge::Precision::F32, dinoedge::Precision::F16] {
-                let ModelConfig::Vit(cfg) = model.config();
                 let m = memory_plan(cfg, params, p, batch, size, size);
                 let key = if p == dinoedge::Precision::F32 {
                     "f32"

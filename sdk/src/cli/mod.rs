@@ -36,7 +36,7 @@ enum Cmd {
     Embed(embed::EmbedArgs),
     /// Time forward passes and print median / p90 latency (last line: one JSON object).
     Bench(bench::BenchArgs),
-    /// Convert an HF-exported DINOv2 / DINOv3 ONNX backbone to an HF safetensors directory.
+    /// Convert an HF-exported DINOv2 / DINOv3 ViT or ConvNeXt ONNX backbone to an HF safetensors directory.
     #[cfg(feature = "onnx")]
     ImportOnnx(import::ImportArgs),
     /// Write an f16, bf16 or int8 (W8A8, calibrated) copy of a float model.

@@ -134,7 +134,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
 
     // Calibration: needed for SmoothQuant and static scales (int8 only).
+    // (ViTs only: a ConvNeXt is written in f16 / bf16, and quantize says so.)
     let wants_calib = a.precision == Precision::Int8
+        && model.config().as_vit().is_some()
         && (smoothing != Smoothing::Off || activations == ActivationScheme::StaticPerTensor);
     let mut calib: Option<CalibrationStats> = None;
     if wants_calib {

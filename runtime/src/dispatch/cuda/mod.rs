@@ -288,6 +288,39 @@ impl Backend for CudaBackend {
         ops::patch_embed::cuda::patch_embed_forward_im2col(&*self.dev, cols.ptr, pixels.ptr, d)
     }
 
+    fn patch_embed_im2col_nhwc(
+        &self,
+        cols: &mut CudaBuffer,
+        x: &CudaBuffer,
+        d: &Dims,
+    ) -> Result<()> {
+        ops::patch_embed::cuda::patch_embed_forward_im2col_nhwc(&*self.dev, cols.ptr, x.ptr, d)
+    }
+
+    fn dwconv(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        weight: &CudaBuffer,
+        bias: &CudaBuffer,
+        d: &ops::dwconv::DwDims,
+    ) -> Result<()> {
+        ops::dwconv::cuda::dwconv_forward(&*self.dev, out.ptr, inp.ptr, weight.ptr, bias.ptr, d)
+    }
+
+    fn token_pool(
+        &self,
+        out: &mut CudaBuffer,
+        inp: &CudaBuffer,
+        batch: usize,
+        cells: usize,
+        channels: usize,
+    ) -> Result<()> {
+        ops::token_pool::cuda::token_pool_forward(
+            &*self.dev, out.ptr, inp.ptr, batch, cells, channels,
+        )
+    }
+
     fn patch_embed_assemble(
         &self,
         x: &mut CudaBuffer,

@@ -122,16 +122,23 @@ pub struct VitConfig {
 impl VitConfig {
     /// Parses an HF config that must describe a ViT; `path` names it in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        match ModelConfig::from_json_str(text, path)? {
+        Self::only_vit(ModelConfig::from_json_str(text, path)?)
+    }
+
+    fn only_vit(cfg: ModelConfig) -> Result<Self> {
+        match cfg {
             ModelConfig::Vit(c) => Ok(c),
+            other => Err(crate::error::RuntimeError::WrongArchitecture {
+                what: "this config".into(),
+                needs: "a ViT",
+                model: other.describe(),
+            }),
         }
     }
 
     /// Reads an HF `config.json` that must describe a ViT.
     pub fn from_file(path: &Path) -> Result<Self> {
-        match ModelConfig::from_file(path)? {
-            ModelConfig::Vit(c) => Ok(c),
-        }
+        Self::only_vit(ModelConfig::from_file(path)?)
     }
 
     /// Parses the fields of a ViT `model_type` (one of [`MODEL_TYPES`]).

@@ -373,9 +373,8 @@ impl<B: Backend> Plan<B> {
                 }
             }
         }
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Plan {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: crate::models::next_plan_id(),
             dims,
             capture: capture.to_vec(),
             pixels,
@@ -398,15 +397,8 @@ impl<B: Backend> Plan<B> {
 /// Runs the forward pass on `plan.pixels`, leaving the final-normed tokens in `plan.out`
 /// and captured blocks in `plan.captured`.
 pub fn forward<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {
-    if be.begin_forward(p.id)? {
-        return be.end_forward(p.id, true).map(|_| ());
-    }
-    let r = forward_ops(be, m, p);
-    if be.end_forward(p.id, r.is_ok())? {
-        return r;
-    }
-    // A recording that failed (the backend has stopped recording): run the ops directly.
-    forward_ops(be, m, p)
+    let id = p.id;
+    crate::models::run_recorded(be, id, || forward_ops(be, m, p))
 }
 
 fn forward_ops<B: Backend>(be: &B, m: &PreparedModel<B>, p: &mut Plan<B>) -> Result<()> {

@@ -442,12 +442,20 @@ pub fn resolve(cfg: &VitConfig, store: &TensorStore) -> Result<WeightLayout> {
         );
     }
 
+    check_no_extra(store, &used, &prefix, &arch)?;
+    Ok(out)
+}
+
+/// Every tensor under `prefix` must be one the architecture `arch` uses (`used`), or one
+/// exporters keep without information; a task head outside the prefix is not ours to load.
+pub(crate) fn check_no_extra(
+    store: &TensorStore,
+    used: &HashSet<String>,
+    prefix: &str,
+    arch: &str,
+) -> Result<()> {
     for name in store.names() {
-        if used.contains(name) || ignorable(name) {
-            continue;
-        }
-        if !name.starts_with(&prefix) {
-            // Outside the backbone (a task head next to `backbone.*`): not ours to load.
+        if used.contains(name) || ignorable(name) || !name.starts_with(prefix) {
             continue;
         }
         let t = store.get(name).expect("listed name");
@@ -455,10 +463,10 @@ pub fn resolve(cfg: &VitConfig, store: &TensorStore) -> Result<WeightLayout> {
             path: t.path.to_path_buf(),
             tensor: name.to_string(),
             shape: t.shape.to_vec(),
-            arch: arch.clone(),
+            arch: arch.to_string(),
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Quantisation scales multiply int8 values back to floats: each must be finite and positive
@@ -501,6 +509,12 @@ fn check_symmetric(t: &StoredTensor) -> Result<()> {
 /// Buffers some exporters keep that carry no information for inference.
 fn ignorable(name: &str) -> bool {
     name.ends_with("rope_embeddings.inv_freq") || name.ends_with("rope_embed.periods")
+}
+
+/// A float parameter of a model without int8 weights: a supported dtype and `expected`'s
+/// shape (leading 1s aside). Other architectures' layouts share it.
+pub(crate) fn check_float_tensor(t: &StoredTensor, expected: &[usize]) -> Result<()> {
+    check_tensor(t, None, expected, false, false)
 }
 
 fn check_tensor(

@@ -6,14 +6,17 @@ use rayon::prelude::*;
 
 use crate::ops::Dims;
 
+/// The image, grid row and grid column of patch row `row`.
+fn patch_at(row: usize, d: &Dims) -> (usize, usize, usize) {
+    let (b, pi) = (row / d.patches(), row % d.patches());
+    (b, pi / d.grid_w, pi % d.grid_w)
+}
+
 /// Patch rows `row0..` of cols (B*HW, C*P*P) <- pixels (B, C, H, W).
 pub fn im2col_rows(cols: &mut [f32], row0: usize, pixels: &[f32], d: &Dims) {
     let (c, h, w, p) = (d.channels, d.height, d.width, d.patch);
-    let hw = d.patches();
     for (i, col) in cols.chunks_exact_mut(d.patch_len()).enumerate() {
-        let row = row0 + i;
-        let (b, pi) = (row / hw, row % hw);
-        let (gy, gx) = (pi / d.grid_w, pi % d.grid_w);
+        let (b, gy, gx) = patch_at(row0 + i, d);
         for ch in 0..c {
             for ky in 0..p {
                 let src = ((b * c + ch) * h + gy * p + ky) * w + gx * p;
@@ -22,6 +25,52 @@ pub fn im2col_rows(cols: &mut [f32], row0: usize, pixels: &[f32], d: &Dims) {
             }
         }
     }
+}
+
+/// Patch rows `row0..` of cols (B*HW, P*P*C) <- a channels-last map x (B, H, W, C), each
+/// patch in (ky, kx, c) order (the conv weight permuted to (D, P, P, C) to match): a
+/// ConvNeXt's downsampling conv. Each (patch row, ky) is one contiguous run of P*C values.
+pub fn im2col_nhwc_rows(cols: &mut [f32], row0: usize, x: &[f32], d: &Dims) {
+    let (c, h, w, p) = (d.channels, d.height, d.width, d.patch);
+    for (i, col) in cols.chunks_exact_mut(d.patch_len()).enumerate() {
+        let (b, gy, gx) = patch_at(row0 + i, d);
+        for ky in 0..p {
+            let src = ((b * h + gy * p + ky) * w + gx * p) * c;
+            col[ky * p * c..(ky + 1) * p * c].copy_from_slice(&x[src..src + p * c]);
+        }
+    }
+}
+
+/// cols (B*HW, P*P*C) <- x (B, H, W, C): see [`im2col_nhwc_rows`].
+pub fn patch_embed_forward_im2col_nhwc(cols: &mut [f32], x: &[f32], d: &Dims) {
+    let pl = d.patch_len();
+    cols[..d.batch * d.patches() * pl]
+        .par_chunks_mut(pl * 16)
+        .enumerate()
+        .for_each(|(i, c)| im2col_nhwc_rows(c, i * 16, x, d));
+}
+
+/// Backward of [`patch_embed_forward_im2col_nhwc`]: dx (B, H, W, C) (=) each patch value's
+/// gradient put back where it was read; pixels past the last full patch get zero.
+pub fn patch_embed_backward_im2col_nhwc(dx: &mut [f32], dcols: &[f32], d: &Dims) {
+    let (c, h, w, p) = (d.channels, d.height, d.width, d.patch);
+    dx[..d.batch * h * w * c]
+        .par_chunks_mut(w * c)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (b, y) = (r / h, r % h);
+            let (gy, ky) = (y / p, y % p);
+            for (x, px) in row.chunks_exact_mut(c).enumerate() {
+                let (gx, kx) = (x / p, x % p);
+                if gy >= d.grid_h || gx >= d.grid_w {
+                    px.fill(0.0);
+                    continue;
+                }
+                let col = ((b * d.grid_h + gy) * d.grid_w + gx) * d.patch_len();
+                let at = col + (ky * p + kx) * c;
+                px.copy_from_slice(&dcols[at..at + c]);
+            }
+        });
 }
 
 /// Token rows `row0..` of x (B*N, D) <- [cls (+pos[0]), registers, emb (+pos[1..])].

@@ -8,6 +8,7 @@ use crate::ops::Dims;
 pub const SOURCE: (&str, &str) = ("patch_embed.cu", include_str!("patch_embed.cu"));
 pub const KERNELS: &[&str] = &[
     "patch_embed_forward_im2col",
+    "patch_embed_backward_im2col_nhwc",
     "patch_embed_forward_assemble",
     "patch_embed_backward",
 ];
@@ -19,10 +20,59 @@ pub fn patch_embed_forward_im2col(
     pixels: DevPtr,
     d: &Dims,
 ) -> Result<()> {
-    let mut args = vec![Arg::Ptr(cols), Arg::Ptr(pixels)];
+    im2col(dev, cols, pixels, d, false)
+}
+
+/// cols (B*HW, P*P*C) (=) the patches of a channels-last map x (B, H, W, C).
+pub fn patch_embed_forward_im2col_nhwc(
+    dev: &dyn Device,
+    cols: DevPtr,
+    x: DevPtr,
+    d: &Dims,
+) -> Result<()> {
+    im2col(dev, cols, x, d, true)
+}
+
+/// Backward of the channels-last im2col: dx (B, H, W, C) (=) from dcols (B*HW, P*P*C).
+pub fn patch_embed_backward_im2col_nhwc(
+    dev: &dyn Device,
+    dx: DevPtr,
+    dcols: DevPtr,
+    d: &Dims,
+) -> Result<()> {
+    let mut args = vec![Arg::Ptr(dx), Arg::Ptr(dcols)];
     args.extend(
         [
             d.batch, d.channels, d.height, d.width, d.patch, d.grid_h, d.grid_w,
+        ]
+        .map(|v| Arg::I32(v as i32)),
+    );
+    dev.launch(
+        "patch_embed_backward_im2col_nhwc",
+        LaunchCfg::elements(d.batch * d.height * d.width * d.channels),
+        &args,
+    )
+}
+
+/// The one im2col kernel, on planar pixels or a channels-last map.
+fn im2col(
+    dev: &dyn Device,
+    cols: DevPtr,
+    src: DevPtr,
+    d: &Dims,
+    channels_last: bool,
+) -> Result<()> {
+    let mut args = vec![Arg::Ptr(cols), Arg::Ptr(src)];
+    args.extend(
+        [
+            d.batch,
+            d.channels,
+            d.height,
+            d.width,
+            d.patch,
+            d.grid_h,
+            d.grid_w,
+            channels_last as usize,
         ]
         .map(|v| Arg::I32(v as i32)),
     );

@@ -1,16 +1,42 @@
 // patch_embed: im2col of the pixels, the product (matmul), then token assembly.
 
-// cols (B*HW, C*P*P) (=) pixels (B, C, H, W), (c, ky, kx) order as the conv weight.
-extern "C" __global__ void patch_embed_forward_im2col(float *cols, const float *pixels, int batch, int channels,
-                                                      int height, int width, int patch, int grid_h, int grid_w) {
+// cols (B*HW, C*P*P) (=) the patches of src: planar pixels (B, C, H, W) in (c, ky, kx)
+// order as the conv weight, or a channels-last map (B, H, W, C) in (ky, kx, c) order.
+extern "C" __global__ void patch_embed_forward_im2col(float *cols, const float *src, int batch, int channels,
+                                                      int height, int width, int patch, int grid_h, int grid_w,
+                                                      int channels_last) {
     int pl = channels * patch * patch, hw = grid_h * grid_w;
     GRID_STRIDE(i, (long long)batch * hw * pl) {
         int e = (int)(i % pl);
         long long row = i / pl;
         int b = (int)(row / hw), pi = (int)(row % hw);
         int gy = pi / grid_w, gx = pi % grid_w;
-        int c = e / (patch * patch), ky = (e / patch) % patch, kx = e % patch;
-        cols[i] = pixels[(((long long)b * channels + c) * height + gy * patch + ky) * width + gx * patch + kx];
+        if (channels_last) {
+            int ky = e / (patch * channels), kx = (e / channels) % patch, c = e % channels;
+            cols[i] = src[(((long long)b * height + gy * patch + ky) * width + gx * patch + kx) * channels + c];
+        } else {
+            int c = e / (patch * patch), ky = (e / patch) % patch, kx = e % patch;
+            cols[i] = src[(((long long)b * channels + c) * height + gy * patch + ky) * width + gx * patch + kx];
+        }
+    }
+}
+
+// Backward of the channels-last im2col: dx (B, H, W, C) (=) each patch value's gradient
+// put back; pixels past the last full patch get zero.
+extern "C" __global__ void patch_embed_backward_im2col_nhwc(float *dx, const float *dcols, int batch, int channels,
+                                                            int height, int width, int patch, int grid_h,
+                                                            int grid_w) {
+    GRID_STRIDE(i, (long long)batch * height * width * channels) {
+        int c = (int)(i % channels);
+        long long p = i / channels;
+        int x = (int)(p % width), y = (int)((p / width) % height), b = (int)(p / ((long long)width * height));
+        int gy = y / patch, gx = x / patch;
+        float v = 0.0f;
+        if (gy < grid_h && gx < grid_w) {
+            long long row = ((long long)b * grid_h + gy) * grid_w + gx;
+            v = dcols[row * channels * patch * patch + ((y % patch) * patch + x % patch) * channels + c];
+        }
+        dx[i] = v;
     }
 }
 

@@ -20,8 +20,9 @@ pub const ASSEMBLE: Kernel = Kernel {
     defines: &[],
 };
 
-/// The uniform parameters both kernels read.
-fn params(d: &Dims, pos: bool) -> [u32; 12] {
+/// The uniform parameters both kernels read: has_pos for the assembly, channels_last for
+/// im2col.
+fn params(d: &Dims, has_pos: bool, channels_last: bool) -> [u32; 12] {
     [
         d.batch as u32,
         d.channels as u32,
@@ -32,8 +33,8 @@ fn params(d: &Dims, pos: bool) -> [u32; 12] {
         d.grid_w as u32,
         d.prefix as u32,
         d.dim as u32,
-        pos as u32,
-        0,
+        has_pos as u32,
+        channels_last as u32,
         0,
     ]
 }
@@ -49,7 +50,23 @@ pub fn patch_embed_forward_im2col(
         &IM2COL,
         "main",
         &[pixels, cols],
-        &params(d, false),
+        &params(d, false, false),
+        linear_groups(d.batch * d.patches() * d.patch_len(), 64),
+    )
+}
+
+/// cols (B*HW, P*P*C) = the patches of a channels-last map x (B, H, W, C).
+pub fn patch_embed_forward_im2col_nhwc(
+    be: &WgpuDevice,
+    cols: &GpuBuffer,
+    x: &GpuBuffer,
+    d: &Dims,
+) -> Result<()> {
+    be.dispatch(
+        &IM2COL,
+        "main",
+        &[x, cols],
+        &params(d, false, true),
         linear_groups(d.batch * d.patches() * d.patch_len(), 64),
     )
 }
@@ -75,7 +92,7 @@ pub fn patch_embed_forward_assemble(
             registers.unwrap_or(dummy),
             pos.unwrap_or(dummy),
         ],
-        &params(d, pos.is_some()),
+        &params(d, pos.is_some(), false),
         linear_groups(d.rows() * d.dim, 64),
     )
 }
