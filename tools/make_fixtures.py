@@ -251,6 +251,7 @@ def cmd_onnx_export(_args):
     from transformers import DINOv3ConvNextModel
 
     export_onnx("dinov3_convnext", DINOv3ConvNextModel, 64)
+    convnext_gap_onnx()
     # A graph that is not a ViT backbone, for the importer's error path.
     import onnx
     from onnx import TensorProto, helper
@@ -261,6 +262,21 @@ def cmd_onnx_export(_args):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
               os.path.join(ROOT, "fixtures", "onnx", "not_a_vit.onnx"))
     cmd_onnx_external(_args)
+
+
+def convnext_gap_onnx():
+    """A ConvNeXt-looking graph whose stage 0 has block 1 but no block 0: the importer must
+    refuse it rather than drop the block (tiny, weights only)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros(s, np.float32), f"backbone.model.stages.0.{n}")
+             for n, s in [("downsample_layers.0.weight", (2, 3, 4, 4)), ("layers.1.gamma", (2,))]]
+    g = helper.make_graph([helper.make_node("Erf", ["x"], ["y"], name="/backbone/Erf")], "convnext_gap",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializer=inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              os.path.join(ROOT, "fixtures", "onnx", "convnext_gap.onnx"))
 
 
 def cmd_onnx_external(_args):

@@ -469,8 +469,9 @@ fn convnext_ops_backward() {
             let (mut dx, mut dw, mut db) =
                 (vec![0.0; d.len()], vec![0.5; w.len()], vec![0.5; channels]);
             dwconv::cpu::dwconv_backward(&mut dx, &mut dw, &mut db, &g, &x, &w, &d);
+            // din is written (=) over NaN; dweight and dbias accumulate (+=) onto 0.5.
             let (dxg, dwg, dbg) = (
-                dev.zeros(d.len()),
+                dev.up(&vec![f32::NAN; d.len()]),
                 dev.up(&vec![0.5; w.len()]),
                 dev.up(&vec![0.5; channels]),
             );
@@ -484,7 +485,7 @@ fn convnext_ops_backward() {
         let g = Rng(3).vec(batch * (1 + cells) * channels, 1.0);
         let mut want = vec![0.0; batch * cells * channels];
         token_pool::cpu::token_pool_backward(&mut want, &g, batch, cells, channels);
-        let dg = dev.zeros(want.len());
+        let dg = dev.up(&vec![f32::NAN; want.len()]);
         token_pool::cuda::token_pool_backward(dev.d(), dg, dev.up(&g), batch, cells, channels)
             .unwrap();
         dev.check("token_pool_backward", dg, &want, channels);

@@ -116,3 +116,17 @@ fn convnext_export_round_trips() {
     let mut s = create_session(model, &SessionOptions::default()).unwrap();
     dinoedge_runtime::testing::check_against_transformers(name, "imported", &mut *s, 1e-4, 1);
 }
+
+/// A stage with block 1 but no block 0 is refused, naming the stray tensor, not imported
+/// without its block.
+#[test]
+fn convnext_with_a_missing_block_is_refused() {
+    let onnx = fixtures().join("onnx/convnext_gap.onnx");
+    let e = dinoedge_runtime::import::import_model(&onnx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stages.0.layers.1.gamma") && e.contains("stages.0.layers.0.gamma"),
+        "{e}"
+    );
+}

@@ -969,16 +969,21 @@ pub fn write_import(imp: &Import, out_dir: &Path, source: &Path) -> Result<()> {
         Import::Vit(i) => write_model_dir(i, out_dir, source),
         Import::ConvNext(i) => {
             use crate::models::convnext::layout as cl;
-            let tensors: Vec<_> = cl::params(&i.config)
+            let tensors = cl::params(&i.config)
                 .into_iter()
                 .map(|p| {
-                    crate::weights::store::f32_entry(
-                        cl::hub_name(p),
-                        cl::shape(&i.config, p),
-                        &i.tensors[&p],
-                    )
+                    let shape = cl::shape(&i.config, p);
+                    match i.tensors.get(&p) {
+                        Some(v) if v.len() == shape.iter().product::<usize>() => {
+                            Ok(crate::weights::store::f32_entry(cl::hub_name(p), shape, v))
+                        }
+                        _ => Err(RuntimeError::input(
+                            cl::hub_name(p),
+                            format!("not imported with shape {shape:?}"),
+                        )),
+                    }
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
             write_dir(out_dir, &tensors, &i.config.to_hf_json(), source)
         }
     }

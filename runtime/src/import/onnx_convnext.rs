@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use tract_onnx::pb::TensorProto;
+
 use super::onnx::{Graph, err, shortest_f64, transpose};
 use crate::config::{Activation, ConvNextConfig};
 use crate::error::Result;
@@ -17,6 +19,10 @@ use crate::models::convnext::layout::{self, BlockParam, Param};
 
 /// The stem's weight: what marks a ConvNeXt export, and where its prefix ends.
 const STEM: &str = "stages.0.downsample_layers.0.weight";
+
+/// Parameters an import may hold: 2^32, twenty times ConvNeXt-L (every tensor is read into
+/// memory).
+const MAX_PARAMETERS: u64 = 1 << 32;
 
 /// A ConvNeXt read out of an ONNX graph.
 #[derive(Debug)]
@@ -89,6 +95,12 @@ pub(super) fn import(graph: &Graph) -> Result<ConvNextImport> {
     config
         .validate()
         .map_err(|r| err(path, format!("inferred config is invalid: {r}")))?;
+    if config.num_parameters() as u64 > MAX_PARAMETERS {
+        let n = config.num_parameters();
+        let why =
+            format!("the weights describe {n} parameters, above the limit of {MAX_PARAMETERS}");
+        return Err(err(path, why));
+    }
     notes.push(config.describe());
     let mut tensors = HashMap::new();
     for p in layout::params(&config) {
@@ -115,14 +127,36 @@ fn widths_and_depths(graph: &Graph, prefix: &str) -> Result<(Vec<usize>, Vec<usi
         let Some(t) = graph.inits.get(conv.as_str()) else {
             break;
         };
-        let width = t.dims.first().copied().unwrap_or(0);
-        let width =
-            usize::try_from(width).map_err(|_| err(graph.path, format!("{conv}: bad shape")))?;
+        let width = t
+            .dims
+            .first()
+            .and_then(|&w| usize::try_from(w).ok())
+            .filter(|&w| w > 0);
+        let width = width.ok_or_else(|| {
+            err(
+                graph.path,
+                format!("{conv} has shape {:?}, expected (C, ...)", t.dims),
+            )
+        })?;
         let has = |b: usize| {
             let g = format!("{prefix}stages.{s}.layers.{b}.gamma");
             graph.inits.contains_key(g.as_str())
         };
         let depth = (0..=MAX_DEPTH).take_while(|&b| has(b)).count();
+        // A block past a gap would be dropped without a word: refuse it.
+        let blocks = format!("{prefix}stages.{s}.layers.");
+        let block_of = |k: &str| {
+            let rest = k.strip_prefix(blocks.as_str())?;
+            rest.split('.').next()?.parse::<usize>().ok()
+        };
+        if let Some(stray) = graph
+            .inits
+            .keys()
+            .find(|k| block_of(k).is_some_and(|b| b >= depth))
+        {
+            let why = format!("{stray}: stage {s} has no {blocks}{depth}.gamma before it");
+            return Err(err(graph.path, why));
+        }
         widths.push(width);
         depths.push(depth);
     }
@@ -130,7 +164,7 @@ fn widths_and_depths(graph: &Graph, prefix: &str) -> Result<(Vec<usize>, Vec<usi
 }
 
 /// One parameter: its named initializer, or (pointwise weights) the anonymous operand of
-/// its MatMul, transposed to (out, in); checked against `shape`.
+/// its MatMul, transposed to (out, in). Shapes are checked before a tensor is read.
 fn param(
     graph: &Graph,
     prefix: &str,
@@ -144,56 +178,48 @@ fn param(
         Param::NormWeight | Param::NormBias => format!("{top}{hub}"),
         _ => format!("{prefix}{hub}"),
     };
-    let found = match graph.init_f32(&name)? {
-        Some(t) => Some(t),
-        None => match p {
-            Param::Block(s, b, k @ (BlockParam::Pw1Weight | BlockParam::Pw2Weight)) => {
-                let which = if k == BlockParam::Pw1Weight { 1 } else { 2 };
-                let node =
-                    format!("{node_prefix}/stages.{s}/layers.{b}/pointwise_conv{which}/MatMul");
-                anonymous_matmul(graph, &node)?
-            }
-            _ => None,
-        },
-    };
-    let (got, values) = found.ok_or_else(|| {
-        err(
-            graph.path,
-            format!("no tensor {name} (expected shape {shape:?})"),
-        )
-    })?;
-    let squeeze = |s: &[usize]| {
-        s.iter()
-            .skip_while(|&&d| d == 1)
-            .copied()
+    let dims = |t: &TensorProto| {
+        t.dims
+            .iter()
+            .map(|&d| d.max(0) as usize)
             .collect::<Vec<_>>()
     };
-    if squeeze(&got) != squeeze(shape) {
-        return Err(err(
-            graph.path,
-            format!("tensor {name} has shape {got:?}, expected {shape:?}"),
-        ));
+    let squeeze = |s: Vec<usize>| s.into_iter().skip_while(|&d| d == 1).collect::<Vec<_>>();
+    if let Some(t) = graph.inits.get(name.as_str()) {
+        if squeeze(dims(t)) != squeeze(shape.to_vec()) {
+            let why = format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims);
+            return Err(err(graph.path, why));
+        }
+        return Ok(graph.f32s(t)?.1);
     }
-    Ok(values)
+    if let Param::Block(s, b, k @ (BlockParam::Pw1Weight | BlockParam::Pw2Weight)) = p {
+        let which = if k == BlockParam::Pw1Weight { 1 } else { 2 };
+        let node = format!("{node_prefix}/stages.{s}/layers.{b}/pointwise_conv{which}/MatMul");
+        if let Some(t) = matmul_operand(graph, &node) {
+            // Stored (in, out): the transpose of HF's (out, in).
+            let (o, k) = (shape[0], shape[1]);
+            if dims(t) != [k, o] {
+                let why = format!(
+                    "{name}: operand {:?} of node {node} has shape {:?}, expected [{k}, {o}]",
+                    t.name, t.dims
+                );
+                return Err(err(graph.path, why));
+            }
+            return Ok(transpose(&graph.f32s(t)?.1, k, o));
+        }
+    }
+    let why = format!("no tensor {name} (expected shape {shape:?})");
+    Err(err(graph.path, why))
 }
 
-/// The (in, out) weight operand of the MatMul node named `node`, as ((out, in), values).
-fn anonymous_matmul(graph: &Graph, node: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-    let Some(n) = graph
+/// The initializer operand of the MatMul node named `node`.
+fn matmul_operand<'a>(graph: &Graph<'a>, node: &str) -> Option<&'a TensorProto> {
+    let n = graph
         .g
         .node
         .iter()
-        .find(|n| n.name == node && n.op_type == "MatMul")
-    else {
-        return Ok(None);
-    };
-    for i in &n.input {
-        if let Some(t) = graph.inits.get(i.as_str()) {
-            let (shape, v) = graph.f32s(t)?;
-            if let [k, o] = shape[..] {
-                return Ok(Some((vec![o, k], transpose(&v, k, o))));
-            }
-        }
-    }
-    Ok(None)
+        .find(|n| n.name == node && n.op_type == "MatMul")?;
+    n.input
+        .iter()
+        .find_map(|i| graph.inits.get(i.as_str()).copied())
 }

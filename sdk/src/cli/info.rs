@@ -267,10 +267,16 @@ fn cuda_info(json_out: bool, model_dir: Option<&std::path::Path>) -> Result<()> 
         use dinoedge::runtime::dispatch::cuda::plan::memory_plan;
         let model = Model::load(dir)?;
         // The memory plan is the ViT's (the CUDA plan module); other models get none.
-        let cfg = model.config().vit_for("the CUDA memory plan")?;
-        head_dim = Some(cfg.head_dim());
+        let vit = model.config().as_vit();
+        head_dim = vit.map(|c| c.head_dim());
         let params = model.num_parameters() as u64;
-        for (batch, size) in [(1usize, 224usize), (32, 224), (1, 448)] {
+        let sizes: &[(usize, usize)] = if vit.is_some() {
+            &[(1, 224), (32, 224), (1, 448)]
+        } else {
+            &[]
+        };
+        for &(batch, size) in sizes {
+            let cfg = vit.expect("sizes only for ViTs");
             let mut totals = serde_json::Map::new();
             let mut row = json!({"batch": batch, "size": size});
             for p in [dinoedge::Precision::F32, dinoedge::Precision::F16] {

@@ -3,7 +3,7 @@
 //! the pooled token takes the CLS slot). Writes `out` (`=`).
 //!
 //! Shapes: inp (B, N, C) (N = h*w cells of a channels-last map), out (B, 1 + N, C). The mean
-//! sums the cells in order, in f32, and divides by N.
+//! sums the cells in order, in f32, and multiplies by 1/N.
 //!
 //! Backward (`token_pool_backward`, cpu and cuda): dinp (=) each cell's gradient plus the
 //! pooled token's divided by N.
