@@ -116,20 +116,23 @@ impl Architecture for ConvNext {
             (sd.cells(b) + b) * sd.channels
         };
         let last = m.config.num_stages() - 1;
-        let lens: Vec<usize> = std::iter::once(last)
-            .chain(plan.capture.iter().copied())
-            .map(pooled)
-            .collect();
-        hosts.resize_with(lens.len(), Vec::new);
-        for (h, &n) in hosts.iter_mut().zip(&lens) {
-            h.resize(n, 0.0);
+        // Sized in place and, without captured stages (video), read without a list: a
+        // warmed-up session allocates nothing per frame.
+        hosts.resize_with(1 + plan.capture.len(), Vec::new);
+        let stages = std::iter::once(last).chain(plan.capture.iter().copied());
+        for (h, s) in hosts.iter_mut().zip(stages) {
+            h.resize(pooled(s), 0.0);
         }
-        let mut reads: Vec<(&B::Buffer, &mut [f32])> = std::iter::once(&plan.out)
-            .chain(plan.captured.iter())
-            .zip(hosts.iter_mut())
-            .map(|(buf, h)| (buf, h.as_mut_slice()))
-            .collect();
-        backend.read_many(&mut reads)?;
+        if let [h] = hosts.as_mut_slice() {
+            backend.read_many(&mut [(&plan.out, h.as_mut_slice())])?;
+        } else {
+            let mut reads: Vec<(&B::Buffer, &mut [f32])> = std::iter::once(&plan.out)
+                .chain(plan.captured.iter())
+                .zip(hosts.iter_mut())
+                .map(|(buf, h)| (buf, h.as_mut_slice()))
+                .collect();
+            backend.read_many(&mut reads)?;
+        }
         let split = |s: usize, h: &[f32], o: &mut LayerFeatures| {
             let sd = &plan.stages[s];
             split_tokens_into(s, h, b, 0, sd.grid, sd.channels, o)
