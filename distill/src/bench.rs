@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use dinoedge_runtime::VitConfig;
+use dinoedge_runtime::ModelConfig;
 use serde::Serialize;
 
 use crate::checkpoint::TrainState;
@@ -58,22 +58,21 @@ pub struct StepBench {
 
 /// Times `warmup + iters` steps; `on` is called after each.
 pub fn bench_step(
-    cfg: &VitConfig,
+    cfg: &ModelConfig,
     b: &BenchOptions,
     mut on: impl FnMut(usize),
 ) -> Result<StepBench> {
-    let mut cfg = cfg.clone();
-    cfg.image_size = b.size;
-    let heads = [(cfg.hidden_size, b.teacher_dim); 2];
+    let cfg = crate::student::at_size(cfg, b.size);
+    let heads = [(cfg.hidden_size(), b.teacher_dim); 2];
     let layout = ParamLayout::new(&cfg, &heads);
     let params = layout.init(0, 0.1);
     let mut r = rng(1, Stream::Init, u64::MAX, 0);
     let mut randn = |n: usize| (0..n).map(|_| normal(&mut r)).collect::<Vec<f32>>();
-    let d = dinoedge_runtime::models::vit::forward::dims(&cfg, b.batch, b.size, b.size);
+    let (gh, gw) = cfg.grid(b.size, b.size);
     let pixels = randn(b.batch * 3 * b.size * b.size);
     let targets = Targets {
         cls: randn(b.batch * b.teacher_dim),
-        patches: randn(b.batch * d.patches() * b.teacher_dim),
+        patches: randn(b.batch * gh * gw * b.teacher_dim),
         inter: Vec::new(),
     };
     let (w, opt) = (LossWeights::default(), OptimConfig::default());

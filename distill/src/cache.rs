@@ -442,10 +442,17 @@ impl CachedTeacher {
         want.layers = index.key.layers.clone();
         let diff = key_differences(&index.key, &want);
         if !diff.is_empty() {
+            // Another grid at the same size: a student of another stride (ConvNeXt: 32).
+            let (have, need) = (&index.key.align, &want.align);
+            let stride = if have.grid != need.grid && have.student_size == need.student_size {
+                " with the student's --student (its stride sets the grid)"
+            } else {
+                ""
+            };
             return Err(DistillError::Mismatch {
                 path,
                 reason: format!(
-                    "the cache was made for another setup ({}); rebuild it with cache-teacher",
+                    "the cache was made for another setup ({}); rebuild it with cache-teacher{stride}",
                     diff.join("; ")
                 ),
             });

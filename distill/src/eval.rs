@@ -88,7 +88,7 @@ impl Heads {
         let tensors: Vec<_> = layout
             .entries
             .iter()
-            .filter(|e| !matches!(e.id, ParamId::Model(_)))
+            .filter(|e| !e.id.is_model())
             .map(|e| f32_entry(e.name.clone(), e.shape.clone(), &v[e.range.clone()]))
             .collect();
         Ok(write_safetensors(path, &tensors, Some(meta))?)

@@ -1,5 +1,5 @@
-//! dinoedge-distill: trains small DINOv3-style ViT students to reproduce a teacher's CLS and
-//! patch features. Forward and backward for every op of the student (checked against
+//! dinoedge-distill: trains small DINOv3-style students (ViTs and ConvNeXts) to reproduce a
+//! teacher's CLS and patch features. Forward and backward for every op of the student (checked against
 //! PyTorch autograd), AdamW with an EMA copy, augmented image data decoded in worker
 //! threads, online or cached teacher features, and checkpoints that resume bit-for-bit.
 //!

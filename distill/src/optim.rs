@@ -114,7 +114,7 @@ mod tests {
             std::path::Path::new("test"),
         )
         .unwrap();
-        let layout = ParamLayout::new(&cfg, &[]);
+        let layout = ParamLayout::new(&cfg.into(), &[]);
         let n = layout.total;
         let c = OptimConfig {
             lr: 0.1,

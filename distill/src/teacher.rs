@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dinoedge_runtime::resample::{Filter, resize_aa};
 use dinoedge_runtime::{
     Features, InferenceSession, Model, ModelConfig, Preprocessor, RunOptions, SessionOptions,
-    Tensor, VitConfig, create_session,
+    Tensor, create_session,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,16 +74,16 @@ impl Alignment {
     /// Checks sizes against both patch sizes. Without `teacher_size`, the teacher gets the
     /// size that gives the student's grid.
     pub fn new(
-        student: &VitConfig,
+        student: &ModelConfig,
         student_size: usize,
         teacher: &ModelConfig,
         teacher_size: Option<usize>,
     ) -> Result<Self> {
-        let (ps, pt) = (student.patch_size, teacher.patch_size());
-        if student.num_channels != teacher.num_channels() {
+        let (ps, pt) = (student.patch_size(), teacher.patch_size());
+        if student.num_channels() != teacher.num_channels() {
             return Err(DistillError::Config(format!(
                 "the student reads {} channels, the teacher {}",
-                student.num_channels,
+                student.num_channels(),
                 teacher.num_channels()
             )));
         }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use common::{Case, load, reference_grad, t, targets, trainer, weights};
 use dinoedge_distill::trainer::On;
-use dinoedge_distill::trainer::graph::Graph;
+use dinoedge_distill::trainer::graph;
 use dinoedge_runtime::dispatch::train::cpu::Ctx;
 
 fn compare_grads(c: &Case, prefix: &str, g: &[f32], tol: f64) {
@@ -79,7 +79,7 @@ fn gradients_match_pytorch_autograd() {
 }
 
 fn check_against_torch(ctx: &Rc<Ctx>) {
-    for name in ["dinov3_mlp", "dinov3_gated"] {
+    for name in ["dinov3_mlp", "dinov3_gated", "dinov3_convnext"] {
         let c = load(name);
         // 1. forward, then the gradient of sum(last_hidden_state * R).
         let tr = trainer(&c, On::Cpu(ctx.clone()), &c.params, false, false);
@@ -112,13 +112,15 @@ fn check_against_torch(ctx: &Rc<Ctx>) {
 
 #[test]
 fn gradients_do_not_depend_on_thread_count() {
-    let c = load("dinov3_gated");
-    let (_, g1, _) = objective_grads(&c, &Ctx::new(Some(1)).unwrap(), &c.params);
-    let (_, g3, _) = objective_grads(&c, &Ctx::new(Some(3)).unwrap(), &c.params);
-    assert!(
-        g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "gradients differ between 1 and 3 threads"
-    );
+    for name in ["dinov3_gated", "dinov3_convnext"] {
+        let c = load(name);
+        let (_, g1, _) = objective_grads(&c, &Ctx::new(Some(1)).unwrap(), &c.params);
+        let (_, g3, _) = objective_grads(&c, &Ctx::new(Some(3)).unwrap(), &c.params);
+        assert!(
+            g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: gradients differ between 1 and 3 threads"
+        );
+    }
 }
 
 /// Activation recomputation (`--recompute`) gives the same loss and gradients, bit for bit,
@@ -139,8 +141,8 @@ fn recomputing_activations_changes_no_bit() {
     }
     let vits = dinoedge_distill::student::resolve("vit-s16").unwrap();
     let (all, re) = (
-        Graph::activation_bytes(&vits, 128, (224, 224), 0, false).unwrap(),
-        Graph::activation_bytes(&vits, 128, (224, 224), 0, true).unwrap(),
+        graph::activation_bytes(&vits, 128, (224, 224), 0, false).unwrap(),
+        graph::activation_bytes(&vits, 128, (224, 224), 0, true).unwrap(),
     );
     eprintln!(
         "vit-s16 batch 128 at 224: activations {:.2} GiB, recomputing {:.2} GiB",
@@ -230,7 +232,7 @@ fn bf16_gradients_stay_near_pytorch_autograd() {
             return;
         }
     };
-    for name in ["dinov3_mlp", "dinov3_gated"] {
+    for name in ["dinov3_mlp", "dinov3_gated", "dinov3_convnext"] {
         let c = load(name);
         let (loss, g, _) = objective_grads(&c, &ctx, &c.params);
         let want_loss = t(&c.refs, "obj.loss")[0] as f64;
@@ -245,5 +247,46 @@ fn bf16_gradients_stay_near_pytorch_autograd() {
     assert!(
         g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()),
         "bf16 gradients differ between 1 and 3 threads"
+    );
+}
+
+/// A ConvNeXt's parameters go into the trainer's orders (depthwise (49, C), downsampling
+/// (O, 2, 2, C_in)) and come back out in HF's names, shapes and values unchanged.
+#[test]
+fn convnext_parameters_round_trip_through_the_trainer_layout() {
+    use dinoedge_distill::params::ParamId;
+    use dinoedge_runtime::models::convnext::layout::{hub_name, shape};
+    let c = load("dinov3_convnext");
+    let dinoedge_runtime::ModelConfig::ConvNext(cfg) = &c.cfg else {
+        panic!("a ConvNeXt fixture")
+    };
+    let model = dinoedge_runtime::Model::load(common::fixture("dinov3_convnext")).unwrap();
+    let hub = c.layout.hub_tensors(&c.cfg, &c.params).unwrap();
+    let mut reordered = 0;
+    for e in &c.layout.entries {
+        let ParamId::ConvNext(p) = e.id else { continue };
+        let want = model.tensor_f32(p).unwrap();
+        let (_, shp, _, bytes) = hub.iter().find(|t| t.0 == hub_name(p)).expect("exported");
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(shp, &shape(cfg, p), "{}", e.name);
+        assert_eq!(got, want, "{}", e.name);
+        if e.transposed.is_some() {
+            reordered += 1;
+            assert_ne!(
+                &c.params[e.range.clone()],
+                &want[..],
+                "{} is reordered",
+                e.name
+            );
+        }
+    }
+    // 5 depthwise convs and 3 downsampling convs.
+    assert_eq!(reordered, 8);
+    assert_eq!(
+        hub.len(),
+        c.layout.entries.iter().filter(|e| e.id.is_model()).count()
     );
 }

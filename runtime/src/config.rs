@@ -252,7 +252,7 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// The ViT config, for what only ViTs have (the trainer's students, ONNX import).
+    /// The ViT config, for what only ViTs have (int8 files, ONNX import of a ViT).
     pub fn as_vit(&self) -> Option<&VitConfig> {
         match self {
             ModelConfig::Vit(c) => Some(c),
@@ -398,6 +398,12 @@ impl ModelConfig {
 impl From<VitConfig> for ModelConfig {
     fn from(c: VitConfig) -> Self {
         ModelConfig::Vit(c)
+    }
+}
+
+impl From<ConvNextConfig> for ModelConfig {
+    fn from(c: ConvNextConfig) -> Self {
+        ModelConfig::ConvNext(c)
     }
 }
 

@@ -140,8 +140,7 @@ pub fn evaluate(
         )));
     }
     let size = o.size.unwrap_or(student.config().image_size());
-    let student_cfg = student.config().vit_for("distill eval (the student)")?;
-    let align = Alignment::new(student_cfg, size, teacher.config(), o.teacher_size)?;
+    let align = Alignment::new(student.config(), size, teacher.config(), o.teacher_size)?;
     let session_opts = SessionOptions {
         threads: o.threads,
         ..Default::default()

@@ -423,6 +423,97 @@ fn bad_inputs_give_clear_errors() {
     );
 }
 
+/// A ConvNeXt student from a config.json: trained, resumed bit for bit, exported in HF
+/// `dinov3_convnext` layout (loadable by every command), and the options only a ViT has
+/// refused with a message naming them.
+#[test]
+fn convnext_student_trains_resumes_exports_and_refuses_vit_only_options() {
+    let s = setup();
+    let cfg = s.root.join("convnext.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"dinov3_convnext","hidden_sizes":[8,16,16,24],"depths":[1,1,2,1]}"#,
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let base = ["--student", c, "--size", "64"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        base.iter().chain(extra).copied().collect()
+    }
+    let whole = s.root.join("whole");
+    ok(&s.args(&whole, &with(&base, &["--steps", "6"])));
+    let split = s.root.join("split");
+    ok(&s.args(&split, &with(&base, &["--steps", "6", "--stop-after", "3"])));
+    ok(&s.args(&split, &with(&base, &["--steps", "6", "--resume"])));
+    assert_eq!(losses(&split), losses(&whole));
+    for f in ["model.safetensors", "distill_heads.safetensors"] {
+        assert_eq!(tensors(&split.join(f)), tensors(&whole.join(f)), "{f}");
+    }
+    assert_eq!(
+        read_json(&whole.join("config.json"))["model_type"],
+        "dinov3_convnext"
+    );
+    let st = TensorStore::open_files(&[whole.join("model.safetensors")]).unwrap();
+    // HF's shapes, not the trainer's (49, C) and (O, 2, 2, C_in) orders.
+    let shape = |n: &str| st.get(n).unwrap().shape.to_vec();
+    assert_eq!(
+        shape("stages.0.layers.0.depthwise_conv.weight"),
+        [8, 1, 7, 7]
+    );
+    assert_eq!(shape("stages.1.downsample_layers.1.weight"), [16, 8, 2, 2]);
+    ok(&["info", whole.to_str().unwrap()].map(String::from));
+
+    // A teacher cache for the ConvNeXt's stride-32 grid trains it too.
+    let cache = s.root.join("cache");
+    let mut a = s.cache_args(&cache, &["--student", c, "--views", "2"]);
+    let i = a.iter().position(|x| x == "--size").unwrap();
+    a[i + 1] = "64".into();
+    ok(&a);
+    let cached = s.root.join("cached");
+    ok(&s.args(
+        &cached,
+        &with(&base, &["--steps", "2", "--cache", cache.to_str().unwrap()]),
+    ));
+
+    let e1 = ["--student", c, "--steps", "2", "--size", "48"];
+    let err = fails(&s.args(&s.root.join("e1"), &e1));
+    assert!(
+        err.contains("--size 48") && err.contains("patch 32"),
+        "{err}"
+    );
+    let err = fails(&s.args(
+        &s.root.join("e2"),
+        &with(&base, &["--steps", "2", "--recompute"]),
+    ));
+    assert!(
+        err.contains("--recompute") && err.contains("ConvNeXt"),
+        "{err}"
+    );
+    let err = fails(&s.args(
+        &s.root.join("e3"),
+        &with(&base, &["--steps", "2", "--inter", "0:1"]),
+    ));
+    assert!(err.contains("--inter") && err.contains("ConvNeXt"), "{err}");
+    let err = fails(&s.args(
+        &s.root.join("e5"),
+        &with(&base, &["--steps", "2", "--w-inter", "0.5"]),
+    ));
+    assert!(
+        err.contains("--w-inter") && err.contains("ConvNeXt"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        r#"{"model_type":"dinov3_convnext","hidden_sizes":[8,16,16],"depths":[1,1,2,1]}"#,
+    )
+    .unwrap();
+    let err = fails(&s.args(&s.root.join("e4"), &with(&base, &["--steps", "2"])));
+    assert!(
+        err.contains("hidden_sizes") && err.contains("depths"),
+        "{err}"
+    );
+}
+
 #[test]
 fn diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let s = setup();

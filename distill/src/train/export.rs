@@ -1,10 +1,10 @@
-//! The export of a finished run: the EMA student in HF `dinov3_vit` layout, its image
-//! processor, and the heads.
+//! The export of a finished run: the EMA student in HF layout (`dinov3_vit` or
+//! `dinov3_convnext`), its image processor, and the heads.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use dinoedge_runtime::VitConfig;
+use dinoedge_runtime::ModelConfig;
 use dinoedge_runtime::fsutil::write_atomic;
 use dinoedge_runtime::weights::store::write_safetensors;
 
@@ -18,7 +18,7 @@ use super::options::{RunConfig, TrainOptions};
 /// and its heads (`distill_heads.safetensors`).
 pub(super) fn export(
     out: &Path,
-    student: &VitConfig,
+    student: &ModelConfig,
     layout: &ParamLayout,
     ema: &[f32],
     run: &RunConfig,

@@ -1,6 +1,6 @@
 //! The training run: data, teacher targets (online or cached), forward, objective,
 //! backward, AdamW + EMA, logs, checkpoints, held-out evaluation and the export of the EMA
-//! student in HF `dinov3_vit` layout.
+//! student in HF layout (`dinov3_vit` or `dinov3_convnext`).
 //!
 //! | file | job |
 //! |---|---|
@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dinoedge_runtime::{Model, SessionOptions, VitConfig};
+use dinoedge_runtime::{Model, ModelConfig, SessionOptions};
 
 use crate::cache::{CacheKey, CachedTeacher};
 use crate::checkpoint::{self};
@@ -35,7 +35,7 @@ use crate::loss::Targets;
 use crate::parallel::{Collective, World};
 use crate::teacher::{Alignment, OnlineTeacher, TeacherId, teacher_render};
 use crate::trainer::On;
-use crate::trainer::graph::Graph;
+use crate::trainer::graph;
 use dinoedge_runtime::dispatch::train::cpu::Ctx;
 use export::export;
 use holdout::HoldoutSet;
@@ -136,13 +136,9 @@ pub fn train_many(
     };
     let teacher_model = Arc::new(Model::load(&o.teacher)?);
     let tcfg = teacher_model.config().clone();
-    let configs: Vec<VitConfig> = students
+    let configs: Vec<ModelConfig> = students
         .iter()
-        .map(|s| {
-            let mut c = s.config.clone();
-            c.image_size = o.size;
-            c
-        })
+        .map(|s| crate::student::at_size(&s.config, o.size))
         .collect();
     // One teacher render serves every student: their patch grids must agree.
     let align = Alignment::new(&configs[0], o.size, &tcfg, o.teacher_size)?;
@@ -156,12 +152,24 @@ pub fn train_many(
         }
     }
     for (s, c) in students.iter().zip(&configs) {
+        if o.recompute && matches!(c, ModelConfig::ConvNext(_)) {
+            return Err(DistillError::Config(format!(
+                "--recompute recomputes ViT blocks; {} is a ConvNeXt, which keeps its activations (use a smaller --batch)",
+                label(s)
+            )));
+        }
+        if (!o.inter.is_empty() || o.loss.inter != 0.0) && matches!(c, ModelConfig::ConvNext(_)) {
+            return Err(DistillError::Config(format!(
+                "intermediate targets (--inter, --w-inter) pair ViT blocks; {} is a ConvNeXt (its targets are its pooled token and final cells)",
+                label(s)
+            )));
+        }
         for [sb, tb] in &o.inter {
-            if *sb >= c.num_layers || *tb >= tcfg.num_layers() {
+            if *sb >= c.num_layers() || *tb >= tcfg.num_layers() {
                 return Err(DistillError::Config(format!(
                     "intermediate pair {sb}:{tb} is out of range for {} (student blocks 0..{}, teacher blocks 0..{})",
                     label(s),
-                    c.num_layers - 1,
+                    c.num_layers() - 1,
                     tcfg.num_layers() - 1
                 )));
             }
@@ -170,7 +178,7 @@ pub fn train_many(
     let data = Dataset::scan(
         &o.data,
         o.holdout,
-        configs[0].patch_size.max(tcfg.patch_size()) as u32,
+        configs[0].patch_size().max(tcfg.patch_size()) as u32,
     )?;
     let teacher_layers: Vec<usize> = o.inter.iter().map(|p| p[1]).collect();
     let student_layers: Vec<usize> = o.inter.iter().map(|p| p[0]).collect();
@@ -267,7 +275,7 @@ pub fn train_many(
         .map_or(o.steps, |n| (first_step + n).min(o.steps));
     for (i, r) in runs.iter().enumerate() {
         let plan = |re: bool| {
-            Graph::activation_bytes(&r.cfg, o.batch, (o.size, o.size), o.inter.len(), re)
+            graph::activation_bytes(&r.cfg, o.batch, (o.size, o.size), o.inter.len(), re)
         };
         let info = StartInfo {
             first_step,
@@ -282,7 +290,10 @@ pub fn train_many(
             resumed_from: r.resumed_from.clone(),
             skipped_checkpoints: r.skipped_checkpoints.clone(),
             activation_bytes: plan(o.recompute)?,
-            activation_bytes_other: plan(!o.recompute)?,
+            activation_bytes_other: match r.cfg {
+                ModelConfig::Vit(_) => Some(plan(!o.recompute)?),
+                ModelConfig::ConvNext(_) => None,
+            },
             recompute: o.recompute,
             trainer: r.trainer.describe()
                 + &collective.as_ref().map_or(String::new(), |c| {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dinoedge_runtime::VitConfig;
+use dinoedge_runtime::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::cuda::Elem;
@@ -51,7 +51,7 @@ pub struct TrainOptions {
     /// CUDA backend in bf16 for a large teacher. Default: the CPU in f32.
     pub teacher_backend: dinoedge_runtime::BackendKind,
     pub teacher_precision: Option<dinoedge_runtime::Precision>,
-    pub student: VitConfig,
+    pub student: ModelConfig,
     pub data: PathBuf,
     pub out: PathBuf,
     pub cache: Option<PathBuf>,
@@ -67,7 +67,8 @@ pub struct TrainOptions {
     pub inter: Vec<[usize; 2]>,
     pub ls_init: f32,
     pub heads_only: bool,
-    /// Initial student weights (an HF dinov3_vit directory of the same architecture).
+    /// Initial student weights (an HF dinov3_vit or dinov3_convnext directory of the same
+    /// architecture).
     pub init_from: Option<PathBuf>,
     pub threads: Option<usize>,
     pub workers: usize,
@@ -106,12 +107,17 @@ pub enum TrainDevice {
 
 impl TrainOptions {
     /// Defaults for everything but the paths, student and size.
-    pub fn new(teacher: PathBuf, student: VitConfig, data: PathBuf, out: PathBuf) -> Self {
+    pub fn new(
+        teacher: PathBuf,
+        student: impl Into<ModelConfig>,
+        data: PathBuf,
+        out: PathBuf,
+    ) -> Self {
         TrainOptions {
             teacher,
             teacher_backend: dinoedge_runtime::BackendKind::Cpu,
             teacher_precision: None,
-            student,
+            student: student.into(),
             data,
             out,
             cache: None,
@@ -201,9 +207,9 @@ pub struct StartInfo {
     /// Newer checkpoints skipped on resume because they could not be read, with the reason.
     pub skipped_checkpoints: Vec<String>,
     /// Activation memory of this student's training graph, as run and the other way
-    /// (with / without `recompute`).
+    /// (with / without `recompute`; `None` for a ConvNeXt, which always keeps them).
     pub activation_bytes: u64,
-    pub activation_bytes_other: u64,
+    pub activation_bytes_other: Option<u64>,
     pub recompute: bool,
     /// Where the students train ("cpu", or the GPU and GEMM type).
     pub trainer: String,
@@ -229,7 +235,7 @@ pub fn default_inter(student_layers: usize, teacher_layers: usize) -> [usize; 2]
 pub struct StudentSpec {
     /// Names the student in messages (`--student` argument: `vit-ti16`, or a config's stem).
     pub name: String,
-    pub config: VitConfig,
+    pub config: ModelConfig,
     /// The student's run directory (run.json, metrics.jsonl, checkpoints/, the export).
     pub out: PathBuf,
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dinoedge_runtime::fsutil::write_atomic;
-use dinoedge_runtime::{Model, VitConfig};
+use dinoedge_runtime::{Model, ModelConfig};
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::Dataset;
@@ -30,7 +30,7 @@ pub(super) struct StudentRun {
     pub(super) label: Option<String>,
     pub(super) name: String,
     pub(super) out: PathBuf,
-    pub(super) cfg: VitConfig,
+    pub(super) cfg: ModelConfig,
     pub(super) run: RunConfig,
     pub(super) run_json: String,
     pub(super) layout: ParamLayout,
@@ -57,7 +57,7 @@ impl StudentRun {
     pub(super) fn open(
         o: &TrainOptions,
         spec: &StudentSpec,
-        cfg: VitConfig,
+        cfg: ModelConfig,
         teacher: &Model,
         align: &Alignment,
         data: &Dataset,
@@ -91,7 +91,8 @@ impl StudentRun {
         let run_json =
             serde_json::to_string_pretty(&run).map_err(|e| DistillError::Config(e.to_string()))?;
         let heads: Vec<(usize, usize)> =
-            std::iter::repeat_n((cfg.hidden_size, tcfg.hidden_size()), 2 + o.inter.len()).collect();
+            std::iter::repeat_n((cfg.hidden_size(), tcfg.hidden_size()), 2 + o.inter.len())
+                .collect();
         let layout = ParamLayout::new(&cfg, &heads);
         let out = &spec.out;
         std::fs::create_dir_all(out).map_err(|e| DistillError::io(out, e))?;
@@ -151,9 +152,7 @@ impl StudentRun {
                 let mut params = layout.init(o.seed, o.ls_init);
                 if let Some(dir) = &o.init_from {
                     let m = Model::load(dir)?;
-                    if m.config().to_hf_json()["hidden_size"] != cfg.to_hf_json()["hidden_size"]
-                        || m.config().num_layers() != cfg.num_layers
-                    {
+                    if !same_architecture(m.config(), &cfg) {
                         return Err(DistillError::Mismatch {
                             path: dir.clone(),
                             reason: format!(
@@ -241,10 +240,10 @@ impl StudentRun {
 
     /// Held-out agreement of the EMA weights, logged.
     pub(super) fn holdout(&mut self, h: &HoldoutSet, step: usize) -> Result<HoldoutLog> {
-        let (layout, dim) = (&self.layout, self.cfg.hidden_size);
+        let (layout, dim) = (&self.layout, self.cfg.hidden_size());
         let t = &self.trainer;
         let heads = t.with_state(self.step, |s| Ok(Heads::from_params(layout, s.ema, dim)))?;
-        let a = h.evaluate(&t.graph.dims, &heads, &mut |px| {
+        let a = h.evaluate(t.graph.dims(), &heads, &mut |px| {
             t.forward(px, true)?;
             t.outputs()
         })?;
@@ -298,6 +297,15 @@ impl StudentRun {
                 .map_or("none written yet".into(), |d| d.display().to_string()),
         }
     }
+}
+
+/// `a` and `b` have the same parameters (an `--init-from` model for a student): the same
+/// model type, width, depth and parameter count.
+fn same_architecture(a: &ModelConfig, b: &ModelConfig) -> bool {
+    a.model_type() == b.model_type()
+        && a.hidden_size() == b.hidden_size()
+        && a.num_layers() == b.num_layers()
+        && a.num_parameters() == b.num_parameters()
 }
 
 mod erased {

@@ -18,7 +18,7 @@ pub mod plan;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use dinoedge_runtime::VitConfig;
+use dinoedge_runtime::ModelConfig;
 
 use crate::checkpoint::{StateRef, TrainState};
 use crate::cuda::{Device, Elem};
@@ -30,7 +30,7 @@ use crate::params::ParamLayout;
 use dinoedge_runtime::dispatch::train::cpu::{Cpu, Ctx};
 use dinoedge_runtime::dispatch::train::cuda::Cuda;
 use dinoedge_runtime::dispatch::train::{Buf, StateBufs, TrainBackend};
-use graph::{Graph, ParamBufs};
+use graph::{ParamBufs, StudentGraph};
 use objective::Objective;
 use plan::Plan;
 
@@ -76,11 +76,11 @@ pub struct StepConfig<'a> {
 /// A student's training state, graph and objective on one backend.
 pub struct Trainer {
     be: Box<dyn TrainBackend>,
-    pub graph: Graph,
+    pub graph: Box<dyn StudentGraph>,
     obj: Objective,
     layout: ParamLayout,
     st: StateBufs,
-    /// Bytes of the graph's activations (see [`Graph::activation_bytes`]).
+    /// Bytes of the graph's activations (see [`graph::activation_bytes`]).
     pub activation_bytes: u64,
 }
 
@@ -89,7 +89,7 @@ impl Trainer {
     /// `state`.
     pub fn new(
         on: On,
-        cfg: &VitConfig,
+        cfg: &ModelConfig,
         layout: &ParamLayout,
         state: &TrainState,
         shape: &Shape,
@@ -106,17 +106,15 @@ impl Trainer {
         let before = plan.bytes();
         let hw = (shape.height, shape.width);
         let (batch, inter) = (shape.batch, &shape.inter_layers);
-        let graph = Graph::new(&mut plan, cfg, batch, hw, inter, shape.recompute)?;
+        let graph = graph::plan(&mut plan, cfg, batch, hw, inter, shape.recompute)?;
         let activation_bytes = plan.bytes() - before;
-        let obj = Objective::new(&mut plan, &graph, shape.teacher_dim);
+        let obj = Objective::new(&mut plan, &*graph, shape.teacher_dim);
         let decay = layout.decay_flags();
         let (len, parts) = (plan.len, plan.summary());
         let be: Box<dyn TrainBackend> = match on {
             On::Cpu(ctx) => Box::new(Cpu::new(ctx, len, &parts, decay)?),
             On::Device(dev, ty) => {
-                Cuda::check_head_dim(graph.dims.head_dim())?;
-                let d = graph.dims;
-                let widest = shape.teacher_dim.max(3 * d.dim).max(2 * d.hidden);
+                let widest = graph.cuda_widest(shape.teacher_dim)?;
                 Box::new(Cuda::new(dev, ty, len, &parts, st.params, &decay, widest)?)
             }
         };
@@ -215,7 +213,7 @@ impl Trainer {
     /// The forward on `pixels` (B, C, H, W) with the parameters, or with the EMA weights.
     pub fn forward(&self, pixels: &[f32], ema: bool) -> Result<()> {
         self.check_pixels(pixels)?;
-        self.be.upload(self.graph.pixels, pixels)?;
+        self.be.upload(self.graph.pixels(), pixels)?;
         let base = if ema { self.st.ema } else { self.st.params };
         let p = ParamBufs {
             layout: &self.layout,
@@ -226,10 +224,10 @@ impl Trainer {
     }
 
     fn check_pixels(&self, pixels: &[f32]) -> Result<()> {
-        if pixels.len() == self.graph.pixels.len {
+        if pixels.len() == self.graph.pixels().len {
             return Ok(());
         }
-        let d = self.graph.dims;
+        let d = self.graph.dims();
         Err(DistillError::Config(format!(
             "{} pixel values for a step of {} images of {}x{}x{}",
             pixels.len(),
@@ -242,7 +240,7 @@ impl Trainer {
 
     /// The normed outputs of the last forward (B*N, D).
     pub fn outputs(&self) -> Result<Vec<f32>> {
-        self.read(self.graph.out)
+        self.read(self.graph.out())
     }
 
     fn read(&self, b: Buf) -> Result<Vec<f32>> {
@@ -286,7 +284,7 @@ impl Trainer {
         self.forward(pixels, false)?;
         self.be.zero(self.st.g)?;
         let (be, p, g) = (&*self.be, self.params(), self.grads());
-        let parts = self.obj.compute(be, &self.graph, p, g, w)?;
+        let parts = self.obj.compute(be, &*self.graph, p, g, w)?;
         if parts.total.is_finite() && !heads_only {
             let (dout, dinter) = (self.obj.dout, &self.obj.dinter);
             self.graph.backward(be, p, g, dout, dinter)?;

@@ -2,7 +2,7 @@
 //! terms are described in [`crate::loss`]): gathers the rows a head sees, projects them,
 //! compares with the teacher, and backpropagates into the head and the outputs.
 
-use super::graph::{Graph, ParamBufs};
+use super::graph::{ParamBufs, StudentGraph};
 use super::plan::Plan;
 use crate::error::{DistillError, Result};
 use crate::loss::{LossParts, LossWeights, Targets};
@@ -35,8 +35,8 @@ pub struct Objective {
 }
 
 impl Objective {
-    pub fn new(plan: &mut Plan, g: &Graph, teacher_dim: usize) -> Objective {
-        let d = g.dims;
+    pub fn new(plan: &mut Plan, g: &dyn StudentGraph, teacher_dim: usize) -> Objective {
+        let d = *g.dims();
         let (dim, r, dt) = (d.dim, d.rows(), teacher_dim);
         let (rows, per) = (d.batch * d.patches(), d.patches());
         let mut t = |n| plan.take("objective", n);
@@ -56,9 +56,9 @@ impl Objective {
             du: t(per * dt),
             t_cls: t(d.batch * dt),
             t_patches: t(rows * dt),
-            t_inter: g.inter.iter().map(|_| t(rows * dt)).collect(),
+            t_inter: g.inter().iter().map(|_| t(rows * dt)).collect(),
             dout: t(r * dim),
-            dinter: g.inter.iter().map(|_| t(r * dim)).collect(),
+            dinter: g.inter().iter().map(|_| t(r * dim)).collect(),
         }
     }
 
@@ -90,12 +90,12 @@ impl Objective {
     pub fn compute(
         &self,
         be: &dyn TrainBackend,
-        graph: &Graph,
+        graph: &dyn StudentGraph,
         p: ParamBufs,
         g: ParamBufs,
         w: &LossWeights,
     ) -> Result<LossParts> {
-        let d = graph.dims;
+        let d = *graph.dims();
         let (n, hw) = (d.tokens(), d.patches());
         let cls = Rows {
             n,
@@ -118,18 +118,18 @@ impl Objective {
             dim: d.dim,
         };
         if w.cls != 0.0 {
-            let (src, dsrc) = (graph.out, self.dout);
+            let (src, dsrc) = (graph.out(), self.dout);
             parts.cls = self
                 .term(&heads, 0, (src, dsrc), cls, self.t_cls, w.cls, None)?
                 .0;
         }
         if w.patch != 0.0 || w.gram != 0.0 {
-            let (src, dsrc, t) = (graph.out, self.dout, self.t_patches);
+            let (src, dsrc, t) = (graph.out(), self.dout, self.t_patches);
             let (l, gram) = self.term(&heads, 1, (src, dsrc), patches, t, w.patch, Some(w.gram))?;
             parts.patch = l;
             parts.gram = gram;
         }
-        for (k, (&src, &dsrc)) in graph.inter.iter().zip(&self.dinter).enumerate() {
+        for (k, (&src, &dsrc)) in graph.inter().iter().zip(&self.dinter).enumerate() {
             be.zero(dsrc)?;
             if w.inter != 0.0 {
                 let t = self.t_inter[k];

@@ -11,7 +11,7 @@ use dinoedge_distill::optim::AdamW;
 use dinoedge_distill::params::{ParamId, ParamLayout};
 use dinoedge_distill::trainer::{On, Shape, Trainer};
 use dinoedge_runtime::Model;
-use dinoedge_runtime::config::VitConfig;
+use dinoedge_runtime::config::ModelConfig;
 use dinoedge_runtime::models::vit::layout::{aliases, hub_location};
 use dinoedge_runtime::weights::store::TensorStore;
 
@@ -25,7 +25,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub struct Case {
-    pub cfg: VitConfig,
+    pub cfg: ModelConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     pub refs: TensorStore,
@@ -43,13 +43,18 @@ pub fn t(store: &TensorStore, name: &str) -> Vec<f32> {
 pub fn load(name: &str) -> Case {
     let dir = fixture(name);
     let model = Model::load(&dir).unwrap();
-    let cfg = model.config().as_vit().expect("a ViT fixture").clone();
+    let cfg = model.config().clone();
     let refs = TensorStore::open_files(&[dir.join("grads.safetensors")]).unwrap();
     let hd: Vec<usize> = refs.get("head.0.weight").unwrap().shape.to_vec();
-    let layout = ParamLayout::new(&cfg, &[(hd[1], hd[0]); 3]);
+    let heads = if refs.get("head.2.weight").is_some() {
+        3
+    } else {
+        2
+    };
+    let layout = ParamLayout::new(&cfg, &vec![(hd[1], hd[0]); heads]);
     let mut params = vec![0.0; layout.total];
     layout.load_model(&model, &mut params).unwrap();
-    for h in 0..3 {
+    for h in 0..heads {
         for (id, key) in [
             (ParamId::HeadWeight(h), format!("head.{h}.weight")),
             (ParamId::HeadBias(h), format!("head.{h}.bias")),
@@ -69,17 +74,19 @@ pub fn load(name: &str) -> Case {
     }
 }
 
-/// The reference gradient of a layout entry, under its hub name or a transformers alias.
+/// The reference gradient of a layout entry, under its hub name or a transformers alias, in
+/// the order the layout stores it.
 pub fn reference_grad(c: &Case, prefix: &str, id: ParamId, name: &str) -> Option<Vec<f32>> {
     let mut names = vec![name.to_string()];
-    if let ParamId::Model(p) = id {
-        names.push(hub_location(&c.cfg, p).key);
-        names.extend(aliases(&c.cfg, p).into_iter().map(|l| l.key));
+    if let (ParamId::Model(p), ModelConfig::Vit(v)) = (id, &c.cfg) {
+        names.push(hub_location(v, p).key);
+        names.extend(aliases(v, p).into_iter().map(|l| l.key));
     }
+    let e = c.layout.entries.iter().find(|e| e.id == id)?;
     names.iter().find_map(|n| {
         c.refs
             .get(&format!("{prefix}.grad.{n}"))
-            .map(|t| t.to_f32().unwrap())
+            .map(|t| e.from_hf(t.to_f32().unwrap()))
     })
 }
 
@@ -93,11 +100,17 @@ pub fn weights() -> LossWeights {
     }
 }
 
+/// The fixture's targets (an intermediate one where the fixture has it).
 pub fn targets(c: &Case) -> Targets {
     Targets {
         cls: t(&c.refs, "target.cls"),
         patches: t(&c.refs, "target.patches"),
-        inter: vec![t(&c.refs, "target.inter")],
+        inter: c
+            .refs
+            .get("target.inter")
+            .map(|_| t(&c.refs, "target.inter"))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -112,14 +125,19 @@ pub fn state(params: &[f32]) -> TrainState {
 }
 
 /// A trainer of the case's student on `on`, with the fixtures' intermediate output (block 0)
-/// when `inter`.
+/// when `inter` and the fixture has one.
 pub fn trainer(c: &Case, on: On, params: &[f32], recompute: bool, inter: bool) -> Trainer {
     let [b, _, h, w] = c.shape;
     let shape = Shape {
         batch: b,
         height: h,
         width: w,
-        inter_layers: if inter { vec![0] } else { Vec::new() },
+        // ConvNeXt fixtures have no intermediate target.
+        inter_layers: if inter && c.refs.get("target.inter").is_some() {
+            vec![0]
+        } else {
+            Vec::new()
+        },
         recompute,
         teacher_dim: c.refs.get("head.0.weight").unwrap().shape[0],
     };

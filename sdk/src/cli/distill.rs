@@ -1,12 +1,12 @@
 //! `dinoedge distill`: train a student on a teacher's features; `distill cache-teacher`
 //! precomputes the teacher's features; `distill eval` compares a student with its teacher.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use dinoedge::distill::{self as sdk_distill, EvalOptions};
-use dinoedge::runtime::{Model, SessionOptions};
+use dinoedge::runtime::{Model, ModelConfig, SessionOptions};
 use dinoedge::{Error, Result};
 use dinoedge_distill::cache::{self, BuildOptions};
 use dinoedge_distill::data::{AugConfig, Dataset};
@@ -66,7 +66,8 @@ struct SetupArgs {
     /// Image folder, scanned recursively (jpg, png, pgm, ppm).
     #[arg(long, required = true)]
     data: Option<PathBuf>,
-    /// Student input size (a multiple of the student's patch, 16).
+    /// Student input size (a multiple of the student's patch: 16 for the ViTs, the stride for
+    /// a ConvNeXt, 32 with four stages, whose targets are its final cells).
     #[arg(long, default_value_t = 224)]
     size: usize,
     /// Teacher input size. Default: the size giving the student's patch grid (e.g. 196 for
@@ -132,9 +133,11 @@ impl SetupArgs {
 struct TrainArgs {
     #[command(flatten)]
     setup: SetupArgs,
-    /// vit-ti16, vit-s16, vit-s16plus, vit-b16, or an HF dinov3_vit config.json. Repeat it
-    /// to train several students from one teacher forward per batch; each then gets its
-    /// own run in OUT/<name> (e.g. OUT/vit-ti16).
+    /// vit-ti16, vit-s16, vit-s16plus, vit-b16, convnext-tiny, convnext-small, or an HF
+    /// dinov3_vit / dinov3_convnext config.json. Repeat it to train several students from one
+    /// teacher forward per batch; each then gets its own run in OUT/<name> (e.g.
+    /// OUT/vit-ti16). A ConvNeXt's targets are its final cells (stride 32 with four
+    /// stages): --size 448 gives a 14x14 grid.
     #[arg(long, required = true)]
     student: Vec<String>,
     /// Output directory: the student (HF layout), metrics.jsonl, loss.png, checkpoints/.
@@ -172,8 +175,8 @@ struct TrainArgs {
     w_gram: f32,
     #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     w_inter: f32,
-    /// Intermediate targets STUDENT_BLOCK:TEACHER_BLOCK (0-based, repeatable). Default with
-    /// --w-inter > 0: the middle blocks of both.
+    /// Intermediate targets STUDENT_BLOCK:TEACHER_BLOCK (0-based, repeatable; ViT students).
+    /// Default with --w-inter > 0: the middle blocks of both.
     #[arg(long, value_parser = parse_pair)]
     inter: Vec<[usize; 2]>,
     /// Initial LayerScale value.
@@ -182,7 +185,8 @@ struct TrainArgs {
     /// Train the projection heads only (a linear-probe baseline of the initial student).
     #[arg(long)]
     heads_only: bool,
-    /// Start from these student weights (HF dinov3_vit directory of the same shape).
+    /// Start from these student weights (an HF dinov3_vit or dinov3_convnext directory of the
+    /// same shape).
     #[arg(long)]
     init_from: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint (same configuration).
@@ -190,7 +194,7 @@ struct TrainArgs {
     resume: bool,
     /// Recompute each block's activations in the backward instead of keeping them: the
     /// same weights bit for bit with about a fifth of the activation memory, for one more
-    /// forward per step (for small boards, or large batches).
+    /// forward per step (for small boards, or large batches). ViT students only.
     #[arg(long)]
     recompute: bool,
     /// Stop after this many steps (with a checkpoint); continue later with --resume.
@@ -229,7 +233,8 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct BenchStepArgs {
-    /// Student: a named size (vit-ti16, vit-s16, ...) or an HF config.json.
+    /// Student: a named size (vit-ti16, vit-s16, ..., convnext-tiny, convnext-small) or an HF
+    /// config.json.
     #[arg(long, default_value = "vit-s16")]
     student: String,
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "cuda-emulated"])]
@@ -361,6 +366,10 @@ struct CacheArgs {
     /// Training images per shard file.
     #[arg(long, default_value_t = 256)]
     images_per_shard: usize,
+    /// The student the cache is for: only its patch stride matters (16 for the ViTs, 32 for
+    /// a four-stage ConvNeXt), which sets the grid the teacher's features are stored on.
+    #[arg(long, default_value = "vit-ti16")]
+    student: String,
 }
 
 #[derive(Args)]
@@ -433,21 +442,25 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     let student = students[0].config.clone();
     let mut inter = a.inter.clone();
-    if a.w_inter > 0.0 && inter.is_empty() {
+    // A ConvNeXt has no blocks to pair: the trainer refuses --w-inter for it, naming it.
+    if a.w_inter > 0.0 && inter.is_empty() && matches!(student, ModelConfig::Vit(_)) {
         // The default pair is each student's middle block: students of different depths
         // would each need their own, so the pair must be given.
         if let Some(s2) = students
             .iter()
-            .find(|t| t.config.num_layers != student.num_layers)
+            .find(|t| t.config.num_layers() != student.num_layers())
         {
             return Err(Error::InvalidArgument(format!(
                 "--w-inter with students of different depths ({} has {} blocks, {} has {}): give the pair with --inter STUDENT_BLOCK:TEACHER_BLOCK",
-                students[0].name, student.num_layers, s2.name, s2.config.num_layers
+                students[0].name,
+                student.num_layers(),
+                s2.name,
+                s2.config.num_layers()
             )));
         }
         let t = Model::load(s.teacher())?;
         inter.push(train::default_inter(
-            student.num_layers,
+            student.num_layers(),
             t.config().num_layers(),
         ));
     }
@@ -550,20 +563,24 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             super::note(
                 &pb,
-                if info.recompute {
-                    format!(
+                match (info.recompute, info.activation_bytes_other) {
+                    (_, None) => format!(
+                        "{}activation memory {:.2} GiB",
+                        tag(i),
+                        gib(info.activation_bytes)
+                    ),
+                    (true, Some(other)) => format!(
                         "{}activation memory {:.2} GiB recomputing ({:.2} GiB without --recompute)",
                         tag(i),
                         gib(info.activation_bytes),
-                        gib(info.activation_bytes_other)
-                    )
-                } else {
-                    format!(
+                        gib(other)
+                    ),
+                    (false, Some(other)) => format!(
                         "{}activation memory {:.2} GiB (--recompute: {:.2} GiB, for one more forward per step)",
                         tag(i),
                         gib(info.activation_bytes),
-                        gib(info.activation_bytes_other)
-                    )
+                        gib(other)
+                    ),
                 },
             );
             if i == 0 {
@@ -664,14 +681,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
 fn cache_teacher(c: CacheArgs) -> Result<()> {
     let s = &c.setup;
-    // The student's patch is 16 for every named size; the grid follows from --size.
-    let student = dinoedge_distill::student::resolve("vit-ti16")?;
+    // Only the student's patch stride matters: the grid follows from it and --size.
+    let student = dinoedge_distill::student::resolve(&c.student)?;
     let teacher = Arc::new(Model::load(s.teacher())?);
     let align = Alignment::new(&student, s.size, teacher.config(), s.teacher_size)?;
     let data = Dataset::scan(
         &s.data(),
         s.holdout,
-        student.patch_size.max(teacher.config().patch_size()) as u32,
+        student.patch_size().max(teacher.config().patch_size()) as u32,
     )?;
     for (p, why) in &data.skipped {
         eprintln!("warning: skipped {}: {why}", p.display());
@@ -755,8 +772,11 @@ fn cache_teacher(c: CacheArgs) -> Result<()> {
 fn eval(e: EvalArgs) -> Result<()> {
     let mut images = sdk_distill::expand_images(&e.images)?;
     if let Some(dir) = &e.holdout_of {
-        // The same split as training: a hash of each relative path (min side 16: any patch).
-        let data = Dataset::scan(dir, e.holdout, 16)?;
+        // The same split and minimum side as training: a hash of each relative path, images
+        // at least a patch of both models.
+        let patch = |d: &Path| ModelConfig::from_dir(d).map(|c| c.patch_size());
+        let min_side = patch(&e.student)?.max(patch(&e.teacher)?);
+        let data = Dataset::scan(dir, e.holdout, min_side as u32)?;
         if data.holdout.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "--holdout-of {}: no held-out images at --holdout {}",

@@ -14,6 +14,7 @@ use crate::ops::Dims;
 use crate::ops::activation::{cpu as act_cpu, fast as act_fast};
 use crate::ops::adamw::cpu as optim;
 use crate::ops::attention::{cpu as att_cpu, fast as att_fast};
+use crate::ops::dwconv::{DwDims, cpu as dw_cpu, fast as dw_fast};
 use crate::ops::layer_norm::cpu::LayerNormCache;
 use crate::ops::layer_norm::{cpu as ln_cpu, fast as ln_fast};
 use crate::ops::loss::cpu as loss;
@@ -23,6 +24,7 @@ use crate::ops::patch_embed::cpu as pe;
 use crate::ops::residual::cpu::{residual_backward, residual_forward};
 use crate::ops::rope::cpu::{rope_backward, rope_forward};
 use crate::ops::swiglu::{cpu as swiglu_cpu, fast as swiglu_fast};
+use crate::ops::token_pool::cpu as pool;
 
 use super::{AdamwEma, AllReduce, Buf, Mat, Rows, StateBufs, Stats, TrainBackend};
 use crate::error::{Result, RuntimeError};
@@ -254,6 +256,77 @@ impl TrainBackend for Cpu {
     ) -> Result<()> {
         self.with([demb, dcls, or_empty(dregs)], [dx], |[e, c, r], [x]| {
             pe::patch_embed_backward(e, c, r, x, d)
+        });
+        Ok(())
+    }
+
+    fn patch_embed_forward_im2col_nhwc(&self, cols: Buf, x: Buf, d: &Dims) -> Result<()> {
+        self.with([cols], [x], |[c], [x]| {
+            pe::patch_embed_forward_im2col_nhwc(c, x, d)
+        });
+        Ok(())
+    }
+
+    fn patch_embed_backward_im2col_nhwc(&self, dx: Buf, dcols: Buf, d: &Dims) -> Result<()> {
+        self.with([dx], [dcols], |[dx], [dc]| {
+            pe::patch_embed_backward_im2col_nhwc(dx, dc, d)
+        });
+        Ok(())
+    }
+
+    fn dwconv_forward(&self, out: Buf, inp: Buf, w: Buf, b: Buf, d: &DwDims) -> Result<()> {
+        let c = &*self.ctx;
+        self.with([out], [inp, w, b], |[o], [x, w, b]| {
+            if c.reference {
+                dw_cpu::dwconv_forward(o, x, w, b, d)
+            } else {
+                dw_fast::dwconv_forward(&c.pool, c.isa, o, x, w, b, d)
+            }
+        });
+        Ok(())
+    }
+
+    fn dwconv_backward(
+        &self,
+        din: Buf,
+        dw: Buf,
+        db: Buf,
+        dout: Buf,
+        inp: Buf,
+        w: Buf,
+        d: &DwDims,
+    ) -> Result<()> {
+        let c = &*self.ctx;
+        self.with([din, dw, db], [dout, inp, w], |[di, dw, db], [dy, x, w]| {
+            if c.reference {
+                dw_cpu::dwconv_backward(di, dw, db, dy, x, w, d)
+            } else {
+                dw_fast::dwconv_backward(&c.pool, c.isa, di, dw, db, dy, x, w, d)
+            }
+        });
+        Ok(())
+    }
+
+    fn token_pool_forward(
+        &self,
+        out: Buf,
+        inp: Buf,
+        (b, n, c): (usize, usize, usize),
+    ) -> Result<()> {
+        self.with([out], [inp], |[o], [x]| {
+            pool::token_pool_forward(o, x, b, n, c)
+        });
+        Ok(())
+    }
+
+    fn token_pool_backward(
+        &self,
+        dinp: Buf,
+        dout: Buf,
+        (b, n, c): (usize, usize, usize),
+    ) -> Result<()> {
+        self.with([dinp], [dout], |[di], [dy]| {
+            pool::token_pool_backward(di, dy, b, n, c)
         });
         Ok(())
     }

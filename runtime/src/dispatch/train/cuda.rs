@@ -14,6 +14,7 @@ use crate::ops::attention::cuda::{
     AttentionSaved, HEAD_DIMS, attention_backward, attention_forward_lse,
 };
 use crate::ops::column_sum::cuda::partial_len;
+use crate::ops::dwconv::{DwDims, cuda as dw};
 use crate::ops::layer_norm::cuda::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 use crate::ops::matmul::cuda::{
     GemmScratch, Input, Weight, matmul_backward, matmul_forward_train, product,
@@ -22,6 +23,7 @@ use crate::ops::patch_embed::cuda as pe;
 use crate::ops::residual::cuda::{residual_backward, residual_forward};
 use crate::ops::rope::cuda::{rope_backward, rope_forward};
 use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
+use crate::ops::token_pool::cuda as pool;
 
 use crate::ops::{adamw::cuda as adamw, loss::cuda as loss};
 
@@ -220,6 +222,52 @@ impl TrainBackend for Cuda {
         let (demb, dcls, dx) = (self.p(demb), self.p(dcls), self.p(dx));
         let dregs = self.opt(dregs).unwrap_or(0);
         pe::patch_embed_backward(self.d(), demb, dcls, dregs, dx, d)
+    }
+
+    fn patch_embed_forward_im2col_nhwc(&self, cols: Buf, x: Buf, d: &Dims) -> Result<()> {
+        pe::patch_embed_forward_im2col_nhwc(self.d(), self.p(cols), self.p(x), d)
+    }
+
+    fn patch_embed_backward_im2col_nhwc(&self, dx: Buf, dcols: Buf, d: &Dims) -> Result<()> {
+        pe::patch_embed_backward_im2col_nhwc(self.d(), self.p(dx), self.p(dcols), d)
+    }
+
+    fn dwconv_forward(&self, out: Buf, inp: Buf, w: Buf, b: Buf, d: &DwDims) -> Result<()> {
+        let (out, inp, w, b) = (self.p(out), self.p(inp), self.p(w), self.p(b));
+        dw::dwconv_forward(self.d(), out, inp, w, b, d)
+    }
+
+    fn dwconv_backward(
+        &self,
+        din: Buf,
+        dw: Buf,
+        db: Buf,
+        dout: Buf,
+        inp: Buf,
+        w: Buf,
+        d: &DwDims,
+    ) -> Result<()> {
+        let (din, dwt, db) = (self.p(din), self.p(dw), self.p(db));
+        let (dout, inp, w) = (self.p(dout), self.p(inp), self.p(w));
+        dw::dwconv_backward(self.d(), din, dwt, db, dout, inp, w, d)
+    }
+
+    fn token_pool_forward(
+        &self,
+        out: Buf,
+        inp: Buf,
+        (b, n, c): (usize, usize, usize),
+    ) -> Result<()> {
+        pool::token_pool_forward(self.d(), self.p(out), self.p(inp), b, n, c)
+    }
+
+    fn token_pool_backward(
+        &self,
+        dinp: Buf,
+        dout: Buf,
+        (b, n, c): (usize, usize, usize),
+    ) -> Result<()> {
+        pool::token_pool_backward(self.d(), self.p(dinp), self.p(dout), b, n, c)
     }
 
     fn matmul_forward_train(

@@ -14,6 +14,7 @@ pub mod cuda;
 use crate::config::Activation;
 use crate::ops::Dims;
 pub use crate::ops::adamw::AdamwEma;
+use crate::ops::dwconv::DwDims;
 pub use crate::ops::loss::Rows;
 
 use crate::backend::cuda::device::{DevPtr, Device, bytes, bytes_mut};
@@ -151,6 +152,31 @@ pub trait TrainBackend {
         dx: Buf,
         d: &Dims,
     ) -> Result<()>;
+
+    /// cols (B*HW, P*P*C) (=) the patches of a channels-last map x (B, H, W, C) (a
+    /// ConvNeXt's downsampling conv, whose weight the trainer keeps as (D, P, P, C)).
+    fn patch_embed_forward_im2col_nhwc(&self, cols: Buf, x: Buf, d: &Dims) -> Result<()>;
+    /// dx (=) from dcols; pixels past the last full patch get zero.
+    fn patch_embed_backward_im2col_nhwc(&self, dx: Buf, dcols: Buf, d: &Dims) -> Result<()>;
+
+    /// out (B, H, W, C) (=) the depthwise 7x7 conv of inp, weight (49, C) tap-major.
+    fn dwconv_forward(&self, out: Buf, inp: Buf, w: Buf, b: Buf, d: &DwDims) -> Result<()>;
+    /// din (=); dw, db (+=).
+    fn dwconv_backward(
+        &self,
+        din: Buf,
+        dw: Buf,
+        db: Buf,
+        dout: Buf,
+        inp: Buf,
+        w: Buf,
+        d: &DwDims,
+    ) -> Result<()>;
+
+    /// out (B, 1 + N, C) (=) [mean of the N cells, the cells] per image.
+    fn token_pool_forward(&self, out: Buf, inp: Buf, bnc: (usize, usize, usize)) -> Result<()>;
+    /// dinp (B, N, C) (=) from dout (B, 1 + N, C).
+    fn token_pool_backward(&self, dinp: Buf, dout: Buf, bnc: (usize, usize, usize)) -> Result<()>;
 
     /// `out[:, 0..o]` (row stride `ldo`) = inp (rows, k) · Wᵀ + b, W (o, k) a parameter.
     fn matmul_forward_train(

@@ -54,9 +54,54 @@ pub fn dwconv_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32]
         .for_each(|(r, o)| dwconv_rows(o, r, inp, weight, bias, d));
 }
 
+/// The taps flipped (the transposed convolution's weight, for din).
+pub fn flipped_taps(weight: &[f32], c: usize) -> Vec<f32> {
+    (0..TAPS)
+        .flat_map(|t| weight[(TAPS - 1 - t) * c..(TAPS - t) * c].iter().copied())
+        .collect()
+}
+
+/// Row `t` of dweight's sums (`t == TAPS`: dbias's): each output row of pixels summed in f32
+/// (channels are independent lanes), the rows summed in f64 in order. The fast form runs
+/// this body compiled for the CPU's SIMD family, with the same bits.
+#[inline(always)]
+pub fn weight_grad_sums(t: usize, dout: &[f32], inp: &[f32], d: &DwDims) -> Vec<f64> {
+    let (h, w, c) = (d.height, d.width, d.channels);
+    let pad = KERNEL / 2;
+    let (ky, kx) = (t / KERNEL, t % KERNEL);
+    // Output columns whose input column x + kx - pad lies inside the row.
+    let (x0, x1) = (pad.saturating_sub(kx), (w + pad).saturating_sub(kx).min(w));
+    let mut acc = vec![0.0f64; c];
+    let mut row = vec![0.0f32; c];
+    for b in 0..d.batch {
+        for y in 0..h {
+            let g = &dout[(b * h + y) * w * c..(b * h + y + 1) * w * c];
+            row.fill(0.0);
+            if t == TAPS {
+                for gp in g.chunks_exact(c) {
+                    row.iter_mut().zip(gp).for_each(|(r, &g)| *r += g);
+                }
+            } else {
+                let Some(iy) = (y + ky).checked_sub(pad).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                let v = &inp[(b * h + iy) * w * c..(b * h + iy + 1) * w * c];
+                for x in x0..x1 {
+                    let (gp, vp) = (&g[x * c..(x + 1) * c], &v[(x + kx - pad) * c..][..c]);
+                    for ((r, &g), &v) in row.iter_mut().zip(gp).zip(vp) {
+                        *r += g * v;
+                    }
+                }
+            }
+            acc.iter_mut().zip(&row).for_each(|(a, &r)| *a += r as f64);
+        }
+    }
+    acc
+}
+
 /// Backward of `dwconv` for dout (B, H, W, C): din (=) the transposed convolution of dout
 /// (the forward with the taps flipped and no bias); dweight (49, C) and dbias (C) (+=), each
-/// summed over the pixels in row order in f64, so any thread count gives the same bits.
+/// summed in a fixed order ([`weight_grad_sums`]), so any thread count gives the same bits.
 pub fn dwconv_backward(
     din: &mut [f32],
     dweight: &mut [f32],
@@ -67,43 +112,11 @@ pub fn dwconv_backward(
     d: &DwDims,
 ) {
     let c = d.channels;
-    let flipped: Vec<f32> = (0..TAPS)
-        .flat_map(|t| weight[(TAPS - 1 - t) * c..(TAPS - t) * c].iter().copied())
-        .collect();
-    dwconv_forward(din, dout, &flipped, &vec![0.0; c], d);
+    dwconv_forward(din, dout, &flipped_taps(weight, c), &vec![0.0; c], d);
     // One task per tap (its row of dweight) and one for the bias.
-    let (h, w) = (d.height, d.width);
-    let pad = KERNEL / 2;
     let sums: Vec<Vec<f64>> = (0..=TAPS)
         .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0.0f64; c];
-            for b in 0..d.batch {
-                for y in 0..h {
-                    for x in 0..w {
-                        let g = &dout[((b * h + y) * w + x) * c..][..c];
-                        if t == TAPS {
-                            acc.iter_mut().zip(g).for_each(|(a, &g)| *a += g as f64);
-                            continue;
-                        }
-                        let (ky, kx) = (t / KERNEL, t % KERNEL);
-                        let (Some(iy), Some(ix)) =
-                            ((y + ky).checked_sub(pad), (x + kx).checked_sub(pad))
-                        else {
-                            continue;
-                        };
-                        if iy >= h || ix >= w {
-                            continue;
-                        }
-                        let v = &inp[((b * h + iy) * w + ix) * c..][..c];
-                        for ((a, &g), &v) in acc.iter_mut().zip(g).zip(v) {
-                            *a += g as f64 * v as f64;
-                        }
-                    }
-                }
-            }
-            acc
-        })
+        .map(|t| weight_grad_sums(t, dout, inp, d))
         .collect();
     for (t, s) in sums.iter().enumerate() {
         let dst = if t == TAPS {

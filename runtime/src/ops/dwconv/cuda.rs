@@ -53,9 +53,11 @@ pub fn dwconv_backward(
         Arg::Ptr(inp),
     ];
     args.extend(sizes);
-    dev.launch(
-        "dwconv_backward_weight",
-        LaunchCfg::elements((TAPS + 1) * d.channels),
-        &args,
-    )
+    // A block of 8 rows x 32 channels per (tap, 32 channels): see the kernel.
+    let cfg = LaunchCfg {
+        grid: ((TAPS + 1) as u32, d.channels.div_ceil(32) as u32),
+        block: 256,
+        shared: 0,
+    };
+    dev.launch("dwconv_backward_weight", cfg, &args)
 }

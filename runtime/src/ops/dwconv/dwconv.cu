@@ -43,28 +43,37 @@ extern "C" __global__ void dwconv_backward_input(float *din, const float *dout, 
     }
 }
 
-// Backward, dweight (49, C) and dbias (C) (+=): one thread per (tap, channel), tap 49 the
-// bias, summing the pixels in row order (the same bits at any launch size).
+// Backward, dweight (49, C) and dbias (C) (+=): a block per (tap, 32 channels), tap 49 the
+// bias. Its DWCONV_ROWS rows of 32 threads each sum every DWCONV_ROWS-th pixel (coalesced over
+// the channels), then row 0 adds the rows in order: the same bits at any grid size.
+#define DWCONV_ROWS 8
 extern "C" __global__ void dwconv_backward_weight(float *dweight, float *dbias, const float *dout,
                                                   const float *inp, int batch, int height, int width,
                                                   int channels) {
-    GRID_STRIDE(i, 50LL * channels) {
-        int c = (int)(i % channels), t = (int)(i / channels);
-        int ky = t / 7, kx = t % 7;
-        float acc = 0.0f;
-        for (int b = 0; b < batch; b++)
-            for (int y = 0; y < height; y++)
-                for (int x = 0; x < width; x++) {
-                    float g = dout[(((long long)b * height + y) * width + x) * channels + c];
-                    if (t == 49) {
-                        acc += g;
-                        continue;
-                    }
-                    int iy = y + ky - 3, ix = x + kx - 3;
-                    if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
-                    acc += g * inp[(((long long)b * height + iy) * width + ix) * channels + c];
-                }
-        if (t == 49) dbias[c] += acc;
-        else dweight[i] += acc;
+    __shared__ float part[DWCONV_ROWS][32];
+    int t = blockIdx.x, lane = threadIdx.x % 32, row = threadIdx.x / 32;
+    int c = blockIdx.y * 32 + lane, dy = t / 7 - 3, dx = t % 7 - 3;
+    long long pixels = (long long)batch * height * width;
+    float acc = 0.0f;
+    if (c < channels) {
+        for (long long p = row; p < pixels; p += DWCONV_ROWS) {
+            float g = dout[p * channels + c];
+            if (t == 49) {
+                acc += g;
+                continue;
+            }
+            int x = (int)(p % width), y = (int)((p / width) % height);
+            int iy = y + dy, ix = x + dx;
+            if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
+            acc += g * inp[(p + (long long)dy * width + dx) * channels + c];
+        }
+    }
+    part[row][lane] = acc;
+    __syncthreads();
+    if (row == 0 && c < channels) {
+        float s = 0.0f;
+        for (int r = 0; r < DWCONV_ROWS; r++) s += part[r][lane];
+        if (t == 49) dbias[c] += s;
+        else dweight[(long long)t * channels + c] += s;
     }
 }

@@ -3,7 +3,7 @@
 //! family. The sums run in the reference's order (bias, then ky-major taps, unfused), so
 //! its results equal the reference's bit for bit.
 
-use super::{DwDims, KERNEL};
+use super::{DwDims, KERNEL, TAPS};
 use crate::backend::cpu::isa::{Isa, multiversion};
 use crate::backend::cpu::pool::{Pool, RowsMut};
 
@@ -96,9 +96,83 @@ pub fn dwconv_forward(
     });
 }
 
+multiversion! {
+    /// `out` (=) row `t` of the weight gradient's sums (see `cpu::weight_grad_sums`), as f32.
+    fn weight_grad_row(out: &mut [f32], t: usize, dout: &[f32], inp: &[f32], d: &DwDims) {
+        let s = super::cpu::weight_grad_sums(t, dout, inp, d);
+        out.iter_mut().zip(&s).for_each(|(o, &v)| *o = v as f32);
+    }
+}
+
+/// Backward of `dwconv` on the pool, bit for bit the reference's (`cpu::dwconv_backward`):
+/// din (=) is the fast forward with the taps flipped; dweight (49, C) and dbias (C) (+=) are
+/// one task per tap and one for the bias, each summing in the reference's order.
+#[allow(clippy::too_many_arguments)]
+pub fn dwconv_backward(
+    pool: &Pool,
+    isa: Isa,
+    din: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    d: &DwDims,
+) {
+    let c = d.channels;
+    let flipped = super::cpu::flipped_taps(weight, c);
+    dwconv_forward(pool, isa, din, dout, &flipped, &vec![0.0; c], d);
+    let mut sums = vec![0.0f32; (TAPS + 1) * c];
+    let rows = RowsMut::new(&mut sums, c);
+    pool.run(TAPS + 1, |t| {
+        // SAFETY: each task writes only its own row.
+        weight_grad_row(isa, unsafe { rows.rows(t, t + 1) }, t, dout, inp, d);
+    });
+    let (w, b) = sums.split_at(TAPS * c);
+    dweight[..TAPS * c]
+        .iter_mut()
+        .zip(w)
+        .for_each(|(o, &v)| *o += v);
+    dbias[..c].iter_mut().zip(b).for_each(|(o, &v)| *o += v);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool's backward equals the reference's bit for bit on every family.
+    #[test]
+    fn backward_equals_the_reference_on_every_family() {
+        let pool = Pool::new(3).unwrap();
+        for (batch, height, width, channels) in [(2, 5, 9, 3), (1, 9, 2, 40), (2, 8, 11, 24)] {
+            let d = DwDims {
+                batch,
+                height,
+                width,
+                channels,
+            };
+            let (inp, w, _) = crate::ops::dwconv::test_case(&d);
+            let dout: Vec<f32> = inp.iter().rev().map(|v| v * 0.7 + 0.1).collect();
+            let (n, c) = (d.len(), d.channels);
+            let mut want = (vec![0.0; n], vec![0.5; TAPS * c], vec![0.5; c]);
+            crate::ops::dwconv::cpu::dwconv_backward(
+                &mut want.0,
+                &mut want.1,
+                &mut want.2,
+                &dout,
+                &inp,
+                &w,
+                &d,
+            );
+            for isa in Isa::all_supported() {
+                let mut got = (vec![f32::NAN; n], vec![0.5; TAPS * c], vec![0.5; c]);
+                dwconv_backward(
+                    &pool, isa, &mut got.0, &mut got.1, &mut got.2, &dout, &inp, &w, &d,
+                );
+                assert!(got == want, "{isa} {d:?}");
+            }
+        }
+    }
 
     /// Every SIMD family equals the reference bit for bit, on maps narrower than the kernel,
     /// channel counts with and without a tail past the 16-lane blocks, and batch 2.

@@ -1,7 +1,5 @@
-//! The student's training graph, written once for every backend: a forward that keeps what
-//! the backward needs, and the backward that turns gradients of the outputs into parameter
-//! gradients. The math is the runtime's forward (`runtime/src/models/vit/forward.rs`) op by
-//! op, so an exported student computes in the runtime exactly what it computed here.
+//! A ViT student's training graph: the runtime's forward (`runtime/src/models/vit/forward.rs`)
+//! op by op, so an exported student computes in the runtime exactly what it computed here.
 //!
 //! Per block, with x the residual stream:
 //!   x_mid = x + ls1 * o_proj(attention(rope(qkv(norm1(x)))))
@@ -9,44 +7,16 @@
 //! and the outputs are `norm(x_L)` plus `norm(x_j)` for requested intermediate blocks.
 
 use dinoedge_runtime::config::{Activation, MlpKind, Positions, VitConfig};
+use dinoedge_runtime::dispatch::train::cuda::Cuda;
 use dinoedge_runtime::models::vit::forward::dims;
 use dinoedge_runtime::models::vit::layout::{LayerParam as L, Param};
 use dinoedge_runtime::ops::Dims;
 use dinoedge_runtime::ops::rope::tables;
 
-use super::plan::Plan;
+use super::{ParamBufs, StudentGraph, stats};
 use crate::error::{DistillError, Result};
-use crate::params::{ParamId, ParamLayout};
+use crate::trainer::plan::Plan;
 use dinoedge_runtime::dispatch::train::{Buf, Stats, TrainBackend};
-
-/// Parameter values (or their gradients) by name: one span of `total` values in layout order.
-#[derive(Clone, Copy)]
-pub struct ParamBufs<'a> {
-    pub layout: &'a ParamLayout,
-    pub base: Buf,
-}
-
-impl ParamBufs<'_> {
-    pub fn id(&self, id: ParamId) -> Buf {
-        let r = self.layout.range(id);
-        self.base.part(r.start, r.len())
-    }
-    pub fn opt_id(&self, id: ParamId) -> Option<Buf> {
-        self.layout.has(id).then(|| self.id(id))
-    }
-    pub fn get(&self, p: Param) -> Buf {
-        self.id(ParamId::Model(p))
-    }
-    pub fn opt(&self, p: Param) -> Option<Buf> {
-        self.opt_id(ParamId::Model(p))
-    }
-    fn l(&self, l: usize, lp: L) -> Buf {
-        self.get(Param::Layer(l, lp))
-    }
-    fn lo(&self, l: usize, lp: L) -> Option<Buf> {
-        self.opt(Param::Layer(l, lp))
-    }
-}
 
 /// The q, k, v projections (weight, bias), in their order in the fused qkv rows.
 const QKV: [(L, L); 3] = [
@@ -76,11 +46,11 @@ struct BlockActs {
     y2: Buf,
 }
 
-/// A student's forward and backward at one input shape: its buffers, planned once.
-pub struct Graph {
+/// A ViT student's forward and backward at one input shape: its buffers, planned once.
+pub struct VitGraph {
     pub cfg: VitConfig,
     pub dims: Dims,
-    /// RoPE tables, uploaded by [`Graph::init`].
+    /// RoPE tables, uploaded by [`StudentGraph::init`].
     tables: (Vec<f32>, Vec<f32>),
     cos: Buf,
     sin: Buf,
@@ -111,11 +81,7 @@ pub struct Graph {
     delta: Buf,
 }
 
-fn stats(plan: &mut Plan, rows: usize) -> Stats {
-    Stats(plan.take("norm statistics", 2 * rows))
-}
-
-impl Graph {
+impl VitGraph {
     /// Plans the buffers for `batch` images of `height x width` pixels, returning the
     /// outputs of the blocks in `inter_layers` as well.
     pub fn new(
@@ -125,7 +91,7 @@ impl Graph {
         (height, width): (usize, usize),
         inter_layers: &[usize],
         recompute: bool,
-    ) -> Result<Graph> {
+    ) -> Result<VitGraph> {
         if let Some(&l) = inter_layers.iter().find(|&&l| l >= cfg.num_layers) {
             return Err(DistillError::Config(format!(
                 "intermediate output of block {l}: the student has blocks 0..{}",
@@ -184,7 +150,7 @@ impl Graph {
             .collect();
         let inter_stats = inter_layers.iter().map(|_| stats(plan, r)).collect();
         let mut s = |n| plan.take("backward scratch", n);
-        Ok(Graph {
+        Ok(VitGraph {
             cfg: cfg.clone(),
             dims: d,
             tables,
@@ -211,24 +177,8 @@ impl Graph {
         })
     }
 
-    /// Bytes of activation memory the graph of this student plans: what it keeps for the
-    /// backward (every block's activations, or one block's when recomputing; the residual
-    /// stream; outputs), its inputs and the backward's scratch. Parameters, gradients,
-    /// optimizer state and the objective are not included.
-    pub fn activation_bytes(
-        cfg: &VitConfig,
-        batch: usize,
-        hw: (usize, usize),
-        inter: usize,
-        recompute: bool,
-    ) -> Result<u64> {
-        let mut plan = Plan::default();
-        Graph::new(&mut plan, cfg, batch, hw, &vec![0; inter], recompute)?;
-        Ok(plan.bytes())
-    }
-
     /// Uploads what the graph reads but never writes (the RoPE tables).
-    pub fn init(&self, be: &dyn TrainBackend) -> Result<()> {
+    fn init_tables(&self, be: &dyn TrainBackend) -> Result<()> {
         be.upload(self.cos, &self.tables.0)?;
         Ok(be.upload(self.sin, &self.tables.1)?)
     }
@@ -244,9 +194,9 @@ impl Graph {
         &self.blocks[if self.recompute { 0 } else { l }]
     }
 
-    /// Runs the forward on the pixels in [`Graph::pixels`] with parameters `p`, keeping
+    /// Runs the forward on the pixels in [`StudentGraph::pixels`] with parameters `p`, keeping
     /// every activation (or, when recomputing, the residual stream between blocks).
-    pub fn forward(&self, be: &dyn TrainBackend, p: ParamBufs) -> Result<()> {
+    fn forward_all(&self, be: &dyn TrainBackend, p: ParamBufs) -> Result<()> {
         let d = self.dims;
         let (dim, eps, r) = (d.dim, self.cfg.layer_norm_eps as f32, d.rows());
         be.patch_embed_forward_im2col(self.cols, self.pixels, &d)?;
@@ -306,8 +256,8 @@ impl Graph {
     }
 
     /// Accumulates (`+=`) every parameter gradient into `g`, given the gradients of `out`
-    /// and of each intermediate output. Call after [`Graph::forward`].
-    pub fn backward(
+    /// and of each intermediate output. Call after [`StudentGraph::forward`].
+    fn backward_all(
         &self,
         be: &dyn TrainBackend,
         p: ParamBufs,
@@ -451,5 +401,41 @@ impl Graph {
             (r, dim),
         )?;
         Ok(be.residual_forward(self.dx, self.dy, None, dim)?)
+    }
+}
+
+impl StudentGraph for VitGraph {
+    fn dims(&self) -> &Dims {
+        &self.dims
+    }
+    fn pixels(&self) -> Buf {
+        self.pixels
+    }
+    fn out(&self) -> Buf {
+        self.out
+    }
+    fn inter(&self) -> &[Buf] {
+        &self.inter
+    }
+    fn init(&self, be: &dyn TrainBackend) -> Result<()> {
+        self.init_tables(be)
+    }
+    fn forward(&self, be: &dyn TrainBackend, p: ParamBufs) -> Result<()> {
+        self.forward_all(be, p)
+    }
+    fn backward(
+        &self,
+        be: &dyn TrainBackend,
+        p: ParamBufs,
+        g: ParamBufs,
+        dout: Buf,
+        dinter: &[Buf],
+    ) -> Result<()> {
+        self.backward_all(be, p, g, dout, dinter)
+    }
+    fn cuda_widest(&self, teacher_dim: usize) -> Result<usize> {
+        let d = self.dims;
+        Cuda::check_head_dim(d.head_dim())?;
+        Ok(teacher_dim.max(3 * d.dim).max(2 * d.hidden))
     }
 }
