@@ -445,6 +445,7 @@ fn convnext_student_trains_resumes_exports_and_refuses_vit_only_options() {
     let split = s.root.join("split");
     ok(&s.args(&split, &with(&base, &["--steps", "6", "--stop-after", "3"])));
     ok(&s.args(&split, &with(&base, &["--steps", "6", "--resume"])));
+    assert_eq!(losses(&whole).len(), 6);
     assert_eq!(losses(&split), losses(&whole));
     for f in ["model.safetensors", "distill_heads.safetensors"] {
         assert_eq!(tensors(&split.join(f)), tensors(&whole.join(f)), "{f}");

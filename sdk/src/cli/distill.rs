@@ -443,7 +443,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let student = students[0].config.clone();
     let mut inter = a.inter.clone();
     // A ConvNeXt has no blocks to pair: the trainer refuses --w-inter for it, naming it.
-    if a.w_inter > 0.0 && inter.is_empty() && matches!(student, ModelConfig::Vit(_)) {
+    let all_vits = students
+        .iter()
+        .all(|s| matches!(s.config, ModelConfig::Vit(_)));
+    if a.w_inter > 0.0 && inter.is_empty() && all_vits {
         // The default pair is each student's middle block: students of different depths
         // would each need their own, so the pair must be given.
         if let Some(s2) = students

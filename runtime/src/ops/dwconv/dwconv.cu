@@ -55,18 +55,16 @@ extern "C" __global__ void dwconv_backward_weight(float *dweight, float *dbias, 
     int c = blockIdx.y * 32 + lane, dy = t / 7 - 3, dx = t % 7 - 3;
     long long pixels = (long long)batch * height * width;
     float acc = 0.0f;
-    if (c < channels) {
-        for (long long p = row; p < pixels; p += DWCONV_ROWS) {
-            float g = dout[p * channels + c];
-            if (t == 49) {
-                acc += g;
-                continue;
-            }
-            int x = (int)(p % width), y = (int)((p / width) % height);
-            int iy = y + dy, ix = x + dx;
-            if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
+    // (x, y) of pixel p, advanced by DWCONV_ROWS pixels a step without a division.
+    int x = row % width, y = (row / width) % height;
+    for (long long p = row; c < channels && p < pixels; p += DWCONV_ROWS) {
+        float g = dout[p * channels + c];
+        int iy = y + dy, ix = x + dx;
+        if (t == 49) acc += g;
+        else if (iy >= 0 && iy < height && ix >= 0 && ix < width)
             acc += g * inp[(p + (long long)dy * width + dx) * channels + c];
-        }
+        for (x += DWCONV_ROWS; x >= width; x -= width)
+            if (++y == height) y = 0;
     }
     part[row][lane] = acc;
     __syncthreads();
