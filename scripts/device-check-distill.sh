@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU-machine check of distillation on CUDA (issue #8). Runs, on the device:
 #   1. the CUDA trainer's parity suite (distill/tests/cuda_trainer.rs on the GPU): every
-#      parameter's gradient of two fixture students (plain and gated MLP, registers, RoPE,
-#      heads, Gram and intermediate terms) against float64 PyTorch autograd, in f32 GEMMs
+#      parameter's gradient of three fixture students (ViTs with plain and gated MLP,
+#      registers, RoPE, heads, Gram and intermediate terms; a 4-stage ConvNeXt with its
+#      depthwise convs) against float64 PyTorch autograd, in f32 GEMMs
 #      (< 1e-4), recomputing (< 1e-4) and bf16 GEMMs (< 5e-2); 20 AdamW steps against the CPU
 #      trainer (loss < 1e-4, weights and EMA < 1e-4);
-#   2. the student step of vit-s16 at 224, batch 128, bf16 (`dinoedge distill bench-step
-#      --backend cuda`) against the same step in PyTorch AMP (tools/torch_train_bench.py:
-#      transformers' DINOv3ViTModel, SDPA attention, fused AdamW, EMA) on the same card -> ratio;
+#   2. the student step of vit-s16, vit-ti16 and convnext-tiny at 224, batch 128, bf16
+#      (`dinoedge distill bench-step --backend cuda`) against the same step in PyTorch AMP
+#      (tools/torch_train_bench.py: transformers' DINOv3ViTModel / DINOv3ConvNextModel, SDPA
+#      attention, fused AdamW, EMA) on the same card -> ratio;
 #   3. a random-weight teacher (ViT-7B/16 in bf16 by default, ARCH=vits16 for a quick run)
 #      made by transformers' save_pretrained (tools/torch_bench.py make), 64 synthetic images;
 #      `distill cache-teacher --teacher-backend cuda --teacher-precision bf16`: teacher img/s;
@@ -63,8 +65,8 @@ else
 fi
 grep -E "^(cuda|device:|test result)" "$OUT/trainer-parity.log" | tee -a "$SUMMARY" || true
 
-echo "== 2. vit-s16 step, batch 128 at 224, bf16: dinoedge vs PyTorch AMP"
-for spec in "vit-s16 128" "vit-ti16 128"; do
+echo "== 2. student steps (vit-s16, vit-ti16, convnext-tiny), batch 128 at 224, bf16: dinoedge vs PyTorch AMP"
+for spec in "vit-s16 128" "vit-ti16 128" "convnext-tiny 128"; do
   set -- $spec
   if timeout 200 "$BIN" distill bench-step --backend cuda --student "$1" --batch "$2" --size 224 --precision bf16 \
       --iters 10 --warmup 3 >"$OUT/bench-$1.json" 2>"$OUT/bench-$1.err"; then
