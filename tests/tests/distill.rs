@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dinoedge::distill::{EvalOptions, evaluate};
+use dinoedge::runtime::ModelConfig;
 use dinoedge::runtime::import::{import_onnx, write_model_dir};
 use dinoedge::{Model, SessionOptions};
 use dinoedge_distill::cache::{self, BuildOptions, CachedTeacher};
@@ -15,7 +16,7 @@ use dinoedge_distill::data::{Dataset, View, decode, render};
 use dinoedge_distill::loader::Key;
 use dinoedge_distill::student::{dinov3_convnext_student, dinov3_student};
 use dinoedge_distill::teacher::{Alignment, OnlineTeacher, teacher_render};
-use dinoedge_distill::train::{TrainOptions, TrainReport, cache_key, train};
+use dinoedge_distill::train::{HoldoutLog, TrainOptions, TrainReport, cache_key, train};
 use dinoedge_tests::{PHOTOS, TEACHER_ONNX, asset};
 
 const OPENCV: &str = "opencv-doc/usr/share/doc/opencv-doc/examples/data";
@@ -38,6 +39,50 @@ fn real_setup() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
     write_model_dir(&import_onnx(&onnx).unwrap(), &teacher, &onnx).unwrap();
     let data = data_dir(tmp.path(), &photos, &opencv);
     Some((tmp, teacher, data))
+}
+
+/// A small run into `out`: batch 8, 10% held out, lr 2e-3, 16 held-out images, 2 threads,
+/// every step logged, no intermediate checkpoint. Size, steps, warm-up and EMA are the test's.
+fn small_run(
+    teacher: &Path,
+    student: impl Into<ModelConfig>,
+    data: &Path,
+    out: PathBuf,
+) -> TrainOptions {
+    let mut o = TrainOptions::new(teacher.to_path_buf(), student, data.to_path_buf(), out);
+    o.batch = 8;
+    o.holdout = 0.1;
+    o.optim.lr = 2e-3;
+    o.eval_images = 16;
+    o.threads = Some(2);
+    o.log_every = 1;
+    o.checkpoint_every = 1000;
+    o
+}
+
+/// The runtime, running the student exported to `run`, scores the first 16 held-out images
+/// (images of at least `min_side` px) as the training graph's last held-out evaluation did.
+fn assert_runtime_agrees(teacher: &Path, run: &Path, data: &Path, min_side: u32, end: &HoldoutLog) {
+    let ds = Dataset::scan(data, 0.1, min_side).unwrap();
+    let held: Vec<PathBuf> = ds.holdout.iter().take(16).map(|e| ds.path(e)).collect();
+    let opts = EvalOptions {
+        size: None,
+        teacher_size: None,
+        stereo_size: None,
+        threads: Some(2),
+    };
+    let e = evaluate(teacher, run, &held, &opts).unwrap();
+    eprintln!(
+        "runtime eval of the export: CLS {:.6}, patches {:.6}",
+        e.agreement.cls_cos, e.agreement.patch_cos
+    );
+    assert!(
+        (e.agreement.patch_cos - end.holdout_patch_cos).abs() < 1e-3,
+        "{} vs {}",
+        e.agreement.patch_cos,
+        end.holdout_patch_cos
+    );
+    assert!((e.agreement.cls_cos - end.holdout_cls_cos).abs() < 1e-3);
 }
 
 /// The loss of every logged step of the run in `out`.
@@ -66,23 +111,11 @@ fn tiny_student_learns_from_the_real_teacher() {
 
     let student = dinov3_student(64, 2, 2, 256, false);
     let base = |out: &str, heads_only: bool| {
-        let mut o = TrainOptions::new(
-            teacher.clone(),
-            student.clone(),
-            data.clone(),
-            tmp.path().join(out),
-        );
+        let mut o = small_run(&teacher, student.clone(), &data, tmp.path().join(out));
         o.size = 64;
         o.steps = 80;
-        o.batch = 8;
-        o.holdout = 0.1;
-        o.optim.lr = 2e-3;
         o.optim.warmup = 10;
         o.optim.ema = 0.99;
-        o.eval_images = 16;
-        o.threads = Some(2);
-        o.log_every = 1;
-        o.checkpoint_every = 1000;
         o.heads_only = heads_only;
         o
     };
@@ -126,31 +159,7 @@ fn tiny_student_learns_from_the_real_teacher() {
     assert!(end.holdout_cls_cos > start.holdout_cls_cos);
 
     // The runtime, running the exported student, agrees with the training graph.
-    let ds = Dataset::scan(&data, 0.1, 16).unwrap();
-    let held: Vec<PathBuf> = ds.holdout.iter().take(16).map(|e| ds.path(e)).collect();
-    let e = evaluate(
-        &teacher,
-        &tmp.path().join("full"),
-        &held,
-        &EvalOptions {
-            size: None,
-            teacher_size: None,
-            stereo_size: None,
-            threads: Some(2),
-        },
-    )
-    .unwrap();
-    eprintln!(
-        "runtime eval: CLS {:.6}, patches {:.6}",
-        e.agreement.cls_cos, e.agreement.patch_cos
-    );
-    assert!(
-        (e.agreement.patch_cos - end.holdout_patch_cos).abs() < 1e-3,
-        "{} vs {}",
-        e.agreement.patch_cos,
-        end.holdout_patch_cos
-    );
-    assert!((e.agreement.cls_cos - end.holdout_cls_cos).abs() < 1e-3);
+    assert_runtime_agrees(&teacher, &tmp.path().join("full"), &data, 16, &end);
 }
 
 /// A tiny ConvNeXt student (4 stages, 16..64 channels) distils from the ViT teacher through
@@ -163,18 +172,11 @@ fn tiny_convnext_student_learns_from_the_real_teacher() {
         return;
     };
     let student = dinov3_convnext_student(&[16, 32, 48, 64], &[1, 1, 2, 1]);
-    let mut o = TrainOptions::new(teacher.clone(), student, data.clone(), tmp.path().join("s"));
+    let mut o = small_run(&teacher, student, &data, tmp.path().join("s"));
     o.size = 128;
     o.steps = 30;
-    o.batch = 8;
-    o.holdout = 0.1;
-    o.optim.lr = 2e-3;
     o.optim.warmup = 5;
     o.optim.ema = 0.9;
-    o.eval_images = 16;
-    o.threads = Some(2);
-    o.log_every = 1;
-    o.checkpoint_every = 1000;
     let r = train(&o, |_| {}).unwrap();
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("s/run.json")).unwrap())
@@ -203,21 +205,7 @@ fn tiny_convnext_student_learns_from_the_real_teacher() {
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("s/config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg["model_type"], "dinov3_convnext");
-    let ds = Dataset::scan(&data, 0.1, 32).unwrap();
-    let held: Vec<PathBuf> = ds.holdout.iter().take(16).map(|e| ds.path(e)).collect();
-    let opts = EvalOptions {
-        size: None,
-        teacher_size: None,
-        stereo_size: None,
-        threads: Some(2),
-    };
-    let e = evaluate(&teacher, &tmp.path().join("s"), &held, &opts).unwrap();
-    eprintln!(
-        "runtime eval of the export: CLS {:.6}, patches {:.6}",
-        e.agreement.cls_cos, e.agreement.patch_cos
-    );
-    assert!((e.agreement.patch_cos - end.holdout_patch_cos).abs() < 1e-3);
-    assert!((e.agreement.cls_cos - end.holdout_cls_cos).abs() < 1e-3);
+    assert_runtime_agrees(&teacher, &tmp.path().join("s"), &data, 32, &end);
 }
 
 #[test]
