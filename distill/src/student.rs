@@ -32,6 +32,7 @@ pub fn dinov3_convnext_student(hidden_sizes: &[usize], depths: &[usize]) -> Conv
         layer_scale_init_value: 1e-6,
         num_channels: 3,
         image_size: 224,
+        quantization: None,
     }
 }
 

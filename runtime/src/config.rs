@@ -235,24 +235,20 @@ impl ModelConfig {
                 supported: supported_model_types().join(", "),
             })?;
         let mut cfg = parse(&f, model_type)?;
-        if let (Some(_), ModelConfig::ConvNext(_)) = (f.get("quantization"), &cfg) {
-            return Err(f.err(
-                "a quantization section on a ConvNeXt: dinoedge writes int8 models for ViTs only; use the float model (the CPU backend quantises it with --precision int8)".into(),
-            ));
-        }
         if let Some(q) = f.get("quantization") {
             let q: QuantConfig = serde_json::from_value(q.clone())
                 .map_err(|e| f.err(format!("quantization section: {e}")))?;
             q.check().map_err(|r| f.err(r))?;
-            if let ModelConfig::Vit(c) = &mut cfg {
-                c.quantization = Some(q);
+            match &mut cfg {
+                ModelConfig::Vit(c) => c.quantization = Some(q),
+                ModelConfig::ConvNext(c) => c.quantization = Some(q),
             }
         }
         cfg.validate().map_err(|reason| f.err(reason))?;
         Ok(cfg)
     }
 
-    /// The ViT config, for what only ViTs have (int8 files, ONNX import of a ViT).
+    /// The ViT config, for what only ViTs have (ONNX import of a ViT, the CUDA memory plan).
     pub fn as_vit(&self) -> Option<&VitConfig> {
         match self {
             ModelConfig::Vit(c) => Some(c),
@@ -358,7 +354,7 @@ impl ModelConfig {
     pub fn quantization(&self) -> Option<&QuantConfig> {
         match self {
             ModelConfig::Vit(c) => c.quantization.as_ref(),
-            ModelConfig::ConvNext(_) => None,
+            ModelConfig::ConvNext(c) => c.quantization.as_ref(),
         }
     }
 

@@ -22,6 +22,18 @@ pub struct Int8Weight {
     pub input_scale: Option<f32>,
 }
 
+impl Int8Weight {
+    /// `w = q * scale`, per output channel (row).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let cols = self.q.len() / self.scales.len().max(1);
+        self.q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * self.scales[i / cols])
+            .collect()
+    }
+}
+
 pub struct Model {
     dir: PathBuf,
     config: ModelConfig,
@@ -155,13 +167,7 @@ impl Model {
     /// `w = q * scale` per output channel).
     pub fn tensor_f32<K: ParamKey>(&self, p: K) -> Result<Vec<f32>> {
         if let Some(q) = self.int8(p)? {
-            let cols = q.q.len() / q.scales.len();
-            return Ok(q
-                .q
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v as f32 * q.scales[i / cols])
-                .collect());
+            return Ok(q.dequantize());
         }
         let (t, rows) = self.stored(p).ok_or_else(|| p.missing(self))?;
         match rows {

@@ -1,11 +1,13 @@
 //! The DINOv3 ConvNeXt beyond f32 parity (`hf_parity.rs`, `wgpu_parity.rs` and `cuda.rs`
 //! check every stage against transformers): the fast CPU backend's reduced precisions
 //! against the reference, and bad input (a missing or mis-shaped tensor, an input under
-//! 32 px, a stage that does not exist, an int8 section), each a clear error.
+//! 32 px, a stage that does not exist, an int8 section over float weights), each a clear
+//! error.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dinoedge_runtime::config::{ActivationScheme, QuantConfig};
 use dinoedge_runtime::testing::{fixture_dir, fixture_inputs};
 use dinoedge_runtime::{
     BackendKind, Model, Precision, RunOptions, SessionOptions, Tensor, create_session,
@@ -193,14 +195,19 @@ fn inputs_under_32_px_and_unknown_stages_are_refused() {
     assert!(e.contains("stage 4") && e.contains("0 to 3"), "{e}");
 }
 
+/// An int8 section over float tensors names the first tensor that should be I8.
 #[test]
-fn an_int8_section_on_a_convnext_is_refused() {
+fn an_int8_section_over_float_weights_is_refused() {
     let (_t, dir) = scratch();
     copy_fixture(&dir);
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
-    v["quantization"] = serde_json::json!({"method": "dinoedge-w8a8"});
+    v["quantization"] =
+        serde_json::to_value(QuantConfig::w8a8(ActivationScheme::DynamicPerToken)).unwrap();
     std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
     let e = Model::load(&dir).unwrap_err().to_string();
-    assert!(e.contains("ConvNeXt") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("int8 model") && e.contains("weight") && e.contains("not I8"),
+        "{e}"
+    );
 }

@@ -57,7 +57,13 @@ fn cosine(a: &[f32], b: &[f32], d: usize) -> f64 {
 
 #[test]
 fn int8_models_load_and_run_on_every_cpu_backend() {
-    for name in ["dinov3_mlp", "dinov3_gated", "dinov2_swiglu", "dinov2_reg"] {
+    for name in [
+        "dinov3_mlp",
+        "dinov3_gated",
+        "dinov2_swiglu",
+        "dinov2_reg",
+        "dinov3_convnext",
+    ] {
         let float = Arc::new(Model::load(fixture(name)).unwrap());
         let d = float.config().hidden_size();
         let calib =
@@ -145,9 +151,98 @@ fn f16_and_bf16_copies_match_the_float_model() {
     }
 }
 
+/// Fixture `name` and its int8 copy (dynamic activations, no smoothing, no calibration),
+/// with the options that made it.
+fn plain_int8(name: &str) -> (Arc<Model>, QuantizeOptions, tempfile::TempDir) {
+    let float = Arc::new(Model::load(fixture(name)).unwrap());
+    let opts = QuantizeOptions {
+        precision: Precision::Int8,
+        activations: ActivationScheme::DynamicPerToken,
+        smoothing: Smoothing::Off,
+        threads: Some(2),
+    };
+    let q = quant::quantize(&float, &opts, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    quant::write(&q, dir.path(), &fixture(name)).unwrap();
+    (float, opts, dir)
+}
+
+/// A ConvNeXt's int8 file: its pointwise and 2x2 downsampling convs I8 in HF's names and
+/// shapes (the downsampling weights back in HF's (O, I, 2, 2) order after being quantised
+/// in the im2col's channels-last order), the stem and depthwise convs in f32; each int8
+/// weight dequantises to the float one within half a step of its output channel's scale.
+#[test]
+fn convnext_int8_files_keep_hf_names_shapes_and_orders() {
+    let (_, _, dir) = plain_int8("dinov3_convnext");
+    let fst = TensorStore::open_dir(&fixture("dinov3_convnext")).unwrap();
+    let qst = TensorStore::open_dir(dir.path()).unwrap();
+    let mut int8 = Vec::new();
+    for name in fst.names() {
+        let (f, t) = (fst.get(name).unwrap(), qst.get(name).unwrap());
+        assert_eq!(f.shape, t.shape, "{name}");
+        let quantized = name.contains("pointwise_conv") && name.ends_with("weight")
+            || (name.contains("downsample_layers.1.weight") && !name.starts_with("stages.0."));
+        if !quantized {
+            assert_eq!(t.dtype, safetensors::Dtype::F32, "{name}");
+            assert_eq!(f.to_f32().unwrap(), t.to_f32().unwrap(), "{name}");
+            continue;
+        }
+        assert_eq!(t.dtype, safetensors::Dtype::I8, "{name}");
+        int8.push(name.to_string());
+        let scales = qst.get(&format!("{name}_scale")).unwrap().to_f32().unwrap();
+        let (want, got) = (f.to_f32().unwrap(), t.to_i8().unwrap());
+        let cols = want.len() / scales.len();
+        for (i, (w, q)) in want.iter().zip(&got).enumerate() {
+            let s = scales[i / cols];
+            assert!(
+                (w - *q as f32 * s).abs() <= 0.5 * s * 1.0001,
+                "{name}[{i}]: {w} vs {q} x {s}"
+            );
+        }
+    }
+    assert!(int8.iter().any(|n| n.contains("downsample")), "{int8:?}");
+    assert!(
+        int8.iter().any(|n| n.contains("pointwise_conv2")),
+        "{int8:?}"
+    );
+    let m = Model::load(dir.path()).unwrap();
+    assert!(m.is_quantized());
+    let section = m.config().quantization().unwrap();
+    assert!(
+        section.float_ops.iter().any(|o| o == "depthwise_conv"),
+        "{section:?}"
+    );
+
+    // A missing scale is named.
+    let missing = "stages.1.downsample_layers.1.weight_scale";
+    let st = TensorStore::open_dir(dir.path()).unwrap();
+    let entries: Vec<_> = st
+        .names()
+        .into_iter()
+        .filter(|n| *n != missing)
+        .map(|n| {
+            let t = st.get(n).unwrap();
+            (n.to_string(), t.shape.to_vec(), t.dtype, t.bytes.to_vec())
+        })
+        .collect();
+    drop(st);
+    let d = dir.path().join("no_scale");
+    std::fs::create_dir_all(&d).unwrap();
+    write_safetensors(&d.join("model.safetensors"), &entries, None).unwrap();
+    std::fs::copy(dir.path().join("config.json"), d.join("config.json")).unwrap();
+    let e = Model::load(&d).unwrap_err().to_string();
+    assert!(e.contains("missing tensor") && e.contains(missing), "{e}");
+}
+
 #[test]
 fn smoothing_is_applied_only_where_it_helps() {
-    let float = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
+    for name in ["dinov3_mlp", "dinov3_convnext"] {
+        smoothing_is_applied_only_where_it_helps_in(name);
+    }
+}
+
+fn smoothing_is_applied_only_where_it_helps_in(name: &str) {
+    let float = Arc::new(Model::load(fixture(name)).unwrap());
     let calib = quant::calibrate(&float, &inputs(&float, 4), Some(2), "synthetic", |_| {}).unwrap();
     let q = quant::quantize(
         &float,
@@ -160,7 +255,13 @@ fn smoothing_is_applied_only_where_it_helps() {
         Some(&calib),
     )
     .unwrap();
+    assert!(!q.sites.is_empty());
     for r in &q.sites {
+        assert!(
+            r.error_plain.is_some(),
+            "{name} {}: calibration did not reach it",
+            r.site
+        );
         if let (Some(p), Some(s)) = (r.error_plain, r.error_smoothed) {
             assert!(
                 s < 0.95 * p,
@@ -168,7 +269,7 @@ fn smoothing_is_applied_only_where_it_helps() {
                 r.site
             );
         }
-        if r.site.ends_with("o_proj") || r.site.ends_with("mlp_out") {
+        if r.site.ends_with("o_proj") || r.site.ends_with("mlp_out") || r.site.ends_with("pw2") {
             assert!(
                 r.alpha.is_none(),
                 "{} has no LayerNorm to fold into",
@@ -180,16 +281,7 @@ fn smoothing_is_applied_only_where_it_helps() {
 
 #[test]
 fn quantising_twice_and_mismatched_configs_are_refused() {
-    let float = Arc::new(Model::load(fixture("dinov3_mlp")).unwrap());
-    let opts = QuantizeOptions {
-        precision: Precision::Int8,
-        activations: ActivationScheme::DynamicPerToken,
-        smoothing: Smoothing::Off,
-        threads: Some(2),
-    };
-    let q = quant::quantize(&float, &opts, None).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    quant::write(&q, dir.path(), &fixture("dinov3_mlp")).unwrap();
+    let (float, opts, dir) = plain_int8("dinov3_mlp");
     let int8 = Model::load(dir.path()).unwrap();
 
     // Already quantised.

@@ -91,6 +91,7 @@ pub(super) fn import(graph: &Graph) -> Result<ConvNextImport> {
         layer_scale_init_value: 1e-6,
         num_channels: 3,
         image_size: 224,
+        quantization: None,
     };
     config
         .validate()

@@ -30,7 +30,8 @@ pub struct Calibration {
 
 /// The `quantization` section of a dinoedge int8 model's config.json.
 ///
-/// Quantised Linear weights are stored as I8 `(out, in)` tensors under their HF names, with
+/// Quantised Linear weights are stored as I8 tensors under their HF names and shapes (`(out,
+/// in)`; a ConvNeXt's downsampling conv `(out, in, 2, 2)`), with
 /// f32 per-output-channel scales next to them (`<name>.weight_scale`, `w = q * scale`); for
 /// static activations, `<name>.input_scale` holds the per-tensor input scale.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

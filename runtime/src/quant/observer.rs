@@ -23,6 +23,8 @@ pub struct InputStats {
     pub rows: usize,
     /// A sample of input rows (row-major, `channel_absmax.len()` wide), for choosing smoothing.
     pub sample: Vec<f32>,
+    /// The sample keeps every `sample_stride`-th row.
+    pub sample_stride: usize,
 }
 
 /// Rows kept per Linear for the smoothing decision.
@@ -38,17 +40,17 @@ pub struct NamedLinear<L> {
 pub struct Observer<B> {
     pub inner: B,
     stats: RefCell<BTreeMap<String, InputStats>>,
-    /// Keep every `stride`-th row in the sample (set from the expected row count).
-    stride: usize,
+    /// The calibration's pixels over its first input's: a Linear's rows in the first
+    /// forward times this is about every row it will see, over which its sample is spread.
+    forwards: f64,
 }
 
 impl<B> Observer<B> {
-    /// `stride`: keep one row in `stride` for the sample.
-    pub fn new(inner: B, stride: usize) -> Self {
+    pub fn new(inner: B, forwards: f64) -> Self {
         Observer {
             inner,
             stats: RefCell::new(BTreeMap::new()),
-            stride: stride.max(1),
+            forwards: forwards.max(1.0),
         }
     }
 
@@ -59,15 +61,19 @@ impl<B> Observer<B> {
 
     fn record(&self, name: &str, inp: &[f32], rows: usize, k: usize) {
         let mut all = self.stats.borrow_mut();
+        // Each Linear's own stride: a ConvNeXt's early stages see 16x the rows of its last.
         let s = all.entry(name.to_string()).or_insert_with(|| InputStats {
             channel_absmax: vec![0.0; k],
+            sample_stride: ((rows as f64 * self.forwards) / SAMPLE_ROWS as f64)
+                .ceil()
+                .max(1.0) as usize,
             ..Default::default()
         });
         for (r, row) in inp[..rows * k].chunks_exact(k).enumerate() {
             for (m, v) in s.channel_absmax.iter_mut().zip(row) {
                 *m = m.max(v.abs());
             }
-            if (s.rows + r).is_multiple_of(self.stride) && s.sample.len() < SAMPLE_ROWS * k {
+            if (s.rows + r).is_multiple_of(s.sample_stride) && s.sample.len() < SAMPLE_ROWS * k {
                 s.sample.extend_from_slice(row);
             }
         }

@@ -299,6 +299,12 @@ impl TensorStore {
         self.shards.first().and_then(|s| s.meta.metadata().as_ref())
     }
 
+    /// Total bytes of the weight files the store reads (not other files in the directory,
+    /// such as a distilled student's `distill_heads.safetensors`).
+    pub fn file_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.mmap.len() as u64).sum()
+    }
+
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> usize {
         self.shards

@@ -1,7 +1,7 @@
 //! `dinoedge eval-quant REFERENCE_DIR QUANT_DIR IMAGES...`: what quantisation cost, in the
 //! terms dense-feature users care about.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
@@ -33,18 +33,6 @@ pub struct EvalQuantArgs {
     threads: Option<usize>,
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 pub fn run(a: EvalQuantArgs) -> Result<()> {
     let reference = Arc::new(Model::load(&a.reference)?);
     let quantized = Arc::new(Model::load(&a.quantized)?);
@@ -68,7 +56,9 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
             "no images: pass IMAGES or run scripts/fetch-assets.sh for the default photos".into(),
         ));
     }
-    let all_layers: Vec<usize> = (0..rc.num_layers()).collect();
+    // Every layer but the last, which the output itself gives: for a ViT a captured layer
+    // is final-normed (the same as the output), for a ConvNeXt it is the raw stage.
+    let all_layers: Vec<usize> = (0..rc.num_layers() - 1).collect();
     let session = |precision: Option<Precision>| SessionOptions {
         precision,
         threads: a.threads,
@@ -133,7 +123,10 @@ pub fn run(a: EvalQuantArgs) -> Result<()> {
         };
         println!("{label:<8} {:>12.6} {:>12.6}", c.cls, c.patches);
     }
-    let (sr, sq) = (dir_bytes(&a.reference), dir_bytes(&a.quantized));
+    let (sr, sq) = (
+        reference.store().file_bytes(),
+        quantized.store().file_bytes(),
+    );
     println!(
         "size on disk: reference {:.1} MiB, quantised {:.1} MiB ({:.3}x)",
         sr as f64 / 1048576.0,

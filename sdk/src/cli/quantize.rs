@@ -134,9 +134,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
 
     // Calibration: needed for SmoothQuant and static scales (int8 only).
-    // (ViTs only: a ConvNeXt is written in f16 / bf16, and quantize says so.)
     let wants_calib = a.precision == Precision::Int8
-        && model.config().as_vit().is_some()
         && (smoothing != Smoothing::Off || activations == ActivationScheme::StaticPerTensor);
     let mut calib: Option<CalibrationStats> = None;
     if wants_calib {
@@ -184,27 +182,25 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     Model::load(staged.path())?;
     staged.commit(replace)?;
     let written = Model::load(&a.out)?;
-    let size = |dir: &Path| -> u64 {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
+    let (s0, s1) = (model.store().file_bytes(), written.store().file_bytes());
+    // The decisions, when calibration reached the sites (with --smoothquant off and dynamic
+    // activations nothing was calibrated, and there is nothing to show).
+    if q.sites.iter().any(|r| r.error_plain.is_some()) {
+        let w = q
+            .sites
+            .iter()
+            .map(|r| r.site.len())
+            .max()
             .unwrap_or(0)
-    };
-    let (s0, s1) = (size(&a.model), size(&a.out));
-    if !q.sites.is_empty() {
+            .max(12);
         println!(
-            "{:<18} {:>12} {:>12} {:>7} {:>12}",
+            "{:<w$} {:>12} {:>12} {:>7} {:>12}",
             "linear input", "int8 err", "smoothed", "alpha", "input scale"
         );
         for r in &q.sites {
             let f = |v: Option<f64>| v.map_or("-".to_string(), |e| format!("{e:.2e}"));
             println!(
-                "{:<18} {:>12} {:>12} {:>7} {:>12}",
+                "{:<w$} {:>12} {:>12} {:>7} {:>12}",
                 r.site,
                 f(r.error_plain),
                 f(r.error_smoothed),

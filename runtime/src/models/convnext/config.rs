@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::{Activation, Fields};
+use crate::config::{Activation, Fields, QuantConfig};
 use crate::error::Result;
 
 /// The `model_type` HF writes for DINOv3 ConvNeXts.
@@ -28,6 +28,9 @@ pub struct ConvNextConfig {
     pub layer_scale_init_value: f64,
     pub num_channels: usize,
     pub image_size: usize,
+    /// Present for dinoedge int8 files (`dinoedge quantize --precision int8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantConfig>,
 }
 
 impl ConvNextConfig {
@@ -40,6 +43,7 @@ impl ConvNextConfig {
             layer_scale_init_value: f.f64_or("layer_scale_init_value", 1e-6)?,
             num_channels: f.usize_or("num_channels", 3)?,
             image_size: f.square_or("image_size", 224)?,
+            quantization: None,
         })
     }
 
@@ -151,7 +155,7 @@ impl ConvNextConfig {
 
     pub fn to_hf_json(&self) -> Value {
         let n = self.num_stages();
-        json!({
+        let mut v = json!({
             "architectures": ["DINOv3ConvNextModel"],
             "model_type": "dinov3_convnext",
             "hidden_sizes": self.hidden_sizes,
@@ -166,7 +170,11 @@ impl ConvNextConfig {
                 .chain((1..=n).map(|i| format!("stage{i}")))
                 .collect::<Vec<_>>(),
             "dtype": "float32",
-        })
+        });
+        if let Some(q) = &self.quantization {
+            v["quantization"] = serde_json::to_value(q).expect("quantization section serialises");
+        }
+        v
     }
 
     /// Parameters held (saturating; validated configs stay far below `usize::MAX`).

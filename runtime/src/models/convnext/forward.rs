@@ -17,7 +17,7 @@
 
 use super::ConvNext;
 use super::config::ConvNextConfig;
-use super::layout::{BlockParam as BP, DownParam as DP, Param};
+use super::layout::{BlockParam as BP, DownParam as DP, Param, channels_last_conv};
 use crate::dispatch::{Backend, Epilogue, HostLinear, Op};
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
@@ -68,75 +68,56 @@ pub struct PreparedModel<B: Backend> {
     pub norm: (B::Buffer, B::Buffer),
 }
 
-/// A conv weight (O, I, k, k) as (O, k, k, I), for the channels-last im2col.
-fn channels_last_conv(w: &[f32], out: usize, inp: usize, k: usize) -> Vec<f32> {
-    let mut r = vec![0.0; w.len()];
-    for o in 0..out {
-        for i in 0..inp {
-            for t in 0..k * k {
-                r[(o * k * k + t) * inp + i] = w[(o * inp + i) * k * k + t];
-            }
-        }
-    }
-    r
-}
-
 impl<B: Backend> PreparedModel<B> {
     pub fn new(backend: &B, model: &Model) -> Result<Self> {
         let cfg = ConvNext::config(model.config())?.clone();
         let vec = |p: Param| -> Result<B::Buffer> { backend.upload(&model.tensor_f32(p)?) };
-        let linear = |name: String, w: Vec<f32>, b: Param, o: usize, k: usize| {
+        // Each conv-as-matmul from its weight `p` and bias. The downsampling convs read
+        // channels-last im2col rows: their weights (and an int8 file's stored int8 weights,
+        // whose per-output-channel scales are unchanged) are put into that order once.
+        let linear = |name: String, p: Param, bias: Param, o: usize, k: usize| {
+            let mut int8 = model.int8(p)?;
+            let mut weight = match &int8 {
+                Some(q) => q.dequantize(),
+                None => model.tensor_f32(p)?,
+            };
+            if let Param::Down(s @ 1.., _) = p {
+                let cin = cfg.hidden_sizes[s - 1];
+                weight = channels_last_conv(&weight, o, cin, 2);
+                if let Some(q) = &mut int8 {
+                    q.q = channels_last_conv(&q.q, o, cin, 2);
+                }
+            }
             backend.linear(HostLinear {
                 name,
                 out_features: o,
                 in_features: k,
-                weight: w,
-                bias: Some(model.tensor_f32(b)?),
-                int8: None,
+                weight,
+                bias: Some(model.tensor_f32(bias)?),
+                int8,
             })
         };
         let mut stages = Vec::with_capacity(cfg.num_stages());
         for (s, (&c, &depth)) in cfg.hidden_sizes.iter().zip(&cfg.depths).enumerate() {
-            let w = model.tensor_f32(Param::Down(s, DP::ConvWeight))?;
+            let (w, bias) = (Param::Down(s, DP::ConvWeight), Param::Down(s, DP::ConvBias));
             // The stem keeps the name the CPU backend keeps in f32 at int8 / bf16 (it sees
             // raw pixels); its im2col reads NCHW pixels in the weight's own order.
             let conv = if s == 0 {
-                let k = cfg.num_channels * 16;
-                linear("patch_embed".into(), w, Param::Down(0, DP::ConvBias), c, k)?
+                linear("patch_embed".into(), w, bias, c, cfg.num_channels * 16)?
             } else {
-                let cin = cfg.hidden_sizes[s - 1];
-                let w = channels_last_conv(&w, c, cin, 2);
-                linear(
-                    format!("stages.{s}.downsample"),
-                    w,
-                    Param::Down(s, DP::ConvBias),
-                    c,
-                    4 * cin,
-                )?
+                let k = 4 * cfg.hidden_sizes[s - 1];
+                linear(format!("stages.{s}.downsample"), w, bias, c, k)?
             };
             let mut blocks = Vec::with_capacity(depth);
             for b in 0..depth {
                 let p = |bp| Param::Block(s, b, bp);
                 let dw = weight_taps_major(&model.tensor_f32(p(BP::DwWeight))?, c);
-                let pw1 = model.tensor_f32(p(BP::Pw1Weight))?;
-                let pw2 = model.tensor_f32(p(BP::Pw2Weight))?;
+                let name = |n: &str| format!("stages.{s}.layers.{b}.{n}");
                 blocks.push(PreparedBlock {
                     dw: (backend.upload(&dw)?, vec(p(BP::DwBias))?),
                     norm: (vec(p(BP::NormWeight))?, vec(p(BP::NormBias))?),
-                    pw1: linear(
-                        format!("stages.{s}.layers.{b}.pw1"),
-                        pw1,
-                        p(BP::Pw1Bias),
-                        4 * c,
-                        c,
-                    )?,
-                    pw2: linear(
-                        format!("stages.{s}.layers.{b}.pw2"),
-                        pw2,
-                        p(BP::Pw2Bias),
-                        c,
-                        4 * c,
-                    )?,
+                    pw1: linear(name("pw1"), p(BP::Pw1Weight), p(BP::Pw1Bias), 4 * c, c)?,
+                    pw2: linear(name("pw2"), p(BP::Pw2Weight), p(BP::Pw2Bias), c, 4 * c)?,
                     gamma: vec(p(BP::Gamma))?,
                 });
             }

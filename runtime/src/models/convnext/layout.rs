@@ -9,8 +9,9 @@
 use std::collections::{HashMap, HashSet};
 
 use super::config::ConvNextConfig;
+use crate::config::ActivationScheme;
 use crate::error::{Result, RuntimeError};
-use crate::models::vit::layout::{Resolved, check_float_tensor, check_no_extra};
+use crate::models::vit::layout::{Resolved, check_no_extra, check_tensor, int8_companions};
 use crate::ops::dwconv::KERNEL;
 use crate::weights::store::TensorStore;
 
@@ -131,6 +132,42 @@ pub fn hub_name(p: Param) -> String {
     }
 }
 
+/// Whether int8 files store this parameter quantised: the weights of the convolutions run
+/// as matmuls after the stem (pointwise layers, 2x2 downsampling). The stem (raw pixels)
+/// and the depthwise convolution stay in float.
+pub fn is_quantized(p: Param) -> bool {
+    matches!(
+        p,
+        Param::Block(_, _, BlockParam::Pw1Weight | BlockParam::Pw2Weight)
+    ) || matches!(p, Param::Down(s, DownParam::ConvWeight) if s > 0)
+}
+
+/// A conv weight (O, I, k, k) in the channels-last order (O, k, k, I) the im2col rows read.
+pub fn channels_last_conv<T: Copy + Default>(w: &[T], out: usize, inp: usize, k: usize) -> Vec<T> {
+    let mut r = vec![T::default(); w.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            for t in 0..k * k {
+                r[(o * k * k + t) * inp + i] = w[(o * inp + i) * k * k + t];
+            }
+        }
+    }
+    r
+}
+
+/// The inverse of [`channels_last_conv`]: (O, k, k, I) back to HF's (O, I, k, k).
+pub fn hf_conv<T: Copy + Default>(w: &[T], out: usize, inp: usize, k: usize) -> Vec<T> {
+    let mut r = vec![T::default(); w.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            for t in 0..k * k {
+                r[(o * inp + i) * k * k + t] = w[(o * k * k + t) * inp + i];
+            }
+        }
+    }
+    r
+}
+
 /// The result of matching a store against a ConvNeXt.
 #[derive(Clone, Debug, Default)]
 pub struct ConvNextLayout {
@@ -152,7 +189,7 @@ fn detect_prefix(store: &TensorStore) -> String {
 }
 
 /// Matches the store against the architecture, naming every missing, extra or mis-shaped
-/// tensor with its file.
+/// tensor with its file (and, in int8 files, every missing or invalid scale).
 pub fn resolve(cfg: &ConvNextConfig, store: &TensorStore) -> Result<ConvNextLayout> {
     let prefix = detect_prefix(store);
     let mut out = ConvNextLayout {
@@ -174,7 +211,16 @@ pub fn resolve(cfg: &ConvNextConfig, store: &TensorStore) -> Result<ConvNextLayo
                 expected,
             });
         };
-        check_float_tensor(&t, &expected)?;
+        let quantized = cfg.quantization.as_ref();
+        let int8 = quantized.is_some() && is_quantized(p);
+        check_tensor(&t, None, &expected, int8, quantized.is_some())?;
+        let (scale_key, input_scale_key) = match quantized.filter(|_| int8) {
+            Some(q) => {
+                let statics = q.activations == ActivationScheme::StaticPerTensor;
+                int8_companions(store, &key, &t, statics, &mut used)?
+            }
+            None => (None, None),
+        };
         used.insert(key.clone());
         out.params.insert(
             p,
@@ -182,8 +228,8 @@ pub fn resolve(cfg: &ConvNextConfig, store: &TensorStore) -> Result<ConvNextLayo
                 key,
                 rows: None,
                 shape: expected,
-                scale_key: None,
-                input_scale_key: None,
+                scale_key,
+                input_scale_key,
             },
         );
     }

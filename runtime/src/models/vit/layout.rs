@@ -385,50 +385,15 @@ pub fn resolve(cfg: &VitConfig, store: &TensorStore) -> Result<WeightLayout> {
             int8,
             cfg.quantization.is_some(),
         )?;
-        let (mut scale, mut input_scale) = (None, None);
-        if int8 {
-            let sk = scale_key(&key);
-            let st = store.get(&sk).ok_or_else(|| RuntimeError::MissingTensor {
-                path: t.path.to_path_buf(),
-                tensor: sk.clone(),
-                expected: vec![t.shape[0]],
-            })?;
-            if st.dtype != Dtype::F32 || st.shape != [t.shape[0]] {
-                return Err(RuntimeError::ShapeMismatch {
-                    path: st.path.to_path_buf(),
-                    tensor: sk,
-                    expected: vec![t.shape[0]],
-                    found: st.shape.to_vec(),
-                });
-            }
-            check_scales(&st)?;
-            check_symmetric(&t)?;
-            used.insert(sk.clone());
-            scale = Some(sk);
-            if cfg
+        let (scale, input_scale) = if int8 {
+            let statics = cfg
                 .quantization
                 .as_ref()
-                .is_some_and(|q| q.activations == crate::config::ActivationScheme::StaticPerTensor)
-            {
-                let ik = input_scale_key(&key);
-                let it = store.get(&ik).ok_or_else(|| RuntimeError::MissingTensor {
-                    path: t.path.to_path_buf(),
-                    tensor: ik.clone(),
-                    expected: vec![1],
-                })?;
-                if it.dtype != Dtype::F32 || it.numel() != 1 {
-                    return Err(RuntimeError::ShapeMismatch {
-                        path: it.path.to_path_buf(),
-                        tensor: ik,
-                        expected: vec![1],
-                        found: it.shape.to_vec(),
-                    });
-                }
-                check_scales(&it)?;
-                used.insert(ik.clone());
-                input_scale = Some(ik);
-            }
-        }
+                .is_some_and(|q| q.activations == crate::config::ActivationScheme::StaticPerTensor);
+            int8_companions(store, &key, &t, statics, &mut used)?
+        } else {
+            (None, None)
+        };
         used.insert(key.clone());
         out.params.insert(
             p,
@@ -444,6 +409,54 @@ pub fn resolve(cfg: &VitConfig, store: &TensorStore) -> Result<WeightLayout> {
 
     check_no_extra(store, &used, &prefix, &arch)?;
     Ok(out)
+}
+
+/// The companions of int8 weight `key` (tensor `t`): its per-output-channel scales and, for
+/// static activations, its input scale, each checked and marked used. Returns their keys.
+pub(crate) fn int8_companions(
+    store: &TensorStore,
+    key: &str,
+    t: &StoredTensor,
+    statics: bool,
+    used: &mut HashSet<String>,
+) -> Result<(Option<String>, Option<String>)> {
+    let sk = scale_key(key);
+    let st = store.get(&sk).ok_or_else(|| RuntimeError::MissingTensor {
+        path: t.path.to_path_buf(),
+        tensor: sk.clone(),
+        expected: vec![t.shape[0]],
+    })?;
+    if st.dtype != Dtype::F32 || st.shape != [t.shape[0]] {
+        return Err(RuntimeError::ShapeMismatch {
+            path: st.path.to_path_buf(),
+            tensor: sk,
+            expected: vec![t.shape[0]],
+            found: st.shape.to_vec(),
+        });
+    }
+    check_scales(&st)?;
+    check_symmetric(t)?;
+    used.insert(sk.clone());
+    if !statics {
+        return Ok((Some(sk), None));
+    }
+    let ik = input_scale_key(key);
+    let it = store.get(&ik).ok_or_else(|| RuntimeError::MissingTensor {
+        path: t.path.to_path_buf(),
+        tensor: ik.clone(),
+        expected: vec![1],
+    })?;
+    if it.dtype != Dtype::F32 || it.numel() != 1 {
+        return Err(RuntimeError::ShapeMismatch {
+            path: it.path.to_path_buf(),
+            tensor: ik,
+            expected: vec![1],
+            found: it.shape.to_vec(),
+        });
+    }
+    check_scales(&it)?;
+    used.insert(ik.clone());
+    Ok((Some(sk), Some(ik)))
 }
 
 /// Every tensor under `prefix` must be one the architecture `arch` uses (`used`), or one
@@ -511,13 +524,7 @@ fn ignorable(name: &str) -> bool {
     name.ends_with("rope_embeddings.inv_freq") || name.ends_with("rope_embed.periods")
 }
 
-/// A float parameter of a model without int8 weights: a supported dtype and `expected`'s
-/// shape (leading 1s aside). Other architectures' layouts share it.
-pub(crate) fn check_float_tensor(t: &StoredTensor, expected: &[usize]) -> Result<()> {
-    check_tensor(t, None, expected, false, false)
-}
-
-fn check_tensor(
+pub(crate) fn check_tensor(
     t: &StoredTensor,
     rows: Option<&Range<usize>>,
     expected: &[usize],
@@ -535,7 +542,7 @@ fn check_tensor(
     }
     if !int8 && t.dtype == Dtype::I8 {
         let why = if quantized_model {
-            "only Linear weights of blocks are int8 in a dinoedge int8 model"
+            "a dinoedge int8 model stores only its matmul weights as I8"
         } else {
             "config.json has no quantization section"
         };
@@ -605,20 +612,9 @@ fn i8_entry(name: String, shape: Vec<usize>, q: &[i8]) -> HubTensor {
     (name, shape, Dtype::I8, q.iter().map(|&v| v as u8).collect())
 }
 
-/// As [`hub_tensors`], with int8 Linear weights written as I8 plus their `_scale` (and
-/// `input_scale`) tensors.
-pub fn hub_tensors_with(
-    cfg: &VitConfig,
-    mut get: impl FnMut(Param) -> Result<ParamData>,
-) -> Result<Vec<HubTensor>> {
-    // Packed tensor name -> its parts: (rows, data, shape of the part).
-    type Part = (Range<usize>, ParamData, Vec<usize>);
-    let mut packed: HashMap<String, Vec<Part>> = HashMap::new();
-    let mut out = Vec::new();
-    let mut all = params(cfg);
-    all.push(Param::MaskToken);
-    let emit = |out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData| match data
-    {
+/// One parameter's hub tensors: f32, or I8 with its `_scale` (and `input_scale`).
+pub fn emit_param(out: &mut Vec<HubTensor>, key: String, shp: Vec<usize>, data: &ParamData) {
+    match data {
         ParamData::F32(v) => out.push(store::f32_entry(key, shp, v)),
         ParamData::Int8 {
             q,
@@ -631,7 +627,21 @@ pub fn hub_tensors_with(
             }
             out.push(i8_entry(key, shp, q));
         }
-    };
+    }
+}
+
+/// As [`hub_tensors`], with int8 Linear weights written as I8 plus their `_scale` (and
+/// `input_scale`) tensors.
+pub fn hub_tensors_with(
+    cfg: &VitConfig,
+    mut get: impl FnMut(Param) -> Result<ParamData>,
+) -> Result<Vec<HubTensor>> {
+    // Packed tensor name -> its parts: (rows, data, shape of the part).
+    type Part = (Range<usize>, ParamData, Vec<usize>);
+    let mut packed: HashMap<String, Vec<Part>> = HashMap::new();
+    let mut out = Vec::new();
+    let mut all = params(cfg);
+    all.push(Param::MaskToken);
     for p in all {
         let shp = shape(cfg, p);
         let n: usize = shp.iter().product();
@@ -652,7 +662,7 @@ pub fn hub_tensors_with(
         let loc = hub_location(cfg, p);
         match loc.rows {
             Some(rows) => packed.entry(loc.key).or_default().push((rows, data, shp)),
-            None => emit(&mut out, loc.key, shp, &data),
+            None => emit_param(&mut out, loc.key, shp, &data),
         }
     }
     for (key, mut parts) in packed {
@@ -691,7 +701,7 @@ pub fn hub_tensors_with(
                 }
             }
         };
-        emit(&mut out, key, shp, &merged);
+        emit_param(&mut out, key, shp, &merged);
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
