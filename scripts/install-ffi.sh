@@ -3,15 +3,16 @@
 # include/dinoedge.h and dinoedge.hpp, lib/pkgconfig/dinoedge.pc and
 # lib/cmake/dinoedge/dinoedgeConfig.cmake.
 #
-#   scripts/install-ffi.sh PREFIX [--debug] [--target TRIPLE] [--features wgpu,camera]
+#   scripts/install-ffi.sh PREFIX [--debug | --profile NAME] [--target TRIPLE] [--features wgpu,camera]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PREFIX=${1:?usage: install-ffi.sh PREFIX [--debug] [--target TRIPLE] [--features F]}
+PREFIX=${1:?usage: install-ffi.sh PREFIX [--debug | --profile NAME] [--target TRIPLE] [--features F]}
 shift
 PROFILE=release TARGET="" FEATURES=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --debug) PROFILE=debug ;;
+    --profile) PROFILE=$2; [ "$PROFILE" = dev ] && PROFILE=debug; shift ;;
     --target) TARGET=$2; shift ;;
     --features) FEATURES=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -39,7 +40,11 @@ case ",$BUILT_FEATURES," in
     REQUIRES_PRIVATE="gstreamer-app-1.0 gstreamer-video-1.0 gio-2.0"
     for l in $(pkg-config --libs-only-l $REQUIRES_PRIVATE); do STATIC_EXTRA="$STATIC_EXTRA;${l#-l}"; done ;;
 esac
-[ "$PROFILE" = release ] && args+=(--release)
+case "$PROFILE" in
+  release) args+=(--release) ;;
+  debug) ;;
+  *) args+=(--profile "$PROFILE") ;;
+esac
 [ -n "$TARGET" ] && args+=(--target "$TARGET")
 [ -n "$FEATURES" ] && args+=(--features "$FEATURES")
 cargo build "${args[@]}" >&2

@@ -110,7 +110,8 @@ if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/
   # A fresh machine has only the host's standard library.
   rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
   t=$(date +%s)
-  scripts/install-ffi.sh "$WORK/prefix-arm" --debug --target aarch64-unknown-linux-gnu 2>&1 | tail -n 1
+  # Unoptimised (Cargo.toml's `cross-smoke`): the run is one fixture; the build was minutes.
+  scripts/install-ffi.sh "$WORK/prefix-arm" --profile cross-smoke --target aarch64-unknown-linux-gnu 2>&1 | tail -n 1
   aarch64-linux-gnu-gcc -Wall -Werror examples/c/embed.c -I"$WORK/prefix-arm/include" -L"$WORK/prefix-arm/lib" -ldinoedge -o "$WORK/embed_arm"
   qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$WORK/prefix-arm/lib" "$WORK/embed_arm" "$FIXTURE" "$PHOTO" cpu
   echo "[ffi] aarch64: built and ran in $(( $(date +%s) - t )) s"

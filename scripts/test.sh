@@ -20,9 +20,23 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 
+# Each stage's wall time, printed as it ends and again at the end: CI's budget is 45 minutes
+# on a 2-core box, and this is where it goes.
+STAGE_LAST=$(date +%s) STAGE_SUMMARY=""
+stage_done() {
+  local now line
+  now=$(date +%s)
+  line=$(printf '[test] %-34s %5d s' "$1" $((now - STAGE_LAST)))
+  echo "$line"
+  STAGE_SUMMARY+="$line"$'\n'
+  STAGE_LAST=$now
+}
+trap '[ -n "$STAGE_SUMMARY" ] && printf "[test] stage times:\n%s" "$STAGE_SUMMARY"' EXIT
+
 scripts/fetch-assets.sh --nvrtc >/dev/null
 use_fetched_ffmpeg
 ensure_reference
+stage_done "assets and reference outputs"
 export DINOEDGE_REQUIRE_ASSETS=1
 # Mesa's software Vulkan (lavapipe) complains without a runtime dir.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -45,11 +59,13 @@ else
   echo "SKIPPED: GStreamer frame sources (install libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev and GStreamer's plugins)" >&2
 fi
 cargo test --workspace --locked --features "$DINOEDGE_WORKSPACE_FEATURES" "$@"
+stage_done "workspace build + tests"
 
 # The C API as C/C++ users get it: install, CMake + pkg-config builds, real-teacher run checked
 # against the CLI, error paths, valgrind, ASan, aarch64 under qemu (scripts/test-ffi.sh).
 if command -v cmake >/dev/null && command -v g++ >/dev/null && command -v pkg-config >/dev/null; then
   DINOEDGE_FFI_FEATURES=$FFI_FEATURES scripts/test-ffi.sh
+  stage_done "C API"
 elif [ "${DINOEDGE_REQUIRE_FFI:-0}" = 1 ]; then
   echo "cmake, g++ or pkg-config missing for the C API checks (apt-get install cmake g++ pkg-config valgrind)" >&2
   exit 1
@@ -61,6 +77,7 @@ fi
 # is compile-checked only (the live tests use folder and video sources).
 if ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
   cargo check --locked -p dinoedge -p dinoedge-examples --features dinoedge/camera,dinoedge-examples/camera --examples --bins
+  stage_done "camera check"
 elif [ "${DINOEDGE_REQUIRE_CAMERA_BUILD:-0}" = 1 ]; then
   echo "libclang missing for the camera feature (apt-get install libclang-dev)" >&2
   exit 1
@@ -79,6 +96,7 @@ if [ -f "$NVRTC_LIB/libnvrtc.so.13" ]; then
     cargo test --locked -p dinoedge-runtime -p dinoedge-distill --features dinoedge-runtime/cuda,dinoedge-distill/cuda \
     --test cuda --test cuda_trainer -- --nocapture
   cargo check --locked -p dinoedge -p dinoedge-ffi --features dinoedge/cuda,dinoedge-ffi/cuda --bins --lib
+  stage_done "CUDA (NVRTC, check)"
 elif [ "$(uname -m)" = x86_64 ]; then
   echo "NVRTC missing from $NVRTC_LIB (scripts/fetch-assets.sh --nvrtc)" >&2
   exit 1
@@ -88,6 +106,7 @@ fi
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
   scripts/test-aarch64.sh
+  stage_done "aarch64 runtime under qemu"
 elif [ "${DINOEDGE_REQUIRE_AARCH64:-0}" = 1 ]; then
   echo "aarch64 cross toolchain missing (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)" >&2
   exit 1
@@ -105,4 +124,5 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
     echo "fuzzing failed (see above; a crash input is in fuzz/artifacts/)" >&2
     exit 1
   fi
+  stage_done "fuzzing"
 fi

@@ -2,7 +2,7 @@
 //! 224, 1025 at 448): our prepacked SIMD microkernels, the `gemm` crate, and tract's linalg
 //! kernels through a one-node tract model (its default, single-threaded build).
 //!
-//!     cargo bench -p dinoedge-runtime --features onnx --bench gemm_candidates -- [THREADS]
+//!     cargo bench -p dinoedge-runtime --features tract-peer --bench gemm_candidates -- [THREADS]
 //!
 //! Each prints the median of 15 runs after 3 warm-ups, in ms and GFLOP/s, and checks that
 //! all candidates agree with ours (max abs difference).

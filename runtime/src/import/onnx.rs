@@ -1,7 +1,7 @@
 //! Import of HF-exported DINOv2 / DINOv3 backbones from ONNX into the HF safetensors layout
 //! (a DINOv3 ConvNeXt is recognised here and read by `onnx_convnext.rs`).
 //!
-//! The protobuf is read by tract-onnx. Named initializers keep their HF names (under a
+//! The protobuf is decoded by prost (`onnx_pb.rs`), tensors by `onnx_tensor.rs`. Named initializers keep their HF names (under a
 //! prefix such as `backbone.`); Linear weights that the exporter folded into anonymous
 //! `MatMul` initializers (stored (in, out)) are found through the node that uses them,
 //! whose name carries the module path, e.g.
@@ -16,9 +16,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use tract_onnx::data_resolver::MmapDataResolver;
-use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
-use tract_onnx::prelude::{Framework, Tensor as TractTensor};
+use prost::Message;
+
+use super::onnx_pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use super::onnx_tensor;
 
 use crate::config::{Activation, Family, MlpKind, Positions, VitConfig};
 use crate::error::{Result, RuntimeError};
@@ -73,38 +74,12 @@ impl<'a> Graph<'a> {
         }
     }
 
-    fn load(&self, t: &TensorProto) -> Result<TractTensor> {
-        check_tensor_proto(self.path, t)?;
-        // External data (`location` in `external_data`) is resolved against the directory
-        // holding the .onnx file, as every ONNX runtime does.
-        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new(".")).to_str();
-        tract_onnx::tensor::load_tensor(&MmapDataResolver, t, dir)
-            .map_err(|e| err(self.path, format!("cannot read tensor {:?}: {e}", t.name)))
-    }
-
     pub(super) fn f32s(&self, t: &TensorProto) -> Result<(Vec<usize>, Vec<f32>)> {
-        let tt = self.load(t)?;
-        let shape = tt.shape().to_vec();
-        let c = tt
-            .cast_to::<f32>()
-            .map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
-        let v = c
-            .to_plain_array_view::<f32>()
-            .map_err(|e| err(self.path, format!("tensor {:?}: {e}", t.name)))?;
-        Ok((shape, v.iter().copied().collect()))
+        onnx_tensor::f32s(self.path, t)
     }
 
     fn ints(&self, t: &TensorProto) -> Option<Vec<i64>> {
-        let tt = self.load(t).ok()?;
-        let c = tt.cast_to::<i64>().ok()?;
-        let v = c
-            .to_plain_array_view::<i64>()
-            .ok()?
-            .iter()
-            .copied()
-            .collect();
-        Some(v)
+        onnx_tensor::i64s(self.path, t).ok()
     }
 
     pub(super) fn init_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
@@ -125,80 +100,6 @@ impl<'a> Graph<'a> {
     fn nodes_under<'s>(&'s self, path: &'s str) -> impl Iterator<Item = &'a NodeProto> + 's {
         self.g.node.iter().filter(move |n| n.name.contains(path))
     }
-}
-
-/// Largest tensor the importer reads (elements): far above any released model's largest
-/// weight (ViT-7B's MLP, 33.5 M), far below what a hostile shape could ask for.
-const MAX_TENSOR_ELEMENTS: u64 = 1 << 31;
-
-/// Bytes per element of the ONNX types the importer reads: FLOAT, INT32, INT64, FLOAT16,
-/// DOUBLE, BFLOAT16 (tract panics on exotic ones).
-fn element_size(data_type: i32) -> Option<u64> {
-    match data_type {
-        1 | 6 => Some(4),
-        7 | 11 => Some(8),
-        10 | 16 => Some(2),
-        _ => None,
-    }
-}
-
-/// Checks a tensor's declared shape against its data before tract allocates anything from
-/// it: non-negative dims, a bounded element count, and stored data of exactly that size.
-fn check_tensor_proto(path: &Path, t: &TensorProto) -> Result<()> {
-    let bad = |why: String| err(path, format!("tensor {:?}: {why}", t.name));
-    let size = element_size(t.data_type).ok_or_else(|| {
-        bad(format!(
-            "ONNX data type {} is not a float or int type",
-            t.data_type
-        ))
-    })?;
-    let numel = t.dims.iter().try_fold(1u64, |n, &d| {
-        u64::try_from(d).ok().and_then(|d| n.checked_mul(d))
-    });
-    let numel = match numel {
-        Some(n) if n <= MAX_TENSOR_ELEMENTS => n,
-        _ => {
-            return Err(bad(format!(
-                "shape {:?} is negative or holds more than {MAX_TENSOR_ELEMENTS} elements",
-                t.dims
-            )));
-        }
-    };
-    let external = t.data_location == Some(1);
-    let stored = if !t.raw_data.is_empty() {
-        Some(t.raw_data.len() as u64)
-    } else if external {
-        None // tract checks the range against the external file's length
-    } else {
-        let typed = match t.data_type {
-            1 => t.float_data.len(),
-            6 | 10 | 16 => t.int32_data.len(),
-            7 => t.int64_data.len(),
-            _ => t.double_data.len(),
-        };
-        Some(typed as u64 * size)
-    };
-    if let Some(bytes) = stored
-        && bytes != numel * size
-    {
-        return Err(bad(format!(
-            "shape {:?} needs {} bytes of data, the file holds {bytes}",
-            t.dims,
-            numel * size
-        )));
-    }
-    if external
-        && let Some(kv) = t.external_data.iter().find(|kv| kv.key == "length")
-        && kv.value.parse::<u64>().ok() != Some(numel * size)
-    {
-        return Err(bad(format!(
-            "external data length {:?} does not match shape {:?} ({} bytes)",
-            kv.value,
-            t.dims,
-            numel * size
-        )));
-    }
-    Ok(())
 }
 
 /// A layer index from a name, below the config limit (`None` otherwise).
@@ -289,14 +190,29 @@ pub fn import_onnx(path: &Path) -> Result<OnnxImport> {
 }
 
 fn with_graph<T>(path: &Path, f: impl FnOnce(&Graph) -> Result<T>) -> Result<T> {
-    let proto = tract_onnx::onnx()
-        .proto_model_for_path(path)
-        .map_err(|e| err(path, format!("not a readable ONNX model: {e}")))?;
+    let proto = read_model(path)?;
     let g = proto
         .graph
         .as_ref()
         .ok_or_else(|| err(path, "the model has no graph"))?;
     f(&Graph::new(path, g))
+}
+
+/// Protobuf's own limit on a message; larger models keep their weights as external data.
+const MAX_MODEL_BYTES: u64 = 2 << 30;
+
+fn read_model(path: &Path) -> Result<ModelProto> {
+    let unreadable = |why: String| err(path, format!("not a readable ONNX model: {why}"));
+    let len = std::fs::metadata(path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .len();
+    if len > MAX_MODEL_BYTES {
+        return Err(unreadable(format!(
+            "{len} bytes, above protobuf's limit of {MAX_MODEL_BYTES} (keep the weights as external data)"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    ModelProto::decode(bytes.as_slice()).map_err(|e| unreadable(e.to_string()))
 }
 
 fn import_vit(graph: &Graph) -> Result<OnnxImport> {

@@ -9,9 +9,8 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb::TensorProto;
-
 use super::onnx::{Graph, err, shortest_f64, transpose};
+use super::onnx_pb::TensorProto;
 use crate::config::{Activation, ConvNextConfig};
 use crate::error::Result;
 use crate::models::convnext::config::{MAX_DEPTH, MAX_STAGES};
