@@ -14,6 +14,7 @@
 //! RoPE frequencies.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 
 use prost::Message;
@@ -203,15 +204,27 @@ const MAX_MODEL_BYTES: u64 = 2 << 30;
 
 fn read_model(path: &Path) -> Result<ModelProto> {
     let unreadable = |why: String| err(path, format!("not a readable ONNX model: {why}"));
-    let len = std::fs::metadata(path)
-        .map_err(|e| unreadable(e.to_string()))?
-        .len();
-    if len > MAX_MODEL_BYTES {
-        return Err(unreadable(format!(
-            "{len} bytes, above protobuf's limit of {MAX_MODEL_BYTES} (keep the weights as external data)"
-        )));
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(unreadable("not a regular file".into()));
     }
-    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    let too_big = |len: u64| {
+        unreadable(format!(
+            "{len} bytes, above protobuf's limit of {MAX_MODEL_BYTES} (keep the weights as external data)"
+        ))
+    };
+    if meta.len() > MAX_MODEL_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows after the check.
+    file.take(MAX_MODEL_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(e.to_string()))?;
+    if bytes.len() as u64 > MAX_MODEL_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
     ModelProto::decode(bytes.as_slice()).map_err(|e| unreadable(e.to_string()))
 }
 
@@ -845,13 +858,15 @@ fn position_table(graph: &Graph, prefix: &str, node_prefix: &str, dim: usize) ->
             {
                 continue;
             }
-            let numel: i64 = t.dims.iter().product();
-            if n.op_type == "Concat" && numel as usize == dim {
+            // Checked: these dims come straight from the file (`f32s` checks them later).
+            let Some(numel) = t.dims.iter().try_fold(1usize, |n, &d| {
+                usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+            }) else {
+                continue;
+            };
+            if n.op_type == "Concat" && numel == dim {
                 cls_pos = Some(graph.f32s(t)?.1);
-            } else if n.op_type == "Reshape"
-                && (numel as usize).is_multiple_of(dim)
-                && numel as usize > dim
-            {
+            } else if n.op_type == "Reshape" && numel.is_multiple_of(dim) && numel > dim {
                 patch_pos = Some(graph.f32s(t)?.1);
             }
         }

@@ -34,11 +34,13 @@ fn check(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, u64)> {
             t.data_type
         ))
     })?;
-    let numel = t.dims.iter().try_fold(1u64, |n, &d| {
-        u64::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    // The product of the non-zero dims is bounded too: a zero dim must not let the others
+    // grow past what any product of them (a row length, say) can hold.
+    let extent = t.dims.iter().try_fold(1u64, |n, &d| {
+        u64::try_from(d).ok().and_then(|d| n.checked_mul(d.max(1)))
     });
-    let numel = match numel {
-        Some(n) if n <= MAX_TENSOR_ELEMENTS => n,
+    let numel = match extent {
+        Some(n) if n <= MAX_TENSOR_ELEMENTS => t.dims.iter().map(|&d| d as u64).product(),
         _ => {
             return Err(bad(format!(
                 "shape {:?} is negative or holds more than {MAX_TENSOR_ELEMENTS} elements",
@@ -80,7 +82,7 @@ fn check(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, u64)> {
             numel * size
         )));
     }
-    // Each dim is at most MAX_TENSOR_ELEMENTS here.
+    // Every dim, and every product of dims, is at most MAX_TENSOR_ELEMENTS here.
     Ok((t.dims.iter().map(|&d| d as usize).collect(), numel))
 }
 
@@ -110,11 +112,27 @@ fn external(path: &Path, t: &TensorProto, bytes: u64) -> Result<Vec<u8>> {
         })?,
         None => 0,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
     let file_path = dir.join(rel);
     let io = |e: std::io::Error| bad(format!("external data {}: {e}", file_path.display()));
-    let mut file = std::fs::File::open(&file_path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
+    // A link inside the folder must not lead out of it, and a FIFO or device would block or
+    // never end.
+    let real = file_path.canonicalize().map_err(io)?;
+    if !real.starts_with(dir.canonicalize().map_err(io)?) {
+        return Err(bad(format!(
+            "external data {location:?} resolves to {}, outside the model's folder",
+            real.display()
+        )));
+    }
+    let meta = std::fs::metadata(&real).map_err(io)?;
+    if !meta.is_file() {
+        return Err(bad(format!(
+            "external data {location:?} is not a regular file"
+        )));
+    }
+    let len = meta.len();
+    let mut file = std::fs::File::open(&real).map_err(io)?;
     if offset.checked_add(bytes).is_none_or(|end| end > len) {
         return Err(bad(format!(
             "external data {location:?} holds {len} bytes, the tensor needs {bytes} from offset {offset}"
@@ -274,10 +292,10 @@ mod tests {
         assert!(e.contains("data type 8"), "{e}");
         let e = f32s(p, &tensor(1, &[-1])).unwrap_err().to_string();
         assert!(e.contains("negative"), "{e}");
-        let e = f32s(p, &tensor(1, &[1 << 20, 1 << 20]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("more than"), "{e}");
+        for dims in [&[1 << 20, 1 << 20][..], &[0, 1 << 40, 1 << 40]] {
+            let e = f32s(p, &tensor(1, dims)).unwrap_err().to_string();
+            assert!(e.contains("more than"), "{dims:?}: {e}");
+        }
     }
 
     #[test]
@@ -311,6 +329,22 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("inside the model's folder"), "{e}");
+        }
+        #[cfg(unix)]
+        {
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::write(outside.path().join("x.bin"), &data).unwrap();
+            std::os::unix::fs::symlink(outside.path().join("x.bin"), dir.path().join("l.bin"))
+                .unwrap();
+            let e = f32s(&p, &ext(&[("location", "l.bin")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("outside the model's folder"), "{e}");
+            std::fs::create_dir(dir.path().join("sub")).unwrap();
+            let e = f32s(&p, &ext(&[("location", "sub")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a regular file"), "{e}");
         }
         let e = f32s(&p, &ext(&[("offset", "0")])).unwrap_err().to_string();
         assert!(e.contains("without a location"), "{e}");
