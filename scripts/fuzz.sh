@@ -25,7 +25,8 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install --locked --quiet --debug cargo-fuzz --version "$CARGO_FUZZ_VERSION" || exit 3
 fi
 SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
+# Interrupted: stop the fuzzers still running before their scratch corpus goes.
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$SCRATCH"' EXIT
 # One build for every target.
 t0=$(date +%s)
 cargo fuzz build --fuzz-dir fuzz -s none --features libfuzzer -O >/dev/null 2>"$SCRATCH/build.log" \
@@ -65,5 +66,5 @@ for t in "${TARGETS[@]}"; do
   fi
 done
 for p in "${pids[@]}"; do wait "$p" || status=1; done
-for t in "${TARGETS[@]}"; do cat "$SCRATCH/$t.line"; done
+for t in "${TARGETS[@]}"; do cat "$SCRATCH/$t.line" 2>/dev/null || echo "[fuzz] $t: no summary (the run died)"; done
 exit $status

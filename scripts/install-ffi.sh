@@ -12,13 +12,18 @@ PROFILE=release TARGET="" FEATURES=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --debug) PROFILE=debug ;;
-    --profile) PROFILE=$2; [ "$PROFILE" = dev ] && PROFILE=debug; shift ;;
+    --profile) PROFILE=$2; shift ;;
     --target) TARGET=$2; shift ;;
     --features) FEATURES=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+# Cargo's output folder names: dev and test build into debug, bench into release.
+case "$PROFILE" in
+  dev | test) PROFILE=debug ;;
+  bench) PROFILE=release ;;
+esac
 args=(--locked -p dinoedge-ffi)
 BUILT_FEATURES=$FEATURES
 # The test scripts build the whole workspace with one feature set; building with the same
