@@ -26,7 +26,7 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
 fi
 SCRATCH=$(mktemp -d)
 # Interrupted: stop the fuzzers still running before their scratch corpus goes.
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$SCRATCH"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
 # One build for every target.
 t0=$(date +%s)
 cargo fuzz build --fuzz-dir fuzz -s none --features libfuzzer -O >/dev/null 2>"$SCRATCH/build.log" \
