@@ -87,6 +87,15 @@ fn unknown_graph_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.onnx"), "{e}");
+    // A folder (or FIFO, device) is refused before anything is read from it.
+    std::fs::create_dir(dir.path().join("folder.onnx")).unwrap();
+    let e = import_onnx(&dir.path().join("folder.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("folder.onnx") && e.contains("not a regular file"),
+        "{e}"
+    );
 }
 
 /// A DINOv3 ConvNeXt export (named convs and norms, anonymous pointwise MatMuls) imports to

@@ -24,9 +24,9 @@ fn element_size(data_type: i32) -> Option<u64> {
     }
 }
 
-/// A tensor's shape and its element count, checked: a supported type, non-negative dims, a
-/// bounded element count, and stored data of exactly that size.
-fn check(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, u64)> {
+/// A tensor's shape, element count and element size, checked: a supported type,
+/// non-negative dims, a bounded element count, and stored data of exactly that size.
+fn check(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, u64, u64)> {
     let bad = |why: String| err(path, format!("tensor {:?}: {why}", t.name));
     let size = element_size(t.data_type).ok_or_else(|| {
         bad(format!(
@@ -83,7 +83,7 @@ fn check(path: &Path, t: &TensorProto) -> Result<(Vec<usize>, u64)> {
         )));
     }
     // Every dim, and every product of dims, is at most MAX_TENSOR_ELEMENTS here.
-    Ok((t.dims.iter().map(|&d| d as usize).collect(), numel))
+    Ok((t.dims.iter().map(|&d| d as usize).collect(), numel, size))
 }
 
 /// `bytes` bytes of external data: `location` relative to the model's folder (as every ONNX
@@ -152,8 +152,7 @@ fn values<T>(
     float: impl Fn(f64) -> T,
     int: impl Fn(i64) -> T,
 ) -> Result<(Vec<usize>, Vec<T>)> {
-    let (shape, numel) = check(path, t)?;
-    let size = element_size(t.data_type).unwrap_or(1);
+    let (shape, numel, size) = check(path, t)?;
     let raw: Option<Cow<[u8]>> = if !t.raw_data.is_empty() {
         Some(Cow::Borrowed(&t.raw_data))
     } else if t.data_location == Some(EXTERNAL) {
